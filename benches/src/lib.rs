@@ -1,0 +1,1 @@
+//! keel-benches: criterion benchmarks live in benches/benches/.

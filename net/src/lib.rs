@@ -1,0 +1,1 @@
+//! keel-net: the tokio adapter and the `keel` binary (built out by the broker issue).

@@ -1,0 +1,1 @@
+//! keel-sim: Keel's deterministic simulator (built out by the simulator issue).

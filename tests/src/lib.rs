@@ -1,0 +1,1 @@
+//! keel-tests: black-box and workspace-level tests live in tests/tests/.
