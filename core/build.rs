@@ -411,7 +411,7 @@ fn zero_value(ty: &Ty) -> String {
             Prim::Bool => "false",
             Prim::I8 | Prim::I16 | Prim::I32 | Prim::I64 | Prim::U16 => "0",
             Prim::F64 => "0.0",
-            Prim::Uuid => "[0u8; 16]",
+            Prim::Uuid => "Uuid::default()",
             Prim::String => "String::new()",
             Prim::Bytes | Prim::Records => "Bytes::new()",
         }

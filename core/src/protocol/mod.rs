@@ -19,6 +19,8 @@ pub mod header;
 pub mod messages;
 pub mod negotiate;
 #[cfg(test)]
+mod debug_view;
+#[cfg(test)]
 pub(crate) mod testgen;
 pub mod wire;
 

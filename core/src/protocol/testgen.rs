@@ -57,11 +57,11 @@ impl Gen {
         // Finite values only: NaN is not equal to itself.
         (self.u64() % 1_000_000) as f64 / 8.0
     }
-    pub(crate) fn uuid(&mut self) -> [u8; 16] {
+    pub(crate) fn uuid(&mut self) -> super::wire::Uuid {
         let mut id = [0u8; 16];
         id[..8].copy_from_slice(&self.u64().to_be_bytes());
         id[8..].copy_from_slice(&self.u64().to_be_bytes());
-        id
+        super::wire::Uuid(id)
     }
     pub(crate) fn count(&mut self) -> usize {
         (self.u64() % 4) as usize

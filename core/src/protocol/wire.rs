@@ -15,7 +15,21 @@ use super::error::WireError;
 /// Larger arrays grow as their elements are actually decoded.
 pub const ARRAY_PREALLOC_COUNT_MAX: usize = 1024;
 
-pub type Uuid = [u8; 16];
+/// A Kafka UUID (topic ids): 16 bytes on the wire, printed in the usual hyphenated form.
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Uuid(pub [u8; 16]);
+
+impl std::fmt::Debug for Uuid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, byte) in self.0.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                f.write_str("-")?;
+            }
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
 
 #[inline]
 fn need(buf: &Bytes, needed: usize) -> Result<(), WireError> {
@@ -64,11 +78,11 @@ pub fn read_uuid(buf: &mut Bytes) -> Result<Uuid, WireError> {
     need(buf, 16)?;
     let mut id = [0u8; 16];
     buf.copy_to_slice(&mut id);
-    Ok(id)
+    Ok(Uuid(id))
 }
 
 pub fn write_uuid(buf: &mut BytesMut, value: &Uuid) {
-    buf.put_slice(value);
+    buf.put_slice(&value.0);
 }
 
 /// An unsigned LEB128 varint of at most 32 bits (5 bytes).
