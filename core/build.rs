@@ -489,9 +489,10 @@ fn read_value(ctx: &Ctx<'_>, ty: &Ty, field: &Field, path: &str) -> String {
         },
         Ty::Array(inner) => {
             let element = read_value(ctx, inner, field, path);
+            let elem_ty = base_type(inner);
             format!(
                 "{{ let count = wire::read_array_len(buf, {compact}){err}.ok_or(WireError::UnexpectedNull.at(\"{path}\", version))?; \
-                 let mut items = Vec::with_capacity(count.min(wire::ARRAY_PREALLOC_COUNT_MAX)); \
+                 let mut items = Vec::with_capacity(wire::prealloc_count::<{elem_ty}>(count, buf.len())); \
                  for _ in 0..count {{ items.push({element}); }} items }}"
             )
         }
@@ -514,9 +515,10 @@ fn read_field(ctx: &Ctx<'_>, owner: &StructDef, field: &Field) -> String {
         Ty::Prim(Prim::Bytes | Prim::Records) => format!("wire::read_nullable_bytes(buf, {compact}){err}"),
         Ty::Array(inner) => {
             let element = read_value(ctx, inner, field, &path);
+            let elem_ty = base_type(inner);
             format!(
                 "match wire::read_array_len(buf, {compact}){err} {{ None => None, Some(count) => {{ \
-                 let mut items = Vec::with_capacity(count.min(wire::ARRAY_PREALLOC_COUNT_MAX)); \
+                 let mut items = Vec::with_capacity(wire::prealloc_count::<{elem_ty}>(count, buf.len())); \
                  for _ in 0..count {{ items.push({element}); }} Some(items) }} }}"
             )
         }

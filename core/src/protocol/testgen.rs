@@ -50,9 +50,11 @@ impl Gen {
     pub(crate) fn i64(&mut self) -> i64 {
         self.edgy() as i64
     }
+    #[allow(dead_code)] // for schemas with u16 fields
     pub(crate) fn u16(&mut self) -> u16 {
         self.edgy() as u16
     }
+    #[allow(dead_code)] // for schemas with f64 fields
     pub(crate) fn f64(&mut self) -> f64 {
         // Finite values only: NaN is not equal to itself.
         (self.u64() % 1_000_000) as f64 / 8.0

@@ -11,9 +11,13 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::error::WireError;
 
-/// Upper bound on the capacity reserved up front for a decoded array, whatever its count says.
-/// Larger arrays grow as their elements are actually decoded.
-pub const ARRAY_PREALLOC_COUNT_MAX: usize = 1024;
+/// The capacity to reserve for an array of `count` elements of `T` before decoding them: never
+/// more bytes than the input has left, so a count that lies costs nothing up front. An array
+/// whose elements are bigger in memory than on the wire grows as they are actually decoded.
+#[inline]
+pub fn prealloc_count<T>(count: usize, remaining_bytes: usize) -> usize {
+    count.min(remaining_bytes / std::mem::size_of::<T>().max(1))
+}
 
 /// A Kafka UUID (topic ids): 16 bytes on the wire, printed in the usual hyphenated form.
 #[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
