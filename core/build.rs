@@ -32,7 +32,8 @@ fn main() {
     }
     apis.sort_by_key(|api| api.key);
     let code = generate(&apis);
-    let out = Path::new(&std::env::var("OUT_DIR").expect("OUT_DIR set by cargo")).join("messages.rs");
+    let out =
+        Path::new(&std::env::var("OUT_DIR").expect("OUT_DIR set by cargo")).join("messages.rs");
     std::fs::write(out, code).expect("writable OUT_DIR");
 }
 
@@ -159,16 +160,27 @@ fn parse_api(text: &str) -> ParseResult<Api> {
     let first = lines.first().ok_or((1, "empty schema".to_string()))?;
     let mut words = first.text.split_whitespace();
     if words.next() != Some("api") {
-        return Err((first.number, "expected `api NAME key=N versions=A-B flexible=F+`".into()));
+        return Err((
+            first.number,
+            "expected `api NAME key=N versions=A-B flexible=F+`".into(),
+        ));
     }
-    let name = words.next().ok_or((first.number, "api needs a name".to_string()))?.to_string();
+    let name = words
+        .next()
+        .ok_or((first.number, "api needs a name".to_string()))?
+        .to_string();
     let (mut key, mut versions, mut flexible_from, mut flexible_seen) = (None, None, None, false);
     for word in words {
         let (k, v) = word
             .split_once('=')
             .ok_or((first.number, format!("expected key=value, got {word}")))?;
         match k {
-            "key" => key = Some(v.parse::<i16>().map_err(|e| (first.number, e.to_string()))?),
+            "key" => {
+                key = Some(
+                    v.parse::<i16>()
+                        .map_err(|e| (first.number, e.to_string()))?,
+                )
+            }
             "versions" => versions = Some(parse_range(v, None).map_err(|e| (first.number, e))?),
             "flexible" => {
                 flexible_seen = true;
@@ -176,7 +188,10 @@ fn parse_api(text: &str) -> ParseResult<Api> {
                     let lo = v
                         .strip_suffix('+')
                         .ok_or((first.number, "flexible=F+ or flexible=none".to_string()))?;
-                    flexible_from = Some(lo.parse::<i16>().map_err(|e| (first.number, e.to_string()))?);
+                    flexible_from = Some(
+                        lo.parse::<i16>()
+                            .map_err(|e| (first.number, e.to_string()))?,
+                    );
                 }
             }
             other => return Err((first.number, format!("unknown api attribute {other}"))),
@@ -196,7 +211,14 @@ fn parse_api(text: &str) -> ParseResult<Api> {
         }
         let kind = line.text;
         index += 1;
-        let message_name = format!("{name}{}", if kind == "request" { "Request" } else { "Response" });
+        let message_name = format!(
+            "{name}{}",
+            if kind == "request" {
+                "Request"
+            } else {
+                "Response"
+            }
+        );
         let mut structs = Vec::new();
         let fields = parse_fields(&lines, &mut index, 1, versions, &message_name, &mut structs)?;
         structs.push(StructDef {
@@ -205,12 +227,25 @@ fn parse_api(text: &str) -> ParseResult<Api> {
             fields,
             top_level: true,
         });
-        if messages.insert(kind, MessageDef { name: message_name, structs }).is_some() {
+        if messages
+            .insert(
+                kind,
+                MessageDef {
+                    name: message_name,
+                    structs,
+                },
+            )
+            .is_some()
+        {
             return Err((line.number, format!("{kind} given twice")));
         }
     }
-    let request = messages.remove("request").ok_or((first.number, "no request".to_string()))?;
-    let response = messages.remove("response").ok_or((first.number, "no response".to_string()))?;
+    let request = messages
+        .remove("request")
+        .ok_or((first.number, "no request".to_string()))?;
+    let response = messages
+        .remove("response")
+        .ok_or((first.number, "no response".to_string()))?;
     Ok(Api {
         name,
         key,
@@ -224,16 +259,24 @@ fn parse_api(text: &str) -> ParseResult<Api> {
 fn parse_range(text: &str, within: Option<Range>) -> Result<Range, String> {
     let range = if let Some(lo) = text.strip_suffix('+') {
         Range {
-            lo: lo.parse().map_err(|_| format!("bad version range {text}"))?,
+            lo: lo
+                .parse()
+                .map_err(|_| format!("bad version range {text}"))?,
             hi: i16::MAX,
         }
     } else if let Some((lo, hi)) = text.split_once('-') {
         Range {
-            lo: lo.parse().map_err(|_| format!("bad version range {text}"))?,
-            hi: hi.parse().map_err(|_| format!("bad version range {text}"))?,
+            lo: lo
+                .parse()
+                .map_err(|_| format!("bad version range {text}"))?,
+            hi: hi
+                .parse()
+                .map_err(|_| format!("bad version range {text}"))?,
         }
     } else {
-        let v = text.parse().map_err(|_| format!("bad version range {text}"))?;
+        let v = text
+            .parse()
+            .map_err(|_| format!("bad version range {text}"))?;
         Range { lo: v, hi: v }
     };
     Ok(match within {
@@ -294,18 +337,24 @@ fn parse_fields(
             rest.truncate(at);
         }
         let mut words = rest.split_whitespace();
-        let ty_word = words.next().ok_or((line.number, "field needs a type".to_string()))?;
-        let (ty, struct_name) = if let Some(inner) = ty_word.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
-            match parse_prim(inner) {
-                Some(p) => (Ty::Array(Box::new(Ty::Prim(p))), None),
-                None => (Ty::Array(Box::new(Ty::Struct(inner.to_string()))), Some(inner.to_string())),
-            }
-        } else {
-            match parse_prim(ty_word) {
-                Some(p) => (Ty::Prim(p), None),
-                None => (Ty::Struct(ty_word.to_string()), Some(ty_word.to_string())),
-            }
-        };
+        let ty_word = words
+            .next()
+            .ok_or((line.number, "field needs a type".to_string()))?;
+        let (ty, struct_name) =
+            if let Some(inner) = ty_word.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+                match parse_prim(inner) {
+                    Some(p) => (Ty::Array(Box::new(Ty::Prim(p))), None),
+                    None => (
+                        Ty::Array(Box::new(Ty::Struct(inner.to_string()))),
+                        Some(inner.to_string()),
+                    ),
+                }
+            } else {
+                match parse_prim(ty_word) {
+                    Some(p) => (Ty::Prim(p), None),
+                    None => (Ty::Struct(ty_word.to_string()), Some(ty_word.to_string())),
+                }
+            };
         let mut versions = parent_versions;
         let mut nullable = None;
         let mut tag = None;
@@ -326,11 +375,21 @@ fn parse_fields(
             }
         }
         if versions.is_empty() {
-            return Err((line.number, format!("field {name} has no version inside its parent's")));
+            return Err((
+                line.number,
+                format!("field {name} has no version inside its parent's"),
+            ));
         }
-        let nullable = nullable.map(|n| n.intersect(versions)).filter(|n| !n.is_empty());
-        if nullable.is_some() && matches!(ty, Ty::Prim(p) if !matches!(p, Prim::String | Prim::Bytes | Prim::Records)) {
-            return Err((line.number, "only strings, bytes, records, arrays and structs are nullable".into()));
+        let nullable = nullable
+            .map(|n| n.intersect(versions))
+            .filter(|n| !n.is_empty());
+        if nullable.is_some()
+            && matches!(ty, Ty::Prim(p) if !matches!(p, Prim::String | Prim::Bytes | Prim::Records))
+        {
+            return Err((
+                line.number,
+                "only strings, bytes, records, arrays and structs are nullable".into(),
+            ));
         }
         let has_children = *index < lines.len() && lines[*index].indent > indent;
         if let Some(struct_name) = struct_name {
@@ -347,7 +406,10 @@ fn parse_fields(
                 });
             } else {
                 let Some(existing) = structs.iter_mut().find(|s| s.name == struct_name) else {
-                    return Err((line.number, format!("struct {struct_name} used before it is defined")));
+                    return Err((
+                        line.number,
+                        format!("struct {struct_name} used before it is defined"),
+                    ));
                 };
                 existing.versions = Range {
                     lo: existing.versions.lo.min(versions.lo),
@@ -355,7 +417,10 @@ fn parse_fields(
                 };
             }
         } else if has_children {
-            return Err((lines[*index].number, "only struct fields have children".into()));
+            return Err((
+                lines[*index].number,
+                "only struct fields have children".into(),
+            ));
         }
         if default.as_deref() == Some("null") && nullable.is_none() {
             return Err((line.number, "default=null needs a nullable field".into()));
@@ -507,7 +572,10 @@ fn read_field(ctx: &Ctx<'_>, owner: &StructDef, field: &Field) -> String {
     let compact = ctx.compact(field);
     let name = &field.name;
     let Some(nullable) = field.nullable else {
-        return format!("this.{name} = {};", read_value(ctx, &field.ty, field, &path));
+        return format!(
+            "this.{name} = {};",
+            read_value(ctx, &field.ty, field, &path)
+        );
     };
     let null_ok = nullable.condition(owner.versions);
     let read = match &field.ty {
@@ -553,7 +621,9 @@ fn write_value(ctx: &Ctx<'_>, ty: &Ty, field: &Field, path: &str, value: &str) -
             Prim::F64 => format!("wire::write_f64(buf, {copied});"),
             Prim::Uuid => format!("wire::write_uuid(buf, {value});"),
             Prim::String => format!("wire::write_string(buf, {value}, {compact}){err};"),
-            Prim::Bytes | Prim::Records => format!("wire::write_bytes(buf, {value}, {compact}){err};"),
+            Prim::Bytes | Prim::Records => {
+                format!("wire::write_bytes(buf, {value}, {compact}){err};")
+            }
         },
         Ty::Array(inner) => {
             let element = write_value(ctx, inner, field, path, "item");
@@ -575,8 +645,12 @@ fn write_field(ctx: &Ctx<'_>, owner: &StructDef, field: &Field) -> String {
     };
     let null_ok = nullable.condition(owner.versions);
     let null_write = match &field.ty {
-        Ty::Prim(Prim::String) => format!("wire::write_nullable_string(buf, None, {compact}){err};"),
-        Ty::Prim(Prim::Bytes | Prim::Records) => format!("wire::write_nullable_bytes(buf, None, {compact}){err};"),
+        Ty::Prim(Prim::String) => {
+            format!("wire::write_nullable_string(buf, None, {compact}){err};")
+        }
+        Ty::Prim(Prim::Bytes | Prim::Records) => {
+            format!("wire::write_nullable_bytes(buf, None, {compact}){err};")
+        }
         Ty::Array(_) => format!("wire::write_array_len(buf, None, {compact}){err};"),
         Ty::Struct(_) => "wire::write_i8(buf, -1);".into(),
         Ty::Prim(_) => unreachable!("checked at parse time"),
@@ -629,14 +703,20 @@ fn generate_struct(ctx: &Ctx<'_>, def: &StructDef, out: &mut String) {
         t
     };
     for pair in tagged.windows(2) {
-        assert!(pair[0].tag != pair[1].tag, "{}: duplicate tag {:?}", def.name, pair[0].tag);
+        assert!(
+            pair[0].tag != pair[1].tag,
+            "{}: duplicate tag {:?}",
+            def.name,
+            pair[0].tag
+        );
     }
 
     // The struct.
     writeln!(out, "#[derive(Debug, Clone, PartialEq)]").unwrap();
     writeln!(out, "pub struct {} {{", def.name).unwrap();
     for field in &def.fields {
-        let versions = if field.versions.hi == i16::MAX || field.versions.hi >= ctx.api.versions.hi {
+        let versions = if field.versions.hi == i16::MAX || field.versions.hi >= ctx.api.versions.hi
+        {
             format!("{}+", field.versions.lo)
         } else {
             format!("{}-{}", field.versions.lo, field.versions.hi)
@@ -646,25 +726,42 @@ fn generate_struct(ctx: &Ctx<'_>, def: &StructDef, out: &mut String) {
         writeln!(out, "    pub {}: {},", field.name, field_type(field)).unwrap();
     }
     if has_tags {
-        writeln!(out, "    /// Tagged fields this version of Keel does not know, kept byte for byte.").unwrap();
+        writeln!(
+            out,
+            "    /// Tagged fields this version of Keel does not know, kept byte for byte."
+        )
+        .unwrap();
         writeln!(out, "    pub unknown_tagged_fields: TaggedFields,").unwrap();
     }
     writeln!(out, "}}\n").unwrap();
 
     // Default.
-    writeln!(out, "impl Default for {} {{\n    fn default() -> Self {{\n        Self {{", def.name).unwrap();
+    writeln!(
+        out,
+        "impl Default for {} {{\n    fn default() -> Self {{\n        Self {{",
+        def.name
+    )
+    .unwrap();
     for field in &def.fields {
         writeln!(out, "            {}: {},", field.name, default_value(field)).unwrap();
     }
     if has_tags {
-        writeln!(out, "            unknown_tagged_fields: TaggedFields::new(),").unwrap();
+        writeln!(
+            out,
+            "            unknown_tagged_fields: TaggedFields::new(),"
+        )
+        .unwrap();
     }
     writeln!(out, "        }}\n    }}\n}}\n").unwrap();
 
     writeln!(out, "impl {} {{", def.name).unwrap();
 
     // Decode.
-    writeln!(out, "    #[allow(unused_variables, clippy::let_and_return)]").unwrap();
+    writeln!(
+        out,
+        "    #[allow(unused_variables, clippy::let_and_return)]"
+    )
+    .unwrap();
     writeln!(
         out,
         "    pub(crate) fn decode_body(buf: &mut Bytes, version: i16) -> Result<Self, DecodeError> {{"
@@ -674,7 +771,12 @@ fn generate_struct(ctx: &Ctx<'_>, def: &StructDef, out: &mut String) {
     writeln!(out, "        let mut this = Self::default();").unwrap();
     for field in def.fields.iter().filter(|f| f.tag.is_none()) {
         let cond = field.versions.condition(def.versions);
-        writeln!(out, "        if {cond} {{ {} }}", read_field(ctx, def, field)).unwrap();
+        writeln!(
+            out,
+            "        if {cond} {{ {} }}",
+            read_field(ctx, def, field)
+        )
+        .unwrap();
     }
     if has_tags {
         let tag_path = if def.top_level {
@@ -686,9 +788,21 @@ fn generate_struct(ctx: &Ctx<'_>, def: &StructDef, out: &mut String) {
         writeln!(out, "        if flexible {{").unwrap();
         writeln!(out, "            let count = wire::read_uvarint(buf){err};").unwrap();
         writeln!(out, "            for _ in 0..count {{").unwrap();
-        writeln!(out, "                let tag = wire::read_uvarint(buf){err};").unwrap();
-        writeln!(out, "                let size = wire::read_uvarint(buf){err} as usize;").unwrap();
-        writeln!(out, "                let mut value = wire::read_exact(buf, size){err};").unwrap();
+        writeln!(
+            out,
+            "                let tag = wire::read_uvarint(buf){err};"
+        )
+        .unwrap();
+        writeln!(
+            out,
+            "                let size = wire::read_uvarint(buf){err} as usize;"
+        )
+        .unwrap();
+        writeln!(
+            out,
+            "                let mut value = wire::read_exact(buf, size){err};"
+        )
+        .unwrap();
         writeln!(out, "                match tag {{").unwrap();
         for field in &tagged {
             let cond = field.versions.condition(def.versions);
@@ -700,7 +814,11 @@ fn generate_struct(ctx: &Ctx<'_>, def: &StructDef, out: &mut String) {
             )
             .unwrap();
         }
-        writeln!(out, "                    _ => {{ this.unknown_tagged_fields.insert(tag, value); }}").unwrap();
+        writeln!(
+            out,
+            "                    _ => {{ this.unknown_tagged_fields.insert(tag, value); }}"
+        )
+        .unwrap();
         writeln!(out, "                }}\n            }}\n        }}").unwrap();
     }
     writeln!(out, "        Ok(this)\n    }}\n").unwrap();
@@ -715,11 +833,20 @@ fn generate_struct(ctx: &Ctx<'_>, def: &StructDef, out: &mut String) {
     writeln!(out, "        let flexible = {flexible_cond};").unwrap();
     for field in def.fields.iter().filter(|f| f.tag.is_none()) {
         let cond = field.versions.condition(def.versions);
-        writeln!(out, "        if {cond} {{ {} }}", write_field(ctx, def, field)).unwrap();
+        writeln!(
+            out,
+            "        if {cond} {{ {} }}",
+            write_field(ctx, def, field)
+        )
+        .unwrap();
     }
     if has_tags {
         writeln!(out, "        if flexible {{").unwrap();
-        writeln!(out, "            let mut count = self.unknown_tagged_fields.len();").unwrap();
+        writeln!(
+            out,
+            "            let mut count = self.unknown_tagged_fields.len();"
+        )
+        .unwrap();
         for field in &tagged {
             let cond = field.versions.condition(def.versions);
             writeln!(
@@ -732,7 +859,11 @@ fn generate_struct(ctx: &Ctx<'_>, def: &StructDef, out: &mut String) {
             writeln!(out, "            count += write_{} as usize;", field.name).unwrap();
         }
         writeln!(out, "            wire::write_uvarint(buf, count as u32);").unwrap();
-        writeln!(out, "            let mut unknown = self.unknown_tagged_fields.iter().peekable();").unwrap();
+        writeln!(
+            out,
+            "            let mut unknown = self.unknown_tagged_fields.iter().peekable();"
+        )
+        .unwrap();
         for field in &tagged {
             let tag = field.tag.unwrap();
             if tag > 0 {
@@ -743,17 +874,30 @@ fn generate_struct(ctx: &Ctx<'_>, def: &StructDef, out: &mut String) {
                 .unwrap();
             }
             writeln!(out, "            if write_{} {{", field.name).unwrap();
-            writeln!(out, "                let mut value = BytesMut::new(); {{ let buf = &mut value; {} }}", write_field(ctx, def, field)).unwrap();
+            writeln!(
+                out,
+                "                let mut value = BytesMut::new(); {{ let buf = &mut value; {} }}",
+                write_field(ctx, def, field)
+            )
+            .unwrap();
             writeln!(out, "                write_tagged(buf, {tag}, &value);").unwrap();
             writeln!(out, "            }}").unwrap();
         }
-        writeln!(out, "            for (tag, value) in unknown {{ write_tagged(buf, *tag, value); }}").unwrap();
+        writeln!(
+            out,
+            "            for (tag, value) in unknown {{ write_tagged(buf, *tag, value); }}"
+        )
+        .unwrap();
         writeln!(out, "        }}").unwrap();
     }
     writeln!(out, "        Ok(())\n    }}\n").unwrap();
 
     // Random values, for the property tests.
-    writeln!(out, "    #[cfg(test)]\n    #[allow(unused_variables, unused_mut)]").unwrap();
+    writeln!(
+        out,
+        "    #[cfg(test)]\n    #[allow(unused_variables, unused_mut)]"
+    )
+    .unwrap();
     writeln!(
         out,
         "    pub(crate) fn random(g: &mut crate::protocol::testgen::Gen, version: i16) -> Self {{"
@@ -808,8 +952,13 @@ fn snake(name: &str) -> String {
 fn generate_message(api: &Api, message: &MessageDef, is_request: bool, out: &mut String) {
     let module = snake(&message.name);
     let ctx = Ctx { api, message };
-    writeln!(out, "/// {} (api key {}), versions {}-{}.", message.name, api.key, api.versions.lo, api.versions.hi).unwrap();
-    writeln!(out, "#[allow(unused_mut, unused_variables, clippy::let_and_return, clippy::needless_borrow)]").unwrap();
+    writeln!(
+        out,
+        "/// {} (api key {}), versions {}-{}.",
+        message.name, api.key, api.versions.lo, api.versions.hi
+    )
+    .unwrap();
+    writeln!(out, "#[allow(unused_mut, unused_variables, clippy::let_and_return, clippy::needless_borrow, clippy::nonminimal_bool, clippy::overly_complex_bool_expr, clippy::match_single_binding, clippy::derivable_impls, clippy::partialeq_to_none, clippy::bool_comparison)]").unwrap();
     writeln!(out, "pub mod {module} {{").unwrap();
     writeln!(out, "#[allow(unused_imports)] use super::*;\n").unwrap();
     for def in &message.structs {
@@ -848,35 +997,84 @@ fn generate(apis: &[Api]) -> String {
 
     // ApiKey.
     writeln!(out, "/// Every Kafka API Keel speaks.").unwrap();
-    writeln!(out, "#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]\n#[repr(i16)]").unwrap();
+    writeln!(
+        out,
+        "#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]\n#[repr(i16)]"
+    )
+    .unwrap();
     writeln!(out, "pub enum ApiKey {{").unwrap();
     for api in apis {
         writeln!(out, "    {} = {},", api.name, api.key).unwrap();
     }
     writeln!(out, "}}\n").unwrap();
     writeln!(out, "impl ApiKey {{").unwrap();
-    writeln!(out, "    pub const ALL: [ApiKey; {}] = [{}];", apis.len(),
-        apis.iter().map(|a| format!("ApiKey::{}", a.name)).collect::<Vec<_>>().join(", ")).unwrap();
-    writeln!(out, "    pub fn from_i16(key: i16) -> Option<ApiKey> {{\n        match key {{").unwrap();
+    writeln!(
+        out,
+        "    pub const ALL: [ApiKey; {}] = [{}];",
+        apis.len(),
+        apis.iter()
+            .map(|a| format!("ApiKey::{}", a.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "    pub fn from_i16(key: i16) -> Option<ApiKey> {{\n        match key {{"
+    )
+    .unwrap();
     for api in apis {
-        writeln!(out, "            {} => Some(ApiKey::{}),", api.key, api.name).unwrap();
+        writeln!(
+            out,
+            "            {} => Some(ApiKey::{}),",
+            api.key, api.name
+        )
+        .unwrap();
     }
     writeln!(out, "            _ => None,\n        }}\n    }}").unwrap();
-    writeln!(out, "    pub fn name(self) -> &'static str {{\n        match self {{").unwrap();
+    writeln!(
+        out,
+        "    pub fn name(self) -> &'static str {{\n        match self {{"
+    )
+    .unwrap();
     for api in apis {
         writeln!(out, "            ApiKey::{0} => \"{0}\",", api.name).unwrap();
     }
     writeln!(out, "        }}\n    }}").unwrap();
-    writeln!(out, "    /// The versions Keel decodes and encodes: (min, max).").unwrap();
-    writeln!(out, "    pub fn versions(self) -> (i16, i16) {{\n        match self {{").unwrap();
+    writeln!(
+        out,
+        "    /// The versions Keel decodes and encodes: (min, max)."
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "    pub fn versions(self) -> (i16, i16) {{\n        match self {{"
+    )
+    .unwrap();
     for api in apis {
-        writeln!(out, "            ApiKey::{} => ({}, {}),", api.name, api.versions.lo, api.versions.hi).unwrap();
+        writeln!(
+            out,
+            "            ApiKey::{} => ({}, {}),",
+            api.name, api.versions.lo, api.versions.hi
+        )
+        .unwrap();
     }
     writeln!(out, "        }}\n    }}").unwrap();
-    writeln!(out, "    /// The first flexible version (compact encodings, tagged fields), if any.").unwrap();
-    writeln!(out, "    pub fn flexible_from(self) -> Option<i16> {{\n        match self {{").unwrap();
+    writeln!(
+        out,
+        "    /// The first flexible version (compact encodings, tagged fields), if any."
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "    pub fn flexible_from(self) -> Option<i16> {{\n        match self {{"
+    )
+    .unwrap();
     for api in apis {
-        let f = api.flexible_from.map(|v| format!("Some({v})")).unwrap_or("None".into());
+        let f = api
+            .flexible_from
+            .map(|v| format!("Some({v})"))
+            .unwrap_or("None".into());
         writeln!(out, "            ApiKey::{} => {f},", api.name).unwrap();
     }
     writeln!(out, "        }}\n    }}").unwrap();
@@ -885,18 +1083,31 @@ fn generate(apis: &[Api]) -> String {
     // Request and Response.
     for (kind, suffix) in [("Request", "Request"), ("Response", "Response")] {
         writeln!(out, "/// Any {} Keel speaks, decoded.", kind.to_lowercase()).unwrap();
-        writeln!(out, "#[derive(Debug, Clone, PartialEq)]\npub enum {kind} {{").unwrap();
+        writeln!(
+            out,
+            "#[derive(Debug, Clone, PartialEq)]\npub enum {kind} {{"
+        )
+        .unwrap();
         for api in apis {
             writeln!(out, "    {0}({0}{suffix}),", api.name).unwrap();
         }
         writeln!(out, "}}\n").unwrap();
         writeln!(out, "impl {kind} {{").unwrap();
-        writeln!(out, "    pub fn api_key(&self) -> ApiKey {{\n        match self {{").unwrap();
+        writeln!(
+            out,
+            "    pub fn api_key(&self) -> ApiKey {{\n        match self {{"
+        )
+        .unwrap();
         for api in apis {
             writeln!(out, "            {kind}::{0}(_) => ApiKey::{0},", api.name).unwrap();
         }
         writeln!(out, "        }}\n    }}").unwrap();
-        writeln!(out, "    /// Decodes the body of a {} of `api_key` at `version`.", kind.to_lowercase()).unwrap();
+        writeln!(
+            out,
+            "    /// Decodes the body of a {} of `api_key` at `version`.",
+            kind.to_lowercase()
+        )
+        .unwrap();
         writeln!(out, "    pub fn decode(api_key: ApiKey, version: i16, buf: &mut Bytes) -> Result<Self, DecodeError> {{\n        Ok(match api_key {{").unwrap();
         for api in apis {
             writeln!(out, "            ApiKey::{0} => {kind}::{0}(<{0}{suffix} as crate::protocol::Message>::decode(buf, version)?),", api.name).unwrap();
@@ -904,12 +1115,22 @@ fn generate(apis: &[Api]) -> String {
         writeln!(out, "        }})\n    }}").unwrap();
         writeln!(out, "    pub fn encode(&self, buf: &mut BytesMut, version: i16) -> Result<(), EncodeError> {{\n        match self {{").unwrap();
         for api in apis {
-            writeln!(out, "            {kind}::{}(m) => crate::protocol::Message::encode(m, buf, version),", api.name).unwrap();
+            writeln!(
+                out,
+                "            {kind}::{}(m) => crate::protocol::Message::encode(m, buf, version),",
+                api.name
+            )
+            .unwrap();
         }
         writeln!(out, "        }}\n    }}").unwrap();
         writeln!(out, "    #[cfg(test)]\n    pub(crate) fn random(g: &mut crate::protocol::testgen::Gen, api_key: ApiKey, version: i16) -> Self {{\n        match api_key {{").unwrap();
         for api in apis {
-            writeln!(out, "            ApiKey::{0} => {kind}::{0}({0}{suffix}::random(g, version)),", api.name).unwrap();
+            writeln!(
+                out,
+                "            ApiKey::{0} => {kind}::{0}({0}{suffix}::random(g, version)),",
+                api.name
+            )
+            .unwrap();
         }
         writeln!(out, "        }}\n    }}").unwrap();
         writeln!(out, "}}\n").unwrap();

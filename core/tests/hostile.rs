@@ -57,7 +57,13 @@ const FORGED_PRODUCE_BODY_V3: [u8; 14] = [
 #[test]
 fn the_forged_fourteen_byte_produce_body_fails_without_allocating() {
     assert_eq!(i32::from_be_bytes([0x03, 0x3c, 0x08, 0x00]), 54_265_856);
-    let (result, allocated) = allocated_by(|| Request::decode(ApiKey::Produce, 3, &mut Bytes::from_static(&FORGED_PRODUCE_BODY_V3)));
+    let (result, allocated) = allocated_by(|| {
+        Request::decode(
+            ApiKey::Produce,
+            3,
+            &mut Bytes::from_static(&FORGED_PRODUCE_BODY_V3),
+        )
+    });
     let error = result.expect_err("a forged count must fail");
     assert_eq!(error.field, "ProduceRequest.topic_data");
     assert_eq!(
@@ -67,7 +73,10 @@ fn the_forged_fourteen_byte_produce_body_fails_without_allocating() {
             remaining: 2
         }
     );
-    assert!(allocated <= FORGED_PRODUCE_BODY_V3.len(), "allocated {allocated} bytes");
+    assert!(
+        allocated <= FORGED_PRODUCE_BODY_V3.len(),
+        "allocated {allocated} bytes"
+    );
 }
 
 #[test]
@@ -76,7 +85,11 @@ fn the_forged_body_inside_a_whole_request_frame_fails_the_same_way() {
     frame.extend_from_slice(&FORGED_PRODUCE_BODY_V3);
     let (result, allocated) = allocated_by(|| parse_request(Bytes::from(frame.clone())));
     assert!(matches!(result, Err(RequestError::Decode(_))), "{result:?}");
-    assert!(allocated <= frame.len(), "allocated {allocated} bytes for a {}-byte frame", frame.len());
+    assert!(
+        allocated <= frame.len(),
+        "allocated {allocated} bytes for a {}-byte frame",
+        frame.len()
+    );
 }
 
 /// Bodies that claim the largest counts and lengths everywhere: every i32 and i16 at its
@@ -113,13 +126,21 @@ fn most_allocated(body: &[u8]) -> (usize, String) {
         let (min, max) = key.versions();
         for version in min..=max {
             let input = Bytes::copy_from_slice(body);
-            let (request, allocated) = allocated_by(|| Request::decode(key, version, &mut input.clone()));
+            let (request, allocated) =
+                allocated_by(|| Request::decode(key, version, &mut input.clone()));
             if allocated > worst.0 {
-                worst = (allocated, format!("{key:?} v{version} request: {request:?}"));
+                worst = (
+                    allocated,
+                    format!("{key:?} v{version} request: {request:?}"),
+                );
             }
-            let (response, allocated) = allocated_by(|| Response::decode(key, version, &mut input.clone()));
+            let (response, allocated) =
+                allocated_by(|| Response::decode(key, version, &mut input.clone()));
             if allocated > worst.0 {
-                worst = (allocated, format!("{key:?} v{version} response: {response:?}"));
+                worst = (
+                    allocated,
+                    format!("{key:?} v{version} response: {response:?}"),
+                );
             }
         }
     }
@@ -140,7 +161,11 @@ fn bodies_claiming_i32_max_elements_fail_without_allocating_for_every_api_and_ve
             }
         }
         let (allocated, at) = most_allocated(&body);
-        assert!(allocated <= body.len(), "allocated {allocated} bytes for a {}-byte body at {at}", body.len());
+        assert!(
+            allocated <= body.len(),
+            "allocated {allocated} bytes for a {}-byte body at {at}",
+            body.len()
+        );
     }
     assert!(errors > 500, "only {errors} decodes failed");
 }

@@ -6,19 +6,39 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_path_buf()
 }
 
 #[test]
 fn core_dependency_tree_has_no_io_runtime_and_no_oracle() {
     let output = Command::new(env!("CARGO"))
         .current_dir(workspace_root())
-        .args(["tree", "-p", "keel-core", "-e", "normal,build", "--prefix", "none", "--format", "{p}"])
+        .args([
+            "tree",
+            "-p",
+            "keel-core",
+            "-e",
+            "normal,build",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+        ])
         .output()
         .expect("cargo runs");
-    assert!(output.status.success(), "cargo tree failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let tree = String::from_utf8(output.stdout).unwrap();
-    assert!(tree.contains("keel-core"), "unexpected cargo tree output: {tree}");
+    assert!(
+        tree.contains("keel-core"),
+        "unexpected cargo tree output: {tree}"
+    );
     for line in tree.lines() {
         let name = line.split_whitespace().next().unwrap_or_default();
         for forbidden in ["tokio", "mio", "socket2", "kafka-protocol", "madsim"] {
@@ -46,9 +66,13 @@ const REQUIRED_DISALLOWED: &[&str] = &[
 
 #[test]
 fn clippy_disallows_the_escape_hatches() {
-    let config = std::fs::read_to_string(workspace_root().join("core/clippy.toml")).expect("core/clippy.toml exists");
+    let config = std::fs::read_to_string(workspace_root().join("core/clippy.toml"))
+        .expect("core/clippy.toml exists");
     for path in REQUIRED_DISALLOWED {
-        assert!(config.contains(&format!("path = \"{path}\"")), "core/clippy.toml no longer disallows {path}");
+        assert!(
+            config.contains(&format!("path = \"{path}\"")),
+            "core/clippy.toml no longer disallows {path}"
+        );
     }
 }
 
@@ -70,10 +94,26 @@ fn core_sources_never_silence_the_disallowed_lints() {
     assert!(files.len() > 5);
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
-        for lint in ["disallowed_methods", "disallowed_types", "disallowed_macros"] {
-            assert!(!text.contains(lint), "{} mentions clippy::{lint}: core may not bypass it", file.display());
+        for lint in [
+            "disallowed_methods",
+            "disallowed_types",
+            "disallowed_macros",
+        ] {
+            assert!(
+                !text.contains(lint),
+                "{} mentions clippy::{lint}: core may not bypass it",
+                file.display()
+            );
         }
-        assert!(!text.contains("std::net::"), "{} reaches for std::net", file.display());
-        assert!(!text.contains("std::fs::"), "{} reaches for std::fs", file.display());
+        assert!(
+            !text.contains("std::net::"),
+            "{} reaches for std::net",
+            file.display()
+        );
+        assert!(
+            !text.contains("std::fs::"),
+            "{} reaches for std::fs",
+            file.display()
+        );
     }
 }

@@ -36,14 +36,18 @@ pub enum RequestError {
 pub fn parse_request(mut frame: Bytes) -> Result<ParsedRequest, RequestError> {
     let (api_key, api_version) = RequestHeader::peek_api(&frame)?;
     match negotiate(api_key, api_version) {
-        Negotiation::Unsupported => Err(RequestError::Unsupported { api_key, api_version }),
+        Negotiation::Unsupported => Err(RequestError::Unsupported {
+            api_key,
+            api_version,
+        }),
         Negotiation::ApiVersionsFallback => {
             // The body is in a format we do not know; header v1 holds all we need.
             let header = RequestHeader::decode(&mut frame, 1)?;
             Ok(ParsedRequest::ApiVersionsFallback { header })
         }
         Negotiation::Supported(key) => {
-            let header = RequestHeader::decode(&mut frame, key.request_header_version(api_version))?;
+            let header =
+                RequestHeader::decode(&mut frame, key.request_header_version(api_version))?;
             let request = Request::decode(key, api_version, &mut frame)?;
             Ok(ParsedRequest::Request {
                 header,
@@ -77,7 +81,11 @@ pub fn encode_response(
 }
 
 /// Appends a framed request to `out`; the header's api key and version say how to encode.
-pub fn encode_request(out: &mut BytesMut, header: &RequestHeader, request: &Request) -> Result<(), EncodeError> {
+pub fn encode_request(
+    out: &mut BytesMut,
+    header: &RequestHeader,
+    request: &Request,
+) -> Result<(), EncodeError> {
     let at = begin_frame(out);
     header.encode(out, header.version());
     if let Err(e) = request.encode(out, header.api_version) {

@@ -122,7 +122,9 @@ pub(crate) fn compare(ours: &View, theirs: &View, path: &str) -> Result<(), Stri
             let mut rest = b.iter();
             for (name, mine) in a {
                 let Some((_, other)) = rest.find(|(n, _)| n == name) else {
-                    return Err(format!("{path}.{name}: missing or out of order in the oracle's view"));
+                    return Err(format!(
+                        "{path}.{name}: missing or out of order in the oracle's view"
+                    ));
                 };
                 compare(mine, other, &format!("{path}.{name}"))?;
             }

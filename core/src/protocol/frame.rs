@@ -48,7 +48,12 @@ impl FrameDecoder {
         if self.buffer.len() < SIZE_PREFIX_BYTES {
             return Ok(None);
         }
-        let size = i32::from_be_bytes([self.buffer[0], self.buffer[1], self.buffer[2], self.buffer[3]]);
+        let size = i32::from_be_bytes([
+            self.buffer[0],
+            self.buffer[1],
+            self.buffer[2],
+            self.buffer[3],
+        ]);
         if size < 0 {
             return Err(FrameError::NegativeSize(size));
         }
@@ -61,7 +66,8 @@ impl FrameDecoder {
         }
         if self.buffer.len() < SIZE_PREFIX_BYTES + size {
             // Reserve for the rest of this frame only now that its size is known to be allowed.
-            self.buffer.reserve(SIZE_PREFIX_BYTES + size - self.buffer.len());
+            self.buffer
+                .reserve(SIZE_PREFIX_BYTES + size - self.buffer.len());
             return Ok(None);
         }
         self.buffer.advance(SIZE_PREFIX_BYTES);

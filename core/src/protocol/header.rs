@@ -40,16 +40,19 @@ impl RequestHeader {
         let v = header_version;
         let mut header = RequestHeader {
             api_key: wire::read_i16(buf).map_err(|e| e.at("RequestHeader.request_api_key", v))?,
-            api_version: wire::read_i16(buf).map_err(|e| e.at("RequestHeader.request_api_version", v))?,
-            correlation_id: wire::read_i32(buf).map_err(|e| e.at("RequestHeader.correlation_id", v))?,
+            api_version: wire::read_i16(buf)
+                .map_err(|e| e.at("RequestHeader.request_api_version", v))?,
+            correlation_id: wire::read_i32(buf)
+                .map_err(|e| e.at("RequestHeader.correlation_id", v))?,
             ..RequestHeader::default()
         };
         if v >= 1 {
-            header.client_id =
-                wire::read_nullable_string(buf, false).map_err(|e| e.at("RequestHeader.client_id", v))?;
+            header.client_id = wire::read_nullable_string(buf, false)
+                .map_err(|e| e.at("RequestHeader.client_id", v))?;
         }
         if v >= 2 {
-            header.unknown_tagged_fields = read_tagged_fields(buf, "RequestHeader.tagged_fields", v)?;
+            header.unknown_tagged_fields =
+                read_tagged_fields(buf, "RequestHeader.tagged_fields", v)?;
         }
         Ok(header)
     }
@@ -61,7 +64,10 @@ impl RequestHeader {
         if header_version >= 1 {
             // A client id longer than i16::MAX cannot be sent; Kafka clients truncate never,
             // so neither do we: such an id is written as null.
-            let id = self.client_id.as_deref().filter(|id| id.len() <= i16::MAX as usize);
+            let id = self
+                .client_id
+                .as_deref()
+                .filter(|id| id.len() <= i16::MAX as usize);
             wire::write_nullable_string(buf, id, false).expect("length checked above");
         }
         if header_version >= 2 {
@@ -85,11 +91,13 @@ impl ResponseHeader {
     pub fn decode(buf: &mut Bytes, header_version: i16) -> Result<ResponseHeader, DecodeError> {
         let v = header_version;
         let mut header = ResponseHeader {
-            correlation_id: wire::read_i32(buf).map_err(|e| e.at("ResponseHeader.correlation_id", v))?,
+            correlation_id: wire::read_i32(buf)
+                .map_err(|e| e.at("ResponseHeader.correlation_id", v))?,
             ..ResponseHeader::default()
         };
         if v >= 1 {
-            header.unknown_tagged_fields = read_tagged_fields(buf, "ResponseHeader.tagged_fields", v)?;
+            header.unknown_tagged_fields =
+                read_tagged_fields(buf, "ResponseHeader.tagged_fields", v)?;
         }
         Ok(header)
     }
@@ -102,7 +110,11 @@ impl ResponseHeader {
     }
 }
 
-fn read_tagged_fields(buf: &mut Bytes, field: &'static str, version: i16) -> Result<TaggedFields, DecodeError> {
+fn read_tagged_fields(
+    buf: &mut Bytes,
+    field: &'static str,
+    version: i16,
+) -> Result<TaggedFields, DecodeError> {
     let mut fields = TaggedFields::new();
     let count = wire::read_uvarint(buf).map_err(|e| e.at(field, version))?;
     for _ in 0..count {

@@ -13,13 +13,13 @@
 
 pub mod codec;
 pub mod codes;
+#[cfg(test)]
+mod debug_view;
 pub mod error;
 pub mod frame;
 pub mod header;
 pub mod messages;
 pub mod negotiate;
-#[cfg(test)]
-mod debug_view;
 #[cfg(test)]
 pub(crate) mod testgen;
 pub mod wire;

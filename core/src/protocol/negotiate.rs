@@ -68,11 +68,18 @@ mod tests {
 
     #[test]
     fn negotiation_follows_kafka() {
-        assert_eq!(negotiate(18, 3), Negotiation::Supported(ApiKey::ApiVersions));
+        assert_eq!(
+            negotiate(18, 3),
+            Negotiation::Supported(ApiKey::ApiVersions)
+        );
         assert_eq!(negotiate(18, 99), Negotiation::ApiVersionsFallback);
         assert_eq!(negotiate(18, -1), Negotiation::ApiVersionsFallback);
         assert_eq!(negotiate(0, 99), Negotiation::Unsupported);
-        assert_eq!(negotiate(1, 3), Negotiation::Unsupported, "Fetch below v4 is not spoken");
+        assert_eq!(
+            negotiate(1, 3),
+            Negotiation::Unsupported,
+            "Fetch below v4 is not spoken"
+        );
         assert_eq!(negotiate(9999, 0), Negotiation::Unsupported);
         assert_eq!(negotiate(0, 0), Negotiation::Supported(ApiKey::Produce));
     }
@@ -80,10 +87,20 @@ mod tests {
     #[test]
     fn our_ranges_advertise_what_old_clients_probe_for() {
         let ranges = supported_api_versions();
-        let find = |key: ApiKey| ranges.iter().find(|r| r.api_key == key as i16).map(|r| r.min_version);
+        let find = |key: ApiKey| {
+            ranges
+                .iter()
+                .find(|r| r.api_key == key as i16)
+                .map(|r| r.min_version)
+        };
         // librdkafka <= 2.11 enables compression only if Produce v0 is advertised, and
         // consumer groups only if JoinGroup, SyncGroup and Heartbeat v0 are.
-        for key in [ApiKey::Produce, ApiKey::JoinGroup, ApiKey::SyncGroup, ApiKey::Heartbeat] {
+        for key in [
+            ApiKey::Produce,
+            ApiKey::JoinGroup,
+            ApiKey::SyncGroup,
+            ApiKey::Heartbeat,
+        ] {
             assert_eq!(find(key), Some(0), "{key:?} must advertise v0");
         }
     }

@@ -81,7 +81,10 @@ impl Gen {
     }
     pub(crate) fn bytes(&mut self) -> Bytes {
         let len = (self.u64() % 24) as usize;
-        (0..len).map(|_| self.u64() as u8).collect::<Vec<u8>>().into()
+        (0..len)
+            .map(|_| self.u64() as u8)
+            .collect::<Vec<u8>>()
+            .into()
     }
     /// A tag no schema uses, so it stays unknown on both sides of a round trip.
     pub(crate) fn unknown_tag(&mut self) -> u32 {

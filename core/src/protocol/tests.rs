@@ -18,7 +18,9 @@ use super::{ApiKey, Request, Response};
 const CASES_PER_VERSION: u32 = 64;
 
 fn oracle_versions(key: ApiKey) -> (i16, i16) {
-    let range = OracleKey::try_from(key as i16).expect("the oracle knows every api we speak").valid_versions();
+    let range = OracleKey::try_from(key as i16)
+        .expect("the oracle knows every api we speak")
+        .valid_versions();
     (range.min, range.max)
 }
 
@@ -54,7 +56,12 @@ const RESPONSES: Direction<Response, ResponseKind> = Direction {
     oracle_encode: ResponseKind::encode,
 };
 
-fn round_trip<K, O>(d: &Direction<K, O>, key: ApiKey, version: i16, seed: u64) -> Result<(), TestCaseError>
+fn round_trip<K, O>(
+    d: &Direction<K, O>,
+    key: ApiKey,
+    version: i16,
+    seed: u64,
+) -> Result<(), TestCaseError>
 where
     K: std::fmt::Debug + PartialEq,
     O: std::fmt::Debug,
@@ -62,14 +69,21 @@ where
     let oracle_key = OracleKey::try_from(key as i16).unwrap();
     let message = (d.random)(&mut Gen::new(seed), key, version);
     let mut ours = BytesMut::new();
-    (d.encode)(&message, &mut ours, version).map_err(|e| TestCaseError::fail(format!("keel encode: {e}")))?;
+    (d.encode)(&message, &mut ours, version)
+        .map_err(|e| TestCaseError::fail(format!("keel encode: {e}")))?;
     let ours = ours.freeze();
     let mut input = ours.clone();
     let decoded = (d.oracle_decode)(oracle_key, &mut input, version)
         .map_err(|e| TestCaseError::fail(format!("oracle decode of {message:?}: {e}")))?;
-    prop_assert!(input.is_empty(), "oracle left {} bytes of {:?}", input.len(), message);
+    prop_assert!(
+        input.is_empty(),
+        "oracle left {} bytes of {:?}",
+        input.len(),
+        message
+    );
     let mut theirs = BytesMut::new();
-    (d.oracle_encode)(&decoded, &mut theirs, version).map_err(|e| TestCaseError::fail(format!("oracle encode: {e}")))?;
+    (d.oracle_encode)(&decoded, &mut theirs, version)
+        .map_err(|e| TestCaseError::fail(format!("oracle encode: {e}")))?;
     prop_assert_eq!(&ours[..], &theirs[..], "encodings differ for {:?}", message);
     // Same bytes could still mean different fields (two i32s swapped, a tag misnumbered):
     // the oracle's view of the message, field by field, must be ours.
@@ -77,7 +91,8 @@ where
     let theirs_view = debug_view::parse(&format!("{decoded:?}"));
     debug_view::compare(&ours_view, &theirs_view, "").map_err(TestCaseError::fail)?;
     let mut input: Bytes = theirs.freeze();
-    let back = (d.decode)(key, version, &mut input).map_err(|e| TestCaseError::fail(format!("keel decode: {e}")))?;
+    let back = (d.decode)(key, version, &mut input)
+        .map_err(|e| TestCaseError::fail(format!("keel decode: {e}")))?;
     prop_assert!(input.is_empty());
     prop_assert_eq!(back, message);
     Ok(())
@@ -101,7 +116,12 @@ where
             }
         }
     }
-    assert!(failures.is_empty(), "{} failing versions:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failing versions:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -149,13 +169,22 @@ fn only_produce_0_to_2_are_missing_from_the_oracle() {
             }
         }
     }
-    assert_eq!(lacking, vec![(ApiKey::Produce, 0), (ApiKey::Produce, 1), (ApiKey::Produce, 2)]);
+    assert_eq!(
+        lacking,
+        vec![
+            (ApiKey::Produce, 0),
+            (ApiKey::Produce, 1),
+            (ApiKey::Produce, 2)
+        ]
+    );
 }
 
 mod produce_v0_to_v2 {
     //! Hand-built byte vectors, from the protocol guide's BNF, for the versions the oracle lacks.
     use super::super::messages::produce_request::{PartitionProduceData, TopicProduceData};
-    use super::super::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+    use super::super::messages::produce_response::{
+        PartitionProduceResponse, TopicProduceResponse,
+    };
     use super::super::messages::{ProduceRequest, ProduceResponse};
     use super::super::Message;
     use bytes::{Bytes, BytesMut};
@@ -192,7 +221,8 @@ mod produce_v0_to_v2 {
     #[test]
     fn requests_v0_to_v2_match_the_bnf() {
         for version in 0..=2 {
-            let decoded = ProduceRequest::decode(&mut Bytes::from_static(REQUEST), version).unwrap();
+            let decoded =
+                ProduceRequest::decode(&mut Bytes::from_static(REQUEST), version).unwrap();
             assert_eq!(decoded, request());
             let mut out = BytesMut::new();
             request().encode(&mut out, version).unwrap();
@@ -218,7 +248,9 @@ mod produce_v0_to_v2 {
             throttle_time_ms: 0,
             ..Default::default()
         };
-        let mut v0 = vec![0, 0, 0, 1, 0, 3, b'f', b'o', b'o', 0, 0, 0, 1, 0, 0, 0, 2, 0, 35];
+        let mut v0 = vec![
+            0, 0, 0, 1, 0, 3, b'f', b'o', b'o', 0, 0, 0, 1, 0, 0, 0, 2, 0, 35,
+        ];
         v0.extend_from_slice(&(-1i64).to_be_bytes());
         let mut v1 = v0.clone();
         v1.extend_from_slice(&[0, 0, 0, 0]);

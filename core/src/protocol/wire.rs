@@ -192,6 +192,10 @@ pub fn read_nullable_string(buf: &mut Bytes, compact: bool) -> Result<Option<Str
     let Some(len) = read_len(buf, compact, false)? else {
         return Ok(None);
     };
+    // A compact length can claim more than an i16 allows; Kafka refuses such strings too.
+    if len > i16::MAX as usize {
+        return Err(WireError::TooLong(len));
+    }
     check_len(buf, len)?;
     let raw = buf.split_to(len);
     match std::str::from_utf8(&raw) {
@@ -232,8 +236,17 @@ pub fn read_exact(buf: &mut Bytes, size: usize) -> Result<Bytes, WireError> {
     Ok(buf.split_to(size))
 }
 
-fn write_len(buf: &mut BytesMut, len: Option<usize>, compact: bool, wide: bool) -> Result<(), WireError> {
-    let limit = if wide { i32::MAX as usize } else { i16::MAX as usize };
+fn write_len(
+    buf: &mut BytesMut,
+    len: Option<usize>,
+    compact: bool,
+    wide: bool,
+) -> Result<(), WireError> {
+    let limit = if wide {
+        i32::MAX as usize
+    } else {
+        i16::MAX as usize
+    };
     match len {
         Some(n) if n > limit => return Err(WireError::TooLong(n)),
         _ => {}
@@ -248,7 +261,11 @@ fn write_len(buf: &mut BytesMut, len: Option<usize>, compact: bool, wide: bool) 
     Ok(())
 }
 
-pub fn write_nullable_string(buf: &mut BytesMut, value: Option<&str>, compact: bool) -> Result<(), WireError> {
+pub fn write_nullable_string(
+    buf: &mut BytesMut,
+    value: Option<&str>,
+    compact: bool,
+) -> Result<(), WireError> {
     write_len(buf, value.map(str::len), compact, false)?;
     if let Some(s) = value {
         buf.put_slice(s.as_bytes());
@@ -260,7 +277,11 @@ pub fn write_string(buf: &mut BytesMut, value: &str, compact: bool) -> Result<()
     write_nullable_string(buf, Some(value), compact)
 }
 
-pub fn write_nullable_bytes(buf: &mut BytesMut, value: Option<&[u8]>, compact: bool) -> Result<(), WireError> {
+pub fn write_nullable_bytes(
+    buf: &mut BytesMut,
+    value: Option<&[u8]>,
+    compact: bool,
+) -> Result<(), WireError> {
     write_len(buf, value.map(<[u8]>::len), compact, true)?;
     if let Some(b) = value {
         buf.put_slice(b);
@@ -272,7 +293,11 @@ pub fn write_bytes(buf: &mut BytesMut, value: &[u8], compact: bool) -> Result<()
     write_nullable_bytes(buf, Some(value), compact)
 }
 
-pub fn write_array_len(buf: &mut BytesMut, count: Option<usize>, compact: bool) -> Result<(), WireError> {
+pub fn write_array_len(
+    buf: &mut BytesMut,
+    count: Option<usize>,
+    compact: bool,
+) -> Result<(), WireError> {
     write_len(buf, count, compact, true)
 }
 
@@ -331,8 +356,14 @@ mod tests {
         let mut input = Bytes::from_static(&[0x03, 0xff, 0xfe]);
         assert_eq!(read_string(&mut input, true), Err(WireError::InvalidUtf8));
         let mut input = Bytes::from_static(&[0xff, 0xff]);
-        assert_eq!(read_string(&mut input, false), Err(WireError::UnexpectedNull));
+        assert_eq!(
+            read_string(&mut input, false),
+            Err(WireError::UnexpectedNull)
+        );
         let mut input = Bytes::from_static(&[0xff, 0xfe]);
-        assert_eq!(read_nullable_string(&mut input, false), Err(WireError::NegativeLength(-2)));
+        assert_eq!(
+            read_nullable_string(&mut input, false),
+            Err(WireError::NegativeLength(-2))
+        );
     }
 }

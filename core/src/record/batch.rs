@@ -61,7 +61,10 @@ pub enum BatchError {
     #[error(transparent)]
     Compression(#[from] CompressionError),
     #[error("record count {records_count} does not match last offset delta {last_offset_delta}")]
-    CountMismatch { records_count: i32, last_offset_delta: i32 },
+    CountMismatch {
+        records_count: i32,
+        last_offset_delta: i32,
+    },
     #[error("invalid producer fields: id {producer_id}, epoch {producer_epoch}, base sequence {base_sequence}")]
     InvalidProducerFields {
         producer_id: i64,
@@ -154,7 +157,9 @@ impl RecordBatch {
     /// against last offset delta, producer fields. Does not decompress.
     pub fn parse(bytes: Bytes) -> Result<RecordBatch, BatchError> {
         if bytes.len() < BATCH_HEADER_BYTES {
-            return Err(BatchError::TooShort { size_bytes: bytes.len() });
+            return Err(BatchError::TooShort {
+                size_bytes: bytes.len(),
+            });
         }
         let header = BatchHeader::read(&bytes);
         let declared = i64::from(header.batch_length);
@@ -234,7 +239,10 @@ impl RecordBatch {
 /// Writes the base offset and partition leader epoch into a batch's header. The CRC does not
 /// cover these fields, so the batch stays valid.
 pub fn stamp(batch: &mut [u8], base_offset: i64, partition_leader_epoch: i32) {
-    assert!(batch.len() >= BATCH_HEADER_BYTES, "stamp needs a whole batch header");
+    assert!(
+        batch.len() >= BATCH_HEADER_BYTES,
+        "stamp needs a whole batch header"
+    );
     batch[0..8].copy_from_slice(&base_offset.to_be_bytes());
     batch[12..16].copy_from_slice(&partition_leader_epoch.to_be_bytes());
 }
@@ -357,7 +365,8 @@ impl Record {
     /// The record's headers in order, duplicates kept.
     pub fn headers(&self) -> impl Iterator<Item = Header> + '_ {
         let mut rest = self.headers_bytes.clone();
-        (0..self.headers_count).map(move |_| Self::read_header(&mut rest).expect("validated when the record was read"))
+        (0..self.headers_count)
+            .map(move |_| Self::read_header(&mut rest).expect("validated when the record was read"))
     }
 }
 
@@ -459,7 +468,11 @@ mod tests {
         (0..count)
             .map(|i| NewRecord {
                 timestamp_delta: i as i64 * 3,
-                key: if i % 3 == 0 { None } else { Some(Bytes::from(format!("key-{i}"))) },
+                key: if i % 3 == 0 {
+                    None
+                } else {
+                    Some(Bytes::from(format!("key-{i}")))
+                },
                 value: Some(Bytes::from(format!("value-{i}-").repeat(i % 7 + 1))),
                 headers: vec![
                     Header {
@@ -493,7 +506,11 @@ mod tests {
                 assert_eq!(old.key, new.key);
                 assert_eq!(old.value, new.value);
                 assert_eq!(old.timestamp_delta, new.timestamp_delta);
-                assert_eq!(old.headers().collect::<Vec<_>>(), new.headers, "duplicate keys kept, in order");
+                assert_eq!(
+                    old.headers().collect::<Vec<_>>(),
+                    new.headers,
+                    "duplicate keys kept, in order"
+                );
             }
         }
     }
@@ -516,7 +533,10 @@ mod tests {
             let mut copy = bytes.to_vec();
             copy[byte] ^= 0x10;
             assert!(
-                matches!(RecordBatch::parse(Bytes::from(copy)), Err(BatchError::CrcMismatch { .. })),
+                matches!(
+                    RecordBatch::parse(Bytes::from(copy)),
+                    Err(BatchError::CrcMismatch { .. })
+                ),
                 "flip at {byte}"
             );
         }
@@ -535,7 +555,10 @@ mod tests {
         ));
         let mut copy = bytes.to_vec();
         copy[MAGIC_OFFSET] = 1;
-        assert_eq!(RecordBatch::parse(Bytes::from(copy)), Err(BatchError::UnsupportedMagic(1)));
+        assert_eq!(
+            RecordBatch::parse(Bytes::from(copy)),
+            Err(BatchError::UnsupportedMagic(1))
+        );
 
         // A codec id of 5 is unknown; fix the CRC so the codec check is what fails.
         let mut copy = bytes.to_vec();
@@ -555,13 +578,19 @@ mod tests {
             ..BatchOptions::default()
         };
         let bad = build(&sample_records(1), &options).unwrap();
-        assert!(matches!(RecordBatch::parse(bad), Err(BatchError::InvalidProducerFields { .. })));
+        assert!(matches!(
+            RecordBatch::parse(bad),
+            Err(BatchError::InvalidProducerFields { .. })
+        ));
         let options = BatchOptions {
             transactional: true,
             ..BatchOptions::default()
         };
         let bad = build(&sample_records(1), &options).unwrap();
-        assert_eq!(RecordBatch::parse(bad), Err(BatchError::TransactionalWithoutProducer));
+        assert_eq!(
+            RecordBatch::parse(bad),
+            Err(BatchError::TransactionalWithoutProducer)
+        );
     }
 
     #[test]
@@ -587,7 +616,9 @@ mod tests {
         let mut both = BytesMut::new();
         both.put_slice(&a);
         both.put_slice(&b);
-        let split: Vec<_> = split_batches(both.clone().freeze()).collect::<Result<_, _>>().unwrap();
+        let split: Vec<_> = split_batches(both.clone().freeze())
+            .collect::<Result<_, _>>()
+            .unwrap();
         assert_eq!(split, vec![a.clone(), b.clone()]);
         let partial: Vec<_> = split_batches(both.freeze().slice(..a.len() + 20)).collect();
         assert_eq!(partial.len(), 2);
@@ -600,13 +631,21 @@ mod tests {
             value: Some(Bytes::from(vec![0u8; 1 << 20])),
             ..NewRecord::default()
         }];
-        for compression in [Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
+        for compression in [
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
             let options = BatchOptions {
                 compression,
                 ..BatchOptions::default()
             };
             let batch = RecordBatch::parse(build(&records, &options).unwrap()).unwrap();
-            assert!(batch.as_bytes().len() < 1 << 16, "{compression:?} compresses zeros");
+            assert!(
+                batch.as_bytes().len() < 1 << 16,
+                "{compression:?} compresses zeros"
+            );
             assert!(matches!(
                 batch.records(1 << 16),
                 Err(BatchError::Compression(CompressionError::TooLarge { .. }))

@@ -23,7 +23,10 @@ pub enum CompressionError {
     #[error("{codec:?} payload is corrupt: {reason}")]
     Corrupt { codec: Compression, reason: String },
     #[error("{codec:?} payload expands past {limit_bytes} bytes")]
-    TooLarge { codec: Compression, limit_bytes: usize },
+    TooLarge {
+        codec: Compression,
+        limit_bytes: usize,
+    },
 }
 
 impl Compression {
@@ -70,7 +73,11 @@ fn corrupt(codec: Compression, reason: impl ToString) -> CompressionError {
 }
 
 /// Reads all of `reader`, failing once more than `limit_bytes` come out.
-fn read_bounded(codec: Compression, reader: impl Read, limit_bytes: usize) -> Result<Vec<u8>, CompressionError> {
+fn read_bounded(
+    codec: Compression,
+    reader: impl Read,
+    limit_bytes: usize,
+) -> Result<Vec<u8>, CompressionError> {
     let mut out = Vec::new();
     reader
         .take(limit_bytes as u64 + 1)
@@ -82,7 +89,11 @@ fn read_bounded(codec: Compression, reader: impl Read, limit_bytes: usize) -> Re
     Ok(out)
 }
 
-fn snappy_block(data: &[u8], limit_bytes: usize, out: &mut Vec<u8>) -> Result<(), CompressionError> {
+fn snappy_block(
+    data: &[u8],
+    limit_bytes: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), CompressionError> {
     let len = snap::raw::decompress_len(data).map_err(|e| corrupt(Compression::Snappy, e))?;
     if out.len() + len > limit_bytes {
         return Err(CompressionError::TooLarge {
@@ -105,7 +116,9 @@ fn snappy_decompress(data: &[u8], limit_bytes: usize) -> Result<Vec<u8>, Compres
         return Ok(out);
     }
     // Xerial framing: a 16-byte header, then blocks of [i32 length][raw snappy block].
-    let mut rest = data.get(XERIAL_HEADER_BYTES..).ok_or_else(|| corrupt(Compression::Snappy, "short xerial header"))?;
+    let mut rest = data
+        .get(XERIAL_HEADER_BYTES..)
+        .ok_or_else(|| corrupt(Compression::Snappy, "short xerial header"))?;
     while !rest.is_empty() {
         if rest.len() < 4 {
             return Err(corrupt(Compression::Snappy, "short xerial block length"));
@@ -121,14 +134,27 @@ fn snappy_decompress(data: &[u8], limit_bytes: usize) -> Result<Vec<u8>, Compres
 }
 
 /// Decompresses a batch's records section; `None` returns it as it is (no copy).
-pub fn decompress(codec: Compression, data: Bytes, limit_bytes: usize) -> Result<Bytes, CompressionError> {
+pub fn decompress(
+    codec: Compression,
+    data: Bytes,
+    limit_bytes: usize,
+) -> Result<Bytes, CompressionError> {
     let out = match codec {
         Compression::None => return Ok(data),
-        Compression::Gzip => read_bounded(codec, flate2::read::MultiGzDecoder::new(&data[..]), limit_bytes)?,
+        Compression::Gzip => read_bounded(
+            codec,
+            flate2::read::MultiGzDecoder::new(&data[..]),
+            limit_bytes,
+        )?,
         Compression::Snappy => snappy_decompress(&data, limit_bytes)?,
-        Compression::Lz4 => read_bounded(codec, lz4_flex::frame::FrameDecoder::new(&data[..]), limit_bytes)?,
+        Compression::Lz4 => read_bounded(
+            codec,
+            lz4_flex::frame::FrameDecoder::new(&data[..]),
+            limit_bytes,
+        )?,
         Compression::Zstd => {
-            let decoder = zstd::stream::read::Decoder::new(&data[..]).map_err(|e| corrupt(codec, e))?;
+            let decoder =
+                zstd::stream::read::Decoder::new(&data[..]).map_err(|e| corrupt(codec, e))?;
             read_bounded(codec, decoder, limit_bytes)?
         }
     };
@@ -141,11 +167,14 @@ pub fn compress(codec: Compression, data: &[u8]) -> Result<Bytes, CompressionErr
     let out = match codec {
         Compression::None => return Ok(Bytes::copy_from_slice(data)),
         Compression::Gzip => {
-            let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
             encoder.write_all(data).map_err(|e| corrupt(codec, e))?;
             encoder.finish().map_err(|e| corrupt(codec, e))?
         }
-        Compression::Snappy => snap::raw::Encoder::new().compress_vec(data).map_err(|e| corrupt(codec, e))?,
+        Compression::Snappy => snap::raw::Encoder::new()
+            .compress_vec(data)
+            .map_err(|e| corrupt(codec, e))?,
         Compression::Lz4 => {
             let mut encoder = lz4_flex::frame::FrameEncoder::new(Vec::new());
             encoder.write_all(data).map_err(|e| corrupt(codec, e))?;
@@ -178,9 +207,17 @@ mod tests {
     #[test]
     fn garbage_is_a_typed_error_for_every_codec() {
         let garbage = Bytes::from_static(b"\x01\x02\x03 definitely not compressed");
-        for codec in [Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
+        for codec in [
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
             assert!(
-                matches!(decompress(codec, garbage.clone(), 1 << 20), Err(CompressionError::Corrupt { .. })),
+                matches!(
+                    decompress(codec, garbage.clone(), 1 << 20),
+                    Err(CompressionError::Corrupt { .. })
+                ),
                 "{codec:?}"
             );
         }

@@ -3,7 +3,10 @@
 pub mod batch;
 pub mod compression;
 
-pub use batch::{build, split_batches, stamp, BatchError, BatchHeader, BatchOptions, NewRecord, Record, RecordBatch};
+pub use batch::{
+    build, split_batches, stamp, BatchError, BatchHeader, BatchOptions, NewRecord, Record,
+    RecordBatch,
+};
 pub use compression::{Compression, CompressionError};
 
 /// Default bound on how far one batch may decompress (against zip bombs): Kafka's default
