@@ -2,10 +2,16 @@
 //!
 //! Nothing in this crate reads a clock, draws OS randomness, touches a socket, a file or a
 //! thread: inputs arrive as arguments and effects leave as values. `clippy.toml` beside this
-//! crate forbids the escape hatches, and `tests/purity.rs` checks the dependency tree.
+//! crate forbids the escape hatches, and `tests/tests/purity.rs` checks the dependency tree.
 //!
 //! - [`protocol`]: the Kafka wire codec (framing, headers, every message Keel speaks).
 //! - [`record`]: record batches (magic 2): validation, stamping, iteration, decompression.
+//! - [`disk`]: the storage interface (real files in `keel-net`, simulated in `keel-sim`).
+//! - [`log`]: the partition log: segments, indexes, recovery.
+//! - [`node`]: the broker state machine: inputs in, outputs out.
 
+pub mod disk;
+pub mod log;
+pub mod node;
 pub mod protocol;
 pub mod record;

@@ -1,1 +1,6 @@
-//! keel-sim: Keel's deterministic simulator (built out by the simulator issue).
+//! keel-sim: Keel's deterministic simulator. Today: the simulated disk the log's recovery is
+//! tested against. The harness, faults, workloads and checkers come with the simulator issue.
+
+pub mod disk;
+
+pub use disk::SimDisk;

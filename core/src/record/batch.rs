@@ -206,6 +206,12 @@ impl RecordBatch {
         &self.header
     }
 
+    /// Decodes the header fields of a batch without checking anything (for stored batches,
+    /// which were validated when they were written and are verified again on recovery).
+    pub fn header_of(raw: &[u8; BATCH_HEADER_BYTES]) -> BatchHeader {
+        BatchHeader::read(raw)
+    }
+
     /// The batch exactly as it is stored and sent.
     pub fn as_bytes(&self) -> &Bytes {
         &self.bytes

@@ -1,0 +1,53 @@
+//! The storage interface the core writes against.
+//!
+//! Writes land in the "page cache": a read sees them at once, but they are durable only once
+//! a sync of their file completed. The core never syncs by itself: it emits
+//! `Output::Sync { token, file }` and learns of the result through `Input::Synced`. Two
+//! implementations exist: real files with a dedicated fsync thread (`keel-net`) and an
+//! in-memory disk with faults (`keel-sim`), so the recovery code that runs in production is
+//! the code the simulator tortures.
+//!
+//! Names are relative paths with `/` separators (`orders-0/00000000000000000000.log`); the
+//! implementation maps them to its storage and creates directories as needed.
+
+/// A handle to an open file, valid until the file is removed.
+pub type FileId = u64;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DiskError {
+    #[error("no file named {0}")]
+    NotFound(String),
+    #[error("no open file with id {0}")]
+    UnknownFile(FileId),
+    #[error(
+        "read of {wanted_bytes} bytes at {offset} passes the end of the file ({len_bytes} bytes)"
+    )]
+    ShortRead {
+        offset: u64,
+        wanted_bytes: usize,
+        len_bytes: u64,
+    },
+    #[error("disk full")]
+    Full,
+    #[error("I/O error: {0}")]
+    Io(String),
+}
+
+pub trait Disk {
+    /// Every file's name, in lexicographic order.
+    fn list(&mut self) -> Result<Vec<String>, DiskError>;
+    /// Opens an existing file.
+    fn open(&mut self, name: &str) -> Result<FileId, DiskError>;
+    /// Opens a file, creating it empty if it does not exist.
+    fn create(&mut self, name: &str) -> Result<FileId, DiskError>;
+    /// The file's length in bytes, as reads see it (unsynced writes included).
+    fn len(&mut self, file: FileId) -> Result<u64, DiskError>;
+    /// Fills `buf` from `offset`; a read past the end is an error.
+    fn read_at(&mut self, file: FileId, offset: u64, buf: &mut [u8]) -> Result<(), DiskError>;
+    /// Writes `data` at `offset`, extending the file if needed. Durable only after a sync.
+    fn write_at(&mut self, file: FileId, offset: u64, data: &[u8]) -> Result<(), DiskError>;
+    /// Cuts the file to `len_bytes`. Durable only after a sync.
+    fn truncate(&mut self, file: FileId, len_bytes: u64) -> Result<(), DiskError>;
+    /// Removes a file (closing it if open).
+    fn remove(&mut self, name: &str) -> Result<(), DiskError>;
+}

@@ -1,0 +1,635 @@
+//! The partition log: record batches, stored byte for byte as clients sent them (with base
+//! offset and leader epoch stamped), in segment files named by their base offset.
+//!
+//! ```text
+//! <topic>-<partition>/00000000000000000000.log    batches from offset 0
+//! <topic>-<partition>/00000000000000004096.log    batches from offset 4096 (rolled at segment size)
+//! <topic>-<partition>/recovery-point              the offset below which the log was synced
+//! ```
+//!
+//! Indexes live in memory: a sparse offset index (one entry per `index_interval_bytes` of
+//! log, mapping a batch's base offset to its position) and, in the same entries, the largest
+//! timestamp so far, which serves as the time index. They are rebuilt from the log on every
+//! start, so they can never disagree with it.
+//!
+//! Recovery reads every batch of every segment and verifies its CRC. The recovery point splits
+//! the log in two: before it, everything was synced, so a bad batch there is corruption: the
+//! partition goes offline with an error naming the file and position, and nothing is cut. At
+//! or after it, writes may have been lost or torn by the crash, so the log is cut at the first
+//! bad batch (a torn tail): those bytes were never acknowledged.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::disk::{Disk, DiskError, FileId};
+use crate::record::{BatchError, BatchHeader, RecordBatch, DECOMPRESSED_BATCH_SIZE_MAX_BYTES};
+
+const BATCH_HEADER_BYTES: usize = crate::record::batch::BATCH_HEADER_BYTES;
+const BATCH_LENGTH_PREFIX_BYTES: i64 = crate::record::batch::BATCH_LENGTH_PREFIX_BYTES as i64;
+const SEGMENT_SUFFIX: &str = ".log";
+const RECOVERY_POINT_FILE: &str = "recovery-point";
+const RECOVERY_POINT_BYTES: usize = 12;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A new segment starts once the active one would pass this size.
+    pub segment_size_bytes: u64,
+    /// Log bytes between two offset-index entries.
+    pub index_interval_bytes: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_size_bytes: 1 << 30,
+            index_interval_bytes: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogError {
+    #[error("disk: {0}")]
+    Disk(#[from] DiskError),
+    #[error("corrupt batch in {file} at position {position} (before the recovery point {recovery_point}): {reason}")]
+    Corrupt {
+        file: String,
+        position: u64,
+        recovery_point: i64,
+        reason: String,
+    },
+    #[error("offset {offset} is out of range [{log_start_offset}, {log_end_offset}]")]
+    OffsetOutOfRange {
+        offset: i64,
+        log_start_offset: i64,
+        log_end_offset: i64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct IndexEntry {
+    base_offset: i64,
+    position: u64,
+    /// The largest batch max-timestamp at or before this entry's batch.
+    max_timestamp_so_far: i64,
+}
+
+#[derive(Debug)]
+struct Segment {
+    name: String,
+    file: FileId,
+    base_offset: i64,
+    /// One past the last offset in the segment.
+    next_offset: i64,
+    size_bytes: u64,
+    max_timestamp: i64,
+    index: Vec<IndexEntry>,
+    bytes_since_index_entry: u64,
+}
+
+impl Segment {
+    fn note_batch(
+        &mut self,
+        header: &BatchHeader,
+        position: u64,
+        size_bytes: u64,
+        index_interval_bytes: u64,
+    ) {
+        self.max_timestamp = self.max_timestamp.max(header.max_timestamp);
+        if self.index.is_empty() || self.bytes_since_index_entry >= index_interval_bytes {
+            self.index.push(IndexEntry {
+                base_offset: header.base_offset,
+                position,
+                max_timestamp_so_far: self.max_timestamp,
+            });
+            self.bytes_since_index_entry = 0;
+        }
+        self.bytes_since_index_entry += size_bytes;
+        self.next_offset = header.last_offset() + 1;
+        self.size_bytes = position + size_bytes;
+    }
+
+    /// The position of the last indexed batch starting at or before `offset`.
+    fn index_position(&self, offset: i64) -> u64 {
+        let at = self.index.partition_point(|e| e.base_offset <= offset);
+        if at == 0 {
+            0
+        } else {
+            self.index[at - 1].position
+        }
+    }
+}
+
+/// Why a stored batch failed its check on recovery.
+struct BadBatch {
+    reason: String,
+    /// The batch runs past the end of the file: a torn write, not a damaged one.
+    incomplete: bool,
+}
+
+/// What recovery found, for the operator's log.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RecoveryReport {
+    pub segments: usize,
+    pub batches: u64,
+    /// Bytes cut from a torn tail, if any.
+    pub truncated_bytes: u64,
+}
+
+#[derive(Debug)]
+pub struct PartitionLog {
+    dir: String,
+    config: LogConfig,
+    segments: Vec<Segment>,
+    /// Offsets below this are synced: the high watermark when durability means fsync.
+    durable_end_offset: i64,
+    recovery_point_file: FileId,
+    /// The value last written to the recovery point file.
+    recovery_point: i64,
+    /// Files written since the last sync began.
+    dirty_files: Vec<FileId>,
+}
+
+fn segment_name(dir: &str, base_offset: i64) -> String {
+    format!("{dir}/{base_offset:020}{SEGMENT_SUFFIX}")
+}
+
+fn read_header(
+    disk: &mut dyn Disk,
+    file: FileId,
+    position: u64,
+) -> Result<[u8; BATCH_HEADER_BYTES], DiskError> {
+    let mut header = [0u8; BATCH_HEADER_BYTES];
+    disk.read_at(file, position, &mut header)?;
+    Ok(header)
+}
+
+impl PartitionLog {
+    /// Creates an empty log in `dir` (which must not hold one).
+    pub fn create(
+        disk: &mut dyn Disk,
+        dir: &str,
+        config: LogConfig,
+    ) -> Result<PartitionLog, LogError> {
+        let name = segment_name(dir, 0);
+        let file = disk.create(&name)?;
+        let recovery_point_file = disk.create(&format!("{dir}/{RECOVERY_POINT_FILE}"))?;
+        let mut log = PartitionLog {
+            dir: dir.to_string(),
+            config,
+            segments: vec![Segment {
+                name,
+                file,
+                base_offset: 0,
+                next_offset: 0,
+                size_bytes: 0,
+                max_timestamp: -1,
+                index: Vec::new(),
+                bytes_since_index_entry: 0,
+            }],
+            durable_end_offset: 0,
+            recovery_point_file,
+            recovery_point: -1,
+            dirty_files: vec![file, recovery_point_file],
+        };
+        log.write_recovery_point(disk, 0)?;
+        Ok(log)
+    }
+
+    /// Opens and recovers the log in `dir` from the segment files `names` (all files of the
+    /// directory): verifies every batch, cuts a torn tail, rebuilds the indexes.
+    pub fn recover(
+        disk: &mut dyn Disk,
+        dir: &str,
+        names: &[String],
+        config: LogConfig,
+    ) -> Result<(PartitionLog, RecoveryReport), LogError> {
+        let recovery_point_file = disk.create(&format!("{dir}/{RECOVERY_POINT_FILE}"))?;
+        let recovery_point = Self::read_recovery_point(disk, recovery_point_file)?;
+        let prefix = format!("{dir}/");
+        let mut bases: Vec<i64> = names
+            .iter()
+            .filter_map(|n| {
+                n.strip_prefix(&prefix)?
+                    .strip_suffix(SEGMENT_SUFFIX)?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        bases.sort_unstable();
+        if bases.is_empty() {
+            bases.push(0);
+        }
+        let mut report = RecoveryReport::default();
+        let mut segments: Vec<Segment> = Vec::new();
+        let mut expected_offset = bases[0];
+        let mut cut = false;
+        for (i, base) in bases.iter().enumerate() {
+            let name = segment_name(dir, *base);
+            if cut {
+                // Everything after a torn tail goes with it.
+                disk.remove(&name)?;
+                continue;
+            }
+            let file = disk.create(&name)?;
+            let len_bytes = disk.len(file)?;
+            let mut segment = Segment {
+                name: name.clone(),
+                file,
+                base_offset: *base,
+                next_offset: *base,
+                size_bytes: 0,
+                max_timestamp: -1,
+                index: Vec::new(),
+                bytes_since_index_entry: 0,
+            };
+            if *base != expected_offset && i > 0 {
+                return Err(LogError::Corrupt {
+                    file: name,
+                    position: 0,
+                    recovery_point,
+                    reason: format!(
+                        "segment starts at {base}, the previous one ended at {expected_offset}"
+                    ),
+                });
+            }
+            let mut position = 0u64;
+            while position < len_bytes {
+                match Self::check_batch(disk, file, position, len_bytes, expected_offset) {
+                    Ok((header, size_bytes)) => {
+                        segment.note_batch(
+                            &header,
+                            position,
+                            size_bytes,
+                            config.index_interval_bytes,
+                        );
+                        expected_offset = header.last_offset() + 1;
+                        position += size_bytes;
+                        report.batches += 1;
+                    }
+                    Err(bad) => {
+                        let last_segment = i + 1 == bases.len();
+                        let synced = expected_offset < recovery_point;
+                        if synced && !(bad.incomplete && last_segment) {
+                            return Err(LogError::Corrupt {
+                                file: name,
+                                position,
+                                recovery_point,
+                                reason: bad.reason,
+                            });
+                        }
+                        if synced {
+                            // The file lost its end below the recovery point: the disk did not
+                            // keep what it said it synced. Cut it, but say so loudly.
+                            tracing::error!(file = %name, position, recovery_point, reason = %bad.reason,
+                                "synced data missing at the end of the log; cutting the torn tail");
+                        }
+                        report.truncated_bytes += len_bytes - position;
+                        disk.truncate(file, position)?;
+                        cut = true;
+                        break;
+                    }
+                }
+            }
+            report.segments += 1;
+            segments.push(segment);
+        }
+        if expected_offset < recovery_point && !cut {
+            return Err(LogError::Corrupt {
+                file: segment_name(dir, bases[bases.len() - 1]),
+                position: segments.last().map_or(0, |s| s.size_bytes),
+                recovery_point,
+                reason: format!("the log ends at {expected_offset}, before its recovery point"),
+            });
+        }
+        let dirty_files = segments.iter().map(|s| s.file).collect();
+        let log = PartitionLog {
+            dir: dir.to_string(),
+            config,
+            segments,
+            durable_end_offset: expected_offset.min(recovery_point.max(0)),
+            recovery_point_file,
+            recovery_point,
+            dirty_files,
+        };
+        Ok((log, report))
+    }
+
+    /// Reads and verifies the batch at `position`: its size, its CRC, its records, and that it
+    /// starts where the previous one ended. A failed CRC is read again once: a read error is
+    /// not corruption.
+    fn check_batch(
+        disk: &mut dyn Disk,
+        file: FileId,
+        position: u64,
+        len_bytes: u64,
+        expected_offset: i64,
+    ) -> Result<(BatchHeader, u64), BadBatch> {
+        let invalid = |reason: String| BadBatch {
+            reason,
+            incomplete: false,
+        };
+        if len_bytes - position < BATCH_HEADER_BYTES as u64 {
+            return Err(BadBatch {
+                reason: format!(
+                    "{} bytes at the end, less than a batch header",
+                    len_bytes - position
+                ),
+                incomplete: true,
+            });
+        }
+        let header = read_header(disk, file, position).map_err(|e| invalid(e.to_string()))?;
+        let declared = i32::from_be_bytes([header[8], header[9], header[10], header[11]]);
+        let size_bytes = BATCH_LENGTH_PREFIX_BYTES + i64::from(declared);
+        if i64::from(declared) < BATCH_HEADER_BYTES as i64 - BATCH_LENGTH_PREFIX_BYTES {
+            return Err(invalid(format!("batch length {declared} is impossible")));
+        }
+        if size_bytes as u64 > len_bytes - position {
+            return Err(BadBatch {
+                reason: format!(
+                    "a batch of {size_bytes} bytes with {} left in the file",
+                    len_bytes - position
+                ),
+                incomplete: true,
+            });
+        }
+        let mut last_error = String::new();
+        for _attempt in 0..2 {
+            let mut bytes = vec![0u8; size_bytes as usize];
+            if let Err(e) = disk.read_at(file, position, &mut bytes) {
+                last_error = e.to_string();
+                continue;
+            }
+            match RecordBatch::parse(Bytes::from(bytes)) {
+                Ok(batch) => {
+                    let header = *batch.header();
+                    if header.base_offset != expected_offset {
+                        return Err(invalid(format!(
+                            "batch starts at {}, expected {expected_offset}",
+                            header.base_offset
+                        )));
+                    }
+                    batch
+                        .records(DECOMPRESSED_BATCH_SIZE_MAX_BYTES)
+                        .map_err(|e| invalid(format!("invalid records: {e}")))?;
+                    return Ok((header, size_bytes as u64));
+                }
+                Err(e @ BatchError::CrcMismatch { .. }) => last_error = e.to_string(),
+                Err(e) => return Err(invalid(e.to_string())),
+            }
+        }
+        Err(invalid(last_error))
+    }
+
+    fn read_recovery_point(disk: &mut dyn Disk, file: FileId) -> Result<i64, LogError> {
+        if disk.len(file)? < RECOVERY_POINT_BYTES as u64 {
+            return Ok(0);
+        }
+        let mut raw = [0u8; RECOVERY_POINT_BYTES];
+        disk.read_at(file, 0, &mut raw)?;
+        let offset = i64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
+        let crc = u32::from_be_bytes(raw[8..].try_into().expect("4 bytes"));
+        // A torn checkpoint says nothing: treat the whole log as possibly torn.
+        Ok(if crc32c::crc32c(&raw[..8]) == crc {
+            offset
+        } else {
+            0
+        })
+    }
+
+    fn write_recovery_point(&mut self, disk: &mut dyn Disk, offset: i64) -> Result<(), DiskError> {
+        self.recovery_point = offset;
+        let mut raw = [0u8; RECOVERY_POINT_BYTES];
+        raw[..8].copy_from_slice(&offset.to_be_bytes());
+        let crc = crc32c::crc32c(&raw[..8]);
+        raw[8..].copy_from_slice(&crc.to_be_bytes());
+        disk.write_at(self.recovery_point_file, 0, &raw)
+    }
+
+    pub fn dir(&self) -> &str {
+        &self.dir
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.segments.first().map_or(0, |s| s.base_offset)
+    }
+
+    pub fn log_end_offset(&self) -> i64 {
+        self.segments.last().map_or(0, |s| s.next_offset)
+    }
+
+    pub fn durable_end_offset(&self) -> i64 {
+        self.durable_end_offset
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.size_bytes).sum()
+    }
+
+    /// Appends one validated batch: stamps its base offset and leader epoch and writes it at
+    /// the end of the active segment (rolling first if it would pass the segment size).
+    /// Returns the batch's (base offset, last offset).
+    pub fn append(
+        &mut self,
+        disk: &mut dyn Disk,
+        batch: &RecordBatch,
+        leader_epoch: i32,
+    ) -> Result<(i64, i64), LogError> {
+        let base_offset = self.log_end_offset();
+        let size_bytes = batch.as_bytes().len() as u64;
+        let active = self.segments.last().expect("a log has a segment");
+        if active.size_bytes > 0 && active.size_bytes + size_bytes > self.config.segment_size_bytes
+        {
+            self.roll(disk, base_offset)?;
+        }
+        let mut stamped = BytesMut::from(&batch.as_bytes()[..]);
+        crate::record::stamp(&mut stamped, base_offset, leader_epoch);
+        let mut header = *batch.header();
+        header.base_offset = base_offset;
+        header.partition_leader_epoch = leader_epoch;
+        let interval = self.config.index_interval_bytes;
+        let active = self.segments.last_mut().expect("a log has a segment");
+        let position = active.size_bytes;
+        disk.write_at(active.file, position, &stamped)?;
+        active.note_batch(&header, position, size_bytes, interval);
+        if !self.dirty_files.contains(&active.file) {
+            self.dirty_files.push(active.file);
+        }
+        Ok((base_offset, header.last_offset()))
+    }
+
+    fn roll(&mut self, disk: &mut dyn Disk, base_offset: i64) -> Result<(), LogError> {
+        let name = segment_name(&self.dir, base_offset);
+        let file = disk.create(&name)?;
+        self.segments.push(Segment {
+            name,
+            file,
+            base_offset,
+            next_offset: base_offset,
+            size_bytes: 0,
+            max_timestamp: -1,
+            index: Vec::new(),
+            bytes_since_index_entry: 0,
+        });
+        self.dirty_files.push(file);
+        Ok(())
+    }
+
+    /// Starts a sync: records the durable offset reached so far in the recovery point and
+    /// returns the files to sync and the log end offset they will make durable.
+    pub fn begin_sync(&mut self, disk: &mut dyn Disk) -> Result<(Vec<FileId>, i64), LogError> {
+        self.write_recovery_point(disk, self.durable_end_offset)?;
+        let mut files = std::mem::take(&mut self.dirty_files);
+        files.push(self.recovery_point_file);
+        files.sort_unstable();
+        files.dedup();
+        Ok((files, self.log_end_offset()))
+    }
+
+    /// Whether anything was written since the last sync began, or the recovery point lags
+    /// the durable offset (one more small sync brings it up to date).
+    pub fn needs_sync(&self) -> bool {
+        !self.dirty_files.is_empty() || self.recovery_point != self.durable_end_offset
+    }
+
+    /// A sync begun at `end_offset` completed.
+    pub fn complete_sync(&mut self, end_offset: i64) {
+        self.durable_end_offset = self.durable_end_offset.max(end_offset);
+    }
+
+    /// Whole batches from the one holding `offset`, below `upper_offset`, up to `max_bytes`
+    /// (but at least one batch when `at_least_one`). Empty at the end of the log.
+    pub fn read(
+        &mut self,
+        disk: &mut dyn Disk,
+        offset: i64,
+        upper_offset: i64,
+        max_bytes: usize,
+        at_least_one: bool,
+    ) -> Result<Bytes, LogError> {
+        if offset < self.log_start_offset() || offset > self.log_end_offset() {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                log_start_offset: self.log_start_offset(),
+                log_end_offset: self.log_end_offset(),
+            });
+        }
+        if offset >= upper_offset {
+            return Ok(Bytes::new());
+        }
+        let at = self.segments.partition_point(|s| s.base_offset <= offset);
+        let Some(segment) = self.segments.get(at.saturating_sub(1)) else {
+            return Ok(Bytes::new());
+        };
+        let mut position = segment.index_position(offset);
+        let mut start = None;
+        let mut end = position;
+        while position < segment.size_bytes {
+            let raw = read_header(disk, segment.file, position)?;
+            let header = RecordBatch::header_of(&raw);
+            let size_bytes = header.size_bytes() as u64;
+            if header.last_offset() < offset {
+                position += size_bytes;
+                continue;
+            }
+            if header.base_offset >= upper_offset {
+                break;
+            }
+            let taken = position - start.unwrap_or(position);
+            if taken + size_bytes > max_bytes as u64 && !(start.is_none() && at_least_one) {
+                break;
+            }
+            start.get_or_insert(position);
+            position += size_bytes;
+            end = position;
+        }
+        let Some(start) = start else {
+            return Ok(Bytes::new());
+        };
+        let mut bytes = vec![0u8; (end - start) as usize];
+        disk.read_at(segment.file, start, &mut bytes)?;
+        Ok(Bytes::from(bytes))
+    }
+
+    /// The first offset below `upper_offset` whose record timestamp is at least `timestamp`,
+    /// with that timestamp.
+    pub fn offset_for_timestamp(
+        &mut self,
+        disk: &mut dyn Disk,
+        timestamp: i64,
+        upper_offset: i64,
+    ) -> Result<Option<(i64, i64)>, LogError> {
+        for segment in &self.segments {
+            if segment.max_timestamp < timestamp {
+                continue;
+            }
+            let at = segment
+                .index
+                .partition_point(|e| e.max_timestamp_so_far < timestamp);
+            let mut position = if at == 0 {
+                0
+            } else {
+                segment.index[at - 1].position
+            };
+            while position < segment.size_bytes {
+                let raw = read_header(disk, segment.file, position)?;
+                let header = RecordBatch::header_of(&raw);
+                if header.base_offset >= upper_offset {
+                    return Ok(None);
+                }
+                if header.max_timestamp >= timestamp {
+                    let mut bytes = vec![0u8; header.size_bytes()];
+                    disk.read_at(segment.file, position, &mut bytes)?;
+                    let batch =
+                        RecordBatch::parse(Bytes::from(bytes)).map_err(|e| LogError::Corrupt {
+                            file: segment.name.clone(),
+                            position,
+                            recovery_point: self.durable_end_offset,
+                            reason: e.to_string(),
+                        })?;
+                    let records =
+                        batch
+                            .records(DECOMPRESSED_BATCH_SIZE_MAX_BYTES)
+                            .map_err(|e| LogError::Corrupt {
+                                file: segment.name.clone(),
+                                position,
+                                recovery_point: self.durable_end_offset,
+                                reason: e.to_string(),
+                            })?;
+                    for record in records {
+                        let record_timestamp = if header.is_log_append_time() {
+                            header.max_timestamp
+                        } else {
+                            header.base_timestamp + record.timestamp_delta
+                        };
+                        if record_timestamp >= timestamp {
+                            return Ok(Some((
+                                header.base_offset + i64::from(record.offset_delta),
+                                record_timestamp,
+                            )));
+                        }
+                    }
+                }
+                position += header.size_bytes() as u64;
+            }
+        }
+        Ok(None)
+    }
+
+    /// The largest timestamp below `upper_offset` and the offset of its batch (ListOffsets -3).
+    pub fn max_timestamp(&self) -> Option<i64> {
+        self.segments
+            .iter()
+            .map(|s| s.max_timestamp)
+            .filter(|t| *t >= 0)
+            .max()
+    }
+
+    /// Removes every file of the log.
+    pub fn delete(self, disk: &mut dyn Disk) -> Result<(), LogError> {
+        for segment in &self.segments {
+            disk.remove(&segment.name)?;
+        }
+        disk.remove(&format!("{}/{RECOVERY_POINT_FILE}", self.dir))?;
+        Ok(())
+    }
+}

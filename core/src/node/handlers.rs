@@ -1,0 +1,867 @@
+//! The Kafka APIs a single node serves, with Kafka's semantics and error codes.
+
+use bytes::Bytes;
+
+use super::topics::valid_topic_name;
+use super::{high_watermark, Node, ParkedFetch};
+use crate::disk::Disk;
+use crate::log::LogError;
+use crate::protocol::codes;
+use crate::protocol::messages::*;
+use crate::protocol::wire::Uuid;
+use crate::record::{
+    split_batches, BatchError, CompressionError, RecordBatch, DECOMPRESSED_BATCH_SIZE_MAX_BYTES,
+};
+
+/// Leader epoch of every partition on a single node: the Raft term, once replication exists.
+const LEADER_EPOCH: i32 = 0;
+/// ListOffsets special timestamps.
+const LATEST_TIMESTAMP: i64 = -1;
+const EARLIEST_TIMESTAMP: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+const CONFIG_SOURCE_DEFAULT: i8 = 5;
+const RESOURCE_TYPE_TOPIC: i8 = 2;
+const RESOURCE_TYPE_BROKER: i8 = 4;
+
+fn batch_error_code(error: &BatchError) -> i16 {
+    match error {
+        BatchError::TooShort { .. }
+        | BatchError::LengthMismatch { .. }
+        | BatchError::CrcMismatch { .. } => codes::CORRUPT_MESSAGE,
+        BatchError::UnsupportedMagic(_) => codes::UNSUPPORTED_FOR_MESSAGE_FORMAT,
+        BatchError::Compression(CompressionError::UnknownCodec(_)) => {
+            codes::UNSUPPORTED_COMPRESSION_TYPE
+        }
+        _ => codes::INVALID_RECORD,
+    }
+}
+
+/// Validates a partition's records field: whole, valid batches, none from a client that only
+/// the broker may write. Nothing is appended unless every batch passes.
+fn validate_records(
+    records: Option<&Bytes>,
+    max_message_bytes: usize,
+) -> Result<Vec<RecordBatch>, (i16, String)> {
+    let Some(records) = records else {
+        return Err((codes::CORRUPT_MESSAGE, "null records".into()));
+    };
+    let mut batches = Vec::new();
+    for batch in split_batches(records.clone()) {
+        let batch = batch.map_err(|e| (batch_error_code(&e), e.to_string()))?;
+        if batch.len() > max_message_bytes {
+            return Err((
+                codes::MESSAGE_TOO_LARGE,
+                format!(
+                    "batch of {} bytes exceeds max.message.bytes {max_message_bytes}",
+                    batch.len()
+                ),
+            ));
+        }
+        let batch = RecordBatch::parse(batch).map_err(|e| (batch_error_code(&e), e.to_string()))?;
+        if batch.header().is_control() {
+            return Err((
+                codes::INVALID_RECORD,
+                "control batches are written by the broker only".into(),
+            ));
+        }
+        if batch.header().is_transactional() {
+            return Err((
+                codes::INVALID_TXN_STATE,
+                "transactions are not supported yet".into(),
+            ));
+        }
+        batch
+            .records(DECOMPRESSED_BATCH_SIZE_MAX_BYTES)
+            .map_err(|e| (batch_error_code(&e), e.to_string()))?;
+        batches.push(batch);
+    }
+    if batches.is_empty() {
+        return Err((codes::CORRUPT_MESSAGE, "no record batch".into()));
+    }
+    Ok(batches)
+}
+
+impl<D: Disk> Node<D> {
+    fn random_uuid(&mut self) -> Uuid {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&self.next_random().to_be_bytes());
+        id[8..].copy_from_slice(&self.next_random().to_be_bytes());
+        Uuid(id)
+    }
+
+    /// Creates a topic with `partitions` partitions. The caller checked the name and count.
+    fn create_topic(&mut self, name: &str, partitions: i32) -> Result<(), LogError> {
+        let id = self.random_uuid();
+        let files =
+            self.topics
+                .create_partitions(&mut self.disk, name, id, partitions, self.config.log)?;
+        self.extra_dirty_files.extend(files);
+        tracing::info!(topic = name, partitions, "created topic");
+        Ok(())
+    }
+
+    pub(super) fn metadata(&mut self, request: &MetadataRequest, version: i16) -> MetadataResponse {
+        use crate::protocol::messages::metadata_response::*;
+        // v0: an empty list means all topics; v1+: null means all, empty means none.
+        let requested: Option<Vec<String>> = match &request.topics {
+            None => None,
+            Some(topics) if topics.is_empty() && version == 0 => None,
+            Some(topics) => Some(
+                topics
+                    .iter()
+                    .map(|t| {
+                        t.name
+                            .clone()
+                            .or_else(|| self.topics.name_of(&t.topic_id).map(str::to_string))
+                            .unwrap_or_default()
+                    })
+                    .collect(),
+            ),
+        };
+        let names = requested.unwrap_or_else(|| self.topics.by_name.keys().cloned().collect());
+        let node_id = self.config.node_id;
+        let mut topics = Vec::new();
+        for name in names {
+            if !self.topics.by_name.contains_key(&name) {
+                let error_code = if !valid_topic_name(&name) {
+                    codes::INVALID_TOPIC_EXCEPTION
+                } else if self.config.auto_create_topics
+                    && request.allow_auto_topic_creation
+                    && !self.shutting_down
+                {
+                    match self.create_topic(&name, self.config.default_partitions) {
+                        Ok(()) => codes::NONE,
+                        Err(e) => {
+                            tracing::error!(topic = %name, error = %e, "auto-create failed");
+                            codes::KAFKA_STORAGE_ERROR
+                        }
+                    }
+                } else {
+                    codes::UNKNOWN_TOPIC_OR_PARTITION
+                };
+                if error_code != codes::NONE {
+                    topics.push(MetadataResponseTopic {
+                        error_code,
+                        name: Some(name),
+                        ..Default::default()
+                    });
+                    continue;
+                }
+            }
+            let topic = &self.topics.by_name[&name];
+            let partitions = topic
+                .partitions
+                .iter()
+                .enumerate()
+                .map(|(index, p)| MetadataResponsePartition {
+                    error_code: if p.log.is_ok() {
+                        codes::NONE
+                    } else {
+                        codes::KAFKA_STORAGE_ERROR
+                    },
+                    partition_index: index as i32,
+                    leader_id: node_id,
+                    leader_epoch: LEADER_EPOCH,
+                    replica_nodes: vec![node_id],
+                    isr_nodes: if p.log.is_ok() {
+                        vec![node_id]
+                    } else {
+                        Vec::new()
+                    },
+                    offline_replicas: if p.log.is_ok() {
+                        Vec::new()
+                    } else {
+                        vec![node_id]
+                    },
+                    ..Default::default()
+                })
+                .collect();
+            topics.push(MetadataResponseTopic {
+                error_code: codes::NONE,
+                name: Some(name),
+                topic_id: topic.id,
+                partitions,
+                ..Default::default()
+            });
+        }
+        MetadataResponse {
+            brokers: vec![MetadataResponseBroker {
+                node_id,
+                host: self.config.advertised_host.clone(),
+                port: self.config.advertised_port,
+                ..Default::default()
+            }],
+            cluster_id: Some(self.config.cluster_id.clone()),
+            controller_id: node_id,
+            topics,
+            ..Default::default()
+        }
+    }
+
+    /// Validates and appends; returns the response and whether it must wait for a sync.
+    pub(super) fn produce(
+        &mut self,
+        request: &ProduceRequest,
+        version: i16,
+    ) -> (ProduceResponse, bool) {
+        use crate::protocol::messages::produce_response::*;
+        let mut appended = false;
+        let mut responses = Vec::new();
+        for topic in &request.topic_data {
+            let mut partition_responses = Vec::new();
+            for data in &topic.partition_data {
+                let mut response = PartitionProduceResponse {
+                    index: data.index,
+                    base_offset: -1,
+                    ..Default::default()
+                };
+                let result = if version < 3 {
+                    // Removed in Kafka 4, as here: advertised so old clients enable compression.
+                    Err((
+                        codes::UNSUPPORTED_VERSION,
+                        "Produce v0-v2 are not supported; use v3 or later".into(),
+                    ))
+                } else if !matches!(request.acks, -1..=1) {
+                    Err((
+                        codes::INVALID_REQUIRED_ACKS,
+                        format!("acks must be -1, 0 or 1, not {}", request.acks),
+                    ))
+                } else if self.shutting_down {
+                    Err((
+                        codes::NOT_LEADER_OR_FOLLOWER,
+                        "the node is shutting down".into(),
+                    ))
+                } else {
+                    self.append_partition(&topic.name, data.index, data.records.as_ref())
+                };
+                match result {
+                    Ok((base_offset, log_start_offset)) => {
+                        appended = true;
+                        response.base_offset = base_offset;
+                        response.log_start_offset = log_start_offset;
+                    }
+                    Err((error_code, message)) => {
+                        tracing::debug!(topic = %topic.name, partition = data.index, error_code, %message, "produce refused");
+                        response.error_code = error_code;
+                        response.error_message = Some(message);
+                    }
+                }
+                partition_responses.push(response);
+            }
+            responses.push(TopicProduceResponse {
+                name: topic.name.clone(),
+                partition_responses,
+                ..Default::default()
+            });
+        }
+        (
+            ProduceResponse {
+                responses,
+                ..Default::default()
+            },
+            appended,
+        )
+    }
+
+    fn append_partition(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        records: Option<&Bytes>,
+    ) -> Result<(i64, i64), (i16, String)> {
+        let max_message_bytes = self.config.max_message_bytes;
+        let Some(log) = self.topics.get_log(topic, partition) else {
+            return Err((
+                codes::UNKNOWN_TOPIC_OR_PARTITION,
+                format!("no partition {topic}-{partition}"),
+            ));
+        };
+        let log = log.as_mut().map_err(|reason| {
+            (
+                codes::KAFKA_STORAGE_ERROR,
+                format!("partition offline: {reason}"),
+            )
+        })?;
+        let batches = validate_records(records, max_message_bytes)?;
+        let mut base = None;
+        for batch in &batches {
+            match log.append(&mut self.disk, batch, LEADER_EPOCH) {
+                Ok((base_offset, _)) => {
+                    base.get_or_insert(base_offset);
+                }
+                Err(e) => return Err((codes::KAFKA_STORAGE_ERROR, e.to_string())),
+            }
+        }
+        Ok((base.expect("at least one batch"), log.log_start_offset()))
+    }
+
+    /// Builds the Fetch response if it can be answered now (enough bytes, an error, or
+    /// `expired`); `None` to keep waiting.
+    pub(super) fn try_fetch(
+        &mut self,
+        parked: &ParkedFetch,
+        expired: bool,
+    ) -> Option<FetchResponse> {
+        use crate::protocol::messages::fetch_response::*;
+        let request = &parked.request;
+        let version = parked.header.api_version;
+        let mut bytes_left = request.max_bytes.max(0) as usize;
+        let mut total_bytes = 0usize;
+        let mut any_error = false;
+        let mut responses = Vec::new();
+        for topic in &request.topics {
+            let name = if version >= 13 {
+                self.topics.name_of(&topic.topic_id).map(str::to_string)
+            } else {
+                Some(topic.topic.clone())
+            };
+            let mut partitions = Vec::new();
+            for p in &topic.partitions {
+                let mut data = PartitionData {
+                    partition_index: p.partition,
+                    high_watermark: -1,
+                    last_stable_offset: -1,
+                    log_start_offset: -1,
+                    aborted_transactions: None,
+                    records: Some(Bytes::new()),
+                    ..Default::default()
+                };
+                let durability = self.config.durability;
+                let log = name
+                    .as_deref()
+                    .and_then(|n| self.topics.get_log(n, p.partition));
+                match log {
+                    None => {
+                        data.error_code = if version >= 13 {
+                            codes::UNKNOWN_TOPIC_ID
+                        } else {
+                            codes::UNKNOWN_TOPIC_OR_PARTITION
+                        };
+                    }
+                    Some(Err(_)) => data.error_code = codes::KAFKA_STORAGE_ERROR,
+                    Some(Ok(log)) => {
+                        let high_watermark = high_watermark(durability, log);
+                        data.high_watermark = high_watermark;
+                        data.last_stable_offset = high_watermark;
+                        data.log_start_offset = log.log_start_offset();
+                        if p.current_leader_epoch > LEADER_EPOCH {
+                            data.error_code = codes::UNKNOWN_LEADER_EPOCH;
+                        } else {
+                            let max_bytes = (p.partition_max_bytes.max(0) as usize).min(bytes_left);
+                            // KIP-74: the first partition with data returns at least one batch.
+                            let at_least_one = total_bytes == 0;
+                            match log.read(
+                                &mut self.disk,
+                                p.fetch_offset,
+                                high_watermark,
+                                max_bytes,
+                                at_least_one,
+                            ) {
+                                Ok(records) => {
+                                    total_bytes += records.len();
+                                    bytes_left = bytes_left.saturating_sub(records.len());
+                                    data.records = Some(records);
+                                }
+                                Err(LogError::OffsetOutOfRange { .. }) => {
+                                    data.error_code = codes::OFFSET_OUT_OF_RANGE
+                                }
+                                Err(e) => {
+                                    tracing::error!(error = %e, "fetch read failed");
+                                    data.error_code = codes::KAFKA_STORAGE_ERROR;
+                                }
+                            }
+                        }
+                    }
+                }
+                any_error |= data.error_code != codes::NONE;
+                partitions.push(data);
+            }
+            responses.push(FetchableTopicResponse {
+                topic: topic.topic.clone(),
+                topic_id: topic.topic_id,
+                partitions,
+                ..Default::default()
+            });
+        }
+        let enough = total_bytes >= request.min_bytes.max(0) as usize;
+        if !(expired || any_error || enough || request.max_wait_ms <= 0) {
+            return None;
+        }
+        Some(FetchResponse {
+            responses,
+            ..Default::default()
+        })
+    }
+
+    pub(super) fn list_offsets(
+        &mut self,
+        request: &ListOffsetsRequest,
+        version: i16,
+    ) -> ListOffsetsResponse {
+        use crate::protocol::messages::list_offsets_response::*;
+        let durability = self.config.durability;
+        let mut topics = Vec::new();
+        for topic in &request.topics {
+            let mut partitions = Vec::new();
+            for p in &topic.partitions {
+                let mut response = ListOffsetsPartitionResponse {
+                    partition_index: p.partition_index,
+                    ..Default::default()
+                };
+                match self.topics.get_log(&topic.name, p.partition_index) {
+                    None => response.error_code = codes::UNKNOWN_TOPIC_OR_PARTITION,
+                    Some(Err(_)) => response.error_code = codes::KAFKA_STORAGE_ERROR,
+                    Some(Ok(log)) => {
+                        let high_watermark = high_watermark(durability, log);
+                        response.leader_epoch = LEADER_EPOCH;
+                        let storage_error = |e: LogError| {
+                            tracing::error!(error = %e, "list offsets read failed");
+                            codes::KAFKA_STORAGE_ERROR
+                        };
+                        let found: Result<Option<(i64, i64)>, i16> = match p.timestamp {
+                            LATEST_TIMESTAMP => Ok(Some((high_watermark, -1))),
+                            EARLIEST_TIMESTAMP => Ok(Some((log.log_start_offset(), -1))),
+                            MAX_TIMESTAMP if version >= 7 => match log.max_timestamp() {
+                                Some(max) => log
+                                    .offset_for_timestamp(&mut self.disk, max, high_watermark)
+                                    .map_err(storage_error),
+                                None => Ok(None),
+                            },
+                            t if t < 0 => Err(codes::UNSUPPORTED_VERSION),
+                            t => log
+                                .offset_for_timestamp(&mut self.disk, t, high_watermark)
+                                .map_err(storage_error),
+                        };
+                        match found {
+                            Ok(Some((offset, timestamp))) => {
+                                response.offset = offset;
+                                response.timestamp = timestamp;
+                            }
+                            Ok(None) => {}
+                            Err(code) => response.error_code = code,
+                        }
+                    }
+                }
+                partitions.push(response);
+            }
+            topics.push(ListOffsetsTopicResponse {
+                name: topic.name.clone(),
+                partitions,
+                ..Default::default()
+            });
+        }
+        ListOffsetsResponse {
+            topics,
+            ..Default::default()
+        }
+    }
+
+    pub(super) fn create_topics(
+        &mut self,
+        request: &CreateTopicsRequest,
+        version: i16,
+    ) -> (CreateTopicsResponse, bool) {
+        use crate::protocol::messages::create_topics_response::*;
+        let mut created = false;
+        let mut topics = Vec::new();
+        for topic in &request.topics {
+            let partitions = if topic.num_partitions == -1 {
+                self.config.default_partitions
+            } else {
+                topic.num_partitions
+            };
+            let check = if !valid_topic_name(&topic.name) {
+                Err((
+                    codes::INVALID_TOPIC_EXCEPTION,
+                    format!("invalid topic name {:?}", topic.name),
+                ))
+            } else if self.topics.by_name.contains_key(&topic.name) {
+                Err((
+                    codes::TOPIC_ALREADY_EXISTS,
+                    format!("topic {} already exists", topic.name),
+                ))
+            } else if partitions <= 0 {
+                Err((
+                    codes::INVALID_PARTITIONS,
+                    "the number of partitions must be positive".into(),
+                ))
+            } else if !matches!(topic.replication_factor, -1 | 1) {
+                Err((
+                    codes::INVALID_REPLICATION_FACTOR,
+                    format!(
+                        "replication factor {} is larger than the 1 available broker",
+                        topic.replication_factor
+                    ),
+                ))
+            } else if !topic.assignments.is_empty() {
+                Err((
+                    codes::INVALID_REQUEST,
+                    "manual replica assignment is not supported".into(),
+                ))
+            } else {
+                Ok(())
+            };
+            let mut result = CreatableTopicResult {
+                name: topic.name.clone(),
+                error_message: None,
+                num_partitions: partitions,
+                replication_factor: 1,
+                configs: Some(Vec::new()),
+                ..Default::default()
+            };
+            match check {
+                Err((code, message)) => {
+                    result.error_code = code;
+                    result.error_message = Some(message);
+                    result.num_partitions = -1;
+                    result.replication_factor = -1;
+                }
+                Ok(()) if request.validate_only => {}
+                Ok(()) => match self.create_topic(&topic.name, partitions) {
+                    Ok(()) => {
+                        created = true;
+                        result.topic_id = self.topics.by_name[&topic.name].id;
+                    }
+                    Err(e) => {
+                        result.error_code = codes::KAFKA_STORAGE_ERROR;
+                        result.error_message = Some(e.to_string());
+                    }
+                },
+            }
+            if version < 5 {
+                result.configs = None;
+            }
+            topics.push(result);
+        }
+        (
+            CreateTopicsResponse {
+                topics,
+                ..Default::default()
+            },
+            created,
+        )
+    }
+
+    pub(super) fn delete_topics(
+        &mut self,
+        request: &DeleteTopicsRequest,
+        version: i16,
+    ) -> DeleteTopicsResponse {
+        use crate::protocol::messages::delete_topics_response::*;
+        let targets: Vec<(Option<String>, Uuid)> = if version >= 6 {
+            request
+                .topics
+                .iter()
+                .map(|t| match &t.name {
+                    Some(name) => (Some(name.clone()), t.topic_id),
+                    None => (
+                        self.topics.name_of(&t.topic_id).map(str::to_string),
+                        t.topic_id,
+                    ),
+                })
+                .collect()
+        } else {
+            request
+                .topic_names
+                .iter()
+                .map(|n| (Some(n.clone()), Uuid::default()))
+                .collect()
+        };
+        let mut responses = Vec::new();
+        for (name, topic_id) in targets {
+            let mut result = DeletableTopicResult {
+                name: name.clone(),
+                topic_id,
+                ..Default::default()
+            };
+            match name {
+                Some(name) if self.topics.by_name.contains_key(&name) => {
+                    result.topic_id = self.topics.by_name[&name].id;
+                    self.parked
+                        .retain(|p| p.request.topics.iter().all(|t| t.topic != name));
+                    if let Err(e) = self.topics.delete(&mut self.disk, &name) {
+                        result.error_code = codes::KAFKA_STORAGE_ERROR;
+                        result.error_message = Some(e.to_string());
+                    } else {
+                        tracing::info!(topic = %name, "deleted topic");
+                    }
+                }
+                _ => {
+                    result.error_code = if version >= 6 && result.name.is_none() {
+                        codes::UNKNOWN_TOPIC_ID
+                    } else {
+                        codes::UNKNOWN_TOPIC_OR_PARTITION
+                    };
+                }
+            }
+            if version < 6 && result.name.is_none() {
+                result.name = Some(String::new());
+            }
+            responses.push(result);
+        }
+        DeleteTopicsResponse {
+            responses,
+            ..Default::default()
+        }
+    }
+
+    pub(super) fn create_partitions(
+        &mut self,
+        request: &CreatePartitionsRequest,
+    ) -> (CreatePartitionsResponse, bool) {
+        use crate::protocol::messages::create_partitions_response::*;
+        let mut created = false;
+        let mut results = Vec::new();
+        for topic in &request.topics {
+            let current = self
+                .topics
+                .by_name
+                .get(&topic.name)
+                .map(|t| t.partitions.len() as i32);
+            let check = match current {
+                None => Err((
+                    codes::UNKNOWN_TOPIC_OR_PARTITION,
+                    format!("no topic {}", topic.name),
+                )),
+                Some(n) if topic.count <= n => Err((
+                    codes::INVALID_PARTITIONS,
+                    format!(
+                        "topic {} has {n} partitions; the new count must be larger",
+                        topic.name
+                    ),
+                )),
+                Some(_) if topic.assignments.as_ref().is_some_and(|a| !a.is_empty()) => Err((
+                    codes::INVALID_REQUEST,
+                    "manual replica assignment is not supported".into(),
+                )),
+                Some(_) => Ok(()),
+            };
+            let mut result = CreatePartitionsTopicResult {
+                name: topic.name.clone(),
+                ..Default::default()
+            };
+            match check {
+                Err((code, message)) => {
+                    result.error_code = code;
+                    result.error_message = Some(message);
+                }
+                Ok(()) if request.validate_only => {}
+                Ok(()) => {
+                    let id = self.topics.by_name[&topic.name].id;
+                    match self.topics.create_partitions(
+                        &mut self.disk,
+                        &topic.name,
+                        id,
+                        topic.count,
+                        self.config.log,
+                    ) {
+                        Ok(files) => {
+                            self.extra_dirty_files.extend(files);
+                            created = true;
+                        }
+                        Err(e) => {
+                            result.error_code = codes::KAFKA_STORAGE_ERROR;
+                            result.error_message = Some(e.to_string());
+                        }
+                    }
+                }
+            }
+            results.push(result);
+        }
+        (
+            CreatePartitionsResponse {
+                results,
+                ..Default::default()
+            },
+            created,
+        )
+    }
+
+    fn topic_configs(&self) -> Vec<(&'static str, String, i8, &'static str)> {
+        // (name, value, config type, documentation); types: 2 string, 3 int, 5 long.
+        vec![
+            (
+                "cleanup.policy",
+                "delete".into(),
+                7,
+                "Only deletion-based logs exist (no compaction yet).",
+            ),
+            (
+                "compression.type",
+                "producer".into(),
+                2,
+                "Batches are stored as producers compressed them.",
+            ),
+            (
+                "max.message.bytes",
+                self.config.max_message_bytes.to_string(),
+                3,
+                "The largest batch a producer may send.",
+            ),
+            (
+                "message.timestamp.type",
+                "CreateTime".into(),
+                2,
+                "Record timestamps are the producer's.",
+            ),
+            (
+                "retention.bytes",
+                "-1".into(),
+                5,
+                "Retention is not implemented yet: nothing is deleted.",
+            ),
+            (
+                "retention.ms",
+                "-1".into(),
+                5,
+                "Retention is not implemented yet: nothing is deleted.",
+            ),
+            (
+                "segment.bytes",
+                self.config.log.segment_size_bytes.to_string(),
+                3,
+                "Segment files roll at this size.",
+            ),
+        ]
+    }
+
+    pub(super) fn describe_configs(
+        &mut self,
+        request: &DescribeConfigsRequest,
+        version: i16,
+    ) -> DescribeConfigsResponse {
+        use crate::protocol::messages::describe_configs_response::*;
+        let mut results = Vec::new();
+        for resource in &request.resources {
+            let mut result = DescribeConfigsResult {
+                resource_type: resource.resource_type,
+                resource_name: resource.resource_name.clone(),
+                error_message: None,
+                ..Default::default()
+            };
+            let entries = match resource.resource_type {
+                RESOURCE_TYPE_TOPIC
+                    if self.topics.by_name.contains_key(&resource.resource_name) =>
+                {
+                    self.topic_configs()
+                }
+                RESOURCE_TYPE_TOPIC => {
+                    result.error_code = codes::UNKNOWN_TOPIC_OR_PARTITION;
+                    result.error_message = Some(format!("no topic {}", resource.resource_name));
+                    Vec::new()
+                }
+                RESOURCE_TYPE_BROKER => vec![
+                    (
+                        "auto.create.topics.enable",
+                        self.config.auto_create_topics.to_string(),
+                        1,
+                        "Metadata requests create unknown topics.",
+                    ),
+                    (
+                        "num.partitions",
+                        self.config.default_partitions.to_string(),
+                        3,
+                        "Partitions of an auto-created topic.",
+                    ),
+                    (
+                        "socket.request.max.bytes",
+                        self.config.max_frame_size_bytes.to_string(),
+                        3,
+                        "The largest request accepted.",
+                    ),
+                ],
+                other => {
+                    result.error_code = codes::INVALID_REQUEST;
+                    result.error_message = Some(format!("resource type {other} is not supported"));
+                    Vec::new()
+                }
+            };
+            result.configs = entries
+                .into_iter()
+                .filter(|(name, ..)| {
+                    resource
+                        .configuration_keys
+                        .as_ref()
+                        .is_none_or(|keys| keys.iter().any(|k| k == name))
+                })
+                .map(
+                    |(name, value, config_type, documentation)| DescribeConfigsResourceResult {
+                        name: name.to_string(),
+                        value: Some(value),
+                        read_only: true,
+                        config_source: CONFIG_SOURCE_DEFAULT,
+                        is_sensitive: false,
+                        config_type: if version >= 3 { config_type } else { 0 },
+                        documentation: if request.include_documentation {
+                            Some(documentation.to_string())
+                        } else {
+                            None
+                        },
+                        ..Default::default()
+                    },
+                )
+                .collect();
+            results.push(result);
+        }
+        DescribeConfigsResponse {
+            results,
+            ..Default::default()
+        }
+    }
+
+    pub(super) fn describe_cluster(&self) -> DescribeClusterResponse {
+        use crate::protocol::messages::describe_cluster_response::*;
+        DescribeClusterResponse {
+            cluster_id: self.config.cluster_id.clone(),
+            controller_id: self.config.node_id,
+            brokers: vec![DescribeClusterBroker {
+                broker_id: self.config.node_id,
+                host: self.config.advertised_host.clone(),
+                port: self.config.advertised_port,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    pub(super) fn offset_for_leader_epoch(
+        &mut self,
+        request: &OffsetForLeaderEpochRequest,
+    ) -> OffsetForLeaderEpochResponse {
+        use crate::protocol::messages::offset_for_leader_epoch_response::*;
+        let mut topics = Vec::new();
+        for topic in &request.topics {
+            let mut partitions = Vec::new();
+            for p in &topic.partitions {
+                let mut result = EpochEndOffset {
+                    partition: p.partition,
+                    ..Default::default()
+                };
+                match self.topics.get_log(&topic.topic, p.partition) {
+                    None => result.error_code = codes::UNKNOWN_TOPIC_OR_PARTITION,
+                    Some(Err(_)) => result.error_code = codes::KAFKA_STORAGE_ERROR,
+                    Some(Ok(_)) if p.current_leader_epoch > LEADER_EPOCH => {
+                        result.error_code = codes::UNKNOWN_LEADER_EPOCH
+                    }
+                    Some(Ok(log)) => {
+                        // One epoch so far: it ends where the log ends.
+                        if p.leader_epoch <= LEADER_EPOCH {
+                            result.leader_epoch = LEADER_EPOCH;
+                            result.end_offset = log.log_end_offset();
+                        }
+                    }
+                }
+                partitions.push(result);
+            }
+            topics.push(OffsetForLeaderTopicResult {
+                topic: topic.topic.clone(),
+                partitions,
+                ..Default::default()
+            });
+        }
+        OffsetForLeaderEpochResponse {
+            topics,
+            ..Default::default()
+        }
+    }
+}

@@ -1,0 +1,685 @@
+//! The broker node: a state machine that turns inputs (connection bytes, timeouts, sync
+//! completions) into outputs (bytes to send, connections to close, files to sync).
+//!
+//! Rules it keeps:
+//! - Requests on one connection are answered in the order they arrived (Kafka's rule): each
+//!   request takes a slot in its connection's queue, and slots are sent from the front once
+//!   ready. A slow request (a Fetch waiting for data, a Produce waiting for its sync) holds back
+//!   only its own connection.
+//! - A produce with acks=1 or acks=all is answered only once its bytes are synced (unless
+//!   durability is `Replicated`). Syncs are grouped: one round at a time syncs every file
+//!   written since the last round began, and completes every request that waited for it.
+//! - Consumers read below the high watermark: the synced end of the log (or, without fsync
+//!   durability, its end). Nothing a crash could take back is ever served.
+//! - A failed sync is fatal: the node halts (`Output::Halt`) rather than pretend.
+
+mod handlers;
+mod topics;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::disk::{Disk, DiskError, FileId};
+use crate::log::LogConfig;
+use crate::protocol::codec::{encode_response, parse_request, ParsedRequest};
+use crate::protocol::frame::FrameDecoder;
+use crate::protocol::messages::api_versions_response::ApiVersion;
+use crate::protocol::{negotiate, ApiKey, Request, RequestHeader, Response};
+
+pub use topics::RecoveryEvent;
+use topics::Topics;
+
+/// Nanoseconds since the Unix epoch, on the simulation's or the process's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Instant(pub u64);
+
+impl Instant {
+    pub fn from_millis(ms: u64) -> Instant {
+        Instant(ms.saturating_mul(1_000_000))
+    }
+    pub fn as_millis(self) -> i64 {
+        (self.0 / 1_000_000) as i64
+    }
+    pub fn plus_millis(self, ms: u64) -> Instant {
+        Instant(self.0.saturating_add(ms.saturating_mul(1_000_000)))
+    }
+}
+
+pub type ConnId = u64;
+pub type SyncToken = u64;
+
+pub enum Input<'a> {
+    ConnOpened {
+        conn: ConnId,
+    },
+    /// Raw bytes read from the connection; the node frames them.
+    ConnBytes {
+        conn: ConnId,
+        bytes: &'a [u8],
+    },
+    ConnClosed {
+        conn: ConnId,
+    },
+    /// A deadline passed (a spurious one is a no-op).
+    Timeout,
+    Synced {
+        token: SyncToken,
+        result: Result<(), DiskError>,
+    },
+}
+
+#[must_use]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    ConnSend {
+        conn: ConnId,
+        bytes: Bytes,
+    },
+    /// Close the connection; `reason` says why, for the operator's log.
+    ConnClose {
+        conn: ConnId,
+        reason: String,
+    },
+    /// A durability barrier for `file`; answer with `Input::Synced { token, .. }`.
+    Sync {
+        token: SyncToken,
+        file: FileId,
+    },
+    /// The node cannot go on safely (a sync failed): stop the process.
+    Halt {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// A produce is acknowledged once its bytes are synced (the default).
+    Fsync,
+    /// Kafka's default: trust replication (or luck) over fsync; acknowledge at once.
+    Replicated,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub node_id: i32,
+    /// The host and port clients are told to connect to.
+    pub advertised_host: String,
+    pub advertised_port: i32,
+    pub cluster_id: String,
+    pub auto_create_topics: bool,
+    pub default_partitions: i32,
+    pub durability: Durability,
+    pub max_frame_size_bytes: usize,
+    /// Largest batch a producer may send (Kafka's `max.message.bytes`).
+    pub max_message_bytes: usize,
+    pub log: LogConfig,
+    /// Seeds the node's PRNG (topic ids).
+    pub seed: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: 1,
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: 9092,
+            cluster_id: "keel-cluster".into(),
+            auto_create_topics: true,
+            default_partitions: 1,
+            durability: Durability::Fsync,
+            max_frame_size_bytes: crate::protocol::DEFAULT_MAX_FRAME_SIZE_BYTES,
+            max_message_bytes: 1_048_588,
+            log: LogConfig::default(),
+            seed: 0,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot read the data directory: {0}")]
+    Disk(#[from] DiskError),
+}
+
+/// The APIs this node serves (and advertises in ApiVersions).
+pub const SERVED_APIS: [ApiKey; 11] = [
+    ApiKey::Produce,
+    ApiKey::Fetch,
+    ApiKey::ListOffsets,
+    ApiKey::Metadata,
+    ApiKey::ApiVersions,
+    ApiKey::CreateTopics,
+    ApiKey::DeleteTopics,
+    ApiKey::CreatePartitions,
+    ApiKey::DescribeConfigs,
+    ApiKey::DescribeCluster,
+    ApiKey::OffsetForLeaderEpoch,
+];
+
+/// A request's place in its connection's answer queue.
+#[derive(Debug)]
+enum Slot {
+    /// The response, framed; `None` for a request that gets none (acks=0).
+    Ready(Option<Bytes>),
+    /// Ready once sync round `round` completes.
+    AwaitSync { round: u64, response: Option<Bytes> },
+    /// A Fetch waiting for data or its deadline.
+    AwaitFetch,
+}
+
+#[derive(Debug)]
+struct Conn {
+    frames: FrameDecoder,
+    slots: VecDeque<(u64, Slot)>,
+    next_slot: u64,
+}
+
+/// A Fetch waiting for `min_bytes` or its deadline.
+#[derive(Debug)]
+struct ParkedFetch {
+    conn: ConnId,
+    slot: u64,
+    deadline: Instant,
+    header: RequestHeader,
+    request: crate::protocol::messages::FetchRequest,
+}
+
+/// The sync round in flight: its id, the tokens still outstanding, and what each partition
+/// log becomes durable up to once it completes.
+#[derive(Debug)]
+struct Round {
+    id: u64,
+    outstanding: BTreeSet<SyncToken>,
+    ends: Vec<topics::SyncEnd>,
+}
+
+pub struct Node<D: Disk> {
+    config: Config,
+    disk: D,
+    topics: Topics,
+    conns: BTreeMap<ConnId, Conn>,
+    parked: Vec<ParkedFetch>,
+    /// Files outside partition logs written since the last round (topic metadata).
+    extra_dirty_files: Vec<FileId>,
+    round: Option<Round>,
+    /// The id the next round will take: writes made now complete with it.
+    next_round: u64,
+    next_token: SyncToken,
+    halted: Option<String>,
+    shutting_down: bool,
+    rng_state: u64,
+}
+
+impl<D: Disk> Node<D> {
+    /// Opens the node on `disk`, recovering every partition log found there. Recovery events
+    /// (partitions recovered, torn tails cut, partitions taken offline) are returned for the
+    /// operator's log.
+    pub fn new(config: Config, mut disk: D) -> Result<(Node<D>, Vec<RecoveryEvent>), NodeError> {
+        let (topics, events) = Topics::recover(&mut disk, config.log)?;
+        let rng_state = config.seed ^ 0x6b65_656c_6b65_656c;
+        let node = Node {
+            config,
+            disk,
+            topics,
+            conns: BTreeMap::new(),
+            parked: Vec::new(),
+            extra_dirty_files: Vec::new(),
+            round: None,
+            next_round: 1,
+            next_token: 1,
+            halted: None,
+            shutting_down: false,
+            rng_state,
+        };
+        Ok((node, events))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The disk, for the harness (the simulator crashes it; tests inspect it).
+    pub fn disk_mut(&mut self) -> &mut D {
+        &mut self.disk
+    }
+
+    pub fn into_disk(self) -> D {
+        self.disk
+    }
+
+    fn next_random(&mut self) -> u64 {
+        self.rng_state = self.rng_state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng_state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    pub fn step(&mut self, now: Instant, input: Input<'_>, out: &mut Vec<Output>) {
+        if self.halted.is_some() {
+            return;
+        }
+        match input {
+            Input::ConnOpened { conn } => {
+                self.conns.insert(
+                    conn,
+                    Conn {
+                        frames: FrameDecoder::new(self.config.max_frame_size_bytes),
+                        slots: VecDeque::new(),
+                        next_slot: 0,
+                    },
+                );
+            }
+            Input::ConnBytes { conn, bytes } => self.handle_bytes(now, conn, bytes, out),
+            Input::ConnClosed { conn } => {
+                self.conns.remove(&conn);
+                self.parked.retain(|p| p.conn != conn);
+            }
+            Input::Timeout => {}
+            Input::Synced { token, result } => self.handle_synced(now, token, result, out),
+        }
+        if self.halted.is_some() {
+            return;
+        }
+        self.complete_parked_fetches(now, false);
+        self.maybe_start_round(out);
+        self.flush(out);
+    }
+
+    /// When the node next needs a `Timeout` input.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.parked.iter().map(|p| p.deadline).min()
+    }
+
+    /// Stop serving new requests; answer those in flight and sync everything. The adapter
+    /// keeps stepping until [`Node::is_shut_down`].
+    pub fn begin_shutdown(&mut self, now: Instant, out: &mut Vec<Output>) {
+        self.shutting_down = true;
+        // Waiting fetches are answered now with what they have.
+        self.complete_parked_fetches(now, true);
+        self.maybe_start_round(out);
+        self.flush(out);
+    }
+
+    /// Shut down: nothing left to answer, nothing left to sync.
+    pub fn is_shut_down(&self) -> bool {
+        self.shutting_down
+            && self.round.is_none()
+            && self.extra_dirty_files.is_empty()
+            && !self.topics.needs_sync()
+            && self.conns.values().all(|c| c.slots.is_empty())
+    }
+
+    pub fn halted(&self) -> Option<&str> {
+        self.halted.as_deref()
+    }
+
+    /// Checks the node's invariants; the simulator calls it after every step.
+    pub fn check_invariants(&self) {
+        for conn in self.conns.values() {
+            let mut last = None;
+            for (id, _) in &conn.slots {
+                assert!(last.is_none_or(|l| l < *id), "slots keep arrival order");
+                last = Some(*id);
+            }
+        }
+        for parked in &self.parked {
+            let conn = self
+                .conns
+                .get(&parked.conn)
+                .expect("a parked fetch has its connection");
+            assert!(
+                conn.slots
+                    .iter()
+                    .any(|(id, s)| *id == parked.slot && matches!(s, Slot::AwaitFetch)),
+                "a parked fetch holds its slot"
+            );
+        }
+        if let Some(round) = &self.round {
+            assert!(
+                round.id < self.next_round,
+                "the round in flight has an id already given"
+            );
+        }
+        self.topics.check_invariants();
+    }
+
+    fn halt(&mut self, reason: String, out: &mut Vec<Output>) {
+        tracing::error!(%reason, "halting");
+        for conn in std::mem::take(&mut self.conns).into_keys() {
+            out.push(Output::ConnClose {
+                conn,
+                reason: reason.clone(),
+            });
+        }
+        self.parked.clear();
+        out.push(Output::Halt {
+            reason: reason.clone(),
+        });
+        self.halted = Some(reason);
+    }
+
+    fn handle_bytes(&mut self, now: Instant, conn_id: ConnId, bytes: &[u8], out: &mut Vec<Output>) {
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        if self.shutting_down {
+            return;
+        }
+        conn.frames.push(bytes);
+        loop {
+            let Some(conn) = self.conns.get_mut(&conn_id) else {
+                return;
+            };
+            let frame = match conn.frames.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return,
+                Err(e) => {
+                    self.close(conn_id, format!("bad frame: {e}"), out);
+                    return;
+                }
+            };
+            let slot = conn.next_slot;
+            conn.next_slot += 1;
+            conn.slots.push_back((slot, Slot::AwaitFetch));
+            if let Err(reason) = self.handle_frame(now, conn_id, slot, frame) {
+                self.close(conn_id, reason, out);
+                return;
+            }
+        }
+    }
+
+    fn close(&mut self, conn: ConnId, reason: String, out: &mut Vec<Output>) {
+        tracing::info!(conn, %reason, "closing connection");
+        // What was answered before the bad request still goes out, in order.
+        self.flush(out);
+        self.conns.remove(&conn);
+        self.parked.retain(|p| p.conn != conn);
+        out.push(Output::ConnClose { conn, reason });
+    }
+
+    /// Handles one request frame, filling its slot. An error closes the connection.
+    fn handle_frame(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        slot: u64,
+        frame: Bytes,
+    ) -> Result<(), String> {
+        let parsed = parse_request(frame).map_err(|e| format!("bad request: {e}"))?;
+        let (header, api_key, request) = match parsed {
+            ParsedRequest::ApiVersionsFallback { header } => {
+                let response =
+                    Response::ApiVersions(crate::protocol::messages::ApiVersionsResponse {
+                        error_code: crate::protocol::codes::UNSUPPORTED_VERSION,
+                        api_keys: served_api_versions(),
+                        ..Default::default()
+                    });
+                let bytes =
+                    frame_response(header.correlation_id, ApiKey::ApiVersions, 0, &response)?;
+                self.fill(conn, slot, Slot::Ready(Some(bytes)));
+                return Ok(());
+            }
+            ParsedRequest::Request {
+                header,
+                api_key,
+                request,
+            } => (header, api_key, request),
+        };
+        if !SERVED_APIS.contains(&api_key) {
+            return Err(format!("{} is not served by this node", api_key.name()));
+        }
+        let version = header.api_version;
+        let reply =
+            |response: Response| frame_response(header.correlation_id, api_key, version, &response);
+        let slot_state = match request {
+            Request::ApiVersions(_) => Slot::Ready(Some(reply(Response::ApiVersions(
+                crate::protocol::messages::ApiVersionsResponse {
+                    api_keys: served_api_versions(),
+                    ..Default::default()
+                },
+            ))?)),
+            Request::Metadata(r) => {
+                Slot::Ready(Some(reply(Response::Metadata(self.metadata(&r, version)))?))
+            }
+            Request::Produce(r) => {
+                let acks = r.acks;
+                let (response, waits) = self.produce(&r, version);
+                let bytes = if acks == 0 {
+                    None
+                } else {
+                    Some(reply(Response::Produce(response))?)
+                };
+                if waits && self.config.durability == Durability::Fsync {
+                    Slot::AwaitSync {
+                        round: self.next_round,
+                        response: bytes,
+                    }
+                } else {
+                    Slot::Ready(bytes)
+                }
+            }
+            Request::Fetch(r) => {
+                let max_wait_ms = r.max_wait_ms.max(0) as u64;
+                let parked = ParkedFetch {
+                    conn,
+                    slot,
+                    deadline: now.plus_millis(max_wait_ms),
+                    header,
+                    request: r,
+                };
+                match self.try_fetch(&parked, false) {
+                    Some(response) => Slot::Ready(Some(frame_response(
+                        parked.header.correlation_id,
+                        ApiKey::Fetch,
+                        version,
+                        &Response::Fetch(response),
+                    )?)),
+                    None => {
+                        self.parked.push(parked);
+                        Slot::AwaitFetch
+                    }
+                }
+            }
+            Request::ListOffsets(r) => Slot::Ready(Some(reply(Response::ListOffsets(
+                self.list_offsets(&r, version),
+            ))?)),
+            Request::CreateTopics(r) => {
+                let (response, waits) = self.create_topics(&r, version);
+                let bytes = Some(reply(Response::CreateTopics(response))?);
+                if waits && self.config.durability == Durability::Fsync {
+                    Slot::AwaitSync {
+                        round: self.next_round,
+                        response: bytes,
+                    }
+                } else {
+                    Slot::Ready(bytes)
+                }
+            }
+            Request::DeleteTopics(r) => Slot::Ready(Some(reply(Response::DeleteTopics(
+                self.delete_topics(&r, version),
+            ))?)),
+            Request::CreatePartitions(r) => {
+                let (response, waits) = self.create_partitions(&r);
+                let bytes = Some(reply(Response::CreatePartitions(response))?);
+                if waits && self.config.durability == Durability::Fsync {
+                    Slot::AwaitSync {
+                        round: self.next_round,
+                        response: bytes,
+                    }
+                } else {
+                    Slot::Ready(bytes)
+                }
+            }
+            Request::DescribeConfigs(r) => Slot::Ready(Some(reply(Response::DescribeConfigs(
+                self.describe_configs(&r, version),
+            ))?)),
+            Request::DescribeCluster(_) => Slot::Ready(Some(reply(Response::DescribeCluster(
+                self.describe_cluster(),
+            ))?)),
+            Request::OffsetForLeaderEpoch(r) => Slot::Ready(Some(reply(
+                Response::OffsetForLeaderEpoch(self.offset_for_leader_epoch(&r)),
+            )?)),
+            other => {
+                return Err(format!(
+                    "{} is not served by this node",
+                    other.api_key().name()
+                ))
+            }
+        };
+        self.fill(conn, slot, slot_state);
+        Ok(())
+    }
+
+    fn fill(&mut self, conn: ConnId, slot: u64, state: Slot) {
+        if let Some(conn) = self.conns.get_mut(&conn) {
+            if let Some((_, s)) = conn.slots.iter_mut().find(|(id, _)| *id == slot) {
+                *s = state;
+            }
+        }
+    }
+
+    /// Sends every ready response at the front of each connection's queue.
+    fn flush(&mut self, out: &mut Vec<Output>) {
+        for (id, conn) in self.conns.iter_mut() {
+            while let Some((_, Slot::Ready(_))) = conn.slots.front() {
+                if let Some((_, Slot::Ready(Some(bytes)))) = conn.slots.pop_front() {
+                    out.push(Output::ConnSend { conn: *id, bytes });
+                }
+            }
+        }
+    }
+
+    /// Answers parked fetches that now have enough data, or whose deadline passed (or all of
+    /// them, when `force`).
+    fn complete_parked_fetches(&mut self, now: Instant, force: bool) {
+        let parked = std::mem::take(&mut self.parked);
+        for p in parked {
+            let expired = force || now >= p.deadline;
+            match self.try_fetch(&p, expired) {
+                Some(response) => {
+                    let version = p.header.api_version;
+                    match frame_response(
+                        p.header.correlation_id,
+                        ApiKey::Fetch,
+                        version,
+                        &Response::Fetch(response),
+                    ) {
+                        Ok(bytes) => self.fill(p.conn, p.slot, Slot::Ready(Some(bytes))),
+                        Err(reason) => {
+                            tracing::error!(%reason, "cannot encode a fetch response");
+                            self.fill(p.conn, p.slot, Slot::Ready(None));
+                        }
+                    }
+                }
+                None => self.parked.push(p),
+            }
+        }
+    }
+
+    /// Starts a sync round if anything was written and none is in flight.
+    fn maybe_start_round(&mut self, out: &mut Vec<Output>) {
+        if self.round.is_some() {
+            return;
+        }
+        if self.extra_dirty_files.is_empty() && !self.topics.needs_sync() {
+            // Nothing to sync: requests waiting for the next round need none.
+            let next = self.next_round;
+            self.complete_round_waiters(next);
+            return;
+        }
+        let (mut files, ends) = match self.topics.begin_sync(&mut self.disk) {
+            Ok(x) => x,
+            Err(e) => {
+                self.halt(format!("cannot start a sync: {e}"), out);
+                return;
+            }
+        };
+        files.append(&mut self.extra_dirty_files);
+        files.sort_unstable();
+        files.dedup();
+        let id = self.next_round;
+        self.next_round += 1;
+        let mut outstanding = BTreeSet::new();
+        for file in files {
+            let token = self.next_token;
+            self.next_token += 1;
+            outstanding.insert(token);
+            out.push(Output::Sync { token, file });
+        }
+        self.round = Some(Round {
+            id,
+            outstanding,
+            ends,
+        });
+    }
+
+    fn handle_synced(
+        &mut self,
+        now: Instant,
+        token: SyncToken,
+        result: Result<(), DiskError>,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(round) = self.round.as_mut() else {
+            return;
+        };
+        if !round.outstanding.remove(&token) {
+            return;
+        }
+        if let Err(e) = result {
+            // As PostgreSQL learned: after a failed fsync the page cache cannot be trusted.
+            self.halt(format!("sync failed: {e}"), out);
+            return;
+        }
+        if !round.outstanding.is_empty() {
+            return;
+        }
+        let round = self.round.take().expect("checked above");
+        self.topics.complete_sync(&round.ends);
+        self.complete_round_waiters(round.id);
+        self.complete_parked_fetches(now, false);
+    }
+
+    /// Every request that waited for round `id` (or an earlier one) is answered.
+    fn complete_round_waiters(&mut self, id: u64) {
+        for conn in self.conns.values_mut() {
+            for (_, slot) in conn.slots.iter_mut() {
+                if let Slot::AwaitSync { round, response } = slot {
+                    if *round <= id {
+                        *slot = Slot::Ready(response.take());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The high watermark of a partition log: what consumers may read. Under fsync durability,
+/// only what is synced; otherwise everything appended.
+pub(crate) fn high_watermark(durability: Durability, log: &crate::log::PartitionLog) -> i64 {
+    match durability {
+        Durability::Fsync => log.durable_end_offset(),
+        Durability::Replicated => log.log_end_offset(),
+    }
+}
+
+fn served_api_versions() -> Vec<ApiVersion> {
+    negotiate::supported_api_versions()
+        .into_iter()
+        .filter(|v| SERVED_APIS.iter().any(|k| *k as i16 == v.api_key))
+        .collect()
+}
+
+fn frame_response(
+    correlation_id: i32,
+    api_key: ApiKey,
+    version: i16,
+    response: &Response,
+) -> Result<Bytes, String> {
+    let mut buf = BytesMut::new();
+    encode_response(&mut buf, correlation_id, api_key, version, response)
+        .map_err(|e| format!("cannot encode the response: {e}"))?;
+    Ok(buf.freeze())
+}

@@ -1,0 +1,321 @@
+//! Topics and their partition logs, as found on disk and as created by requests.
+//!
+//! A partition lives in the directory `<topic>-<partition>/`, like Kafka's: its segments, its
+//! recovery point and `partition.metadata`, which holds the topic id. The set of directories
+//! is the set of topics: there is no other catalogue to disagree with them.
+
+use std::collections::BTreeMap;
+
+use crate::disk::{Disk, DiskError, FileId};
+use crate::log::{LogConfig, LogError, PartitionLog};
+use crate::protocol::wire::Uuid;
+
+const PARTITION_METADATA_FILE: &str = "partition.metadata";
+/// Kafka's limit on topic name length.
+pub const TOPIC_NAME_LENGTH_MAX: usize = 249;
+
+/// What recovery did, one event per partition, for the operator's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecoveryEvent {
+    Recovered {
+        topic: String,
+        partition: i32,
+        segments: usize,
+        batches: u64,
+        truncated_bytes: u64,
+    },
+    Offline {
+        topic: String,
+        partition: i32,
+        reason: String,
+    },
+}
+
+/// A partition log and the offset a sync round makes durable in it: (topic, partition, end).
+pub(crate) type SyncEnd = (String, i32, i64);
+
+#[derive(Debug)]
+pub(crate) struct Partition {
+    /// The log, or why the partition is offline (never served, never truncated).
+    pub(crate) log: Result<PartitionLog, String>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Topic {
+    pub(crate) id: Uuid,
+    pub(crate) partitions: Vec<Partition>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Topics {
+    pub(crate) by_name: BTreeMap<String, Topic>,
+}
+
+/// Kafka's rule: 1 to 249 characters of [a-zA-Z0-9._-], not "." or "..".
+pub fn valid_topic_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= TOPIC_NAME_LENGTH_MAX
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+fn partition_dir(topic: &str, partition: i32) -> String {
+    format!("{topic}-{partition}")
+}
+
+fn encode_uuid(id: &Uuid) -> String {
+    id.0.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_uuid(text: &str) -> Option<Uuid> {
+    if text.len() != 32 {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    for (i, byte) in id.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(Uuid(id))
+}
+
+fn read_topic_id(disk: &mut dyn Disk, dir: &str) -> Option<Uuid> {
+    let file = disk
+        .open(&format!("{dir}/{PARTITION_METADATA_FILE}"))
+        .ok()?;
+    let len = disk.len(file).ok()? as usize;
+    let mut raw = vec![0u8; len.min(4096)];
+    disk.read_at(file, 0, &mut raw).ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("topic_id: "))
+        .and_then(decode_uuid)
+}
+
+impl Topics {
+    pub(crate) fn recover(
+        disk: &mut dyn Disk,
+        config: LogConfig,
+    ) -> Result<(Topics, Vec<RecoveryEvent>), DiskError> {
+        let names = disk.list()?;
+        // Group files by partition directory.
+        let mut dirs: BTreeMap<(String, i32), Vec<String>> = BTreeMap::new();
+        for name in &names {
+            let Some((dir, _)) = name.split_once('/') else {
+                continue;
+            };
+            let Some((topic, partition)) = dir.rsplit_once('-') else {
+                continue;
+            };
+            let (Ok(partition), true) = (partition.parse::<i32>(), valid_topic_name(topic)) else {
+                continue;
+            };
+            dirs.entry((topic.to_string(), partition))
+                .or_default()
+                .push(name.clone());
+        }
+        let mut topics = Topics::default();
+        let mut events = Vec::new();
+        for ((topic_name, partition), files) in dirs {
+            let dir = partition_dir(&topic_name, partition);
+            let id = read_topic_id(disk, &dir);
+            let topic = topics
+                .by_name
+                .entry(topic_name.clone())
+                .or_insert_with(|| Topic {
+                    id: Uuid::default(),
+                    partitions: Vec::new(),
+                });
+            if let Some(id) = id {
+                topic.id = id;
+            }
+            while (topic.partitions.len() as i32) < partition {
+                let missing = topic.partitions.len() as i32;
+                events.push(RecoveryEvent::Offline {
+                    topic: topic_name.clone(),
+                    partition: missing,
+                    reason: format!(
+                        "directory {} is missing",
+                        partition_dir(&topic_name, missing)
+                    ),
+                });
+                topic.partitions.push(Partition {
+                    log: Err("partition directory missing".into()),
+                });
+            }
+            let log = match PartitionLog::recover(disk, &dir, &files, config) {
+                Ok((log, report)) => {
+                    events.push(RecoveryEvent::Recovered {
+                        topic: topic_name.clone(),
+                        partition,
+                        segments: report.segments,
+                        batches: report.batches,
+                        truncated_bytes: report.truncated_bytes,
+                    });
+                    Ok(log)
+                }
+                Err(LogError::Disk(e)) => return Err(e),
+                Err(e) => {
+                    events.push(RecoveryEvent::Offline {
+                        topic: topic_name.clone(),
+                        partition,
+                        reason: e.to_string(),
+                    });
+                    Err(e.to_string())
+                }
+            };
+            topic.partitions.push(Partition { log });
+        }
+        Ok((topics, events))
+    }
+
+    /// Creates a topic's partitions `from..to` on disk. Returns the metadata files written.
+    pub(crate) fn create_partitions(
+        &mut self,
+        disk: &mut dyn Disk,
+        name: &str,
+        id: Uuid,
+        count: i32,
+        config: LogConfig,
+    ) -> Result<Vec<FileId>, LogError> {
+        let topic = self
+            .by_name
+            .entry(name.to_string())
+            .or_insert_with(|| Topic {
+                id,
+                partitions: Vec::new(),
+            });
+        let mut files = Vec::new();
+        for partition in topic.partitions.len() as i32..count {
+            let dir = partition_dir(name, partition);
+            let log = PartitionLog::create(disk, &dir, config)?;
+            let metadata = disk.create(&format!("{dir}/{PARTITION_METADATA_FILE}"))?;
+            let text = format!("version: 0\ntopic_id: {}\n", encode_uuid(&topic.id));
+            disk.write_at(metadata, 0, text.as_bytes())?;
+            files.push(metadata);
+            topic.partitions.push(Partition { log: Ok(log) });
+        }
+        Ok(files)
+    }
+
+    pub(crate) fn delete(&mut self, disk: &mut dyn Disk, name: &str) -> Result<(), LogError> {
+        let Some(topic) = self.by_name.remove(name) else {
+            return Ok(());
+        };
+        for (index, partition) in topic.partitions.into_iter().enumerate() {
+            let dir = partition_dir(name, index as i32);
+            if let Ok(log) = partition.log {
+                log.delete(disk)?;
+            }
+            // Files an offline partition left behind go too.
+            for file in disk.list()? {
+                if file.starts_with(&format!("{dir}/")) {
+                    disk.remove(&file)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn get_log(
+        &mut self,
+        topic: &str,
+        partition: i32,
+    ) -> Option<&mut Result<PartitionLog, String>> {
+        let topic = self.by_name.get_mut(topic)?;
+        let partition = topic.partitions.get_mut(usize::try_from(partition).ok()?)?;
+        Some(&mut partition.log)
+    }
+
+    pub(crate) fn name_of(&self, id: &Uuid) -> Option<&str> {
+        self.by_name
+            .iter()
+            .find(|(_, t)| t.id == *id)
+            .map(|(n, _)| n.as_str())
+    }
+
+    pub(crate) fn needs_sync(&self) -> bool {
+        self.logs().any(|(_, _, log)| log.needs_sync())
+    }
+
+    fn logs(&self) -> impl Iterator<Item = (&str, i32, &PartitionLog)> {
+        self.by_name.iter().flat_map(|(name, topic)| {
+            topic
+                .partitions
+                .iter()
+                .enumerate()
+                .filter_map(move |(i, p)| {
+                    p.log
+                        .as_ref()
+                        .ok()
+                        .map(|log| (name.as_str(), i as i32, log))
+                })
+        })
+    }
+
+    /// Begins a sync of every log that needs one: the files to sync and, per partition, the
+    /// offset they will make durable.
+    pub(crate) fn begin_sync(
+        &mut self,
+        disk: &mut dyn Disk,
+    ) -> Result<(Vec<FileId>, Vec<SyncEnd>), LogError> {
+        let mut files = Vec::new();
+        let mut ends = Vec::new();
+        for (name, topic) in self.by_name.iter_mut() {
+            for (index, partition) in topic.partitions.iter_mut().enumerate() {
+                if let Ok(log) = partition.log.as_mut() {
+                    if log.needs_sync() {
+                        let (mut log_files, end) = log.begin_sync(disk)?;
+                        files.append(&mut log_files);
+                        ends.push((name.clone(), index as i32, end));
+                    }
+                }
+            }
+        }
+        Ok((files, ends))
+    }
+
+    pub(crate) fn complete_sync(&mut self, ends: &[SyncEnd]) {
+        for (name, partition, end) in ends {
+            if let Some(Ok(log)) = self.get_log(name, *partition) {
+                log.complete_sync(*end);
+            }
+        }
+    }
+
+    pub(crate) fn check_invariants(&self) {
+        for (_, _, log) in self.logs() {
+            assert!(
+                log.durable_end_offset() <= log.log_end_offset(),
+                "durable offset within the log"
+            );
+            assert!(log.log_start_offset() <= log.log_end_offset());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_follow_kafka() {
+        assert!(valid_topic_name("orders.v2_eu-1"));
+        assert!(!valid_topic_name(""));
+        assert!(!valid_topic_name("."));
+        assert!(!valid_topic_name(".."));
+        assert!(!valid_topic_name("has space"));
+        assert!(!valid_topic_name("slash/no"));
+        assert!(!valid_topic_name(&"x".repeat(250)));
+        assert!(valid_topic_name(&"x".repeat(249)));
+    }
+
+    #[test]
+    fn uuids_survive_their_text_form() {
+        let id = Uuid([7, 1, 255, 0, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]);
+        assert_eq!(decode_uuid(&encode_uuid(&id)), Some(id));
+        assert_eq!(decode_uuid("nothex"), None);
+    }
+}

@@ -1,0 +1,541 @@
+//! The broker node driven through its inputs, with real Kafka requests encoded by Keel's codec
+//! and the simulated disk underneath: produce, fetch, durability, crash and recovery.
+
+use bytes::{Bytes, BytesMut};
+use keel_core::node::{Config, ConnId, Input, Instant, Node, Output, RecoveryEvent};
+use keel_core::protocol::codec::{decode_response, encode_request};
+use keel_core::protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use keel_core::protocol::messages::metadata_request::MetadataRequestTopic;
+use keel_core::protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use keel_core::protocol::messages::*;
+use keel_core::protocol::{codes, ApiKey, FrameDecoder, Request, RequestHeader, Response};
+use keel_core::record::{self, BatchOptions, NewRecord, RecordBatch};
+use keel_sim::SimDisk;
+
+struct Harness {
+    node: Node<SimDisk>,
+    now: Instant,
+    /// Sync requests not yet completed (when `auto_sync` is off).
+    pending_syncs: Vec<(u64, u64)>,
+    auto_sync: bool,
+    correlation_id: i32,
+    frames: std::collections::BTreeMap<ConnId, FrameDecoder>,
+    responses: Vec<(ConnId, Bytes)>,
+    closed: Vec<ConnId>,
+}
+
+impl Harness {
+    fn new(disk: SimDisk) -> (Harness, Vec<RecoveryEvent>) {
+        let (node, events) = Node::new(Config::default(), disk).expect("node starts");
+        let mut harness = Harness {
+            node,
+            now: Instant::from_millis(1_700_000_000_000),
+            pending_syncs: Vec::new(),
+            auto_sync: true,
+            correlation_id: 0,
+            frames: Default::default(),
+            responses: Vec::new(),
+            closed: Vec::new(),
+        };
+        harness.step(Input::ConnOpened { conn: 1 });
+        (harness, events)
+    }
+
+    fn step(&mut self, input: Input<'_>) {
+        let mut out = Vec::new();
+        self.node.step(self.now, input, &mut out);
+        self.node.check_invariants();
+        self.handle(out);
+    }
+
+    fn handle(&mut self, out: Vec<Output>) {
+        for output in out {
+            match output {
+                Output::ConnSend { conn, bytes } => {
+                    let decoder = self
+                        .frames
+                        .entry(conn)
+                        .or_insert_with(|| FrameDecoder::new(1 << 30));
+                    decoder.push(&bytes);
+                    while let Some(frame) = decoder.next_frame().unwrap() {
+                        self.responses.push((conn, frame));
+                    }
+                }
+                Output::ConnClose { conn, .. } => self.closed.push(conn),
+                Output::Sync { token, file } => self.pending_syncs.push((token, file)),
+                Output::Halt { reason } => panic!("node halted: {reason}"),
+            }
+        }
+        if self.auto_sync {
+            self.complete_syncs();
+        }
+    }
+
+    fn complete_syncs(&mut self) {
+        while !self.pending_syncs.is_empty() {
+            for (token, file) in std::mem::take(&mut self.pending_syncs) {
+                let result = self.node.disk_mut().sync(file);
+                let mut out = Vec::new();
+                self.node
+                    .step(self.now, Input::Synced { token, result }, &mut out);
+                self.handle_no_sync(out);
+            }
+        }
+    }
+
+    fn handle_no_sync(&mut self, out: Vec<Output>) {
+        let auto = self.auto_sync;
+        self.auto_sync = false;
+        self.handle(out);
+        self.auto_sync = auto;
+    }
+
+    fn send(&mut self, conn: ConnId, version: i16, request: Request) -> i32 {
+        self.correlation_id += 1;
+        let header = RequestHeader {
+            api_key: request.api_key() as i16,
+            api_version: version,
+            correlation_id: self.correlation_id,
+            client_id: Some("harness".into()),
+            ..Default::default()
+        };
+        let mut buf = BytesMut::new();
+        encode_request(&mut buf, &header, &request).unwrap();
+        self.step(Input::ConnBytes { conn, bytes: &buf });
+        self.correlation_id
+    }
+
+    fn take_response(&mut self, conn: ConnId, api_key: ApiKey, version: i16) -> Option<Response> {
+        let at = self.responses.iter().position(|(c, _)| *c == conn)?;
+        let (_, frame) = self.responses.remove(at);
+        let (_, response) = decode_response(frame, api_key, version).unwrap();
+        Some(response)
+    }
+
+    fn call(&mut self, version: i16, request: Request) -> Response {
+        let api_key = request.api_key();
+        self.send(1, version, request);
+        self.take_response(1, api_key, version).expect("a response")
+    }
+
+    fn create_topic(&mut self, name: &str) {
+        let Response::Metadata(metadata) = self.call(
+            12,
+            Request::Metadata(MetadataRequest {
+                topics: Some(vec![MetadataRequestTopic {
+                    name: Some(name.into()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        ) else {
+            panic!()
+        };
+        assert_eq!(metadata.topics[0].error_code, codes::NONE);
+    }
+}
+
+fn batch(values: &[&str]) -> Bytes {
+    let records: Vec<NewRecord> = values
+        .iter()
+        .map(|v| NewRecord {
+            value: Some(Bytes::copy_from_slice(v.as_bytes())),
+            ..NewRecord::default()
+        })
+        .collect();
+    record::build(&records, &BatchOptions::default()).unwrap()
+}
+
+fn produce_request(topic: &str, partition: i32, records: Bytes, acks: i16) -> Request {
+    Request::Produce(ProduceRequest {
+        acks,
+        timeout_ms: 30_000,
+        topic_data: vec![TopicProduceData {
+            name: topic.into(),
+            partition_data: vec![PartitionProduceData {
+                index: partition,
+                records: Some(records),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+}
+
+fn fetch_request(topic: &str, offset: i64, max_wait_ms: i32) -> Request {
+    Request::Fetch(FetchRequest {
+        max_wait_ms,
+        min_bytes: 1,
+        max_bytes: 1 << 20,
+        topics: vec![FetchTopic {
+            topic: topic.into(),
+            partitions: vec![FetchPartition {
+                partition: 0,
+                fetch_offset: offset,
+                partition_max_bytes: 1 << 20,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+}
+
+fn values_in(records: &Bytes) -> Vec<String> {
+    let mut values = Vec::new();
+    for batch in record::split_batches(records.clone()) {
+        let batch = RecordBatch::parse(batch.unwrap()).unwrap();
+        for r in batch.records(1 << 20).unwrap() {
+            values.push(String::from_utf8(r.value.unwrap().to_vec()).unwrap());
+        }
+    }
+    values
+}
+
+fn fetch_values(h: &mut Harness, topic: &str, offset: i64) -> (i16, Vec<String>) {
+    let Response::Fetch(fetch) = h.call(11, fetch_request(topic, offset, 0)) else {
+        panic!()
+    };
+    let p = &fetch.responses[0].partitions[0];
+    (p.error_code, values_in(p.records.as_ref().unwrap()))
+}
+
+#[test]
+fn produced_records_are_fetched_back_byte_for_byte() {
+    let (mut h, _) = Harness::new(SimDisk::new());
+    h.create_topic("orders");
+    for (i, values) in [&["a", "b"][..], &["c"][..], &["d", "e", "f"][..]]
+        .iter()
+        .enumerate()
+    {
+        let Response::Produce(response) =
+            h.call(9, produce_request("orders", 0, batch(values), -1))
+        else {
+            panic!()
+        };
+        let p = &response.responses[0].partition_responses[0];
+        assert_eq!(p.error_code, codes::NONE, "{:?}", p.error_message);
+        assert_eq!(p.base_offset, [0, 2, 3][i]);
+    }
+    assert_eq!(
+        fetch_values(&mut h, "orders", 0),
+        (
+            codes::NONE,
+            vec!["a", "b", "c", "d", "e", "f"]
+                .into_iter()
+                .map(String::from)
+                .collect()
+        )
+    );
+    // A fetch from inside a batch returns the whole batch (clients skip the earlier records).
+    assert_eq!(fetch_values(&mut h, "orders", 4).1, vec!["d", "e", "f"]);
+    assert_eq!(fetch_values(&mut h, "orders", 6), (codes::NONE, vec![]));
+    assert_eq!(
+        fetch_values(&mut h, "orders", 7).0,
+        codes::OFFSET_OUT_OF_RANGE
+    );
+}
+
+#[test]
+fn acks_wait_for_the_sync_and_consumers_see_only_synced_records() {
+    let (mut h, _) = Harness::new(SimDisk::new());
+    h.create_topic("t");
+    h.auto_sync = false;
+    h.send(1, 9, produce_request("t", 0, batch(&["x"]), -1));
+    assert!(
+        h.take_response(1, ApiKey::Produce, 9).is_none(),
+        "no ack before the sync"
+    );
+    // A consumer on another connection sees nothing yet: the record is not durable.
+    h.step(Input::ConnOpened { conn: 2 });
+    h.send(2, 11, fetch_request("t", 0, 0));
+    let Some(Response::Fetch(fetch)) = h.take_response(2, ApiKey::Fetch, 11) else {
+        panic!()
+    };
+    assert_eq!(fetch.responses[0].partitions[0].high_watermark, 0);
+    h.complete_syncs();
+    let Some(Response::Produce(response)) = h.take_response(1, ApiKey::Produce, 9) else {
+        panic!("acked after the sync")
+    };
+    assert_eq!(
+        response.responses[0].partition_responses[0].error_code,
+        codes::NONE
+    );
+    assert_eq!(fetch_values(&mut h, "t", 0).1, vec!["x"]);
+}
+
+#[test]
+fn a_long_poll_fetch_waits_for_data_without_blocking_other_connections() {
+    let (mut h, _) = Harness::new(SimDisk::new());
+    h.create_topic("t");
+    h.send(1, 11, fetch_request("t", 0, 5_000));
+    assert!(
+        h.take_response(1, ApiKey::Fetch, 11).is_none(),
+        "the fetch waits"
+    );
+    h.step(Input::ConnOpened { conn: 2 });
+    h.send(2, 9, produce_request("t", 0, batch(&["late"]), 1));
+    assert!(
+        h.take_response(2, ApiKey::Produce, 9).is_some(),
+        "the producer is not blocked"
+    );
+    let Some(Response::Fetch(fetch)) = h.take_response(1, ApiKey::Fetch, 11) else {
+        panic!("the parked fetch completes when data arrives")
+    };
+    assert_eq!(
+        values_in(fetch.responses[0].partitions[0].records.as_ref().unwrap()),
+        vec!["late"]
+    );
+    // And an empty long poll ends at its deadline.
+    h.send(1, 11, fetch_request("t", 1, 100));
+    assert!(h.take_response(1, ApiKey::Fetch, 11).is_none());
+    assert_eq!(h.node.next_deadline(), Some(h.now.plus_millis(100)));
+    h.now = h.now.plus_millis(100);
+    h.step(Input::Timeout);
+    assert!(h.take_response(1, ApiKey::Fetch, 11).is_some());
+}
+
+#[test]
+fn responses_keep_request_order_on_a_connection() {
+    let (mut h, _) = Harness::new(SimDisk::new());
+    h.create_topic("t");
+    h.auto_sync = false;
+    let first = h.send(1, 9, produce_request("t", 0, batch(&["1"]), -1));
+    let second = h.send(1, 12, Request::Metadata(MetadataRequest::default()));
+    assert!(
+        h.responses.is_empty(),
+        "the metadata answer waits behind the produce"
+    );
+    h.complete_syncs();
+    let ids: Vec<i32> = h
+        .responses
+        .iter()
+        .map(|(_, f)| i32::from_be_bytes(f[..4].try_into().unwrap()))
+        .collect();
+    assert_eq!(ids, vec![first, second]);
+}
+
+#[test]
+fn a_crash_keeps_acknowledged_records_and_loses_only_unacknowledged_ones() {
+    let (mut h, _) = Harness::new(SimDisk::new());
+    h.create_topic("t");
+    h.call(9, produce_request("t", 0, batch(&["kept-1", "kept-2"]), -1));
+    h.auto_sync = false;
+    h.send(1, 9, produce_request("t", 0, batch(&["lost"]), -1));
+    assert!(h.take_response(1, ApiKey::Produce, 9).is_none());
+    let mut disk = h.node.into_disk();
+    disk.crash();
+    let (mut h, events) = Harness::new(disk);
+    assert!(
+        matches!(&events[..], [RecoveryEvent::Recovered { topic, .. }] if topic == "t"),
+        "{events:?}"
+    );
+    assert_eq!(fetch_values(&mut h, "t", 0).1, vec!["kept-1", "kept-2"]);
+    // Offsets go on from the recovered end.
+    let Response::Produce(response) = h.call(9, produce_request("t", 0, batch(&["next"]), -1))
+    else {
+        panic!()
+    };
+    assert_eq!(response.responses[0].partition_responses[0].base_offset, 2);
+}
+
+#[test]
+fn a_torn_tail_is_cut_to_the_last_whole_batch() {
+    let (mut h, _) = Harness::new(SimDisk::new());
+    h.create_topic("t");
+    for v in ["one", "two", "three"] {
+        h.call(9, produce_request("t", 0, batch(&[v]), -1));
+    }
+    let mut disk = h.node.into_disk();
+    let segment = disk.contents_mut("t-0/00000000000000000000.log").unwrap();
+    let len = segment.len();
+    segment.truncate(len - 10);
+    disk.sync_all();
+    let (mut h, events) = Harness::new(disk);
+    assert!(
+        matches!(&events[..], [RecoveryEvent::Recovered { truncated_bytes, batches: 2, .. }] if *truncated_bytes > 0),
+        "{events:?}"
+    );
+    assert_eq!(fetch_values(&mut h, "t", 0).1, vec!["one", "two"]);
+}
+
+#[test]
+fn a_flipped_bit_in_an_earlier_batch_takes_the_partition_offline() {
+    let (mut h, _) = Harness::new(SimDisk::new());
+    h.create_topic("t");
+    for v in ["one", "two", "three"] {
+        h.call(9, produce_request("t", 0, batch(&[v]), -1));
+    }
+    let mut disk = h.node.into_disk();
+    let segment = disk.contents_mut("t-0/00000000000000000000.log").unwrap();
+    segment[70] ^= 0x01;
+    let len_before = segment.len();
+    disk.sync_all();
+    let (mut h, events) = Harness::new(disk);
+    let [RecoveryEvent::Offline { reason, .. }] = &events[..] else {
+        panic!("{events:?}")
+    };
+    assert!(
+        reason.contains("CRC mismatch") && reason.contains("t-0/00000000000000000000.log"),
+        "{reason}"
+    );
+    assert_eq!(fetch_values(&mut h, "t", 0).0, codes::KAFKA_STORAGE_ERROR);
+    let Response::Produce(response) = h.call(9, produce_request("t", 0, batch(&["more"]), -1))
+    else {
+        panic!()
+    };
+    assert_eq!(
+        response.responses[0].partition_responses[0].error_code,
+        codes::KAFKA_STORAGE_ERROR
+    );
+    let len_after = h
+        .node
+        .disk_mut()
+        .contents_mut("t-0/00000000000000000000.log")
+        .unwrap()
+        .len();
+    assert_eq!(len_after, len_before, "nothing was truncated");
+}
+
+#[test]
+fn produce_validation_rejects_bad_batches_and_appends_nothing() {
+    let (mut h, _) = Harness::new(SimDisk::new());
+    h.create_topic("t");
+    let mut corrupt = batch(&["x"]).to_vec();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xff;
+    let cases: Vec<(Request, i16, i16)> = vec![
+        (
+            produce_request("t", 0, Bytes::from(corrupt), -1),
+            9,
+            codes::CORRUPT_MESSAGE,
+        ),
+        (
+            produce_request("t", 7, batch(&["x"]), -1),
+            9,
+            codes::UNKNOWN_TOPIC_OR_PARTITION,
+        ),
+        (
+            produce_request("nope", 0, batch(&["x"]), -1),
+            9,
+            codes::UNKNOWN_TOPIC_OR_PARTITION,
+        ),
+        (
+            produce_request("t", 0, batch(&["x"]), 2),
+            9,
+            codes::INVALID_REQUIRED_ACKS,
+        ),
+        (
+            produce_request("t", 0, batch(&["x"]), -1),
+            2,
+            codes::UNSUPPORTED_VERSION,
+        ),
+        (
+            produce_request("t", 0, batch(&[&"z".repeat(1_100_000)]), -1),
+            9,
+            codes::MESSAGE_TOO_LARGE,
+        ),
+    ];
+    for (request, version, expected) in cases {
+        let Response::Produce(response) = h.call(version, request) else {
+            panic!()
+        };
+        assert_eq!(
+            response.responses[0].partition_responses[0].error_code,
+            expected
+        );
+    }
+    assert_eq!(fetch_values(&mut h, "t", 0), (codes::NONE, vec![]));
+}
+
+#[test]
+fn bad_bytes_close_only_their_connection() {
+    let (mut h, _) = Harness::new(SimDisk::new());
+    h.create_topic("t");
+    h.step(Input::ConnOpened { conn: 2 });
+    // The forged Produce body: 54,265,856 topics in 14 bytes.
+    let mut frame = vec![0, 0, 0, 24, 0, 0, 0, 3, 0, 0, 0, 7, 0xff, 0xff];
+    frame.extend_from_slice(&[
+        0xff, 0xff, 0, 1, 0, 0, 0x75, 0x30, 0x03, 0x3c, 0x08, 0x00, 0, 0,
+    ]);
+    h.step(Input::ConnBytes {
+        conn: 2,
+        bytes: &frame,
+    });
+    assert_eq!(h.closed, vec![2]);
+    h.step(Input::ConnOpened { conn: 3 });
+    h.step(Input::ConnBytes {
+        conn: 3,
+        bytes: &[0x7f, 0xff, 0xff, 0xff],
+    });
+    assert_eq!(
+        h.closed,
+        vec![2, 3],
+        "a frame over the maximum closes its connection"
+    );
+    let Response::Produce(response) = h.call(9, produce_request("t", 0, batch(&["still"]), -1))
+    else {
+        panic!()
+    };
+    assert_eq!(
+        response.responses[0].partition_responses[0].error_code,
+        codes::NONE
+    );
+}
+
+#[test]
+fn list_offsets_finds_earliest_latest_and_by_timestamp() {
+    let (mut h, _) = Harness::new(SimDisk::new());
+    h.create_topic("t");
+    for (i, ts) in [1_000i64, 2_000, 3_000].iter().enumerate() {
+        let records = vec![NewRecord {
+            value: Some(Bytes::from(format!("v{i}"))),
+            ..NewRecord::default()
+        }];
+        let options = BatchOptions {
+            base_timestamp: *ts,
+            ..BatchOptions::default()
+        };
+        h.call(
+            9,
+            produce_request("t", 0, record::build(&records, &options).unwrap(), -1),
+        );
+    }
+    use keel_core::protocol::messages::list_offsets_request::{
+        ListOffsetsPartition, ListOffsetsTopic,
+    };
+    for (timestamp, expected) in [
+        (-2i64, 0i64),
+        (-1, 3),
+        (1_500, 1),
+        (3_000, 2),
+        (9_000, -1),
+        (-3, 2),
+    ] {
+        let Response::ListOffsets(response) = h.call(
+            7,
+            Request::ListOffsets(ListOffsetsRequest {
+                replica_id: -1,
+                topics: vec![ListOffsetsTopic {
+                    name: "t".into(),
+                    partitions: vec![ListOffsetsPartition {
+                        partition_index: 0,
+                        timestamp,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        ) else {
+            panic!()
+        };
+        let p = &response.topics[0].partitions[0];
+        assert_eq!(
+            (p.error_code, p.offset),
+            (codes::NONE, expected),
+            "timestamp {timestamp}"
+        );
+    }
+}
