@@ -1,0 +1,112 @@
+//! `keel`: the broker (`keel serve`) and, later, its admin commands.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use keel_net::config::{DurabilitySetting, ServeConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "keel",
+    version,
+    about = "Keel: a Kafka-compatible event streaming platform"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a broker. With no arguments: node 1 on 127.0.0.1:9092, data in ./keel-data,
+    /// topics auto-created with 1 partition, every acknowledged write synced to disk.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// A TOML file with any of the settings below (flags win over it).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on for Kafka clients [default: 127.0.0.1:9092].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Directory holding the topics' logs [default: ./keel-data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// This node's id [default: 1].
+    #[arg(long)]
+    node_id: Option<i32>,
+    /// Host name clients are told to connect to [default: the listen address's host].
+    #[arg(long, value_name = "HOST")]
+    advertised_host: Option<String>,
+    /// Create unknown topics when clients ask for their metadata [default: true].
+    #[arg(long, value_name = "BOOL")]
+    auto_create_topics: Option<bool>,
+    /// Partitions of a topic created without a count [default: 1].
+    #[arg(long, value_name = "N")]
+    num_partitions: Option<i32>,
+    /// When a produce is acknowledged: after fsync, or at once [default: fsync].
+    #[arg(long, value_enum)]
+    durability: Option<DurabilitySetting>,
+    /// Segment files roll at this size [default: 1073741824].
+    #[arg(long, value_name = "BYTES")]
+    segment_bytes: Option<u64>,
+    /// Largest request accepted (socket.request.max.bytes) [default: 104857600].
+    #[arg(long, value_name = "BYTES")]
+    max_request_bytes: Option<usize>,
+    /// Largest batch a producer may send (max.message.bytes) [default: 1048588].
+    #[arg(long, value_name = "BYTES")]
+    max_message_bytes: Option<usize>,
+    /// The cluster id reported to clients [default: keel-cluster].
+    #[arg(long)]
+    cluster_id: Option<String>,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> anyhow::Result<ServeConfig> {
+        let mut config = match &self.config {
+            Some(path) => ServeConfig::from_toml(&std::fs::read_to_string(path)?)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+            None => ServeConfig::default(),
+        };
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field { config.$field = v; } )* };
+        }
+        set!(
+            listen,
+            data_dir,
+            node_id,
+            auto_create_topics,
+            num_partitions,
+            durability,
+            segment_bytes,
+            max_request_bytes,
+            max_message_bytes,
+            cluster_id
+        );
+        if let Some(host) = self.advertised_host {
+            config.advertised_host = Some(host);
+        }
+        Ok(config)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let config = args.into_config()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(keel_net::server::serve(config))
+        }
+    }
+}

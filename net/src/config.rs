@@ -1,0 +1,106 @@
+//! `keel serve`'s settings: embedded defaults, then a TOML file (`--config`), then flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use keel_core::node::{Config, Durability};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilitySetting {
+    /// Acknowledge a produce once its bytes are synced to disk (the default).
+    Fsync,
+    /// Acknowledge at once; trust replication over fsync (Kafka's default).
+    Replicated,
+}
+
+/// Every setting of `keel serve`. Field names are the TOML keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    pub node_id: i32,
+    /// Address to listen on for Kafka clients.
+    pub listen: String,
+    /// Host clients are told to connect to (default: the listen address's host).
+    pub advertised_host: Option<String>,
+    pub data_dir: PathBuf,
+    pub cluster_id: String,
+    pub auto_create_topics: bool,
+    /// Partitions of a topic created without a count.
+    pub num_partitions: i32,
+    pub durability: DurabilitySetting,
+    pub segment_bytes: u64,
+    /// Largest request frame accepted (Kafka's socket.request.max.bytes).
+    pub max_request_bytes: usize,
+    /// Largest batch a producer may send (Kafka's max.message.bytes).
+    pub max_message_bytes: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        let core = Config::default();
+        ServeConfig {
+            node_id: core.node_id,
+            listen: "127.0.0.1:9092".into(),
+            advertised_host: None,
+            data_dir: PathBuf::from("keel-data"),
+            cluster_id: core.cluster_id,
+            auto_create_topics: core.auto_create_topics,
+            num_partitions: core.default_partitions,
+            durability: DurabilitySetting::Fsync,
+            segment_bytes: core.log.segment_size_bytes,
+            max_request_bytes: core.max_frame_size_bytes,
+            max_message_bytes: core.max_message_bytes,
+        }
+    }
+}
+
+impl ServeConfig {
+    pub fn from_toml(text: &str) -> anyhow::Result<ServeConfig> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// The core's configuration, advertising `local` (the address actually bound).
+    pub fn node_config(&self, local: SocketAddr) -> Config {
+        let mut config = Config {
+            node_id: self.node_id,
+            advertised_host: self
+                .advertised_host
+                .clone()
+                .unwrap_or_else(|| local.ip().to_string()),
+            advertised_port: i32::from(local.port()),
+            cluster_id: self.cluster_id.clone(),
+            auto_create_topics: self.auto_create_topics,
+            default_partitions: self.num_partitions,
+            durability: match self.durability {
+                DurabilitySetting::Fsync => Durability::Fsync,
+                DurabilitySetting::Replicated => Durability::Replicated,
+            },
+            max_frame_size_bytes: self.max_request_bytes,
+            max_message_bytes: self.max_message_bytes,
+            seed: std::process::id() as u64 ^ local.port() as u64,
+            ..Config::default()
+        };
+        config.log.segment_size_bytes = self.segment_bytes;
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_the_defaults_and_unknown_keys_are_errors() {
+        let config = ServeConfig::from_toml(
+            "listen = \"127.0.0.1:19092\"\nnum_partitions = 8\ndurability = \"replicated\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.listen, "127.0.0.1:19092");
+        assert_eq!(config.num_partitions, 8);
+        assert_eq!(config.durability, DurabilitySetting::Replicated);
+        assert_eq!(config.data_dir, PathBuf::from("keel-data"));
+        assert!(ServeConfig::from_toml("lisen = \"x\"").is_err());
+    }
+}

@@ -1,0 +1,306 @@
+//! The tokio adapter: sockets, the fsync thread and timers around one `Node`.
+//!
+//! One task owns the node: no locks around core state. Connection tasks only move bytes: a
+//! reader sends what it reads to the owner's inbound channel; a writer writes what the owner
+//! hands it. The owner sleeps until the next input or the node's next deadline. Every channel
+//! is bounded: a client that does not read its responses fills its own queue and is closed.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use keel_core::disk::DiskError;
+use keel_core::node::{ConnId, Input, Instant, Node, Output, RecoveryEvent, SyncToken};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::ServeConfig;
+use crate::disk::{RealDisk, SyncJob};
+
+/// Inbound events from connection tasks and the fsync thread.
+const INBOUND_QUEUE_EVENTS_MAX: usize = 1024;
+/// Responses queued for one connection before it counts as too slow and is closed.
+const CONN_SEND_QUEUE_RESPONSES_MAX: usize = 1024;
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// How long a graceful shutdown may take before the process exits anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+enum Event {
+    Opened {
+        conn: ConnId,
+        writer: mpsc::Sender<Bytes>,
+        reader: JoinHandle<()>,
+    },
+    Bytes {
+        conn: ConnId,
+        bytes: Bytes,
+    },
+    Closed {
+        conn: ConnId,
+    },
+    Synced {
+        token: SyncToken,
+        result: Result<(), DiskError>,
+    },
+}
+
+fn now() -> Instant {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Instant(since_epoch.as_nanos() as u64)
+}
+
+struct Connection {
+    writer: mpsc::Sender<Bytes>,
+    reader: JoinHandle<()>,
+}
+
+/// Runs the broker until SIGTERM or SIGINT (a graceful shutdown: answer what is in flight,
+/// sync, exit) or a fatal error.
+pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    let disk = RealDisk::open(&config.data_dir)?;
+    let listener = TcpListener::bind(&config.listen).await?;
+    let local: SocketAddr = listener.local_addr()?;
+    let node_config = config.node_config(local);
+    let (mut node, events) = Node::new(node_config, disk)?;
+    for event in events {
+        match event {
+            RecoveryEvent::Recovered {
+                topic,
+                partition,
+                segments,
+                batches,
+                truncated_bytes,
+            } => {
+                tracing::info!(%topic, partition, segments, batches, truncated_bytes, "recovered partition");
+            }
+            RecoveryEvent::Offline {
+                topic,
+                partition,
+                reason,
+            } => {
+                tracing::error!(%topic, partition, %reason, "partition OFFLINE: it will not be served until repaired");
+            }
+        }
+    }
+    tracing::info!(listen = %local, data_dir = %config.data_dir.display(), "keel is serving");
+
+    let (inbound, mut events) = mpsc::channel::<Event>(INBOUND_QUEUE_EVENTS_MAX);
+    let (sync_jobs, sync_receiver) = std::sync::mpsc::channel::<SyncJob>();
+    let fsync_events = inbound.clone();
+    let fsync_thread = std::thread::Builder::new()
+        .name("keel-fsync".into())
+        .spawn(move || {
+            while let Ok(job) = sync_receiver.recv() {
+                let (token, result) = job.run();
+                if fsync_events
+                    .blocking_send(Event::Synced { token, result })
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        })?;
+    let acceptor = tokio::spawn(accept_loop(listener, inbound.clone()));
+    drop(inbound);
+
+    let mut connections: BTreeMap<ConnId, Connection> = BTreeMap::new();
+    let mut out = Vec::new();
+    let mut shutdown_deadline: Option<tokio::time::Instant> = None;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+
+    let result = loop {
+        if shutdown_deadline.is_some() && node.is_shut_down() {
+            break Ok(());
+        }
+        if shutdown_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            break Err(anyhow::anyhow!(
+                "shutdown did not finish within {SHUTDOWN_GRACE:?}"
+            ));
+        }
+        let sleep_for = node
+            .next_deadline()
+            .map(|d| Duration::from_nanos(d.0.saturating_sub(now().0)))
+            .unwrap_or(Duration::from_secs(3600))
+            .min(Duration::from_millis(if shutdown_deadline.is_some() {
+                50
+            } else {
+                60_000
+            }));
+        tokio::select! {
+            event = events.recv() => {
+                let Some(event) = event else { break Ok(()) };
+                match event {
+                    Event::Opened { conn, writer, reader } => {
+                        connections.insert(conn, Connection { writer, reader });
+                        node.step(now(), Input::ConnOpened { conn }, &mut out);
+                    }
+                    Event::Bytes { conn, bytes } => node.step(now(), Input::ConnBytes { conn, bytes: &bytes }, &mut out),
+                    Event::Closed { conn } => {
+                        connections.remove(&conn);
+                        node.step(now(), Input::ConnClosed { conn }, &mut out);
+                    }
+                    Event::Synced { token, result } => node.step(now(), Input::Synced { token, result }, &mut out),
+                }
+            }
+            _ = tokio::time::sleep(sleep_for) => node.step(now(), Input::Timeout, &mut out),
+            _ = terminate.recv(), if shutdown_deadline.is_none() => {
+                tracing::info!("SIGTERM: draining and syncing");
+                acceptor.abort();
+                shutdown_deadline = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
+                node.begin_shutdown(now(), &mut out);
+            }
+            _ = interrupt.recv(), if shutdown_deadline.is_none() => {
+                tracing::info!("SIGINT: draining and syncing");
+                acceptor.abort();
+                shutdown_deadline = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
+                node.begin_shutdown(now(), &mut out);
+            }
+        }
+        let mut halted = None;
+        let mut too_slow = Vec::new();
+        loop {
+            for output in out.drain(..) {
+                match output {
+                    Output::ConnSend { conn, bytes } => {
+                        let Some(connection) = connections.get(&conn) else {
+                            continue;
+                        };
+                        if connection.writer.try_send(bytes).is_err() {
+                            tracing::warn!(
+                                conn,
+                                "closing a connection that does not read its responses"
+                            );
+                            if let Some(c) = connections.remove(&conn) {
+                                c.reader.abort();
+                            }
+                            too_slow.push(conn);
+                        }
+                    }
+                    Output::ConnClose { conn, reason } => {
+                        tracing::warn!(conn, %reason, "closing connection");
+                        // Dropping the writer lets it flush what is queued, then close.
+                        if let Some(c) = connections.remove(&conn) {
+                            c.reader.abort();
+                        }
+                    }
+                    Output::Sync { token, file } => {
+                        let job = node.disk_mut().sync_job(token, file);
+                        if sync_jobs.send(job).is_err() {
+                            halted = Some("the fsync thread is gone".to_string());
+                        }
+                    }
+                    Output::Halt { reason } => halted = Some(reason),
+                }
+            }
+            if too_slow.is_empty() {
+                break;
+            }
+            for conn in too_slow.drain(..) {
+                node.step(now(), Input::ConnClosed { conn }, &mut out);
+            }
+        }
+        if let Some(reason) = halted {
+            break Err(anyhow::anyhow!("halted: {reason}"));
+        }
+    };
+    // Let writers flush what is queued (bounded), then stop.
+    let writers: Vec<_> = connections
+        .into_values()
+        .map(|c| {
+            c.reader.abort();
+            c.writer
+        })
+        .collect();
+    drop(writers);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(sync_jobs);
+    let _ = fsync_thread.join();
+    match &result {
+        Ok(()) => tracing::info!("shut down cleanly"),
+        Err(e) => tracing::error!(error = %e, "stopped"),
+    }
+    result
+}
+
+async fn accept_loop(listener: TcpListener, inbound: mpsc::Sender<Event>) {
+    let mut next_conn: ConnId = 0;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        next_conn += 1;
+        let conn = next_conn;
+        tracing::debug!(conn, %peer, "connection opened");
+        let (read_half, write_half) = stream.into_split();
+        let (writer, responses) = mpsc::channel(CONN_SEND_QUEUE_RESPONSES_MAX);
+        tokio::spawn(write_loop(write_half, responses));
+        // The reader starts only after the owner knows the connection (Opened comes first).
+        let (start, started) = tokio::sync::oneshot::channel::<()>();
+        let reader = tokio::spawn(read_loop(conn, read_half, inbound.clone(), started));
+        if inbound
+            .send(Event::Opened {
+                conn,
+                writer,
+                reader,
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let _ = start.send(());
+    }
+}
+
+async fn read_loop(
+    conn: ConnId,
+    mut socket: tokio::net::tcp::OwnedReadHalf,
+    inbound: mpsc::Sender<Event>,
+    started: tokio::sync::oneshot::Receiver<()>,
+) {
+    if started.await.is_err() {
+        return;
+    }
+    let mut buffer = vec![0u8; READ_BUFFER_BYTES];
+    loop {
+        match socket.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let bytes = Bytes::copy_from_slice(&buffer[..n]);
+                if inbound.send(Event::Bytes { conn, bytes }).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = inbound.send(Event::Closed { conn }).await;
+}
+
+async fn write_loop(
+    mut socket: tokio::net::tcp::OwnedWriteHalf,
+    mut responses: mpsc::Receiver<Bytes>,
+) {
+    while let Some(bytes) = responses.recv().await {
+        if socket.write_all(&bytes).await.is_err() {
+            return;
+        }
+    }
+    let _ = socket.shutdown().await;
+}
+
+/// Connects to `addr` and reports whether it answers (for tests and `keel` admin commands).
+pub async fn reachable(addr: &str) -> bool {
+    TcpStream::connect(addr).await.is_ok()
+}
