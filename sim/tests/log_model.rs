@@ -1,0 +1,143 @@
+//! The partition log against an in-memory model, through random appends, reads, syncs,
+//! crashes (which drop every unsynced write) and recoveries: what was synced is always there,
+//! nothing else appears, and offsets never repeat.
+
+use bytes::Bytes;
+use keel_core::disk::Disk;
+use keel_core::log::{LogConfig, PartitionLog};
+use keel_core::record::{self, BatchOptions, NewRecord, RecordBatch};
+use keel_sim::SimDisk;
+use proptest::prelude::*;
+
+const DIR: &str = "topic-0";
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// Append a batch of this many records.
+    Append(usize),
+    Sync,
+    /// Read from the model's offset at this fraction of the log.
+    Read(u8),
+    Crash,
+    /// Reopen without a crash (a clean restart keeps the page cache).
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (1usize..5).prop_map(Op::Append),
+        3 => Just(Op::Sync),
+        3 => any::<u8>().prop_map(Op::Read),
+        1 => Just(Op::Crash),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+struct Model {
+    /// Every record value in the log, by offset.
+    values: Vec<String>,
+    /// How many of them are synced.
+    synced: usize,
+    next_value: u64,
+}
+
+fn config() -> LogConfig {
+    // Tiny segments and index intervals, so rolls and index lookups happen constantly.
+    LogConfig {
+        segment_size_bytes: 400,
+        index_interval_bytes: 100,
+    }
+}
+
+fn reopen(disk: &mut SimDisk) -> PartitionLog {
+    let names = disk.list().unwrap();
+    let (log, _) = PartitionLog::recover(disk, DIR, &names, config()).expect("recovery succeeds");
+    log
+}
+
+fn read_all(log: &mut PartitionLog, disk: &mut SimDisk, from: i64) -> Vec<(i64, String)> {
+    let mut out = Vec::new();
+    let mut offset = from;
+    loop {
+        let bytes = log
+            .read(disk, offset, log.log_end_offset(), 1000, true)
+            .unwrap();
+        if bytes.is_empty() {
+            return out;
+        }
+        for batch in record::split_batches(bytes) {
+            let batch = RecordBatch::parse(batch.unwrap()).unwrap();
+            let base = batch.header().base_offset;
+            for r in batch.records(1 << 20).unwrap() {
+                let at = base + i64::from(r.offset_delta);
+                if at >= from {
+                    out.push((at, String::from_utf8(r.value.unwrap().to_vec()).unwrap()));
+                }
+                offset = at + 1;
+            }
+        }
+    }
+}
+
+fn check(log: &mut PartitionLog, disk: &mut SimDisk, model: &Model) {
+    assert_eq!(log.log_end_offset(), model.values.len() as i64);
+    let all = read_all(log, disk, 0);
+    let expected: Vec<(i64, String)> = model
+        .values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (i as i64, v.clone()))
+        .collect();
+    assert_eq!(all, expected);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_log_keeps_what_was_synced_and_nothing_else(ops in prop::collection::vec(op(), 1..80)) {
+        let mut disk = SimDisk::new();
+        let mut log = PartitionLog::create(&mut disk, DIR, config()).unwrap();
+        let mut model = Model { values: Vec::new(), synced: 0, next_value: 0 };
+        for op in ops {
+            match op {
+                Op::Append(count) => {
+                    let values: Vec<String> = (0..count).map(|_| { model.next_value += 1; format!("value-{}", model.next_value) }).collect();
+                    let records: Vec<NewRecord> = values.iter().map(|v| NewRecord { value: Some(Bytes::from(v.clone())), ..NewRecord::default() }).collect();
+                    let batch = RecordBatch::parse(record::build(&records, &BatchOptions::default()).unwrap()).unwrap();
+                    let (base, last) = log.append(&mut disk, &batch, 0).unwrap();
+                    prop_assert_eq!(base, model.values.len() as i64, "offsets continue the log, never repeat");
+                    prop_assert_eq!(last, base + count as i64 - 1);
+                    model.values.extend(values);
+                }
+                Op::Sync => {
+                    let (files, end) = log.begin_sync(&mut disk).unwrap();
+                    for file in files {
+                        disk.sync(file).unwrap();
+                    }
+                    log.complete_sync(end);
+                    model.synced = end as usize;
+                    prop_assert_eq!(log.durable_end_offset(), model.synced as i64);
+                }
+                Op::Read(at) => {
+                    let from = (model.values.len() * at as usize / 256) as i64;
+                    let got = read_all(&mut log, &mut disk, from);
+                    let expected: Vec<(i64, String)> = model.values.iter().enumerate().skip(from as usize).map(|(i, v)| (i as i64, v.clone())).collect();
+                    prop_assert_eq!(got, expected);
+                }
+                Op::Crash => {
+                    disk.crash();
+                    log = reopen(&mut disk);
+                    // Exactly the synced prefix survives.
+                    model.values.truncate(model.synced);
+                    check(&mut log, &mut disk, &model);
+                }
+                Op::Reopen => {
+                    log = reopen(&mut disk);
+                    check(&mut log, &mut disk, &model);
+                }
+            }
+            prop_assert!(log.durable_end_offset() <= log.log_end_offset());
+        }
+    }
+}
