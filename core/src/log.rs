@@ -16,7 +16,9 @@
 //! the log in two: before it, everything was synced, so a bad batch there is corruption: the
 //! partition goes offline with an error naming the file and position, and nothing is cut. At
 //! or after it, writes may have been lost or torn by the crash, so the log is cut at the first
-//! bad batch (a torn tail): those bytes were never acknowledged.
+//! bad batch (a torn tail): those bytes were never acknowledged. One case before the recovery
+//! point is cut too: a batch running past the end of the last segment, since nothing is left
+//! after it to protect; the error log says synced data went missing.
 
 use bytes::{Bytes, BytesMut};
 

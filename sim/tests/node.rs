@@ -340,14 +340,19 @@ fn a_crash_keeps_acknowledged_records_and_loses_only_unacknowledged_ones() {
     assert_eq!(response.responses[0].partition_responses[0].base_offset, 2);
 }
 
-#[test]
-fn a_torn_tail_is_cut_to_the_last_whole_batch() {
+/// A disk holding topic `t` with the batches "one", "two" and "three", all acknowledged.
+fn three_batches_in_topic_t() -> SimDisk {
     let (mut h, _) = Harness::new(SimDisk::new());
     h.create_topic("t");
     for v in ["one", "two", "three"] {
         h.call(9, produce_request("t", 0, batch(&[v]), -1));
     }
-    let mut disk = h.node.into_disk();
+    h.node.into_disk()
+}
+
+#[test]
+fn a_torn_tail_is_cut_to_the_last_whole_batch() {
+    let mut disk = three_batches_in_topic_t();
     let segment = disk.contents_mut("t-0/00000000000000000000.log").unwrap();
     let len = segment.len();
     segment.truncate(len - 10);
@@ -362,12 +367,7 @@ fn a_torn_tail_is_cut_to_the_last_whole_batch() {
 
 #[test]
 fn a_flipped_bit_in_an_earlier_batch_takes_the_partition_offline() {
-    let (mut h, _) = Harness::new(SimDisk::new());
-    h.create_topic("t");
-    for v in ["one", "two", "three"] {
-        h.call(9, produce_request("t", 0, batch(&[v]), -1));
-    }
-    let mut disk = h.node.into_disk();
+    let mut disk = three_batches_in_topic_t();
     let segment = disk.contents_mut("t-0/00000000000000000000.log").unwrap();
     segment[70] ^= 0x01;
     let len_before = segment.len();

@@ -451,14 +451,7 @@ impl<D: Disk> Node<D> {
                 } else {
                     Some(reply(Response::Produce(response))?)
                 };
-                if waits && self.config.durability == Durability::Fsync {
-                    Slot::AwaitSync {
-                        round: self.next_round,
-                        response: bytes,
-                    }
-                } else {
-                    Slot::Ready(bytes)
-                }
+                self.slot_after_writes(waits, bytes)
             }
             Request::Fetch(r) => {
                 let max_wait_ms = r.max_wait_ms.max(0) as u64;
@@ -488,14 +481,7 @@ impl<D: Disk> Node<D> {
             Request::CreateTopics(r) => {
                 let (response, waits) = self.create_topics(&r, version);
                 let bytes = Some(reply(Response::CreateTopics(response))?);
-                if waits && self.config.durability == Durability::Fsync {
-                    Slot::AwaitSync {
-                        round: self.next_round,
-                        response: bytes,
-                    }
-                } else {
-                    Slot::Ready(bytes)
-                }
+                self.slot_after_writes(waits, bytes)
             }
             Request::DeleteTopics(r) => Slot::Ready(Some(reply(Response::DeleteTopics(
                 self.delete_topics(&r, version),
@@ -503,14 +489,7 @@ impl<D: Disk> Node<D> {
             Request::CreatePartitions(r) => {
                 let (response, waits) = self.create_partitions(&r);
                 let bytes = Some(reply(Response::CreatePartitions(response))?);
-                if waits && self.config.durability == Durability::Fsync {
-                    Slot::AwaitSync {
-                        round: self.next_round,
-                        response: bytes,
-                    }
-                } else {
-                    Slot::Ready(bytes)
-                }
+                self.slot_after_writes(waits, bytes)
             }
             Request::DescribeConfigs(r) => Slot::Ready(Some(reply(Response::DescribeConfigs(
                 self.describe_configs(&r, version),
@@ -530,6 +509,19 @@ impl<D: Disk> Node<D> {
         };
         self.fill(conn, slot, slot_state);
         Ok(())
+    }
+
+    /// The slot of a request that wrote (`wrote`): under fsync durability it waits for the
+    /// sync round that will cover its writes; otherwise it is ready now.
+    fn slot_after_writes(&self, wrote: bool, response: Option<Bytes>) -> Slot {
+        if wrote && self.config.durability == Durability::Fsync {
+            Slot::AwaitSync {
+                round: self.next_round,
+                response,
+            }
+        } else {
+            Slot::Ready(response)
+        }
     }
 
     fn fill(&mut self, conn: ConnId, slot: u64, state: Slot) {
