@@ -539,3 +539,37 @@ fn list_offsets_finds_earliest_latest_and_by_timestamp() {
         );
     }
 }
+
+#[test]
+fn deleting_a_topic_while_its_files_await_a_sync_is_not_fatal() {
+    let (mut h, _) = Harness::new(SimDisk::new());
+    h.auto_sync = false;
+    h.create_topic("brief");
+    h.send(1, 9, produce_request("brief", 0, batch(&["x"]), 1));
+    h.send(
+        1,
+        5,
+        Request::DeleteTopics(DeleteTopicsRequest {
+            topic_names: vec!["brief".into()],
+            timeout_ms: 1000,
+            ..Default::default()
+        }),
+    );
+    h.complete_syncs();
+    assert!(h.node.halted().is_none());
+    assert!(h.take_response(1, ApiKey::Produce, 9).is_some());
+    let Some(Response::DeleteTopics(deleted)) = h.take_response(1, ApiKey::DeleteTopics, 5) else {
+        panic!("the delete is answered")
+    };
+    assert_eq!(deleted.responses[0].error_code, codes::NONE);
+    h.auto_sync = true;
+    h.create_topic("after");
+    let Response::Produce(response) = h.call(9, produce_request("after", 0, batch(&["y"]), -1))
+    else {
+        panic!()
+    };
+    assert_eq!(
+        response.responses[0].partition_responses[0].error_code,
+        codes::NONE
+    );
+}

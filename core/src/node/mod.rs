@@ -620,10 +620,16 @@ impl<D: Disk> Node<D> {
         if !round.outstanding.remove(&token) {
             return;
         }
-        if let Err(e) = result {
-            // As PostgreSQL learned: after a failed fsync the page cache cannot be trusted.
-            self.halt(format!("sync failed: {e}"), out);
-            return;
+        match result {
+            Ok(()) => {}
+            // The file was removed (its topic deleted) after the sync was asked for: there is
+            // nothing left to make durable.
+            Err(DiskError::UnknownFile(_)) => {}
+            Err(e) => {
+                // As PostgreSQL learned: after a failed fsync the page cache cannot be trusted.
+                self.halt(format!("sync failed: {e}"), out);
+                return;
+            }
         }
         if !round.outstanding.is_empty() {
             return;
