@@ -573,3 +573,27 @@ fn deleting_a_topic_while_its_files_await_a_sync_is_not_fatal() {
         codes::NONE
     );
 }
+
+#[test]
+fn acks_zero_gets_no_answer_and_a_failure_closes_the_connection() {
+    let (mut h, _) = Harness::new(SimDisk::new());
+    h.create_topic("t");
+    h.send(1, 9, produce_request("t", 0, batch(&["quiet"]), 0));
+    assert!(h.responses.is_empty(), "acks=0 is answered with nothing");
+    assert!(h.closed.is_empty());
+    h.send(1, 9, produce_request("t", 5, batch(&["nowhere"]), 0));
+    assert_eq!(
+        h.closed,
+        vec![1],
+        "a failed acks=0 produce closes the connection"
+    );
+    h.step(Input::ConnOpened { conn: 2 });
+    h.send(2, 11, fetch_request("t", 0, 0));
+    let Some(Response::Fetch(fetch)) = h.take_response(2, ApiKey::Fetch, 11) else {
+        panic!()
+    };
+    assert_eq!(
+        values_in(fetch.responses[0].partitions[0].records.as_ref().unwrap()),
+        vec!["quiet"]
+    );
+}

@@ -446,6 +446,22 @@ impl<D: Disk> Node<D> {
             Request::Produce(r) => {
                 let acks = r.acks;
                 let (response, waits) = self.produce(&r, version);
+                if acks == 0 {
+                    // A producer with acks=0 reads no answer: Kafka closes its connection
+                    // instead, so that it notices something went wrong.
+                    let failed = response
+                        .responses
+                        .iter()
+                        .flat_map(|t| &t.partition_responses)
+                        .find(|p| p.error_code != crate::protocol::codes::NONE);
+                    if let Some(p) = failed {
+                        return Err(format!(
+                            "acks=0 produce failed (error {}): {}",
+                            p.error_code,
+                            p.error_message.as_deref().unwrap_or("")
+                        ));
+                    }
+                }
                 let bytes = if acks == 0 {
                     None
                 } else {
