@@ -13,7 +13,7 @@ use bytes::Bytes;
 use keel_core::disk::DiskError;
 use keel_core::node::{ConnId, Input, Instant, Node, Output, RecoveryEvent, SyncToken};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -298,9 +298,4 @@ async fn write_loop(
         }
     }
     let _ = socket.shutdown().await;
-}
-
-/// Connects to `addr` and reports whether it answers (for tests and `keel` admin commands).
-pub async fn reachable(addr: &str) -> bool {
-    TcpStream::connect(addr).await.is_ok()
 }

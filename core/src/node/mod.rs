@@ -382,6 +382,7 @@ impl<D: Disk> Node<D> {
             };
             let slot = conn.next_slot;
             conn.next_slot += 1;
+            // The request takes its place in line now (waiting); `handle_frame` fills it.
             conn.slots.push_back((slot, Slot::AwaitFetch));
             if let Err(reason) = self.handle_frame(now, conn_id, slot, frame) {
                 self.close(conn_id, reason, out);
