@@ -203,7 +203,7 @@ fn every_acknowledged_record_survives_a_sigkill() {
         .create_with_context(AckLog(acked.clone()))
         .expect("producer");
     // A kill point that differs from run to run; printed so a failure can be replayed.
-    let kill_after_ms = 300 + (std::process::id() as u64 * 7919) % 1200;
+    let kill_after_ms = 500 + (std::process::id() as u64 * 7919) % 1000;
     println!("killing the broker after {kill_after_ms} ms");
     let started = Instant::now();
     let mut sent = 0u64;
