@@ -423,10 +423,6 @@ impl PartitionLog {
         self.durable_end_offset
     }
 
-    pub fn size_bytes(&self) -> u64 {
-        self.segments.iter().map(|s| s.size_bytes).sum()
-    }
-
     /// Appends one validated batch: stamps its base offset and leader epoch and writes it at
     /// the end of the active segment (rolling first if it would pass the segment size).
     /// Returns the batch's (base offset, last offset).

@@ -149,14 +149,13 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                 }
             }
             _ = tokio::time::sleep(sleep_for) => node.step(now(), Input::Timeout, &mut out),
-            _ = terminate.recv(), if shutdown_deadline.is_none() => {
-                tracing::info!("SIGTERM: draining and syncing");
-                acceptor.abort();
-                shutdown_deadline = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
-                node.begin_shutdown(now(), &mut out);
-            }
-            _ = interrupt.recv(), if shutdown_deadline.is_none() => {
-                tracing::info!("SIGINT: draining and syncing");
+            signal = async {
+                tokio::select! {
+                    _ = terminate.recv() => "SIGTERM",
+                    _ = interrupt.recv() => "SIGINT",
+                }
+            }, if shutdown_deadline.is_none() => {
+                tracing::info!(signal, "draining and syncing");
                 acceptor.abort();
                 shutdown_deadline = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
                 node.begin_shutdown(now(), &mut out);

@@ -7,6 +7,7 @@ use keel_core::protocol::codec::{decode_response, encode_request};
 use keel_core::protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use keel_core::protocol::messages::metadata_request::MetadataRequestTopic;
 use keel_core::protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use keel_core::protocol::messages::produce_response;
 use keel_core::protocol::messages::*;
 use keel_core::protocol::{codes, ApiKey, FrameDecoder, Request, RequestHeader, Response};
 use keel_core::record::{self, BatchOptions, NewRecord, RecordBatch};
@@ -133,6 +134,18 @@ impl Harness {
         };
         assert_eq!(metadata.topics[0].error_code, codes::NONE);
     }
+
+    /// Sends a produce request for one partition and returns that partition's result.
+    fn produce(
+        &mut self,
+        version: i16,
+        request: Request,
+    ) -> produce_response::PartitionProduceResponse {
+        let Response::Produce(mut response) = self.call(version, request) else {
+            panic!("not a produce response")
+        };
+        response.responses.remove(0).partition_responses.remove(0)
+    }
 }
 
 fn batch(values: &[&str]) -> Bytes {
@@ -209,12 +222,7 @@ fn produced_records_are_fetched_back_byte_for_byte() {
         .iter()
         .enumerate()
     {
-        let Response::Produce(response) =
-            h.call(9, produce_request("orders", 0, batch(values), -1))
-        else {
-            panic!()
-        };
-        let p = &response.responses[0].partition_responses[0];
+        let p = h.produce(9, produce_request("orders", 0, batch(values), -1));
         assert_eq!(p.error_code, codes::NONE, "{:?}", p.error_message);
         assert_eq!(p.base_offset, [0, 2, 3][i]);
     }
@@ -333,11 +341,11 @@ fn a_crash_keeps_acknowledged_records_and_loses_only_unacknowledged_ones() {
     );
     assert_eq!(fetch_values(&mut h, "t", 0).1, vec!["kept-1", "kept-2"]);
     // Offsets go on from the recovered end.
-    let Response::Produce(response) = h.call(9, produce_request("t", 0, batch(&["next"]), -1))
-    else {
-        panic!()
-    };
-    assert_eq!(response.responses[0].partition_responses[0].base_offset, 2);
+    assert_eq!(
+        h.produce(9, produce_request("t", 0, batch(&["next"]), -1))
+            .base_offset,
+        2
+    );
 }
 
 /// A disk holding topic `t` with the batches "one", "two" and "three", all acknowledged.
@@ -381,12 +389,9 @@ fn a_flipped_bit_in_an_earlier_batch_takes_the_partition_offline() {
         "{reason}"
     );
     assert_eq!(fetch_values(&mut h, "t", 0).0, codes::KAFKA_STORAGE_ERROR);
-    let Response::Produce(response) = h.call(9, produce_request("t", 0, batch(&["more"]), -1))
-    else {
-        panic!()
-    };
     assert_eq!(
-        response.responses[0].partition_responses[0].error_code,
+        h.produce(9, produce_request("t", 0, batch(&["more"]), -1))
+            .error_code,
         codes::KAFKA_STORAGE_ERROR
     );
     let len_after = h
@@ -438,13 +443,7 @@ fn produce_validation_rejects_bad_batches_and_appends_nothing() {
         ),
     ];
     for (request, version, expected) in cases {
-        let Response::Produce(response) = h.call(version, request) else {
-            panic!()
-        };
-        assert_eq!(
-            response.responses[0].partition_responses[0].error_code,
-            expected
-        );
+        assert_eq!(h.produce(version, request).error_code, expected);
     }
     assert_eq!(fetch_values(&mut h, "t", 0), (codes::NONE, vec![]));
 }
@@ -474,12 +473,9 @@ fn bad_bytes_close_only_their_connection() {
         vec![2, 3],
         "a frame over the maximum closes its connection"
     );
-    let Response::Produce(response) = h.call(9, produce_request("t", 0, batch(&["still"]), -1))
-    else {
-        panic!()
-    };
     assert_eq!(
-        response.responses[0].partition_responses[0].error_code,
+        h.produce(9, produce_request("t", 0, batch(&["still"]), -1))
+            .error_code,
         codes::NONE
     );
 }
@@ -564,12 +560,9 @@ fn deleting_a_topic_while_its_files_await_a_sync_is_not_fatal() {
     assert_eq!(deleted.responses[0].error_code, codes::NONE);
     h.auto_sync = true;
     h.create_topic("after");
-    let Response::Produce(response) = h.call(9, produce_request("after", 0, batch(&["y"]), -1))
-    else {
-        panic!()
-    };
     assert_eq!(
-        response.responses[0].partition_responses[0].error_code,
+        h.produce(9, produce_request("after", 0, batch(&["y"]), -1))
+            .error_code,
         codes::NONE
     );
 }

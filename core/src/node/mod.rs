@@ -38,9 +38,6 @@ impl Instant {
     pub fn from_millis(ms: u64) -> Instant {
         Instant(ms.saturating_mul(1_000_000))
     }
-    pub fn as_millis(self) -> i64 {
-        (self.0 / 1_000_000) as i64
-    }
     pub fn plus_millis(self, ms: u64) -> Instant {
         Instant(self.0.saturating_add(ms.saturating_mul(1_000_000)))
     }
@@ -277,7 +274,7 @@ impl<D: Disk> Node<D> {
                 self.parked.retain(|p| p.conn != conn);
             }
             Input::Timeout => {}
-            Input::Synced { token, result } => self.handle_synced(now, token, result, out),
+            Input::Synced { token, result } => self.handle_synced(token, result, out),
         }
         if self.halted.is_some() {
             return;
@@ -626,7 +623,6 @@ impl<D: Disk> Node<D> {
 
     fn handle_synced(
         &mut self,
-        now: Instant,
         token: SyncToken,
         result: Result<(), DiskError>,
         out: &mut Vec<Output>,
@@ -653,8 +649,8 @@ impl<D: Disk> Node<D> {
         }
         let round = self.round.take().expect("checked above");
         self.topics.complete_sync(&round.ends);
+        // Parked fetches see the new high watermark when `step` re-checks them next.
         self.complete_round_waiters(round.id);
-        self.complete_parked_fetches(now, false);
     }
 
     /// Every request that waited for round `id` (or an earlier one) is answered.
