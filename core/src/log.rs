@@ -23,7 +23,7 @@
 use bytes::{Bytes, BytesMut};
 
 use crate::disk::{Disk, DiskError, FileId};
-use crate::record::{BatchError, BatchHeader, RecordBatch, DECOMPRESSED_BATCH_SIZE_MAX_BYTES};
+use crate::record::{BatchHeader, RecordBatch, DECOMPRESSED_BATCH_SIZE_MAX_BYTES};
 
 const BATCH_HEADER_BYTES: usize = crate::record::batch::BATCH_HEADER_BYTES;
 const BATCH_LENGTH_PREFIX_BYTES: i64 = crate::record::batch::BATCH_LENGTH_PREFIX_BYTES as i64;
@@ -57,6 +57,12 @@ pub enum LogError {
         file: String,
         position: u64,
         recovery_point: i64,
+        reason: String,
+    },
+    #[error("cannot read {file} at position {position}: {reason}")]
+    Unreadable {
+        file: String,
+        position: u64,
         reason: String,
     },
     #[error("offset {offset} is out of range [{log_start_offset}, {log_end_offset}]")]
@@ -110,13 +116,13 @@ impl Segment {
         self.size_bytes = position + size_bytes;
     }
 
-    /// The position of the last indexed batch starting at or before `offset`.
-    fn index_position(&self, offset: i64) -> u64 {
+    /// The base offset and position of the last indexed batch starting at or before `offset`.
+    fn index_entry(&self, offset: i64) -> (i64, u64) {
         let at = self.index.partition_point(|e| e.base_offset <= offset);
         if at == 0 {
-            0
+            (self.base_offset, 0)
         } else {
-            self.index[at - 1].position
+            (self.index[at - 1].base_offset, self.index[at - 1].position)
         }
     }
 }
@@ -126,7 +132,13 @@ struct BadBatch {
     reason: String,
     /// The batch runs past the end of the file: a torn write, not a damaged one.
     incomplete: bool,
+    /// The disk failed to read: nothing is known about the batch.
+    read_error: Option<DiskError>,
 }
+
+/// How many times recovery reads a batch that looks bad before believing it: a bit flipped
+/// on the way from the disk, or a read that failed, is not damage on the disk.
+const RECOVERY_READ_ATTEMPTS: usize = 3;
 
 /// What recovery found, for the operator's log.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -163,6 +175,34 @@ fn read_header(
     let mut header = [0u8; BATCH_HEADER_BYTES];
     disk.read_at(file, position, &mut header)?;
     Ok(header)
+}
+
+/// Checks a batch header read from a segment against what the log expects there: its base
+/// offset, a possible length within the `room_bytes` left, a sane offset delta.
+fn check_stored_header(
+    header: &BatchHeader,
+    expected_base: i64,
+    room_bytes: u64,
+) -> Result<(), String> {
+    if header.base_offset != expected_base {
+        return Err(format!(
+            "batch starts at {}, expected {expected_base}",
+            header.base_offset
+        ));
+    }
+    let declared = i64::from(header.batch_length);
+    if declared < BATCH_HEADER_BYTES as i64 - BATCH_LENGTH_PREFIX_BYTES
+        || (BATCH_LENGTH_PREFIX_BYTES + declared) as u64 > room_bytes
+    {
+        return Err(format!("batch length {declared} is impossible here"));
+    }
+    if header.last_offset_delta < 0 {
+        return Err(format!(
+            "negative last offset delta {}",
+            header.last_offset_delta
+        ));
+    }
+    Ok(())
 }
 
 impl PartitionLog {
@@ -244,6 +284,16 @@ impl PartitionLog {
                 index: Vec::new(),
                 bytes_since_index_entry: 0,
             };
+            if *base != expected_offset && i > 0 && expected_offset >= recovery_point {
+                // The previous segment lost an unsynced tail while this one (synced by its own
+                // fsync) kept its data: all of it is past what was known durable. Cut.
+                tracing::warn!(file = %name, expected_offset, recovery_point,
+                    "a segment after a torn tail; removing it");
+                report.truncated_bytes += len_bytes;
+                disk.remove(&name)?;
+                cut = true;
+                continue;
+            }
             if *base != expected_offset && i > 0 {
                 return Err(LogError::Corrupt {
                     file: name,
@@ -268,6 +318,10 @@ impl PartitionLog {
                         position += size_bytes;
                         report.batches += 1;
                     }
+                    Err(BadBatch {
+                        read_error: Some(e),
+                        ..
+                    }) => return Err(LogError::Disk(e)),
                     Err(bad) => {
                         let last_segment = i + 1 == bases.len();
                         let synced = expected_offset < recovery_point;
@@ -317,9 +371,28 @@ impl PartitionLog {
     }
 
     /// Reads and verifies the batch at `position`: its size, its CRC, its records, and that it
-    /// starts where the previous one ended. A failed CRC is read again once: a read error is
-    /// not corruption.
+    /// starts where the previous one ended. A batch that looks bad is read again, up to
+    /// [`RECOVERY_READ_ATTEMPTS`] times: a flipped bit or a failed read is not corruption.
     fn check_batch(
+        disk: &mut dyn Disk,
+        file: FileId,
+        position: u64,
+        len_bytes: u64,
+        expected_offset: i64,
+    ) -> Result<(BatchHeader, u64), BadBatch> {
+        let mut attempt = 1;
+        loop {
+            match Self::check_batch_once(disk, file, position, len_bytes, expected_offset) {
+                Err(bad) if attempt < RECOVERY_READ_ATTEMPTS => {
+                    tracing::warn!(position, attempt, reason = %bad.reason, "batch looks bad; reading it again");
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn check_batch_once(
         disk: &mut dyn Disk,
         file: FileId,
         position: u64,
@@ -329,6 +402,12 @@ impl PartitionLog {
         let invalid = |reason: String| BadBatch {
             reason,
             incomplete: false,
+            read_error: None,
+        };
+        let read_failed = |e: DiskError| BadBatch {
+            reason: e.to_string(),
+            incomplete: false,
+            read_error: Some(e),
         };
         if len_bytes - position < BATCH_HEADER_BYTES as u64 {
             return Err(BadBatch {
@@ -337,9 +416,10 @@ impl PartitionLog {
                     len_bytes - position
                 ),
                 incomplete: true,
+                read_error: None,
             });
         }
-        let header = read_header(disk, file, position).map_err(|e| invalid(e.to_string()))?;
+        let header = read_header(disk, file, position).map_err(read_failed)?;
         let declared = i32::from_be_bytes([header[8], header[9], header[10], header[11]]);
         let size_bytes = BATCH_LENGTH_PREFIX_BYTES + i64::from(declared);
         if i64::from(declared) < BATCH_HEADER_BYTES as i64 - BATCH_LENGTH_PREFIX_BYTES {
@@ -352,34 +432,24 @@ impl PartitionLog {
                     len_bytes - position
                 ),
                 incomplete: true,
+                read_error: None,
             });
         }
-        let mut last_error = String::new();
-        for _attempt in 0..2 {
-            let mut bytes = vec![0u8; size_bytes as usize];
-            if let Err(e) = disk.read_at(file, position, &mut bytes) {
-                last_error = e.to_string();
-                continue;
-            }
-            match RecordBatch::parse(Bytes::from(bytes)) {
-                Ok(batch) => {
-                    let header = *batch.header();
-                    if header.base_offset != expected_offset {
-                        return Err(invalid(format!(
-                            "batch starts at {}, expected {expected_offset}",
-                            header.base_offset
-                        )));
-                    }
-                    batch
-                        .records(DECOMPRESSED_BATCH_SIZE_MAX_BYTES)
-                        .map_err(|e| invalid(format!("invalid records: {e}")))?;
-                    return Ok((header, size_bytes as u64));
-                }
-                Err(e @ BatchError::CrcMismatch { .. }) => last_error = e.to_string(),
-                Err(e) => return Err(invalid(e.to_string())),
-            }
+        let mut bytes = vec![0u8; size_bytes as usize];
+        disk.read_at(file, position, &mut bytes)
+            .map_err(read_failed)?;
+        let batch = RecordBatch::parse(Bytes::from(bytes)).map_err(|e| invalid(e.to_string()))?;
+        let header = *batch.header();
+        if header.base_offset != expected_offset {
+            return Err(invalid(format!(
+                "batch starts at {}, expected {expected_offset}",
+                header.base_offset
+            )));
         }
-        Err(invalid(last_error))
+        batch
+            .records(DECOMPRESSED_BATCH_SIZE_MAX_BYTES)
+            .map_err(|e| invalid(format!("invalid records: {e}")))?;
+        Ok((header, size_bytes as u64))
     }
 
     fn read_recovery_point(disk: &mut dyn Disk, file: FileId) -> Result<i64, LogError> {
@@ -514,19 +584,61 @@ impl PartitionLog {
         if offset >= upper_offset {
             return Ok(Bytes::new());
         }
+        let mut attempt = 1;
+        loop {
+            match self.read_once(disk, offset, upper_offset, max_bytes, at_least_one)? {
+                Ok(bytes) => return Ok(bytes),
+                Err((position, reason)) if attempt < RECOVERY_READ_ATTEMPTS => {
+                    tracing::warn!(dir = %self.dir, position, attempt, %reason, "read looks corrupt; reading again");
+                    attempt += 1;
+                }
+                Err((position, reason)) => {
+                    let at = self.segments.partition_point(|s| s.base_offset <= offset);
+                    let file = self.segments[at.saturating_sub(1)].name.clone();
+                    return Err(LogError::Unreadable {
+                        file,
+                        position,
+                        reason,
+                    });
+                }
+            }
+        }
+    }
+
+    /// One attempt at [`PartitionLog::read`]. Nothing read from the disk is trusted: the walk
+    /// over batch headers checks each one against the chain of offsets the log expects, and
+    /// the bytes returned are checked again (the chain, and every CRC) because a bit can flip
+    /// on any read, and the base offset is not covered by the CRC. `Ok(Err((position,
+    /// reason)))` says what looked wrong.
+    #[allow(clippy::type_complexity)]
+    fn read_once(
+        &mut self,
+        disk: &mut dyn Disk,
+        offset: i64,
+        upper_offset: i64,
+        max_bytes: usize,
+        at_least_one: bool,
+    ) -> Result<Result<Bytes, (u64, String)>, LogError> {
         let at = self.segments.partition_point(|s| s.base_offset <= offset);
         let Some(segment) = self.segments.get(at.saturating_sub(1)) else {
-            return Ok(Bytes::new());
+            return Ok(Ok(Bytes::new()));
         };
-        let mut position = segment.index_position(offset);
+        let (mut expected_base, mut position) = segment.index_entry(offset);
         let mut start = None;
+        let mut first_base = expected_base;
         let mut end = position;
         while position < segment.size_bytes {
             let raw = read_header(disk, segment.file, position)?;
             let header = RecordBatch::header_of(&raw);
+            if let Err(reason) =
+                check_stored_header(&header, expected_base, segment.size_bytes - position)
+            {
+                return Ok(Err((position, reason)));
+            }
             let size_bytes = header.size_bytes() as u64;
             if header.last_offset() < offset {
                 position += size_bytes;
+                expected_base = header.last_offset() + 1;
                 continue;
             }
             if header.base_offset >= upper_offset {
@@ -536,20 +648,41 @@ impl PartitionLog {
             if taken + size_bytes > max_bytes as u64 && !(start.is_none() && at_least_one) {
                 break;
             }
-            start.get_or_insert(position);
+            if start.is_none() {
+                start = Some(position);
+                first_base = header.base_offset;
+            }
             position += size_bytes;
+            expected_base = header.last_offset() + 1;
             end = position;
         }
         let Some(start) = start else {
-            return Ok(Bytes::new());
+            return Ok(Ok(Bytes::new()));
         };
         let mut bytes = vec![0u8; (end - start) as usize];
         disk.read_at(segment.file, start, &mut bytes)?;
-        Ok(Bytes::from(bytes))
+        let bytes = Bytes::from(bytes);
+        let mut expected_base = first_base;
+        let mut at = 0usize;
+        while at < bytes.len() {
+            let rest = &bytes[at..];
+            let Some(raw) = rest.first_chunk::<BATCH_HEADER_BYTES>() else {
+                return Ok(Err((start + at as u64, "a partial batch header".into())));
+            };
+            let header = RecordBatch::header_of(raw);
+            if let Err(reason) = check_stored_header(&header, expected_base, rest.len() as u64) {
+                return Ok(Err((start + at as u64, reason)));
+            }
+            let size_bytes = header.size_bytes();
+            if let Err(e) = RecordBatch::parse(bytes.slice(at..at + size_bytes)) {
+                return Ok(Err((start + at as u64, e.to_string())));
+            }
+            expected_base = header.last_offset() + 1;
+            at += size_bytes;
+        }
+        Ok(Ok(bytes))
     }
 
-    /// The first offset below `upper_offset` whose record timestamp is at least `timestamp`,
-    /// with that timestamp.
     pub fn offset_for_timestamp(
         &mut self,
         disk: &mut dyn Disk,

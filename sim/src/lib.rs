@@ -1,6 +1,16 @@
-//! keel-sim: Keel's deterministic simulator. Today: the simulated disk the log's recovery is
-//! tested against. The harness, faults, workloads and checkers come with the simulator issue.
+//! keel-sim: Keel's deterministic simulator.
+//!
+//! - [`disk`]: the simulated disk (page cache, durable image, faults).
+//! - [`plan`]: what a seed decides: the workload and the fault rates.
+//! - [`sim`]: the harness: event queue, virtual clock, node, network, clients.
+//! - [`check`]: the checkers over the history and the node's state.
+//! - [`campaign`]: many seeds on many threads.
 
+pub mod campaign;
+pub mod check;
 pub mod disk;
+pub mod plan;
+pub mod sim;
 
 pub use disk::SimDisk;
+pub use sim::{run, Options, Report};

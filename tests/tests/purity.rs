@@ -117,3 +117,22 @@ fn core_sources_never_silence_the_disallowed_lints() {
         );
     }
 }
+
+/// The simulator plants bugs through `Config::planted_bug`; the production binary must have no
+/// way to reach it: `net/` builds its config from `..Config::default()` and never names it.
+#[test]
+fn the_production_binary_cannot_plant_a_bug() {
+    let mut files = Vec::new();
+    rust_files(&workspace_root().join("net"), &mut files);
+    assert!(!files.is_empty());
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for name in ["planted_bug", "PlantedBug"] {
+            assert!(
+                !text.contains(name),
+                "{} names {name}: only the simulator may plant bugs",
+                file.display()
+            );
+        }
+    }
+}

@@ -263,6 +263,36 @@ impl<D: Disk> Node<D> {
         )
     }
 
+    /// The planted `AckEarly` bug's answer: success for every partition, at the offset the
+    /// batch would take, before anything is appended.
+    pub(super) fn promise_produce(&mut self, request: &ProduceRequest) -> ProduceResponse {
+        use crate::protocol::messages::produce_response::*;
+        let mut responses = Vec::new();
+        for topic in &request.topic_data {
+            let mut partition_responses = Vec::new();
+            for data in &topic.partition_data {
+                let base_offset = match self.topics.get_log(&topic.name, data.index) {
+                    Some(Ok(log)) => log.log_end_offset(),
+                    _ => 0,
+                };
+                partition_responses.push(PartitionProduceResponse {
+                    index: data.index,
+                    base_offset,
+                    ..Default::default()
+                });
+            }
+            responses.push(TopicProduceResponse {
+                name: topic.name.clone(),
+                partition_responses,
+                ..Default::default()
+            });
+        }
+        ProduceResponse {
+            responses,
+            ..Default::default()
+        }
+    }
+
     fn append_partition(
         &mut self,
         topic: &str,

@@ -113,6 +113,45 @@ pub struct Config {
     pub log: LogConfig,
     /// Seeds the node's PRNG (topic ids).
     pub seed: u64,
+    /// A bug planted on purpose, so the simulator can prove its checkers catch it. Only the
+    /// simulator sets it: the `keel` binary builds its config from `..Config::default()` and
+    /// has no flag or key that reaches it (`tests/tests/purity.rs` checks that `net/` never
+    /// names it).
+    pub planted_bug: Option<PlantedBug>,
+}
+
+/// Bugs the simulator can plant in a node to show that its checkers have teeth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// Complete every sync round at once without syncing anything.
+    SkipFsync,
+    /// Answer a produce with success before appending it (and whatever the append does).
+    AckEarly,
+}
+
+impl PlantedBug {
+    pub const ALL: [PlantedBug; 2] = [PlantedBug::SkipFsync, PlantedBug::AckEarly];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PlantedBug::SkipFsync => "skip-fsync",
+            PlantedBug::AckEarly => "ack-early",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<PlantedBug> {
+        PlantedBug::ALL.into_iter().find(|b| b.name() == name)
+    }
+}
+
+/// One partition's offsets, for the simulator's checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionOffsets {
+    pub topic: String,
+    pub partition: i32,
+    /// `None` for a partition that is offline.
+    pub log_end_offset: Option<i64>,
+    pub high_watermark: Option<i64>,
 }
 
 impl Default for Config {
@@ -129,6 +168,7 @@ impl Default for Config {
             max_message_bytes: 1_048_588,
             log: LogConfig::default(),
             seed: 0,
+            planted_bug: None,
         }
     }
 }
@@ -308,6 +348,11 @@ impl<D: Disk> Node<D> {
             && self.conns.values().all(|c| c.slots.is_empty())
     }
 
+    /// Every partition's log end and high watermark, in topic and partition order.
+    pub fn partition_offsets(&self) -> Vec<PartitionOffsets> {
+        self.topics.offsets(self.config.durability)
+    }
+
     pub fn halted(&self) -> Option<&str> {
         self.halted.as_deref()
     }
@@ -440,6 +485,13 @@ impl<D: Disk> Node<D> {
             ))?)),
             Request::Metadata(r) => {
                 Slot::Ready(Some(reply(Response::Metadata(self.metadata(&r, version)))?))
+            }
+            Request::Produce(r) if self.config.planted_bug == Some(PlantedBug::AckEarly) => {
+                // The planted bug: success is promised first, then the append happens (or
+                // fails), and nobody waits for a sync.
+                let response = self.promise_produce(&r);
+                let _ = self.produce(&r, version);
+                Slot::Ready((r.acks != 0).then_some(reply(Response::Produce(response))?))
             }
             Request::Produce(r) => {
                 let acks = r.acks;
@@ -602,6 +654,15 @@ impl<D: Disk> Node<D> {
                 return;
             }
         };
+        if self.config.planted_bug == Some(PlantedBug::SkipFsync) {
+            // The planted bug: the round "completes" without a single sync.
+            self.extra_dirty_files.clear();
+            self.topics.complete_sync(&ends);
+            let id = self.next_round;
+            self.next_round += 1;
+            self.complete_round_waiters(id);
+            return;
+        }
         files.append(&mut self.extra_dirty_files);
         files.sort_unstable();
         files.dedup();

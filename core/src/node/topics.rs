@@ -240,6 +240,22 @@ impl Topics {
         self.logs().any(|(_, _, log)| log.needs_sync())
     }
 
+    pub(crate) fn offsets(&self, durability: super::Durability) -> Vec<super::PartitionOffsets> {
+        let mut offsets = Vec::new();
+        for (name, topic) in &self.by_name {
+            for (i, p) in topic.partitions.iter().enumerate() {
+                let log = p.log.as_ref().ok();
+                offsets.push(super::PartitionOffsets {
+                    topic: name.clone(),
+                    partition: i as i32,
+                    log_end_offset: log.map(PartitionLog::log_end_offset),
+                    high_watermark: log.map(|l| super::high_watermark(durability, l)),
+                });
+            }
+        }
+        offsets
+    }
+
     fn logs(&self) -> impl Iterator<Item = (&str, i32, &PartitionLog)> {
         self.by_name.iter().flat_map(|(name, topic)| {
             topic

@@ -1,0 +1,317 @@
+//! `keel-sim`: run one seed, replay it with its full trace, or run a campaign of many seeds.
+
+use std::io::Write as _;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use keel_core::node::PlantedBug;
+use keel_sim::campaign::{campaign, run_seed, SeedResult};
+use keel_sim::sim::format_ns;
+use keel_sim::Options;
+
+#[derive(Parser)]
+#[command(name = "keel-sim", about = "Keel's deterministic simulator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    #[arg(long)]
+    seed: u64,
+    /// Nodes in the simulated cluster (one until replication exists).
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// Simulated length of the faulty phase (a quiet phase follows).
+    #[arg(long, default_value = "60s", value_parser = parse_duration_ns)]
+    duration: u64,
+    /// Plant a bug: skip-fsync or ack-early.
+    #[arg(long, value_parser = parse_bug)]
+    bug: Option<PlantedBug>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one seed and print a summary.
+    Run(RunArgs),
+    /// Run one seed with its full event trace (virtual time, node ids) on stderr.
+    Replay(RunArgs),
+    /// Run many seeds on all cores.
+    Campaign {
+        /// A range of seeds, A..B (B excluded).
+        #[arg(long, value_parser = parse_seeds)]
+        seeds: Range<u64>,
+        /// Worker threads (default: every core).
+        #[arg(long)]
+        jobs: Option<usize>,
+        #[arg(long, default_value = "60s", value_parser = parse_duration_ns)]
+        duration: u64,
+        #[arg(long, value_parser = parse_bug)]
+        bug: Option<PlantedBug>,
+        /// Where failing seeds go, one repro command per line.
+        #[arg(long, default_value = "keel-sim-failures.txt")]
+        failures: PathBuf,
+        /// Print the summary as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_duration_ns(text: &str) -> Result<u64, String> {
+    let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    u64::try_from(duration.as_nanos()).map_err(|_| "too long".into())
+}
+
+fn parse_bug(text: &str) -> Result<PlantedBug, String> {
+    PlantedBug::from_name(text).ok_or_else(|| {
+        let names: Vec<_> = PlantedBug::ALL.iter().map(|b| b.name()).collect();
+        format!("unknown bug {text:?}; known: {}", names.join(", "))
+    })
+}
+
+fn parse_seeds(text: &str) -> Result<Range<u64>, String> {
+    let (a, b) = text
+        .split_once("..")
+        .ok_or_else(|| "expected A..B".to_string())?;
+    let a: u64 = a.parse().map_err(|e| format!("{a}: {e}"))?;
+    let b: u64 = b.parse().map_err(|e| format!("{b}: {e}"))?;
+    if b <= a {
+        return Err("the range is empty".into());
+    }
+    Ok(a..b)
+}
+
+fn repro(seed: u64, duration_ns: u64, bug: Option<PlantedBug>) -> String {
+    let bug = bug
+        .map(|b| format!(" --bug {}", b.name()))
+        .unwrap_or_default();
+    format!(
+        "keel-sim run --seed {seed} --duration {}{bug}",
+        humantime::format_duration(std::time::Duration::from_nanos(duration_ns))
+    )
+}
+
+fn print_result(result: &SeedResult, wall_seconds: f64) {
+    let Some(report) = &result.report else {
+        println!(
+            "seed {}: panicked: {}",
+            result.seed,
+            result.panic.as_deref().unwrap_or("")
+        );
+        return;
+    };
+    let sim_seconds = report.sim_ns as f64 / 1e9;
+    println!("seed {}", report.seed);
+    println!("  events:          {}", report.events);
+    println!("  simulated:       {}", format_ns(report.sim_ns));
+    println!(
+        "  wall:            {wall_seconds:.3}s ({:.0} simulated s per wall s)",
+        sim_seconds / wall_seconds.max(1e-9)
+    );
+    let faults: Vec<String> = report
+        .faults
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    println!("  faults:          {}", faults.join(" "));
+    let ops: Vec<String> = report
+        .operations
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    println!("  operations:      {}", ops.join(" "));
+    if report.violations.is_empty() {
+        println!("  violations:      none");
+    } else {
+        println!("  violations:");
+        for v in &report.violations {
+            println!(
+                "    {} at {}: {}",
+                v.kind.name(),
+                format_ns(v.at_ns),
+                v.detail
+            );
+        }
+    }
+    println!("  trace hash:      {:016x}", report.trace_hash);
+}
+
+fn run_one(args: RunArgs, replay: bool) -> anyhow::Result<ExitCode> {
+    if args.nodes != 1 {
+        bail!("only single-node runs exist until replication does (--nodes 1)");
+    }
+    if replay {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "debug".into()),
+            )
+            .without_time()
+            .with_target(false)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let started = Instant::now();
+    let result = run_seed(Options {
+        seed: args.seed,
+        duration_ns: args.duration,
+        bug: args.bug,
+    });
+    let wall_seconds = started.elapsed().as_secs_f64();
+    if args.json {
+        let value = serde_json::json!({
+            "seed": result.seed,
+            "exit_code": result.exit_code(),
+            "panic": result.panic,
+            "report": result.report,
+            "wall_seconds": wall_seconds,
+        });
+        println!("{value}");
+    } else {
+        print_result(&result, wall_seconds);
+    }
+    Ok(ExitCode::from(result.exit_code() as u8))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_campaign(
+    seeds: Range<u64>,
+    jobs: Option<usize>,
+    duration_ns: u64,
+    bug: Option<PlantedBug>,
+    failures: PathBuf,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let jobs = jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    // Panics are reported per seed; the default hook would print each one over the bar.
+    std::panic::set_hook(Box::new(|_| {}));
+    let bar = ProgressBar::new(seeds.end - seeds.start);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} seeds, {msg} (eta {eta})",
+        )
+        .map_err(|e| anyhow!("{e}"))?
+        .progress_chars("=> "),
+    );
+    if json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let failed = Mutex::new(0u64);
+    let started = Instant::now();
+    let results = campaign(seeds.clone(), jobs, duration_ns, bug, &|result| {
+        let mut failed = failed.lock().expect("no panics under the lock");
+        if result.exit_code() != 0 {
+            *failed += 1;
+            bar.println(format!(
+                "seed {}: {}   repro: {}",
+                result.seed,
+                result.kinds().join(", "),
+                repro(result.seed, duration_ns, bug)
+            ));
+        }
+        bar.set_message(format!("{} failing", *failed));
+        bar.inc(1);
+    });
+    let _ = std::panic::take_hook();
+    bar.finish();
+    let wall_seconds = started.elapsed().as_secs_f64();
+    let failing: Vec<&SeedResult> = results.iter().filter(|r| r.exit_code() != 0).collect();
+    let sim_seconds: f64 = results
+        .iter()
+        .filter_map(|r| r.report.as_ref())
+        .map(|r| r.sim_ns as f64 / 1e9)
+        .sum();
+    let events: u64 = results
+        .iter()
+        .filter_map(|r| r.report.as_ref())
+        .map(|r| r.events)
+        .sum();
+    let mut by_kind = std::collections::BTreeMap::<&str, u64>::new();
+    for result in &failing {
+        for kind in result.kinds() {
+            *by_kind.entry(kind).or_default() += 1;
+        }
+    }
+    let mut file = std::fs::File::create(&failures)
+        .with_context(|| format!("cannot write {}", failures.display()))?;
+    for result in &failing {
+        writeln!(
+            file,
+            "{}  # {}",
+            repro(result.seed, duration_ns, bug),
+            result.kinds().join(", ")
+        )?;
+    }
+    let failing_seeds: Vec<u64> = failing.iter().map(|r| r.seed).collect();
+    if json {
+        let value = serde_json::json!({
+            "seeds_run": results.len(),
+            "failures": failing.len(),
+            "failing_seeds": failing_seeds,
+            "failures_by_kind": by_kind,
+            "sim_seconds": sim_seconds,
+            "wall_seconds": wall_seconds,
+            "jobs": jobs,
+            "events": events,
+            "sim_seconds_per_wall_second": sim_seconds / wall_seconds.max(1e-9),
+            "bug": bug.map(|b| b.name()),
+            "failures_file": failures.display().to_string(),
+        });
+        println!("{value}");
+    } else {
+        println!(
+            "{} seeds, {} failing {:?}, {:.0} simulated s in {:.1} wall s on {jobs} threads ({:.0} simulated s per wall s), {events} events",
+            results.len(),
+            failing.len(),
+            by_kind,
+            sim_seconds,
+            wall_seconds,
+            sim_seconds / wall_seconds.max(1e-9)
+        );
+        if !failing.is_empty() {
+            println!("failing seeds written to {}", failures.display());
+        }
+    }
+    Ok(if failing.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run_one(args, false),
+        Command::Replay(args) => run_one(args, true),
+        Command::Campaign {
+            seeds,
+            jobs,
+            duration,
+            bug,
+            failures,
+            json,
+        } => run_campaign(seeds, jobs, duration, bug, failures, json),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("keel-sim: {e:#}");
+            ExitCode::from(64)
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! The checkers: what the history of client operations (invoke, then ok / fail / unknown, as
+//! Jepsen records them) and the node's state must never show. Every check is incremental: it
+//! runs as acknowledgements and reads arrive, so a run stops being cheap only when it fails.
+//!
+//! Every written value is unique in the run (a client retrying a write writes a new value), so
+//! a value is a record's identity:
+//! - **lost-write**: an acknowledged record is missing (after a restart, the log ends before
+//!   it; at the end, consumers read past its offset and found something else, or nothing);
+//! - **duplicate**: one value at two offsets;
+//! - **inconsistent-offset**: one offset holding two values (acknowledged or read);
+//! - **nonmonotonic-send**: one producer's acknowledged writes to one partition sit at offsets
+//!   out of their send order;
+//! - **poll-skip**: a consumer's fetch from position p returned records starting after p;
+//! - **phantom-write**: a write the node refused (a definite failure) was read;
+//! - **protocol**: a response that does not answer the request in front of it;
+//! - **sync-failure-ignored**: a failed sync did not halt the node;
+//! - **liveness**: after the faults stopped, an acknowledged record was not read back in time.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ViolationKind {
+    LostWrite,
+    Duplicate,
+    InconsistentOffset,
+    NonmonotonicSend,
+    PollSkip,
+    PhantomWrite,
+    Protocol,
+    SyncFailureIgnored,
+    Liveness,
+}
+
+impl ViolationKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ViolationKind::LostWrite => "lost-write",
+            ViolationKind::Duplicate => "duplicate",
+            ViolationKind::InconsistentOffset => "inconsistent-offset",
+            ViolationKind::NonmonotonicSend => "nonmonotonic-send",
+            ViolationKind::PollSkip => "poll-skip",
+            ViolationKind::PhantomWrite => "phantom-write",
+            ViolationKind::Protocol => "protocol",
+            ViolationKind::SyncFailureIgnored => "sync-failure-ignored",
+            ViolationKind::Liveness => "liveness",
+        }
+    }
+
+    pub fn is_safety(self) -> bool {
+        self != ViolationKind::Liveness
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    pub kind: ViolationKind,
+    /// Simulated time, nanoseconds since the run began.
+    pub at_ns: u64,
+    pub detail: String,
+}
+
+/// A produce request's records: which partition, which values, in which place of the
+/// producer's sends.
+#[derive(Debug, Clone)]
+pub struct Write {
+    pub producer: usize,
+    pub partition: i32,
+    pub send_seq: u64,
+    pub values: Vec<u64>,
+}
+
+#[derive(Debug, Default)]
+pub struct Checker {
+    /// (partition, offset) -> the value there, from acknowledgements and reads.
+    value_at: BTreeMap<(i32, i64), u64>,
+    /// value -> where it was seen.
+    place_of: BTreeMap<u64, (i32, i64)>,
+    /// value -> where its acknowledgement put it.
+    acked: BTreeMap<u64, (i32, i64)>,
+    /// partition -> one past its highest acknowledged offset.
+    acked_end: BTreeMap<i32, i64>,
+    /// (partition, offset) -> value, from consumers only.
+    read: BTreeMap<(i32, i64), u64>,
+    /// Values of writes the node refused.
+    failed: BTreeSet<u64>,
+    /// (producer, partition) -> send_seq -> base offset of its acknowledged writes.
+    sent: BTreeMap<(usize, i32), BTreeMap<u64, i64>>,
+    violations: Vec<Violation>,
+}
+
+impl Checker {
+    pub fn violations(&self) -> &[Violation] {
+        &self.violations
+    }
+
+    pub fn violate(&mut self, kind: ViolationKind, at_ns: u64, detail: String) {
+        // The first few of each kind are enough to understand a run.
+        if self.violations.iter().filter(|v| v.kind == kind).count() < 5 {
+            tracing::warn!(kind = kind.name(), %detail, "violation");
+            self.violations.push(Violation {
+                kind,
+                at_ns,
+                detail,
+            });
+        }
+    }
+
+    fn observe(&mut self, at_ns: u64, partition: i32, offset: i64, value: u64, source: &str) {
+        match self.value_at.insert((partition, offset), value) {
+            Some(old) if old != value => self.violate(
+                ViolationKind::InconsistentOffset,
+                at_ns,
+                format!("partition {partition} offset {offset} holds {value:#x} ({source}) and {old:#x}"),
+            ),
+            _ => {}
+        }
+        match self.place_of.insert(value, (partition, offset)) {
+            Some(old) if old != (partition, offset) => self.violate(
+                ViolationKind::Duplicate,
+                at_ns,
+                format!(
+                    "value {value:#x} at partition {partition} offset {offset} ({source}) and at partition {} offset {}",
+                    old.0, old.1
+                ),
+            ),
+            _ => {}
+        }
+    }
+
+    pub fn on_ack(&mut self, at_ns: u64, write: &Write, base_offset: i64) {
+        for (i, value) in write.values.iter().enumerate() {
+            let offset = base_offset + i as i64;
+            self.observe(at_ns, write.partition, offset, *value, "acknowledged");
+            self.acked.insert(*value, (write.partition, offset));
+            let end = self.acked_end.entry(write.partition).or_insert(0);
+            *end = (*end).max(offset + 1);
+        }
+        let sent = self
+            .sent
+            .entry((write.producer, write.partition))
+            .or_default();
+        let before = sent
+            .range(..write.send_seq)
+            .next_back()
+            .map(|(s, o)| (*s, *o));
+        let after = sent
+            .range(write.send_seq + 1..)
+            .next()
+            .map(|(s, o)| (*s, *o));
+        sent.insert(write.send_seq, base_offset);
+        let misplaced = before
+            .filter(|(_, o)| *o >= base_offset)
+            .or(after.filter(|(_, o)| *o <= base_offset));
+        if let Some((other_seq, other_offset)) = misplaced {
+            self.violate(
+                ViolationKind::NonmonotonicSend,
+                at_ns,
+                format!(
+                    "producer {} partition {}: send {} at offset {base_offset}, send {other_seq} at offset {other_offset}",
+                    write.producer, write.partition, write.send_seq
+                ),
+            );
+        }
+    }
+
+    pub fn on_fail(&mut self, at_ns: u64, write: &Write) {
+        for value in &write.values {
+            self.failed.insert(*value);
+            if let Some((partition, offset)) = self.read_place(*value) {
+                self.violate(
+                    ViolationKind::PhantomWrite,
+                    at_ns,
+                    format!("value {value:#x} was refused but read at partition {partition} offset {offset}"),
+                );
+            }
+        }
+    }
+
+    fn read_place(&self, value: u64) -> Option<(i32, i64)> {
+        let place = self.place_of.get(&value)?;
+        (self.read.get(place) == Some(&value)).then_some(*place)
+    }
+
+    pub fn on_read(&mut self, at_ns: u64, partition: i32, offset: i64, value: u64) {
+        self.observe(at_ns, partition, offset, value, "read");
+        self.read.insert((partition, offset), value);
+        if self.failed.contains(&value) {
+            self.violate(
+                ViolationKind::PhantomWrite,
+                at_ns,
+                format!("value {value:#x} was refused but read at partition {partition} offset {offset}"),
+            );
+        }
+    }
+
+    /// After a restart: every partition's log must still reach past each acknowledged record.
+    pub fn on_restart(&mut self, at_ns: u64, partition: i32, log_end_offset: Option<i64>) {
+        let Some(max_acked) = self.max_acked_offset(partition) else {
+            return;
+        };
+        match log_end_offset {
+            Some(end) if end > max_acked => {}
+            Some(end) => self.violate(
+                ViolationKind::LostWrite,
+                at_ns,
+                format!("after a restart partition {partition} ends at {end}, but offset {max_acked} was acknowledged"),
+            ),
+            None => self.violate(
+                ViolationKind::LostWrite,
+                at_ns,
+                format!("after a restart partition {partition} is offline, with offset {max_acked} acknowledged"),
+            ),
+        }
+    }
+
+    pub fn max_acked_offset(&self, partition: i32) -> Option<i64> {
+        self.acked_end.get(&partition).map(|end| end - 1)
+    }
+
+    /// One past the highest acknowledged offset of each partition: where consumers must get.
+    pub fn acked_ends(&self) -> &BTreeMap<i32, i64> {
+        &self.acked_end
+    }
+
+    /// At the end of the run: every acknowledged record was read where it was acknowledged.
+    /// `positions` are how far consumers got in each partition (the furthest of them).
+    pub fn finish(&mut self, at_ns: u64, positions: &BTreeMap<i32, i64>) {
+        let mut lost = Vec::new();
+        let mut unread = Vec::new();
+        for (value, (partition, offset)) in &self.acked {
+            let reached = positions.get(partition).is_some_and(|p| p > offset);
+            match self.read.get(&(*partition, *offset)) {
+                Some(v) if v == value => {}
+                _ if reached => lost.push((*value, *partition, *offset)),
+                _ => unread.push((*value, *partition, *offset)),
+            }
+        }
+        for (value, partition, offset) in lost {
+            self.violate(
+                ViolationKind::LostWrite,
+                at_ns,
+                format!("value {value:#x} acknowledged at partition {partition} offset {offset} was not there when read"),
+            );
+        }
+        if let Some((value, partition, offset)) = unread.first() {
+            self.violate(
+                ViolationKind::Liveness,
+                at_ns,
+                format!(
+                    "{} acknowledged records never read back, first {value:#x} at partition {partition} offset {offset}",
+                    unread.len()
+                ),
+            );
+        }
+    }
+}

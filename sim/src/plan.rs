@@ -1,0 +1,102 @@
+//! What a seed decides before the run starts: the workload's shape and, for every kind of
+//! fault, whether it happens at all in this run and how often. Each kind is switched on for
+//! about half the seeds, so seeds differ in kind, not only in detail.
+
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::RngExt;
+
+use crate::disk::DiskFaults;
+
+/// Kafka versions the simulated clients speak, chosen per seed within what the node serves.
+const PRODUCE_VERSIONS: (i16, i16) = (3, 11);
+const FETCH_VERSIONS: (i16, i16) = (4, 12);
+const METADATA_VERSIONS: (i16, i16) = (1, 12);
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    // The workload.
+    pub partitions: i32,
+    pub segment_size_bytes: u64,
+    pub producers: usize,
+    pub consumers: usize,
+    /// Mean time between two produce requests of one producer.
+    pub produce_interval_ms: u64,
+    pub records_per_batch_max: usize,
+    pub value_padding_bytes_max: usize,
+    pub max_in_flight: usize,
+    pub produce_version: i16,
+    pub fetch_version: i16,
+    pub metadata_version: i16,
+    pub request_timeout_ms: u64,
+    pub fetch_max_wait_ms: i32,
+    // The network between clients and the node.
+    pub latency_us: (u64, u64),
+    pub slow_reader_probability: f64,
+    pub conn_reset_probability: f64,
+    pub cut_request_probability: f64,
+    // The node's process and disk.
+    pub crash_interval_ms: Option<u64>,
+    pub restart_delay_ms_max: u64,
+    pub disk: DiskFaults,
+    pub sync_latency_us: (u64, u64),
+    pub slow_sync_probability: f64,
+    pub sync_error_probability: f64,
+    pub disk_full_interval_ms: Option<u64>,
+}
+
+fn maybe(rng: &mut Xoshiro256PlusPlus, low: f64, high: f64) -> f64 {
+    if rng.random_bool(0.5) {
+        rng.random_range(low..high)
+    } else {
+        0.0
+    }
+}
+
+fn version(rng: &mut Xoshiro256PlusPlus, (low, high): (i16, i16)) -> i16 {
+    rng.random_range(low..=high)
+}
+
+impl Plan {
+    pub fn draw(rng: &mut Xoshiro256PlusPlus) -> Plan {
+        Plan {
+            partitions: rng.random_range(1..=4),
+            segment_size_bytes: [16 << 10, 256 << 10, 1 << 30][rng.random_range(0..3)],
+            producers: rng.random_range(1..=3),
+            consumers: rng.random_range(1..=2),
+            produce_interval_ms: rng.random_range(20..=100),
+            records_per_batch_max: rng.random_range(1..=8),
+            value_padding_bytes_max: rng.random_range(0..=200),
+            max_in_flight: rng.random_range(1..=5),
+            produce_version: version(rng, PRODUCE_VERSIONS),
+            fetch_version: version(rng, FETCH_VERSIONS),
+            metadata_version: version(rng, METADATA_VERSIONS),
+            request_timeout_ms: rng.random_range(1_000..=10_000),
+            fetch_max_wait_ms: rng.random_range(0..=500),
+            latency_us: {
+                let low = rng.random_range(50..=500);
+                (low, low + rng.random_range(0..=5_000))
+            },
+            slow_reader_probability: maybe(rng, 0.05, 0.5),
+            conn_reset_probability: maybe(rng, 0.001, 0.02),
+            cut_request_probability: maybe(rng, 0.05, 0.5),
+            crash_interval_ms: rng
+                .random_bool(0.7)
+                .then(|| rng.random_range(2_000..=20_000)),
+            restart_delay_ms_max: rng.random_range(10..=2_000),
+            disk: DiskFaults {
+                read_flip_probability: maybe(rng, 0.0001, 0.005),
+                read_error_probability: maybe(rng, 0.0001, 0.005),
+                torn_write_probability: maybe(rng, 0.1, 0.9),
+            },
+            sync_latency_us: {
+                let low = rng.random_range(20..=2_000);
+                (low, low + rng.random_range(0..=10_000))
+            },
+            slow_sync_probability: maybe(rng, 0.001, 0.05),
+            sync_error_probability: maybe(rng, 0.0001, 0.002),
+            disk_full_interval_ms: rng
+                .random_bool(0.3)
+                .then(|| rng.random_range(2_000..=30_000)),
+        }
+    }
+}

@@ -1,0 +1,1344 @@
+//! The harness: one seed, one virtual clock, one event queue, one node (the production
+//! `keel_core::node::Node`) on a simulated disk, and clients that speak the Kafka protocol to
+//! it through Keel's codec over simulated connections.
+//!
+//! Everything that happens is an [`Event`] in a queue ordered by (time, sequence); handling
+//! one may schedule others. Randomness comes from one PRNG seeded from the seed (the disk has
+//! its own, seeded from it too), so a seed replays exactly: the trace hash mixes every event
+//! and every byte the node sends, and two runs of a seed must agree on it.
+//!
+//! A run has two phases. Until `duration`, faults are injected at the rates the seed's
+//! [`Plan`] chose. Then the quiet phase: faults stop, a crashed node restarts, producers stop
+//! writing, and consumers must read back every acknowledged record within
+//! [`LIVENESS_BOUND_NS`] of simulated time.
+
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::hash::{DefaultHasher, Hasher};
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use keel_core::disk::{Disk, DiskError, FileId};
+use keel_core::log::LogConfig;
+use keel_core::node::{Config, ConnId, Input, Instant, Node, Output, PlantedBug, SyncToken};
+use keel_core::protocol::codec::{decode_response, encode_request};
+use keel_core::protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use keel_core::protocol::messages::metadata_request::MetadataRequestTopic;
+use keel_core::protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use keel_core::protocol::messages::{FetchRequest, MetadataRequest, ProduceRequest};
+use keel_core::protocol::{codes, ApiKey, FrameDecoder, Request, RequestHeader, Response};
+use keel_core::record::{self, BatchOptions, NewRecord, RecordBatch};
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
+
+use crate::check::{Checker, Violation, ViolationKind, Write};
+use crate::disk::{DiskFaults, SimDisk};
+use crate::plan::Plan;
+
+/// After the faults stop, every acknowledged record must be read back within this much
+/// simulated time.
+pub const LIVENESS_BOUND_NS: u64 = 30_000_000_000;
+/// The simulated clock starts here (2023-11-14), so timestamps look like real ones.
+const EPOCH_NS: u64 = 1_700_000_000_000_000_000;
+const TOPIC: &str = "sim";
+const MS: u64 = 1_000_000;
+/// Fetch sizes the consumers ask for.
+const FETCH_MAX_BYTES: i32 = 1 << 20;
+const FETCH_PARTITION_MAX_BYTES: i32 = 64 << 10;
+/// Largest frame a simulated client accepts.
+const CLIENT_MAX_FRAME_BYTES: usize = 16 << 20;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    pub seed: u64,
+    /// Length of the faulty phase; the quiet phase follows.
+    pub duration_ns: u64,
+    pub bug: Option<PlantedBug>,
+}
+
+/// What a run did and found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    pub seed: u64,
+    pub events: u64,
+    pub sim_ns: u64,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<&'static str, u64>,
+    /// Client operations, by kind and outcome ("produce:ok", "fetch:unknown", ...).
+    pub operations: BTreeMap<String, u64>,
+    pub violations: Vec<Violation>,
+    pub trace_hash: u64,
+}
+
+impl Report {
+    pub fn has_safety_violation(&self) -> bool {
+        self.violations.iter().any(|v| v.kind.is_safety())
+    }
+
+    pub fn has_violation(&self, kind: ViolationKind) -> bool {
+        self.violations.iter().any(|v| v.kind == kind)
+    }
+}
+
+/// The node's disk, shared with the harness, which syncs and crashes it.
+#[derive(Clone)]
+struct SharedDisk(Rc<RefCell<SimDisk>>);
+
+impl Disk for SharedDisk {
+    fn list(&mut self) -> Result<Vec<String>, DiskError> {
+        self.0.borrow_mut().list()
+    }
+    fn open(&mut self, name: &str) -> Result<FileId, DiskError> {
+        self.0.borrow_mut().open(name)
+    }
+    fn create(&mut self, name: &str) -> Result<FileId, DiskError> {
+        self.0.borrow_mut().create(name)
+    }
+    fn len(&mut self, file: FileId) -> Result<u64, DiskError> {
+        self.0.borrow_mut().len(file)
+    }
+    fn read_at(&mut self, file: FileId, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        self.0.borrow_mut().read_at(file, offset, buf)
+    }
+    fn write_at(&mut self, file: FileId, offset: u64, data: &[u8]) -> Result<(), DiskError> {
+        self.0.borrow_mut().write_at(file, offset, data)
+    }
+    fn truncate(&mut self, file: FileId, len_bytes: u64) -> Result<(), DiskError> {
+        self.0.borrow_mut().truncate(file, len_bytes)
+    }
+    fn remove(&mut self, name: &str) -> Result<(), DiskError> {
+        self.0.borrow_mut().remove(name)
+    }
+}
+
+#[derive(Debug)]
+enum ToNode {
+    Open,
+    Bytes(Bytes),
+    Close,
+}
+
+#[derive(Debug)]
+enum ToClient {
+    Bytes(Bytes),
+    Close,
+}
+
+#[derive(Debug)]
+enum Event {
+    ToNode {
+        conn: ConnId,
+        what: ToNode,
+    },
+    ToClient {
+        conn: ConnId,
+        what: ToClient,
+    },
+    Synced {
+        incarnation: u64,
+        token: SyncToken,
+        file: FileId,
+    },
+    NodeTimeout {
+        incarnation: u64,
+    },
+    ClientWake {
+        client: usize,
+    },
+    Crash,
+    Restart,
+    DiskFull(bool),
+    Quiet,
+}
+
+impl Event {
+    fn code(&self) -> u64 {
+        match self {
+            Event::ToNode { .. } => 1,
+            Event::ToClient { .. } => 2,
+            Event::Synced { .. } => 3,
+            Event::NodeTimeout { .. } => 4,
+            Event::ClientWake { .. } => 5,
+            Event::Crash => 6,
+            Event::Restart => 7,
+            Event::DiskFull(_) => 8,
+            Event::Quiet => 9,
+        }
+    }
+}
+
+struct Queued {
+    at_ns: u64,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at_ns, self.seq) == (other.at_ns, other.seq)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at_ns, self.seq).cmp(&(other.at_ns, other.seq))
+    }
+}
+
+/// Both directions of one connection. Each direction is FIFO, as TCP is.
+struct Link {
+    client: usize,
+    to_node_at_ns: u64,
+    to_client_at_ns: u64,
+    /// The node incarnation that has this connection open.
+    at_node: Option<u64>,
+    slow_reader: bool,
+}
+
+#[derive(Debug)]
+enum PendingKind {
+    Metadata,
+    Produce { op: usize },
+    Fetch,
+}
+
+#[derive(Debug)]
+struct Pending {
+    correlation_id: i32,
+    api_key: ApiKey,
+    version: i16,
+    deadline_ns: u64,
+    kind: PendingKind,
+}
+
+struct ClientConn {
+    id: ConnId,
+    frames: FrameDecoder,
+    pending: VecDeque<Pending>,
+    /// Metadata answered: the topic exists with the expected partitions.
+    ready: bool,
+    metadata_at_ns: Option<u64>,
+}
+
+enum Role {
+    Producer {
+        acks: i16,
+        next_value: u64,
+        next_send_seq: u64,
+        next_send_at_ns: u64,
+    },
+    Consumer {
+        positions: BTreeMap<i32, i64>,
+        next_poll_at_ns: u64,
+        fetching: bool,
+    },
+}
+
+struct Client {
+    role: Role,
+    conn: Option<ClientConn>,
+    reconnect_at_ns: u64,
+    wake_at_ns: Option<u64>,
+    next_correlation_id: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Pending,
+    Ok,
+    Fail,
+    Unknown,
+}
+
+struct Op {
+    write: Write,
+    outcome: Outcome,
+}
+
+pub struct Sim {
+    options: Options,
+    plan: Plan,
+    rng: Xoshiro256PlusPlus,
+    now_ns: u64,
+    queue: BinaryHeap<Reverse<Queued>>,
+    next_seq: u64,
+    disk: SharedDisk,
+    node: Option<Node<SharedDisk>>,
+    node_config: Config,
+    incarnation: u64,
+    deadline_scheduled_ns: Option<u64>,
+    /// Each partition's high watermark as this incarnation last reported it.
+    high_watermarks: BTreeMap<i32, i64>,
+    links: BTreeMap<ConnId, Link>,
+    next_conn: ConnId,
+    clients: Vec<Client>,
+    ops: Vec<Op>,
+    checker: Checker,
+    faults: BTreeMap<&'static str, u64>,
+    operations: BTreeMap<String, u64>,
+    quiet: bool,
+    events: u64,
+    hasher: DefaultHasher,
+}
+
+/// Runs one seed to the end and reports.
+pub fn run(options: Options) -> Report {
+    let mut sim = Sim::new(options);
+    sim.run();
+    sim.report()
+}
+
+fn value_bytes(value: u64, padding_bytes: usize) -> Bytes {
+    let mut bytes = Vec::with_capacity(8 + padding_bytes);
+    bytes.extend_from_slice(&value.to_be_bytes());
+    bytes.resize(8 + padding_bytes, b'.');
+    Bytes::from(bytes)
+}
+
+impl Sim {
+    pub fn new(options: Options) -> Sim {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(options.seed);
+        let plan = Plan::draw(&mut rng);
+        let disk = SharedDisk(Rc::new(RefCell::new(SimDisk::with_faults(
+            rng.random(),
+            plan.disk,
+        ))));
+        let node_config = Config {
+            node_id: 1,
+            advertised_host: "sim".into(),
+            advertised_port: 9092,
+            default_partitions: plan.partitions,
+            log: LogConfig {
+                segment_size_bytes: plan.segment_size_bytes,
+                ..LogConfig::default()
+            },
+            seed: rng.random(),
+            planted_bug: options.bug,
+            ..Config::default()
+        };
+        let mut clients = Vec::new();
+        for _ in 0..plan.producers {
+            clients.push(Role::Producer {
+                acks: if rng.random_bool(0.5) { 1 } else { -1 },
+                next_value: 0,
+                next_send_seq: 0,
+                next_send_at_ns: 0,
+            });
+        }
+        for _ in 0..plan.consumers {
+            clients.push(Role::Consumer {
+                positions: (0..plan.partitions).map(|p| (p, 0)).collect(),
+                next_poll_at_ns: 0,
+                fetching: false,
+            });
+        }
+        let clients = clients
+            .into_iter()
+            .map(|role| Client {
+                role,
+                conn: None,
+                reconnect_at_ns: 0,
+                wake_at_ns: None,
+                next_correlation_id: 0,
+            })
+            .collect();
+        Sim {
+            options,
+            plan,
+            rng,
+            now_ns: 0,
+            queue: BinaryHeap::new(),
+            next_seq: 0,
+            disk,
+            node: None,
+            node_config,
+            incarnation: 0,
+            deadline_scheduled_ns: None,
+            high_watermarks: BTreeMap::new(),
+            links: BTreeMap::new(),
+            next_conn: 1,
+            clients,
+            ops: Vec::new(),
+            checker: Checker::default(),
+            faults: BTreeMap::new(),
+            operations: BTreeMap::new(),
+            quiet: false,
+            events: 0,
+            hasher: DefaultHasher::new(),
+        }
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    fn run(&mut self) {
+        tracing::debug!(plan = ?self.plan, "plan");
+        self.restart_node();
+        for client in 0..self.clients.len() {
+            let at = self.rng.random_range(0..100 * MS);
+            self.schedule_wake(client, at);
+        }
+        if let Some(interval) = self.plan.crash_interval_ms {
+            let at = self.exponential_ns(interval);
+            self.schedule(at, Event::Crash);
+        }
+        if let Some(interval) = self.plan.disk_full_interval_ms {
+            let at = self.exponential_ns(interval);
+            self.schedule(at, Event::DiskFull(true));
+        }
+        self.schedule(self.options.duration_ns, Event::Quiet);
+        let end_ns = self.options.duration_ns + LIVENESS_BOUND_NS;
+        while let Some(Reverse(queued)) = self.queue.pop() {
+            if queued.at_ns > end_ns {
+                break;
+            }
+            self.now_ns = queued.at_ns;
+            self.events += 1;
+            self.hasher.write_u64(queued.at_ns);
+            self.hasher.write_u64(queued.event.code());
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                let _span = tracing::debug_span!("sim", t = %format_ns(self.now_ns)).entered();
+                tracing::debug!(event = ?queued.event);
+            }
+            self.handle(queued.event);
+            if self.quiet && self.caught_up() {
+                break;
+            }
+        }
+        let positions = self.consumer_positions();
+        self.checker.finish(self.now_ns, &positions);
+    }
+
+    fn report(mut self) -> Report {
+        let counts = self.disk.0.borrow().fault_counts();
+        for (kind, count) in [
+            ("read-flip", counts.read_flips),
+            ("read-error", counts.read_errors),
+            ("disk-full-write", counts.full_writes),
+            ("torn-file", counts.torn_files),
+        ] {
+            if count > 0 {
+                self.faults.insert(kind, count);
+            }
+        }
+        for op in &self.ops {
+            let outcome = match op.outcome {
+                Outcome::Pending | Outcome::Unknown => "unknown",
+                Outcome::Ok => "ok",
+                Outcome::Fail => "fail",
+            };
+            *self
+                .operations
+                .entry(format!("produce:{outcome}"))
+                .or_default() += 1;
+        }
+        self.hasher.write_u64(self.events);
+        Report {
+            seed: self.options.seed,
+            events: self.events,
+            sim_ns: self.now_ns,
+            faults: self.faults,
+            operations: self.operations,
+            violations: self.checker.violations().to_vec(),
+            trace_hash: self.hasher.finish(),
+        }
+    }
+
+    fn schedule(&mut self, at_ns: u64, event: Event) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.queue.push(Reverse(Queued { at_ns, seq, event }));
+    }
+
+    fn exponential_ns(&mut self, mean_ms: u64) -> u64 {
+        let u: f64 = self.rng.random_range(f64::EPSILON..1.0);
+        self.now_ns + (-(mean_ms as f64) * u.ln() * MS as f64) as u64
+    }
+
+    fn fault(&mut self, kind: &'static str) {
+        tracing::debug!(fault = kind, "inject");
+        *self.faults.entry(kind).or_default() += 1;
+    }
+
+    fn count(&mut self, operation: &str) {
+        match self.operations.get_mut(operation) {
+            Some(n) => *n += 1,
+            None => {
+                self.operations.insert(operation.to_string(), 1);
+            }
+        }
+    }
+
+    fn latency_ns(&mut self) -> u64 {
+        let (low, high) = self.plan.latency_us;
+        self.rng.random_range(low..=high) * 1_000
+    }
+
+    fn consumer_positions(&self) -> BTreeMap<i32, i64> {
+        let mut furthest = BTreeMap::new();
+        for client in &self.clients {
+            if let Role::Consumer { positions, .. } = &client.role {
+                for (p, pos) in positions {
+                    let f = furthest.entry(*p).or_insert(0);
+                    *f = (*f).max(*pos);
+                }
+            }
+        }
+        furthest
+    }
+
+    /// The quiet phase can end: no write in flight, and consumers have read every partition
+    /// up to its last acknowledged record.
+    fn caught_up(&self) -> bool {
+        if self
+            .ops
+            .iter()
+            .rev()
+            .take(64)
+            .any(|op| op.outcome == Outcome::Pending)
+        {
+            return false;
+        }
+        let positions = self.consumer_positions();
+        self.checker
+            .acked_ends()
+            .iter()
+            .all(|(p, end)| positions.get(p).is_some_and(|pos| pos >= end))
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::ToNode { conn, what } => self.deliver_to_node(conn, what),
+            Event::ToClient { conn, what } => self.deliver_to_client(conn, what),
+            Event::Synced {
+                incarnation,
+                token,
+                file,
+            } => {
+                if incarnation != self.incarnation || self.node.is_none() {
+                    return;
+                }
+                if !self.quiet && self.rng.random_bool(self.plan.sync_error_probability) {
+                    self.fault("sync-error");
+                    let result = Err(DiskError::Io("injected fsync failure".into()));
+                    self.step_node(Input::Synced { token, result });
+                    if self.node.is_some() {
+                        self.checker.violate(
+                            ViolationKind::SyncFailureIgnored,
+                            self.now_ns,
+                            "the node went on after a failed sync".into(),
+                        );
+                    }
+                    return;
+                }
+                let result = self.disk.0.borrow_mut().sync(file);
+                self.step_node(Input::Synced { token, result });
+                self.check_high_watermarks();
+            }
+            Event::NodeTimeout { incarnation } => {
+                if incarnation == self.incarnation && self.node.is_some() {
+                    self.deadline_scheduled_ns = None;
+                    self.step_node(Input::Timeout);
+                }
+            }
+            Event::ClientWake { client } => {
+                if self.clients[client]
+                    .wake_at_ns
+                    .is_some_and(|at| at <= self.now_ns)
+                {
+                    self.clients[client].wake_at_ns = None;
+                }
+                self.client_act(client);
+            }
+            Event::Crash => {
+                if self.quiet {
+                    return;
+                }
+                if self.node.is_some() {
+                    self.fault("crash");
+                    self.crash_node();
+                }
+                let interval = self.plan.crash_interval_ms.expect("crashes planned");
+                let at = self.exponential_ns(interval);
+                self.schedule(at, Event::Crash);
+            }
+            Event::Restart => {
+                if self.node.is_none() {
+                    self.restart_node();
+                }
+            }
+            Event::DiskFull(full) => {
+                if full && !self.quiet {
+                    self.fault("disk-full");
+                    self.disk.0.borrow_mut().set_full(true);
+                    let at = self.now_ns + self.rng.random_range(100 * MS..5_000 * MS);
+                    self.schedule(at, Event::DiskFull(false));
+                } else if !full {
+                    self.disk.0.borrow_mut().set_full(false);
+                    if !self.quiet {
+                        let interval = self.plan.disk_full_interval_ms.expect("planned");
+                        let at = self.exponential_ns(interval);
+                        self.schedule(at, Event::DiskFull(true));
+                    }
+                }
+            }
+            Event::Quiet => {
+                tracing::debug!("faults stop");
+                self.quiet = true;
+                let mut disk = self.disk.0.borrow_mut();
+                disk.set_faults(DiskFaults::default());
+                disk.set_full(false);
+            }
+        }
+    }
+
+    // ---- the node's side ----
+
+    fn restart_node(&mut self) {
+        match Node::new(self.node_config.clone(), self.disk.clone()) {
+            Ok((node, events)) => {
+                for event in events {
+                    tracing::debug!(?event, "recovery");
+                }
+                if self.incarnation > 0 {
+                    *self.faults.entry("restart").or_default() += 1;
+                }
+                self.high_watermarks.clear();
+                for p in node.partition_offsets() {
+                    self.checker
+                        .on_restart(self.now_ns, p.partition, p.log_end_offset);
+                    if let Some(hw) = p.high_watermark {
+                        self.high_watermarks.insert(p.partition, hw);
+                    }
+                }
+                self.node = Some(node);
+                self.schedule_deadline();
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "the node failed to start");
+                self.fault("restart-failed");
+                self.disk.0.borrow_mut().crash();
+                let at = self.now_ns + self.rng.random_range(10 * MS..=500 * MS);
+                self.schedule(at, Event::Restart);
+            }
+        }
+    }
+
+    /// The process dies: its connections reset, its pending syncs never complete, its disk
+    /// keeps only what was synced (or a torn part of the rest).
+    fn crash_node(&mut self) {
+        let Some(node) = self.node.take() else {
+            return;
+        };
+        drop(node);
+        let open: Vec<ConnId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.at_node == Some(self.incarnation))
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in open {
+            self.links.get_mut(&conn).expect("listed").at_node = None;
+            self.send_to_client(conn, ToClient::Close);
+        }
+        self.incarnation += 1;
+        self.deadline_scheduled_ns = None;
+        self.disk.0.borrow_mut().crash();
+        let at = self.now_ns + self.rng.random_range(1..=self.plan.restart_delay_ms_max) * MS;
+        self.schedule(at, Event::Restart);
+    }
+
+    fn step_node(&mut self, input: Input<'_>) {
+        let Some(node) = self.node.as_mut() else {
+            return;
+        };
+        let mut out = Vec::new();
+        {
+            let _span = tracing::debug_span!("node", id = 1, t = %format_ns(self.now_ns)).entered();
+            node.step(Instant(EPOCH_NS + self.now_ns), input, &mut out);
+            node.check_invariants();
+        }
+        let mut halted = false;
+        for output in out {
+            match output {
+                Output::ConnSend { conn, bytes } => {
+                    self.hasher.write_u64(conn);
+                    // CRC-32C is fast and enough: the hash must see every byte, not resist attacks.
+                    self.hasher.write_u32(crc32c::crc32c(&bytes));
+                    self.send_to_client(conn, ToClient::Bytes(bytes));
+                }
+                Output::ConnClose { conn, reason } => {
+                    tracing::debug!(conn, %reason, "node closes");
+                    if let Some(link) = self.links.get_mut(&conn) {
+                        link.at_node = None;
+                    }
+                    self.send_to_client(conn, ToClient::Close);
+                }
+                Output::Sync { token, file } => {
+                    let (low, high) = self.plan.sync_latency_us;
+                    let mut delay_ns = self.rng.random_range(low..=high) * 1_000;
+                    if !self.quiet && self.rng.random_bool(self.plan.slow_sync_probability) {
+                        self.fault("slow-sync");
+                        delay_ns += self.rng.random_range(100 * MS..=2_000 * MS);
+                    }
+                    let incarnation = self.incarnation;
+                    self.schedule(
+                        self.now_ns + delay_ns,
+                        Event::Synced {
+                            incarnation,
+                            token,
+                            file,
+                        },
+                    );
+                }
+                Output::Halt { reason } => {
+                    tracing::debug!(%reason, "node halts");
+                    halted = true;
+                }
+            }
+        }
+        if halted {
+            // The process exits; whatever supervises it starts it again.
+            self.crash_node();
+        } else {
+            self.schedule_deadline();
+        }
+    }
+
+    fn schedule_deadline(&mut self) {
+        let Some(deadline) = self.node.as_ref().and_then(|n| n.next_deadline()) else {
+            return;
+        };
+        let at = deadline.0.saturating_sub(EPOCH_NS).max(self.now_ns);
+        if self.deadline_scheduled_ns.is_some_and(|s| s <= at) {
+            return;
+        }
+        self.deadline_scheduled_ns = Some(at);
+        let incarnation = self.incarnation;
+        self.schedule(at, Event::NodeTimeout { incarnation });
+    }
+
+    /// The high watermark never goes back within one incarnation of the node.
+    fn check_high_watermarks(&mut self) {
+        let Some(node) = self.node.as_ref() else {
+            return;
+        };
+        for p in node.partition_offsets() {
+            let Some(hw) = p.high_watermark else { continue };
+            let before = self.high_watermarks.insert(p.partition, hw);
+            if before.is_some_and(|b| b > hw) {
+                self.checker.violate(
+                    ViolationKind::LostWrite,
+                    self.now_ns,
+                    format!(
+                        "partition {} high watermark went back from {} to {hw}",
+                        p.partition,
+                        before.unwrap_or_default()
+                    ),
+                );
+            }
+        }
+    }
+
+    fn deliver_to_node(&mut self, conn: ConnId, what: ToNode) {
+        let incarnation = self.incarnation;
+        let node_up = self.node.is_some();
+        let Some(link) = self.links.get_mut(&conn) else {
+            return;
+        };
+        let open_here = node_up && link.at_node == Some(incarnation);
+        match what {
+            ToNode::Open if node_up => {
+                link.at_node = Some(incarnation);
+                self.step_node(Input::ConnOpened { conn });
+            }
+            // Connection refused.
+            ToNode::Open => self.send_to_client(conn, ToClient::Close),
+            ToNode::Bytes(bytes) if open_here => self.step_node(Input::ConnBytes {
+                conn,
+                bytes: &bytes,
+            }),
+            ToNode::Close if open_here => {
+                link.at_node = None;
+                self.step_node(Input::ConnClosed { conn });
+            }
+            ToNode::Bytes(_) | ToNode::Close => {}
+        }
+    }
+
+    fn send_to_client(&mut self, conn: ConnId, what: ToClient) {
+        let mut delay_ns = self.latency_ns();
+        let Some(link) = self.links.get(&conn) else {
+            return;
+        };
+        if link.slow_reader && !self.quiet {
+            delay_ns += self.rng.random_range(10 * MS..=300 * MS);
+        }
+        let link = self.links.get_mut(&conn).expect("checked");
+        let at = (self.now_ns + delay_ns).max(link.to_client_at_ns);
+        link.to_client_at_ns = at;
+        self.schedule(at, Event::ToClient { conn, what });
+    }
+
+    fn send_to_node(&mut self, conn: ConnId, what: ToNode) {
+        let delay_ns = self.latency_ns();
+        let link = self.links.get_mut(&conn).expect("a client's connection");
+        let at = (self.now_ns + delay_ns).max(link.to_node_at_ns);
+        link.to_node_at_ns = at;
+        self.schedule(at, Event::ToNode { conn, what });
+    }
+
+    // ---- the clients' side ----
+
+    fn schedule_wake(&mut self, client: usize, at_ns: u64) {
+        let at_ns = at_ns.max(self.now_ns);
+        let c = &mut self.clients[client];
+        if c.wake_at_ns.is_some_and(|w| w <= at_ns) {
+            return;
+        }
+        c.wake_at_ns = Some(at_ns);
+        self.schedule(at_ns, Event::ClientWake { client });
+    }
+
+    /// Whatever the client can do now: reconnect, time out, send; then sleep until the next
+    /// thing it waits for.
+    fn client_act(&mut self, client: usize) {
+        enum Action {
+            Connect,
+            TimeOut,
+            Metadata,
+            Produce,
+            Fetch,
+            Sleep(Option<u64>),
+        }
+        loop {
+            let now = self.now_ns;
+            let c = &self.clients[client];
+            let action = match &c.conn {
+                None if self.quiet && matches!(c.role, Role::Producer { .. }) => return,
+                None if now >= c.reconnect_at_ns => Action::Connect,
+                None => Action::Sleep(Some(c.reconnect_at_ns)),
+                Some(conn) => {
+                    let deadline = conn.pending.front().map(|p| p.deadline_ns);
+                    let mut next = deadline;
+                    let mut soonest = |at: u64| next = Some(next.map_or(at, |n: u64| n.min(at)));
+                    if deadline.is_some_and(|d| d <= now) {
+                        Action::TimeOut
+                    } else if conn.metadata_at_ns.is_some_and(|at| at <= now) {
+                        Action::Metadata
+                    } else {
+                        if let Some(at) = conn.metadata_at_ns {
+                            soonest(at);
+                        }
+                        match &c.role {
+                            Role::Producer {
+                                next_send_at_ns, ..
+                            } if conn.ready
+                                && !self.quiet
+                                && conn.pending.len() < self.plan.max_in_flight =>
+                            {
+                                if *next_send_at_ns <= now {
+                                    Action::Produce
+                                } else {
+                                    soonest(*next_send_at_ns);
+                                    Action::Sleep(next)
+                                }
+                            }
+                            Role::Consumer {
+                                next_poll_at_ns,
+                                fetching: false,
+                                ..
+                            } if conn.ready => {
+                                if *next_poll_at_ns <= now {
+                                    Action::Fetch
+                                } else {
+                                    soonest(*next_poll_at_ns);
+                                    Action::Sleep(next)
+                                }
+                            }
+                            _ => Action::Sleep(next),
+                        }
+                    }
+                }
+            };
+            match action {
+                Action::Connect => self.connect(client),
+                Action::TimeOut => {
+                    self.count("request-timeout");
+                    self.client_close(client);
+                }
+                Action::Metadata => {
+                    if let Some(conn) = self.clients[client].conn.as_mut() {
+                        conn.metadata_at_ns = None;
+                    }
+                    self.send_metadata(client);
+                }
+                Action::Produce => {
+                    self.produce(client);
+                    let at = self.exponential_ns(self.plan.produce_interval_ms);
+                    if let Role::Producer {
+                        next_send_at_ns, ..
+                    } = &mut self.clients[client].role
+                    {
+                        *next_send_at_ns = at;
+                    }
+                }
+                Action::Fetch => {
+                    if let Role::Consumer { fetching, .. } = &mut self.clients[client].role {
+                        *fetching = true;
+                    }
+                    self.fetch(client);
+                }
+                Action::Sleep(at) => {
+                    if let Some(at) = at {
+                        self.schedule_wake(client, at);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn connect(&mut self, client: usize) {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        let slow_reader = !self.quiet && self.rng.random_bool(self.plan.slow_reader_probability);
+        if slow_reader {
+            self.fault("slow-reader");
+        }
+        self.links.insert(
+            id,
+            Link {
+                client,
+                to_node_at_ns: self.now_ns,
+                to_client_at_ns: self.now_ns,
+                at_node: None,
+                slow_reader,
+            },
+        );
+        self.clients[client].conn = Some(ClientConn {
+            id,
+            frames: FrameDecoder::new(CLIENT_MAX_FRAME_BYTES),
+            pending: VecDeque::new(),
+            ready: false,
+            metadata_at_ns: None,
+        });
+        self.send_to_node(id, ToNode::Open);
+        self.send_metadata(client);
+    }
+
+    /// The client drops its connection (a timeout, or a reset it injected itself).
+    fn client_close(&mut self, client: usize) {
+        let Some(conn) = self.clients[client].conn.as_ref() else {
+            return;
+        };
+        let id = conn.id;
+        self.send_to_node(id, ToNode::Close);
+        self.conn_lost(client);
+    }
+
+    /// The connection is gone: whatever was in flight has an unknown outcome.
+    fn conn_lost(&mut self, client: usize) {
+        let Some(conn) = self.clients[client].conn.take() else {
+            return;
+        };
+        for pending in conn.pending {
+            match pending.kind {
+                PendingKind::Produce { op } => {
+                    self.ops[op].outcome = Outcome::Unknown;
+                }
+                PendingKind::Fetch => {
+                    self.count("fetch:unknown");
+                    if let Role::Consumer { fetching, .. } = &mut self.clients[client].role {
+                        *fetching = false;
+                    }
+                }
+                PendingKind::Metadata => {}
+            }
+        }
+        let backoff = self.rng.random_range(10 * MS..=500 * MS);
+        self.clients[client].reconnect_at_ns = self.now_ns + backoff;
+        let at = self.clients[client].reconnect_at_ns;
+        self.schedule_wake(client, at);
+    }
+
+    fn send_request(&mut self, client: usize, version: i16, request: Request, kind: PendingKind) {
+        let c = &mut self.clients[client];
+        let Some(conn) = c.conn.as_mut() else {
+            return;
+        };
+        c.next_correlation_id += 1;
+        let correlation_id = c.next_correlation_id;
+        let api_key = request.api_key();
+        let header = RequestHeader {
+            api_key: api_key as i16,
+            api_version: version,
+            correlation_id,
+            client_id: Some(format!("sim-{client}")),
+            ..Default::default()
+        };
+        let mut buf = BytesMut::new();
+        encode_request(&mut buf, &header, &request).expect("the simulator's requests encode");
+        let bytes = buf.freeze();
+        conn.pending.push_back(Pending {
+            correlation_id,
+            api_key,
+            version,
+            deadline_ns: self.now_ns + self.plan.request_timeout_ms * MS,
+            kind,
+        });
+        let id = conn.id;
+        if !self.quiet && self.rng.random_bool(self.plan.conn_reset_probability) {
+            // The connection breaks partway through the request.
+            self.fault("conn-reset");
+            let cut = self.rng.random_range(0..bytes.len());
+            if cut > 0 {
+                self.send_to_node(id, ToNode::Bytes(bytes.slice(..cut)));
+            }
+            self.client_close(client);
+            return;
+        }
+        if !self.quiet && self.rng.random_bool(self.plan.cut_request_probability) {
+            // The request arrives in pieces cut at random bytes.
+            self.fault("cut-request");
+            let mut start = 0;
+            while start < bytes.len() {
+                let end = self.rng.random_range(start + 1..=bytes.len());
+                self.send_to_node(id, ToNode::Bytes(bytes.slice(start..end)));
+                start = end;
+            }
+        } else {
+            self.send_to_node(id, ToNode::Bytes(bytes));
+        }
+    }
+
+    fn send_metadata(&mut self, client: usize) {
+        let request = Request::Metadata(MetadataRequest {
+            topics: Some(vec![MetadataRequestTopic {
+                name: Some(TOPIC.into()),
+                ..Default::default()
+            }]),
+            allow_auto_topic_creation: true,
+            ..Default::default()
+        });
+        let version = self.plan.metadata_version;
+        self.send_request(client, version, request, PendingKind::Metadata);
+    }
+
+    fn produce(&mut self, client: usize) {
+        let partition = self.rng.random_range(0..self.plan.partitions);
+        let count = self.rng.random_range(1..=self.plan.records_per_batch_max);
+        let padding = self.rng.random_range(0..=self.plan.value_padding_bytes_max);
+        let Role::Producer {
+            acks,
+            next_value,
+            next_send_seq,
+            ..
+        } = &mut self.clients[client].role
+        else {
+            unreachable!("only producers produce");
+        };
+        let acks = *acks;
+        let values: Vec<u64> = (0..count)
+            .map(|_| {
+                *next_value += 1;
+                ((client as u64) << 40) | *next_value
+            })
+            .collect();
+        let send_seq = *next_send_seq;
+        *next_send_seq += 1;
+        let records: Vec<NewRecord> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| NewRecord {
+                timestamp_delta: i as i64,
+                value: Some(value_bytes(*v, padding)),
+                ..Default::default()
+            })
+            .collect();
+        let batch = record::build(
+            &records,
+            &BatchOptions {
+                base_timestamp: ((EPOCH_NS + self.now_ns) / MS) as i64,
+                ..Default::default()
+            },
+        )
+        .expect("the simulator's batches build");
+        let op = self.ops.len();
+        self.ops.push(Op {
+            write: Write {
+                producer: client,
+                partition,
+                send_seq,
+                values,
+            },
+            outcome: Outcome::Pending,
+        });
+        let request = Request::Produce(ProduceRequest {
+            acks,
+            timeout_ms: 30_000,
+            topic_data: vec![TopicProduceData {
+                name: TOPIC.into(),
+                partition_data: vec![PartitionProduceData {
+                    index: partition,
+                    records: Some(batch),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let version = self.plan.produce_version;
+        self.send_request(client, version, request, PendingKind::Produce { op });
+    }
+
+    fn fetch(&mut self, client: usize) {
+        let Role::Consumer { positions, .. } = &self.clients[client].role else {
+            unreachable!("only consumers fetch");
+        };
+        let partitions = positions
+            .iter()
+            .map(|(p, pos)| FetchPartition {
+                partition: *p,
+                fetch_offset: *pos,
+                partition_max_bytes: FETCH_PARTITION_MAX_BYTES,
+                current_leader_epoch: -1,
+                log_start_offset: -1,
+                ..Default::default()
+            })
+            .collect();
+        let request = Request::Fetch(FetchRequest {
+            replica_id: -1,
+            max_wait_ms: self.plan.fetch_max_wait_ms,
+            min_bytes: 1,
+            max_bytes: FETCH_MAX_BYTES,
+            session_epoch: -1,
+            topics: vec![FetchTopic {
+                topic: TOPIC.into(),
+                partitions,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let version = self.plan.fetch_version;
+        self.send_request(client, version, request, PendingKind::Fetch);
+    }
+
+    fn deliver_to_client(&mut self, conn_id: ConnId, what: ToClient) {
+        let Some(link) = self.links.get(&conn_id) else {
+            return;
+        };
+        let client = link.client;
+        if self.clients[client].conn.as_ref().map(|c| c.id) != Some(conn_id) {
+            return;
+        }
+        let bytes = match what {
+            ToClient::Close => {
+                self.conn_lost(client);
+                return;
+            }
+            ToClient::Bytes(bytes) => bytes,
+        };
+        let conn = self.clients[client].conn.as_mut().expect("checked");
+        conn.frames.push(&bytes);
+        loop {
+            let Some(conn) = self.clients[client].conn.as_mut() else {
+                return;
+            };
+            let frame = match conn.frames.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    self.protocol_violation(client, format!("bad response frame: {e}"));
+                    return;
+                }
+            };
+            let Some(pending) = conn.pending.pop_front() else {
+                self.protocol_violation(client, "a response to no request".into());
+                return;
+            };
+            match decode_response(frame, pending.api_key, pending.version) {
+                Ok((header, response)) if header.correlation_id == pending.correlation_id => {
+                    self.on_response(client, pending, response)
+                }
+                Ok((header, _)) => {
+                    self.protocol_violation(
+                        client,
+                        format!(
+                            "response {} to request {} ({})",
+                            header.correlation_id,
+                            pending.correlation_id,
+                            pending.api_key.name()
+                        ),
+                    );
+                    return;
+                }
+                Err(e) => {
+                    self.protocol_violation(client, format!("undecodable response: {e}"));
+                    return;
+                }
+            }
+        }
+        self.client_act(client);
+    }
+
+    fn protocol_violation(&mut self, client: usize, detail: String) {
+        self.checker
+            .violate(ViolationKind::Protocol, self.now_ns, detail);
+        self.client_close(client);
+    }
+
+    fn on_response(&mut self, client: usize, pending: Pending, response: Response) {
+        match (pending.kind, response) {
+            (PendingKind::Metadata, Response::Metadata(m)) => {
+                let ok = m.topics.iter().any(|t| {
+                    t.name.as_deref() == Some(TOPIC)
+                        && t.error_code == codes::NONE
+                        && t.partitions.len() == self.plan.partitions as usize
+                });
+                let retry_at = self.now_ns + 100 * MS;
+                if let Some(conn) = self.clients[client].conn.as_mut() {
+                    if ok {
+                        conn.ready = true;
+                    } else {
+                        conn.metadata_at_ns = Some(retry_at);
+                    }
+                }
+            }
+            (PendingKind::Produce { op }, Response::Produce(p)) => {
+                let partition = self.ops[op].write.partition;
+                let answer = p
+                    .responses
+                    .iter()
+                    .filter(|t| t.name == TOPIC)
+                    .flat_map(|t| &t.partition_responses)
+                    .find(|r| r.index == partition);
+                let Some(answer) = answer else {
+                    self.protocol_violation(
+                        client,
+                        "a produce response without the partition".into(),
+                    );
+                    return;
+                };
+                if answer.error_code == codes::NONE {
+                    self.ops[op].outcome = Outcome::Ok;
+                    let base_offset = answer.base_offset;
+                    let write = self.ops[op].write.clone();
+                    self.checker.on_ack(self.now_ns, &write, base_offset);
+                } else {
+                    tracing::debug!(error_code = answer.error_code, "produce failed");
+                    self.ops[op].outcome = Outcome::Fail;
+                    let write = self.ops[op].write.clone();
+                    self.checker.on_fail(self.now_ns, &write);
+                }
+            }
+            (PendingKind::Fetch, Response::Fetch(f)) => self.on_fetch(client, f),
+            (kind, response) => self.protocol_violation(
+                client,
+                format!("{kind:?} answered by {}", response.api_key().name()),
+            ),
+        }
+    }
+
+    fn on_fetch(&mut self, client: usize, response: keel_core::protocol::messages::FetchResponse) {
+        let mut read_any = false;
+        let mut reads = Vec::new();
+        let mut outcome = "fetch:ok";
+        {
+            let Role::Consumer { positions, .. } = &mut self.clients[client].role else {
+                unreachable!("only consumers fetch");
+            };
+            for topic in response.responses.iter().filter(|t| t.topic == TOPIC) {
+                for data in &topic.partitions {
+                    let Some(position) = positions.get_mut(&data.partition_index) else {
+                        continue;
+                    };
+                    if data.error_code != codes::NONE {
+                        outcome = "fetch:partition-error";
+                        continue;
+                    }
+                    let Some(records) = &data.records else {
+                        continue;
+                    };
+                    for batch in record::split_batches(records.clone()) {
+                        // A batch cut by the size limit ends the response.
+                        let Ok(batch) = batch else { break };
+                        // A corrupt batch (a bit flipped on the node's read) is refetched, as
+                        // clients that check CRCs do.
+                        let Ok(batch) = RecordBatch::parse(batch) else {
+                            outcome = "fetch:corrupt";
+                            break;
+                        };
+                        let Ok(records) = batch.records(CLIENT_MAX_FRAME_BYTES) else {
+                            outcome = "fetch:corrupt";
+                            break;
+                        };
+                        let base = batch.header().base_offset;
+                        for r in records {
+                            let offset = base + i64::from(r.offset_delta);
+                            if offset < *position {
+                                continue;
+                            }
+                            let value =
+                                r.value.as_ref().filter(|v| v.len() >= 8).map(|v| {
+                                    u64::from_be_bytes(v[..8].try_into().expect("8 bytes"))
+                                });
+                            reads.push((data.partition_index, *position, offset, value));
+                            *position = offset + 1;
+                            read_any = true;
+                        }
+                    }
+                }
+            }
+        }
+        self.count(outcome);
+        for (partition, position, offset, value) in reads {
+            if offset != position {
+                self.checker.violate(
+                    ViolationKind::PollSkip,
+                    self.now_ns,
+                    format!("consumer {client} at {position} of partition {partition} got offset {offset}"),
+                );
+            }
+            match value {
+                Some(value) => self.checker.on_read(self.now_ns, partition, offset, value),
+                None => self.checker.violate(
+                    ViolationKind::Protocol,
+                    self.now_ns,
+                    format!("partition {partition} offset {offset} holds a record nobody wrote"),
+                ),
+            }
+        }
+        let backoff = if read_any {
+            0
+        } else {
+            self.rng.random_range(5 * MS..=50 * MS)
+        };
+        let at = self.now_ns + backoff;
+        if let Role::Consumer {
+            next_poll_at_ns,
+            fetching,
+            ..
+        } = &mut self.clients[client].role
+        {
+            *fetching = false;
+            *next_poll_at_ns = at;
+        }
+    }
+}
+
+/// Simulated time as seconds with microseconds, for traces.
+pub fn format_ns(ns: u64) -> String {
+    format!(
+        "{}.{:06}s",
+        ns / 1_000_000_000,
+        (ns % 1_000_000_000) / 1_000
+    )
+}

@@ -1,0 +1,175 @@
+//! The simulator's own tests: every regression seed, a time-boxed batch of fresh seeds, the
+//! planted bugs (the checkers must catch them), and determinism (a seed's trace hash is the
+//! same twice in one process and once more in another).
+
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use keel_core::node::PlantedBug;
+use keel_sim::campaign::{run_seed, SeedResult};
+use keel_sim::check::ViolationKind;
+use keel_sim::Options;
+
+const SECOND_NS: u64 = 1_000_000_000;
+
+fn describe(result: &SeedResult, duration_ns: u64, bug: Option<PlantedBug>) -> String {
+    let bug = bug.map(|b| format!(" --bug {}", b.name())).unwrap_or_default();
+    let what = match (&result.report, &result.panic) {
+        (Some(report), _) => format!("{:#?}", report.violations),
+        (None, panic) => format!("panic: {}", panic.as_deref().unwrap_or("")),
+    };
+    format!(
+        "keel-sim run --seed {} --duration {}s{bug}\n{what}",
+        result.seed,
+        duration_ns / SECOND_NS
+    )
+}
+
+struct Regression {
+    seed: u64,
+    duration_ns: u64,
+    bug: Option<PlantedBug>,
+}
+
+fn regressions() -> Vec<Regression> {
+    let text = include_str!("../regressions.txt");
+    let mut seeds = Vec::new();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let seed = words.next().unwrap().parse().expect("a seed");
+        let duration = humantime::parse_duration(words.next().expect("a duration")).unwrap();
+        let bug = words
+            .next()
+            .map(|b| PlantedBug::from_name(b).expect("a known bug"));
+        seeds.push(Regression {
+            seed,
+            duration_ns: duration.as_nanos() as u64,
+            bug,
+        });
+    }
+    seeds
+}
+
+#[test]
+fn every_regression_seed_passes() {
+    let regressions = regressions();
+    assert!(!regressions.is_empty());
+    let mut failures = Vec::new();
+    for r in &regressions {
+        let result = run_seed(Options {
+            seed: r.seed,
+            duration_ns: r.duration_ns,
+            bug: r.bug,
+        });
+        if result.exit_code() != 0 {
+            failures.push(describe(&result, r.duration_ns, r.bug));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// New seeds on every run, for as long as `KEEL_SIM_FRESH_SECONDS` (default 20) of wall time.
+/// A failure prints its repro: add the seed to sim/regressions.txt and fix the bug.
+#[test]
+fn fresh_seeds_pass() {
+    let budget = Duration::from_secs(
+        std::env::var("KEEL_SIM_FRESH_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(20),
+    );
+    let start_seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        & 0xffff_ffff_ffff;
+    let duration_ns = 60 * SECOND_NS;
+    let started = Instant::now();
+    let mut seed = start_seed;
+    let mut failures = Vec::new();
+    while started.elapsed() < budget {
+        let result = run_seed(Options {
+            seed,
+            duration_ns,
+            bug: None,
+        });
+        if result.exit_code() != 0 {
+            failures.push(describe(&result, duration_ns, None));
+        }
+        seed += 1;
+    }
+    println!(
+        "fresh seeds {start_seed}..{seed} ({} seeds) in {:.1}s",
+        seed - start_seed,
+        started.elapsed().as_secs_f64()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn planted_bugs_are_caught_as_lost_writes() {
+    let duration_ns = 30 * SECOND_NS;
+    for bug in PlantedBug::ALL {
+        let caught: Vec<u64> = (0..20)
+            .filter(|seed| {
+                let result = run_seed(Options {
+                    seed: *seed,
+                    duration_ns,
+                    bug: Some(bug),
+                });
+                result
+                    .report
+                    .is_some_and(|r| r.has_violation(ViolationKind::LostWrite))
+            })
+            .collect();
+        println!("{}: lost writes in seeds {caught:?}", bug.name());
+        assert!(
+            !caught.is_empty(),
+            "20 seeds with --bug {} found no lost write",
+            bug.name()
+        );
+    }
+}
+
+#[test]
+fn a_seed_replays_to_the_same_trace_hash() {
+    let duration_ns = 20 * SECOND_NS;
+    for seed in [1u64, 7, 42, 1_000_003] {
+        let options = Options {
+            seed,
+            duration_ns,
+            bug: None,
+        };
+        let first = run_seed(options.clone()).report.expect("no panic");
+        let second = run_seed(options).report.expect("no panic");
+        assert_eq!(first.trace_hash, second.trace_hash, "seed {seed} in-process");
+        assert_eq!(first.events, second.events);
+        let output = Command::new(env!("CARGO_BIN_EXE_keel-sim"))
+            .args(["run", "--seed", &seed.to_string(), "--duration", "20s", "--json"])
+            .output()
+            .expect("keel-sim runs");
+        let json: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("keel-sim --json prints JSON");
+        assert_eq!(
+            json["report"]["trace_hash"].as_u64(),
+            Some(first.trace_hash),
+            "seed {seed} in a child process: {json}"
+        );
+    }
+    // Different seeds make different runs.
+    let a = run_seed(Options {
+        seed: 1,
+        duration_ns,
+        bug: None,
+    });
+    let b = run_seed(Options {
+        seed: 2,
+        duration_ns,
+        bug: None,
+    });
+    assert_ne!(a.report.unwrap().trace_hash, b.report.unwrap().trace_hash);
+}
