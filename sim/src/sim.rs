@@ -61,6 +61,8 @@ pub struct Options {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
     pub seed: u64,
+    /// The seed's workload, in a line.
+    pub workload: String,
     pub events: u64,
     pub sim_ns: u64,
     /// Faults injected, by kind.
@@ -440,8 +442,19 @@ impl Sim {
                 .or_default() += 1;
         }
         self.hasher.write_u64(self.events);
+        let plan = &self.plan;
+        let workload = format!(
+            "{} producers (a request every ~{} ms each, up to {} in flight), {} consumers, {} partitions, {} B segments",
+            plan.producers,
+            plan.produce_interval_ms,
+            plan.max_in_flight,
+            plan.consumers,
+            plan.partitions,
+            plan.segment_size_bytes
+        );
         Report {
             seed: self.options.seed,
+            workload,
             events: self.events,
             sim_ns: self.now_ns,
             faults: self.faults,

@@ -13,7 +13,9 @@ use keel_sim::Options;
 const SECOND_NS: u64 = 1_000_000_000;
 
 fn describe(result: &SeedResult, duration_ns: u64, bug: Option<PlantedBug>) -> String {
-    let bug = bug.map(|b| format!(" --bug {}", b.name())).unwrap_or_default();
+    let bug = bug
+        .map(|b| format!(" --bug {}", b.name()))
+        .unwrap_or_default();
     let what = match (&result.report, &result.panic) {
         (Some(report), _) => format!("{:#?}", report.violations),
         (None, panic) => format!("panic: {}", panic.as_deref().unwrap_or("")),
@@ -146,10 +148,20 @@ fn a_seed_replays_to_the_same_trace_hash() {
         };
         let first = run_seed(options.clone()).report.expect("no panic");
         let second = run_seed(options).report.expect("no panic");
-        assert_eq!(first.trace_hash, second.trace_hash, "seed {seed} in-process");
+        assert_eq!(
+            first.trace_hash, second.trace_hash,
+            "seed {seed} in-process"
+        );
         assert_eq!(first.events, second.events);
         let output = Command::new(env!("CARGO_BIN_EXE_keel-sim"))
-            .args(["run", "--seed", &seed.to_string(), "--duration", "20s", "--json"])
+            .args([
+                "run",
+                "--seed",
+                &seed.to_string(),
+                "--duration",
+                "20s",
+                "--json",
+            ])
             .output()
             .expect("keel-sim runs");
         let json: serde_json::Value =

@@ -112,6 +112,7 @@ fn print_result(result: &SeedResult, wall_seconds: f64) {
     };
     let sim_seconds = report.sim_ns as f64 / 1e9;
     println!("seed {}", report.seed);
+    println!("  workload:        {}", report.workload);
     println!("  events:          {}", report.events);
     println!("  simulated:       {}", format_ns(report.sim_ns));
     println!(
