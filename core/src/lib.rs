@@ -8,10 +8,12 @@
 //! - [`record`]: record batches (magic 2): validation, stamping, iteration, decompression.
 //! - [`disk`]: the storage interface (real files in `keel-net`, simulated in `keel-sim`).
 //! - [`log`]: the partition log: segments, indexes, recovery.
+//! - [`producers`]: idempotent producers' state per partition (deduplication, sequences).
 //! - [`node`]: the broker state machine: inputs in, outputs out.
 
 pub mod disk;
 pub mod log;
 pub mod node;
+pub mod producers;
 pub mod protocol;
 pub mod record;

@@ -23,6 +23,7 @@
 use bytes::{Bytes, BytesMut};
 
 use crate::disk::{Disk, DiskError, FileId};
+use crate::producers::ProducerStates;
 use crate::record::{BatchHeader, RecordBatch, DECOMPRESSED_BATCH_SIZE_MAX_BYTES};
 
 const BATCH_HEADER_BYTES: usize = crate::record::batch::BATCH_HEADER_BYTES;
@@ -134,11 +135,17 @@ struct BadBatch {
     incomplete: bool,
     /// The disk failed to read: nothing is known about the batch.
     read_error: Option<DiskError>,
+    /// A digest of the bytes that were read, to tell damage on the disk (read back the same
+    /// way) from a flip on the way.
+    evidence: u32,
 }
 
-/// How many times recovery reads a batch that looks bad before believing it: a bit flipped
-/// on the way from the disk, or a read that failed, is not damage on the disk.
+/// How many times a read that looks bad is tried again: a bit flipped on the way from the disk,
+/// or a read that failed, is not damage on the disk.
 const RECOVERY_READ_ATTEMPTS: usize = 3;
+/// Recovery believes a batch is bad only when two reads return the same bad bytes (damage on
+/// the disk reads back the same way; a flip on the way does not), within this many reads.
+const RECOVERY_READ_ATTEMPTS_MAX: usize = 8;
 
 /// What recovery found, for the operator's log.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -161,6 +168,8 @@ pub struct PartitionLog {
     recovery_point: i64,
     /// Files written since the last sync began.
     dirty_files: Vec<FileId>,
+    /// What the partition knows of idempotent producers, from the batches in the log.
+    producers: ProducerStates,
 }
 
 fn segment_name(dir: &str, base_offset: i64) -> String {
@@ -232,6 +241,7 @@ impl PartitionLog {
             recovery_point_file,
             recovery_point: -1,
             dirty_files: vec![file, recovery_point_file],
+            producers: ProducerStates::default(),
         };
         log.write_recovery_point(disk, 0)?;
         Ok(log)
@@ -262,6 +272,7 @@ impl PartitionLog {
             bases.push(0);
         }
         let mut report = RecoveryReport::default();
+        let mut producers = ProducerStates::default();
         let mut segments: Vec<Segment> = Vec::new();
         let mut expected_offset = bases[0];
         let mut cut = false;
@@ -308,6 +319,7 @@ impl PartitionLog {
             while position < len_bytes {
                 match Self::check_batch(disk, file, position, len_bytes, expected_offset) {
                     Ok((header, size_bytes)) => {
+                        producers.record(&header, header.max_timestamp);
                         segment.note_batch(
                             &header,
                             position,
@@ -366,13 +378,16 @@ impl PartitionLog {
             recovery_point_file,
             recovery_point,
             dirty_files,
+            producers,
         };
         Ok((log, report))
     }
 
     /// Reads and verifies the batch at `position`: its size, its CRC, its records, and that it
-    /// starts where the previous one ended. A batch that looks bad is read again, up to
-    /// [`RECOVERY_READ_ATTEMPTS`] times: a flipped bit or a failed read is not corruption.
+    /// starts where the previous one ended. A batch that looks bad is read again until two
+    /// reads agree on the same bad bytes (damage on the disk); if they never agree within
+    /// [`RECOVERY_READ_ATTEMPTS_MAX`] reads, or every read fails, it is a read error, which
+    /// stops recovery rather than pass for corruption.
     fn check_batch(
         disk: &mut dyn Disk,
         file: FileId,
@@ -380,16 +395,34 @@ impl PartitionLog {
         len_bytes: u64,
         expected_offset: i64,
     ) -> Result<(BatchHeader, u64), BadBatch> {
-        let mut attempt = 1;
-        loop {
+        let mut previous: Option<u32> = None;
+        let mut last_read_error = None;
+        for attempt in 1..=RECOVERY_READ_ATTEMPTS_MAX {
             match Self::check_batch_once(disk, file, position, len_bytes, expected_offset) {
-                Err(bad) if attempt < RECOVERY_READ_ATTEMPTS => {
+                Ok(found) => return Ok(found),
+                Err(bad) => {
+                    if bad.read_error.is_none() && previous == Some(bad.evidence) {
+                        return Err(bad);
+                    }
                     tracing::warn!(position, attempt, reason = %bad.reason, "batch looks bad; reading it again");
-                    attempt += 1;
+                    if bad.read_error.is_none() {
+                        previous = Some(bad.evidence);
+                    } else {
+                        last_read_error = bad.read_error;
+                    }
                 }
-                result => return result,
             }
         }
+        let reason = match last_read_error {
+            Some(e) => format!("batch at {position}: {e}"),
+            None => format!("batch at {position} reads differently every time"),
+        };
+        Err(BadBatch {
+            reason: reason.clone(),
+            incomplete: false,
+            read_error: Some(DiskError::Io(reason)),
+            evidence: 0,
+        })
     }
 
     fn check_batch_once(
@@ -399,15 +432,11 @@ impl PartitionLog {
         len_bytes: u64,
         expected_offset: i64,
     ) -> Result<(BatchHeader, u64), BadBatch> {
-        let invalid = |reason: String| BadBatch {
-            reason,
-            incomplete: false,
-            read_error: None,
-        };
         let read_failed = |e: DiskError| BadBatch {
             reason: e.to_string(),
             incomplete: false,
             read_error: Some(e),
+            evidence: 0,
         };
         if len_bytes - position < BATCH_HEADER_BYTES as u64 {
             return Err(BadBatch {
@@ -417,13 +446,24 @@ impl PartitionLog {
                 ),
                 incomplete: true,
                 read_error: None,
+                evidence: 0,
             });
         }
         let header = read_header(disk, file, position).map_err(read_failed)?;
+        let header_evidence = crc32c::crc32c(&header);
+        let invalid = |reason: String, evidence: u32| BadBatch {
+            reason,
+            incomplete: false,
+            read_error: None,
+            evidence,
+        };
         let declared = i32::from_be_bytes([header[8], header[9], header[10], header[11]]);
         let size_bytes = BATCH_LENGTH_PREFIX_BYTES + i64::from(declared);
         if i64::from(declared) < BATCH_HEADER_BYTES as i64 - BATCH_LENGTH_PREFIX_BYTES {
-            return Err(invalid(format!("batch length {declared} is impossible")));
+            return Err(invalid(
+                format!("batch length {declared} is impossible"),
+                header_evidence,
+            ));
         }
         if size_bytes as u64 > len_bytes - position {
             return Err(BadBatch {
@@ -433,22 +473,28 @@ impl PartitionLog {
                 ),
                 incomplete: true,
                 read_error: None,
+                evidence: header_evidence,
             });
         }
         let mut bytes = vec![0u8; size_bytes as usize];
         disk.read_at(file, position, &mut bytes)
             .map_err(read_failed)?;
-        let batch = RecordBatch::parse(Bytes::from(bytes)).map_err(|e| invalid(e.to_string()))?;
+        let evidence = crc32c::crc32c(&bytes);
+        let batch =
+            RecordBatch::parse(Bytes::from(bytes)).map_err(|e| invalid(e.to_string(), evidence))?;
         let header = *batch.header();
         if header.base_offset != expected_offset {
-            return Err(invalid(format!(
-                "batch starts at {}, expected {expected_offset}",
-                header.base_offset
-            )));
+            return Err(invalid(
+                format!(
+                    "batch starts at {}, expected {expected_offset}",
+                    header.base_offset
+                ),
+                evidence,
+            ));
         }
         batch
             .records(DECOMPRESSED_BATCH_SIZE_MAX_BYTES)
-            .map_err(|e| invalid(format!("invalid records: {e}")))?;
+            .map_err(|e| invalid(format!("invalid records: {e}"), evidence))?;
         Ok((header, size_bytes as u64))
     }
 
@@ -475,6 +521,15 @@ impl PartitionLog {
         let crc = crc32c::crc32c(&raw[..8]);
         raw[8..].copy_from_slice(&crc.to_be_bytes());
         disk.write_at(self.recovery_point_file, 0, &raw)
+    }
+
+    /// What this partition knows of idempotent producers.
+    pub fn producers(&self) -> &ProducerStates {
+        &self.producers
+    }
+
+    pub fn producers_mut(&mut self) -> &mut ProducerStates {
+        &mut self.producers
     }
 
     pub fn dir(&self) -> &str {

@@ -24,6 +24,9 @@ pub struct ServeConfig {
     pub listen: String,
     /// Host clients are told to connect to (default: the listen address's host).
     pub advertised_host: Option<String>,
+    /// Port clients are told to connect to (default: the port actually bound), for a broker
+    /// behind a proxy or a port mapping.
+    pub advertised_port: Option<u16>,
     pub data_dir: PathBuf,
     pub cluster_id: String,
     pub auto_create_topics: bool,
@@ -35,6 +38,8 @@ pub struct ServeConfig {
     pub max_request_bytes: usize,
     /// Largest batch a producer may send (Kafka's max.message.bytes).
     pub max_message_bytes: usize,
+    /// A partition forgets an idempotent producer idle this long (producer.id.expiration.ms).
+    pub producer_id_expiration_ms: i64,
 }
 
 impl Default for ServeConfig {
@@ -44,6 +49,7 @@ impl Default for ServeConfig {
             node_id: core.node_id,
             listen: "127.0.0.1:9092".into(),
             advertised_host: None,
+            advertised_port: None,
             data_dir: PathBuf::from("keel-data"),
             cluster_id: core.cluster_id,
             auto_create_topics: core.auto_create_topics,
@@ -52,6 +58,7 @@ impl Default for ServeConfig {
             segment_bytes: core.log.segment_size_bytes,
             max_request_bytes: core.max_frame_size_bytes,
             max_message_bytes: core.max_message_bytes,
+            producer_id_expiration_ms: core.producer_id_expiration_ms,
         }
     }
 }
@@ -69,7 +76,7 @@ impl ServeConfig {
                 .advertised_host
                 .clone()
                 .unwrap_or_else(|| local.ip().to_string()),
-            advertised_port: i32::from(local.port()),
+            advertised_port: i32::from(self.advertised_port.unwrap_or(local.port())),
             cluster_id: self.cluster_id.clone(),
             auto_create_topics: self.auto_create_topics,
             default_partitions: self.num_partitions,
@@ -79,6 +86,7 @@ impl ServeConfig {
             },
             max_frame_size_bytes: self.max_request_bytes,
             max_message_bytes: self.max_message_bytes,
+            producer_id_expiration_ms: self.producer_id_expiration_ms,
             seed: std::process::id() as u64 ^ local.port() as u64,
             ..Config::default()
         };

@@ -3,7 +3,7 @@
 //! about half the seeds, so seeds differ in kind, not only in detail.
 
 use rand::rngs::Xoshiro256PlusPlus;
-use rand::RngExt;
+use rand::{RngExt, SeedableRng};
 
 use crate::disk::DiskFaults;
 
@@ -11,6 +11,7 @@ use crate::disk::DiskFaults;
 const PRODUCE_VERSIONS: (i16, i16) = (3, 11);
 const FETCH_VERSIONS: (i16, i16) = (4, 12);
 const METADATA_VERSIONS: (i16, i16) = (1, 12);
+const INIT_PRODUCER_ID_VERSIONS: (i16, i16) = (0, 5);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
@@ -24,6 +25,10 @@ pub struct Plan {
     pub records_per_batch_max: usize,
     pub value_padding_bytes_max: usize,
     pub max_in_flight: usize,
+    /// Producers use idempotence (InitProducerId, sequence numbers, retries of the same
+    /// batch after an unknown outcome).
+    pub idempotent: bool,
+    pub init_producer_id_version: i16,
     pub produce_version: i16,
     pub fetch_version: i16,
     pub metadata_version: i16,
@@ -57,7 +62,12 @@ fn version(rng: &mut Xoshiro256PlusPlus, (low, high): (i16, i16)) -> i16 {
 }
 
 impl Plan {
-    pub fn draw(rng: &mut Xoshiro256PlusPlus) -> Plan {
+    /// Draws the plan from `rng`. Knobs added after the first version draw from `later`, a
+    /// stream of their own seeded from `seed`, so that adding one leaves every older knob (and
+    /// everything drawn from `rng` after the plan) as it was: a seed keeps meaning the run it
+    /// named when it failed.
+    pub fn draw(seed: u64, rng: &mut Xoshiro256PlusPlus) -> Plan {
+        let mut later = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x6c61_7465_725f_6b6e);
         Plan {
             partitions: rng.random_range(1..=4),
             segment_size_bytes: [16 << 10, 256 << 10, 1 << 30][rng.random_range(0..3)],
@@ -67,6 +77,8 @@ impl Plan {
             records_per_batch_max: rng.random_range(1..=8),
             value_padding_bytes_max: rng.random_range(0..=200),
             max_in_flight: rng.random_range(1..=5),
+            idempotent: later.random_bool(0.5),
+            init_producer_id_version: version(&mut later, INIT_PRODUCER_ID_VERSIONS),
             produce_version: version(rng, PRODUCE_VERSIONS),
             fetch_version: version(rng, FETCH_VERSIONS),
             metadata_version: version(rng, METADATA_VERSIONS),

@@ -26,7 +26,9 @@ use keel_core::protocol::codec::{decode_response, encode_request};
 use keel_core::protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use keel_core::protocol::messages::metadata_request::MetadataRequestTopic;
 use keel_core::protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use keel_core::protocol::messages::{FetchRequest, MetadataRequest, ProduceRequest};
+use keel_core::protocol::messages::{
+    FetchRequest, InitProducerIdRequest, MetadataRequest, ProduceRequest,
+};
 use keel_core::protocol::{codes, ApiKey, FrameDecoder, Request, RequestHeader, Response};
 use keel_core::record::{self, BatchOptions, NewRecord, RecordBatch};
 use rand::rngs::Xoshiro256PlusPlus;
@@ -206,6 +208,7 @@ struct Link {
 #[derive(Debug)]
 enum PendingKind {
     Metadata,
+    InitProducerId,
     Produce { op: usize },
     Fetch,
 }
@@ -228,8 +231,23 @@ struct ClientConn {
     metadata_at_ns: Option<u64>,
 }
 
+/// An idempotent producer's identity and sequence numbers.
+struct Idempotence {
+    /// -1 until InitProducerId answers.
+    producer_id: i64,
+    epoch: i16,
+    /// InitProducerId is in flight.
+    initializing: bool,
+    /// Ask for an id (or the next epoch) at this time.
+    init_at_ns: Option<u64>,
+    next_sequence: BTreeMap<i32, i32>,
+    /// Writes whose outcome is unknown, to send again (same batch, same sequence) in send order.
+    retries: VecDeque<usize>,
+}
+
 enum Role {
     Producer {
+        idempotence: Option<Idempotence>,
         acks: i16,
         next_value: u64,
         next_send_seq: u64,
@@ -260,7 +278,11 @@ enum Outcome {
 
 struct Op {
     write: Write,
+    /// The encoded batch, kept to be sent again by an idempotent producer.
+    batch: Bytes,
     outcome: Outcome,
+    /// Sent with this producer epoch (idempotent producers).
+    epoch: i16,
 }
 
 pub struct Sim {
@@ -296,6 +318,10 @@ pub fn run(options: Options) -> Report {
     sim.report()
 }
 
+fn has_retries(role: &Role) -> bool {
+    matches!(role, Role::Producer { idempotence: Some(idem), .. } if !idem.retries.is_empty())
+}
+
 fn value_bytes(value: u64, padding_bytes: usize) -> Bytes {
     let mut bytes = Vec::with_capacity(8 + padding_bytes);
     bytes.extend_from_slice(&value.to_be_bytes());
@@ -306,7 +332,7 @@ fn value_bytes(value: u64, padding_bytes: usize) -> Bytes {
 impl Sim {
     pub fn new(options: Options) -> Sim {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(options.seed);
-        let plan = Plan::draw(&mut rng);
+        let plan = Plan::draw(options.seed, &mut rng);
         let disk = SharedDisk(Rc::new(RefCell::new(SimDisk::with_faults(
             rng.random(),
             plan.disk,
@@ -327,6 +353,14 @@ impl Sim {
         let mut clients = Vec::new();
         for _ in 0..plan.producers {
             clients.push(Role::Producer {
+                idempotence: plan.idempotent.then(|| Idempotence {
+                    producer_id: -1,
+                    epoch: -1,
+                    initializing: false,
+                    init_at_ns: Some(0),
+                    next_sequence: BTreeMap::new(),
+                    retries: VecDeque::new(),
+                }),
                 acks: if rng.random_bool(0.5) { 1 } else { -1 },
                 next_value: 0,
                 next_send_seq: 0,
@@ -827,6 +861,8 @@ impl Sim {
             Connect,
             TimeOut,
             Metadata,
+            InitProducerId,
+            Retry,
             Produce,
             Fetch,
             Sleep(Option<u64>),
@@ -835,7 +871,12 @@ impl Sim {
             let now = self.now_ns;
             let c = &self.clients[client];
             let action = match &c.conn {
-                None if self.quiet && matches!(c.role, Role::Producer { .. }) => return,
+                None if self.quiet
+                    && !has_retries(&c.role)
+                    && matches!(c.role, Role::Producer { .. }) =>
+                {
+                    return
+                }
                 None if now >= c.reconnect_at_ns => Action::Connect,
                 None => Action::Sleep(Some(c.reconnect_at_ns)),
                 Some(conn) => {
@@ -851,6 +892,30 @@ impl Sim {
                             soonest(at);
                         }
                         match &c.role {
+                            Role::Producer {
+                                idempotence: Some(idem),
+                                ..
+                            } if conn.ready
+                                && (idem.producer_id < 0 || idem.init_at_ns.is_some()) =>
+                            {
+                                match idem.init_at_ns {
+                                    _ if idem.initializing => Action::Sleep(next),
+                                    Some(at) if at > now => {
+                                        soonest(at);
+                                        Action::Sleep(next)
+                                    }
+                                    _ => Action::InitProducerId,
+                                }
+                            }
+                            Role::Producer {
+                                idempotence: Some(idem),
+                                ..
+                            } if conn.ready
+                                && !idem.retries.is_empty()
+                                && conn.pending.len() < self.plan.max_in_flight =>
+                            {
+                                Action::Retry
+                            }
                             Role::Producer {
                                 next_send_at_ns, ..
                             } if conn.ready
@@ -893,6 +958,8 @@ impl Sim {
                     }
                     self.send_metadata(client);
                 }
+                Action::InitProducerId => self.init_producer_id(client),
+                Action::Retry => self.retry(client),
                 Action::Produce => {
                     self.produce(client);
                     let at = self.exponential_ns(self.plan.produce_interval_ms);
@@ -966,6 +1033,24 @@ impl Sim {
             match pending.kind {
                 PendingKind::Produce { op } => {
                     self.ops[op].outcome = Outcome::Unknown;
+                    if let Role::Producer {
+                        idempotence: Some(idem),
+                        ..
+                    } = &mut self.clients[client].role
+                    {
+                        if self.ops[op].epoch == idem.epoch {
+                            idem.retries.push_back(op);
+                        }
+                    }
+                }
+                PendingKind::InitProducerId => {
+                    if let Role::Producer {
+                        idempotence: Some(idem),
+                        ..
+                    } = &mut self.clients[client].role
+                    {
+                        idem.initializing = false;
+                    }
                 }
                 PendingKind::Fetch => {
                     self.count("fetch:unknown");
@@ -975,6 +1060,17 @@ impl Sim {
                 }
                 PendingKind::Metadata => {}
             }
+        }
+        if let Role::Producer {
+            idempotence: Some(idem),
+            ..
+        } = &mut self.clients[client].role
+        {
+            // Sent again in the order they were first sent.
+            let ops = &self.ops;
+            idem.retries
+                .make_contiguous()
+                .sort_by_key(|op| ops[*op].write.send_seq);
         }
         let backoff = self.rng.random_range(10 * MS..=500 * MS);
         self.clients[client].reconnect_at_ns = self.now_ns + backoff;
@@ -1050,6 +1146,7 @@ impl Sim {
         let count = self.rng.random_range(1..=self.plan.records_per_batch_max);
         let padding = self.rng.random_range(0..=self.plan.value_padding_bytes_max);
         let Role::Producer {
+            idempotence,
             acks,
             next_value,
             next_send_seq,
@@ -1059,6 +1156,20 @@ impl Sim {
             unreachable!("only producers produce");
         };
         let acks = *acks;
+        let mut options = BatchOptions {
+            base_timestamp: ((EPOCH_NS + self.now_ns) / MS) as i64,
+            ..Default::default()
+        };
+        if let Some(idem) = idempotence {
+            let sequence = idem.next_sequence.entry(partition).or_insert(0);
+            options.producer_id = idem.producer_id;
+            options.producer_epoch = idem.epoch;
+            options.base_sequence = *sequence;
+            *sequence = keel_core::producers::last_sequence(*sequence, count as i32 - 1)
+                .wrapping_add(1)
+                .max(0);
+        }
+        let epoch = options.producer_epoch;
         let values: Vec<u64> = (0..count)
             .map(|_| {
                 *next_value += 1;
@@ -1076,14 +1187,7 @@ impl Sim {
                 ..Default::default()
             })
             .collect();
-        let batch = record::build(
-            &records,
-            &BatchOptions {
-                base_timestamp: ((EPOCH_NS + self.now_ns) / MS) as i64,
-                ..Default::default()
-            },
-        )
-        .expect("the simulator's batches build");
+        let batch = record::build(&records, &options).expect("the simulator's batches build");
         let op = self.ops.len();
         self.ops.push(Op {
             write: Write {
@@ -1092,8 +1196,35 @@ impl Sim {
                 send_seq,
                 values,
             },
+            batch,
             outcome: Outcome::Pending,
+            epoch,
         });
+        self.send_produce(client, op, acks);
+    }
+
+    /// Sends the oldest write whose outcome is unknown again, unchanged.
+    fn retry(&mut self, client: usize) {
+        let Role::Producer {
+            idempotence: Some(idem),
+            acks,
+            ..
+        } = &mut self.clients[client].role
+        else {
+            return;
+        };
+        let acks = *acks;
+        let Some(op) = idem.retries.pop_front() else {
+            return;
+        };
+        self.count("produce:retry");
+        self.ops[op].outcome = Outcome::Pending;
+        self.send_produce(client, op, acks);
+    }
+
+    fn send_produce(&mut self, client: usize, op: usize, acks: i16) {
+        let partition = self.ops[op].write.partition;
+        let batch = self.ops[op].batch.clone();
         let request = Request::Produce(ProduceRequest {
             acks,
             timeout_ms: 30_000,
@@ -1110,6 +1241,49 @@ impl Sim {
         });
         let version = self.plan.produce_version;
         self.send_request(client, version, request, PendingKind::Produce { op });
+    }
+
+    fn init_producer_id(&mut self, client: usize) {
+        let Role::Producer {
+            idempotence: Some(idem),
+            ..
+        } = &mut self.clients[client].role
+        else {
+            return;
+        };
+        idem.initializing = true;
+        idem.init_at_ns = None;
+        // With an id already, ask for the next epoch (KIP-360; v3 and later).
+        let request = Request::InitProducerId(InitProducerIdRequest {
+            transactional_id: None,
+            transaction_timeout_ms: 60_000,
+            producer_id: idem.producer_id,
+            producer_epoch: idem.epoch,
+            ..Default::default()
+        });
+        let version = self.plan.init_producer_id_version;
+        self.send_request(client, version, request, PendingKind::InitProducerId);
+    }
+
+    /// A sequence or epoch error: whatever waits to be sent again has an unknown outcome
+    /// forever, and the producer starts a new epoch with sequences from 0.
+    fn reset_producer(&mut self, client: usize) {
+        let Role::Producer {
+            idempotence: Some(idem),
+            ..
+        } = &mut self.clients[client].role
+        else {
+            return;
+        };
+        if idem.init_at_ns.is_some() || idem.initializing {
+            return;
+        }
+        let dropped: Vec<usize> = idem.retries.drain(..).collect();
+        idem.init_at_ns = Some(self.now_ns);
+        self.count("producer:reset");
+        for op in dropped {
+            self.ops[op].outcome = Outcome::Unknown;
+        }
     }
 
     fn fetch(&mut self, client: usize) {
@@ -1240,6 +1414,25 @@ impl Sim {
                     );
                     return;
                 };
+                let sequence_error = matches!(
+                    answer.error_code,
+                    codes::OUT_OF_ORDER_SEQUENCE_NUMBER
+                        | codes::UNKNOWN_PRODUCER_ID
+                        | codes::INVALID_PRODUCER_EPOCH
+                );
+                if sequence_error {
+                    self.count("produce:sequence-error");
+                    self.reset_producer(client);
+                }
+                tracing::debug!(
+                    client,
+                    partition,
+                    op,
+                    error_code = answer.error_code,
+                    base_offset = answer.base_offset,
+                    first_value = format_args!("{:#x}", self.ops[op].write.values[0]),
+                    "produce answered"
+                );
                 if answer.error_code == codes::NONE {
                     self.ops[op].outcome = Outcome::Ok;
                     let base_offset = answer.base_offset;
@@ -1253,6 +1446,36 @@ impl Sim {
                 }
             }
             (PendingKind::Fetch, Response::Fetch(f)) => self.on_fetch(client, f),
+            (PendingKind::InitProducerId, Response::InitProducerId(r)) => {
+                tracing::debug!(
+                    client,
+                    error_code = r.error_code,
+                    producer_id = r.producer_id,
+                    epoch = r.producer_epoch,
+                    "producer id"
+                );
+                let now = self.now_ns;
+                let Role::Producer {
+                    idempotence: Some(idem),
+                    ..
+                } = &mut self.clients[client].role
+                else {
+                    return;
+                };
+                idem.initializing = false;
+                if r.error_code != codes::NONE || r.producer_id < 0 {
+                    idem.init_at_ns = Some(now + 100 * MS);
+                    return;
+                }
+                idem.producer_id = r.producer_id;
+                idem.epoch = r.producer_epoch;
+                idem.next_sequence.clear();
+                // Writes still waiting to be sent again belong to the old epoch: unknown.
+                let dropped: Vec<usize> = idem.retries.drain(..).collect();
+                for op in dropped {
+                    self.ops[op].outcome = Outcome::Unknown;
+                }
+            }
             (kind, response) => self.protocol_violation(
                 client,
                 format!("{kind:?} answered by {}", response.api_key().name()),

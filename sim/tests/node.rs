@@ -590,3 +590,108 @@ fn acks_zero_gets_no_answer_and_a_failure_closes_the_connection() {
         vec!["quiet"]
     );
 }
+
+fn init_producer_id(h: &mut Harness, version: i16, id: i64, epoch: i16) -> (i64, i16) {
+    let Response::InitProducerId(r) = h.call(
+        version,
+        Request::InitProducerId(InitProducerIdRequest {
+            transactional_id: None,
+            transaction_timeout_ms: 60_000,
+            producer_id: id,
+            producer_epoch: epoch,
+            ..Default::default()
+        }),
+    ) else {
+        panic!("not an InitProducerId response")
+    };
+    assert_eq!(r.error_code, codes::NONE);
+    (r.producer_id, r.producer_epoch)
+}
+
+fn idempotent_batch(values: &[&str], id: i64, epoch: i16, sequence: i32) -> Bytes {
+    let records: Vec<NewRecord> = values
+        .iter()
+        .map(|v| NewRecord {
+            value: Some(Bytes::copy_from_slice(v.as_bytes())),
+            ..NewRecord::default()
+        })
+        .collect();
+    let options = BatchOptions {
+        // The harness's clock: a producer is remembered for a day after its last batch.
+        base_timestamp: 1_700_000_000_000,
+        producer_id: id,
+        producer_epoch: epoch,
+        base_sequence: sequence,
+        ..BatchOptions::default()
+    };
+    record::build(&records, &options).unwrap()
+}
+
+#[test]
+fn producer_ids_are_never_reused_across_a_crash_and_epochs_bump() {
+    let (mut h, _) = Harness::new(SimDisk::new());
+    let (first, epoch) = init_producer_id(&mut h, 4, -1, -1);
+    assert_eq!(epoch, 0);
+    let (second, _) = init_producer_id(&mut h, 4, -1, -1);
+    assert!(second > first);
+    // KIP-360: the same id at the next epoch.
+    assert_eq!(init_producer_id(&mut h, 4, second, 0), (second, 1));
+    // Before v3 the request carries no id: a new one.
+    let (third, _) = init_producer_id(&mut h, 2, -1, -1);
+    assert!(third > second);
+    let mut disk = h.node.into_disk();
+    disk.crash();
+    let (mut h, _) = Harness::new(disk);
+    let (after, epoch) = init_producer_id(&mut h, 4, -1, -1);
+    assert!(after > third, "{after} was handed out before the crash");
+    assert_eq!(epoch, 0);
+}
+
+#[test]
+fn a_retried_batch_is_not_appended_twice_even_after_a_restart() {
+    let (mut h, _) = Harness::new(SimDisk::new());
+    h.create_topic("t");
+    let (id, epoch) = init_producer_id(&mut h, 4, -1, -1);
+    let first = idempotent_batch(&["a", "b"], id, epoch, 0);
+    let r = h.produce(9, produce_request("t", 0, first.clone(), -1));
+    assert_eq!((r.error_code, r.base_offset), (codes::NONE, 0));
+    let r = h.produce(
+        9,
+        produce_request("t", 0, idempotent_batch(&["c"], id, epoch, 2), -1),
+    );
+    assert_eq!((r.error_code, r.base_offset), (codes::NONE, 2));
+    // The retry of the first batch gets its original offset and appends nothing.
+    let r = h.produce(9, produce_request("t", 0, first.clone(), -1));
+    assert_eq!((r.error_code, r.base_offset), (codes::NONE, 0));
+    // A gap, an old epoch.
+    let r = h.produce(
+        9,
+        produce_request("t", 0, idempotent_batch(&["x"], id, epoch, 9), -1),
+    );
+    assert_eq!(r.error_code, codes::OUT_OF_ORDER_SEQUENCE_NUMBER);
+    let (_, bumped) = init_producer_id(&mut h, 4, id, epoch);
+    let r = h.produce(
+        9,
+        produce_request("t", 0, idempotent_batch(&["y"], id, bumped, 0), -1),
+    );
+    assert_eq!((r.error_code, r.base_offset), (codes::NONE, 3));
+    let r = h.produce(
+        9,
+        produce_request("t", 0, idempotent_batch(&["z"], id, epoch, 3), -1),
+    );
+    assert_eq!(r.error_code, codes::INVALID_PRODUCER_EPOCH);
+    // After a restart the state comes back from the log.
+    let mut disk = h.node.into_disk();
+    disk.crash();
+    let (mut h, _) = Harness::new(disk);
+    let retry = idempotent_batch(&["y"], id, bumped, 0);
+    let r = h.produce(9, produce_request("t", 0, retry, -1));
+    assert_eq!((r.error_code, r.base_offset), (codes::NONE, 3));
+    assert_eq!(fetch_values(&mut h, "t", 0).1, vec!["a", "b", "c", "y"]);
+    // A producer the partition never saw must start at sequence 0.
+    let r = h.produce(
+        9,
+        produce_request("t", 0, idempotent_batch(&["w"], id + 1, 0, 5), -1),
+    );
+    assert_eq!(r.error_code, codes::UNKNOWN_PRODUCER_ID);
+}

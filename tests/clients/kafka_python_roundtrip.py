@@ -8,9 +8,8 @@ bootstrap = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:9092"
 topic = f"kafka-python-{uuid.uuid4().hex[:8]}"
 sent = [(f"key-{i}".encode(), f"value-{i}-{'x' * (i % 50)}".encode()) for i in range(1000)]
 
-# Idempotence (kafka-python 3 turns it on by default) needs InitProducerId, which Keel does not
-# serve yet; until it does, this producer asks for plain acks=all.
-producer = KafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks="all")
+# Library defaults: kafka-python 3 is idempotent (InitProducerId, sequence numbers) and acks=all.
+producer = KafkaProducer(bootstrap_servers=bootstrap)
 futures = [producer.send(topic, key=k, value=v) for k, v in sent]
 producer.flush(timeout=30)
 offsets = [f.get(timeout=30).offset for f in futures]

@@ -14,6 +14,7 @@
 //! - A failed sync is fatal: the node halts (`Output::Halt`) rather than pretend.
 
 mod handlers;
+mod producer_ids;
 mod topics;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -35,6 +36,9 @@ use topics::Topics;
 pub struct Instant(pub u64);
 
 impl Instant {
+    pub fn as_millis(self) -> i64 {
+        (self.0 / 1_000_000) as i64
+    }
     pub fn from_millis(ms: u64) -> Instant {
         Instant(ms.saturating_mul(1_000_000))
     }
@@ -113,6 +117,9 @@ pub struct Config {
     pub log: LogConfig,
     /// Seeds the node's PRNG (topic ids).
     pub seed: u64,
+    /// A producer id is forgotten by a partition once its last batch is this old (Kafka's
+    /// `producer.id.expiration.ms`); its next batch must then start over at sequence 0.
+    pub producer_id_expiration_ms: i64,
     /// A bug planted on purpose, so the simulator can prove its checkers catch it. Only the
     /// simulator sets it: the `keel` binary builds its config from `..Config::default()` and
     /// has no flag or key that reaches it (`tests/tests/purity.rs` checks that `net/` never
@@ -127,15 +134,22 @@ pub enum PlantedBug {
     SkipFsync,
     /// Answer a produce with success before appending it (and whatever the append does).
     AckEarly,
+    /// Append an idempotent producer's retried batch again instead of recognising it.
+    NoDedup,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 2] = [PlantedBug::SkipFsync, PlantedBug::AckEarly];
+    pub const ALL: [PlantedBug; 3] = [
+        PlantedBug::SkipFsync,
+        PlantedBug::AckEarly,
+        PlantedBug::NoDedup,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             PlantedBug::SkipFsync => "skip-fsync",
             PlantedBug::AckEarly => "ack-early",
+            PlantedBug::NoDedup => "no-dedup",
         }
     }
 
@@ -168,6 +182,7 @@ impl Default for Config {
             max_message_bytes: 1_048_588,
             log: LogConfig::default(),
             seed: 0,
+            producer_id_expiration_ms: 86_400_000,
             planted_bug: None,
         }
     }
@@ -180,7 +195,7 @@ pub enum NodeError {
 }
 
 /// The APIs this node serves (and advertises in ApiVersions).
-pub const SERVED_APIS: [ApiKey; 11] = [
+pub const SERVED_APIS: [ApiKey; 12] = [
     ApiKey::Produce,
     ApiKey::Fetch,
     ApiKey::ListOffsets,
@@ -192,6 +207,7 @@ pub const SERVED_APIS: [ApiKey; 11] = [
     ApiKey::DescribeConfigs,
     ApiKey::DescribeCluster,
     ApiKey::OffsetForLeaderEpoch,
+    ApiKey::InitProducerId,
 ];
 
 /// A request's place in its connection's answer queue.
@@ -229,6 +245,8 @@ struct Round {
     id: u64,
     outstanding: BTreeSet<SyncToken>,
     ends: Vec<topics::SyncEnd>,
+    /// The producer ids recorded when the round began: durable once it completes.
+    producer_ids_end: i64,
 }
 
 pub struct Node<D: Disk> {
@@ -246,6 +264,7 @@ pub struct Node<D: Disk> {
     halted: Option<String>,
     shutting_down: bool,
     rng_state: u64,
+    producer_ids: producer_ids::ProducerIds,
 }
 
 impl<D: Disk> Node<D> {
@@ -254,6 +273,7 @@ impl<D: Disk> Node<D> {
     /// operator's log.
     pub fn new(config: Config, mut disk: D) -> Result<(Node<D>, Vec<RecoveryEvent>), NodeError> {
         let (topics, events) = Topics::recover(&mut disk, config.log)?;
+        let producer_ids = producer_ids::ProducerIds::recover(&mut disk, topics.max_producer_id())?;
         let rng_state = config.seed ^ 0x6b65_656c_6b65_656c;
         let node = Node {
             config,
@@ -268,6 +288,7 @@ impl<D: Disk> Node<D> {
             halted: None,
             shutting_down: false,
             rng_state,
+            producer_ids,
         };
         Ok((node, events))
     }
@@ -490,12 +511,12 @@ impl<D: Disk> Node<D> {
                 // The planted bug: success is promised first, then the append happens (or
                 // fails), and nobody waits for a sync.
                 let response = self.promise_produce(&r);
-                let _ = self.produce(&r, version);
+                let _ = self.produce(now, &r, version);
                 Slot::Ready((r.acks != 0).then_some(reply(Response::Produce(response))?))
             }
             Request::Produce(r) => {
                 let acks = r.acks;
-                let (response, waits) = self.produce(&r, version);
+                let (response, waits) = self.produce(now, &r, version);
                 if acks == 0 {
                     // A producer with acks=0 reads no answer: Kafka closes its connection
                     // instead, so that it notices something went wrong.
@@ -563,6 +584,20 @@ impl<D: Disk> Node<D> {
             Request::DescribeCluster(_) => Slot::Ready(Some(reply(Response::DescribeCluster(
                 self.describe_cluster(),
             ))?)),
+            Request::InitProducerId(r) => {
+                let (response, wait) = self.init_producer_id(&r);
+                let response = Some(reply(Response::InitProducerId(response))?);
+                if wait {
+                    // Whatever the durability setting: an id handed out twice would let one
+                    // producer's batches pass for another's retries.
+                    Slot::AwaitSync {
+                        round: self.next_round,
+                        response,
+                    }
+                } else {
+                    Slot::Ready(response)
+                }
+            }
             Request::OffsetForLeaderEpoch(r) => Slot::Ready(Some(reply(
                 Response::OffsetForLeaderEpoch(self.offset_for_leader_epoch(&r)),
             )?)),
@@ -658,6 +693,7 @@ impl<D: Disk> Node<D> {
             // The planted bug: the round "completes" without a single sync.
             self.extra_dirty_files.clear();
             self.topics.complete_sync(&ends);
+            self.producer_ids.synced(self.producer_ids.recorded_end());
             let id = self.next_round;
             self.next_round += 1;
             self.complete_round_waiters(id);
@@ -679,6 +715,7 @@ impl<D: Disk> Node<D> {
             id,
             outstanding,
             ends,
+            producer_ids_end: self.producer_ids.recorded_end(),
         });
     }
 
@@ -710,6 +747,7 @@ impl<D: Disk> Node<D> {
         }
         let round = self.round.take().expect("checked above");
         self.topics.complete_sync(&round.ends);
+        self.producer_ids.synced(round.producer_ids_end);
         // Parked fetches see the new high watermark when `step` re-checks them next.
         self.complete_round_waiters(round.id);
     }

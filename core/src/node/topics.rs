@@ -256,6 +256,13 @@ impl Topics {
         offsets
     }
 
+    /// The highest producer id any partition has seen.
+    pub(crate) fn max_producer_id(&self) -> Option<i64> {
+        self.logs()
+            .filter_map(|(_, _, log)| log.producers().max_producer_id())
+            .max()
+    }
+
     fn logs(&self) -> impl Iterator<Item = (&str, i32, &PartitionLog)> {
         self.by_name.iter().flat_map(|(name, topic)| {
             topic

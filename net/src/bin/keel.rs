@@ -40,6 +40,9 @@ struct ServeArgs {
     /// Host name clients are told to connect to [default: the listen address's host].
     #[arg(long, value_name = "HOST")]
     advertised_host: Option<String>,
+    /// Port clients are told to connect to [default: the port listened on].
+    #[arg(long, value_name = "PORT")]
+    advertised_port: Option<u16>,
     /// Create unknown topics when clients ask for their metadata [default: true].
     #[arg(long, value_name = "BOOL")]
     auto_create_topics: Option<bool>,
@@ -58,6 +61,10 @@ struct ServeArgs {
     /// Largest batch a producer may send (max.message.bytes) [default: 1048588].
     #[arg(long, value_name = "BYTES")]
     max_message_bytes: Option<usize>,
+    /// A partition forgets an idempotent producer idle this long
+    /// (producer.id.expiration.ms) [default: 86400000].
+    #[arg(long, value_name = "MS")]
+    producer_id_expiration_ms: Option<i64>,
     /// The cluster id reported to clients [default: keel-cluster].
     #[arg(long)]
     cluster_id: Option<String>,
@@ -83,10 +90,14 @@ impl ServeArgs {
             segment_bytes,
             max_request_bytes,
             max_message_bytes,
+            producer_id_expiration_ms,
             cluster_id
         );
         if let Some(host) = self.advertised_host {
             config.advertised_host = Some(host);
+        }
+        if let Some(port) = self.advertised_port {
+            config.advertised_port = Some(port);
         }
         Ok(config)
     }

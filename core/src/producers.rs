@@ -1,0 +1,305 @@
+//! Idempotent producers: what one partition remembers of each producer id, so that a batch
+//! retried after a lost answer is recognised and not appended twice.
+//!
+//! For each producer id the partition keeps its epoch and the sequence ranges and offsets of
+//! its last [`BATCHES_KEPT`] batches (Kafka keeps five, and clients keep at most five requests
+//! in flight, so any retry is among them). For a new batch from a producer:
+//! - an older epoch than the one known is refused (INVALID_PRODUCER_EPOCH): a zombie;
+//! - a newer epoch must start at sequence 0 (else OUT_OF_ORDER_SEQUENCE_NUMBER);
+//! - the same epoch and the same sequence range as a kept batch is a duplicate: answered with
+//!   the original offset, not appended;
+//! - otherwise the sequence must follow the last one (wrapping from i32::MAX to 0), else
+//!   OUT_OF_ORDER_SEQUENCE_NUMBER;
+//! - a producer the partition does not know (never seen, or expired) must start at 0, else
+//!   UNKNOWN_PRODUCER_ID (the client then bumps its epoch and starts over).
+//!
+//! The state is rebuilt from the log by recovery: it already reads every batch header.
+//! A producer is forgotten once its last batch is older than the expiry (Kafka's
+//! `producer.id.expiration.ms`): the time of its append, or, for batches found by recovery,
+//! their max timestamp (the append time is not stored).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::protocol::codes;
+use crate::record::BatchHeader;
+
+/// Batches remembered per producer and partition.
+pub const BATCHES_KEPT: usize = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct KeptBatch {
+    first_sequence: i32,
+    last_sequence: i32,
+    base_offset: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ProducerEntry {
+    epoch: i16,
+    batches: VecDeque<KeptBatch>,
+    /// The max timestamp of its last batch, in milliseconds.
+    last_timestamp_ms: i64,
+}
+
+/// What to do with a batch that passed the checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Append,
+    /// Already in the log at this base offset: answer with it, append nothing.
+    Duplicate {
+        base_offset: i64,
+    },
+}
+
+/// The last sequence number of a batch: Kafka's sequences wrap from i32::MAX to 0.
+pub fn last_sequence(first_sequence: i32, last_offset_delta: i32) -> i32 {
+    ((i64::from(first_sequence) + i64::from(last_offset_delta)) % (i64::from(i32::MAX) + 1)) as i32
+}
+
+fn follows(last_sequence: i32, next_sequence: i32) -> bool {
+    next_sequence == last_sequence.wrapping_add(1)
+        || (last_sequence == i32::MAX && next_sequence == 0)
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ProducerStates {
+    entries: BTreeMap<i64, ProducerEntry>,
+}
+
+impl ProducerStates {
+    fn live(&self, producer_id: i64, now_ms: i64, expiry_ms: i64) -> Option<&ProducerEntry> {
+        self.entries
+            .get(&producer_id)
+            .filter(|e| now_ms.saturating_sub(e.last_timestamp_ms) < expiry_ms)
+    }
+
+    /// Checks a batch against what is known of its producer. Batches without a producer id
+    /// pass untouched. `Err` holds the error code and a message.
+    pub fn check(
+        &self,
+        header: &BatchHeader,
+        now_ms: i64,
+        expiry_ms: i64,
+    ) -> Result<Verdict, (i16, String)> {
+        if !header.has_producer_id() {
+            return Ok(Verdict::Append);
+        }
+        let id = header.producer_id;
+        let epoch = header.producer_epoch;
+        let first = header.base_sequence;
+        let last = last_sequence(first, header.last_offset_delta);
+        let Some(entry) = self.live(id, now_ms, expiry_ms) else {
+            if first == 0 {
+                return Ok(Verdict::Append);
+            }
+            return Err((
+                codes::UNKNOWN_PRODUCER_ID,
+                format!("producer {id} is unknown here (expired or never seen); its batch starts at sequence {first}"),
+            ));
+        };
+        if epoch < entry.epoch {
+            return Err((
+                codes::INVALID_PRODUCER_EPOCH,
+                format!(
+                    "producer {id} epoch {epoch} is older than its current epoch {}",
+                    entry.epoch
+                ),
+            ));
+        }
+        if epoch > entry.epoch {
+            if first == 0 {
+                return Ok(Verdict::Append);
+            }
+            return Err((
+                codes::OUT_OF_ORDER_SEQUENCE_NUMBER,
+                format!("producer {id} starts epoch {epoch} at sequence {first}, not 0"),
+            ));
+        }
+        if let Some(kept) = entry
+            .batches
+            .iter()
+            .find(|b| b.first_sequence == first && b.last_sequence == last)
+        {
+            return Ok(Verdict::Duplicate {
+                base_offset: kept.base_offset,
+            });
+        }
+        match entry.batches.back() {
+            Some(b) if !follows(b.last_sequence, first) => Err((
+                codes::OUT_OF_ORDER_SEQUENCE_NUMBER,
+                format!(
+                    "producer {id} epoch {epoch}: sequence {first} does not follow {}",
+                    b.last_sequence
+                ),
+            )),
+            _ => Ok(Verdict::Append),
+        }
+    }
+
+    /// Remembers a batch now in the log (stamped with its base offset), seen at `seen_ms`:
+    /// the time of its append, or on recovery its max timestamp.
+    pub fn record(&mut self, header: &BatchHeader, seen_ms: i64) {
+        if !header.has_producer_id() {
+            return;
+        }
+        let entry = self
+            .entries
+            .entry(header.producer_id)
+            .or_insert_with(|| ProducerEntry {
+                epoch: header.producer_epoch,
+                batches: VecDeque::new(),
+                last_timestamp_ms: seen_ms,
+            });
+        if header.producer_epoch != entry.epoch {
+            entry.epoch = header.producer_epoch;
+            entry.batches.clear();
+        }
+        if entry.batches.len() == BATCHES_KEPT {
+            entry.batches.pop_front();
+        }
+        entry.batches.push_back(KeptBatch {
+            first_sequence: header.base_sequence,
+            last_sequence: last_sequence(header.base_sequence, header.last_offset_delta),
+            base_offset: header.base_offset,
+        });
+        entry.last_timestamp_ms = entry.last_timestamp_ms.max(seen_ms);
+    }
+
+    /// Forgets producers idle for `expiry_ms` or more.
+    pub fn expire(&mut self, now_ms: i64, expiry_ms: i64) {
+        self.entries
+            .retain(|_, e| now_ms.saturating_sub(e.last_timestamp_ms) < expiry_ms);
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The highest producer id seen (new ids must be above it).
+    pub fn max_producer_id(&self) -> Option<i64> {
+        self.entries.keys().next_back().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR_MS: i64 = 3_600_000;
+
+    fn batch(id: i64, epoch: i16, first: i32, count: i32, base_offset: i64) -> BatchHeader {
+        BatchHeader {
+            base_offset,
+            batch_length: 100,
+            partition_leader_epoch: 0,
+            magic: 2,
+            crc: 0,
+            attributes: 0,
+            last_offset_delta: count - 1,
+            base_timestamp: 1_000,
+            max_timestamp: 1_000,
+            producer_id: id,
+            producer_epoch: epoch,
+            base_sequence: first,
+            records_count: count,
+        }
+    }
+
+    fn check(states: &ProducerStates, header: &BatchHeader) -> Result<Verdict, i16> {
+        states
+            .check(header, 2_000, HOUR_MS)
+            .map_err(|(code, _)| code)
+    }
+
+    #[test]
+    fn a_retried_batch_is_answered_with_its_offset_and_gaps_are_refused() {
+        let mut states = ProducerStates::default();
+        let b0 = batch(7, 0, 0, 3, 100);
+        assert_eq!(check(&states, &b0), Ok(Verdict::Append));
+        states.record(&b0, 1_000);
+        let b1 = batch(7, 0, 3, 2, 103);
+        assert_eq!(check(&states, &b1), Ok(Verdict::Append));
+        states.record(&b1, 1_000);
+        assert_eq!(
+            check(&states, &batch(7, 0, 0, 3, -1)),
+            Ok(Verdict::Duplicate { base_offset: 100 })
+        );
+        assert_eq!(
+            check(&states, &batch(7, 0, 3, 2, -1)),
+            Ok(Verdict::Duplicate { base_offset: 103 })
+        );
+        assert_eq!(
+            check(&states, &batch(7, 0, 6, 1, -1)),
+            Err(codes::OUT_OF_ORDER_SEQUENCE_NUMBER)
+        );
+        assert_eq!(check(&states, &batch(7, 0, 5, 1, -1)), Ok(Verdict::Append));
+    }
+
+    #[test]
+    fn epochs_fence_old_producers_and_a_new_epoch_starts_at_zero() {
+        let mut states = ProducerStates::default();
+        states.record(&batch(7, 3, 0, 1, 0), 1_000);
+        assert_eq!(
+            check(&states, &batch(7, 2, 1, 1, -1)),
+            Err(codes::INVALID_PRODUCER_EPOCH)
+        );
+        assert_eq!(
+            check(&states, &batch(7, 4, 1, 1, -1)),
+            Err(codes::OUT_OF_ORDER_SEQUENCE_NUMBER)
+        );
+        assert_eq!(check(&states, &batch(7, 4, 0, 1, -1)), Ok(Verdict::Append));
+        states.record(&batch(7, 4, 0, 1, 1), 1_000);
+        // The old epoch's batches are forgotten with it.
+        assert_eq!(
+            check(&states, &batch(7, 3, 0, 1, -1)),
+            Err(codes::INVALID_PRODUCER_EPOCH)
+        );
+    }
+
+    #[test]
+    fn only_the_last_five_batches_are_remembered() {
+        let mut states = ProducerStates::default();
+        for i in 0..7 {
+            states.record(&batch(1, 0, i, 1, i64::from(i)), 1_000);
+        }
+        assert_eq!(
+            check(&states, &batch(1, 0, 2, 1, -1)),
+            Ok(Verdict::Duplicate { base_offset: 2 })
+        );
+        assert_eq!(
+            check(&states, &batch(1, 0, 1, 1, -1)),
+            Err(codes::OUT_OF_ORDER_SEQUENCE_NUMBER)
+        );
+    }
+
+    #[test]
+    fn sequences_wrap_at_i32_max() {
+        assert_eq!(last_sequence(i32::MAX - 1, 3), 1);
+        let mut states = ProducerStates::default();
+        states.record(&batch(1, 0, 0, 1, 0), 1_000);
+        states.record(&batch(1, 0, i32::MAX - 2, 3, 1), 1_000);
+        assert_eq!(check(&states, &batch(1, 0, 0, 2, -1)), Ok(Verdict::Append));
+    }
+
+    #[test]
+    fn an_expired_producer_is_unknown_unless_it_starts_over() {
+        let mut states = ProducerStates::default();
+        states.record(&batch(9, 0, 0, 1, 0), 1_000);
+        let later_ms = 1_000 + HOUR_MS;
+        let next = batch(9, 0, 1, 1, -1);
+        assert_eq!(
+            states.check(&next, later_ms, HOUR_MS).map_err(|e| e.0),
+            Err(codes::UNKNOWN_PRODUCER_ID)
+        );
+        assert_eq!(
+            states.check(&batch(9, 0, 0, 1, -1), later_ms, HOUR_MS),
+            Ok(Verdict::Append)
+        );
+        states.expire(later_ms, HOUR_MS);
+        assert!(states.is_empty());
+    }
+}
