@@ -78,6 +78,7 @@ pub fn campaign(
     jobs: usize,
     duration_ns: u64,
     bug: Option<PlantedBug>,
+    idempotent: Option<bool>,
     on_done: &(dyn Fn(&SeedResult) + Sync),
 ) -> Vec<SeedResult> {
     let next = AtomicU64::new(seeds.start);
@@ -93,6 +94,7 @@ pub fn campaign(
                     seed,
                     duration_ns,
                     bug,
+                    idempotent,
                 });
                 on_done(&result);
                 results.lock().expect("no worker panics").push(result);

@@ -57,6 +57,8 @@ pub struct Options {
     /// Length of the faulty phase; the quiet phase follows.
     pub duration_ns: u64,
     pub bug: Option<PlantedBug>,
+    /// Overrides the seed's choice of idempotent producers.
+    pub idempotent: Option<bool>,
 }
 
 /// What a run did and found.
@@ -332,7 +334,10 @@ fn value_bytes(value: u64, padding_bytes: usize) -> Bytes {
 impl Sim {
     pub fn new(options: Options) -> Sim {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(options.seed);
-        let plan = Plan::draw(options.seed, &mut rng);
+        let mut plan = Plan::draw(options.seed, &mut rng);
+        if let Some(idempotent) = options.idempotent {
+            plan.idempotent = idempotent;
+        }
         let disk = SharedDisk(Rc::new(RefCell::new(SimDisk::with_faults(
             rng.random(),
             plan.disk,

@@ -66,6 +66,7 @@ fn every_regression_seed_passes() {
             seed: r.seed,
             duration_ns: r.duration_ns,
             bug: r.bug,
+            idempotent: None,
         });
         if result.exit_code() != 0 {
             failures.push(describe(&result, r.duration_ns, r.bug));
@@ -98,6 +99,7 @@ fn fresh_seeds_pass() {
             seed,
             duration_ns,
             bug: None,
+            idempotent: None,
         });
         if result.exit_code() != 0 {
             failures.push(describe(&result, duration_ns, None));
@@ -127,6 +129,7 @@ fn planted_bugs_are_caught() {
                     seed: *seed,
                     duration_ns,
                     bug: Some(bug),
+                    idempotent: None,
                 });
                 result.report.is_some_and(|r| r.has_violation(expected))
             })
@@ -149,6 +152,7 @@ fn a_seed_replays_to_the_same_trace_hash() {
             seed,
             duration_ns,
             bug: None,
+            idempotent: None,
         };
         let first = run_seed(options.clone()).report.expect("no panic");
         let second = run_seed(options).report.expect("no panic");
@@ -181,11 +185,13 @@ fn a_seed_replays_to_the_same_trace_hash() {
         seed: 1,
         duration_ns,
         bug: None,
+        idempotent: None,
     });
     let b = run_seed(Options {
         seed: 2,
         duration_ns,
         bug: None,
+        idempotent: None,
     });
     assert_ne!(a.report.unwrap().trace_hash, b.report.unwrap().trace_hash);
 }

@@ -35,6 +35,9 @@ struct RunArgs {
     /// Plant a bug: skip-fsync or ack-early.
     #[arg(long, value_parser = parse_bug)]
     bug: Option<PlantedBug>,
+    /// Make every producer idempotent (true) or none (false), whatever the seed says.
+    #[arg(long)]
+    idempotent: Option<bool>,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -58,6 +61,9 @@ enum Command {
         duration: u64,
         #[arg(long, value_parser = parse_bug)]
         bug: Option<PlantedBug>,
+        /// Make every producer idempotent (true) or none (false), whatever the seed says.
+        #[arg(long)]
+        idempotent: Option<bool>,
         /// Where failing seeds go, one repro command per line.
         #[arg(long, default_value = "keel-sim-failures.txt")]
         failures: PathBuf,
@@ -91,12 +97,15 @@ fn parse_seeds(text: &str) -> Result<Range<u64>, String> {
     Ok(a..b)
 }
 
-fn repro(seed: u64, duration_ns: u64, bug: Option<PlantedBug>) -> String {
-    let bug = bug
+fn repro(seed: u64, duration_ns: u64, bug: Option<PlantedBug>, idempotent: Option<bool>) -> String {
+    let mut flags = bug
         .map(|b| format!(" --bug {}", b.name()))
         .unwrap_or_default();
+    if let Some(i) = idempotent {
+        flags.push_str(&format!(" --idempotent {i}"));
+    }
     format!(
-        "keel-sim run --seed {seed} --duration {}{bug}",
+        "keel-sim run --seed {seed} --duration {}{flags}",
         humantime::format_duration(std::time::Duration::from_nanos(duration_ns))
     )
 }
@@ -167,6 +176,7 @@ fn run_one(args: RunArgs, replay: bool) -> anyhow::Result<ExitCode> {
         seed: args.seed,
         duration_ns: args.duration,
         bug: args.bug,
+        idempotent: args.idempotent,
     });
     let wall_seconds = started.elapsed().as_secs_f64();
     if args.json {
@@ -190,6 +200,7 @@ fn run_campaign(
     jobs: Option<usize>,
     duration_ns: u64,
     bug: Option<PlantedBug>,
+    idempotent: Option<bool>,
     failures: PathBuf,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
@@ -213,20 +224,27 @@ fn run_campaign(
     }
     let failed = Mutex::new(0u64);
     let started = Instant::now();
-    let results = campaign(seeds.clone(), jobs, duration_ns, bug, &|result| {
-        let mut failed = failed.lock().expect("no panics under the lock");
-        if result.exit_code() != 0 {
-            *failed += 1;
-            bar.println(format!(
-                "seed {}: {}   repro: {}",
-                result.seed,
-                result.kinds().join(", "),
-                repro(result.seed, duration_ns, bug)
-            ));
-        }
-        bar.set_message(format!("{} failing", *failed));
-        bar.inc(1);
-    });
+    let results = campaign(
+        seeds.clone(),
+        jobs,
+        duration_ns,
+        bug,
+        idempotent,
+        &|result| {
+            let mut failed = failed.lock().expect("no panics under the lock");
+            if result.exit_code() != 0 {
+                *failed += 1;
+                bar.println(format!(
+                    "seed {}: {}   repro: {}",
+                    result.seed,
+                    result.kinds().join(", "),
+                    repro(result.seed, duration_ns, bug, idempotent)
+                ));
+            }
+            bar.set_message(format!("{} failing", *failed));
+            bar.inc(1);
+        },
+    );
     let _ = std::panic::take_hook();
     bar.finish();
     let wall_seconds = started.elapsed().as_secs_f64();
@@ -253,7 +271,7 @@ fn run_campaign(
         writeln!(
             file,
             "{}  # {}",
-            repro(result.seed, duration_ns, bug),
+            repro(result.seed, duration_ns, bug, idempotent),
             result.kinds().join(", ")
         )?;
     }
@@ -304,9 +322,10 @@ fn main() -> ExitCode {
             jobs,
             duration,
             bug,
+            idempotent,
             failures,
             json,
-        } => run_campaign(seeds, jobs, duration, bug, failures, json),
+        } => run_campaign(seeds, jobs, duration, bug, idempotent, failures, json),
     };
     match result {
         Ok(code) => code,
