@@ -149,6 +149,10 @@ impl Harness {
 }
 
 fn batch(values: &[&str]) -> Bytes {
+    batch_with(values, &BatchOptions::default())
+}
+
+fn batch_with(values: &[&str], options: &BatchOptions) -> Bytes {
     let records: Vec<NewRecord> = values
         .iter()
         .map(|v| NewRecord {
@@ -156,7 +160,7 @@ fn batch(values: &[&str]) -> Bytes {
             ..NewRecord::default()
         })
         .collect();
-    record::build(&records, &BatchOptions::default()).unwrap()
+    record::build(&records, options).unwrap()
 }
 
 fn produce_request(topic: &str, partition: i32, records: Bytes, acks: i16) -> Request {
@@ -609,13 +613,6 @@ fn init_producer_id(h: &mut Harness, version: i16, id: i64, epoch: i16) -> (i64,
 }
 
 fn idempotent_batch(values: &[&str], id: i64, epoch: i16, sequence: i32) -> Bytes {
-    let records: Vec<NewRecord> = values
-        .iter()
-        .map(|v| NewRecord {
-            value: Some(Bytes::copy_from_slice(v.as_bytes())),
-            ..NewRecord::default()
-        })
-        .collect();
     let options = BatchOptions {
         // The harness's clock: a producer is remembered for a day after its last batch.
         base_timestamp: 1_700_000_000_000,
@@ -624,7 +621,7 @@ fn idempotent_batch(values: &[&str], id: i64, epoch: i16, sequence: i32) -> Byte
         base_sequence: sequence,
         ..BatchOptions::default()
     };
-    record::build(&records, &options).unwrap()
+    batch_with(values, &options)
 }
 
 #[test]
