@@ -320,6 +320,17 @@ pub fn run(options: Options) -> Report {
     sim.report()
 }
 
+/// The producer's idempotence state, if it is an idempotent producer.
+fn idempotence(role: &mut Role) -> Option<&mut Idempotence> {
+    match role {
+        Role::Producer {
+            idempotence: Some(idem),
+            ..
+        } => Some(idem),
+        _ => None,
+    }
+}
+
 fn has_retries(role: &Role) -> bool {
     matches!(role, Role::Producer { idempotence: Some(idem), .. } if !idem.retries.is_empty())
 }
@@ -1038,22 +1049,14 @@ impl Sim {
             match pending.kind {
                 PendingKind::Produce { op } => {
                     self.ops[op].outcome = Outcome::Unknown;
-                    if let Role::Producer {
-                        idempotence: Some(idem),
-                        ..
-                    } = &mut self.clients[client].role
-                    {
+                    if let Some(idem) = idempotence(&mut self.clients[client].role) {
                         if self.ops[op].epoch == idem.epoch {
                             idem.retries.push_back(op);
                         }
                     }
                 }
                 PendingKind::InitProducerId => {
-                    if let Role::Producer {
-                        idempotence: Some(idem),
-                        ..
-                    } = &mut self.clients[client].role
-                    {
+                    if let Some(idem) = idempotence(&mut self.clients[client].role) {
                         idem.initializing = false;
                     }
                 }
@@ -1066,11 +1069,7 @@ impl Sim {
                 PendingKind::Metadata => {}
             }
         }
-        if let Role::Producer {
-            idempotence: Some(idem),
-            ..
-        } = &mut self.clients[client].role
-        {
+        if let Some(idem) = idempotence(&mut self.clients[client].role) {
             // Sent again in the order they were first sent.
             let ops = &self.ops;
             idem.retries
@@ -1249,11 +1248,7 @@ impl Sim {
     }
 
     fn init_producer_id(&mut self, client: usize) {
-        let Role::Producer {
-            idempotence: Some(idem),
-            ..
-        } = &mut self.clients[client].role
-        else {
+        let Some(idem) = idempotence(&mut self.clients[client].role) else {
             return;
         };
         idem.initializing = true;
@@ -1270,25 +1265,18 @@ impl Sim {
         self.send_request(client, version, request, PendingKind::InitProducerId);
     }
 
-    /// A sequence or epoch error: whatever waits to be sent again has an unknown outcome
-    /// forever, and the producer starts a new epoch with sequences from 0.
+    /// A sequence or epoch error: whatever waits to be sent again stays unknown forever (its
+    /// outcome already says so), and the producer starts a new epoch with sequences from 0.
     fn reset_producer(&mut self, client: usize) {
-        let Role::Producer {
-            idempotence: Some(idem),
-            ..
-        } = &mut self.clients[client].role
-        else {
+        let Some(idem) = idempotence(&mut self.clients[client].role) else {
             return;
         };
         if idem.init_at_ns.is_some() || idem.initializing {
             return;
         }
-        let dropped: Vec<usize> = idem.retries.drain(..).collect();
+        idem.retries.clear();
         idem.init_at_ns = Some(self.now_ns);
         self.count("producer:reset");
-        for op in dropped {
-            self.ops[op].outcome = Outcome::Unknown;
-        }
     }
 
     fn fetch(&mut self, client: usize) {
@@ -1460,11 +1448,7 @@ impl Sim {
                     "producer id"
                 );
                 let now = self.now_ns;
-                let Role::Producer {
-                    idempotence: Some(idem),
-                    ..
-                } = &mut self.clients[client].role
-                else {
+                let Some(idem) = idempotence(&mut self.clients[client].role) else {
                     return;
                 };
                 idem.initializing = false;
@@ -1475,11 +1459,9 @@ impl Sim {
                 idem.producer_id = r.producer_id;
                 idem.epoch = r.producer_epoch;
                 idem.next_sequence.clear();
-                // Writes still waiting to be sent again belong to the old epoch: unknown.
-                let dropped: Vec<usize> = idem.retries.drain(..).collect();
-                for op in dropped {
-                    self.ops[op].outcome = Outcome::Unknown;
-                }
+                // Writes still waiting to be sent again belong to the old epoch: they stay
+                // unknown.
+                idem.retries.clear();
             }
             (kind, response) => self.protocol_violation(
                 client,

@@ -22,6 +22,20 @@ struct Cli {
     command: Command,
 }
 
+/// What every run of a seed takes, alone or in a campaign.
+#[derive(Args, Clone, Copy)]
+struct WorldArgs {
+    /// Simulated length of the faulty phase (a quiet phase follows).
+    #[arg(long, default_value = "60s", value_parser = parse_duration_ns)]
+    duration: u64,
+    /// Plant a bug: skip-fsync, ack-early or no-dedup.
+    #[arg(long, value_parser = parse_bug)]
+    bug: Option<PlantedBug>,
+    /// Make every producer idempotent (true) or none (false), whatever the seed says.
+    #[arg(long)]
+    idempotent: Option<bool>,
+}
+
 #[derive(Args, Clone)]
 struct RunArgs {
     #[arg(long)]
@@ -29,15 +43,8 @@ struct RunArgs {
     /// Nodes in the simulated cluster (one until replication exists).
     #[arg(long, default_value_t = 1)]
     nodes: usize,
-    /// Simulated length of the faulty phase (a quiet phase follows).
-    #[arg(long, default_value = "60s", value_parser = parse_duration_ns)]
-    duration: u64,
-    /// Plant a bug: skip-fsync or ack-early.
-    #[arg(long, value_parser = parse_bug)]
-    bug: Option<PlantedBug>,
-    /// Make every producer idempotent (true) or none (false), whatever the seed says.
-    #[arg(long)]
-    idempotent: Option<bool>,
+    #[command(flatten)]
+    world: WorldArgs,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -57,13 +64,8 @@ enum Command {
         /// Worker threads (default: every core).
         #[arg(long)]
         jobs: Option<usize>,
-        #[arg(long, default_value = "60s", value_parser = parse_duration_ns)]
-        duration: u64,
-        #[arg(long, value_parser = parse_bug)]
-        bug: Option<PlantedBug>,
-        /// Make every producer idempotent (true) or none (false), whatever the seed says.
-        #[arg(long)]
-        idempotent: Option<bool>,
+        #[command(flatten)]
+        world: WorldArgs,
         /// Where failing seeds go, one repro command per line.
         #[arg(long, default_value = "keel-sim-failures.txt")]
         failures: PathBuf,
@@ -97,16 +99,17 @@ fn parse_seeds(text: &str) -> Result<Range<u64>, String> {
     Ok(a..b)
 }
 
-fn repro(seed: u64, duration_ns: u64, bug: Option<PlantedBug>, idempotent: Option<bool>) -> String {
-    let mut flags = bug
+fn repro(seed: u64, world: WorldArgs) -> String {
+    let mut flags = world
+        .bug
         .map(|b| format!(" --bug {}", b.name()))
         .unwrap_or_default();
-    if let Some(i) = idempotent {
+    if let Some(i) = world.idempotent {
         flags.push_str(&format!(" --idempotent {i}"));
     }
     format!(
         "keel-sim run --seed {seed} --duration {}{flags}",
-        humantime::format_duration(std::time::Duration::from_nanos(duration_ns))
+        humantime::format_duration(std::time::Duration::from_nanos(world.duration))
     )
 }
 
@@ -174,9 +177,9 @@ fn run_one(args: RunArgs, replay: bool) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let result = run_seed(Options {
         seed: args.seed,
-        duration_ns: args.duration,
-        bug: args.bug,
-        idempotent: args.idempotent,
+        duration_ns: args.world.duration,
+        bug: args.world.bug,
+        idempotent: args.world.idempotent,
     });
     let wall_seconds = started.elapsed().as_secs_f64();
     if args.json {
@@ -194,13 +197,10 @@ fn run_one(args: RunArgs, replay: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(result.exit_code() as u8))
 }
 
-#[allow(clippy::too_many_arguments)]
 fn run_campaign(
     seeds: Range<u64>,
     jobs: Option<usize>,
-    duration_ns: u64,
-    bug: Option<PlantedBug>,
-    idempotent: Option<bool>,
+    world: WorldArgs,
     failures: PathBuf,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
@@ -227,9 +227,9 @@ fn run_campaign(
     let results = campaign(
         seeds.clone(),
         jobs,
-        duration_ns,
-        bug,
-        idempotent,
+        world.duration,
+        world.bug,
+        world.idempotent,
         &|result| {
             let mut failed = failed.lock().expect("no panics under the lock");
             if result.exit_code() != 0 {
@@ -238,7 +238,7 @@ fn run_campaign(
                     "seed {}: {}   repro: {}",
                     result.seed,
                     result.kinds().join(", "),
-                    repro(result.seed, duration_ns, bug, idempotent)
+                    repro(result.seed, world)
                 ));
             }
             bar.set_message(format!("{} failing", *failed));
@@ -271,7 +271,7 @@ fn run_campaign(
         writeln!(
             file,
             "{}  # {}",
-            repro(result.seed, duration_ns, bug, idempotent),
+            repro(result.seed, world),
             result.kinds().join(", ")
         )?;
     }
@@ -287,7 +287,7 @@ fn run_campaign(
             "jobs": jobs,
             "events": events,
             "sim_seconds_per_wall_second": sim_seconds / wall_seconds.max(1e-9),
-            "bug": bug.map(|b| b.name()),
+            "bug": world.bug.map(|b| b.name()),
             "failures_file": failures.display().to_string(),
         });
         println!("{value}");
@@ -320,12 +320,10 @@ fn main() -> ExitCode {
         Command::Campaign {
             seeds,
             jobs,
-            duration,
-            bug,
-            idempotent,
+            world,
             failures,
             json,
-        } => run_campaign(seeds, jobs, duration, bug, idempotent, failures, json),
+        } => run_campaign(seeds, jobs, world, failures, json),
     };
     match result {
         Ok(code) => code,
