@@ -250,6 +250,7 @@ impl Disk for SimDisk {
             self.counts.read_flips += 1;
             let bit = self.rng.random_range(0..buf.len() * 8);
             buf[bit / 8] ^= 1 << (bit % 8);
+            tracing::debug!(file, offset, len = buf.len(), bit, "injected read flip");
         }
         Ok(())
     }

@@ -285,6 +285,9 @@ struct Op {
     outcome: Outcome,
     /// Sent with this producer epoch (idempotent producers).
     epoch: i16,
+    /// An earlier attempt's outcome was unknown (it may be in the log), so a refusal of a
+    /// later attempt does not make the write a definite failure.
+    attempted_unknown: bool,
 }
 
 pub struct Sim {
@@ -1049,6 +1052,7 @@ impl Sim {
             match pending.kind {
                 PendingKind::Produce { op } => {
                     self.ops[op].outcome = Outcome::Unknown;
+                    self.ops[op].attempted_unknown = true;
                     if let Some(idem) = idempotence(&mut self.clients[client].role) {
                         if self.ops[op].epoch == idem.epoch {
                             idem.retries.push_back(op);
@@ -1203,6 +1207,7 @@ impl Sim {
             batch,
             outcome: Outcome::Pending,
             epoch,
+            attempted_unknown: false,
         });
         self.send_produce(client, op, acks);
     }
@@ -1431,6 +1436,11 @@ impl Sim {
                     let base_offset = answer.base_offset;
                     let write = self.ops[op].write.clone();
                     self.checker.on_ack(self.now_ns, &write, base_offset);
+                } else if self.ops[op].attempted_unknown {
+                    // An earlier attempt of this same batch may have landed: refusing the
+                    // retry says nothing about it, so the write stays unknown.
+                    tracing::debug!(error_code = answer.error_code, "produce retry failed");
+                    self.ops[op].outcome = Outcome::Unknown;
                 } else {
                     tracing::debug!(error_code = answer.error_code, "produce failed");
                     self.ops[op].outcome = Outcome::Fail;
