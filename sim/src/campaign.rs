@@ -81,11 +81,27 @@ pub fn campaign(
     idempotent: Option<bool>,
     on_done: &(dyn Fn(&SeedResult) + Sync),
 ) -> Vec<SeedResult> {
+    campaign_until(seeds, None, jobs, duration_ns, bug, idempotent, on_done)
+}
+
+/// Like [`campaign`], but no seed starts after `deadline` (a time-boxed batch, as CI runs).
+pub fn campaign_until(
+    seeds: Range<u64>,
+    deadline: Option<std::time::Instant>,
+    jobs: usize,
+    duration_ns: u64,
+    bug: Option<PlantedBug>,
+    idempotent: Option<bool>,
+    on_done: &(dyn Fn(&SeedResult) + Sync),
+) -> Vec<SeedResult> {
     let next = AtomicU64::new(seeds.start);
     let results = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for _ in 0..jobs.max(1) {
             scope.spawn(|| loop {
+                if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                    return;
+                }
                 let seed = next.fetch_add(1, Ordering::Relaxed);
                 if seed >= seeds.end {
                     return;
