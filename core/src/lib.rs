@@ -10,8 +10,10 @@
 //! - [`log`]: the partition log: segments, indexes, recovery.
 //! - [`producers`]: idempotent producers' state per partition (deduplication, sequences).
 //! - [`node`]: the broker state machine: inputs in, outputs out.
+//! - [`limits`]: every maximum a client can push against, with its reason.
 
 pub mod disk;
+pub mod limits;
 pub mod log;
 pub mod node;
 pub mod producers;

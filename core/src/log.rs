@@ -13,12 +13,13 @@
 //! start, so they can never disagree with it.
 //!
 //! Recovery reads every batch of every segment and verifies its CRC. The recovery point splits
-//! the log in two: before it, everything was synced, so a bad batch there is corruption: the
-//! partition goes offline with an error naming the file and position, and nothing is cut. At
-//! or after it, writes may have been lost or torn by the crash, so the log is cut at the first
-//! bad batch (a torn tail): those bytes were never acknowledged. One case before the recovery
-//! point is cut too: a batch running past the end of the last segment, since nothing is left
-//! after it to protect; the error log says synced data went missing.
+//! the log in two: before it, everything was synced, so a bad batch there (a bad CRC, a length
+//! that runs past the file, a gap between segments, a missing first segment) is corruption:
+//! the partition goes offline with an error naming the file and position, and nothing is cut.
+//! At or after it, writes may have been lost or torn by the crash, so the log is cut at the
+//! first bad batch (a torn tail): those bytes were never acknowledged. A batch's length is
+//! outside its CRC, so a batch that seems to run past the end of the file below the recovery
+//! point is damage, never a tail to cut.
 
 use bytes::{Bytes, BytesMut};
 
@@ -38,6 +39,9 @@ pub struct LogConfig {
     pub segment_size_bytes: u64,
     /// Log bytes between two offset-index entries.
     pub index_interval_bytes: u64,
+    /// A producer id is forgotten by a partition once its last batch is this old (Kafka's
+    /// `producer.id.expiration.ms`); its next batch must then start over at sequence 0.
+    pub producer_id_expiration_ms: i64,
 }
 
 impl Default for LogConfig {
@@ -45,6 +49,7 @@ impl Default for LogConfig {
         LogConfig {
             segment_size_bytes: 1 << 30,
             index_interval_bytes: 4096,
+            producer_id_expiration_ms: 86_400_000,
         }
     }
 }
@@ -131,8 +136,6 @@ impl Segment {
 /// Why a stored batch failed its check on recovery.
 struct BadBatch {
     reason: String,
-    /// The batch runs past the end of the file: a torn write, not a damaged one.
-    incomplete: bool,
     /// The disk failed to read: nothing is known about the batch.
     read_error: Option<DiskError>,
     /// A digest of the bytes that were read, to tell damage on the disk (read back the same
@@ -280,7 +283,10 @@ impl PartitionLog {
         let mut report = RecoveryReport::default();
         let mut producers = ProducerStates::default();
         let mut segments: Vec<Segment> = Vec::new();
-        let mut expected_offset = bases[0];
+        // Nothing removes a log's first offsets yet (retention will, and will record the log
+        // start offset durably): the first segment starts at 0, and a missing one is a gap.
+        let log_start_offset = 0;
+        let mut expected_offset = log_start_offset;
         let mut cut = false;
         for (i, base) in bases.iter().enumerate() {
             let name = segment_name(dir, *base);
@@ -301,9 +307,10 @@ impl PartitionLog {
                 index: Vec::new(),
                 bytes_since_index_entry: 0,
             };
-            if *base != expected_offset && i > 0 && expected_offset >= recovery_point {
-                // The previous segment lost an unsynced tail while this one (synced by its own
-                // fsync) kept its data: all of it is past what was known durable. Cut.
+            if *base != expected_offset && expected_offset >= recovery_point {
+                // The previous segment lost an unsynced tail (or, for the first, the whole
+                // unsynced file) while this one, synced by its own fsync, kept its data: all
+                // of it is past what was known durable. Cut.
                 tracing::warn!(file = %name, expected_offset, recovery_point,
                     "a segment after a torn tail; removing it");
                 report.truncated_bytes += len_bytes;
@@ -311,21 +318,28 @@ impl PartitionLog {
                 cut = true;
                 continue;
             }
-            if *base != expected_offset && i > 0 {
+            if *base != expected_offset {
+                let previous = if i == 0 {
+                    format!("the log starts at {expected_offset}")
+                } else {
+                    format!("the previous one ended at {expected_offset}")
+                };
                 return Err(LogError::Corrupt {
                     file: name,
                     position: 0,
                     recovery_point,
-                    reason: format!(
-                        "segment starts at {base}, the previous one ended at {expected_offset}"
-                    ),
+                    reason: format!("segment starts at {base}, {previous}"),
                 });
             }
             let mut position = 0u64;
             while position < len_bytes {
                 match Self::check_batch(disk, file, position, len_bytes, expected_offset) {
                     Ok((header, size_bytes)) => {
-                        producers.record(&header, header.max_timestamp);
+                        producers.record(
+                            &header,
+                            header.max_timestamp,
+                            config.producer_id_expiration_ms,
+                        );
                         segment.note_batch(
                             &header,
                             position,
@@ -341,21 +355,16 @@ impl PartitionLog {
                         ..
                     }) => return Err(LogError::Disk(e)),
                     Err(bad) => {
-                        let last_segment = i + 1 == bases.len();
-                        let synced = expected_offset < recovery_point;
-                        if synced && !(bad.incomplete && last_segment) {
+                        if expected_offset < recovery_point {
+                            // Synced data is damaged, whatever the damage looks like: a batch
+                            // that seems to run past the end of the file may only have a
+                            // damaged length (outside the CRC). Nothing synced is ever cut.
                             return Err(LogError::Corrupt {
                                 file: name,
                                 position,
                                 recovery_point,
                                 reason: bad.reason,
                             });
-                        }
-                        if synced {
-                            // The file lost its end below the recovery point: the disk did not
-                            // keep what it said it synced. Cut it, but say so loudly.
-                            tracing::error!(file = %name, position, recovery_point, reason = %bad.reason,
-                                "synced data missing at the end of the log; cutting the torn tail");
                         }
                         report.truncated_bytes += len_bytes - position;
                         disk.truncate(file, position)?;
@@ -432,7 +441,6 @@ impl PartitionLog {
         };
         Err(BadBatch {
             reason: reason.clone(),
-            incomplete: false,
             read_error: Some(DiskError::Io(reason)),
             evidence: 0,
         })
@@ -447,7 +455,6 @@ impl PartitionLog {
     ) -> Result<(BatchHeader, u64), BadBatch> {
         let read_failed = |e: DiskError| BadBatch {
             reason: e.to_string(),
-            incomplete: false,
             read_error: Some(e),
             evidence: 0,
         };
@@ -457,7 +464,6 @@ impl PartitionLog {
                     "{} bytes at the end, less than a batch header",
                     len_bytes - position
                 ),
-                incomplete: true,
                 read_error: None,
                 evidence: 0,
             });
@@ -466,7 +472,6 @@ impl PartitionLog {
         let header_evidence = crc32c::crc32c(&header);
         let invalid = |reason: String, evidence: u32| BadBatch {
             reason,
-            incomplete: false,
             read_error: None,
             evidence,
         };
@@ -484,7 +489,6 @@ impl PartitionLog {
                     "a batch of {size_bytes} bytes with {} left in the file",
                     len_bytes - position
                 ),
-                incomplete: true,
                 read_error: None,
                 evidence: header_evidence,
             });
@@ -511,20 +515,39 @@ impl PartitionLog {
         Ok((header, size_bytes as u64))
     }
 
+    /// The recovery point on disk. A read that fails its CRC is read again: a flip on the
+    /// way must not pass for a torn checkpoint, which would turn off the protection of synced
+    /// data. Only a checkpoint that reads bad every time is torn (a new log's, never synced)
+    /// and says nothing: the whole log is then treated as possibly torn.
     fn read_recovery_point(disk: &mut dyn Disk, file: FileId) -> Result<i64, LogError> {
         if disk.len(file)? < RECOVERY_POINT_BYTES as u64 {
             return Ok(0);
         }
-        let mut raw = [0u8; RECOVERY_POINT_BYTES];
-        disk.read_at(file, 0, &mut raw)?;
-        let offset = i64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
-        let crc = u32::from_be_bytes(raw[8..].try_into().expect("4 bytes"));
-        // A torn checkpoint says nothing: treat the whole log as possibly torn.
-        Ok(if crc32c::crc32c(&raw[..8]) == crc {
-            offset
-        } else {
-            0
-        })
+        let mut last_error = None;
+        let mut bad_reads = 0;
+        for _ in 0..RECOVERY_READ_ATTEMPTS_MAX {
+            let mut raw = [0u8; RECOVERY_POINT_BYTES];
+            if let Err(e) = disk.read_at(file, 0, &mut raw) {
+                last_error = Some(e);
+                continue;
+            }
+            let offset = i64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
+            let crc = u32::from_be_bytes(raw[8..].try_into().expect("4 bytes"));
+            if crc32c::crc32c(&raw[..8]) == crc && offset >= 0 {
+                return Ok(offset);
+            }
+            bad_reads += 1;
+        }
+        match last_error {
+            Some(e) if bad_reads == 0 => Err(LogError::Disk(e)),
+            _ => {
+                tracing::warn!(
+                    bad_reads,
+                    "the recovery point is torn; the whole log may be"
+                );
+                Ok(0)
+            }
+        }
     }
 
     fn write_recovery_point(&mut self, disk: &mut dyn Disk, offset: i64) -> Result<(), DiskError> {
@@ -764,14 +787,29 @@ impl PartitionLog {
             let at = segment
                 .index
                 .partition_point(|e| e.max_timestamp_so_far < timestamp);
-            let mut position = if at == 0 {
-                0
+            let (mut expected_base, mut position) = if at == 0 {
+                (segment.base_offset, 0)
             } else {
-                segment.index[at - 1].position
+                (
+                    segment.index[at - 1].base_offset,
+                    segment.index[at - 1].position,
+                )
             };
             while position < segment.size_bytes {
                 let raw = read_header(disk, segment.file, position)?;
                 let header = RecordBatch::header_of(&raw);
+                // Nothing read from the disk is trusted: a damaged length must not send the
+                // walk backwards, nowhere, or past the segment.
+                if let Err(reason) =
+                    check_stored_header(&header, expected_base, segment.size_bytes - position)
+                {
+                    return Err(LogError::Unreadable {
+                        file: segment.name.clone(),
+                        position,
+                        reason,
+                    });
+                }
+                expected_base = header.last_offset() + 1;
                 if header.base_offset >= upper_offset {
                     return Ok(None);
                 }

@@ -137,10 +137,19 @@ impl ProducerStates {
     }
 
     /// Remembers a batch now in the log (stamped with its base offset), seen at `seen_ms`:
-    /// the time of its append, or on recovery its max timestamp.
-    pub fn record(&mut self, header: &BatchHeader, seen_ms: i64) {
+    /// the time of its append, or on recovery its max timestamp. A producer whose entry had
+    /// expired by then starts over with nothing of its past: `check` treated it as unknown,
+    /// so a stale batch must never make a later one pass for a retry.
+    pub fn record(&mut self, header: &BatchHeader, seen_ms: i64, expiry_ms: i64) {
         if !header.has_producer_id() {
             return;
+        }
+        if self
+            .entries
+            .get(&header.producer_id)
+            .is_some_and(|e| seen_ms.saturating_sub(e.last_timestamp_ms) >= expiry_ms)
+        {
+            self.entries.remove(&header.producer_id);
         }
         let entry = self
             .entries
@@ -220,10 +229,10 @@ mod tests {
         let mut states = ProducerStates::default();
         let b0 = batch(7, 0, 0, 3, 100);
         assert_eq!(check(&states, &b0), Ok(Verdict::Append));
-        states.record(&b0, 1_000);
+        states.record(&b0, 1_000, HOUR_MS);
         let b1 = batch(7, 0, 3, 2, 103);
         assert_eq!(check(&states, &b1), Ok(Verdict::Append));
-        states.record(&b1, 1_000);
+        states.record(&b1, 1_000, HOUR_MS);
         assert_eq!(
             check(&states, &batch(7, 0, 0, 3, -1)),
             Ok(Verdict::Duplicate { base_offset: 100 })
@@ -242,7 +251,7 @@ mod tests {
     #[test]
     fn epochs_fence_old_producers_and_a_new_epoch_starts_at_zero() {
         let mut states = ProducerStates::default();
-        states.record(&batch(7, 3, 0, 1, 0), 1_000);
+        states.record(&batch(7, 3, 0, 1, 0), 1_000, HOUR_MS);
         assert_eq!(
             check(&states, &batch(7, 2, 1, 1, -1)),
             Err(codes::INVALID_PRODUCER_EPOCH)
@@ -252,7 +261,7 @@ mod tests {
             Err(codes::OUT_OF_ORDER_SEQUENCE_NUMBER)
         );
         assert_eq!(check(&states, &batch(7, 4, 0, 1, -1)), Ok(Verdict::Append));
-        states.record(&batch(7, 4, 0, 1, 1), 1_000);
+        states.record(&batch(7, 4, 0, 1, 1), 1_000, HOUR_MS);
         // The old epoch's batches are forgotten with it.
         assert_eq!(
             check(&states, &batch(7, 3, 0, 1, -1)),
@@ -264,7 +273,7 @@ mod tests {
     fn only_the_last_five_batches_are_remembered() {
         let mut states = ProducerStates::default();
         for i in 0..7 {
-            states.record(&batch(1, 0, i, 1, i64::from(i)), 1_000);
+            states.record(&batch(1, 0, i, 1, i64::from(i)), 1_000, HOUR_MS);
         }
         assert_eq!(
             check(&states, &batch(1, 0, 2, 1, -1)),
@@ -280,15 +289,15 @@ mod tests {
     fn sequences_wrap_at_i32_max() {
         assert_eq!(last_sequence(i32::MAX - 1, 3), 1);
         let mut states = ProducerStates::default();
-        states.record(&batch(1, 0, 0, 1, 0), 1_000);
-        states.record(&batch(1, 0, i32::MAX - 2, 3, 1), 1_000);
+        states.record(&batch(1, 0, 0, 1, 0), 1_000, HOUR_MS);
+        states.record(&batch(1, 0, i32::MAX - 2, 3, 1), 1_000, HOUR_MS);
         assert_eq!(check(&states, &batch(1, 0, 0, 2, -1)), Ok(Verdict::Append));
     }
 
     #[test]
     fn an_expired_producer_is_unknown_unless_it_starts_over() {
         let mut states = ProducerStates::default();
-        states.record(&batch(9, 0, 0, 1, 0), 1_000);
+        states.record(&batch(9, 0, 0, 1, 0), 1_000, HOUR_MS);
         let later_ms = 1_000 + HOUR_MS;
         let next = batch(9, 0, 1, 1, -1);
         assert_eq!(
@@ -301,5 +310,31 @@ mod tests {
         );
         states.expire(later_ms, HOUR_MS);
         assert!(states.is_empty());
+    }
+
+    /// A producer that expired and starts over at sequence 0 (same id, same epoch) is a new
+    /// producer: nothing of its old batches may make a new batch pass for a retry.
+    #[test]
+    fn a_producer_that_starts_over_after_expiry_keeps_nothing_of_its_past() {
+        let mut states = ProducerStates::default();
+        for (i, first) in [0, 1, 2].into_iter().enumerate() {
+            states.record(&batch(9, 0, first, 1, i as i64), 1_000, HOUR_MS);
+        }
+        let later_ms = 1_000 + HOUR_MS;
+        let mut fresh = ProducerStates::default();
+        for (i, first) in [0, 1, 2].into_iter().enumerate() {
+            let next = batch(9, 0, first, 1, -1);
+            let verdict = states.check(&next, later_ms, HOUR_MS);
+            assert_eq!(
+                verdict,
+                fresh.check(&next, later_ms, HOUR_MS),
+                "sequence {first}"
+            );
+            assert_eq!(verdict, Ok(Verdict::Append), "sequence {first}");
+            let appended = batch(9, 0, first, 1, 100 + i as i64);
+            states.record(&appended, later_ms, HOUR_MS);
+            fresh.record(&appended, later_ms, HOUR_MS);
+        }
+        assert_eq!(states, fresh);
     }
 }

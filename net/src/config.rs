@@ -58,7 +58,7 @@ impl Default for ServeConfig {
             segment_bytes: core.log.segment_size_bytes,
             max_request_bytes: core.max_frame_size_bytes,
             max_message_bytes: core.max_message_bytes,
-            producer_id_expiration_ms: core.producer_id_expiration_ms,
+            producer_id_expiration_ms: core.log.producer_id_expiration_ms,
         }
     }
 }
@@ -86,18 +86,36 @@ impl ServeConfig {
             },
             max_frame_size_bytes: self.max_request_bytes,
             max_message_bytes: self.max_message_bytes,
-            producer_id_expiration_ms: self.producer_id_expiration_ms,
-            seed: std::process::id() as u64 ^ local.port() as u64,
+            // Topic ids come from this seed: it must differ at every start, even in a
+            // container where the pid and the port are always the same.
+            seed: os_random_seed(),
             ..Config::default()
         };
         config.log.segment_size_bytes = self.segment_bytes;
+        config.log.producer_id_expiration_ms = self.producer_id_expiration_ms;
         config
     }
+}
+
+/// 64 bits from the operating system's entropy source.
+fn os_random_seed() -> u64 {
+    getrandom::u64().expect("the operating system's random source works")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_start_seeds_the_node_differently() {
+        let config = ServeConfig::default();
+        let local: SocketAddr = "127.0.0.1:9092".parse().unwrap();
+        assert_ne!(
+            config.node_config(local).seed,
+            config.node_config(local).seed,
+            "same pid and port, yet the seed must differ"
+        );
+    }
 
     #[test]
     fn toml_overrides_the_defaults_and_unknown_keys_are_errors() {

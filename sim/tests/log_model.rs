@@ -46,6 +46,7 @@ fn config() -> LogConfig {
     LogConfig {
         segment_size_bytes: 400,
         index_interval_bytes: 100,
+        ..LogConfig::default()
     }
 }
 

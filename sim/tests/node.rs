@@ -27,12 +27,18 @@ struct Harness {
 
 impl Harness {
     fn new(disk: SimDisk) -> (Harness, Vec<RecoveryEvent>) {
-        let (node, events) = Node::new(Config::default(), disk).expect("node starts");
+        Harness::with(Config::default(), disk, true)
+    }
+
+    /// A node on `disk` with `config`; with `auto_sync` off, syncs wait for
+    /// [`Harness::complete_syncs`] or [`Harness::complete_one_round`], from the first step on.
+    fn with(config: Config, disk: SimDisk, auto_sync: bool) -> (Harness, Vec<RecoveryEvent>) {
+        let (node, events) = Node::new(config, disk).expect("node starts");
         let mut harness = Harness {
             node,
             now: Instant::from_millis(1_700_000_000_000),
             pending_syncs: Vec::new(),
-            auto_sync: true,
+            auto_sync,
             correlation_id: 0,
             frames: Default::default(),
             responses: Vec::new(),
@@ -82,6 +88,17 @@ impl Harness {
                 self.handle_no_sync(out);
             }
         }
+    }
+
+    /// Completes the syncs asked for so far, and no others (the round in flight).
+    fn complete_one_round(&mut self) {
+        let auto = self.auto_sync;
+        self.auto_sync = false;
+        for (token, file) in std::mem::take(&mut self.pending_syncs) {
+            let result = self.node.disk_mut().sync(file);
+            self.step(Input::Synced { token, result });
+        }
+        self.auto_sync = auto;
     }
 
     fn handle_no_sync(&mut self, out: Vec<Output>) {
@@ -364,7 +381,15 @@ fn three_batches_in_topic_t() -> SimDisk {
 
 #[test]
 fn a_torn_tail_is_cut_to_the_last_whole_batch() {
-    let mut disk = three_batches_in_topic_t();
+    let (mut h, _) = Harness::new(SimDisk::new());
+    h.create_topic("t");
+    for v in ["one", "two"] {
+        h.call(9, produce_request("t", 0, batch(&[v]), -1));
+    }
+    // The third batch is written and its round never completes: past the recovery point.
+    h.auto_sync = false;
+    h.send(1, 9, produce_request("t", 0, batch(&["three"]), -1));
+    let mut disk = h.node.into_disk();
     let segment = disk.contents_mut("t-0/00000000000000000000.log").unwrap();
     let len = segment.len();
     segment.truncate(len - 10);
@@ -691,4 +716,431 @@ fn a_retried_batch_is_not_appended_twice_even_after_a_restart() {
         produce_request("t", 0, idempotent_batch(&["w"], id + 1, 0, 5), -1),
     );
     assert_eq!(r.error_code, codes::UNKNOWN_PRODUCER_ID);
+}
+
+/// Where each batch of a segment starts, read from its length fields.
+fn batch_positions(segment: &[u8]) -> Vec<usize> {
+    let mut positions = Vec::new();
+    let mut at = 0;
+    while at + 12 <= segment.len() {
+        positions.push(at);
+        let length = i32::from_be_bytes(segment[at + 8..at + 12].try_into().unwrap());
+        at += 12 + length as usize;
+    }
+    positions
+}
+
+fn delete_topic(h: &mut Harness, conn: ConnId, name: &str) {
+    h.send(
+        conn,
+        5,
+        Request::DeleteTopics(DeleteTopicsRequest {
+            topic_names: vec![name.into()],
+            timeout_ms: 1000,
+            ..Default::default()
+        }),
+    );
+}
+
+#[test]
+fn deleting_a_topic_answers_the_fetches_parked_on_it() {
+    let (mut h, _) = Harness::new(SimDisk::new());
+    h.create_topic("t");
+    h.send(1, 11, fetch_request("t", 0, 60_000));
+    assert!(h.take_response(1, ApiKey::Fetch, 11).is_none(), "parked");
+    delete_topic(&mut h, 1, "t");
+    let Some(Response::Fetch(fetch)) = h.take_response(1, ApiKey::Fetch, 11) else {
+        panic!("the parked fetch is answered once its topic is gone")
+    };
+    assert_eq!(
+        fetch.responses[0].partitions[0].error_code,
+        codes::UNKNOWN_TOPIC_OR_PARTITION
+    );
+    assert!(
+        h.take_response(1, ApiKey::DeleteTopics, 5).is_some(),
+        "and the connection's later answers are not held back"
+    );
+    h.node.begin_shutdown(h.now, &mut Vec::new());
+    assert!(h.node.is_shut_down(), "nothing stalls shutdown");
+}
+
+#[test]
+fn a_topic_created_again_does_not_inherit_the_old_one_s_sync_round() {
+    let (mut h, _) = Harness::new(SimDisk::new());
+    h.create_topic("t");
+    h.auto_sync = false;
+    h.step(Input::ConnOpened { conn: 2 });
+    h.send(2, 9, produce_request("t", 0, batch(&["a", "b", "c"]), 1));
+    // The round that syncs offsets 0..3 of the old log is in flight.
+    delete_topic(&mut h, 1, "t");
+    assert!(h.take_response(1, ApiKey::DeleteTopics, 5).is_some());
+    h.create_topic("t");
+    // Completing it must not move the new, empty log's durable end to 3 (the invariant
+    // checks after each step catch that).
+    h.complete_syncs();
+    let Response::Fetch(fetch) = h.call(11, fetch_request("t", 0, 0)) else {
+        panic!()
+    };
+    assert_eq!(fetch.responses[0].partitions[0].high_watermark, 0);
+}
+
+#[test]
+fn a_damaged_length_in_synced_data_is_corruption_not_a_torn_tail() {
+    let mut disk = three_batches_in_topic_t();
+    let segment = disk.contents_mut("t-0/00000000000000000000.log").unwrap();
+    let second = batch_positions(segment)[1];
+    // The length is outside the CRC: make the second batch claim more bytes than remain.
+    segment[second + 8] ^= 0x40;
+    let len_before = segment.len();
+    disk.sync_all();
+    let (_h, events) = Harness::new(disk);
+    assert!(
+        matches!(&events[..], [RecoveryEvent::Offline { .. }]),
+        "acknowledged batches must not be cut: {events:?}"
+    );
+    let mut disk = _h.node.into_disk();
+    assert_eq!(
+        disk.contents_mut("t-0/00000000000000000000.log")
+            .unwrap()
+            .len(),
+        len_before,
+        "nothing was truncated"
+    );
+}
+
+#[test]
+fn a_lost_first_segment_takes_the_partition_offline() {
+    let mut config = Config::default();
+    config.log.segment_size_bytes = 64;
+    let (mut h, _) = Harness::with(config.clone(), SimDisk::new(), true);
+    h.create_topic("t");
+    for v in ["one", "two", "three"] {
+        h.call(9, produce_request("t", 0, batch(&[v]), -1));
+    }
+    let mut disk = h.node.into_disk();
+    let segments: Vec<String> = disk
+        .names()
+        .into_iter()
+        .filter(|n| n.ends_with(".log"))
+        .collect();
+    assert_eq!(segments.len(), 3, "one batch per segment: {segments:?}");
+    use keel_core::disk::Disk;
+    disk.remove(&segments[0]).unwrap();
+    disk.sync_all();
+    let (_, events) = Harness::with(config, disk, true);
+    assert!(
+        matches!(&events[..], [RecoveryEvent::Offline { .. }]),
+        "offsets 0..1 were synced and are gone: {events:?}"
+    );
+}
+
+#[test]
+fn the_high_watermark_a_client_saw_survives_a_restart() {
+    let (mut h, _) = Harness::new(SimDisk::new());
+    h.create_topic("t");
+    h.call(9, produce_request("t", 0, batch(&["a"]), -1));
+    h.auto_sync = false;
+    h.send(1, 9, produce_request("t", 0, batch(&["b", "c"]), -1));
+    // The data round completes: the produce is acknowledged and consumers see 3. The round
+    // that would bring the recovery point up to 3 never completes.
+    h.complete_one_round();
+    assert!(h.take_response(1, ApiKey::Produce, 9).is_some());
+    h.send(1, 11, fetch_request("t", 0, 0));
+    let Some(Response::Fetch(fetch)) = h.take_response(1, ApiKey::Fetch, 11) else {
+        panic!()
+    };
+    assert_eq!(fetch.responses[0].partitions[0].high_watermark, 3);
+    let mut disk = h.node.into_disk();
+    disk.crash();
+    let (mut h, _) = Harness::with(Config::default(), disk, false);
+    h.send(1, 11, fetch_request("t", 0, 0));
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        if let Some(Response::Fetch(fetch)) = h.take_response(1, ApiKey::Fetch, 11) {
+            seen.push(fetch.responses[0].partitions[0].high_watermark);
+        }
+        h.complete_syncs();
+    }
+    assert_eq!(seen, vec![3], "the high watermark never goes back");
+}
+
+/// A disk whose first read of one file returns a flipped bit (on the way, not on the disk).
+struct FlipFirstRead {
+    disk: SimDisk,
+    name: &'static str,
+    file: Option<keel_core::disk::FileId>,
+    flipped: bool,
+}
+
+impl keel_core::disk::Disk for FlipFirstRead {
+    fn list(&mut self) -> Result<Vec<String>, keel_core::disk::DiskError> {
+        self.disk.list()
+    }
+    fn open(&mut self, name: &str) -> Result<u64, keel_core::disk::DiskError> {
+        let id = self.disk.open(name)?;
+        if name == self.name {
+            self.file = Some(id);
+        }
+        Ok(id)
+    }
+    fn create(&mut self, name: &str) -> Result<u64, keel_core::disk::DiskError> {
+        let id = self.disk.create(name)?;
+        if name == self.name {
+            self.file = Some(id);
+        }
+        Ok(id)
+    }
+    fn len(&mut self, file: u64) -> Result<u64, keel_core::disk::DiskError> {
+        self.disk.len(file)
+    }
+    fn read_at(
+        &mut self,
+        file: u64,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), keel_core::disk::DiskError> {
+        self.disk.read_at(file, offset, buf)?;
+        if Some(file) == self.file && !self.flipped && !buf.is_empty() {
+            self.flipped = true;
+            buf[0] ^= 0x01;
+        }
+        Ok(())
+    }
+    fn write_at(
+        &mut self,
+        file: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), keel_core::disk::DiskError> {
+        self.disk.write_at(file, offset, data)
+    }
+    fn truncate(&mut self, file: u64, len: u64) -> Result<(), keel_core::disk::DiskError> {
+        self.disk.truncate(file, len)
+    }
+    fn remove(&mut self, name: &str) -> Result<(), keel_core::disk::DiskError> {
+        self.disk.remove(name)
+    }
+}
+
+#[test]
+fn one_flipped_read_of_the_recovery_point_does_not_unprotect_synced_data() {
+    let mut disk = three_batches_in_topic_t();
+    // Damage in the first, synced batch: corruption, whatever the recovery point read says.
+    disk.contents_mut("t-0/00000000000000000000.log").unwrap()[70] ^= 0x01;
+    disk.sync_all();
+    let disk = FlipFirstRead {
+        disk,
+        name: "t-0/recovery-point",
+        file: None,
+        flipped: false,
+    };
+    let (node, events) = Node::new(Config::default(), disk).expect("node starts");
+    assert!(
+        matches!(&events[..], [RecoveryEvent::Offline { .. }]),
+        "a flip on the way to the recovery point made synced batches look torn: {events:?}"
+    );
+    assert!(node.into_disk().flipped);
+}
+
+#[test]
+fn list_offsets_by_time_survives_a_damaged_header() {
+    for bad_length in [-100i32, -12, 0] {
+        let (mut h, _) = Harness::new(SimDisk::new());
+        h.create_topic("t");
+        for ts in [1_000i64, 2_000] {
+            let options = BatchOptions {
+                base_timestamp: ts,
+                ..BatchOptions::default()
+            };
+            h.call(9, produce_request("t", 0, batch_with(&["v"], &options), -1));
+        }
+        // Damage arrives after recovery checked everything.
+        let segment = h
+            .node
+            .disk_mut()
+            .contents_mut("t-0/00000000000000000000.log")
+            .unwrap();
+        segment[8..12].copy_from_slice(&bad_length.to_be_bytes());
+        use keel_core::protocol::messages::list_offsets_request::{
+            ListOffsetsPartition, ListOffsetsTopic,
+        };
+        let Response::ListOffsets(response) = h.call(
+            7,
+            Request::ListOffsets(ListOffsetsRequest {
+                replica_id: -1,
+                topics: vec![ListOffsetsTopic {
+                    name: "t".into(),
+                    partitions: vec![ListOffsetsPartition {
+                        partition_index: 0,
+                        timestamp: 1_500,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        ) else {
+            panic!()
+        };
+        assert_eq!(
+            response.topics[0].partitions[0].error_code,
+            codes::KAFKA_STORAGE_ERROR,
+            "length {bad_length}"
+        );
+    }
+}
+
+fn topic_id(h: &mut Harness, name: &str) -> keel_core::protocol::wire::Uuid {
+    let Response::Metadata(metadata) = h.call(
+        12,
+        Request::Metadata(MetadataRequest {
+            topics: Some(vec![MetadataRequestTopic {
+                name: Some(name.into()),
+                ..Default::default()
+            }]),
+            allow_auto_topic_creation: true,
+            ..Default::default()
+        }),
+    ) else {
+        panic!()
+    };
+    metadata.topics[0].topic_id
+}
+
+#[test]
+fn topic_ids_stay_unique_when_a_restart_replays_the_same_seed() {
+    let (mut h, _) = Harness::new(SimDisk::new());
+    let first = topic_id(&mut h, "first");
+    let mut disk = h.node.into_disk();
+    disk.crash();
+    // The same config, so the same seed: the node draws the same ids again.
+    let (mut h, _) = Harness::new(disk);
+    let second = topic_id(&mut h, "second");
+    assert_ne!(first, second, "two topics with one id");
+    assert_eq!(topic_id(&mut h, "first"), first);
+}
+
+#[test]
+fn connections_past_the_maximum_are_closed() {
+    let (mut h, _) = Harness::new(SimDisk::new());
+    let max = keel_core::limits::CONNECTIONS_MAX as u64;
+    // Connection 1 is open already.
+    for conn in 2..=max + 1 {
+        h.step(Input::ConnOpened { conn });
+    }
+    assert_eq!(h.closed, vec![max + 1]);
+    // Once one closes, another may open.
+    h.step(Input::ConnClosed { conn: 2 });
+    h.step(Input::ConnOpened { conn: max + 2 });
+    assert_eq!(h.closed, vec![max + 1]);
+}
+
+#[test]
+fn pipelined_requests_past_the_maximum_wait_unread_and_are_answered_in_order() {
+    let (mut h, _) = Harness::new(SimDisk::new());
+    h.create_topic("t");
+    h.auto_sync = false;
+    let max = keel_core::limits::REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX;
+    let count = max + max / 2;
+    let ids: Vec<i32> = (0..count)
+        .map(|i| h.send(1, 9, produce_request("t", 0, batch(&[&i.to_string()]), 1)))
+        .collect();
+    let ends = h.node.partition_offsets();
+    assert_eq!(
+        ends[0].log_end_offset,
+        Some(max as i64),
+        "only the first {max} requests were read"
+    );
+    h.complete_syncs();
+    let answered: Vec<i32> = h
+        .responses
+        .iter()
+        .map(|(_, f)| i32::from_be_bytes(f[..4].try_into().unwrap()))
+        .collect();
+    assert_eq!(answered, ids, "every request answered, in order");
+    assert_eq!(
+        h.node.partition_offsets()[0].log_end_offset,
+        Some(count as i64)
+    );
+}
+
+#[test]
+fn partition_counts_past_the_maximum_are_refused() {
+    let (mut h, _) = Harness::new(SimDisk::new());
+    let create = |name: &str, partitions: i32| {
+        Request::CreateTopics(CreateTopicsRequest {
+            topics: vec![create_topics_request::CreatableTopic {
+                name: name.into(),
+                num_partitions: partitions,
+                replication_factor: 1,
+                ..Default::default()
+            }],
+            timeout_ms: 1000,
+            ..Default::default()
+        })
+    };
+    let per_topic = keel_core::limits::PARTITIONS_PER_TOPIC_MAX;
+    let Response::CreateTopics(r) = h.call(7, create("huge", per_topic + 1)) else {
+        panic!()
+    };
+    assert_eq!(r.topics[0].error_code, codes::INVALID_PARTITIONS);
+    assert!(h.node.partition_offsets().is_empty(), "nothing created");
+    let Response::CreateTopics(r) = h.call(7, create("small", 2)) else {
+        panic!()
+    };
+    assert_eq!(r.topics[0].error_code, codes::NONE);
+    let Response::CreatePartitions(r) = h.call(
+        3,
+        Request::CreatePartitions(CreatePartitionsRequest {
+            topics: vec![create_partitions_request::CreatePartitionsTopic {
+                name: "small".into(),
+                count: per_topic + 1,
+                assignments: None,
+                ..Default::default()
+            }],
+            timeout_ms: 1000,
+            ..Default::default()
+        }),
+    ) else {
+        panic!()
+    };
+    assert_eq!(r.results[0].error_code, codes::INVALID_PARTITIONS);
+    assert_eq!(h.node.partition_offsets().len(), 2);
+}
+
+#[test]
+fn a_fetch_response_never_passes_the_maximum_whatever_max_bytes_asks() {
+    let (mut h, _) = Harness::new(SimDisk::new());
+    h.create_topic("t");
+    let value = "v".repeat(1_000_000);
+    let max = keel_core::limits::FETCH_RESPONSE_MAX_BYTES;
+    let batches = max / 1_000_000 + 2;
+    for _ in 0..batches {
+        let p = h.produce(9, produce_request("t", 0, batch(&[&value]), 1));
+        assert_eq!(p.error_code, codes::NONE);
+    }
+    let Response::Fetch(fetch) = h.call(
+        11,
+        Request::Fetch(FetchRequest {
+            max_wait_ms: 0,
+            min_bytes: 1,
+            max_bytes: i32::MAX,
+            topics: vec![FetchTopic {
+                topic: "t".into(),
+                partitions: vec![FetchPartition {
+                    partition: 0,
+                    fetch_offset: 0,
+                    partition_max_bytes: i32::MAX,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+    ) else {
+        panic!()
+    };
+    let records = fetch.responses[0].partitions[0].records.as_ref().unwrap();
+    assert!(!records.is_empty());
+    assert!(records.len() <= max, "{} bytes", records.len());
 }

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use super::topics::valid_topic_name;
 use super::{high_watermark, Instant, Node, ParkedFetch, PlantedBug};
 use crate::disk::Disk;
+use crate::limits;
 use crate::log::LogError;
 use crate::producers::Verdict;
 use crate::protocol::codes;
@@ -83,11 +84,48 @@ fn validate_records(
 }
 
 impl<D: Disk> Node<D> {
+    /// A topic id no topic has (and not the all-zero id, which means "none" on the wire).
     fn random_uuid(&mut self) -> Uuid {
-        let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&self.next_random().to_be_bytes());
-        id[8..].copy_from_slice(&self.next_random().to_be_bytes());
-        Uuid(id)
+        loop {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&self.next_random().to_be_bytes());
+            id[8..].copy_from_slice(&self.next_random().to_be_bytes());
+            let id = Uuid(id);
+            if id != Uuid::default() && self.topics.name_of(&id).is_none() {
+                return id;
+            }
+        }
+    }
+
+    /// Whether `topic` may grow to `count` partitions (from `current`): within the limits of
+    /// one topic and of the node, so that a request never makes the node run out of files.
+    fn check_partition_budget(
+        &self,
+        topic: &str,
+        current: i32,
+        count: i32,
+    ) -> Result<(), (i16, String)> {
+        if count > limits::PARTITIONS_PER_TOPIC_MAX {
+            return Err((
+                codes::INVALID_PARTITIONS,
+                format!(
+                    "topic {topic}: {count} partitions, more than the {} a topic may have",
+                    limits::PARTITIONS_PER_TOPIC_MAX
+                ),
+            ));
+        }
+        let held = self.topics.partition_count();
+        let adding = (count - current).max(0) as usize;
+        if held + adding > limits::PARTITIONS_MAX {
+            return Err((
+                codes::INVALID_PARTITIONS,
+                format!(
+                    "topic {topic}: {adding} more partitions would pass the {} this node may hold ({held} now)",
+                    limits::PARTITIONS_MAX
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Creates a topic with `partitions` partitions. The caller checked the name and count.
@@ -130,12 +168,19 @@ impl<D: Disk> Node<D> {
                     && request.allow_auto_topic_creation
                     && !self.shutting_down
                 {
-                    match self.create_topic(&name, self.config.default_partitions) {
-                        Ok(()) => codes::NONE,
-                        Err(e) => {
-                            tracing::error!(topic = %name, error = %e, "auto-create failed");
-                            codes::KAFKA_STORAGE_ERROR
+                    let partitions = self.config.default_partitions;
+                    match self.check_partition_budget(&name, 0, partitions) {
+                        Err((code, message)) => {
+                            tracing::warn!(topic = %name, %message, "auto-create refused");
+                            code
                         }
+                        Ok(()) => match self.create_topic(&name, partitions) {
+                            Ok(()) => codes::NONE,
+                            Err(e) => {
+                                tracing::error!(topic = %name, error = %e, "auto-create failed");
+                                codes::KAFKA_STORAGE_ERROR
+                            }
+                        },
                     }
                 } else {
                     codes::UNKNOWN_TOPIC_OR_PARTITION
@@ -306,7 +351,7 @@ impl<D: Disk> Node<D> {
         records: Option<&Bytes>,
     ) -> Result<(i64, i64, bool), (i16, String)> {
         let max_message_bytes = self.config.max_message_bytes;
-        let expiry_ms = self.config.producer_id_expiration_ms;
+        let expiry_ms = self.config.log.producer_id_expiration_ms;
         let no_dedup = self.config.planted_bug == Some(PlantedBug::NoDedup);
         let durability = self.config.durability;
         let Some(log) = self.topics.get_log(topic, partition) else {
@@ -354,7 +399,7 @@ impl<D: Disk> Node<D> {
                     let mut header = *batch.header();
                     header.base_offset = base_offset;
                     let seen_ms = now.as_millis().max(header.max_timestamp);
-                    log.producers_mut().record(&header, seen_ms);
+                    log.producers_mut().record(&header, seen_ms, expiry_ms);
                     base.get_or_insert(base_offset);
                     wait = true;
                 }
@@ -426,7 +471,8 @@ impl<D: Disk> Node<D> {
         use crate::protocol::messages::fetch_response::*;
         let request = &parked.request;
         let version = parked.header.api_version;
-        let mut bytes_left = request.max_bytes.max(0) as usize;
+        let mut bytes_left =
+            (request.max_bytes.max(0) as usize).min(limits::FETCH_RESPONSE_MAX_BYTES);
         let mut total_bytes = 0usize;
         let mut any_error = false;
         let mut responses = Vec::new();
@@ -606,6 +652,8 @@ impl<D: Disk> Node<D> {
                     codes::INVALID_PARTITIONS,
                     "the number of partitions must be positive".into(),
                 ))
+            } else if let Err(e) = self.check_partition_budget(&topic.name, 0, partitions) {
+                Err(e)
             } else if !matches!(topic.replication_factor, -1 | 1) {
                 Err((
                     codes::INVALID_REPLICATION_FACTOR,
@@ -697,9 +745,9 @@ impl<D: Disk> Node<D> {
             };
             match name {
                 Some(name) if self.topics.by_name.contains_key(&name) => {
+                    // Fetches parked on the topic stay parked: the next look finds the topic
+                    // gone and answers them with an error, in their connection's order.
                     result.topic_id = self.topics.by_name[&name].id;
-                    self.parked
-                        .retain(|p| p.request.topics.iter().all(|t| t.topic != name));
                     if let Err(e) = self.topics.delete(&mut self.disk, &name) {
                         result.error_code = codes::KAFKA_STORAGE_ERROR;
                         result.error_message = Some(e.to_string());
@@ -755,7 +803,7 @@ impl<D: Disk> Node<D> {
                     codes::INVALID_REQUEST,
                     "manual replica assignment is not supported".into(),
                 )),
-                Some(_) => Ok(()),
+                Some(n) => self.check_partition_budget(&topic.name, n, topic.count),
             };
             let mut result = CreatePartitionsTopicResult {
                 name: topic.name.clone(),

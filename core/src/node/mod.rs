@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use bytes::{Bytes, BytesMut};
 
 use crate::disk::{Disk, DiskError, FileId};
+use crate::limits;
 use crate::log::LogConfig;
 use crate::protocol::codec::{encode_response, parse_request, ParsedRequest};
 use crate::protocol::frame::FrameDecoder;
@@ -117,9 +118,6 @@ pub struct Config {
     pub log: LogConfig,
     /// Seeds the node's PRNG (topic ids).
     pub seed: u64,
-    /// A producer id is forgotten by a partition once its last batch is this old (Kafka's
-    /// `producer.id.expiration.ms`); its next batch must then start over at sequence 0.
-    pub producer_id_expiration_ms: i64,
     /// A bug planted on purpose, so the simulator can prove its checkers catch it. Only the
     /// simulator sets it: the `keel` binary builds its config from `..Config::default()` and
     /// has no flag or key that reaches it (`tests/tests/purity.rs` checks that `net/` never
@@ -182,7 +180,6 @@ impl Default for Config {
             max_message_bytes: 1_048_588,
             log: LogConfig::default(),
             seed: 0,
-            producer_id_expiration_ms: 86_400_000,
             planted_bug: None,
         }
     }
@@ -263,6 +260,15 @@ pub struct Node<D: Disk> {
     next_token: SyncToken,
     halted: Option<String>,
     shutting_down: bool,
+    /// False from a start with recovered logs until the first sync round completes: requests
+    /// wait in their connections' frame buffers. Recovery keeps every batch that survived the
+    /// crash, but only the recovery point (which lags a round) is known durable; serving
+    /// before that round would show clients a high watermark below one they saw before.
+    serving: bool,
+    /// Requests arrived while not serving, or behind a full answer queue, and wait to be read.
+    requests_held: bool,
+    /// When idle producers are next expired.
+    next_producer_expiry: Instant,
     rng_state: u64,
     producer_ids: producer_ids::ProducerIds,
 }
@@ -275,6 +281,7 @@ impl<D: Disk> Node<D> {
         let (topics, events) = Topics::recover(&mut disk, config.log)?;
         let producer_ids = producer_ids::ProducerIds::recover(&mut disk, topics.max_producer_id())?;
         let rng_state = config.seed ^ 0x6b65_656c_6b65_656c;
+        let serving = !topics.needs_sync();
         let node = Node {
             config,
             disk,
@@ -287,6 +294,9 @@ impl<D: Disk> Node<D> {
             next_token: 1,
             halted: None,
             shutting_down: false,
+            serving,
+            requests_held: false,
+            next_producer_expiry: Instant(0),
             rng_state,
             producer_ids,
         };
@@ -319,6 +329,15 @@ impl<D: Disk> Node<D> {
             return;
         }
         match input {
+            Input::ConnOpened { conn } if self.conns.len() >= limits::CONNECTIONS_MAX => {
+                out.push(Output::ConnClose {
+                    conn,
+                    reason: format!(
+                        "{} connections are open, the most this node serves",
+                        limits::CONNECTIONS_MAX
+                    ),
+                });
+            }
             Input::ConnOpened { conn } => {
                 self.conns.insert(
                     conn,
@@ -340,9 +359,33 @@ impl<D: Disk> Node<D> {
         if self.halted.is_some() {
             return;
         }
+        self.expire_producers(now);
         self.complete_parked_fetches(now, false);
         self.maybe_start_round(out);
         self.flush(out);
+        if self.serving && self.requests_held {
+            // Frames held back (before the first sync round, or behind a full answer queue)
+            // are read now that there may be room.
+            self.requests_held = false;
+            let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+            for conn in conns {
+                self.handle_bytes(now, conn, &[], out);
+            }
+            self.complete_parked_fetches(now, false);
+            self.maybe_start_round(out);
+            self.flush(out);
+        }
+    }
+
+    /// Forgets idle idempotent producers, every [`limits::PRODUCER_EXPIRY_CHECK_INTERVAL_MS`],
+    /// so their entries leave memory.
+    fn expire_producers(&mut self, now: Instant) {
+        if now < self.next_producer_expiry {
+            return;
+        }
+        self.next_producer_expiry = now.plus_millis(limits::PRODUCER_EXPIRY_CHECK_INTERVAL_MS);
+        self.topics
+            .expire_producers(now.as_millis(), self.config.log.producer_id_expiration_ms);
     }
 
     /// When the node next needs a `Timeout` input.
@@ -431,10 +474,28 @@ impl<D: Disk> Node<D> {
             return;
         }
         conn.frames.push(bytes);
+        if conn.frames.buffered_bytes() > limits::BUFFERED_REQUEST_BYTES_PER_CONNECTION_MAX {
+            let reason = format!(
+                "{} bytes of requests buffered, more than {}",
+                conn.frames.buffered_bytes(),
+                limits::BUFFERED_REQUEST_BYTES_PER_CONNECTION_MAX
+            );
+            self.close(conn_id, reason, out);
+            return;
+        }
+        if !self.serving {
+            self.requests_held = true;
+            return;
+        }
         loop {
             let Some(conn) = self.conns.get_mut(&conn_id) else {
                 return;
             };
+            if conn.slots.len() >= limits::REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX {
+                // The rest waits, unread, until answers make room.
+                self.requests_held = true;
+                return;
+            }
             let frame = match conn.frames.next_frame() {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return,
@@ -680,6 +741,7 @@ impl<D: Disk> Node<D> {
             // Nothing to sync: requests waiting for the next round need none.
             let next = self.next_round;
             self.complete_round_waiters(next);
+            self.serving = true;
             return;
         }
         let (mut files, ends) = match self.topics.begin_sync(&mut self.disk) {
@@ -697,6 +759,7 @@ impl<D: Disk> Node<D> {
             let id = self.next_round;
             self.next_round += 1;
             self.complete_round_waiters(id);
+            self.serving = true;
             return;
         }
         files.append(&mut self.extra_dirty_files);
@@ -746,6 +809,7 @@ impl<D: Disk> Node<D> {
             return;
         }
         let round = self.round.take().expect("checked above");
+        self.serving = true;
         self.topics.complete_sync(&round.ends);
         self.producer_ids.synced(round.producer_ids_end);
         // Parked fetches see the new high watermark when `step` re-checks them next.

@@ -31,13 +31,17 @@ pub enum RecoveryEvent {
     },
 }
 
-/// A partition log and the offset a sync round makes durable in it: (topic, partition, end).
-pub(crate) type SyncEnd = (String, i32, i64);
+/// A partition log and the offset a sync round makes durable in it: (topic, partition, log
+/// id, end). The log id tells a log from a later one of the same name (a topic deleted and
+/// created again while the round was in flight), which the round must not touch.
+pub(crate) type SyncEnd = (String, i32, u64, i64);
 
 #[derive(Debug)]
 pub(crate) struct Partition {
     /// The log, or why the partition is offline (never served, never truncated).
     pub(crate) log: Result<PartitionLog, String>,
+    /// Unique among the logs this node opened or created.
+    pub(crate) log_id: u64,
 }
 
 #[derive(Debug)]
@@ -49,6 +53,7 @@ pub(crate) struct Topic {
 #[derive(Debug, Default)]
 pub(crate) struct Topics {
     pub(crate) by_name: BTreeMap<String, Topic>,
+    next_log_id: u64,
 }
 
 /// Kafka's rule: 1 to 249 characters of [a-zA-Z0-9._-], not "." or "..".
@@ -118,6 +123,7 @@ impl Topics {
         }
         let mut topics = Topics::default();
         let mut events = Vec::new();
+        let mut next_log_id = 0;
         for ((topic_name, partition), files) in dirs {
             let dir = partition_dir(&topic_name, partition);
             let id = read_topic_id(disk, &dir);
@@ -141,8 +147,10 @@ impl Topics {
                         partition_dir(&topic_name, missing)
                     ),
                 });
+                next_log_id += 1;
                 topic.partitions.push(Partition {
                     log: Err("partition directory missing".into()),
+                    log_id: next_log_id,
                 });
             }
             let log = match PartitionLog::recover(disk, &dir, &files, config) {
@@ -166,8 +174,13 @@ impl Topics {
                     Err(e.to_string())
                 }
             };
-            topic.partitions.push(Partition { log });
+            next_log_id += 1;
+            topic.partitions.push(Partition {
+                log,
+                log_id: next_log_id,
+            });
         }
+        topics.next_log_id = next_log_id;
         Ok((topics, events))
     }
 
@@ -195,7 +208,11 @@ impl Topics {
             let text = format!("version: 0\ntopic_id: {}\n", encode_uuid(&topic.id));
             disk.write_at(metadata, 0, text.as_bytes())?;
             files.push(metadata);
-            topic.partitions.push(Partition { log: Ok(log) });
+            self.next_log_id += 1;
+            topic.partitions.push(Partition {
+                log: Ok(log),
+                log_id: self.next_log_id,
+            });
         }
         Ok(files)
     }
@@ -234,6 +251,22 @@ impl Topics {
             .iter()
             .find(|(_, t)| t.id == *id)
             .map(|(n, _)| n.as_str())
+    }
+
+    /// Every partition forgets producers idle for `expiry_ms` or more.
+    pub(crate) fn expire_producers(&mut self, now_ms: i64, expiry_ms: i64) {
+        for topic in self.by_name.values_mut() {
+            for partition in &mut topic.partitions {
+                if let Ok(log) = partition.log.as_mut() {
+                    log.producers_mut().expire(now_ms, expiry_ms);
+                }
+            }
+        }
+    }
+
+    /// How many partitions the node holds, offline ones included.
+    pub(crate) fn partition_count(&self) -> usize {
+        self.by_name.values().map(|t| t.partitions.len()).sum()
     }
 
     pub(crate) fn needs_sync(&self) -> bool {
@@ -292,7 +325,7 @@ impl Topics {
                     if log.needs_sync() {
                         let (mut log_files, end) = log.begin_sync(disk)?;
                         files.append(&mut log_files);
-                        ends.push((name.clone(), index as i32, end));
+                        ends.push((name.clone(), index as i32, partition.log_id, end));
                     }
                 }
             }
@@ -301,8 +334,18 @@ impl Topics {
     }
 
     pub(crate) fn complete_sync(&mut self, ends: &[SyncEnd]) {
-        for (name, partition, end) in ends {
-            if let Some(Ok(log)) = self.get_log(name, *partition) {
+        for (name, partition, log_id, end) in ends {
+            let Some(p) = self
+                .by_name
+                .get_mut(name)
+                .and_then(|t| t.partitions.get_mut(usize::try_from(*partition).ok()?))
+            else {
+                continue;
+            };
+            if p.log_id != *log_id {
+                continue;
+            }
+            if let Ok(log) = p.log.as_mut() {
                 log.complete_sync(*end);
             }
         }

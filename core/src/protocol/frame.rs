@@ -5,8 +5,8 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-/// Kafka's default `socket.request.max.bytes`: 100 MiB.
-pub const DEFAULT_MAX_FRAME_SIZE_BYTES: usize = 100 * 1024 * 1024;
+/// Kafka's default `socket.request.max.bytes`: 100 MiB ([`crate::limits`]).
+pub const DEFAULT_MAX_FRAME_SIZE_BYTES: usize = crate::limits::FRAME_SIZE_MAX_BYTES;
 
 const SIZE_PREFIX_BYTES: usize = 4;
 

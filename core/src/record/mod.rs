@@ -9,6 +9,6 @@ pub use batch::{
 };
 pub use compression::{Compression, CompressionError};
 
-/// Default bound on how far one batch may decompress (against zip bombs): Kafka's default
-/// maximum message size is 1 MiB compressed; 64 MiB uncompressed leaves room for real data.
-pub const DECOMPRESSED_BATCH_SIZE_MAX_BYTES: usize = 64 * 1024 * 1024;
+/// How far one batch may decompress (against zip bombs), from [`crate::limits`].
+pub const DECOMPRESSED_BATCH_SIZE_MAX_BYTES: usize =
+    crate::limits::DECOMPRESSED_BATCH_SIZE_MAX_BYTES;

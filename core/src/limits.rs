@@ -1,0 +1,45 @@
+//! Every maximum a client (or, later, a peer) can push the node against, in one place, each
+//! with the reason for its value. A request that would pass one gets a clear error or its
+//! connection closed; it never grows the node's memory, files or work without bound.
+
+/// Largest request frame accepted by default (Kafka's `socket.request.max.bytes`, 100 MiB).
+/// A frame is buffered whole before it is parsed, so this bounds one request's memory.
+pub const FRAME_SIZE_MAX_BYTES: usize = 100 * 1024 * 1024;
+
+/// Largest a batch may grow to when decompressed: a small compressed batch must not expand
+/// into gigabytes (a decompression bomb) while it is validated.
+pub const DECOMPRESSED_BATCH_SIZE_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// Connections open at once. Each holds a frame buffer and an answer queue; past this a new
+/// connection is closed at once (Kafka's `max.connections` is unbounded by default, but a
+/// file descriptor and memory are spent on each).
+pub const CONNECTIONS_MAX: usize = 10_000;
+
+/// Requests read from one connection and not yet answered. Further frames stay unread in the
+/// connection's buffer until answers go out (Kafka's `queued.max.requests` is 500 for the
+/// whole broker; clients keep at most a few in flight per connection, librdkafka 5 for an
+/// idempotent producer).
+pub const REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX: usize = 1_000;
+
+/// Bytes a connection may have buffered and not yet parsed (frames held back by
+/// [`REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX`], or a frame still arriving). Past this the
+/// connection is closed: two full frames leave room for a client that pipelines honestly.
+pub const BUFFERED_REQUEST_BYTES_PER_CONNECTION_MAX: usize = 2 * FRAME_SIZE_MAX_BYTES;
+
+/// Largest Fetch response, whatever `max_bytes` asks for (Kafka's broker `fetch.max.bytes`,
+/// 55 MiB): the response is built in memory before it is sent.
+pub const FETCH_RESPONSE_MAX_BYTES: usize = 55 * 1024 * 1024;
+
+/// Partitions one topic may have (CreateTopics, CreatePartitions, auto-creation). Each costs
+/// a directory, three open files and its indexes.
+pub const PARTITIONS_PER_TOPIC_MAX: i32 = 10_000;
+
+/// Partitions the node may hold in all. Each keeps about three files open (segment, recovery
+/// point, metadata), so this is what a 65,536-descriptor limit can serve with room left for
+/// connections; a request that would pass it is refused with a clear error rather than
+/// halting the node when `open` fails.
+pub const PARTITIONS_MAX: usize = 15_000;
+
+/// Producer ids a partition remembers is bounded by expiry, which runs this often (Kafka's
+/// `producer.id.expiration.check.interval.ms`, ten minutes).
+pub const PRODUCER_EXPIRY_CHECK_INTERVAL_MS: u64 = 600_000;
