@@ -34,11 +34,21 @@ pub const FETCH_RESPONSE_MAX_BYTES: usize = 55 * 1024 * 1024;
 /// a directory, three open files and its indexes.
 pub const PARTITIONS_PER_TOPIC_MAX: i32 = 10_000;
 
-/// Partitions the node may hold in all. Each keeps about three files open (segment, recovery
-/// point, metadata), so this is what a 65,536-descriptor limit can serve with room left for
-/// connections; a request that would pass it is refused with a clear error rather than
-/// halting the node when `open` fails.
+/// Partitions the node may hold in all, at most. Each keeps [`FILES_PER_PARTITION`] files
+/// open, so this is what a 65,536-descriptor limit can serve with room left for connections.
+/// The adapter lowers it (`Config::partitions_max`) to what the process's descriptor limit
+/// allows: a request that would pass it is refused with a clear error, where an `open` that
+/// failed would have halted the node.
 pub const PARTITIONS_MAX: usize = 15_000;
+
+/// Files a partition keeps open: its active segment, its recovery point and its metadata
+/// (more while older segments are read).
+pub const FILES_PER_PARTITION: usize = 3;
+
+/// Descriptors kept back from partitions: connections (up to [`CONNECTIONS_MAX`] would need
+/// more, but each connection also has a cost the operator sizes the limit for), the
+/// listener, the fsync thread's handles, logs.
+pub const FILES_RESERVED: usize = 1_024;
 
 /// Producer ids a partition remembers is bounded by expiry, which runs this often (Kafka's
 /// `producer.id.expiration.check.interval.ms`, ten minutes).

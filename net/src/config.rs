@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use keel_core::limits;
 use keel_core::node::{Config, Durability};
 use serde::Deserialize;
 
@@ -91,10 +92,31 @@ impl ServeConfig {
             seed: os_random_seed(),
             ..Config::default()
         };
+        config.partitions_max = partitions_max(open_files_max());
         config.log.segment_size_bytes = self.segment_bytes;
         config.log.producer_id_expiration_ms = self.producer_id_expiration_ms;
         config
     }
+}
+
+/// The process's open-file limit, raised first to its hard limit: a broker holds three
+/// files per partition, and the usual soft limit (1,024) would cap it at a few hundred.
+pub fn open_files_max() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-file limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1_024, |(soft, _)| soft)
+        }
+    }
+}
+
+/// How many partitions `open_files` descriptors can serve, within the core's maximum.
+pub fn partitions_max(open_files: u64) -> usize {
+    let open_files = usize::try_from(open_files).unwrap_or(usize::MAX);
+    // A small limit keeps a quarter back rather than all of it.
+    let reserved = limits::FILES_RESERVED.min(open_files / 4);
+    ((open_files - reserved) / limits::FILES_PER_PARTITION).min(limits::PARTITIONS_MAX)
 }
 
 /// 64 bits from the operating system's entropy source.
@@ -105,6 +127,13 @@ fn os_random_seed() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_partition_budget_follows_the_open_file_limit() {
+        assert_eq!(partitions_max(1_024), 256);
+        assert_eq!(partitions_max(65_536), (65_536 - 1_024) / 3);
+        assert_eq!(partitions_max(u64::MAX), limits::PARTITIONS_MAX);
+    }
 
     #[test]
     fn every_start_seeds_the_node_differently() {

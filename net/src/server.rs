@@ -208,6 +208,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             break Err(anyhow::anyhow!("halted: {reason}"));
         }
     };
+    // Nothing reads events any more: close the channel so that the fsync thread, blocked
+    // sending a completion, gives up instead of keeping the process alive forever.
+    acceptor.abort();
+    drop(events);
     // Let writers flush what is queued (bounded), then stop.
     let writers: Vec<_> = connections
         .into_values()

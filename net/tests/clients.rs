@@ -407,3 +407,60 @@ fn hostile_bytes_close_only_their_connection() {
         "the broker says why it closed"
     );
 }
+
+/// The broker's log goes to a file in these tests: it must hold text, not terminal colours.
+#[test]
+fn a_log_written_to_a_file_carries_no_colour_codes() {
+    let dir = temp_dir("plain-log");
+    let mut broker = Broker::start(&dir.join("data"), &[]);
+    let status = broker.terminate();
+    assert!(status.success(), "{status:?}");
+    let log = broker.log();
+    assert!(log.contains("keel is serving"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log file: {log:?}"
+    );
+}
+
+/// A node whose process may open few files refuses the partitions it could not keep open,
+/// with a clear error, and goes on serving (it used to halt when `open` failed).
+#[test]
+fn partitions_past_the_open_file_limit_are_refused_not_fatal() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let dir = temp_dir("few-files");
+    // 256 descriptors: 64 kept back, 64 partitions' worth for the rest.
+    let mut broker = Broker::start_with_open_files(&dir.join("data"), 256);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .create()
+        .expect("admin client");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let create = |name: &str, partitions: i32| {
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        runtime
+            .block_on(admin.create_topics([&topic], &options))
+            .expect("CreateTopics answered")
+            .remove(0)
+    };
+    match create("too-many", 200) {
+        Err((_, code)) => assert_eq!(
+            code,
+            rdkafka::types::RDKafkaErrorCode::InvalidPartitions,
+            "{}",
+            broker.log()
+        ),
+        Ok(_) => panic!("200 partitions cannot be kept open with 256 files"),
+    }
+    assert!(create("fits", 8).is_ok(), "{}", broker.log());
+    let status = broker.terminate();
+    assert!(
+        status.success(),
+        "the node still runs and exits cleanly: {status:?}"
+    );
+}

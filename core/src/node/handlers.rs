@@ -116,12 +116,12 @@ impl<D: Disk> Node<D> {
         }
         let held = self.topics.partition_count();
         let adding = (count - current).max(0) as usize;
-        if held + adding > limits::PARTITIONS_MAX {
+        let max = self.config.partitions_max.min(limits::PARTITIONS_MAX);
+        if held + adding > max {
             return Err((
                 codes::INVALID_PARTITIONS,
                 format!(
-                    "topic {topic}: {adding} more partitions would pass the {} this node may hold ({held} now)",
-                    limits::PARTITIONS_MAX
+                    "topic {topic}: {adding} more partitions would pass the {max} this node may hold ({held} now; the limit follows the process's open-file limit)"
                 ),
             ));
         }

@@ -115,6 +115,9 @@ pub struct Config {
     pub max_frame_size_bytes: usize,
     /// Largest batch a producer may send (Kafka's `max.message.bytes`).
     pub max_message_bytes: usize,
+    /// Partitions the node may hold: [`crate::limits::PARTITIONS_MAX`], or fewer when the
+    /// process may open fewer files (the adapter sets it from its descriptor limit).
+    pub partitions_max: usize,
     pub log: LogConfig,
     /// Seeds the node's PRNG (topic ids).
     pub seed: u64,
@@ -178,6 +181,7 @@ impl Default for Config {
             durability: Durability::Fsync,
             max_frame_size_bytes: crate::protocol::DEFAULT_MAX_FRAME_SIZE_BYTES,
             max_message_bytes: 1_048_588,
+            partitions_max: crate::limits::PARTITIONS_MAX,
             log: LogConfig::default(),
             seed: 0,
             planted_bug: None,

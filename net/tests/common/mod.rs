@@ -17,6 +17,8 @@ pub struct Broker {
     child: Option<Child>,
     log_path: PathBuf,
     args: Vec<String>,
+    /// Run under this open-file limit (soft and hard), if set.
+    open_files: Option<u64>,
 }
 
 fn free_port() -> u16 {
@@ -44,6 +46,21 @@ impl Broker {
             child: None,
             log_path: data_dir.with_extension("log"),
             args: args.iter().map(|a| a.to_string()).collect(),
+            open_files: None,
+        };
+        broker.spawn();
+        broker
+    }
+
+    /// A broker whose process may open at most `open_files` files.
+    pub fn start_with_open_files(data_dir: &Path, open_files: u64) -> Broker {
+        let mut broker = Broker {
+            addr: format!("127.0.0.1:{}", free_port()),
+            data_dir: data_dir.to_path_buf(),
+            child: None,
+            log_path: data_dir.with_extension("log"),
+            args: Vec::new(),
+            open_files: Some(open_files),
         };
         broker.spawn();
         broker
@@ -55,7 +72,20 @@ impl Broker {
             .append(true)
             .open(&self.log_path)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_keel"))
+        let mut command = match self.open_files {
+            // `ulimit -n` in the shell sets both limits; `exec` keeps the pid for signals.
+            Some(limit) => {
+                let mut c = Command::new("sh");
+                c.args([
+                    "-c",
+                    &format!("ulimit -n {limit} && exec \"$0\" \"$@\""),
+                    env!("CARGO_BIN_EXE_keel"),
+                ]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_keel")),
+        };
+        let child = command
             .args(["serve", "--listen", &self.addr, "--data-dir"])
             .arg(&self.data_dir)
             .args(&self.args)

@@ -172,6 +172,7 @@ fn run_one(args: RunArgs, replay: bool) -> anyhow::Result<ExitCode> {
             .without_time()
             .with_target(false)
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
     }
     let started = Instant::now();
