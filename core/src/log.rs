@@ -376,6 +376,23 @@ impl PartitionLog {
             report.segments += 1;
             segments.push(segment);
         }
+        if segments.is_empty() {
+            // Every segment was a torn tail (the first one, never synced, was lost): the log
+            // starts over, empty, where it started.
+            let name = segment_name(dir, log_start_offset);
+            let file = disk.create(&name)?;
+            disk.truncate(file, 0)?;
+            segments.push(Segment {
+                name,
+                file,
+                base_offset: log_start_offset,
+                next_offset: log_start_offset,
+                size_bytes: 0,
+                max_timestamp: -1,
+                index: Vec::new(),
+                bytes_since_index_entry: 0,
+            });
+        }
         if expected_offset < recovery_point && !cut {
             return Err(LogError::Corrupt {
                 file: segment_name(dir, bases[bases.len() - 1]),

@@ -14,6 +14,8 @@
 //! - **phantom-write**: a write the node refused (a definite failure) was read;
 //! - **protocol**: a response that does not answer the request in front of it;
 //! - **sync-failure-ignored**: a failed sync did not halt the node;
+//! - **high-watermark-back**: a consumer saw a partition's high watermark go back (across
+//!   restarts too: what a client was shown as committed stays committed);
 //! - **liveness**: after the faults stopped, an acknowledged record was not read back in time.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,6 +33,7 @@ pub enum ViolationKind {
     PhantomWrite,
     Protocol,
     SyncFailureIgnored,
+    HighWatermarkBack,
     Liveness,
 }
 
@@ -45,6 +48,7 @@ impl ViolationKind {
             ViolationKind::PhantomWrite => "phantom-write",
             ViolationKind::Protocol => "protocol",
             ViolationKind::SyncFailureIgnored => "sync-failure-ignored",
+            ViolationKind::HighWatermarkBack => "high-watermark-back",
             ViolationKind::Liveness => "liveness",
         }
     }
@@ -88,6 +92,8 @@ pub struct Checker {
     failed: BTreeSet<u64>,
     /// (producer, partition) -> send_seq -> base offset of its acknowledged writes.
     sent: BTreeMap<(usize, i32), BTreeMap<u64, i64>>,
+    /// (consumer, partition) -> the highest high watermark its fetches were answered with.
+    high_watermark_seen: BTreeMap<(usize, i32), i64>,
     violations: Vec<Violation>,
 }
 
@@ -194,6 +200,35 @@ impl Checker {
                 format!("value {value:#x} was refused but read at partition {partition} offset {offset}"),
             );
         }
+    }
+
+    /// A consumer's fetch was answered with `high_watermark` for `partition`. One consumer's
+    /// answers arrive in the order the node gave them (one connection at a time, FIFO), so
+    /// a lower value than before means the node took back what it had shown as committed.
+    pub fn on_high_watermark(
+        &mut self,
+        at_ns: u64,
+        consumer: usize,
+        partition: i32,
+        high_watermark: i64,
+    ) {
+        let seen = self
+            .high_watermark_seen
+            .entry((consumer, partition))
+            .or_insert(high_watermark);
+        if high_watermark < *seen {
+            let before = *seen;
+            self.violate(
+                ViolationKind::HighWatermarkBack,
+                at_ns,
+                format!("consumer {consumer} saw partition {partition}'s high watermark go from {before} to {high_watermark}"),
+            );
+        }
+        let seen = self
+            .high_watermark_seen
+            .entry((consumer, partition))
+            .or_insert(high_watermark);
+        *seen = (*seen).max(high_watermark);
     }
 
     /// After a restart: every partition's log must still reach past each acknowledged record.

@@ -47,6 +47,26 @@ struct SimFile {
     /// The byte range where `cache` may differ from `durable` (besides their lengths): a
     /// sync copies only this, so syncing a growing log costs what was appended, not its size.
     dirty: Option<(usize, usize)>,
+    /// Writes and truncations so far: a sync that completes with none since it was issued
+    /// leaves the file clean.
+    changes: u64,
+    /// The issue number of the latest sync applied: an older one completing later adds
+    /// nothing (the newer one carried everything the older one did).
+    applied_sync: u64,
+}
+
+/// A sync issued and not yet completed: what the file held when it was issued, which is what
+/// its completion makes durable (Linux: an fsync covers writes made before it was called, not
+/// those made while it runs).
+#[derive(Debug, Clone)]
+pub struct PendingSync {
+    file: FileId,
+    issued: u64,
+    changes: u64,
+    len: usize,
+    /// The dirty range at issue and the cache's bytes in it.
+    range: (usize, usize),
+    bytes: Vec<u8>,
 }
 
 impl SimFile {
@@ -71,6 +91,7 @@ pub struct SimDisk {
     files: BTreeMap<String, SimFile>,
     open: BTreeMap<FileId, String>,
     next_id: FileId,
+    syncs_issued: u64,
     faults: DiskFaults,
     full: bool,
     rng: Xoshiro256PlusPlus,
@@ -94,6 +115,7 @@ impl SimDisk {
             files: BTreeMap::new(),
             open: BTreeMap::new(),
             next_id: 0,
+            syncs_issued: 0,
             faults,
             full: false,
             rng: Xoshiro256PlusPlus::seed_from_u64(seed),
@@ -120,20 +142,49 @@ impl SimDisk {
         self.files.get_mut(name).ok_or(DiskError::UnknownFile(id))
     }
 
-    /// Makes the file's current contents durable (what an fsync does).
+    /// Makes the file's current contents durable at once (an fsync issued and completed with
+    /// nothing written in between).
     pub fn sync(&mut self, id: FileId) -> Result<(), DiskError> {
+        let pending = self.begin_sync(id)?;
+        self.finish_sync(pending)
+    }
+
+    /// An fsync is issued: what the file holds now is what its completion makes durable.
+    pub fn begin_sync(&mut self, id: FileId) -> Result<PendingSync, DiskError> {
+        self.syncs_issued += 1;
+        let issued = self.syncs_issued;
         let file = self.file(id)?;
-        let Some(durable) = &mut file.durable else {
-            file.durable = Some(file.cache.clone());
-            file.dirty = None;
-            return Ok(());
+        let len = file.cache.len();
+        let range = match (&file.durable, file.dirty) {
+            (None, _) => (0, len),
+            (Some(_), Some((lo, hi))) => (lo.min(len), hi.min(len)),
+            (Some(_), None) => (len, len),
         };
-        durable.resize(file.cache.len(), 0);
-        if let Some((lo, hi)) = file.dirty.take() {
-            let hi = hi.min(file.cache.len());
-            if lo < hi {
-                durable[lo..hi].copy_from_slice(&file.cache[lo..hi]);
-            }
+        Ok(PendingSync {
+            file: id,
+            issued,
+            changes: file.changes,
+            len,
+            range,
+            bytes: file.cache[range.0..range.1.max(range.0)].to_vec(),
+        })
+    }
+
+    /// The fsync issued as `pending` completes.
+    pub fn finish_sync(&mut self, pending: PendingSync) -> Result<(), DiskError> {
+        let file = self.file(pending.file)?;
+        if pending.issued <= file.applied_sync {
+            return Ok(());
+        }
+        file.applied_sync = pending.issued;
+        let durable = file.durable.get_or_insert_with(Vec::new);
+        durable.resize(pending.len, 0);
+        let (lo, hi) = pending.range;
+        if lo < hi {
+            durable[lo..hi].copy_from_slice(&pending.bytes);
+        }
+        if file.changes == pending.changes {
+            file.dirty = None;
         }
         Ok(())
     }
@@ -269,6 +320,7 @@ impl Disk for SimDisk {
         }
         file.cache[start..end].copy_from_slice(data);
         file.mark_dirty(start, end);
+        file.changes += 1;
         Ok(())
     }
 
@@ -279,6 +331,7 @@ impl Disk for SimDisk {
             let old_len = file.cache.len();
             file.cache.truncate(len);
             file.mark_dirty(len, old_len);
+            file.changes += 1;
         }
         Ok(())
     }
@@ -320,4 +373,39 @@ fn tear(
         start = end;
     }
     kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Linux's rule: an fsync makes durable what was written before it was called; a write
+    /// made while it runs needs another.
+    #[test]
+    fn a_sync_covers_what_was_written_before_it_was_issued() {
+        let mut disk = SimDisk::new();
+        let file = disk.create("f").unwrap();
+        disk.write_at(file, 0, b"before").unwrap();
+        let pending = disk.begin_sync(file).unwrap();
+        disk.write_at(file, 6, b"during").unwrap();
+        disk.finish_sync(pending).unwrap();
+        disk.crash();
+        let file = disk.open("f").unwrap();
+        assert_eq!(disk.len(file).unwrap(), 6);
+        let mut read = [0u8; 6];
+        disk.read_at(file, 0, &mut read).unwrap();
+        assert_eq!(&read, b"before");
+        // And a sync issued later covers both; an older one completing after it adds nothing.
+        disk.write_at(file, 6, b"during").unwrap();
+        let older = disk.begin_sync(file).unwrap();
+        disk.write_at(file, 0, b"BEFORE").unwrap();
+        let newer = disk.begin_sync(file).unwrap();
+        disk.finish_sync(newer).unwrap();
+        disk.finish_sync(older).unwrap();
+        disk.crash();
+        let file = disk.open("f").unwrap();
+        let mut read = [0u8; 12];
+        disk.read_at(file, 0, &mut read).unwrap();
+        assert_eq!(&read, b"BEFOREduring");
+    }
 }

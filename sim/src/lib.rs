@@ -12,5 +12,5 @@ pub mod disk;
 pub mod plan;
 pub mod sim;
 
-pub use disk::SimDisk;
+pub use disk::{PendingSync, SimDisk};
 pub use sim::{run, Options, Report};

@@ -35,7 +35,7 @@ use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
 use crate::check::{Checker, Violation, ViolationKind, Write};
-use crate::disk::{DiskFaults, SimDisk};
+use crate::disk::{DiskFaults, PendingSync, SimDisk};
 use crate::plan::Plan;
 
 /// After the faults stop, every acknowledged record must be read back within this much
@@ -144,7 +144,8 @@ enum Event {
     Synced {
         incarnation: u64,
         token: SyncToken,
-        file: FileId,
+        /// What the sync makes durable, taken when it was issued.
+        sync: Result<PendingSync, DiskError>,
     },
     NodeTimeout {
         incarnation: u64,
@@ -586,7 +587,7 @@ impl Sim {
             Event::Synced {
                 incarnation,
                 token,
-                file,
+                sync,
             } => {
                 if incarnation != self.incarnation || self.node.is_none() {
                     return;
@@ -604,7 +605,7 @@ impl Sim {
                     }
                     return;
                 }
-                let result = self.disk.0.borrow_mut().sync(file);
+                let result = sync.and_then(|pending| self.disk.0.borrow_mut().finish_sync(pending));
                 self.step_node(Input::Synced { token, result });
                 self.check_high_watermarks();
             }
@@ -755,12 +756,13 @@ impl Sim {
                         delay_ns += self.rng.random_range(100 * MS..=2_000 * MS);
                     }
                     let incarnation = self.incarnation;
+                    let sync = self.disk.0.borrow_mut().begin_sync(file);
                     self.schedule(
                         self.now_ns + delay_ns,
                         Event::Synced {
                             incarnation,
                             token,
-                            file,
+                            sync,
                         },
                     );
                 }
@@ -1484,6 +1486,20 @@ impl Sim {
         let mut read_any = false;
         let mut reads = Vec::new();
         let mut outcome = "fetch:ok";
+        for topic in response.responses.iter().filter(|t| t.topic == TOPIC) {
+            for data in topic
+                .partitions
+                .iter()
+                .filter(|d| d.error_code == codes::NONE)
+            {
+                self.checker.on_high_watermark(
+                    self.now_ns,
+                    client,
+                    data.partition_index,
+                    data.high_watermark,
+                );
+            }
+        }
         {
             let Role::Consumer { positions, .. } = &mut self.clients[client].role else {
                 unreachable!("only consumers fetch");

@@ -1144,3 +1144,29 @@ fn a_fetch_response_never_passes_the_maximum_whatever_max_bytes_asks() {
     assert!(!records.is_empty());
     assert!(records.len() <= max, "{} bytes", records.len());
 }
+
+#[test]
+fn a_log_whose_every_segment_was_a_torn_tail_starts_over_empty() {
+    let mut config = Config::default();
+    config.log.segment_size_bytes = 64;
+    let (mut h, _) = Harness::with(config.clone(), SimDisk::new(), true);
+    h.create_topic("t");
+    for v in ["one", "two", "three"] {
+        h.call(9, produce_request("t", 0, batch(&[v]), -1));
+    }
+    let mut disk = h.node.into_disk();
+    use keel_core::disk::Disk;
+    // The first segment never reached the disk and the recovery point is torn: nothing is
+    // known durable, so the later segments are a torn tail too.
+    disk.remove("t-0/00000000000000000000.log").unwrap();
+    disk.contents_mut("t-0/recovery-point").unwrap().fill(0);
+    disk.sync_all();
+    let (mut h, events) = Harness::with(config, disk, true);
+    assert!(
+        matches!(&events[..], [RecoveryEvent::Recovered { batches: 0, .. }]),
+        "{events:?}"
+    );
+    let p = h.produce(9, produce_request("t", 0, batch(&["again"]), -1));
+    assert_eq!((p.error_code, p.base_offset), (codes::NONE, 0));
+    assert_eq!(fetch_values(&mut h, "t", 0).1, vec!["again"]);
+}

@@ -517,10 +517,17 @@ impl<D: Disk> Node<D> {
                             let max_bytes = (p.partition_max_bytes.max(0) as usize).min(bytes_left);
                             // KIP-74: the first partition with data returns at least one batch.
                             let at_least_one = total_bytes == 0;
+                            let upper_offset = if self.config.planted_bug
+                                == Some(PlantedBug::FetchPastHighWatermark)
+                            {
+                                log.log_end_offset()
+                            } else {
+                                high_watermark
+                            };
                             match log.read(
                                 &mut self.disk,
                                 p.fetch_offset,
-                                high_watermark,
+                                upper_offset,
                                 max_bytes,
                                 at_least_one,
                             ) {

@@ -137,13 +137,21 @@ pub enum PlantedBug {
     AckEarly,
     /// Append an idempotent producer's retried batch again instead of recognising it.
     NoDedup,
+    /// Serve fetches up to the log end instead of the high watermark: consumers read what a
+    /// crash can still take back.
+    FetchPastHighWatermark,
+    /// Answer a write when the sync round already in flight completes, although the round
+    /// was issued before the write and does not cover it.
+    AckWrongRound,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 3] = [
+    pub const ALL: [PlantedBug; 5] = [
         PlantedBug::SkipFsync,
         PlantedBug::AckEarly,
         PlantedBug::NoDedup,
+        PlantedBug::FetchPastHighWatermark,
+        PlantedBug::AckWrongRound,
     ];
 
     pub fn name(self) -> &'static str {
@@ -151,6 +159,8 @@ impl PlantedBug {
             PlantedBug::SkipFsync => "skip-fsync",
             PlantedBug::AckEarly => "ack-early",
             PlantedBug::NoDedup => "no-dedup",
+            PlantedBug::FetchPastHighWatermark => "fetch-past-hw",
+            PlantedBug::AckWrongRound => "ack-wrong-round",
         }
     }
 
@@ -220,6 +230,9 @@ enum Slot {
     AwaitSync { round: u64, response: Option<Bytes> },
     /// A Fetch waiting for data or its deadline.
     AwaitFetch,
+    /// The answer could not be built: once everything before it is sent, the connection is
+    /// closed (a client waiting for an answer that never comes would wait forever).
+    Close(String),
 }
 
 #[derive(Debug)]
@@ -681,10 +694,12 @@ impl<D: Disk> Node<D> {
     /// sync round that will cover its writes; otherwise it is ready now.
     fn slot_after_writes(&self, wrote: bool, response: Option<Bytes>) -> Slot {
         if wrote && self.config.durability == Durability::Fsync {
-            Slot::AwaitSync {
-                round: self.next_round,
-                response,
-            }
+            let round = match &self.round {
+                // The planted bug: the round in flight was issued before this write.
+                Some(r) if self.config.planted_bug == Some(PlantedBug::AckWrongRound) => r.id,
+                _ => self.next_round,
+            };
+            Slot::AwaitSync { round, response }
         } else {
             Slot::Ready(response)
         }
@@ -698,14 +713,31 @@ impl<D: Disk> Node<D> {
         }
     }
 
-    /// Sends every ready response at the front of each connection's queue.
+    /// Sends every ready response at the front of each connection's queue, and closes the
+    /// connections whose next answer could not be built.
     fn flush(&mut self, out: &mut Vec<Output>) {
+        let mut closing = Vec::new();
         for (id, conn) in self.conns.iter_mut() {
-            while let Some((_, Slot::Ready(_))) = conn.slots.front() {
-                if let Some((_, Slot::Ready(Some(bytes)))) = conn.slots.pop_front() {
-                    out.push(Output::ConnSend { conn: *id, bytes });
+            loop {
+                match conn.slots.front() {
+                    Some((_, Slot::Ready(_))) => {
+                        if let Some((_, Slot::Ready(Some(bytes)))) = conn.slots.pop_front() {
+                            out.push(Output::ConnSend { conn: *id, bytes });
+                        }
+                    }
+                    Some((_, Slot::Close(reason))) => {
+                        closing.push((*id, reason.clone()));
+                        break;
+                    }
+                    _ => break,
                 }
             }
+        }
+        for (conn, reason) in closing {
+            tracing::error!(conn, %reason, "closing connection");
+            self.conns.remove(&conn);
+            self.parked.retain(|p| p.conn != conn);
+            out.push(Output::ConnClose { conn, reason });
         }
     }
 
@@ -725,10 +757,7 @@ impl<D: Disk> Node<D> {
                         &Response::Fetch(response),
                     ) {
                         Ok(bytes) => self.fill(p.conn, p.slot, Slot::Ready(Some(bytes))),
-                        Err(reason) => {
-                            tracing::error!(%reason, "cannot encode a fetch response");
-                            self.fill(p.conn, p.slot, Slot::Ready(None));
-                        }
+                        Err(reason) => self.fill(p.conn, p.slot, Slot::Close(reason)),
                     }
                 }
                 None => self.parked.push(p),
