@@ -9,6 +9,11 @@
 //!
 //! Names are relative paths with `/` separators (`orders-0/00000000000000000000.log`); the
 //! implementation maps them to its storage and creates directories as needed.
+//!
+//! Directories follow Linux: creating or removing a file (or a directory) changes its parent
+//! directory, and that change is durable only once the parent is synced. The core opens the
+//! directories it changes with [`Disk::open_dir`] (`""` is the data directory itself) and
+//! syncs them like files, in the same rounds.
 
 /// A handle to an open file, valid until the file is removed.
 pub type FileId = u64;
@@ -48,6 +53,11 @@ pub trait Disk {
     fn write_at(&mut self, file: FileId, offset: u64, data: &[u8]) -> Result<(), DiskError>;
     /// Cuts the file to `len_bytes`. Durable only after a sync.
     fn truncate(&mut self, file: FileId, len_bytes: u64) -> Result<(), DiskError>;
-    /// Removes a file (closing it if open).
+    /// Removes a file (closing it if open). Durable once its directory is synced.
     fn remove(&mut self, name: &str) -> Result<(), DiskError>;
+    /// Opens a directory, creating it if needed, as a handle to sync: a sync of it makes the
+    /// entries created and removed in it durable. `""` is the data directory.
+    fn open_dir(&mut self, name: &str) -> Result<FileId, DiskError>;
+    /// Removes an empty directory (closing its handles). Durable once its parent is synced.
+    fn remove_dir(&mut self, name: &str) -> Result<(), DiskError>;
 }

@@ -177,6 +177,10 @@ pub struct PartitionLog {
     recovery_point: i64,
     /// Files written since the last sync began.
     dirty_files: Vec<FileId>,
+    /// The log's directory, synced when a segment was created or removed in it: until then
+    /// the new segment's entry (and with it every batch in it) could vanish in a crash.
+    dir_file: FileId,
+    dir_dirty: bool,
     /// What the partition knows of idempotent producers, from the batches in the log.
     producers: ProducerStates,
 }
@@ -230,6 +234,7 @@ impl PartitionLog {
         dir: &str,
         config: LogConfig,
     ) -> Result<PartitionLog, LogError> {
+        let dir_file = disk.open_dir(dir)?;
         let name = segment_name(dir, 0);
         let file = disk.create(&name)?;
         let recovery_point_file = disk.create(&format!("{dir}/{RECOVERY_POINT_FILE}"))?;
@@ -250,6 +255,8 @@ impl PartitionLog {
             recovery_point_file,
             recovery_point: -1,
             dirty_files: vec![file, recovery_point_file],
+            dir_file,
+            dir_dirty: true,
             producers: ProducerStates::default(),
         };
         log.write_recovery_point(disk, 0)?;
@@ -264,6 +271,7 @@ impl PartitionLog {
         names: &[String],
         config: LogConfig,
     ) -> Result<(PartitionLog, RecoveryReport), LogError> {
+        let dir_file = disk.open_dir(dir)?;
         let recovery_point_file = disk.create(&format!("{dir}/{RECOVERY_POINT_FILE}"))?;
         let recovery_point = Self::read_recovery_point(disk, recovery_point_file)?;
         let prefix = format!("{dir}/");
@@ -410,6 +418,10 @@ impl PartitionLog {
             recovery_point_file,
             recovery_point,
             dirty_files,
+            dir_file,
+            // Entries created before the crash (a segment just rolled) may not be durable
+            // yet, and recovery may have removed some: the first round syncs the directory.
+            dir_dirty: true,
             producers,
         };
         Ok((log, report))
@@ -647,6 +659,7 @@ impl PartitionLog {
             bytes_since_index_entry: 0,
         });
         self.dirty_files.push(file);
+        self.dir_dirty = true;
         Ok(())
     }
 
@@ -656,6 +669,9 @@ impl PartitionLog {
         self.write_recovery_point(disk, self.durable_end_offset)?;
         let mut files = std::mem::take(&mut self.dirty_files);
         files.push(self.recovery_point_file);
+        if std::mem::take(&mut self.dir_dirty) {
+            files.push(self.dir_file);
+        }
         files.sort_unstable();
         files.dedup();
         Ok((files, self.log_end_offset()))
@@ -664,7 +680,9 @@ impl PartitionLog {
     /// Whether anything was written since the last sync began, or the recovery point lags
     /// the durable offset (one more small sync brings it up to date).
     pub fn needs_sync(&self) -> bool {
-        !self.dirty_files.is_empty() || self.recovery_point != self.durable_end_offset
+        !self.dirty_files.is_empty()
+            || self.dir_dirty
+            || self.recovery_point != self.durable_end_offset
     }
 
     /// A sync begun at `end_offset` completed.
@@ -694,7 +712,13 @@ impl PartitionLog {
         }
         let mut attempt = 1;
         loop {
-            match self.read_once(disk, offset, upper_offset, max_bytes, at_least_one)? {
+            // A failed read is tried again like a bad-looking one: both are often transient.
+            let result = match self.read_once(disk, offset, upper_offset, max_bytes, at_least_one) {
+                Ok(result) => result,
+                Err(LogError::Disk(e)) => Err((0, format!("read failed: {e}"))),
+                Err(e) => return Err(e),
+            };
+            match result {
                 Ok(bytes) => return Ok(bytes),
                 Err((position, reason)) if attempt < RECOVERY_READ_ATTEMPTS => {
                     tracing::warn!(dir = %self.dir, position, attempt, %reason, "read looks corrupt; reading again");
@@ -878,7 +902,8 @@ impl PartitionLog {
             .max()
     }
 
-    /// Removes every file of the log.
+    /// Removes every file of the log (its directory's removal is the caller's: other files
+    /// live there too).
     pub fn delete(self, disk: &mut dyn Disk) -> Result<(), LogError> {
         for segment in &self.segments {
             disk.remove(&segment.name)?;

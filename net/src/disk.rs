@@ -2,10 +2,11 @@
 //!
 //! Reads and writes are positional (`pread`/`pwrite`) on the owner task: they hit the page
 //! cache. Syncs are slow, so they go to a dedicated thread, which answers each with its token;
-//! the owner feeds the answers back to the node as `Input::Synced`. A file created since its
-//! last sync also gets its directory synced, so the file's existence is durable too.
+//! the owner feeds the answers back to the node as `Input::Synced`. Directories are synced
+//! when the node asks (`Disk::open_dir` handles): a file's creation or removal is durable only
+//! once its directory is.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -23,10 +24,15 @@ fn io_error(e: std::io::Error) -> DiskError {
 
 pub struct RealDisk {
     root: PathBuf,
-    files: BTreeMap<FileId, (String, File)>,
-    /// Files created and not yet synced: their directory needs a sync too.
-    created: BTreeSet<String>,
+    /// Open handles: files, and directories opened to be synced (`is_dir`).
+    files: BTreeMap<FileId, Handle>,
     next_id: FileId,
+}
+
+struct Handle {
+    name: String,
+    file: File,
+    is_dir: bool,
 }
 
 impl RealDisk {
@@ -35,7 +41,6 @@ impl RealDisk {
         Ok(RealDisk {
             root: root.to_path_buf(),
             files: BTreeMap::new(),
-            created: BTreeSet::new(),
             next_id: 0,
         })
     }
@@ -47,25 +52,35 @@ impl RealDisk {
     fn file(&self, id: FileId) -> Result<&File, DiskError> {
         self.files
             .get(&id)
-            .map(|(_, f)| f)
+            .filter(|h| !h.is_dir)
+            .map(|h| &h.file)
             .ok_or(DiskError::UnknownFile(id))
     }
 
-    /// What the fsync thread needs to sync `id`: a handle of its own, and the directory if
-    /// the file is new.
+    /// What the fsync thread needs to sync `id`: a handle of its own.
     pub fn sync_job(&mut self, token: SyncToken, id: FileId) -> SyncJob {
         let job = match self.files.get(&id) {
-            Some((name, file)) => {
-                let dir = if self.created.remove(name) {
-                    self.path(name).parent().map(Path::to_path_buf)
-                } else {
-                    None
-                };
-                file.try_clone().map(|f| (f, dir)).map_err(io_error)
-            }
+            Some(handle) => handle
+                .file
+                .try_clone()
+                .map(|f| (f, handle.is_dir))
+                .map_err(io_error),
             None => Err(DiskError::UnknownFile(id)),
         };
         SyncJob { token, job }
+    }
+
+    fn insert(&mut self, name: &str, file: File, is_dir: bool) -> FileId {
+        self.next_id += 1;
+        self.files.insert(
+            self.next_id,
+            Handle {
+                name: name.to_string(),
+                file,
+                is_dir,
+            },
+        );
+        self.next_id
     }
 
     fn open_with(&mut self, name: &str, create: bool) -> Result<FileId, DiskError> {
@@ -78,7 +93,6 @@ impl RealDisk {
                 std::fs::create_dir_all(parent).map_err(io_error)?;
             }
         }
-        let existed = path.exists();
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -92,12 +106,7 @@ impl RealDisk {
                     io_error(e)
                 }
             })?;
-        if !existed {
-            self.created.insert(name.to_string());
-        }
-        self.next_id += 1;
-        self.files.insert(self.next_id, (name.to_string(), file));
-        Ok(self.next_id)
+        Ok(self.insert(name, file, false))
     }
 }
 
@@ -158,40 +167,50 @@ impl Disk for RealDisk {
     }
 
     fn remove(&mut self, name: &str) -> Result<(), DiskError> {
-        self.files.retain(|_, (n, _)| n != name);
-        self.created.remove(name);
+        self.files.retain(|_, h| h.is_dir || h.name != name);
         match std::fs::remove_file(self.path(name)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_error(e)),
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error(e)),
         }
-        // Remove the partition directory once it is empty.
-        if let Some(parent) = self.path(name).parent() {
-            if parent != self.root {
-                let _ = std::fs::remove_dir(parent);
-            }
+    }
+
+    fn open_dir(&mut self, name: &str) -> Result<FileId, DiskError> {
+        if name.contains("..") || name.starts_with('/') {
+            return Err(DiskError::Io(format!("refusing path {name}")));
         }
-        Ok(())
+        let path = self.path(name);
+        std::fs::create_dir_all(&path).map_err(io_error)?;
+        let dir = File::open(&path).map_err(io_error)?;
+        Ok(self.insert(name, dir, true))
+    }
+
+    fn remove_dir(&mut self, name: &str) -> Result<(), DiskError> {
+        self.files.retain(|_, h| !(h.is_dir && h.name == name));
+        match std::fs::remove_dir(self.path(name)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error(e)),
+        }
     }
 }
 
 /// One sync for the fsync thread.
 pub struct SyncJob {
     pub token: SyncToken,
-    job: Result<(File, Option<PathBuf>), DiskError>,
+    /// The handle to sync and whether it is a directory.
+    job: Result<(File, bool), DiskError>,
 }
 
 impl SyncJob {
     /// Performs the sync (on the fsync thread).
     pub fn run(self) -> (SyncToken, Result<(), DiskError>) {
-        let result = self.job.and_then(|(file, dir)| {
-            file.sync_data().map_err(io_error)?;
-            if let Some(dir) = dir {
-                File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(io_error)?;
+        let result = self.job.and_then(|(file, is_dir)| {
+            if is_dir {
+                file.sync_all().map_err(io_error)
+            } else {
+                file.sync_data().map_err(io_error)
             }
-            Ok(())
         });
         (self.token, result)
     }

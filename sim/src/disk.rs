@@ -9,10 +9,17 @@
 //! - while the disk is full ([`SimDisk::set_full`]), creating or writing a file fails;
 //! - on crash, unsynced sectors are persisted or lost one by one (torn writes).
 //!
-//! Sync failures and slow syncs belong to the harness, which decides when and how a sync
-//! completes.
+//! Directories follow Linux too: a file's (or a directory's) creation or removal is an entry
+//! in its parent directory, durable only once that directory is synced. A crash loses the
+//! entries created since (a file with all its synced bytes, a directory with all its files),
+//! and brings back the files and directories removed since, as they were last made durable;
+//! with torn writes on, each such entry change may have reached the disk anyway.
+//!
+//! A sync makes durable what was written before it was issued ([`SimDisk::begin_sync`]),
+//! not what was written while it ran. Sync failures and slow syncs belong to the harness,
+//! which decides when and how a sync completes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use keel_core::disk::{Disk, DiskError, FileId};
 use rand::rngs::Xoshiro256PlusPlus;
@@ -37,6 +44,8 @@ pub struct DiskFaultCounts {
     pub read_errors: u64,
     pub full_writes: u64,
     pub torn_files: u64,
+    /// Directory entries a crash undid: created ones lost, removed ones brought back.
+    pub lost_entry_changes: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -53,6 +62,22 @@ struct SimFile {
     /// The issue number of the latest sync applied: an older one completing later adds
     /// nothing (the newer one carried everything the older one did).
     applied_sync: u64,
+    /// The file's entry in its directory is durable (the directory was synced since the
+    /// file was created).
+    entry_durable: bool,
+}
+
+/// What a handle refers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Handle {
+    File(String),
+    /// A directory, `""` for the data directory.
+    Dir(String),
+}
+
+/// The directory part of a name (`""` for a file in the data directory).
+fn parent(name: &str) -> &str {
+    name.rsplit_once('/').map_or("", |(dir, _)| dir)
 }
 
 /// A sync issued and not yet completed: what the file held when it was issued, which is what
@@ -61,12 +86,27 @@ struct SimFile {
 #[derive(Debug, Clone)]
 pub struct PendingSync {
     file: FileId,
-    issued: u64,
-    changes: u64,
-    len: usize,
-    /// The dirty range at issue and the cache's bytes in it.
-    range: (usize, usize),
-    bytes: Vec<u8>,
+    what: PendingWhat,
+}
+
+#[derive(Debug, Clone)]
+enum PendingWhat {
+    File {
+        issued: u64,
+        changes: u64,
+        len: usize,
+        /// The dirty range at issue and the cache's bytes in it.
+        range: (usize, usize),
+        bytes: Vec<u8>,
+    },
+    /// A directory's entry changes as they were at issue: the entries created (files and
+    /// directories) and removed.
+    Dir {
+        created_files: Vec<String>,
+        created_dirs: Vec<String>,
+        removed_files: Vec<String>,
+        removed_dirs: Vec<String>,
+    },
 }
 
 impl SimFile {
@@ -89,7 +129,14 @@ impl SimFile {
 #[derive(Debug)]
 pub struct SimDisk {
     files: BTreeMap<String, SimFile>,
-    open: BTreeMap<FileId, String>,
+    /// Directories other than the data directory, and whether each one's entry is durable.
+    dirs: BTreeMap<String, bool>,
+    /// Files removed while their entry was durable, and that removal is not yet: a crash
+    /// brings them back with their durable bytes.
+    removed_files: BTreeMap<String, Vec<u8>>,
+    /// Directories removed likewise.
+    removed_dirs: BTreeSet<String>,
+    open: BTreeMap<FileId, Handle>,
     next_id: FileId,
     syncs_issued: u64,
     faults: DiskFaults,
@@ -113,6 +160,9 @@ impl SimDisk {
     pub fn with_faults(seed: u64, faults: DiskFaults) -> SimDisk {
         SimDisk {
             files: BTreeMap::new(),
+            dirs: BTreeMap::new(),
+            removed_files: BTreeMap::new(),
+            removed_dirs: BTreeSet::new(),
             open: BTreeMap::new(),
             next_id: 0,
             syncs_issued: 0,
@@ -138,8 +188,20 @@ impl SimDisk {
     }
 
     fn file(&mut self, id: FileId) -> Result<&mut SimFile, DiskError> {
-        let name = self.open.get(&id).ok_or(DiskError::UnknownFile(id))?;
+        let Some(Handle::File(name)) = self.open.get(&id) else {
+            return Err(DiskError::UnknownFile(id));
+        };
         self.files.get_mut(name).ok_or(DiskError::UnknownFile(id))
+    }
+
+    /// Makes sure directory `dir` exists (a removed one whose removal is not durable comes
+    /// back as the same entry).
+    fn ensure_dir(&mut self, dir: &str) {
+        if dir.is_empty() || self.dirs.contains_key(dir) {
+            return;
+        }
+        let durable = self.removed_dirs.remove(dir);
+        self.dirs.insert(dir.to_string(), durable);
     }
 
     /// Makes the file's current contents durable at once (an fsync issued and completed with
@@ -149,10 +211,38 @@ impl SimDisk {
         self.finish_sync(pending)
     }
 
-    /// An fsync is issued: what the file holds now is what its completion makes durable.
+    /// An fsync is issued: what the file (or directory) holds now is what its completion
+    /// makes durable.
     pub fn begin_sync(&mut self, id: FileId) -> Result<PendingSync, DiskError> {
         self.syncs_issued += 1;
         let issued = self.syncs_issued;
+        if let Some(Handle::Dir(dir)) = self.open.get(&id) {
+            let dir = dir.clone();
+            let in_dir = |name: &String| parent(name) == dir;
+            return Ok(PendingSync {
+                file: id,
+                what: PendingWhat::Dir {
+                    created_files: (self.files.iter())
+                        .filter(|(n, f)| !f.entry_durable && in_dir(n))
+                        .map(|(n, _)| n.clone())
+                        .collect(),
+                    created_dirs: (self.dirs.iter())
+                        .filter(|(n, durable)| !**durable && in_dir(n))
+                        .map(|(n, _)| n.clone())
+                        .collect(),
+                    removed_files: (self.removed_files.keys())
+                        .filter(|n| in_dir(n))
+                        .cloned()
+                        .collect(),
+                    removed_dirs: self
+                        .removed_dirs
+                        .iter()
+                        .filter(|n| in_dir(n))
+                        .cloned()
+                        .collect(),
+                },
+            });
+        }
         let file = self.file(id)?;
         let len = file.cache.len();
         let range = match (&file.durable, file.dirty) {
@@ -162,70 +252,158 @@ impl SimDisk {
         };
         Ok(PendingSync {
             file: id,
-            issued,
-            changes: file.changes,
-            len,
-            range,
-            bytes: file.cache[range.0..range.1.max(range.0)].to_vec(),
+            what: PendingWhat::File {
+                issued,
+                changes: file.changes,
+                len,
+                range,
+                bytes: file.cache[range.0..range.1.max(range.0)].to_vec(),
+            },
         })
     }
 
     /// The fsync issued as `pending` completes.
     pub fn finish_sync(&mut self, pending: PendingSync) -> Result<(), DiskError> {
+        let (issued, changes, len, range, bytes) = match pending.what {
+            PendingWhat::File {
+                issued,
+                changes,
+                len,
+                range,
+                bytes,
+            } => (issued, changes, len, range, bytes),
+            PendingWhat::Dir {
+                created_files,
+                created_dirs,
+                removed_files,
+                removed_dirs,
+            } => {
+                if !self.open.contains_key(&pending.file) {
+                    return Err(DiskError::UnknownFile(pending.file));
+                }
+                for name in created_files {
+                    if let Some(file) = self.files.get_mut(&name) {
+                        file.entry_durable = true;
+                    }
+                }
+                for name in created_dirs {
+                    if let Some(durable) = self.dirs.get_mut(&name) {
+                        *durable = true;
+                    }
+                }
+                for name in removed_files {
+                    self.removed_files.remove(&name);
+                }
+                for name in removed_dirs {
+                    self.removed_dirs.remove(&name);
+                }
+                return Ok(());
+            }
+        };
         let file = self.file(pending.file)?;
-        if pending.issued <= file.applied_sync {
+        if issued <= file.applied_sync {
             return Ok(());
         }
-        file.applied_sync = pending.issued;
+        file.applied_sync = issued;
         let durable = file.durable.get_or_insert_with(Vec::new);
-        durable.resize(pending.len, 0);
-        let (lo, hi) = pending.range;
+        durable.resize(len, 0);
+        let (lo, hi) = range;
         if lo < hi {
-            durable[lo..hi].copy_from_slice(&pending.bytes);
+            durable[lo..hi].copy_from_slice(&bytes);
         }
-        if file.changes == pending.changes {
+        if file.changes == changes {
             file.dirty = None;
         }
         Ok(())
     }
 
-    /// The process (or machine) crashed: every handle is closed and unsynced writes are lost,
-    /// or with torn writes on, partly kept, sector by sector.
+    /// The process (or machine) crashed: every handle is closed, unsynced writes are lost
+    /// (or, with torn writes on, partly kept, sector by sector), entries created since their
+    /// directory's last sync vanish and entries removed since come back (or, with torn writes
+    /// on, each such change may have reached the disk).
     pub fn crash(&mut self) {
         self.open.clear();
         let torn = self.faults.torn_write_probability;
+        let lucky = |rng: &mut Xoshiro256PlusPlus| torn > 0.0 && rng.random_bool(torn);
+        // Directories: new ones survive only by luck; removed ones come back unless luck
+        // made the removal durable.
+        let mut lost_dirs = BTreeSet::new();
+        for (dir, durable) in self.dirs.iter_mut() {
+            if !*durable && !lucky(&mut self.rng) {
+                lost_dirs.insert(dir.clone());
+            }
+            *durable = true;
+        }
+        for dir in std::mem::take(&mut self.removed_dirs) {
+            if !lucky(&mut self.rng) {
+                self.counts.lost_entry_changes += 1;
+                self.dirs.insert(dir, true);
+            }
+        }
+        for dir in &lost_dirs {
+            self.counts.lost_entry_changes += 1;
+            self.dirs.remove(dir);
+        }
+        let dir_exists = |dirs: &BTreeMap<String, bool>, name: &str| {
+            let dir = parent(name);
+            dir.is_empty() || dirs.contains_key(dir)
+        };
+        // Removed files come back (with their durable bytes) where their directory exists,
+        // unless luck made the removal durable, or a new file of the same name survives.
+        let mut returning = Vec::new();
+        for (name, durable) in std::mem::take(&mut self.removed_files) {
+            if dir_exists(&self.dirs, &name) && !lucky(&mut self.rng) {
+                returning.push((name, durable));
+            }
+        }
         let mut lost = Vec::new();
         for (name, file) in self.files.iter_mut() {
+            if !dir_exists(&self.dirs, name) {
+                lost.push(name.clone());
+                continue;
+            }
+            if !file.entry_durable {
+                if !lucky(&mut self.rng) || returning.iter().any(|(n, _)| n == name) {
+                    self.counts.lost_entry_changes += 1;
+                    lost.push(name.clone());
+                    continue;
+                }
+                file.entry_durable = true;
+            }
             if file.is_synced() {
                 continue;
             }
             let dirty = file.dirty.take();
-            let Some(old) = file.durable.take() else {
-                // A file never synced survives only if its directory entry happened to be
-                // written, and then with whatever sectors made it.
-                if torn > 0.0 && self.rng.random_bool(torn) {
-                    self.counts.torn_files += 1;
-                    let kept = tear(&mut self.rng, torn, &[], &file.cache, (0, file.cache.len()));
-                    file.cache.clone_from(&kept);
-                    file.durable = Some(kept);
-                } else {
-                    lost.push(name.clone());
-                }
-                continue;
-            };
+            let never_synced = file.durable.is_none();
+            let old = file.durable.take().unwrap_or_default();
             if torn == 0.0 {
                 file.cache.clone_from(&old);
                 file.durable = Some(old);
                 continue;
             }
             self.counts.torn_files += 1;
-            let range = dirty.unwrap_or((old.len(), old.len()));
+            let range = if never_synced {
+                (0, file.cache.len())
+            } else {
+                dirty.unwrap_or((old.len(), old.len()))
+            };
             let kept = tear(&mut self.rng, torn, &old, &file.cache, range);
             file.cache.clone_from(&kept);
             file.durable = Some(kept);
         }
         for name in lost {
             self.files.remove(&name);
+        }
+        for (name, durable) in returning {
+            self.files.insert(
+                name,
+                SimFile {
+                    cache: durable.clone(),
+                    durable: Some(durable),
+                    entry_durable: true,
+                    ..SimFile::default()
+                },
+            );
         }
     }
 
@@ -234,12 +412,18 @@ impl SimDisk {
         self.files.get_mut(name).map(|f| &mut f.cache)
     }
 
-    /// Makes every file durable as it is now (a clean shutdown of the machine).
+    /// Makes every file and entry durable as it is now (a clean shutdown of the machine).
     pub fn sync_all(&mut self) {
         for file in self.files.values_mut() {
             file.durable = Some(file.cache.clone());
             file.dirty = None;
+            file.entry_durable = true;
         }
+        for durable in self.dirs.values_mut() {
+            *durable = true;
+        }
+        self.removed_files.clear();
+        self.removed_dirs.clear();
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -257,7 +441,8 @@ impl Disk for SimDisk {
             return Err(DiskError::NotFound(name.to_string()));
         }
         self.next_id += 1;
-        self.open.insert(self.next_id, name.to_string());
+        self.open
+            .insert(self.next_id, Handle::File(name.to_string()));
         Ok(self.next_id)
     }
 
@@ -267,6 +452,7 @@ impl Disk for SimDisk {
                 self.counts.full_writes += 1;
                 return Err(DiskError::Full);
             }
+            self.ensure_dir(parent(name));
             self.files.insert(name.to_string(), SimFile::default());
         }
         self.open(name)
@@ -337,8 +523,39 @@ impl Disk for SimDisk {
     }
 
     fn remove(&mut self, name: &str) -> Result<(), DiskError> {
-        self.files.remove(name);
-        self.open.retain(|_, n| n != name);
+        if let Some(file) = self.files.remove(name) {
+            if file.entry_durable {
+                self.removed_files
+                    .insert(name.to_string(), file.durable.unwrap_or_default());
+            }
+        }
+        self.open
+            .retain(|_, h| *h != Handle::File(name.to_string()));
+        Ok(())
+    }
+
+    fn open_dir(&mut self, name: &str) -> Result<FileId, DiskError> {
+        if !name.is_empty() && !self.dirs.contains_key(name) && self.full {
+            self.counts.full_writes += 1;
+            return Err(DiskError::Full);
+        }
+        self.ensure_dir(name);
+        self.next_id += 1;
+        self.open
+            .insert(self.next_id, Handle::Dir(name.to_string()));
+        Ok(self.next_id)
+    }
+
+    fn remove_dir(&mut self, name: &str) -> Result<(), DiskError> {
+        if self.files.keys().any(|f| parent(f) == name) {
+            return Err(DiskError::Io(format!("directory {name} is not empty")));
+        }
+        if let Some(durable) = self.dirs.remove(name) {
+            if durable {
+                self.removed_dirs.insert(name.to_string());
+            }
+        }
+        self.open.retain(|_, h| *h != Handle::Dir(name.to_string()));
         Ok(())
     }
 }
@@ -385,6 +602,8 @@ mod tests {
     fn a_sync_covers_what_was_written_before_it_was_issued() {
         let mut disk = SimDisk::new();
         let file = disk.create("f").unwrap();
+        let root = disk.open_dir("").unwrap();
+        disk.sync(root).unwrap();
         disk.write_at(file, 0, b"before").unwrap();
         let pending = disk.begin_sync(file).unwrap();
         disk.write_at(file, 6, b"during").unwrap();
@@ -407,5 +626,54 @@ mod tests {
         let mut read = [0u8; 12];
         disk.read_at(file, 0, &mut read).unwrap();
         assert_eq!(&read, b"BEFOREduring");
+    }
+
+    /// A file's creation and removal are durable only once its directory is synced.
+    #[test]
+    fn entries_are_durable_only_once_their_directory_is_synced() {
+        let mut disk = SimDisk::new();
+        let dir = disk.open_dir("t-0").unwrap();
+        let file = disk.create("t-0/a").unwrap();
+        disk.write_at(file, 0, b"synced bytes").unwrap();
+        disk.sync(file).unwrap();
+        disk.crash();
+        assert!(disk.names().is_empty(), "the file's entry was never synced");
+        let dir = {
+            let _ = dir;
+            disk.open_dir("t-0").unwrap()
+        };
+        let file = disk.create("t-0/a").unwrap();
+        disk.write_at(file, 0, b"synced bytes").unwrap();
+        disk.sync(file).unwrap();
+        disk.sync(dir).unwrap();
+        disk.crash();
+        assert!(
+            disk.names().is_empty(),
+            "the directory's entry was never synced"
+        );
+        let dir = disk.open_dir("t-0").unwrap();
+        let root = disk.open_dir("").unwrap();
+        let file = disk.create("t-0/a").unwrap();
+        disk.write_at(file, 0, b"synced bytes").unwrap();
+        for id in [file, dir, root] {
+            disk.sync(id).unwrap();
+        }
+        disk.crash();
+        assert_eq!(disk.names(), vec!["t-0/a".to_string()]);
+        // A removal not yet synced is undone by a crash, with the file's durable bytes.
+        disk.remove("t-0/a").unwrap();
+        disk.remove_dir("t-0").unwrap();
+        disk.crash();
+        assert_eq!(disk.names(), vec!["t-0/a".to_string()]);
+        assert_eq!(
+            disk.contents_mut("t-0/a").unwrap().as_slice(),
+            b"synced bytes"
+        );
+        disk.remove("t-0/a").unwrap();
+        disk.remove_dir("t-0").unwrap();
+        let root = disk.open_dir("").unwrap();
+        disk.sync(root).unwrap();
+        disk.crash();
+        assert!(disk.names().is_empty(), "the removal was made durable");
     }
 }

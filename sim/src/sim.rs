@@ -116,6 +116,12 @@ impl Disk for SharedDisk {
     fn remove(&mut self, name: &str) -> Result<(), DiskError> {
         self.0.borrow_mut().remove(name)
     }
+    fn open_dir(&mut self, name: &str) -> Result<FileId, DiskError> {
+        self.0.borrow_mut().open_dir(name)
+    }
+    fn remove_dir(&mut self, name: &str) -> Result<(), DiskError> {
+        self.0.borrow_mut().remove_dir(name)
+    }
 }
 
 #[derive(Debug)]
@@ -479,6 +485,7 @@ impl Sim {
             ("read-error", counts.read_errors),
             ("disk-full-write", counts.full_writes),
             ("torn-file", counts.torn_files),
+            ("lost-entry-change", counts.lost_entry_changes),
         ] {
             if count > 0 {
                 self.faults.insert(kind, count);

@@ -1,11 +1,14 @@
 //! The partition log against an in-memory model, through random appends, reads, syncs,
-//! crashes (which drop every unsynced write) and recoveries: what was synced is always there,
-//! nothing else appears, and offsets never repeat.
+//! crashes and recoveries, on a disk with faults: torn writes (a crash keeps a random part of
+//! what was not synced, sector by sector, and may keep or lose unsynced directory entries),
+//! bits flipped on reads and failed reads. What was synced is always there, whatever else
+//! survives is a prefix of what was appended after it, and offsets never repeat.
 
 use bytes::Bytes;
 use keel_core::disk::Disk;
 use keel_core::log::{LogConfig, PartitionLog};
 use keel_core::record::{self, BatchOptions, NewRecord, RecordBatch};
+use keel_sim::disk::DiskFaults;
 use keel_sim::SimDisk;
 use proptest::prelude::*;
 
@@ -60,9 +63,11 @@ fn read_all(log: &mut PartitionLog, disk: &mut SimDisk, from: i64) -> Vec<(i64, 
     let mut out = Vec::new();
     let mut offset = from;
     loop {
-        let bytes = log
-            .read(disk, offset, log.log_end_offset(), 1000, true)
-            .unwrap();
+        // A read may fail on a faulty disk (after the log's own retries); a client retries.
+        let end = log.log_end_offset();
+        let bytes = (0..10)
+            .find_map(|_| log.read(disk, offset, end, 1000, true).ok())
+            .expect("a read succeeds within ten tries");
         if bytes.is_empty() {
             return out;
         }
@@ -78,6 +83,21 @@ fn read_all(log: &mut PartitionLog, disk: &mut SimDisk, from: i64) -> Vec<(i64, 
             }
         }
     }
+}
+
+/// After a crash: the log keeps at least the synced prefix, and anything after it is a
+/// prefix of what was appended (a torn tail may keep some unsynced batches whole). The model
+/// keeps what survived.
+fn check_after_crash(log: &mut PartitionLog, disk: &mut SimDisk, model: &mut Model) {
+    let end = log.log_end_offset();
+    assert!(
+        end >= model.synced as i64 && end <= model.values.len() as i64,
+        "the log ends at {end}; {} were synced and {} appended",
+        model.synced,
+        model.values.len()
+    );
+    model.values.truncate(end as usize);
+    check(log, disk, model);
 }
 
 fn check(log: &mut PartitionLog, disk: &mut SimDisk, model: &Model) {
@@ -96,9 +116,22 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn the_log_keeps_what_was_synced_and_nothing_else(ops in prop::collection::vec(op(), 1..80)) {
-        let mut disk = SimDisk::new();
+    fn the_log_keeps_what_was_synced_and_nothing_else(
+        ops in prop::collection::vec(op(), 1..80),
+        disk_seed in any::<u64>(),
+        torn in prop_oneof![Just(0.0), 0.05f64..0.95],
+        flips in prop_oneof![Just(0.0), 0.001f64..0.02],
+    ) {
+        let faults = DiskFaults {
+            read_flip_probability: flips,
+            read_error_probability: flips / 2.0,
+            torn_write_probability: torn,
+        };
+        let mut disk = SimDisk::with_faults(disk_seed, faults);
         let mut log = PartitionLog::create(&mut disk, DIR, config()).unwrap();
+        // The partition directory's entry is in the data directory (the node syncs it).
+        let root = disk.open_dir("").unwrap();
+        disk.sync(root).unwrap();
         let mut model = Model { values: Vec::new(), synced: 0, next_value: 0 };
         for op in ops {
             match op {
@@ -129,9 +162,7 @@ proptest! {
                 Op::Crash => {
                     disk.crash();
                     log = reopen(&mut disk);
-                    // Exactly the synced prefix survives.
-                    model.values.truncate(model.synced);
-                    check(&mut log, &mut disk, &model);
+                    check_after_crash(&mut log, &mut disk, &mut model);
                 }
                 Op::Reopen => {
                     log = reopen(&mut disk);

@@ -772,12 +772,13 @@ fn a_topic_created_again_does_not_inherit_the_old_one_s_sync_round() {
     h.step(Input::ConnOpened { conn: 2 });
     h.send(2, 9, produce_request("t", 0, batch(&["a", "b", "c"]), 1));
     // The round that syncs offsets 0..3 of the old log is in flight.
-    delete_topic(&mut h, 1, "t");
-    assert!(h.take_response(1, ApiKey::DeleteTopics, 5).is_some());
+    h.step(Input::ConnOpened { conn: 3 });
+    delete_topic(&mut h, 3, "t");
     h.create_topic("t");
     // Completing it must not move the new, empty log's durable end to 3 (the invariant
     // checks after each step catch that).
     h.complete_syncs();
+    assert!(h.take_response(3, ApiKey::DeleteTopics, 5).is_some());
     let Response::Fetch(fetch) = h.call(11, fetch_request("t", 0, 0)) else {
         panic!()
     };
@@ -919,6 +920,12 @@ impl keel_core::disk::Disk for FlipFirstRead {
     }
     fn remove(&mut self, name: &str) -> Result<(), keel_core::disk::DiskError> {
         self.disk.remove(name)
+    }
+    fn open_dir(&mut self, name: &str) -> Result<u64, keel_core::disk::DiskError> {
+        self.disk.open_dir(name)
+    }
+    fn remove_dir(&mut self, name: &str) -> Result<(), keel_core::disk::DiskError> {
+        self.disk.remove_dir(name)
     }
 }
 
@@ -1169,4 +1176,41 @@ fn a_log_whose_every_segment_was_a_torn_tail_starts_over_empty() {
     let p = h.produce(9, produce_request("t", 0, batch(&["again"]), -1));
     assert_eq!((p.error_code, p.base_offset), (codes::NONE, 0));
     assert_eq!(fetch_values(&mut h, "t", 0).1, vec!["again"]);
+}
+
+/// A crash right after a topic is deleted and answered must not bring it back, and a crash
+/// right after a segment rolls must not lose the new segment's acknowledged batches: both are
+/// directory entries, durable only once their directory is synced.
+#[test]
+fn directory_entries_are_durable_before_answers_depend_on_them() {
+    let mut config = Config::default();
+    config.log.segment_size_bytes = 64;
+    let (mut h, _) = Harness::with(config.clone(), SimDisk::new(), true);
+    h.create_topic("gone");
+    h.call(9, produce_request("gone", 0, batch(&["old"]), -1));
+    h.create_topic("kept");
+    for v in ["one", "two", "three"] {
+        let p = h.produce(9, produce_request("kept", 0, batch(&[v]), -1));
+        assert_eq!(p.error_code, codes::NONE);
+    }
+    delete_topic(&mut h, 1, "gone");
+    let Some(Response::DeleteTopics(deleted)) = h.take_response(1, ApiKey::DeleteTopics, 5) else {
+        panic!("the delete is answered")
+    };
+    assert_eq!(deleted.responses[0].error_code, codes::NONE);
+    let mut disk = h.node.into_disk();
+    disk.crash();
+    let (mut h, events) = Harness::with(config, disk, true);
+    assert!(
+        matches!(&events[..], [RecoveryEvent::Recovered { topic, batches: 3, .. }] if topic == "kept"),
+        "{events:?}"
+    );
+    let mut values = Vec::new();
+    while let (codes::NONE, more) = fetch_values(&mut h, "kept", values.len() as i64) {
+        if more.is_empty() {
+            break;
+        }
+        values.extend(more);
+    }
+    assert_eq!(values, vec!["one", "two", "three"]);
 }

@@ -131,6 +131,8 @@ impl<D: Disk> Node<D> {
     /// Creates a topic with `partitions` partitions. The caller checked the name and count.
     fn create_topic(&mut self, name: &str, partitions: i32) -> Result<(), LogError> {
         let id = self.random_uuid();
+        // The partition directories' entries are in the data directory.
+        self.extra_dirty_files.push(self.root_dir);
         let files =
             self.topics
                 .create_partitions(&mut self.disk, name, id, partitions, self.config.log)?;
@@ -446,6 +448,10 @@ impl<D: Disk> Node<D> {
         }
         match self.producer_ids.allocate(&mut self.disk) {
             Ok((producer_id, wrote, wait)) => {
+                if wrote.is_some() {
+                    // The block's file may be new: its entry is in the data directory.
+                    self.extra_dirty_files.push(self.root_dir);
+                }
                 self.extra_dirty_files.extend(wrote);
                 let response = InitProducerIdResponse {
                     producer_id,
@@ -722,8 +728,9 @@ impl<D: Disk> Node<D> {
         &mut self,
         request: &DeleteTopicsRequest,
         version: i16,
-    ) -> DeleteTopicsResponse {
+    ) -> (DeleteTopicsResponse, bool) {
         use crate::protocol::messages::delete_topics_response::*;
+        let mut deleted = false;
         let targets: Vec<(Option<String>, Uuid)> = if version >= 6 {
             request
                 .topics
@@ -755,6 +762,10 @@ impl<D: Disk> Node<D> {
                     // Fetches parked on the topic stay parked: the next look finds the topic
                     // gone and answers them with an error, in their connection's order.
                     result.topic_id = self.topics.by_name[&name].id;
+                    // Whatever happened, directory entries may have gone: the answer waits
+                    // until their removal is durable.
+                    deleted = true;
+                    self.extra_dirty_files.push(self.root_dir);
                     if let Err(e) = self.topics.delete(&mut self.disk, &name) {
                         result.error_code = codes::KAFKA_STORAGE_ERROR;
                         result.error_message = Some(e.to_string());
@@ -775,10 +786,13 @@ impl<D: Disk> Node<D> {
             }
             responses.push(result);
         }
-        DeleteTopicsResponse {
-            responses,
-            ..Default::default()
-        }
+        (
+            DeleteTopicsResponse {
+                responses,
+                ..Default::default()
+            },
+            deleted,
+        )
     }
 
     pub(super) fn create_partitions(
@@ -833,6 +847,7 @@ impl<D: Disk> Node<D> {
                     ) {
                         Ok(files) => {
                             self.extra_dirty_files.extend(files);
+                            self.extra_dirty_files.push(self.root_dir);
                             created = true;
                         }
                         Err(e) => {

@@ -269,8 +269,12 @@ pub struct Node<D: Disk> {
     topics: Topics,
     conns: BTreeMap<ConnId, Conn>,
     parked: Vec<ParkedFetch>,
-    /// Files outside partition logs written since the last round (topic metadata).
+    /// Files outside partition logs written since the last round (topic metadata, the data
+    /// directory).
     extra_dirty_files: Vec<FileId>,
+    /// The data directory: synced when a partition directory or the producer-id file was
+    /// created or removed in it (and once at start, for what a crash left unsynced).
+    root_dir: FileId,
     round: Option<Round>,
     /// The id the next round will take: writes made now complete with it.
     next_round: u64,
@@ -297,15 +301,19 @@ impl<D: Disk> Node<D> {
     pub fn new(config: Config, mut disk: D) -> Result<(Node<D>, Vec<RecoveryEvent>), NodeError> {
         let (topics, events) = Topics::recover(&mut disk, config.log)?;
         let producer_ids = producer_ids::ProducerIds::recover(&mut disk, topics.max_producer_id())?;
+        let root_dir = disk.open_dir("")?;
         let rng_state = config.seed ^ 0x6b65_656c_6b65_656c;
-        let serving = !topics.needs_sync();
+        // The first round (which syncs the data directory, and every recovered log) must
+        // complete before any request is read.
+        let serving = false;
         let node = Node {
             config,
             disk,
             topics,
             conns: BTreeMap::new(),
             parked: Vec::new(),
-            extra_dirty_files: Vec::new(),
+            extra_dirty_files: vec![root_dir],
+            root_dir,
             round: None,
             next_round: 1,
             next_token: 1,
@@ -648,9 +656,11 @@ impl<D: Disk> Node<D> {
                 let bytes = Some(reply(Response::CreateTopics(response))?);
                 self.slot_after_writes(waits, bytes)
             }
-            Request::DeleteTopics(r) => Slot::Ready(Some(reply(Response::DeleteTopics(
-                self.delete_topics(&r, version),
-            ))?)),
+            Request::DeleteTopics(r) => {
+                let (response, deleted) = self.delete_topics(&r, version);
+                let bytes = Some(reply(Response::DeleteTopics(response))?);
+                self.slot_after_writes(deleted, bytes)
+            }
             Request::CreatePartitions(r) => {
                 let (response, waits) = self.create_partitions(&r);
                 let bytes = Some(reply(Response::CreatePartitions(response))?);

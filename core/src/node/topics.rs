@@ -232,6 +232,9 @@ impl Topics {
                     disk.remove(&file)?;
                 }
             }
+            // Durable once the data directory is synced: the caller syncs it before it
+            // answers, or the topic could come back after a crash.
+            disk.remove_dir(&dir)?;
         }
         Ok(())
     }
