@@ -131,7 +131,7 @@ mod tests {
     #[test]
     fn the_partition_budget_follows_the_open_file_limit() {
         assert_eq!(partitions_max(1_024), 256);
-        assert_eq!(partitions_max(65_536), (65_536 - 1_024) / 3);
+        assert_eq!(partitions_max(30_000), (30_000 - 1_024) / 3);
         assert_eq!(partitions_max(u64::MAX), limits::PARTITIONS_MAX);
     }
 

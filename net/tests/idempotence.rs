@@ -2,6 +2,11 @@
 //! produces through a proxy that cuts connections in the middle of requests and drops
 //! answers, while the broker is SIGKILLed and restarted once. Every record must end up in the
 //! log exactly once, in the order it was sent.
+//!
+//! What this cannot show: a SIGKILL ends the process, not the machine, so the page cache
+//! keeps every write and this test would pass without a single fsync. Power loss (unsynced
+//! writes lost or torn, unsynced directory entries undone) is the simulator's to test
+//! (`sim/`, the `skip-fsync` planted bug).
 
 mod common;
 
