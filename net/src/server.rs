@@ -85,6 +85,9 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             } => {
                 tracing::error!(%topic, partition, %reason, "partition OFFLINE: it will not be served until repaired");
             }
+            RecoveryEvent::Recreated { topic, partition } => {
+                tracing::warn!(%topic, partition, "partition directory missing (a crash during the topic's creation); created again, empty");
+            }
         }
     }
     tracing::info!(listen = %local, data_dir = %config.data_dir.display(), "keel is serving");

@@ -1214,3 +1214,49 @@ fn directory_entries_are_durable_before_answers_depend_on_them() {
     }
     assert_eq!(values, vec!["one", "two", "three"]);
 }
+
+/// A crash in the middle of a topic's creation may leave some of its partition directories
+/// and none of its `partition.metadata`: the topic comes back whole, with an id.
+#[test]
+fn a_crash_during_topic_creation_leaves_no_partition_offline() {
+    let config = Config {
+        default_partitions: 3,
+        ..Config::default()
+    };
+    let (mut h, _) = Harness::with(config.clone(), SimDisk::new(), true);
+    h.create_topic("t");
+    let mut disk = h.node.into_disk();
+    use keel_core::disk::Disk;
+    for name in disk.names() {
+        if name.starts_with("t-1/") || name.ends_with("partition.metadata") {
+            disk.remove(&name).unwrap();
+        }
+    }
+    disk.remove_dir("t-1").unwrap();
+    disk.sync_all();
+    let (mut h, events) = Harness::with(config, disk, true);
+    assert!(
+        events
+            .iter()
+            .all(|e| !matches!(e, RecoveryEvent::Offline { .. })),
+        "{events:?}"
+    );
+    let id = topic_id(&mut h, "t");
+    assert_ne!(id, keel_core::protocol::wire::Uuid::default());
+    for partition in 0..3 {
+        let p = h.produce(9, produce_request("t", partition, batch(&["x"]), -1));
+        assert_eq!(p.error_code, codes::NONE, "partition {partition}");
+    }
+    // The new id is on disk: it survives another restart.
+    let mut disk = h.node.into_disk();
+    disk.crash();
+    let (mut h, _) = Harness::with(
+        Config {
+            default_partitions: 3,
+            ..Config::default()
+        },
+        disk,
+        true,
+    );
+    assert_eq!(topic_id(&mut h, "t"), id);
+}

@@ -84,17 +84,8 @@ fn validate_records(
 }
 
 impl<D: Disk> Node<D> {
-    /// A topic id no topic has (and not the all-zero id, which means "none" on the wire).
     fn random_uuid(&mut self) -> Uuid {
-        loop {
-            let mut id = [0u8; 16];
-            id[..8].copy_from_slice(&self.next_random().to_be_bytes());
-            id[8..].copy_from_slice(&self.next_random().to_be_bytes());
-            let id = Uuid(id);
-            if id != Uuid::default() && self.topics.name_of(&id).is_none() {
-                return id;
-            }
-        }
+        super::new_topic_id(&mut self.rng_state, &self.topics)
     }
 
     /// Whether `topic` may grow to `count` partitions (from `current`): within the limits of

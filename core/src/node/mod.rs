@@ -306,7 +306,7 @@ impl<D: Disk> Node<D> {
         // The first round (which syncs the data directory, and every recovered log) must
         // complete before any request is read.
         let serving = false;
-        let node = Node {
+        let mut node = Node {
             config,
             disk,
             topics,
@@ -325,6 +325,10 @@ impl<D: Disk> Node<D> {
             rng_state,
             producer_ids,
         };
+        let rng_state = &mut node.rng_state;
+        let mut next_id = |topics: &Topics| new_topic_id(rng_state, topics);
+        let files = node.topics.repair_metadata(&mut node.disk, &mut next_id)?;
+        node.extra_dirty_files.extend(files);
         Ok((node, events))
     }
 
@@ -339,14 +343,6 @@ impl<D: Disk> Node<D> {
 
     pub fn into_disk(self) -> D {
         self.disk
-    }
-
-    fn next_random(&mut self) -> u64 {
-        self.rng_state = self.rng_state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.rng_state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
     }
 
     pub fn step(&mut self, now: Instant, input: Input<'_>, out: &mut Vec<Output>) {
@@ -869,6 +865,29 @@ impl<D: Disk> Node<D> {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The node's PRNG (splitmix64), seeded from its config: the core draws no OS randomness.
+fn node_rng(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A topic id no topic has (and not the all-zero id, which means "none" on the wire), from
+/// the node's PRNG. A restart replays the same seed, so uniqueness is checked, not hoped for.
+fn new_topic_id(state: &mut u64, topics: &Topics) -> crate::protocol::wire::Uuid {
+    loop {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&node_rng(state).to_be_bytes());
+        id[8..].copy_from_slice(&node_rng(state).to_be_bytes());
+        let id = crate::protocol::wire::Uuid(id);
+        if id != crate::protocol::wire::Uuid::default() && topics.name_of(&id).is_none() {
+            return id;
         }
     }
 }

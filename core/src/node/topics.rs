@@ -29,6 +29,9 @@ pub enum RecoveryEvent {
         partition: i32,
         reason: String,
     },
+    /// The partition's directory was missing (a crash during the topic's creation) and was
+    /// created again, empty.
+    Recreated { topic: String, partition: i32 },
 }
 
 /// A partition log and the offset a sync round makes durable in it: (topic, partition, log
@@ -99,6 +102,15 @@ fn read_topic_id(disk: &mut dyn Disk, dir: &str) -> Option<Uuid> {
         .and_then(decode_uuid)
 }
 
+/// Writes `partition.metadata` in `dir`; returns the file, to sync.
+fn write_topic_id(disk: &mut dyn Disk, dir: &str, id: &Uuid) -> Result<FileId, DiskError> {
+    let metadata = disk.create(&format!("{dir}/{PARTITION_METADATA_FILE}"))?;
+    let text = format!("version: 0\ntopic_id: {}\n", encode_uuid(id));
+    disk.truncate(metadata, 0)?;
+    disk.write_at(metadata, 0, text.as_bytes())?;
+    Ok(metadata)
+}
+
 impl Topics {
     pub(crate) fn recover(
         disk: &mut dyn Disk,
@@ -138,18 +150,26 @@ impl Topics {
                 topic.id = id;
             }
             while (topic.partitions.len() as i32) < partition {
+                // A partition directory missing below one that exists: a crash cut the
+                // topic's creation short (its directories are made durable in one round,
+                // before anything written to them is acknowledged), so it never held an
+                // acknowledged record. It is created again, empty.
                 let missing = topic.partitions.len() as i32;
-                events.push(RecoveryEvent::Offline {
-                    topic: topic_name.clone(),
-                    partition: missing,
-                    reason: format!(
-                        "directory {} is missing",
-                        partition_dir(&topic_name, missing)
-                    ),
-                });
+                let missing_dir = partition_dir(&topic_name, missing);
+                let log = match PartitionLog::create(disk, &missing_dir, config) {
+                    Ok(log) => {
+                        events.push(RecoveryEvent::Recreated {
+                            topic: topic_name.clone(),
+                            partition: missing,
+                        });
+                        Ok(log)
+                    }
+                    Err(LogError::Disk(e)) => return Err(e),
+                    Err(e) => Err(e.to_string()),
+                };
                 next_log_id += 1;
                 topic.partitions.push(Partition {
-                    log: Err("partition directory missing".into()),
+                    log,
                     log_id: next_log_id,
                 });
             }
@@ -184,6 +204,34 @@ impl Topics {
         Ok((topics, events))
     }
 
+    /// After recovery: gives a topic whose every `partition.metadata` was lost (a crash
+    /// during its creation) a new id from `new_id`, and writes the file again wherever it is
+    /// missing or disagrees. Returns the files written, to sync.
+    pub(crate) fn repair_metadata(
+        &mut self,
+        disk: &mut dyn Disk,
+        new_id: &mut dyn FnMut(&Topics) -> Uuid,
+    ) -> Result<Vec<FileId>, DiskError> {
+        let names: Vec<String> = self.by_name.keys().cloned().collect();
+        let mut files = Vec::new();
+        for name in names {
+            if self.by_name[&name].id == Uuid::default() {
+                let id = new_id(self);
+                tracing::warn!(topic = %name, "the topic's id was lost; it gets a new one");
+                self.by_name.get_mut(&name).expect("listed").id = id;
+            }
+            let topic = &self.by_name[&name];
+            for (index, partition) in topic.partitions.iter().enumerate() {
+                let dir = partition_dir(&name, index as i32);
+                if partition.log.is_err() || read_topic_id(disk, &dir) == Some(topic.id) {
+                    continue;
+                }
+                files.push(write_topic_id(disk, &dir, &topic.id)?);
+            }
+        }
+        Ok(files)
+    }
+
     /// Creates a topic's partitions `from..to` on disk. Returns the metadata files written.
     pub(crate) fn create_partitions(
         &mut self,
@@ -204,10 +252,7 @@ impl Topics {
         for partition in topic.partitions.len() as i32..count {
             let dir = partition_dir(name, partition);
             let log = PartitionLog::create(disk, &dir, config)?;
-            let metadata = disk.create(&format!("{dir}/{PARTITION_METADATA_FILE}"))?;
-            let text = format!("version: 0\ntopic_id: {}\n", encode_uuid(&topic.id));
-            disk.write_at(metadata, 0, text.as_bytes())?;
-            files.push(metadata);
+            files.push(write_topic_id(disk, &dir, &topic.id)?);
             self.next_log_id += 1;
             topic.partitions.push(Partition {
                 log: Ok(log),
