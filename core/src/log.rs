@@ -296,6 +296,8 @@ impl PartitionLog {
         let log_start_offset = 0;
         let mut expected_offset = log_start_offset;
         let mut cut = false;
+        // Where the batches at or past the recovery point start: (segment index, position).
+        let mut unsynced_from: Option<(usize, u64)> = None;
         for (i, base) in bases.iter().enumerate() {
             let name = segment_name(dir, *base);
             if cut {
@@ -341,6 +343,9 @@ impl PartitionLog {
             }
             let mut position = 0u64;
             while position < len_bytes {
+                if unsynced_from.is_none() && expected_offset >= recovery_point {
+                    unsynced_from = Some((segments.len(), position));
+                }
                 match Self::check_batch(disk, file, position, len_bytes, expected_offset) {
                     Ok((header, size_bytes)) => {
                         producers.record(
@@ -383,6 +388,16 @@ impl PartitionLog {
             }
             report.segments += 1;
             segments.push(segment);
+        }
+        if let Some((first, position)) = unsynced_from {
+            // Past the recovery point, what recovery just read may be pages that a failed
+            // fsync left in the page cache marked clean but never wrote (Linux does that, and
+            // a process restarted on the same machine reads them back). Writing them again
+            // makes the first sync of this start really write them.
+            for (i, segment) in segments.iter().enumerate().skip(first) {
+                let from = if i == first { position } else { 0 };
+                Self::rewrite(disk, segment.file, from, segment.size_bytes)?;
+            }
         }
         if segments.is_empty() {
             // Every segment was a torn tail (the first one, never synced, was lost): the log
@@ -548,6 +563,38 @@ impl PartitionLog {
     /// way must not pass for a torn checkpoint, which would turn off the protection of synced
     /// data. Only a checkpoint that reads bad every time is torn (a new log's, never synced)
     /// and says nothing: the whole log is then treated as possibly torn.
+    /// Writes `[from, to)` of `file` again with what it holds, in chunks, each read until two
+    /// reads agree (a bit flipped on the way must not be written back as damage).
+    fn rewrite(disk: &mut dyn Disk, file: FileId, from: u64, to: u64) -> Result<(), LogError> {
+        const CHUNK_BYTES: u64 = 1 << 20;
+        let mut start = from;
+        while start < to {
+            let end = (start + CHUNK_BYTES).min(to);
+            let mut previous: Option<Vec<u8>> = None;
+            let mut agreed = None;
+            for _ in 0..RECOVERY_READ_ATTEMPTS_MAX {
+                let mut bytes = vec![0u8; (end - start) as usize];
+                if disk.read_at(file, start, &mut bytes).is_err() {
+                    previous = None;
+                    continue;
+                }
+                if previous.as_ref() == Some(&bytes) {
+                    agreed = Some(bytes);
+                    break;
+                }
+                previous = Some(bytes);
+            }
+            let Some(bytes) = agreed else {
+                return Err(LogError::Disk(DiskError::Io(format!(
+                    "bytes {start}..{end} read differently every time"
+                ))));
+            };
+            disk.write_at(file, start, &bytes)?;
+            start = end;
+        }
+        Ok(())
+    }
+
     fn read_recovery_point(disk: &mut dyn Disk, file: FileId) -> Result<i64, LogError> {
         if disk.len(file)? < RECOVERY_POINT_BYTES as u64 {
             return Ok(0);

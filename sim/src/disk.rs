@@ -46,6 +46,8 @@ pub struct DiskFaultCounts {
     pub torn_files: u64,
     /// Directory entries a crash undid: created ones lost, removed ones brought back.
     pub lost_entry_changes: u64,
+    /// Failed syncs whose unwritten pages stayed in the cache, marked clean.
+    pub pages_left_clean: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -410,6 +412,26 @@ impl SimDisk {
     /// Raw access for tests that damage files on purpose.
     pub fn contents_mut(&mut self, name: &str) -> Option<&mut Vec<u8>> {
         self.files.get_mut(name).map(|f| &mut f.cache)
+    }
+
+    /// The fsync issued as `pending` failed (EIO), as Linux fails one: what it was to write
+    /// never reached the disk, yet the pages stay in the cache marked clean, so reads still
+    /// see them and a later fsync does not write them again.
+    pub fn fail_sync(&mut self, pending: PendingSync) {
+        let PendingWhat::File { changes, .. } = pending.what else {
+            return;
+        };
+        if let Ok(file) = self.file(pending.file) {
+            if file.changes == changes && file.durable.is_some() {
+                file.dirty = None;
+                self.counts.pages_left_clean += 1;
+            }
+        }
+    }
+
+    /// The process ended and the machine did not: handles close, the page cache stays.
+    pub fn close_all(&mut self) {
+        self.open.clear();
     }
 
     /// Makes every file and entry durable as it is now (a clean shutdown of the machine).

@@ -46,6 +46,10 @@ pub struct Plan {
     pub sync_latency_us: (u64, u64),
     pub slow_sync_probability: f64,
     pub sync_error_probability: f64,
+    /// After a failed sync halts the node, the chance that only the process restarts (the
+    /// machine, and its page cache, stay up): the pages the failed sync did not write stay
+    /// in the cache, marked clean, as Linux leaves them.
+    pub same_kernel_restart_probability: f64,
     pub disk_full_interval_ms: Option<u64>,
 }
 
@@ -79,6 +83,11 @@ impl Plan {
             max_in_flight: rng.random_range(1..=5),
             idempotent: later.random_bool(0.5),
             init_producer_id_version: version(&mut later, INIT_PRODUCER_ID_VERSIONS),
+            same_kernel_restart_probability: if later.random_bool(0.5) {
+                later.random_range(0.5..1.0)
+            } else {
+                0.0
+            },
             produce_version: version(rng, PRODUCE_VERSIONS),
             fetch_version: version(rng, FETCH_VERSIONS),
             metadata_version: version(rng, METADATA_VERSIONS),

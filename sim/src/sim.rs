@@ -486,6 +486,7 @@ impl Sim {
             ("disk-full-write", counts.full_writes),
             ("torn-file", counts.torn_files),
             ("lost-entry-change", counts.lost_entry_changes),
+            ("pages-left-clean", counts.pages_left_clean),
         ] {
             if count > 0 {
                 self.faults.insert(kind, count);
@@ -601,6 +602,9 @@ impl Sim {
                 }
                 if !self.quiet && self.rng.random_bool(self.plan.sync_error_probability) {
                     self.fault("sync-error");
+                    if let Ok(pending) = sync {
+                        self.disk.0.borrow_mut().fail_sync(pending);
+                    }
                     let result = Err(DiskError::Io("injected fsync failure".into()));
                     self.step_node(Input::Synced { token, result });
                     if self.node.is_some() {
@@ -708,6 +712,11 @@ impl Sim {
     /// The process dies: its connections reset, its pending syncs never complete, its disk
     /// keeps only what was synced (or a torn part of the rest).
     fn crash_node(&mut self) {
+        self.stop_node(true);
+    }
+
+    /// The process dies; with `machine`, the machine too (the page cache is lost).
+    fn stop_node(&mut self, machine: bool) {
         let Some(node) = self.node.take() else {
             return;
         };
@@ -724,7 +733,11 @@ impl Sim {
         }
         self.incarnation += 1;
         self.deadline_scheduled_ns = None;
-        self.disk.0.borrow_mut().crash();
+        if machine {
+            self.disk.0.borrow_mut().crash();
+        } else {
+            self.disk.0.borrow_mut().close_all();
+        }
         let at = self.now_ns + self.rng.random_range(1..=self.plan.restart_delay_ms_max) * MS;
         self.schedule(at, Event::Restart);
     }
@@ -780,8 +793,16 @@ impl Sim {
             }
         }
         if halted {
-            // The process exits; whatever supervises it starts it again.
-            self.crash_node();
+            // The process exits; whatever supervises it starts it again. The machine may stay
+            // up, and its page cache with it.
+            let same_kernel = self.plan.same_kernel_restart_probability > 0.0
+                && self
+                    .rng
+                    .random_bool(self.plan.same_kernel_restart_probability);
+            if same_kernel {
+                self.fault("process-restart");
+            }
+            self.stop_node(!same_kernel);
         } else {
             self.schedule_deadline();
         }

@@ -205,8 +205,9 @@ impl Topics {
     }
 
     /// After recovery: gives a topic whose every `partition.metadata` was lost (a crash
-    /// during its creation) a new id from `new_id`, and writes the file again wherever it is
-    /// missing or disagrees. Returns the files written, to sync.
+    /// during its creation) a new id from `new_id`, and writes the file again in every
+    /// partition: where it is missing, and where it may be only in the page cache (a failed
+    /// fsync leaves pages there marked clean). Returns the files written, to sync.
     pub(crate) fn repair_metadata(
         &mut self,
         disk: &mut dyn Disk,
@@ -223,7 +224,7 @@ impl Topics {
             let topic = &self.by_name[&name];
             for (index, partition) in topic.partitions.iter().enumerate() {
                 let dir = partition_dir(&name, index as i32);
-                if partition.log.is_err() || read_topic_id(disk, &dir) == Some(topic.id) {
+                if partition.log.is_err() {
                     continue;
                 }
                 files.push(write_topic_id(disk, &dir, &topic.id)?);
