@@ -46,6 +46,18 @@ pub struct Plan {
     pub sync_latency_us: (u64, u64),
     pub slow_sync_probability: f64,
     pub sync_error_probability: f64,
+    /// Kafka's `producer.id.expiration.ms` for the node: short in some seeds, so that idle
+    /// producers expire within a run.
+    pub producer_id_expiration_ms: Option<i64>,
+    /// The chance that a producer falls idle after a send, for longer than the expiry.
+    pub producer_idle_probability: f64,
+    /// Idempotent producers answered UNKNOWN_PRODUCER_ID start that partition over at
+    /// sequence 0 in the same epoch, as clients before KIP-360 did (otherwise they bump the
+    /// epoch).
+    pub restart_sequence_on_unknown: bool,
+    /// The chance that an idempotent producer that moved to a new epoch sends one more batch
+    /// with its old one: a zombie, which the node must fence.
+    pub zombie_probability: f64,
     /// After a failed sync halts the node, the chance that only the process restarts (the
     /// machine, and its page cache, stay up): the pages the failed sync did not write stay
     /// in the cache, marked clean, as Linux leaves them.
@@ -88,6 +100,12 @@ impl Plan {
             } else {
                 0.0
             },
+            producer_id_expiration_ms: later
+                .random_bool(0.4)
+                .then(|| later.random_range(2_000..=10_000)),
+            producer_idle_probability: maybe(&mut later, 0.005, 0.05),
+            restart_sequence_on_unknown: later.random_bool(0.5),
+            zombie_probability: maybe(&mut later, 0.2, 1.0),
             produce_version: version(rng, PRODUCE_VERSIONS),
             fetch_version: version(rng, FETCH_VERSIONS),
             metadata_version: version(rng, METADATA_VERSIONS),

@@ -252,6 +252,10 @@ struct Idempotence {
     next_sequence: BTreeMap<i32, i32>,
     /// Writes whose outcome is unknown, to send again (same batch, same sequence) in send order.
     retries: VecDeque<usize>,
+    /// Counts the times a partition's sequence was started over in this epoch: answers to
+    /// writes sent before that are stale and must not start it over again (a client that
+    /// reused sequences the node still remembers would be broken, not the node).
+    generation: u64,
 }
 
 enum Role {
@@ -267,6 +271,22 @@ enum Role {
         next_poll_at_ns: u64,
         fetching: bool,
     },
+}
+
+impl Client {
+    /// No write of `partition` waits to be sent again.
+    fn role_retries_none(&self, ops: &[Op], partition: i32) -> bool {
+        match &self.role {
+            Role::Producer {
+                idempotence: Some(idem),
+                ..
+            } => idem
+                .retries
+                .iter()
+                .all(|o| ops[*o].write.partition != partition),
+            _ => true,
+        }
+    }
 }
 
 struct Client {
@@ -295,6 +315,10 @@ struct Op {
     /// An earlier attempt's outcome was unknown (it may be in the log), so a refusal of a
     /// later attempt does not make the write a definite failure.
     attempted_unknown: bool,
+    /// The producer's sequence generation when it was built (idempotent producers).
+    generation: u64,
+    /// When it was first sent: a write is not sent again after the delivery timeout.
+    first_sent_ns: u64,
 }
 
 pub struct Sim {
@@ -370,6 +394,9 @@ impl Sim {
             default_partitions: plan.partitions,
             log: LogConfig {
                 segment_size_bytes: plan.segment_size_bytes,
+                producer_id_expiration_ms: plan
+                    .producer_id_expiration_ms
+                    .unwrap_or(LogConfig::default().producer_id_expiration_ms),
                 ..LogConfig::default()
             },
             seed: rng.random(),
@@ -386,6 +413,7 @@ impl Sim {
                     init_at_ns: Some(0),
                     next_sequence: BTreeMap::new(),
                     retries: VecDeque::new(),
+                    generation: 0,
                 }),
                 acks: if rng.random_bool(0.5) { 1 } else { -1 },
                 next_value: 0,
@@ -1011,7 +1039,15 @@ impl Sim {
                 Action::Retry => self.retry(client),
                 Action::Produce => {
                     self.produce(client);
-                    let at = self.exponential_ns(self.plan.produce_interval_ms);
+                    let mut at = self.exponential_ns(self.plan.produce_interval_ms);
+                    if self.plan.producer_idle_probability > 0.0
+                        && self.rng.random_bool(self.plan.producer_idle_probability)
+                    {
+                        // Idle for longer than the node remembers producers.
+                        self.count("producer:idle");
+                        let expiry_ms = self.plan.producer_id_expiration_ms.unwrap_or(10_000);
+                        at += (expiry_ms as u64 + self.rng.random_range(0..=expiry_ms as u64)) * MS;
+                    }
                     if let Role::Producer {
                         next_send_at_ns, ..
                     } = &mut self.clients[client].role
@@ -1208,6 +1244,7 @@ impl Sim {
                 .max(0);
         }
         let epoch = options.producer_epoch;
+        let generation = idempotence.as_ref().map_or(0, |idem| idem.generation);
         let values: Vec<u64> = (0..count)
             .map(|_| {
                 *next_value += 1;
@@ -1238,6 +1275,60 @@ impl Sim {
             outcome: Outcome::Pending,
             epoch,
             attempted_unknown: false,
+            generation,
+            first_sent_ns: self.now_ns,
+        });
+        self.send_produce(client, op, acks);
+    }
+
+    /// One more batch from a producer's previous epoch, sent after it moved to a new one (a
+    /// zombie instance still running): the node must refuse it, so it must never be read.
+    fn send_zombie(&mut self, client: usize, epoch: i16, sequences: BTreeMap<i32, i32>) {
+        let Some((partition, sequence)) = sequences.into_iter().next() else {
+            return;
+        };
+        self.count("producer:zombie");
+        let Role::Producer {
+            idempotence: Some(idem),
+            acks,
+            next_value,
+            next_send_seq,
+            ..
+        } = &mut self.clients[client].role
+        else {
+            return;
+        };
+        let acks = *acks;
+        *next_value += 1;
+        let value = ((client as u64) << 40) | *next_value;
+        let send_seq = *next_send_seq;
+        *next_send_seq += 1;
+        let options = BatchOptions {
+            base_timestamp: ((EPOCH_NS + self.now_ns) / MS) as i64,
+            producer_id: idem.producer_id,
+            producer_epoch: epoch,
+            base_sequence: sequence,
+            ..Default::default()
+        };
+        let records = [NewRecord {
+            value: Some(value_bytes(value, 0)),
+            ..Default::default()
+        }];
+        let batch = record::build(&records, &options).expect("the simulator's batches build");
+        let op = self.ops.len();
+        self.ops.push(Op {
+            write: Write {
+                producer: client,
+                partition,
+                send_seq,
+                values: vec![value],
+            },
+            batch,
+            outcome: Outcome::Pending,
+            epoch,
+            attempted_unknown: false,
+            generation: u64::MAX,
+            first_sent_ns: self.now_ns,
         });
         self.send_produce(client, op, acks);
     }
@@ -1256,6 +1347,16 @@ impl Sim {
         let Some(op) = idem.retries.pop_front() else {
             return;
         };
+        // Kafka's delivery.timeout.ms: a client gives up on a write well before the node may
+        // forget its producer (producer.id.expiration.ms), or a retry could land twice.
+        let delivery_timeout_ns = self
+            .plan
+            .producer_id_expiration_ms
+            .map_or(u64::MAX, |ms| ms as u64 / 2 * MS);
+        if self.now_ns - self.ops[op].first_sent_ns > delivery_timeout_ns {
+            self.count("produce:delivery-timeout");
+            return;
+        }
         self.count("produce:retry");
         self.ops[op].outcome = Outcome::Pending;
         self.send_produce(client, op, acks);
@@ -1448,9 +1549,34 @@ impl Sim {
                         | codes::UNKNOWN_PRODUCER_ID
                         | codes::INVALID_PRODUCER_EPOCH
                 );
-                if sequence_error {
+                let (epoch, generation) = (self.ops[op].epoch, self.ops[op].generation);
+                let current_epoch = idempotence(&mut self.clients[client].role)
+                    .is_some_and(|idem| idem.epoch == epoch && idem.generation == generation);
+                if sequence_error && current_epoch {
                     self.count("produce:sequence-error");
-                    self.reset_producer(client);
+                    // Starting over at 0 in the same epoch is safe only with nothing else of
+                    // this partition's old sequence still on its way or waiting to be sent.
+                    let ops = &self.ops;
+                    let quiet_partition = self.clients[client].conn.as_ref().is_none_or(|c| {
+                        c.pending.iter().all(|p| {
+                            !matches!(p.kind, PendingKind::Produce { op } if ops[op].write.partition == partition)
+                        })
+                    }) && self.clients[client].role_retries_none(ops, partition);
+                    if answer.error_code == codes::UNKNOWN_PRODUCER_ID
+                        && self.plan.restart_sequence_on_unknown
+                        && quiet_partition
+                    {
+                        // As clients before KIP-360: the partition forgot us, start it over.
+                        self.count("producer:restart-sequence");
+                        if let Some(idem) = idempotence(&mut self.clients[client].role) {
+                            idem.next_sequence.insert(partition, 0);
+                            idem.generation += 1;
+                        }
+                    } else {
+                        self.reset_producer(client);
+                    }
+                } else if sequence_error {
+                    self.count("produce:fenced");
                 }
                 tracing::debug!(
                     client,
@@ -1496,12 +1622,21 @@ impl Sim {
                     idem.init_at_ns = Some(now + 100 * MS);
                     return;
                 }
+                let zombie = (idem.producer_id == r.producer_id && idem.epoch >= 0)
+                    .then(|| (idem.epoch, idem.next_sequence.clone()));
                 idem.producer_id = r.producer_id;
                 idem.epoch = r.producer_epoch;
                 idem.next_sequence.clear();
                 // Writes still waiting to be sent again belong to the old epoch: they stay
                 // unknown.
                 idem.retries.clear();
+                if let Some((old_epoch, old_sequences)) = zombie {
+                    if self.plan.zombie_probability > 0.0
+                        && self.rng.random_bool(self.plan.zombie_probability)
+                    {
+                        self.send_zombie(client, old_epoch, old_sequences);
+                    }
+                }
             }
             (kind, response) => self.protocol_violation(
                 client,
