@@ -884,40 +884,26 @@ impl PartitionLog {
                 )
             };
             while position < segment.size_bytes {
-                let raw = read_header(disk, segment.file, position)?;
-                let header = RecordBatch::header_of(&raw);
-                // Nothing read from the disk is trusted: a damaged length must not send the
-                // walk backwards, nowhere, or past the segment.
-                if let Err(reason) =
-                    check_stored_header(&header, expected_base, segment.size_bytes - position)
-                {
-                    return Err(LogError::Unreadable {
-                        file: segment.name.clone(),
-                        position,
-                        reason,
-                    });
-                }
+                let batch = Self::read_verified_batch(
+                    disk,
+                    &segment.name,
+                    segment.file,
+                    position,
+                    expected_base,
+                    segment.size_bytes - position,
+                )?;
+                let header = *batch.header();
                 expected_base = header.last_offset() + 1;
                 if header.base_offset >= upper_offset {
                     return Ok(None);
                 }
                 if header.max_timestamp >= timestamp {
-                    let mut bytes = vec![0u8; header.size_bytes()];
-                    disk.read_at(segment.file, position, &mut bytes)?;
-                    let batch =
-                        RecordBatch::parse(Bytes::from(bytes)).map_err(|e| LogError::Corrupt {
-                            file: segment.name.clone(),
-                            position,
-                            recovery_point: self.durable_end_offset,
-                            reason: e.to_string(),
-                        })?;
                     let records =
                         batch
                             .records(DECOMPRESSED_BATCH_SIZE_MAX_BYTES)
-                            .map_err(|e| LogError::Corrupt {
+                            .map_err(|e| LogError::Unreadable {
                                 file: segment.name.clone(),
                                 position,
-                                recovery_point: self.durable_end_offset,
                                 reason: e.to_string(),
                             })?;
                     for record in records {
@@ -938,6 +924,54 @@ impl PartitionLog {
             }
         }
         Ok(None)
+    }
+
+    /// The whole batch at `position`, checked before anything in it is believed: its header
+    /// against the offset chain and the room left, its CRC (which covers the timestamps a
+    /// lookup by time decides on). Read again up to [`RECOVERY_READ_ATTEMPTS`] times.
+    fn read_verified_batch(
+        disk: &mut dyn Disk,
+        name: &str,
+        file: FileId,
+        position: u64,
+        expected_base: i64,
+        room_bytes: u64,
+    ) -> Result<RecordBatch, LogError> {
+        let mut reason = String::new();
+        for _ in 0..RECOVERY_READ_ATTEMPTS {
+            let raw = match read_header(disk, file, position) {
+                Ok(raw) => raw,
+                Err(e) => {
+                    reason = e.to_string();
+                    continue;
+                }
+            };
+            let header = RecordBatch::header_of(&raw);
+            if let Err(why) = check_stored_header(&header, expected_base, room_bytes) {
+                reason = why;
+                continue;
+            }
+            let mut bytes = vec![0u8; header.size_bytes()];
+            if let Err(e) = disk.read_at(file, position, &mut bytes) {
+                reason = e.to_string();
+                continue;
+            }
+            match RecordBatch::parse(Bytes::from(bytes)) {
+                Ok(batch) if batch.header().base_offset == expected_base => return Ok(batch),
+                Ok(batch) => {
+                    reason = format!(
+                        "batch starts at {}, expected {expected_base}",
+                        batch.header().base_offset
+                    )
+                }
+                Err(e) => reason = e.to_string(),
+            }
+        }
+        Err(LogError::Unreadable {
+            file: name.to_string(),
+            position,
+            reason,
+        })
     }
 
     /// The largest timestamp below `upper_offset` and the offset of its batch (ListOffsets -3).

@@ -85,6 +85,9 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             } => {
                 tracing::error!(%topic, partition, %reason, "partition OFFLINE: it will not be served until repaired");
             }
+            RecoveryEvent::Removed { topic } => {
+                tracing::warn!(%topic, "no partition of the topic had its id (a creation or deletion cut short by a crash); removed it");
+            }
             RecoveryEvent::Recreated { topic, partition } => {
                 tracing::warn!(%topic, partition, "partition directory missing (a crash during the topic's creation); created again, empty");
             }

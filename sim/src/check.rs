@@ -16,6 +16,8 @@
 //! - **sync-failure-ignored**: a failed sync did not halt the node;
 //! - **high-watermark-back**: a consumer saw a partition's high watermark go back (across
 //!   restarts too: what a client was shown as committed stays committed);
+//! - **wrong-topic**: one topic id for two topics, or a record read from a topic it was not
+//!   written to (the admin workload's side topics, `admin.rs`);
 //! - **liveness**: after the faults stopped, an acknowledged record was not read back in time.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -34,6 +36,7 @@ pub enum ViolationKind {
     Protocol,
     SyncFailureIgnored,
     HighWatermarkBack,
+    WrongTopic,
     Liveness,
 }
 
@@ -49,6 +52,7 @@ impl ViolationKind {
             ViolationKind::Protocol => "protocol",
             ViolationKind::SyncFailureIgnored => "sync-failure-ignored",
             ViolationKind::HighWatermarkBack => "high-watermark-back",
+            ViolationKind::WrongTopic => "wrong-topic",
             ViolationKind::Liveness => "liveness",
         }
     }

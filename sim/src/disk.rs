@@ -198,12 +198,14 @@ impl SimDisk {
 
     /// Makes sure directory `dir` exists (a removed one whose removal is not durable comes
     /// back as the same entry).
+    /// Makes sure directory `dir` exists. One created where another of that name was removed
+    /// is a new directory: until the parent is synced, a crash may bring back the old one
+    /// (with the files removed from it) instead.
     fn ensure_dir(&mut self, dir: &str) {
         if dir.is_empty() || self.dirs.contains_key(dir) {
             return;
         }
-        let durable = self.removed_dirs.remove(dir);
-        self.dirs.insert(dir.to_string(), durable);
+        self.dirs.insert(dir.to_string(), false);
     }
 
     /// Makes the file's current contents durable at once (an fsync issued and completed with
@@ -297,7 +299,9 @@ impl SimDisk {
                     self.removed_files.remove(&name);
                 }
                 for name in removed_dirs {
+                    // The directory is gone for good, and every entry it still held with it.
                     self.removed_dirs.remove(&name);
+                    self.removed_files.retain(|file, _| parent(file) != name);
                 }
                 return Ok(());
             }
@@ -328,7 +332,11 @@ impl SimDisk {
         let torn = self.faults.torn_write_probability;
         let lucky = |rng: &mut Xoshiro256PlusPlus| torn > 0.0 && rng.random_bool(torn);
         // Directories: new ones survive only by luck; removed ones come back unless luck
-        // made the removal durable.
+        // made the removal durable, or a new one of the same name survived.
+        let durable_before: BTreeSet<String> = (self.dirs.iter())
+            .filter(|(_, durable)| **durable)
+            .map(|(dir, _)| dir.clone())
+            .collect();
         let mut lost_dirs = BTreeSet::new();
         for (dir, durable) in self.dirs.iter_mut() {
             if !*durable && !lucky(&mut self.rng) {
@@ -336,31 +344,39 @@ impl SimDisk {
             }
             *durable = true;
         }
+        let mut returned_dirs = BTreeSet::new();
         for dir in std::mem::take(&mut self.removed_dirs) {
-            if !lucky(&mut self.rng) {
-                self.counts.lost_entry_changes += 1;
-                self.dirs.insert(dir, true);
+            let new_one_survives = self.dirs.contains_key(&dir) && !lost_dirs.contains(&dir);
+            if !new_one_survives && !lucky(&mut self.rng) {
+                returned_dirs.insert(dir);
             }
         }
         for dir in &lost_dirs {
             self.counts.lost_entry_changes += 1;
             self.dirs.remove(dir);
         }
-        let dir_exists = |dirs: &BTreeMap<String, bool>, name: &str| {
-            let dir = parent(name);
-            dir.is_empty() || dirs.contains_key(dir)
-        };
-        // Removed files come back (with their durable bytes) where their directory exists,
-        // unless luck made the removal durable, or a new file of the same name survives.
+        for dir in &returned_dirs {
+            self.counts.lost_entry_changes += 1;
+            self.dirs.insert(dir.clone(), true);
+        }
+        // Removed files come back (with their durable bytes) in their own directory (never
+        // in a new one of the same name), unless luck made the removal durable.
         let mut returning = Vec::new();
         for (name, durable) in std::mem::take(&mut self.removed_files) {
-            if dir_exists(&self.dirs, &name) && !lucky(&mut self.rng) {
+            let dir = parent(&name);
+            let home = dir.is_empty()
+                || returned_dirs.contains(dir)
+                || (durable_before.contains(dir) && self.dirs.contains_key(dir));
+            if home && !lucky(&mut self.rng) {
                 returning.push((name, durable));
             }
         }
         let mut lost = Vec::new();
         for (name, file) in self.files.iter_mut() {
-            if !dir_exists(&self.dirs, name) {
+            let dir = parent(name);
+            let gone = !dir.is_empty() && !self.dirs.contains_key(dir);
+            // Files of a new directory go with it when the old one came back instead.
+            if gone || returned_dirs.contains(dir) {
                 lost.push(name.clone());
                 continue;
             }
@@ -394,9 +410,11 @@ impl SimDisk {
             file.durable = Some(kept);
         }
         for name in lost {
+            tracing::debug!(file = %name, "a crash lost the file's entry");
             self.files.remove(&name);
         }
         for (name, durable) in returning {
+            tracing::debug!(file = %name, "a crash undid the file's removal");
             self.files.insert(
                 name,
                 SimFile {

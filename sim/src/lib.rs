@@ -6,6 +6,7 @@
 //! - [`check`]: the checkers over the history and the node's state.
 //! - [`campaign`]: many seeds on many threads.
 
+mod admin;
 pub mod campaign;
 pub mod check;
 pub mod disk;

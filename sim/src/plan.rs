@@ -58,6 +58,9 @@ pub struct Plan {
     /// The chance that an idempotent producer that moved to a new epoch sends one more batch
     /// with its old one: a zombie, which the node must fence.
     pub zombie_probability: f64,
+    /// An admin client cycles through side topics: create, describe, write, read by topic
+    /// id, list offsets, add a partition, delete under a long poll (`admin.rs`).
+    pub admin: bool,
     /// After a failed sync halts the node, the chance that only the process restarts (the
     /// machine, and its page cache, stay up): the pages the failed sync did not write stay
     /// in the cache, marked clean, as Linux leaves them.
@@ -106,6 +109,7 @@ impl Plan {
             producer_idle_probability: maybe(&mut later, 0.005, 0.05),
             restart_sequence_on_unknown: later.random_bool(0.5),
             zombie_probability: maybe(&mut later, 0.2, 1.0),
+            admin: later.random_bool(0.5),
             produce_version: version(rng, PRODUCE_VERSIONS),
             fetch_version: version(rng, FETCH_VERSIONS),
             metadata_version: version(rng, METADATA_VERSIONS),

@@ -29,11 +29,13 @@ use keel_core::protocol::messages::produce_request::{PartitionProduceData, Topic
 use keel_core::protocol::messages::{
     FetchRequest, InitProducerIdRequest, MetadataRequest, ProduceRequest,
 };
+use keel_core::protocol::wire::Uuid;
 use keel_core::protocol::{codes, ApiKey, FrameDecoder, Request, RequestHeader, Response};
 use keel_core::record::{self, BatchOptions, NewRecord, RecordBatch};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
+use crate::admin::{AdminRequest, AdminState, AdminStep};
 use crate::check::{Checker, Violation, ViolationKind, Write};
 use crate::disk::{DiskFaults, PendingSync, SimDisk};
 use crate::plan::Plan;
@@ -220,6 +222,7 @@ enum PendingKind {
     InitProducerId,
     Produce { op: usize },
     Fetch,
+    Admin(AdminRequest),
 }
 
 #[derive(Debug)]
@@ -271,6 +274,7 @@ enum Role {
         next_poll_at_ns: u64,
         fetching: bool,
     },
+    Admin(Box<AdminState>),
 }
 
 impl Client {
@@ -427,6 +431,9 @@ impl Sim {
                 next_poll_at_ns: 0,
                 fetching: false,
             });
+        }
+        if plan.admin {
+            clients.push(Role::Admin(Box::new(AdminState::new())));
         }
         let clients = clients
             .into_iter()
@@ -717,7 +724,11 @@ impl Sim {
                     *self.faults.entry("restart").or_default() += 1;
                 }
                 self.high_watermarks.clear();
-                for p in node.partition_offsets() {
+                for p in node
+                    .partition_offsets()
+                    .into_iter()
+                    .filter(|p| p.topic == TOPIC)
+                {
                     self.checker
                         .on_restart(self.now_ns, p.partition, p.log_end_offset);
                     if let Some(hw) = p.high_watermark {
@@ -854,7 +865,11 @@ impl Sim {
         let Some(node) = self.node.as_ref() else {
             return;
         };
-        for p in node.partition_offsets() {
+        for p in node
+            .partition_offsets()
+            .into_iter()
+            .filter(|p| p.topic == TOPIC)
+        {
             let Some(hw) = p.high_watermark else { continue };
             let before = self.high_watermarks.insert(p.partition, hw);
             if before.is_some_and(|b| b > hw) {
@@ -942,6 +957,7 @@ impl Sim {
             Retry,
             Produce,
             Fetch,
+            Admin,
             Sleep(Option<u64>),
         }
         loop {
@@ -1006,6 +1022,16 @@ impl Sim {
                                     Action::Sleep(next)
                                 }
                             }
+                            Role::Admin(admin)
+                                if conn.ready && !self.quiet && admin.in_flight == 0 =>
+                            {
+                                if admin.next_at_ns <= now {
+                                    Action::Admin
+                                } else {
+                                    soonest(admin.next_at_ns);
+                                    Action::Sleep(next)
+                                }
+                            }
                             Role::Consumer {
                                 next_poll_at_ns,
                                 fetching: false,
@@ -1061,6 +1087,7 @@ impl Sim {
                     }
                     self.fetch(client);
                 }
+                Action::Admin => self.admin_act(client),
                 Action::Sleep(at) => {
                     if let Some(at) = at {
                         self.schedule_wake(client, at);
@@ -1137,6 +1164,16 @@ impl Sim {
                     }
                 }
                 PendingKind::Metadata => {}
+                PendingKind::Admin(request) => {
+                    let Role::Admin(admin) = &mut self.clients[client].role else {
+                        continue;
+                    };
+                    admin.in_flight = 0;
+                    if matches!(request, AdminRequest::Delete) {
+                        // Whether the topic is gone is unknown: on to the other name.
+                        admin.next_cycle();
+                    }
+                }
             }
         }
         if let Some(idem) = idempotence(&mut self.clients[client].role) {
@@ -1605,6 +1642,9 @@ impl Sim {
                 }
             }
             (PendingKind::Fetch, Response::Fetch(f)) => self.on_fetch(client, f),
+            (PendingKind::Admin(request), response) => {
+                self.on_admin_response(client, request, response)
+            }
             (PendingKind::InitProducerId, Response::InitProducerId(r)) => {
                 tracing::debug!(
                     client,
@@ -1753,4 +1793,406 @@ pub fn format_ns(ns: u64) -> String {
         ns / 1_000_000_000,
         (ns % 1_000_000_000) / 1_000
     )
+}
+
+// ---- the admin workload (admin.rs) ----
+
+impl Sim {
+    fn admin(&mut self, client: usize) -> &mut AdminState {
+        match &mut self.clients[client].role {
+            Role::Admin(admin) => admin,
+            _ => unreachable!("only the admin client administers"),
+        }
+    }
+
+    /// Sends what the admin client's step asks for.
+    fn admin_act(&mut self, client: usize) {
+        use keel_core::protocol::messages::*;
+        let step = self.admin(client).step;
+        let name = self.admin(client).name.clone();
+        let id = self.admin(client).id.unwrap_or_default();
+        let partitions = self.admin(client).partitions;
+        self.count("admin:request");
+        match step {
+            AdminStep::Create => {
+                let num_partitions = self.rng.random_range(1..=3);
+                let request = Request::CreateTopics(CreateTopicsRequest {
+                    topics: vec![create_topics_request::CreatableTopic {
+                        name,
+                        num_partitions,
+                        replication_factor: 1,
+                        ..Default::default()
+                    }],
+                    timeout_ms: 5_000,
+                    ..Default::default()
+                });
+                self.admin_send(client, 5, request, AdminRequest::Create);
+            }
+            AdminStep::Describe => {
+                let request = Request::Metadata(MetadataRequest {
+                    topics: Some(vec![MetadataRequestTopic {
+                        name: Some(name),
+                        ..Default::default()
+                    }]),
+                    allow_auto_topic_creation: false,
+                    ..Default::default()
+                });
+                self.admin_send(client, 12, request, AdminRequest::Describe);
+            }
+            AdminStep::Produce(_) => {
+                let partition = self.rng.random_range(0..partitions);
+                let count = self.rng.random_range(1..=3);
+                let timestamp_ms = ((EPOCH_NS + self.now_ns) / MS) as i64;
+                let admin = self.admin(client);
+                let values: Vec<u64> = (0..count)
+                    .map(|_| {
+                        admin.next_value += 1;
+                        ((client as u64) << 40) | admin.next_value
+                    })
+                    .collect();
+                for value in &values {
+                    admin.written_to.insert(*value, Some(id));
+                }
+                let records: Vec<NewRecord> = values
+                    .iter()
+                    .map(|v| NewRecord {
+                        value: Some(value_bytes(*v, 0)),
+                        ..Default::default()
+                    })
+                    .collect();
+                let options = BatchOptions {
+                    base_timestamp: timestamp_ms,
+                    ..Default::default()
+                };
+                let batch =
+                    record::build(&records, &options).expect("the simulator's batches build");
+                let request = Request::Produce(ProduceRequest {
+                    acks: -1,
+                    timeout_ms: 30_000,
+                    topic_data: vec![TopicProduceData {
+                        name,
+                        partition_data: vec![PartitionProduceData {
+                            index: partition,
+                            records: Some(batch),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                });
+                let what = AdminRequest::Produce {
+                    partition,
+                    values,
+                    timestamp_ms,
+                };
+                self.admin_send(client, 9, request, what);
+            }
+            AdminStep::FetchById => {
+                let partition = self.rng.random_range(0..partitions);
+                let request = self.admin_fetch(id, partition, 0, 0);
+                let what = AdminRequest::FetchById {
+                    partition,
+                    long_poll: false,
+                };
+                self.admin_send(client, 13, request, what);
+            }
+            AdminStep::ListOffsets(which) => {
+                let admin = self.admin(client);
+                let (partition, timestamp) = match (which, admin.first_acked) {
+                    (0, first) => (first.map_or(0, |f| f.1), -2),
+                    (1, first) => (first.map_or(0, |f| f.1), -1),
+                    (_, Some((timestamp, partition, _))) => (partition, timestamp),
+                    (_, None) => (0, -1),
+                };
+                use keel_core::protocol::messages::list_offsets_request::*;
+                let request = Request::ListOffsets(ListOffsetsRequest {
+                    replica_id: -1,
+                    topics: vec![ListOffsetsTopic {
+                        name,
+                        partitions: vec![ListOffsetsPartition {
+                            partition_index: partition,
+                            timestamp,
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                });
+                self.admin_send(client, 7, request, AdminRequest::ListOffsets { which });
+            }
+            AdminStep::CreatePartitions => {
+                let request = Request::CreatePartitions(CreatePartitionsRequest {
+                    topics: vec![create_partitions_request::CreatePartitionsTopic {
+                        name,
+                        count: partitions + 1,
+                        assignments: None,
+                        ..Default::default()
+                    }],
+                    timeout_ms: 5_000,
+                    ..Default::default()
+                });
+                self.admin_send(client, 3, request, AdminRequest::CreatePartitions);
+            }
+            AdminStep::LongPollAndDelete => {
+                let admin = self.admin(client);
+                let from = admin
+                    .acked
+                    .keys()
+                    .filter(|(p, _)| *p == 0)
+                    .map(|(_, o)| o + 1)
+                    .max()
+                    .unwrap_or(0);
+                let max_wait_ms = self.rng.random_range(500..=3_000);
+                let request = self.admin_fetch(id, 0, from, max_wait_ms);
+                let what = AdminRequest::FetchById {
+                    partition: 0,
+                    long_poll: true,
+                };
+                self.admin_send(client, 13, request, what);
+                let request = Request::DeleteTopics(DeleteTopicsRequest {
+                    topic_names: vec![self.admin(client).name.clone()],
+                    timeout_ms: 5_000,
+                    ..Default::default()
+                });
+                self.admin_send(client, 5, request, AdminRequest::Delete);
+            }
+        }
+    }
+
+    fn admin_fetch(&self, id: Uuid, partition: i32, offset: i64, max_wait_ms: i32) -> Request {
+        Request::Fetch(FetchRequest {
+            max_wait_ms,
+            min_bytes: 1,
+            max_bytes: FETCH_MAX_BYTES,
+            topics: vec![FetchTopic {
+                topic_id: id,
+                partitions: vec![FetchPartition {
+                    partition,
+                    fetch_offset: offset,
+                    partition_max_bytes: FETCH_PARTITION_MAX_BYTES,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+    }
+
+    fn admin_send(&mut self, client: usize, version: i16, request: Request, what: AdminRequest) {
+        self.admin(client).in_flight += 1;
+        self.send_request(client, version, request, PendingKind::Admin(what));
+    }
+
+    fn on_admin_response(&mut self, client: usize, request: AdminRequest, response: Response) {
+        let now = self.now_ns;
+        let pause_ns = self.rng.random_range(10 * MS..=200 * MS);
+        let admin = self.admin(client);
+        admin.in_flight = admin.in_flight.saturating_sub(1);
+        admin.next_at_ns = now + pause_ns;
+        let mut violations: Vec<(ViolationKind, String)> = Vec::new();
+        let admin = self.admin(client);
+        match (request, response) {
+            (AdminRequest::Create, Response::CreateTopics(r)) => {
+                let code = r
+                    .topics
+                    .first()
+                    .map_or(codes::UNKNOWN_SERVER_ERROR, |t| t.error_code);
+                if matches!(code, codes::NONE | codes::TOPIC_ALREADY_EXISTS) {
+                    admin.step = AdminStep::Describe;
+                }
+            }
+            (AdminRequest::Describe, Response::Metadata(m)) => match m.topics.first() {
+                Some(t) if t.error_code == codes::NONE && !t.partitions.is_empty() => {
+                    let id = t.topic_id;
+                    let this = (admin.name.clone(), admin.cycle);
+                    match admin.ids.get(&id) {
+                        // The same topic again (after a cycle whose delete was unknown).
+                        Some((name, _)) if *name == this.0 && admin.id.is_none_or(|i| i == id) => {}
+                        Some((name, cycle)) if (name, *cycle) != (&this.0, this.1) => {
+                            violations.push((
+                                ViolationKind::WrongTopic,
+                                format!("topic {} (cycle {}) has id {id:?}, which topic {name} (cycle {cycle}) had", this.0, this.1),
+                            ));
+                        }
+                        _ => {}
+                    }
+                    if id == Uuid::default() {
+                        violations.push((
+                            ViolationKind::WrongTopic,
+                            format!("topic {} has no id", this.0),
+                        ));
+                    }
+                    admin.ids.entry(id).or_insert(this);
+                    admin.id = Some(id);
+                    admin.partitions = t.partitions.len() as i32;
+                    admin.step = if admin.step == AdminStep::Describe && admin.acked.is_empty() {
+                        AdminStep::Produce(3)
+                    } else {
+                        AdminStep::LongPollAndDelete
+                    };
+                }
+                _ => admin.step = AdminStep::Create,
+            },
+            (
+                AdminRequest::Produce {
+                    partition,
+                    values,
+                    timestamp_ms,
+                },
+                Response::Produce(p),
+            ) => {
+                if let Some(answer) = p
+                    .responses
+                    .first()
+                    .and_then(|t| t.partition_responses.first())
+                {
+                    if answer.error_code == codes::NONE {
+                        for (i, value) in values.iter().enumerate() {
+                            let offset = answer.base_offset + i as i64;
+                            admin.acked.insert((partition, offset), *value);
+                        }
+                        admin.first_acked.get_or_insert((
+                            timestamp_ms,
+                            partition,
+                            answer.base_offset,
+                        ));
+                    } else {
+                        // Refused: never to be read anywhere.
+                        for value in &values {
+                            admin.written_to.insert(*value, None);
+                        }
+                    }
+                }
+                admin.step = match admin.step {
+                    AdminStep::Produce(n) if n > 1 => AdminStep::Produce(n - 1),
+                    _ => AdminStep::FetchById,
+                };
+            }
+            (
+                AdminRequest::FetchById {
+                    partition,
+                    long_poll,
+                },
+                Response::Fetch(f),
+            ) => {
+                let id = admin.id.unwrap_or_default();
+                for data in f.responses.iter().flat_map(|t| &t.partitions) {
+                    if data.error_code != codes::NONE {
+                        continue;
+                    }
+                    let Some(records) = &data.records else {
+                        continue;
+                    };
+                    for batch in record::split_batches(records.clone()) {
+                        let Ok(batch) = batch
+                            .map_err(|_| ())
+                            .and_then(|b| RecordBatch::parse(b).map_err(|_| ()))
+                        else {
+                            break;
+                        };
+                        let base = batch.header().base_offset;
+                        let Ok(records) = batch.records(CLIENT_MAX_FRAME_BYTES) else {
+                            break;
+                        };
+                        for r in records {
+                            let offset = base + i64::from(r.offset_delta);
+                            let value =
+                                r.value.as_ref().filter(|v| v.len() >= 8).map(|v| {
+                                    u64::from_be_bytes(v[..8].try_into().expect("8 bytes"))
+                                });
+                            let Some(value) = value else { continue };
+                            match admin.written_to.get(&value) {
+                                Some(Some(to)) if *to == id => {}
+                                Some(Some(to)) => violations.push((
+                                    ViolationKind::WrongTopic,
+                                    format!("value {value:#x} written to topic id {to:?} read from {id:?} partition {partition} offset {offset}"),
+                                )),
+                                Some(None) => violations.push((
+                                    ViolationKind::PhantomWrite,
+                                    format!("value {value:#x} was refused but read from topic id {id:?} partition {partition} offset {offset}"),
+                                )),
+                                None => violations.push((
+                                    ViolationKind::WrongTopic,
+                                    format!("topic id {id:?} partition {partition} offset {offset} holds {value:#x}, never written to a side topic"),
+                                )),
+                            }
+                            if let Some(acked) = admin.acked.get(&(partition, offset)) {
+                                if *acked != value {
+                                    violations.push((
+                                        ViolationKind::InconsistentOffset,
+                                        format!("side topic {id:?} partition {partition} offset {offset} holds {value:#x}, {acked:#x} was acknowledged there"),
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                }
+                if !long_poll {
+                    admin.step = AdminStep::ListOffsets(0);
+                }
+            }
+            (AdminRequest::ListOffsets { which }, Response::ListOffsets(r)) => {
+                if let Some(p) = r.topics.first().and_then(|t| t.partitions.first()) {
+                    if p.error_code == codes::NONE {
+                        let partition = p.partition_index;
+                        let acked_end = admin
+                            .acked
+                            .keys()
+                            .filter(|(q, _)| *q == partition)
+                            .map(|(_, o)| o + 1)
+                            .max()
+                            .unwrap_or(0);
+                        match which {
+                            0 if p.offset != 0 => violations.push((
+                                ViolationKind::InconsistentOffset,
+                                format!("side topic partition {partition}: earliest offset {}", p.offset),
+                            )),
+                            1 if p.offset < acked_end => violations.push((
+                                ViolationKind::LostWrite,
+                                format!("side topic partition {partition}: latest offset {}, offset {} acknowledged", p.offset, acked_end - 1),
+                            )),
+                            2 => {
+                                if let Some((_, _, first)) = admin.first_acked {
+                                    if p.offset < 0 || p.offset > first {
+                                        violations.push((
+                                            ViolationKind::LostWrite,
+                                            format!("side topic partition {partition}: by time, offset {}; offset {first} was acknowledged at that time", p.offset),
+                                        ));
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                admin.step = match which {
+                    0 => AdminStep::ListOffsets(1),
+                    1 if admin.first_acked.is_some() => AdminStep::ListOffsets(2),
+                    _ if admin.partitions < 4 => AdminStep::CreatePartitions,
+                    _ => AdminStep::LongPollAndDelete,
+                };
+            }
+            (AdminRequest::CreatePartitions, Response::CreatePartitions(r)) => {
+                if r.results
+                    .first()
+                    .is_some_and(|t| t.error_code == codes::NONE)
+                {
+                    admin.partitions += 1;
+                }
+                admin.step = AdminStep::LongPollAndDelete;
+            }
+            (AdminRequest::Delete, Response::DeleteTopics(_)) => {
+                admin.next_cycle();
+            }
+            (request, response) => {
+                let detail = format!("{request:?} answered by {}", response.api_key().name());
+                self.protocol_violation(client, detail);
+                return;
+            }
+        }
+        for (kind, detail) in violations {
+            self.checker.violate(kind, now, detail);
+        }
+        self.count("admin:answered");
+    }
 }

@@ -302,7 +302,11 @@ impl<D: Disk> Node<D> {
         let (topics, events) = Topics::recover(&mut disk, config.log)?;
         let producer_ids = producer_ids::ProducerIds::recover(&mut disk, topics.max_producer_id())?;
         let root_dir = disk.open_dir("")?;
-        let rng_state = config.seed ^ 0x6b65_656c_6b65_656c;
+        let (starts, starts_file) = count_start(&mut disk)?;
+        // Each start draws from a stream of its own: a restart with the same seed (the
+        // simulator's, or a container's) must not hand out a deleted topic's id again.
+        let rng_state =
+            config.seed ^ 0x6b65_656c_6b65_656c ^ starts.wrapping_mul(0x9e37_79b9_7f4a_7c15);
         // The first round (which syncs the data directory, and every recovered log) must
         // complete before any request is read.
         let serving = false;
@@ -312,7 +316,7 @@ impl<D: Disk> Node<D> {
             topics,
             conns: BTreeMap::new(),
             parked: Vec::new(),
-            extra_dirty_files: vec![root_dir],
+            extra_dirty_files: vec![root_dir, starts_file],
             root_dir,
             round: None,
             next_round: 1,
@@ -325,9 +329,7 @@ impl<D: Disk> Node<D> {
             rng_state,
             producer_ids,
         };
-        let rng_state = &mut node.rng_state;
-        let mut next_id = |topics: &Topics| new_topic_id(rng_state, topics);
-        let files = node.topics.repair_metadata(&mut node.disk, &mut next_id)?;
+        let files = node.topics.rewrite_metadata(&mut node.disk)?;
         node.extra_dirty_files.extend(files);
         Ok((node, events))
     }
@@ -867,6 +869,34 @@ impl<D: Disk> Node<D> {
             }
         }
     }
+}
+
+/// The file that counts the node's starts.
+const STARTS_FILE: &str = "node-starts";
+
+/// Reads, increments and writes back the count of the node's starts (8 bytes and a CRC-32C;
+/// unreadable or torn counts as 0). Durable with the first sync round, before any request is
+/// read: a start that crashed before it served nothing, so repeating its count is harmless.
+fn count_start(disk: &mut dyn Disk) -> Result<(u64, FileId), DiskError> {
+    let file = disk.create(STARTS_FILE)?;
+    let mut raw = [0u8; 12];
+    let mut starts = 0;
+    for _ in 0..8 {
+        if disk.len(file)? < 12 || disk.read_at(file, 0, &mut raw).is_err() {
+            continue;
+        }
+        let count = u64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
+        if crc32c::crc32c(&raw[..8]).to_be_bytes() == raw[8..] {
+            starts = count;
+            break;
+        }
+    }
+    let starts = starts + 1;
+    raw[..8].copy_from_slice(&starts.to_be_bytes());
+    let crc = crc32c::crc32c(&raw[..8]);
+    raw[8..].copy_from_slice(&crc.to_be_bytes());
+    disk.write_at(file, 0, &raw)?;
+    Ok((starts, file))
 }
 
 /// The node's PRNG (splitmix64), seeded from its config: the core draws no OS randomness.

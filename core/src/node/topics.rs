@@ -32,6 +32,9 @@ pub enum RecoveryEvent {
     /// The partition's directory was missing (a crash during the topic's creation) and was
     /// created again, empty.
     Recreated { topic: String, partition: i32 },
+    /// No partition of the topic had its id: a creation or a deletion a crash cut short.
+    /// The topic was removed.
+    Removed { topic: String },
 }
 
 /// A partition log and the offset a sync round makes durable in it: (topic, partition, log
@@ -89,24 +92,52 @@ fn decode_uuid(text: &str) -> Option<Uuid> {
     Some(Uuid(id))
 }
 
-fn read_topic_id(disk: &mut dyn Disk, dir: &str) -> Option<Uuid> {
-    let file = disk
-        .open(&format!("{dir}/{PARTITION_METADATA_FILE}"))
-        .ok()?;
-    let len = disk.len(file).ok()? as usize;
-    let mut raw = vec![0u8; len.min(4096)];
-    disk.read_at(file, 0, &mut raw).ok()?;
-    let text = String::from_utf8(raw).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("topic_id: "))
-        .and_then(decode_uuid)
+/// Reads the topic id in `dir`'s `partition.metadata`: `None` if the file is missing or
+/// holds no id. The file has no checksum, so a read counts only when three reads in a row
+/// return the same bytes (a bit flipped on the way must neither pass for another id nor make
+/// the id look lost); a disk that never agrees is a read error.
+fn read_topic_id(disk: &mut dyn Disk, dir: &str) -> Result<Option<Uuid>, DiskError> {
+    let file = match disk.open(&format!("{dir}/{PARTITION_METADATA_FILE}")) {
+        Ok(file) => file,
+        Err(DiskError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let len = disk.len(file)? as usize;
+    let mut agreeing: Option<(Vec<u8>, usize)> = None;
+    let mut last_error = None;
+    for _ in 0..16 {
+        let mut raw = vec![0u8; len.min(4096)];
+        if let Err(e) = disk.read_at(file, 0, &mut raw) {
+            last_error = Some(e);
+            agreeing = None;
+            continue;
+        }
+        let count = match &agreeing {
+            Some((bytes, count)) if *bytes == raw => count + 1,
+            _ => 1,
+        };
+        if count >= 3 {
+            let text = String::from_utf8_lossy(&raw);
+            return Ok(text
+                .lines()
+                .find_map(|l| l.strip_prefix("topic_id: "))
+                .and_then(decode_uuid));
+        }
+        agreeing = Some((raw, count));
+    }
+    Err(last_error.unwrap_or_else(|| {
+        DiskError::Io(format!(
+            "{dir}/{PARTITION_METADATA_FILE} reads differently every time"
+        ))
+    }))
 }
 
-/// Writes `partition.metadata` in `dir`; returns the file, to sync.
+/// Writes `partition.metadata` in `dir`; returns the file, to sync. Its text has one length,
+/// so writing it again over itself is never torn into something else (no truncation first: a
+/// crash may keep a truncation and lose the write after it).
 fn write_topic_id(disk: &mut dyn Disk, dir: &str, id: &Uuid) -> Result<FileId, DiskError> {
     let metadata = disk.create(&format!("{dir}/{PARTITION_METADATA_FILE}"))?;
     let text = format!("version: 0\ntopic_id: {}\n", encode_uuid(id));
-    disk.truncate(metadata, 0)?;
     disk.write_at(metadata, 0, text.as_bytes())?;
     Ok(metadata)
 }
@@ -138,7 +169,7 @@ impl Topics {
         let mut next_log_id = 0;
         for ((topic_name, partition), files) in dirs {
             let dir = partition_dir(&topic_name, partition);
-            let id = read_topic_id(disk, &dir);
+            let id = read_topic_id(disk, &dir)?;
             let topic = topics
                 .by_name
                 .entry(topic_name.clone())
@@ -201,33 +232,47 @@ impl Topics {
             });
         }
         topics.next_log_id = next_log_id;
+        // A topic with no `partition.metadata` left anywhere never finished its creation (the
+        // files are synced before CreateTopics answers, or any write to it is acknowledged)
+        // or was being deleted: nothing in it was acknowledged and still wanted. It goes.
+        let unnamed: Vec<String> = topics
+            .by_name
+            .iter()
+            .filter(|(_, t)| t.id == Uuid::default())
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in unnamed {
+            tracing::warn!(topic = %name, "no partition of the topic has its id: an unfinished creation or deletion; removing it");
+            match topics.delete(disk, &name) {
+                Ok(()) => {}
+                Err(LogError::Disk(e)) => return Err(e),
+                Err(e) => return Err(DiskError::Io(e.to_string())),
+            }
+            events.retain(|e| match e {
+                RecoveryEvent::Recovered { topic, .. }
+                | RecoveryEvent::Offline { topic, .. }
+                | RecoveryEvent::Recreated { topic, .. } => *topic != name,
+                RecoveryEvent::Removed { .. } => true,
+            });
+            events.push(RecoveryEvent::Removed { topic: name });
+        }
         Ok((topics, events))
     }
 
-    /// After recovery: gives a topic whose every `partition.metadata` was lost (a crash
-    /// during its creation) a new id from `new_id`, and writes the file again in every
-    /// partition: where it is missing, and where it may be only in the page cache (a failed
-    /// fsync leaves pages there marked clean). Returns the files written, to sync.
-    pub(crate) fn repair_metadata(
+    /// After recovery: writes every partition's `partition.metadata` again: where it is
+    /// missing (a partition created again), and where it may be only in the page cache (a
+    /// failed fsync leaves pages there marked clean). Returns the files written, to sync.
+    pub(crate) fn rewrite_metadata(
         &mut self,
         disk: &mut dyn Disk,
-        new_id: &mut dyn FnMut(&Topics) -> Uuid,
     ) -> Result<Vec<FileId>, DiskError> {
-        let names: Vec<String> = self.by_name.keys().cloned().collect();
         let mut files = Vec::new();
-        for name in names {
-            if self.by_name[&name].id == Uuid::default() {
-                let id = new_id(self);
-                tracing::warn!(topic = %name, "the topic's id was lost; it gets a new one");
-                self.by_name.get_mut(&name).expect("listed").id = id;
-            }
-            let topic = &self.by_name[&name];
+        for (name, topic) in &self.by_name {
             for (index, partition) in topic.partitions.iter().enumerate() {
-                let dir = partition_dir(&name, index as i32);
-                if partition.log.is_err() {
-                    continue;
+                if partition.log.is_ok() {
+                    let dir = partition_dir(name, index as i32);
+                    files.push(write_topic_id(disk, &dir, &topic.id)?);
                 }
-                files.push(write_topic_id(disk, &dir, &topic.id)?);
             }
         }
         Ok(files)
