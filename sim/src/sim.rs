@@ -373,6 +373,24 @@ fn has_retries(role: &Role) -> bool {
     matches!(role, Role::Producer { idempotence: Some(idem), .. } if !idem.retries.is_empty())
 }
 
+/// A Produce of one batch to one partition.
+fn produce_request(topic: &str, partition: i32, batch: Bytes, acks: i16) -> Request {
+    Request::Produce(ProduceRequest {
+        acks,
+        timeout_ms: 30_000,
+        topic_data: vec![TopicProduceData {
+            name: topic.into(),
+            partition_data: vec![PartitionProduceData {
+                index: partition,
+                records: Some(batch),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+}
+
 fn value_bytes(value: u64, padding_bytes: usize) -> Bytes {
     let mut bytes = Vec::with_capacity(8 + padding_bytes);
     bytes.extend_from_slice(&value.to_be_bytes());
@@ -1402,20 +1420,7 @@ impl Sim {
     fn send_produce(&mut self, client: usize, op: usize, acks: i16) {
         let partition = self.ops[op].write.partition;
         let batch = self.ops[op].batch.clone();
-        let request = Request::Produce(ProduceRequest {
-            acks,
-            timeout_ms: 30_000,
-            topic_data: vec![TopicProduceData {
-                name: TOPIC.into(),
-                partition_data: vec![PartitionProduceData {
-                    index: partition,
-                    records: Some(batch),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        });
+        let request = produce_request(TOPIC, partition, batch, acks);
         let version = self.plan.produce_version;
         self.send_request(client, version, request, PendingKind::Produce { op });
     }
@@ -1866,20 +1871,7 @@ impl Sim {
                 };
                 let batch =
                     record::build(&records, &options).expect("the simulator's batches build");
-                let request = Request::Produce(ProduceRequest {
-                    acks: -1,
-                    timeout_ms: 30_000,
-                    topic_data: vec![TopicProduceData {
-                        name,
-                        partition_data: vec![PartitionProduceData {
-                            index: partition,
-                            records: Some(batch),
-                            ..Default::default()
-                        }],
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                });
+                let request = produce_request(&name, partition, batch, -1);
                 let what = AdminRequest::Produce {
                     partition,
                     values,

@@ -809,8 +809,9 @@ fn a_damaged_length_in_synced_data_is_corruption_not_a_torn_tail() {
     );
 }
 
-#[test]
-fn a_lost_first_segment_takes_the_partition_offline() {
+/// A config with tiny segments and a disk holding topic `t` with the batches "one", "two"
+/// and "three", one per segment, all acknowledged.
+fn one_batch_per_segment_in_topic_t() -> (Config, SimDisk) {
     let mut config = Config::default();
     config.log.segment_size_bytes = 64;
     let (mut h, _) = Harness::with(config.clone(), SimDisk::new(), true);
@@ -818,7 +819,12 @@ fn a_lost_first_segment_takes_the_partition_offline() {
     for v in ["one", "two", "three"] {
         h.call(9, produce_request("t", 0, batch(&[v]), -1));
     }
-    let mut disk = h.node.into_disk();
+    (config, h.node.into_disk())
+}
+
+#[test]
+fn a_lost_first_segment_takes_the_partition_offline() {
+    let (config, mut disk) = one_batch_per_segment_in_topic_t();
     let segments: Vec<String> = disk
         .names()
         .into_iter()
@@ -1154,14 +1160,7 @@ fn a_fetch_response_never_passes_the_maximum_whatever_max_bytes_asks() {
 
 #[test]
 fn a_log_whose_every_segment_was_a_torn_tail_starts_over_empty() {
-    let mut config = Config::default();
-    config.log.segment_size_bytes = 64;
-    let (mut h, _) = Harness::with(config.clone(), SimDisk::new(), true);
-    h.create_topic("t");
-    for v in ["one", "two", "three"] {
-        h.call(9, produce_request("t", 0, batch(&[v]), -1));
-    }
-    let mut disk = h.node.into_disk();
+    let (config, mut disk) = one_batch_per_segment_in_topic_t();
     use keel_core::disk::Disk;
     // The first segment never reached the disk and the recovery point is torn: nothing is
     // known durable, so the later segments are a torn tail too.
