@@ -1260,3 +1260,113 @@ fn a_crash_during_topic_creation_leaves_no_partition_offline() {
     let (mut h, _) = Harness::with(config, disk, true);
     assert_eq!(topic_id(&mut h, "t"), id);
 }
+
+/// A disk that counts reads.
+struct CountingDisk {
+    disk: SimDisk,
+    reads: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl keel_core::disk::Disk for CountingDisk {
+    fn list(&mut self) -> Result<Vec<String>, keel_core::disk::DiskError> {
+        self.disk.list()
+    }
+    fn open(&mut self, name: &str) -> Result<u64, keel_core::disk::DiskError> {
+        self.disk.open(name)
+    }
+    fn create(&mut self, name: &str) -> Result<u64, keel_core::disk::DiskError> {
+        self.disk.create(name)
+    }
+    fn len(&mut self, file: u64) -> Result<u64, keel_core::disk::DiskError> {
+        self.disk.len(file)
+    }
+    fn read_at(
+        &mut self,
+        file: u64,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), keel_core::disk::DiskError> {
+        self.reads.set(self.reads.get() + 1);
+        self.disk.read_at(file, offset, buf)
+    }
+    fn write_at(
+        &mut self,
+        file: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), keel_core::disk::DiskError> {
+        self.disk.write_at(file, offset, data)
+    }
+    fn truncate(&mut self, file: u64, len: u64) -> Result<(), keel_core::disk::DiskError> {
+        self.disk.truncate(file, len)
+    }
+    fn remove(&mut self, name: &str) -> Result<(), keel_core::disk::DiskError> {
+        self.disk.remove(name)
+    }
+    fn open_dir(&mut self, name: &str) -> Result<u64, keel_core::disk::DiskError> {
+        self.disk.open_dir(name)
+    }
+    fn remove_dir(&mut self, name: &str) -> Result<(), keel_core::disk::DiskError> {
+        self.disk.remove_dir(name)
+    }
+}
+
+/// Parked fetches look at the disk again only when a high watermark may have moved (or their
+/// deadline passed), not on every step of the node.
+#[test]
+fn parked_fetches_read_the_disk_only_when_their_data_may_have_changed() {
+    let mut disk = three_batches_in_topic_t();
+    disk.sync_all();
+    let reads = std::rc::Rc::new(std::cell::Cell::new(0));
+    let disk = CountingDisk {
+        disk,
+        reads: reads.clone(),
+    };
+    let (mut node, _) = Node::new(Config::default(), disk).expect("node starts");
+    let now = Instant::from_millis(1_700_000_000_000);
+    let mut out = Vec::new();
+    node.step(now, Input::ConnOpened { conn: 1 }, &mut out);
+    for output in std::mem::take(&mut out) {
+        if let Output::Sync { token, file } = output {
+            let result = node.disk_mut().disk.sync(file);
+            node.step(now, Input::Synced { token, result }, &mut out);
+        }
+    }
+    out.clear();
+    // A long poll for more bytes than the log holds: it parks, with data to read.
+    let Request::Fetch(mut fetch) = fetch_request("t", 0, 60_000) else {
+        unreachable!()
+    };
+    fetch.min_bytes = 1 << 20;
+    let mut buf = BytesMut::new();
+    let header = RequestHeader {
+        api_key: ApiKey::Fetch as i16,
+        api_version: 11,
+        correlation_id: 1,
+        client_id: Some("harness".into()),
+        ..Default::default()
+    };
+    encode_request(&mut buf, &header, &Request::Fetch(fetch)).unwrap();
+    node.step(
+        now,
+        Input::ConnBytes {
+            conn: 1,
+            bytes: &buf,
+        },
+        &mut out,
+    );
+    assert!(out.is_empty(), "the fetch is parked: {out:?}");
+    let before = reads.get();
+    // Steps that change no high watermark: other connections coming and going, timeouts.
+    for conn in 2..100 {
+        node.step(now, Input::ConnOpened { conn }, &mut out);
+        node.step(now, Input::Timeout, &mut out);
+        node.step(now, Input::ConnClosed { conn }, &mut out);
+    }
+    assert_eq!(
+        reads.get() - before,
+        0,
+        "the parked fetch read the disk again"
+    );
+    assert!(out.is_empty());
+}

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 
 use super::topics::valid_topic_name;
-use super::{high_watermark, Instant, Node, ParkedFetch, PlantedBug};
+use super::{high_watermark, Durability, Instant, Node, ParkedFetch, PlantedBug};
 use crate::disk::Disk;
 use crate::limits;
 use crate::log::LogError;
@@ -124,6 +124,7 @@ impl<D: Disk> Node<D> {
         let id = self.random_uuid();
         // The partition directories' entries are in the data directory.
         self.extra_dirty_files.push(self.root_dir);
+        self.data_version += 1;
         let files =
             self.topics
                 .create_partitions(&mut self.disk, name, id, partitions, self.config.log)?;
@@ -395,6 +396,10 @@ impl<D: Disk> Node<D> {
                     log.producers_mut().record(&header, seen_ms, expiry_ms);
                     base.get_or_insert(base_offset);
                     wait = true;
+                    if durability == Durability::Replicated {
+                        // The high watermark is the log end: it just moved.
+                        self.data_version += 1;
+                    }
                 }
                 Err(e) => return Err((codes::KAFKA_STORAGE_ERROR, e.to_string())),
             }
@@ -756,6 +761,7 @@ impl<D: Disk> Node<D> {
                     // Whatever happened, directory entries may have gone: the answer waits
                     // until their removal is durable.
                     deleted = true;
+                    self.data_version += 1;
                     self.extra_dirty_files.push(self.root_dir);
                     if let Err(e) = self.topics.delete(&mut self.disk, &name) {
                         result.error_code = codes::KAFKA_STORAGE_ERROR;
@@ -839,6 +845,7 @@ impl<D: Disk> Node<D> {
                         Ok(files) => {
                             self.extra_dirty_files.extend(files);
                             self.extra_dirty_files.push(self.root_dir);
+                            self.data_version += 1;
                             created = true;
                         }
                         Err(e) => {

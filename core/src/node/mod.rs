@@ -250,6 +250,9 @@ struct ParkedFetch {
     deadline: Instant,
     header: RequestHeader,
     request: crate::protocol::messages::FetchRequest,
+    /// The node's `data_version` when the fetch last looked: it looks again only once that
+    /// moved (or its deadline passed), not on every step.
+    seen_version: u64,
 }
 
 /// The sync round in flight: its id, the tokens still outstanding, and what each partition
@@ -290,6 +293,9 @@ pub struct Node<D: Disk> {
     requests_held: bool,
     /// When idle producers are next expired.
     next_producer_expiry: Instant,
+    /// Moves whenever what a parked fetch may wait for can have changed: a high watermark (a
+    /// sync round completed, or an append without fsync durability) or the set of topics.
+    data_version: u64,
     rng_state: u64,
     producer_ids: producer_ids::ProducerIds,
 }
@@ -326,6 +332,7 @@ impl<D: Disk> Node<D> {
             serving,
             requests_held: false,
             next_producer_expiry: Instant(0),
+            data_version: 0,
             rng_state,
             producer_ids,
         };
@@ -632,6 +639,7 @@ impl<D: Disk> Node<D> {
                     deadline: now.plus_millis(max_wait_ms),
                     header,
                     request: r,
+                    seen_version: self.data_version,
                 };
                 match self.try_fetch(&parked, false) {
                     Some(response) => Slot::Ready(Some(frame_response(
@@ -753,8 +761,14 @@ impl<D: Disk> Node<D> {
     /// them, when `force`).
     fn complete_parked_fetches(&mut self, now: Instant, force: bool) {
         let parked = std::mem::take(&mut self.parked);
-        for p in parked {
+        for mut p in parked {
             let expired = force || now >= p.deadline;
+            if !expired && p.seen_version == self.data_version {
+                // Nothing it waits for can have changed since it last looked.
+                self.parked.push(p);
+                continue;
+            }
+            p.seen_version = self.data_version;
             match self.try_fetch(&p, expired) {
                 Some(response) => {
                     let version = p.header.api_version;
@@ -796,6 +810,7 @@ impl<D: Disk> Node<D> {
             // The planted bug: the round "completes" without a single sync.
             self.extra_dirty_files.clear();
             self.topics.complete_sync(&ends);
+            self.data_version += 1;
             self.producer_ids.synced(self.producer_ids.recorded_end());
             let id = self.next_round;
             self.next_round += 1;
@@ -851,6 +866,7 @@ impl<D: Disk> Node<D> {
         }
         let round = self.round.take().expect("checked above");
         self.serving = true;
+        self.data_version += 1;
         self.topics.complete_sync(&round.ends);
         self.producer_ids.synced(round.producer_ids_end);
         // Parked fetches see the new high watermark when `step` re-checks them next.
