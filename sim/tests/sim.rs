@@ -133,7 +133,7 @@ fn fresh_seeds_pass() {
 /// Each planted bug must be caught, by the violation it causes, in at least a stated share
 /// of 40 seeds of 30 simulated seconds: a checker that slowly lost its teeth would fail here
 /// long before it missed a bug altogether. The shares are about half of what the checkers
-/// catch today (in the order below: 29, 24, 7, 22 and 9 of the 40 seeds).
+/// catch today (in the order below: 29, 30, 7, 18 and 12 of the 40 seeds).
 #[test]
 fn planted_bugs_are_caught() {
     const SEEDS: u64 = 40;
@@ -143,13 +143,13 @@ fn planted_bugs_are_caught() {
     for bug in PlantedBug::ALL {
         let (expected, share_min, idempotent) = match bug {
             // Losing acknowledged writes.
-            PlantedBug::SkipFsync => (ViolationKind::LostWrite, 0.5, None),
-            PlantedBug::AckEarly => (ViolationKind::LostWrite, 0.4, None),
-            PlantedBug::AckWrongRound => (ViolationKind::LostWrite, 0.1, None),
+            PlantedBug::SkipFsync => (ViolationKind::LostWrite, 0.35, None),
+            PlantedBug::AckEarly => (ViolationKind::LostWrite, 0.35, None),
+            PlantedBug::AckWrongRound => (ViolationKind::LostWrite, 0.08, None),
             // Writing one twice: only idempotent producers can tell.
-            PlantedBug::NoDedup => (ViolationKind::Duplicate, 0.4, Some(true)),
+            PlantedBug::NoDedup => (ViolationKind::Duplicate, 0.2, Some(true)),
             // A consumer read a record that a crash then replaced.
-            PlantedBug::FetchPastHighWatermark => (ViolationKind::InconsistentOffset, 0.1, None),
+            PlantedBug::FetchPastHighWatermark => (ViolationKind::InconsistentOffset, 0.15, None),
         };
         let results = campaign_until(
             0..SEEDS,
