@@ -14,4 +14,4 @@ pub mod plan;
 pub mod sim;
 
 pub use disk::{PendingSync, SimDisk};
-pub use sim::{run, Options, Report};
+pub use sim::{produce_request, run, Options, Report};

@@ -374,7 +374,7 @@ fn has_retries(role: &Role) -> bool {
 }
 
 /// A Produce of one batch to one partition.
-fn produce_request(topic: &str, partition: i32, batch: Bytes, acks: i16) -> Request {
+pub fn produce_request(topic: &str, partition: i32, batch: Bytes, acks: i16) -> Request {
     Request::Produce(ProduceRequest {
         acks,
         timeout_ms: 30_000,
@@ -389,6 +389,19 @@ fn produce_request(topic: &str, partition: i32, batch: Bytes, acks: i16) -> Requ
         }],
         ..Default::default()
     })
+}
+
+/// One record per value, a millisecond apart.
+fn batch_records(values: &[u64], padding_bytes: usize) -> Vec<NewRecord> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| NewRecord {
+            timestamp_delta: i as i64,
+            value: Some(value_bytes(*v, padding_bytes)),
+            ..Default::default()
+        })
+        .collect()
 }
 
 fn value_bytes(value: u64, padding_bytes: usize) -> Bytes {
@@ -1298,7 +1311,6 @@ impl Sim {
                 .wrapping_add(1)
                 .max(0);
         }
-        let epoch = options.producer_epoch;
         let generation = idempotence.as_ref().map_or(0, |idem| idem.generation);
         let values: Vec<u64> = (0..count)
             .map(|_| {
@@ -1308,32 +1320,37 @@ impl Sim {
             .collect();
         let send_seq = *next_send_seq;
         *next_send_seq += 1;
-        let records: Vec<NewRecord> = values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| NewRecord {
-                timestamp_delta: i as i64,
-                value: Some(value_bytes(*v, padding)),
-                ..Default::default()
-            })
-            .collect();
-        let batch = record::build(&records, &options).expect("the simulator's batches build");
-        let op = self.ops.len();
+        let write = Write {
+            producer: client,
+            partition,
+            send_seq,
+            values,
+        };
+        let op = self.new_op(write, padding, &options, generation);
+        self.send_produce(client, op, acks);
+    }
+
+    /// Records a write (its batch built from its values, each padded by `padding` bytes) and
+    /// returns its index.
+    fn new_op(
+        &mut self,
+        write: Write,
+        padding: usize,
+        options: &BatchOptions,
+        generation: u64,
+    ) -> usize {
+        let batch = record::build(&batch_records(&write.values, padding), options)
+            .expect("the simulator's batches build");
         self.ops.push(Op {
-            write: Write {
-                producer: client,
-                partition,
-                send_seq,
-                values,
-            },
+            write,
             batch,
             outcome: Outcome::Pending,
-            epoch,
+            epoch: options.producer_epoch,
             attempted_unknown: false,
             generation,
             first_sent_ns: self.now_ns,
         });
-        self.send_produce(client, op, acks);
+        self.ops.len() - 1
     }
 
     /// One more batch from a producer's previous epoch, sent after it moved to a new one (a
@@ -1365,26 +1382,13 @@ impl Sim {
             base_sequence: sequence,
             ..Default::default()
         };
-        let records = [NewRecord {
-            value: Some(value_bytes(value, 0)),
-            ..Default::default()
-        }];
-        let batch = record::build(&records, &options).expect("the simulator's batches build");
-        let op = self.ops.len();
-        self.ops.push(Op {
-            write: Write {
-                producer: client,
-                partition,
-                send_seq,
-                values: vec![value],
-            },
-            batch,
-            outcome: Outcome::Pending,
-            epoch,
-            attempted_unknown: false,
-            generation: u64::MAX,
-            first_sent_ns: self.now_ns,
-        });
+        let write = Write {
+            producer: client,
+            partition,
+            send_seq,
+            values: vec![value],
+        };
+        let op = self.new_op(write, 0, &options, u64::MAX);
         self.send_produce(client, op, acks);
     }
 
@@ -1858,6 +1862,7 @@ impl Sim {
                 for value in &values {
                     admin.written_to.insert(*value, Some(id));
                 }
+                // One timestamp for the whole batch: the by-time check looks it up.
                 let records: Vec<NewRecord> = values
                     .iter()
                     .map(|v| NewRecord {

@@ -6,12 +6,11 @@ use keel_core::node::{Config, ConnId, Input, Instant, Node, Output, RecoveryEven
 use keel_core::protocol::codec::{decode_response, encode_request};
 use keel_core::protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use keel_core::protocol::messages::metadata_request::MetadataRequestTopic;
-use keel_core::protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use keel_core::protocol::messages::produce_response;
 use keel_core::protocol::messages::*;
 use keel_core::protocol::{codes, ApiKey, FrameDecoder, Request, RequestHeader, Response};
 use keel_core::record::{self, BatchOptions, NewRecord, RecordBatch};
-use keel_sim::SimDisk;
+use keel_sim::{produce_request, SimDisk};
 
 struct Harness {
     node: Node<SimDisk>,
@@ -180,23 +179,6 @@ fn batch_with(values: &[&str], options: &BatchOptions) -> Bytes {
     record::build(&records, options).unwrap()
 }
 
-fn produce_request(topic: &str, partition: i32, records: Bytes, acks: i16) -> Request {
-    Request::Produce(ProduceRequest {
-        acks,
-        timeout_ms: 30_000,
-        topic_data: vec![TopicProduceData {
-            name: topic.into(),
-            partition_data: vec![PartitionProduceData {
-                index: partition,
-                records: Some(records),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    })
-}
-
 fn fetch_request(topic: &str, offset: i64, max_wait_ms: i32) -> Request {
     Request::Fetch(FetchRequest {
         max_wait_ms,
@@ -214,6 +196,37 @@ fn fetch_request(topic: &str, offset: i64, max_wait_ms: i32) -> Request {
         }],
         ..Default::default()
     })
+}
+
+/// ListOffsets v7 for partition 0 of `topic` at `timestamp` (-2 earliest, -1 latest, -3 max
+/// timestamp, else by time): the partition's answer.
+fn list_offset(
+    h: &mut Harness,
+    topic: &str,
+    timestamp: i64,
+) -> list_offsets_response::ListOffsetsPartitionResponse {
+    use keel_core::protocol::messages::list_offsets_request::{
+        ListOffsetsPartition, ListOffsetsTopic,
+    };
+    let Response::ListOffsets(mut response) = h.call(
+        7,
+        Request::ListOffsets(ListOffsetsRequest {
+            replica_id: -1,
+            topics: vec![ListOffsetsTopic {
+                name: topic.into(),
+                partitions: vec![ListOffsetsPartition {
+                    partition_index: 0,
+                    timestamp,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+    ) else {
+        panic!("not a ListOffsets response")
+    };
+    response.topics.remove(0).partitions.remove(0)
 }
 
 fn values_in(records: &Bytes) -> Vec<String> {
@@ -527,9 +540,6 @@ fn list_offsets_finds_earliest_latest_and_by_timestamp() {
             produce_request("t", 0, record::build(&records, &options).unwrap(), -1),
         );
     }
-    use keel_core::protocol::messages::list_offsets_request::{
-        ListOffsetsPartition, ListOffsetsTopic,
-    };
     for (timestamp, expected) in [
         (-2i64, 0i64),
         (-1, 3),
@@ -538,25 +548,7 @@ fn list_offsets_finds_earliest_latest_and_by_timestamp() {
         (9_000, -1),
         (-3, 2),
     ] {
-        let Response::ListOffsets(response) = h.call(
-            7,
-            Request::ListOffsets(ListOffsetsRequest {
-                replica_id: -1,
-                topics: vec![ListOffsetsTopic {
-                    name: "t".into(),
-                    partitions: vec![ListOffsetsPartition {
-                        partition_index: 0,
-                        timestamp,
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-        ) else {
-            panic!()
-        };
-        let p = &response.topics[0].partitions[0];
+        let p = list_offset(&mut h, "t", timestamp);
         assert_eq!(
             (p.error_code, p.offset),
             (codes::NONE, expected),
@@ -871,30 +863,46 @@ fn the_high_watermark_a_client_saw_survives_a_restart() {
     assert_eq!(seen, vec![3], "the high watermark never goes back");
 }
 
-/// A disk whose first read of one file returns a flipped bit (on the way, not on the disk).
-struct FlipFirstRead {
+/// A simulated disk that counts reads and can flip a bit in the first read of one file (on
+/// the way, not on the disk).
+struct WatchedDisk {
     disk: SimDisk,
-    name: &'static str,
-    file: Option<keel_core::disk::FileId>,
+    reads: std::rc::Rc<std::cell::Cell<u64>>,
+    flip_first_read_of: Option<&'static str>,
+    flip_file: Option<keel_core::disk::FileId>,
     flipped: bool,
 }
 
-impl keel_core::disk::Disk for FlipFirstRead {
+impl WatchedDisk {
+    fn new(disk: SimDisk) -> WatchedDisk {
+        WatchedDisk {
+            disk,
+            reads: Default::default(),
+            flip_first_read_of: None,
+            flip_file: None,
+            flipped: false,
+        }
+    }
+
+    fn watch(&mut self, name: &str, id: keel_core::disk::FileId) {
+        if self.flip_first_read_of == Some(name) {
+            self.flip_file = Some(id);
+        }
+    }
+}
+
+impl keel_core::disk::Disk for WatchedDisk {
     fn list(&mut self) -> Result<Vec<String>, keel_core::disk::DiskError> {
         self.disk.list()
     }
     fn open(&mut self, name: &str) -> Result<u64, keel_core::disk::DiskError> {
         let id = self.disk.open(name)?;
-        if name == self.name {
-            self.file = Some(id);
-        }
+        self.watch(name, id);
         Ok(id)
     }
     fn create(&mut self, name: &str) -> Result<u64, keel_core::disk::DiskError> {
         let id = self.disk.create(name)?;
-        if name == self.name {
-            self.file = Some(id);
-        }
+        self.watch(name, id);
         Ok(id)
     }
     fn len(&mut self, file: u64) -> Result<u64, keel_core::disk::DiskError> {
@@ -906,8 +914,9 @@ impl keel_core::disk::Disk for FlipFirstRead {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<(), keel_core::disk::DiskError> {
+        self.reads.set(self.reads.get() + 1);
         self.disk.read_at(file, offset, buf)?;
-        if Some(file) == self.file && !self.flipped && !buf.is_empty() {
+        if Some(file) == self.flip_file && !self.flipped && !buf.is_empty() {
             self.flipped = true;
             buf[0] ^= 0x01;
         }
@@ -941,12 +950,8 @@ fn one_flipped_read_of_the_recovery_point_does_not_unprotect_synced_data() {
     // Damage in the first, synced batch: corruption, whatever the recovery point read says.
     disk.contents_mut("t-0/00000000000000000000.log").unwrap()[70] ^= 0x01;
     disk.sync_all();
-    let disk = FlipFirstRead {
-        disk,
-        name: "t-0/recovery-point",
-        file: None,
-        flipped: false,
-    };
+    let mut disk = WatchedDisk::new(disk);
+    disk.flip_first_read_of = Some("t-0/recovery-point");
     let (node, events) = Node::new(Config::default(), disk).expect("node starts");
     assert!(
         matches!(&events[..], [RecoveryEvent::Offline { .. }]),
@@ -974,29 +979,8 @@ fn list_offsets_by_time_survives_a_damaged_header() {
             .contents_mut("t-0/00000000000000000000.log")
             .unwrap();
         segment[8..12].copy_from_slice(&bad_length.to_be_bytes());
-        use keel_core::protocol::messages::list_offsets_request::{
-            ListOffsetsPartition, ListOffsetsTopic,
-        };
-        let Response::ListOffsets(response) = h.call(
-            7,
-            Request::ListOffsets(ListOffsetsRequest {
-                replica_id: -1,
-                topics: vec![ListOffsetsTopic {
-                    name: "t".into(),
-                    partitions: vec![ListOffsetsPartition {
-                        partition_index: 0,
-                        timestamp: 1_500,
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-        ) else {
-            panic!()
-        };
         assert_eq!(
-            response.topics[0].partitions[0].error_code,
+            list_offset(&mut h, "t", 1_500).error_code,
             codes::KAFKA_STORAGE_ERROR,
             "length {bad_length}"
         );
@@ -1261,67 +1245,14 @@ fn a_crash_during_topic_creation_leaves_no_partition_offline() {
     assert_eq!(topic_id(&mut h, "t"), id);
 }
 
-/// A disk that counts reads.
-struct CountingDisk {
-    disk: SimDisk,
-    reads: std::rc::Rc<std::cell::Cell<u64>>,
-}
-
-impl keel_core::disk::Disk for CountingDisk {
-    fn list(&mut self) -> Result<Vec<String>, keel_core::disk::DiskError> {
-        self.disk.list()
-    }
-    fn open(&mut self, name: &str) -> Result<u64, keel_core::disk::DiskError> {
-        self.disk.open(name)
-    }
-    fn create(&mut self, name: &str) -> Result<u64, keel_core::disk::DiskError> {
-        self.disk.create(name)
-    }
-    fn len(&mut self, file: u64) -> Result<u64, keel_core::disk::DiskError> {
-        self.disk.len(file)
-    }
-    fn read_at(
-        &mut self,
-        file: u64,
-        offset: u64,
-        buf: &mut [u8],
-    ) -> Result<(), keel_core::disk::DiskError> {
-        self.reads.set(self.reads.get() + 1);
-        self.disk.read_at(file, offset, buf)
-    }
-    fn write_at(
-        &mut self,
-        file: u64,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<(), keel_core::disk::DiskError> {
-        self.disk.write_at(file, offset, data)
-    }
-    fn truncate(&mut self, file: u64, len: u64) -> Result<(), keel_core::disk::DiskError> {
-        self.disk.truncate(file, len)
-    }
-    fn remove(&mut self, name: &str) -> Result<(), keel_core::disk::DiskError> {
-        self.disk.remove(name)
-    }
-    fn open_dir(&mut self, name: &str) -> Result<u64, keel_core::disk::DiskError> {
-        self.disk.open_dir(name)
-    }
-    fn remove_dir(&mut self, name: &str) -> Result<(), keel_core::disk::DiskError> {
-        self.disk.remove_dir(name)
-    }
-}
-
 /// Parked fetches look at the disk again only when a high watermark may have moved (or their
 /// deadline passed), not on every step of the node.
 #[test]
 fn parked_fetches_read_the_disk_only_when_their_data_may_have_changed() {
     let mut disk = three_batches_in_topic_t();
     disk.sync_all();
-    let reads = std::rc::Rc::new(std::cell::Cell::new(0));
-    let disk = CountingDisk {
-        disk,
-        reads: reads.clone(),
-    };
+    let disk = WatchedDisk::new(disk);
+    let reads = disk.reads.clone();
     let (mut node, _) = Node::new(Config::default(), disk).expect("node starts");
     let now = Instant::from_millis(1_700_000_000_000);
     let mut out = Vec::new();
