@@ -570,25 +570,14 @@ impl PartitionLog {
         let mut start = from;
         while start < to {
             let end = (start + CHUNK_BYTES).min(to);
-            let mut previous: Option<Vec<u8>> = None;
-            let mut agreed = None;
-            for _ in 0..RECOVERY_READ_ATTEMPTS_MAX {
-                let mut bytes = vec![0u8; (end - start) as usize];
-                if disk.read_at(file, start, &mut bytes).is_err() {
-                    previous = None;
-                    continue;
-                }
-                if previous.as_ref() == Some(&bytes) {
-                    agreed = Some(bytes);
-                    break;
-                }
-                previous = Some(bytes);
-            }
-            let Some(bytes) = agreed else {
-                return Err(LogError::Disk(DiskError::Io(format!(
-                    "bytes {start}..{end} read differently every time"
-                ))));
-            };
+            let bytes = crate::disk::read_agreeing(
+                disk,
+                file,
+                start,
+                (end - start) as usize,
+                2,
+                RECOVERY_READ_ATTEMPTS_MAX,
+            )?;
             disk.write_at(file, start, &bytes)?;
             start = end;
         }

@@ -103,33 +103,12 @@ fn read_topic_id(disk: &mut dyn Disk, dir: &str) -> Result<Option<Uuid>, DiskErr
         Err(e) => return Err(e),
     };
     let len = disk.len(file)? as usize;
-    let mut agreeing: Option<(Vec<u8>, usize)> = None;
-    let mut last_error = None;
-    for _ in 0..16 {
-        let mut raw = vec![0u8; len.min(4096)];
-        if let Err(e) = disk.read_at(file, 0, &mut raw) {
-            last_error = Some(e);
-            agreeing = None;
-            continue;
-        }
-        let count = match &agreeing {
-            Some((bytes, count)) if *bytes == raw => count + 1,
-            _ => 1,
-        };
-        if count >= 3 {
-            let text = String::from_utf8_lossy(&raw);
-            return Ok(text
-                .lines()
-                .find_map(|l| l.strip_prefix("topic_id: "))
-                .and_then(decode_uuid));
-        }
-        agreeing = Some((raw, count));
-    }
-    Err(last_error.unwrap_or_else(|| {
-        DiskError::Io(format!(
-            "{dir}/{PARTITION_METADATA_FILE} reads differently every time"
-        ))
-    }))
+    let raw = crate::disk::read_agreeing(disk, file, 0, len.min(4096), 3, 16)?;
+    let text = String::from_utf8_lossy(&raw);
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("topic_id: "))
+        .and_then(decode_uuid))
 }
 
 /// Writes `partition.metadata` in `dir`; returns the file, to sync. Its text has one length,
