@@ -814,6 +814,10 @@ impl PartitionLog {
             }
             let taken = position - start.unwrap_or(position);
             if taken + size_bytes > max_bytes as u64 && !(start.is_none() && at_least_one) {
+                if start.is_none() {
+                    // The first batch is larger than the caller takes: an empty answer.
+                    return Ok(Ok(Bytes::new()));
+                }
                 break;
             }
             if start.is_none() {
@@ -824,8 +828,11 @@ impl PartitionLog {
             expected_base = header.last_offset() + 1;
             end = position;
         }
+        // `offset` is below the log end and this segment holds it (the next one starts past
+        // it): a walk that found no batch for it read a header wrong (a flipped
+        // last-offset delta skips the batch), not the end of the log.
         let Some(start) = start else {
-            return Ok(Ok(Bytes::new()));
+            return Ok(Err((position, format!("no batch holds offset {offset}"))));
         };
         let mut bytes = vec![0u8; (end - start) as usize];
         disk.read_at(segment.file, start, &mut bytes)?;
@@ -844,6 +851,9 @@ impl PartitionLog {
             let size_bytes = header.size_bytes();
             if let Err(e) = RecordBatch::parse(bytes.slice(at..at + size_bytes)) {
                 return Ok(Err((start + at as u64, e.to_string())));
+            }
+            if at == 0 && header.last_offset() < offset {
+                return Ok(Err((start, format!("the batch read ends before {offset}"))));
             }
             expected_base = header.last_offset() + 1;
             at += size_bytes;
