@@ -42,6 +42,9 @@ pub struct LogConfig {
     /// A producer id is forgotten by a partition once its last batch is this old (Kafka's
     /// `producer.id.expiration.ms`); its next batch must then start over at sequence 0.
     pub producer_id_expiration_ms: i64,
+    /// The planted bug `cut-synced` (`node::PlantedBug::CutSynced`); only the simulator
+    /// sets it.
+    pub planted_cut_synced: bool,
 }
 
 impl Default for LogConfig {
@@ -50,6 +53,7 @@ impl Default for LogConfig {
             segment_size_bytes: 1 << 30,
             index_interval_bytes: 4096,
             producer_id_expiration_ms: 86_400_000,
+            planted_cut_synced: false,
         }
     }
 }
@@ -146,14 +150,17 @@ struct BadBatch {
 /// How many times a read that looks bad is tried again: a bit flipped on the way from the disk,
 /// or a read that failed, is not damage on the disk.
 const RECOVERY_READ_ATTEMPTS: usize = 3;
-/// Recovery believes a batch is damaged on the disk only when this many reads in a row return
-/// the same bad bytes: damage on the disk reads back the same way every time, a flip on the way
-/// does not. Two was not enough: a flip of the same bit twice in a row happens about once per
-/// (flip probability × bits read) bad reads, which a campaign of 60,000 seeds met five times
-/// (seeds 1018518, 3018903, 3031493, 4001027, 4001341). Three in a row has that chance squared.
+/// Recovery believes a batch is damaged on the disk only when this many reads return the same
+/// bad bytes: damage on the disk reads back the same way every time, a flip on the way does
+/// not. Two was not enough: a flip of the same bit twice happens about once per (flip
+/// probability × bits read) bad reads, which a campaign of 60,000 seeds met five times (seeds
+/// 1018518, 3018903, 3031493, 4001027, 4001341). Three has that chance squared. The reads
+/// need not be in a row: a flip or a failed read in between once made a torn tail read as
+/// undecided eight times over (seed 243186007098263).
 const RECOVERY_READ_AGREEMENT: usize = 3;
-/// Reads of one bad-looking batch before recovery gives up telling damage from flips (a read
-/// error: the node does not start, rather than take the partition for corrupt).
+/// Reads of one bad-looking batch before recovery gives up telling damage from flips (the
+/// node does not start, rather than take the partition for corrupt) or, if every read failed,
+/// takes the batch for unreadable (the partition goes offline).
 const RECOVERY_READ_ATTEMPTS_MAX: usize = 8;
 
 /// What recovery found, for the operator's log.
@@ -273,7 +280,10 @@ impl PartitionLog {
     ) -> Result<(PartitionLog, RecoveryReport), LogError> {
         let dir_file = disk.open_dir(dir)?;
         let recovery_point_file = disk.create(&format!("{dir}/{RECOVERY_POINT_FILE}"))?;
-        let recovery_point = Self::read_recovery_point(disk, recovery_point_file)?;
+        // An unreadable recovery point (damaged: it is one sector, written whole) says
+        // nothing of what was synced: then nothing is cut, every bad batch is corruption.
+        let known_recovery_point = Self::read_recovery_point(disk, recovery_point_file)?;
+        let recovery_point = known_recovery_point.unwrap_or(i64::MAX);
         let prefix = format!("{dir}/");
         let mut bases: Vec<i64> = names
             .iter()
@@ -285,6 +295,15 @@ impl PartitionLog {
             })
             .collect();
         bases.sort_unstable();
+        if bases.is_empty() && known_recovery_point.is_none() {
+            // A recovery point was written, so a segment was created with it: all were lost.
+            return Err(LogError::Corrupt {
+                file: segment_name(dir, 0),
+                position: 0,
+                recovery_point: -1,
+                reason: "no segment left, and the recovery point is unreadable".into(),
+            });
+        }
         if bases.is_empty() {
             bases.push(0);
         }
@@ -343,7 +362,7 @@ impl PartitionLog {
             }
             let mut position = 0u64;
             while position < len_bytes {
-                if unsynced_from.is_none() && expected_offset >= recovery_point {
+                if unsynced_from.is_none() && expected_offset >= known_recovery_point.unwrap_or(0) {
                     unsynced_from = Some((segments.len(), position));
                 }
                 match Self::check_batch(disk, file, position, len_bytes, expected_offset) {
@@ -365,10 +384,23 @@ impl PartitionLog {
                     }
                     Err(BadBatch {
                         read_error: Some(e),
+                        evidence: 1,
+                        ..
+                    }) => {
+                        // Every read of this batch failed (a latent sector error): the
+                        // partition stays offline, untouched, until a start reads it.
+                        return Err(LogError::Unreadable {
+                            file: name,
+                            position,
+                            reason: e.to_string(),
+                        });
+                    }
+                    Err(BadBatch {
+                        read_error: Some(e),
                         ..
                     }) => return Err(LogError::Disk(e)),
                     Err(bad) => {
-                        if expected_offset < recovery_point {
+                        if expected_offset < recovery_point && !config.planted_cut_synced {
                             // Synced data is damaged, whatever the damage looks like: a batch
                             // that seems to run past the end of the file may only have a
                             // damaged length (outside the CRC). Nothing synced is ever cut.
@@ -416,7 +448,7 @@ impl PartitionLog {
                 bytes_since_index_entry: 0,
             });
         }
-        if expected_offset < recovery_point && !cut {
+        if known_recovery_point.is_some_and(|rp| expected_offset < rp) && !cut {
             return Err(LogError::Corrupt {
                 file: segment_name(dir, bases[bases.len() - 1]),
                 position: segments.last().map_or(0, |s| s.size_bytes),
@@ -429,9 +461,9 @@ impl PartitionLog {
             dir: dir.to_string(),
             config,
             segments,
-            durable_end_offset: expected_offset.min(recovery_point.max(0)),
+            durable_end_offset: expected_offset.min(known_recovery_point.unwrap_or(0)),
             recovery_point_file,
-            recovery_point,
+            recovery_point: known_recovery_point.unwrap_or(-1),
             dirty_files,
             dir_file,
             // Entries created before the crash (a segment just rolled) may not be durable
@@ -444,10 +476,12 @@ impl PartitionLog {
 
     /// Reads and verifies the batch at `position`: its size, its CRC, its records, and that it
     /// starts where the previous one ended. A batch that looks bad is read again until
-    /// [`RECOVERY_READ_AGREEMENT`] reads in a row agree on the same bad bytes (damage on the
-    /// disk); a good read ends it at once. If they never agree within
-    /// [`RECOVERY_READ_ATTEMPTS_MAX`] reads, or every read fails, it is a read error, which
-    /// stops recovery rather than pass for corruption.
+    /// [`RECOVERY_READ_AGREEMENT`] reads return the same bad bytes (damage on the disk; a
+    /// flip on the way or a failed read in between does not reset the count); a good read
+    /// ends it at once. A batch that no read gets past within [`RECOVERY_READ_ATTEMPTS_MAX`]
+    /// is unreadable (a latent sector error: `read_error` and `evidence` 1). Anything else is
+    /// a disk that cannot make up its mind (`read_error` and `evidence` 0): recovery stops,
+    /// rather than take it for damage, and the next start tries again.
     fn check_batch(
         disk: &mut dyn Disk,
         file: FileId,
@@ -455,38 +489,45 @@ impl PartitionLog {
         len_bytes: u64,
         expected_offset: i64,
     ) -> Result<(BatchHeader, u64), BadBatch> {
-        // The evidence of the last bad read and how many reads in a row returned it.
-        let mut agreeing: Option<(u32, usize)> = None;
+        // Each distinct bad read (by its evidence) and how many reads returned it.
+        let mut bad_reads: Vec<(u32, usize)> = Vec::new();
         let mut last_read_error = None;
+        let mut failed_reads = 0;
         for attempt in 1..=RECOVERY_READ_ATTEMPTS_MAX {
             match Self::check_batch_once(disk, file, position, len_bytes, expected_offset) {
                 Ok(found) => return Ok(found),
                 Err(bad) if bad.read_error.is_some() => {
                     tracing::warn!(position, attempt, reason = %bad.reason, "batch unreadable; reading it again");
-                    agreeing = None;
+                    failed_reads += 1;
                     last_read_error = bad.read_error;
                 }
                 Err(bad) => {
-                    let count = match agreeing {
-                        Some((evidence, count)) if evidence == bad.evidence => count + 1,
-                        _ => 1,
+                    let count = match bad_reads.iter_mut().find(|(e, _)| *e == bad.evidence) {
+                        Some((_, count)) => {
+                            *count += 1;
+                            *count
+                        }
+                        None => {
+                            bad_reads.push((bad.evidence, 1));
+                            1
+                        }
                     };
                     if count >= RECOVERY_READ_AGREEMENT {
                         return Err(bad);
                     }
-                    tracing::warn!(position, attempt, reason = %bad.reason, "batch looks bad; reading it again");
-                    agreeing = Some((bad.evidence, count));
+                    tracing::warn!(position, attempt, count, reason = %bad.reason, "batch looks bad; reading it again");
                 }
             }
         }
+        let unreadable = failed_reads == RECOVERY_READ_ATTEMPTS_MAX;
         let reason = match last_read_error {
-            Some(e) => format!("batch at {position}: {e}"),
-            None => format!("batch at {position} reads differently every time"),
+            Some(e) if unreadable => format!("batch at {position}: {e}"),
+            _ => format!("batch at {position} reads differently every time"),
         };
         Err(BadBatch {
             reason: reason.clone(),
             read_error: Some(DiskError::Io(reason)),
-            evidence: 0,
+            evidence: u32::from(unreadable),
         })
     }
 
@@ -559,10 +600,6 @@ impl PartitionLog {
         Ok((header, size_bytes as u64))
     }
 
-    /// The recovery point on disk. A read that fails its CRC is read again: a flip on the
-    /// way must not pass for a torn checkpoint, which would turn off the protection of synced
-    /// data. Only a checkpoint that reads bad every time is torn (a new log's, never synced)
-    /// and says nothing: the whole log is then treated as possibly torn.
     /// Writes `[from, to)` of `file` again with what it holds, in chunks, each read until two
     /// reads agree (a bit flipped on the way must not be written back as damage).
     fn rewrite(disk: &mut dyn Disk, file: FileId, from: u64, to: u64) -> Result<(), LogError> {
@@ -584,9 +621,16 @@ impl PartitionLog {
         Ok(())
     }
 
-    fn read_recovery_point(disk: &mut dyn Disk, file: FileId) -> Result<i64, LogError> {
+    /// The recovery point on disk. A read that fails its CRC (or fails) is read again: a flip
+    /// on the way must not pass for damage. One that reads bad every time is damaged (it is
+    /// 12 bytes in one sector, always written whole): `None`, nothing known to be synced and
+    /// nothing to be cut. A file shorter than a recovery point was never written whole (a
+    /// creation cut short): `Some(0)`, everything may be torn.
+    fn read_recovery_point(disk: &mut dyn Disk, file: FileId) -> Result<Option<i64>, LogError> {
         if disk.len(file)? < RECOVERY_POINT_BYTES as u64 {
-            return Ok(0);
+            // Never written whole: a log whose creation a crash cut short (nothing in it was
+            // synced), or a lost file. Everything may be torn.
+            return Ok(Some(0));
         }
         let mut last_error = None;
         let mut bad_reads = 0;
@@ -599,20 +643,16 @@ impl PartitionLog {
             let offset = i64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
             let crc = u32::from_be_bytes(raw[8..].try_into().expect("4 bytes"));
             if crc32c::crc32c(&raw[..8]) == crc && offset >= 0 {
-                return Ok(offset);
+                return Ok(Some(offset));
             }
             bad_reads += 1;
         }
-        match last_error {
-            Some(e) if bad_reads == 0 => Err(LogError::Disk(e)),
-            _ => {
-                tracing::warn!(
-                    bad_reads,
-                    "the recovery point is torn; the whole log may be"
-                );
-                Ok(0)
-            }
-        }
+        tracing::warn!(
+            bad_reads,
+            error = ?last_error,
+            "the recovery point is unreadable; nothing will be cut"
+        );
+        Ok(None)
     }
 
     fn write_recovery_point(&mut self, disk: &mut dyn Disk, offset: i64) -> Result<(), DiskError> {
@@ -719,6 +759,11 @@ impl PartitionLog {
         !self.dirty_files.is_empty()
             || self.dir_dirty
             || self.recovery_point != self.durable_end_offset
+    }
+
+    /// Whether data or directory entries were written since the last sync began.
+    pub fn needs_data_sync(&self) -> bool {
+        !self.dirty_files.is_empty() || self.dir_dirty
     }
 
     /// A sync begun at `end_offset` completed.

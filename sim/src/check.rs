@@ -19,6 +19,14 @@
 //! - **wrong-topic**: one topic id for two topics, or a record read from a topic it was not
 //!   written to (the admin workload's side topics, `admin.rs`);
 //! - **liveness**: after the faults stopped, an acknowledged record was not read back in time.
+//!
+//! Lasting damage (a rotten bit, a lost or misdirected write, an unreadable sector, a lost
+//! file) can destroy acknowledged records on a single node; what it must never do is pass
+//! unnoticed. A partition whose files were damaged may be taken offline (damage detected and
+//! refused), or lose records past the recovery point found on the disk (where damage cannot
+//! be told from a torn write), or lose records when that recovery point is itself gone: such
+//! a partition is *retired* and no longer checked. Losing records below a readable recovery
+//! point, or going offline without damage, is still a violation.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -90,6 +98,8 @@ pub struct Checker {
     acked: BTreeMap<u64, (i32, i64)>,
     /// partition -> one past its highest acknowledged offset.
     acked_end: BTreeMap<i32, i64>,
+    /// partition -> one past the highest offset a client saw committed (acknowledged or read).
+    seen_end: BTreeMap<i32, i64>,
     /// (partition, offset) -> value, from consumers only.
     read: BTreeMap<(i32, i64), u64>,
     /// Values of writes the node refused.
@@ -98,7 +108,17 @@ pub struct Checker {
     sent: BTreeMap<(usize, i32), BTreeMap<u64, i64>>,
     /// (consumer, partition) -> the highest high watermark its fetches were answered with.
     high_watermark_seen: BTreeMap<(usize, i32), i64>,
+    /// Partitions no longer checked, and why: lasting damage destroyed records in them and
+    /// the node refused to serve them or could not have known (see the module docs).
+    retired: BTreeMap<i32, String>,
     violations: Vec<Violation>,
+}
+
+/// What the simulated disk says of a partition at a restart: lasting damage struck its files,
+/// and the recovery point stored there (`None`: unreadable or lost).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Damage {
+    pub recovery_point: Option<i64>,
 }
 
 impl Checker {
@@ -118,7 +138,23 @@ impl Checker {
         }
     }
 
+    /// Partitions that lasting damage took out of the check, with the reason.
+    pub fn retired(&self) -> &BTreeMap<i32, String> {
+        &self.retired
+    }
+
+    fn retire(&mut self, partition: i32, reason: String) {
+        tracing::debug!(partition, %reason, "partition retired from the check");
+        self.acked_end.remove(&partition);
+        self.retired.insert(partition, reason);
+    }
+
     fn observe(&mut self, at_ns: u64, partition: i32, offset: i64, value: u64, source: &str) {
+        if self.retired.contains_key(&partition) {
+            return;
+        }
+        let seen = self.seen_end.entry(partition).or_insert(0);
+        *seen = (*seen).max(offset + 1);
         match self.value_at.insert((partition, offset), value) {
             Some(old) if old != value => self.violate(
                 ViolationKind::InconsistentOffset,
@@ -141,6 +177,9 @@ impl Checker {
     }
 
     pub fn on_ack(&mut self, at_ns: u64, write: &Write, base_offset: i64) {
+        if self.retired.contains_key(&write.partition) {
+            return;
+        }
         for (i, value) in write.values.iter().enumerate() {
             let offset = base_offset + i as i64;
             self.observe(at_ns, write.partition, offset, *value, "acknowledged");
@@ -195,6 +234,9 @@ impl Checker {
     }
 
     pub fn on_read(&mut self, at_ns: u64, partition: i32, offset: i64, value: u64) {
+        if self.retired.contains_key(&partition) {
+            return;
+        }
         self.observe(at_ns, partition, offset, value, "read");
         self.read.insert((partition, offset), value);
         if self.failed.contains(&value) {
@@ -216,6 +258,9 @@ impl Checker {
         partition: i32,
         high_watermark: i64,
     ) {
+        if self.retired.contains_key(&partition) {
+            return;
+        }
         let seen = self
             .high_watermark_seen
             .entry((consumer, partition))
@@ -235,8 +280,41 @@ impl Checker {
         *seen = (*seen).max(high_watermark);
     }
 
-    /// After a restart: every partition's log must still reach past each acknowledged record.
-    pub fn on_restart(&mut self, at_ns: u64, partition: i32, log_end_offset: Option<i64>) {
+    /// After a restart: every partition's log must still reach past each acknowledged record,
+    /// unless `damage` struck it and the node refused it or could not have known.
+    pub fn on_restart(
+        &mut self,
+        at_ns: u64,
+        partition: i32,
+        log_end_offset: Option<i64>,
+        damage: Option<Damage>,
+    ) {
+        if self.retired.contains_key(&partition) {
+            return;
+        }
+        if let Some(damage) = damage {
+            match (log_end_offset, damage.recovery_point) {
+                (None, _) => {
+                    return self.retire(partition, "damaged, and offline (detected)".into());
+                }
+                // Nothing a client saw committed (acknowledged, or read below the high
+                // watermark) is gone.
+                (Some(end), _) if self.seen_end.get(&partition).is_none_or(|s| end >= *s) => {}
+                (Some(end), Some(recovery_point)) if end >= recovery_point => {
+                    return self.retire(
+                        partition,
+                        format!("damaged past the recovery point {recovery_point}, cut to {end}"),
+                    );
+                }
+                (Some(end), None) => {
+                    return self.retire(
+                        partition,
+                        format!("damaged with its recovery point, cut to {end}"),
+                    );
+                }
+                (Some(_), Some(_)) => {}
+            }
+        }
         let Some(max_acked) = self.max_acked_offset(partition) else {
             return;
         };
@@ -270,6 +348,9 @@ impl Checker {
         let mut lost = Vec::new();
         let mut unread = Vec::new();
         for (value, (partition, offset)) in &self.acked {
+            if self.retired.contains_key(partition) {
+                continue;
+            }
             let reached = positions.get(partition).is_some_and(|p| p > offset);
             match self.read.get(&(*partition, *offset)) {
                 Some(v) if v == value => {}

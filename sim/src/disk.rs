@@ -7,7 +7,14 @@
 //! - a read returns flipped bits (the stored bytes stay intact: the flip happened on the way);
 //! - a read fails with an I/O error (a latent sector error that a retry may get past);
 //! - while the disk is full ([`SimDisk::set_full`]), creating or writing a file fails;
-//! - on crash, unsynced sectors are persisted or lost one by one (torn writes).
+//! - on crash, unsynced sectors are persisted or lost one by one (torn writes);
+//! - lasting damage, to the files [`SimDisk::set_damageable`] names: on a crash of the
+//!   machine, a bit of a stored sector rots, a sector becomes unreadable until it is written
+//!   again (a latent sector error), or a whole file is lost; when a sync completes, one sector
+//!   of what it wrote never reached the disk (a lost write) or landed elsewhere in the file (a
+//!   misdirected write), while the sync reports success. The damaged files are listed
+//!   ([`SimDisk::damaged`]) so that a checker can tell damage the node refused to serve from
+//!   damage it let pass.
 //!
 //! Directories follow Linux too: a file's (or a directory's) creation or removal is an entry
 //! in its parent directory, durable only once that directory is synced. A crash loses the
@@ -35,6 +42,26 @@ pub struct DiskFaults {
     pub read_error_probability: f64,
     /// Chance that a crash keeps each unsynced sector (0: a crash loses every unsynced write).
     pub torn_write_probability: f64,
+    /// Chance, per crash of the machine, that a bit of a stored sector flips for good.
+    pub rot_probability: f64,
+    /// Chance, per crash of the machine, that a stored sector becomes unreadable.
+    pub latent_error_probability: f64,
+    /// Chance, per crash of the machine, that a file is lost.
+    pub lost_file_probability: f64,
+    /// Chance, per completed sync of a file, that one sector of it never reached the disk.
+    pub lost_write_probability: f64,
+    /// Chance, per completed sync of a file, that one sector of it landed elsewhere in it.
+    pub misdirected_write_probability: f64,
+}
+
+impl DiskFaults {
+    fn lasting_damage(&self) -> bool {
+        self.rot_probability > 0.0
+            || self.latent_error_probability > 0.0
+            || self.lost_file_probability > 0.0
+            || self.lost_write_probability > 0.0
+            || self.misdirected_write_probability > 0.0
+    }
 }
 
 /// How many faults of each kind the disk injected.
@@ -48,6 +75,11 @@ pub struct DiskFaultCounts {
     pub lost_entry_changes: u64,
     /// Failed syncs whose unwritten pages stayed in the cache, marked clean.
     pub pages_left_clean: u64,
+    pub rotten_sectors: u64,
+    pub latent_sector_errors: u64,
+    pub lost_files: u64,
+    pub lost_writes: u64,
+    pub misdirected_writes: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -67,6 +99,9 @@ struct SimFile {
     /// The file's entry in its directory is durable (the directory was synced since the
     /// file was created).
     entry_durable: bool,
+    /// A lost or misdirected write left the durable image different from the cache outside
+    /// the dirty range: a crash must not keep the cache.
+    durable_differs: bool,
 }
 
 /// What a handle refers to.
@@ -144,6 +179,14 @@ pub struct SimDisk {
     faults: DiskFaults,
     full: bool,
     rng: Xoshiro256PlusPlus,
+    /// Lasting damage draws from its own stream, so that turning it on changes nothing else.
+    damage_rng: Xoshiro256PlusPlus,
+    /// Which files lasting damage may strike.
+    damageable: fn(&str) -> bool,
+    /// Files lasting damage struck, with how many times.
+    damaged: BTreeMap<String, u64>,
+    /// Sectors that fail every read until written again: (file, sector index).
+    unreadable: BTreeSet<(String, usize)>,
     counts: DiskFaultCounts,
 }
 
@@ -171,7 +214,78 @@ impl SimDisk {
             faults,
             full: false,
             rng: Xoshiro256PlusPlus::seed_from_u64(seed),
+            damage_rng: Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x6461_6d61_6765),
+            damageable: |_| true,
+            damaged: BTreeMap::new(),
+            unreadable: BTreeSet::new(),
             counts: DiskFaultCounts::default(),
+        }
+    }
+
+    /// Limits lasting damage to the files `damageable` accepts (every file by default).
+    pub fn set_damageable(&mut self, damageable: fn(&str) -> bool) {
+        self.damageable = damageable;
+    }
+
+    /// Files that lasting damage struck (whether or not anything read them since).
+    pub fn damaged(&self) -> impl Iterator<Item = &str> {
+        self.damaged.keys().map(String::as_str)
+    }
+
+    /// What reads of `name` return now (the page cache), without transient faults; `None`
+    /// if it is missing or has a sector no read gets past.
+    pub fn contents(&self, name: &str) -> Option<&[u8]> {
+        if self.unreadable.iter().any(|(n, _)| n == name) {
+            return None;
+        }
+        Some(&self.files.get(name)?.cache)
+    }
+
+    fn note_damage(&mut self, name: &str) {
+        *self.damaged.entry(name.to_string()).or_default() += 1;
+    }
+
+    /// Damage at rest, while the machine is down: a rotten bit, an unreadable sector, a lost
+    /// file, each with its probability.
+    fn damage_at_rest(&mut self) {
+        let faults = self.faults;
+        let candidates: Vec<String> = (self.files.iter())
+            .filter(|(n, f)| (self.damageable)(n) && !f.cache.is_empty())
+            .map(|(n, _)| n.clone())
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        if faults.rot_probability > 0.0 && self.damage_rng.random_bool(faults.rot_probability) {
+            let name = &candidates[self.damage_rng.random_range(0..candidates.len())];
+            let file = self.files.get_mut(name).expect("listed");
+            let bit = self.damage_rng.random_range(0..file.cache.len() * 8);
+            file.cache[bit / 8] ^= 1 << (bit % 8);
+            file.durable = Some(file.cache.clone());
+            tracing::debug!(file = %name, bit, "injected rot");
+            self.counts.rotten_sectors += 1;
+            self.note_damage(&name.clone());
+        }
+        if faults.latent_error_probability > 0.0
+            && self.damage_rng.random_bool(faults.latent_error_probability)
+        {
+            let name = candidates[self.damage_rng.random_range(0..candidates.len())].clone();
+            let len = self.files[&name].cache.len();
+            let sector = self.damage_rng.random_range(0..len.div_ceil(SECTOR_BYTES));
+            tracing::debug!(file = %name, sector, "injected latent sector error");
+            self.unreadable.insert((name.clone(), sector));
+            self.counts.latent_sector_errors += 1;
+            self.note_damage(&name);
+        }
+        if faults.lost_file_probability > 0.0
+            && self.damage_rng.random_bool(faults.lost_file_probability)
+        {
+            let name = candidates[self.damage_rng.random_range(0..candidates.len())].clone();
+            tracing::debug!(file = %name, "injected lost file");
+            self.files.remove(&name);
+            self.unreadable.retain(|(n, _)| *n != name);
+            self.counts.lost_files += 1;
+            self.note_damage(&name);
         }
     }
 
@@ -314,13 +428,66 @@ impl SimDisk {
         let durable = file.durable.get_or_insert_with(Vec::new);
         durable.resize(len, 0);
         let (lo, hi) = range;
+        let old = durable[lo..hi].to_vec();
         if lo < hi {
             durable[lo..hi].copy_from_slice(&bytes);
         }
         if file.changes == changes {
             file.dirty = None;
         }
+        if lo < hi {
+            self.damage_on_write(pending.file, lo, hi, &old);
+        }
         Ok(())
+    }
+
+    /// A sync just wrote `[lo, hi)` (over `old`) and reports success; with their
+    /// probabilities, one sector of it never reached the disk, or landed elsewhere in the file.
+    fn damage_on_write(&mut self, id: FileId, lo: usize, hi: usize, old: &[u8]) {
+        let faults = self.faults;
+        if faults.lost_write_probability == 0.0 && faults.misdirected_write_probability == 0.0 {
+            return;
+        }
+        let Some(Handle::File(name)) = self.open.get(&id).cloned() else {
+            return;
+        };
+        if !(self.damageable)(&name) {
+            return;
+        }
+        let lost = faults.lost_write_probability > 0.0
+            && self.damage_rng.random_bool(faults.lost_write_probability);
+        let misdirected = !lost
+            && faults.misdirected_write_probability > 0.0
+            && self
+                .damage_rng
+                .random_bool(faults.misdirected_write_probability);
+        if !lost && !misdirected {
+            return;
+        }
+        let first = lo / SECTOR_BYTES;
+        let last = (hi - 1) / SECTOR_BYTES;
+        let sector = self.damage_rng.random_range(first..=last);
+        let (start, end) = (
+            (sector * SECTOR_BYTES).max(lo),
+            ((sector + 1) * SECTOR_BYTES).min(hi),
+        );
+        let file = self.files.get_mut(&name).expect("open");
+        let durable = file.durable.as_mut().expect("just synced");
+        let written = durable[start..end].to_vec();
+        durable[start..end].copy_from_slice(&old[start - lo..end - lo]);
+        if misdirected {
+            let sectors = durable.len().div_ceil(SECTOR_BYTES);
+            let elsewhere = self.damage_rng.random_range(0..sectors) * SECTOR_BYTES;
+            let end = (elsewhere + written.len()).min(durable.len());
+            durable[elsewhere..end].copy_from_slice(&written[..end - elsewhere]);
+            tracing::debug!(file = %name, sector, elsewhere, "injected misdirected write");
+            self.counts.misdirected_writes += 1;
+        } else {
+            tracing::debug!(file = %name, sector, "injected lost write");
+            self.counts.lost_writes += 1;
+        }
+        file.durable_differs = true;
+        self.note_damage(&name);
     }
 
     /// The process (or machine) crashed: every handle is closed, unsynced writes are lost
@@ -389,8 +556,13 @@ impl SimDisk {
                 file.entry_durable = true;
             }
             if file.is_synced() {
+                if std::mem::take(&mut file.durable_differs) {
+                    file.cache
+                        .clone_from(file.durable.as_ref().expect("synced"));
+                }
                 continue;
             }
+            file.durable_differs = false;
             let dirty = file.dirty.take();
             let never_synced = file.durable.is_none();
             let old = file.durable.take().unwrap_or_default();
@@ -425,6 +597,11 @@ impl SimDisk {
                 },
             );
         }
+        self.unreadable
+            .retain(|(name, _)| self.files.contains_key(name));
+        if self.faults.lasting_damage() {
+            self.damage_at_rest();
+        }
     }
 
     /// Raw access for tests that damage files on purpose.
@@ -458,6 +635,7 @@ impl SimDisk {
             file.durable = Some(file.cache.clone());
             file.dirty = None;
             file.entry_durable = true;
+            file.durable_differs = false;
         }
         for durable in self.dirs.values_mut() {
             *durable = true;
@@ -514,6 +692,15 @@ impl Disk for SimDisk {
             });
         }
         buf.copy_from_slice(&data[offset as usize..end]);
+        if !self.unreadable.is_empty() && !buf.is_empty() {
+            let Some(Handle::File(name)) = self.open.get(&file) else {
+                unreachable!("read from an open file");
+            };
+            let (first, last) = (offset as usize / SECTOR_BYTES, (end - 1) / SECTOR_BYTES);
+            if (first..=last).any(|s| self.unreadable.contains(&(name.clone(), s))) {
+                return Err(DiskError::Io("latent sector error".into()));
+            }
+        }
         if faults.read_error_probability > 0.0
             && self.rng.random_bool(faults.read_error_probability)
         {
@@ -532,13 +719,13 @@ impl Disk for SimDisk {
         Ok(())
     }
 
-    fn write_at(&mut self, file: FileId, offset: u64, data: &[u8]) -> Result<(), DiskError> {
+    fn write_at(&mut self, id: FileId, offset: u64, data: &[u8]) -> Result<(), DiskError> {
         if self.full {
-            self.file(file)?;
+            self.file(id)?;
             self.counts.full_writes += 1;
             return Err(DiskError::Full);
         }
-        let file = self.file(file)?;
+        let file = self.file(id)?;
         let start = offset as usize;
         let end = start + data.len();
         if file.cache.len() < end {
@@ -547,6 +734,16 @@ impl Disk for SimDisk {
         file.cache[start..end].copy_from_slice(data);
         file.mark_dirty(start, end);
         file.changes += 1;
+        if !self.unreadable.is_empty() && start < end {
+            // A write replaces the sector (the drive remaps it; reads now come from the cache).
+            let Some(Handle::File(name)) = self.open.get(&id) else {
+                unreachable!("written to an open file");
+            };
+            let name = name.clone();
+            let sectors = start / SECTOR_BYTES..=(end - 1) / SECTOR_BYTES;
+            self.unreadable
+                .retain(|(n, s)| *n != name || !sectors.contains(s));
+        }
         Ok(())
     }
 
@@ -563,6 +760,7 @@ impl Disk for SimDisk {
     }
 
     fn remove(&mut self, name: &str) -> Result<(), DiskError> {
+        self.unreadable.retain(|(n, _)| n != name);
         if let Some(file) = self.files.remove(name) {
             if file.entry_durable {
                 self.removed_files
@@ -666,6 +864,50 @@ mod tests {
         let mut read = [0u8; 12];
         disk.read_at(file, 0, &mut read).unwrap();
         assert_eq!(&read, b"BEFOREduring");
+    }
+
+    /// Lasting damage: a lost write leaves the old bytes on the disk although its sync
+    /// succeeded (the cache hides it until the machine goes down); an unreadable sector fails
+    /// every read until it is written; every damaged file is listed.
+    #[test]
+    fn lasting_damage_outlives_reads_and_syncs() {
+        let faults = DiskFaults {
+            lost_write_probability: 1.0,
+            ..DiskFaults::default()
+        };
+        let mut disk = SimDisk::with_faults(7, faults);
+        let root = disk.open_dir("").unwrap();
+        let file = disk.create("f").unwrap();
+        disk.sync(root).unwrap();
+        disk.write_at(file, 0, &[1u8; SECTOR_BYTES]).unwrap();
+        disk.sync(file).unwrap();
+        let mut read = [0u8; SECTOR_BYTES];
+        disk.read_at(file, 0, &mut read).unwrap();
+        assert_eq!(read, [1u8; SECTOR_BYTES], "the cache still holds the write");
+        disk.set_faults(DiskFaults::default());
+        disk.crash();
+        let file = disk.open("f").unwrap();
+        disk.read_at(file, 0, &mut read).unwrap();
+        assert_eq!(
+            read, [0u8; SECTOR_BYTES],
+            "the write never reached the disk"
+        );
+        assert_eq!(disk.damaged().collect::<Vec<_>>(), vec!["f"]);
+
+        disk.set_faults(DiskFaults {
+            latent_error_probability: 1.0,
+            ..DiskFaults::default()
+        });
+        disk.crash();
+        disk.set_faults(DiskFaults::default());
+        let file = disk.open("f").unwrap();
+        for _ in 0..3 {
+            assert!(disk.read_at(file, 0, &mut read).is_err());
+        }
+        assert_eq!(disk.contents("f"), None);
+        disk.write_at(file, 0, &[2u8; SECTOR_BYTES]).unwrap();
+        disk.read_at(file, 0, &mut read).unwrap();
+        assert_eq!(read, [2u8; SECTOR_BYTES], "a write replaces the bad sector");
     }
 
     /// A file's creation and removal are durable only once its directory is synced.

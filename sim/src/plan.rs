@@ -126,10 +126,29 @@ impl Plan {
                 .random_bool(0.7)
                 .then(|| rng.random_range(2_000..=20_000)),
             restart_delay_ms_max: rng.random_range(10..=2_000),
-            disk: DiskFaults {
-                read_flip_probability: maybe(rng, 0.0001, 0.005),
-                read_error_probability: maybe(rng, 0.0001, 0.005),
-                torn_write_probability: maybe(rng, 0.1, 0.9),
+            disk: {
+                let read_flip_probability = maybe(rng, 0.0001, 0.005);
+                let read_error_probability = maybe(rng, 0.0001, 0.005);
+                let torn_write_probability = maybe(rng, 0.1, 0.9);
+                // Lasting damage in about a third of the seeds, each kind in half of those.
+                let lasting = later.random_bool(0.35);
+                let mut damage = |low, high| {
+                    if lasting {
+                        maybe(&mut later, low, high)
+                    } else {
+                        0.0
+                    }
+                };
+                DiskFaults {
+                    read_flip_probability,
+                    read_error_probability,
+                    torn_write_probability,
+                    rot_probability: damage(0.05, 0.3),
+                    latent_error_probability: damage(0.05, 0.3),
+                    lost_file_probability: damage(0.02, 0.15),
+                    lost_write_probability: damage(0.0005, 0.005),
+                    misdirected_write_probability: damage(0.0005, 0.005),
+                }
             },
             sync_latency_us: {
                 let low = rng.random_range(20..=2_000);

@@ -36,7 +36,7 @@ use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
 use crate::admin::{AdminRequest, AdminState, AdminStep};
-use crate::check::{Checker, Violation, ViolationKind, Write};
+use crate::check::{Checker, Damage, Violation, ViolationKind, Write};
 use crate::disk::{DiskFaults, PendingSync, SimDisk};
 use crate::plan::Plan;
 
@@ -418,10 +418,21 @@ impl Sim {
         if let Some(idempotent) = options.idempotent {
             plan.idempotent = idempotent;
         }
-        let disk = SharedDisk(Rc::new(RefCell::new(SimDisk::with_faults(
-            rng.random(),
-            plan.disk,
-        ))));
+        let mut sim_disk = SimDisk::with_faults(rng.random(), plan.disk);
+        // Lasting damage strikes the workload topic's data (segments and recovery points).
+        // Not yet `partition.metadata` or the node's own files: each is the only copy of what
+        // it holds, and the node cannot yet tell its loss from a creation or deletion cut
+        // short (see ARCHITECTURE.md).
+        sim_disk.set_damageable(|name| {
+            name.strip_prefix(TOPIC)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .and_then(|rest| rest.split_once('/'))
+                .is_some_and(|(partition, file)| {
+                    partition.bytes().all(|b| b.is_ascii_digit())
+                        && (file.ends_with(".log") || file == "recovery-point")
+                })
+        });
+        let disk = SharedDisk(Rc::new(RefCell::new(sim_disk)));
         let node_config = Config {
             node_id: 1,
             advertised_host: "sim".into(),
@@ -553,10 +564,19 @@ impl Sim {
             ("torn-file", counts.torn_files),
             ("lost-entry-change", counts.lost_entry_changes),
             ("pages-left-clean", counts.pages_left_clean),
+            ("rotten-sector", counts.rotten_sectors),
+            ("latent-sector-error", counts.latent_sector_errors),
+            ("lost-file", counts.lost_files),
+            ("lost-write", counts.lost_writes),
+            ("misdirected-write", counts.misdirected_writes),
         ] {
             if count > 0 {
                 self.faults.insert(kind, count);
             }
+        }
+        let retired = self.checker.retired().len() as u64;
+        if retired > 0 {
+            self.faults.insert("partition-retired", retired);
         }
         for op in &self.ops {
             let outcome = match op.outcome {
@@ -760,8 +780,9 @@ impl Sim {
                     .into_iter()
                     .filter(|p| p.topic == TOPIC)
                 {
+                    let damage = self.damage(p.partition);
                     self.checker
-                        .on_restart(self.now_ns, p.partition, p.log_end_offset);
+                        .on_restart(self.now_ns, p.partition, p.log_end_offset, damage);
                     if let Some(hw) = p.high_watermark {
                         self.high_watermarks.insert(p.partition, hw);
                     }
@@ -777,6 +798,25 @@ impl Sim {
                 self.schedule(at, Event::Restart);
             }
         }
+    }
+
+    /// Whether lasting damage struck `partition`'s files, and if so the recovery point the
+    /// node found on the disk (read by the simulator itself: 8 bytes of offset, a CRC-32C).
+    fn damage(&self, partition: i32) -> Option<Damage> {
+        let dir = format!("{TOPIC}-{partition}/");
+        let disk = self.disk.0.borrow();
+        if !disk.damaged().any(|name| name.starts_with(&dir)) {
+            return None;
+        }
+        let recovery_point = disk
+            .contents(&format!("{dir}recovery-point"))
+            .and_then(|raw| raw.first_chunk::<12>())
+            .and_then(|raw| {
+                let offset = i64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
+                let crc = u32::from_be_bytes(raw[8..].try_into().expect("4 bytes"));
+                (crc32c::crc32c(&raw[..8]) == crc).then_some(offset)
+            });
+        Some(Damage { recovery_point })
     }
 
     /// The process dies: its connections reset, its pending syncs never complete, its disk

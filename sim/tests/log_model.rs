@@ -143,6 +143,8 @@ proptest! {
             read_flip_probability: flips,
             read_error_probability: flips / 2.0,
             torn_write_probability: torn,
+            // Lasting damage destroys synced data; the simulator's checker judges it.
+            ..DiskFaults::default()
         };
         let mut disk = SimDisk::with_faults(disk_seed, faults);
         let mut log = PartitionLog::create(&mut disk, DIR, config()).unwrap();

@@ -2,7 +2,9 @@
 //! and the simulated disk underneath: produce, fetch, durability, crash and recovery.
 
 use bytes::{Bytes, BytesMut};
-use keel_core::node::{Config, ConnId, Input, Instant, Node, Output, RecoveryEvent};
+use keel_core::node::{
+    Config, ConnId, Input, Instant, Node, Output, RecoveryEvent, RECOVERY_POINT_DELAY_MS,
+};
 use keel_core::protocol::codec::{decode_response, encode_request};
 use keel_core::protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use keel_core::protocol::messages::metadata_request::MetadataRequestTopic;
@@ -305,6 +307,42 @@ fn acks_wait_for_the_sync_and_consumers_see_only_synced_records() {
         codes::NONE
     );
     assert_eq!(fetch_values(&mut h, "t", 0).1, vec!["x"]);
+}
+
+/// Each data round writes the recovery points that the round before it reached; a round that
+/// would only write recovery points waits a second, so writes in a row cost one round each
+/// and the recovery points catch up once writes stop.
+#[test]
+fn recovery_points_catch_up_once_writes_stop_not_after_every_round() {
+    let (mut h, _) = Harness::new(SimDisk::new());
+    h.create_topic("t");
+    h.auto_sync = false;
+    for (i, value) in ["a", "b", "c"].into_iter().enumerate() {
+        h.send(1, 9, produce_request("t", 0, batch(&[value]), -1));
+        assert!(!h.pending_syncs.is_empty(), "a write starts a round");
+        h.complete_one_round();
+        let Some(Response::Produce(_)) = h.take_response(1, ApiKey::Produce, 9) else {
+            panic!("write {i} answered once its round completed")
+        };
+        assert!(
+            h.pending_syncs.is_empty(),
+            "no round only for the recovery points after write {i}"
+        );
+    }
+    let recovery_point = |h: &mut Harness| {
+        let raw = h.node.disk_mut().contents("t-0/recovery-point").unwrap();
+        i64::from_be_bytes(raw[..8].try_into().unwrap())
+    };
+    assert_eq!(recovery_point(&mut h), 2, "written by the third round");
+    let due = h.node.next_deadline().expect("the recovery points are due");
+    assert_eq!(due, h.now.plus_millis(RECOVERY_POINT_DELAY_MS));
+    h.now = due;
+    h.step(Input::Timeout);
+    assert!(!h.pending_syncs.is_empty(), "the recovery points' round");
+    h.complete_one_round();
+    assert!(h.pending_syncs.is_empty());
+    assert_eq!(h.node.next_deadline(), None);
+    assert_eq!(recovery_point(&mut h), 3);
 }
 
 #[test]
@@ -1144,14 +1182,14 @@ fn a_fetch_response_never_passes_the_maximum_whatever_max_bytes_asks() {
 
 #[test]
 fn a_log_whose_every_segment_was_a_torn_tail_starts_over_empty() {
-    let (config, mut disk) = one_batch_per_segment_in_topic_t();
     use keel_core::disk::Disk;
-    // The first segment never reached the disk and the recovery point is torn: nothing is
-    // known durable, so the later segments are a torn tail too.
+    // The first segment never reached the disk and neither did the recovery point (a
+    // creation cut short): nothing is known durable, so the later segments are a torn tail.
+    let (config, mut disk) = one_batch_per_segment_in_topic_t();
     disk.remove("t-0/00000000000000000000.log").unwrap();
-    disk.contents_mut("t-0/recovery-point").unwrap().fill(0);
+    disk.contents_mut("t-0/recovery-point").unwrap().clear();
     disk.sync_all();
-    let (mut h, events) = Harness::with(config, disk, true);
+    let (mut h, events) = Harness::with(config.clone(), disk, true);
     assert!(
         matches!(&events[..], [RecoveryEvent::Recovered { batches: 0, .. }]),
         "{events:?}"
@@ -1159,6 +1197,18 @@ fn a_log_whose_every_segment_was_a_torn_tail_starts_over_empty() {
     let p = h.produce(9, produce_request("t", 0, batch(&["again"]), -1));
     assert_eq!((p.error_code, p.base_offset), (codes::NONE, 0));
     assert_eq!(fetch_values(&mut h, "t", 0).1, vec!["again"]);
+
+    // A recovery point that is there but reads bad every time is damage (it is one sector,
+    // written whole): what was synced is unknown, so nothing is cut and the gap is corruption.
+    let (config, mut disk) = one_batch_per_segment_in_topic_t();
+    disk.remove("t-0/00000000000000000000.log").unwrap();
+    disk.contents_mut("t-0/recovery-point").unwrap().fill(0);
+    disk.sync_all();
+    let (_, events) = Harness::with(config, disk, true);
+    assert!(
+        matches!(&events[..], [RecoveryEvent::Offline { .. }]),
+        "{events:?}"
+    );
 }
 
 /// A crash right after a topic is deleted and answered must not bring it back, and a crash

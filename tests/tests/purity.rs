@@ -127,7 +127,7 @@ fn the_production_binary_cannot_plant_a_bug() {
     assert!(!files.is_empty());
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
-        for name in ["planted_bug", "PlantedBug"] {
+        for name in ["planted_bug", "PlantedBug", "planted_cut_synced"] {
             assert!(
                 !text.contains(name),
                 "{} names {name}: only the simulator may plant bugs",

@@ -128,6 +128,13 @@ pub struct Config {
     pub planted_bug: Option<PlantedBug>,
 }
 
+/// How long recovery points may lag the synced end before a round is started only to write
+/// them. Every data round writes them first, so under load they lag one round and no extra
+/// round runs; when writes stop, one more small round a second later brings them up to date.
+/// (Kafka checkpoints recovery points every minute; a short lag keeps what recovery must
+/// treat as possibly torn, and write again, small.)
+pub const RECOVERY_POINT_DELAY_MS: u64 = 1_000;
+
 /// Bugs the simulator can plant in a node to show that its checkers have teeth.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PlantedBug {
@@ -143,15 +150,19 @@ pub enum PlantedBug {
     /// Answer a write when the sync round already in flight completes, although the round
     /// was issued before the write and does not cover it.
     AckWrongRound,
+    /// Recovery cuts a bad batch below the recovery point as if it were a torn tail: damage
+    /// to synced data loses acknowledged records without a word.
+    CutSynced,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 5] = [
+    pub const ALL: [PlantedBug; 6] = [
         PlantedBug::SkipFsync,
         PlantedBug::AckEarly,
         PlantedBug::NoDedup,
         PlantedBug::FetchPastHighWatermark,
         PlantedBug::AckWrongRound,
+        PlantedBug::CutSynced,
     ];
 
     pub fn name(self) -> &'static str {
@@ -161,6 +172,7 @@ impl PlantedBug {
             PlantedBug::NoDedup => "no-dedup",
             PlantedBug::FetchPastHighWatermark => "fetch-past-hw",
             PlantedBug::AckWrongRound => "ack-wrong-round",
+            PlantedBug::CutSynced => "cut-synced",
         }
     }
 
@@ -293,6 +305,8 @@ pub struct Node<D: Disk> {
     requests_held: bool,
     /// When idle producers are next expired.
     next_producer_expiry: Instant,
+    /// When a round that only writes recovery points is due (none is pending if `None`).
+    recovery_point_due: Option<Instant>,
     /// Moves whenever what a parked fetch may wait for can have changed: a high watermark (a
     /// sync round completed, or an append without fsync durability) or the set of topics.
     data_version: u64,
@@ -305,7 +319,11 @@ impl<D: Disk> Node<D> {
     /// (partitions recovered, torn tails cut, partitions taken offline) are returned for the
     /// operator's log.
     pub fn new(config: Config, mut disk: D) -> Result<(Node<D>, Vec<RecoveryEvent>), NodeError> {
-        let (topics, events) = Topics::recover(&mut disk, config.log)?;
+        let log_config = LogConfig {
+            planted_cut_synced: config.planted_bug == Some(PlantedBug::CutSynced),
+            ..config.log
+        };
+        let (topics, events) = Topics::recover(&mut disk, log_config)?;
         let producer_ids = producer_ids::ProducerIds::recover(&mut disk, topics.max_producer_id())?;
         let root_dir = disk.open_dir("")?;
         let (starts, starts_file) = count_start(&mut disk)?;
@@ -332,6 +350,7 @@ impl<D: Disk> Node<D> {
             serving,
             requests_held: false,
             next_producer_expiry: Instant(0),
+            recovery_point_due: None,
             data_version: 0,
             rng_state,
             producer_ids,
@@ -391,7 +410,7 @@ impl<D: Disk> Node<D> {
         }
         self.expire_producers(now);
         self.complete_parked_fetches(now, false);
-        self.maybe_start_round(out);
+        self.maybe_start_round(now, out);
         self.flush(out);
         if self.serving && self.requests_held {
             // Frames held back (before the first sync round, or behind a full answer queue)
@@ -402,7 +421,7 @@ impl<D: Disk> Node<D> {
                 self.handle_bytes(now, conn, &[], out);
             }
             self.complete_parked_fetches(now, false);
-            self.maybe_start_round(out);
+            self.maybe_start_round(now, out);
             self.flush(out);
         }
     }
@@ -420,7 +439,11 @@ impl<D: Disk> Node<D> {
 
     /// When the node next needs a `Timeout` input.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.parked.iter().map(|p| p.deadline).min()
+        let parked = self.parked.iter().map(|p| p.deadline).min();
+        match (parked, self.recovery_point_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Stop serving new requests; answer those in flight and sync everything. The adapter
@@ -429,7 +452,7 @@ impl<D: Disk> Node<D> {
         self.shutting_down = true;
         // Waiting fetches are answered now with what they have.
         self.complete_parked_fetches(now, true);
-        self.maybe_start_round(out);
+        self.maybe_start_round(now, out);
         self.flush(out);
     }
 
@@ -787,18 +810,31 @@ impl<D: Disk> Node<D> {
         }
     }
 
-    /// Starts a sync round if anything was written and none is in flight.
-    fn maybe_start_round(&mut self, out: &mut Vec<Output>) {
+    /// Starts a sync round if anything was written and none is in flight. A round that
+    /// would only bring recovery points up to date waits [`RECOVERY_POINT_DELAY_MS`] (a data
+    /// round brings them along first, if one comes), except at shutdown.
+    fn maybe_start_round(&mut self, now: Instant, out: &mut Vec<Output>) {
         if self.round.is_some() {
             return;
         }
-        if self.extra_dirty_files.is_empty() && !self.topics.needs_sync() {
-            // Nothing to sync: requests waiting for the next round need none.
-            let next = self.next_round;
-            self.complete_round_waiters(next);
-            self.serving = true;
-            return;
+        let data = !self.extra_dirty_files.is_empty() || self.topics.needs_data_sync();
+        if !data {
+            let due = match self.recovery_point_due {
+                _ if !self.topics.needs_sync() => None,
+                _ if self.shutting_down => Some(now),
+                Some(due) => Some(due),
+                None => Some(now.plus_millis(RECOVERY_POINT_DELAY_MS)),
+            };
+            self.recovery_point_due = due;
+            if due.is_none_or(|due| now < due) {
+                // Nothing to sync now: requests waiting for the next round need none.
+                let next = self.next_round;
+                self.complete_round_waiters(next);
+                self.serving = true;
+                return;
+            }
         }
+        self.recovery_point_due = None;
         let (mut files, ends) = match self.topics.begin_sync(&mut self.disk) {
             Ok(x) => x,
             Err(e) => {

@@ -346,6 +346,11 @@ impl Topics {
         self.logs().any(|(_, _, log)| log.needs_sync())
     }
 
+    /// Whether a log has data or directory entries to sync (not only a recovery point).
+    pub(crate) fn needs_data_sync(&self) -> bool {
+        self.logs().any(|(_, _, log)| log.needs_data_sync())
+    }
+
     pub(crate) fn offsets(&self, durability: super::Durability) -> Vec<super::PartitionOffsets> {
         let mut offsets = Vec::new();
         for (name, topic) in &self.by_name {

@@ -28,7 +28,8 @@ struct WorldArgs {
     /// Simulated length of the faulty phase (a quiet phase follows).
     #[arg(long, default_value = "60s", value_parser = parse_duration_ns)]
     duration: u64,
-    /// Plant a bug: skip-fsync, ack-early, no-dedup, fetch-past-hw or ack-wrong-round.
+    /// Plant a bug: skip-fsync, ack-early, no-dedup, fetch-past-hw, ack-wrong-round or
+    /// cut-synced.
     #[arg(long, value_parser = parse_bug)]
     bug: Option<PlantedBug>,
     /// Make every producer idempotent (true) or none (false), whatever the seed says.
