@@ -482,3 +482,42 @@ fn partitions_past_the_open_file_limit_are_refused_not_fatal() {
         "the node still runs and exits cleanly: {status:?}"
     );
 }
+
+/// A node that must halt (here: its first sync round, which starts at once, cannot write a
+/// recovery point, because the file is `/dev/full`) exits at once with a non-zero status,
+/// rather than hang with its fsync thread or wait for a signal.
+#[test]
+fn a_node_that_must_halt_exits_non_zero_at_once() {
+    let dir = temp_dir("halt");
+    let data = dir.join("data");
+    let mut broker = Broker::start(&data, &[]);
+    let producer = producer(&broker, &[]);
+    send_all(&producer, "full", &[(0, b"k".to_vec(), b"v".to_vec())]);
+    drop(producer);
+    assert!(broker.terminate().success());
+    let recovery_point = data.join("full-0").join("recovery-point");
+    std::fs::remove_file(&recovery_point).unwrap();
+    std::os::unix::fs::symlink("/dev/full", &recovery_point).unwrap();
+    let log = std::fs::File::create(dir.join("halt.log")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("a node that cannot sync did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let text = std::fs::read_to_string(dir.join("halt.log")).unwrap();
+    assert!(!status.success(), "{status:?}: {text}");
+    assert!(text.contains("halting"), "{text}");
+}

@@ -133,10 +133,10 @@ fn fresh_seeds_pass() {
 /// Each planted bug must be caught, by the violation it causes, in at least a stated share
 /// of 120 seeds of 30 simulated seconds: a checker that slowly lost its teeth would fail here
 /// long before it missed a bug altogether. The shares are about half of what the checkers
-/// catch today (in the order below: 85, 60, 5, 48, 25 and 13 of the 120 seeds).
-/// `ack-wrong-round` needs a crash between the early answer and the next round's end, and
-/// since rounds only for recovery points stopped following every data round, fewer rounds
-/// are in flight when writes arrive: it is caught least.
+/// catch today (in the order below: 85, 72, 14, 51, 29 and 12 of the 120 seeds).
+/// `ack-wrong-round` needs a write to arrive while a round is in flight and a crash before
+/// the next round ends; since rounds only for recovery points no longer follow every data
+/// round, it is caught least.
 #[test]
 fn planted_bugs_are_caught() {
     const SEEDS: u64 = 120;
@@ -147,12 +147,12 @@ fn planted_bugs_are_caught() {
         let (expected, share_min, idempotent) = match bug {
             // Losing acknowledged writes.
             PlantedBug::SkipFsync => (ViolationKind::LostWrite, 0.35, None),
-            PlantedBug::AckEarly => (ViolationKind::LostWrite, 0.25, None),
-            PlantedBug::AckWrongRound => (ViolationKind::LostWrite, 0.02, None),
+            PlantedBug::AckEarly => (ViolationKind::LostWrite, 0.3, None),
+            PlantedBug::AckWrongRound => (ViolationKind::LostWrite, 0.05, None),
             // Writing one twice: only idempotent producers can tell.
             PlantedBug::NoDedup => (ViolationKind::Duplicate, 0.2, Some(true)),
             // A consumer read a record that a crash then replaced.
-            PlantedBug::FetchPastHighWatermark => (ViolationKind::InconsistentOffset, 0.1, None),
+            PlantedBug::FetchPastHighWatermark => (ViolationKind::InconsistentOffset, 0.12, None),
             // Damage below the recovery point cut without a word: only seeds with lasting
             // damage (about a third) can show it.
             PlantedBug::CutSynced => (ViolationKind::LostWrite, 0.05, None),

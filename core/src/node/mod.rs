@@ -439,6 +439,11 @@ impl<D: Disk> Node<D> {
 
     /// When the node next needs a `Timeout` input.
     pub fn next_deadline(&self) -> Option<Instant> {
+        if !self.serving && self.round.is_none() && self.halted.is_none() {
+            // The first sync round of a start is due at once, not at the first client's
+            // first bytes: recovery's work is made durable while nobody is connected too.
+            return Some(Instant(0));
+        }
         let parked = self.parked.iter().map(|p| p.deadline).min();
         match (parked, self.recovery_point_due) {
             (Some(a), Some(b)) => Some(a.min(b)),
