@@ -624,8 +624,8 @@ impl PartitionLog {
     /// The recovery point on disk. A read that fails its CRC (or fails) is read again: a flip
     /// on the way must not pass for damage. One that reads bad every time is damaged (it is
     /// 12 bytes in one sector, always written whole): `None`, nothing known to be synced and
-    /// nothing to be cut. A file shorter than a recovery point was never written whole (a
-    /// creation cut short): `Some(0)`, everything may be torn.
+    /// nothing to be cut. A file shorter than a recovery point, or holding only zeros, was
+    /// never written (a creation cut short): `Some(0)`, everything may be torn.
     fn read_recovery_point(disk: &mut dyn Disk, file: FileId) -> Result<Option<i64>, LogError> {
         if disk.len(file)? < RECOVERY_POINT_BYTES as u64 {
             // Never written whole: a log whose creation a crash cut short (nothing in it was
@@ -634,6 +634,7 @@ impl PartitionLog {
         }
         let mut last_error = None;
         let mut bad_reads = 0;
+        let mut zero_reads = 0;
         for _ in 0..RECOVERY_READ_ATTEMPTS_MAX {
             let mut raw = [0u8; RECOVERY_POINT_BYTES];
             if let Err(e) = disk.read_at(file, 0, &mut raw) {
@@ -646,6 +647,15 @@ impl PartitionLog {
                 return Ok(Some(offset));
             }
             bad_reads += 1;
+            if raw == [0u8; RECOVERY_POINT_BYTES] {
+                zero_reads += 1;
+                if zero_reads == RECOVERY_READ_AGREEMENT {
+                    // Zeros, with a CRC that cannot be zero: the file grew but its first
+                    // write never reached the disk (a crash soon after the log's creation;
+                    // filesystems may keep a new size without the data). As a short file.
+                    return Ok(Some(0));
+                }
+            }
         }
         tracing::warn!(
             bad_reads,

@@ -115,10 +115,12 @@ pub struct Checker {
 }
 
 /// What the simulated disk says of a partition at a restart: lasting damage struck its files,
-/// and the recovery point stored there (`None`: unreadable or lost).
+/// and the recovery point stored there (`None`: unreadable or lost); and whether recovery cut
+/// anything from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Damage {
     pub recovery_point: Option<i64>,
+    pub cut: bool,
 }
 
 impl Checker {
@@ -297,9 +299,11 @@ impl Checker {
                 (None, _) => {
                     return self.retire(partition, "damaged, and offline (detected)".into());
                 }
-                // Nothing a client saw committed (acknowledged, or read below the high
-                // watermark) is gone.
-                (Some(end), _) if self.seen_end.get(&partition).is_none_or(|s| end >= *s) => {}
+                // Nothing was cut, and nothing a client saw committed (acknowledged, or read
+                // below the high watermark) is gone. (A cut may also take records whose
+                // acknowledgement is still on its way: the check cannot wait for it.)
+                (Some(end), _)
+                    if !damage.cut && self.seen_end.get(&partition).is_none_or(|s| end >= *s) => {}
                 (Some(end), Some(recovery_point)) if end >= recovery_point => {
                     return self.retire(
                         partition,

@@ -14,14 +14,16 @@
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::hash::{DefaultHasher, Hasher};
 use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
 use keel_core::disk::{Disk, DiskError, FileId};
 use keel_core::log::LogConfig;
-use keel_core::node::{Config, ConnId, Input, Instant, Node, Output, PlantedBug, SyncToken};
+use keel_core::node::{
+    Config, ConnId, Input, Instant, Node, Output, PlantedBug, RecoveryEvent, SyncToken,
+};
 use keel_core::protocol::codec::{decode_response, encode_request};
 use keel_core::protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use keel_core::protocol::messages::metadata_request::MetadataRequestTopic;
@@ -768,8 +770,20 @@ impl Sim {
     fn restart_node(&mut self) {
         match Node::new(self.node_config.clone(), self.disk.clone()) {
             Ok((node, events)) => {
+                let mut cut = BTreeSet::new();
                 for event in events {
                     tracing::debug!(?event, "recovery");
+                    if let RecoveryEvent::Recovered {
+                        topic,
+                        partition,
+                        truncated_bytes,
+                        ..
+                    } = event
+                    {
+                        if topic == TOPIC && truncated_bytes > 0 {
+                            cut.insert(partition);
+                        }
+                    }
                 }
                 if self.incarnation > 0 {
                     *self.faults.entry("restart").or_default() += 1;
@@ -780,7 +794,7 @@ impl Sim {
                     .into_iter()
                     .filter(|p| p.topic == TOPIC)
                 {
-                    let damage = self.damage(p.partition);
+                    let damage = self.damage(p.partition, cut.contains(&p.partition));
                     self.checker
                         .on_restart(self.now_ns, p.partition, p.log_end_offset, damage);
                     if let Some(hw) = p.high_watermark {
@@ -802,7 +816,7 @@ impl Sim {
 
     /// Whether lasting damage struck `partition`'s files, and if so the recovery point the
     /// node found on the disk (read by the simulator itself: 8 bytes of offset, a CRC-32C).
-    fn damage(&self, partition: i32) -> Option<Damage> {
+    fn damage(&self, partition: i32, cut: bool) -> Option<Damage> {
         let dir = format!("{TOPIC}-{partition}/");
         let disk = self.disk.0.borrow();
         if !disk.damaged().any(|name| name.starts_with(&dir)) {
@@ -816,7 +830,10 @@ impl Sim {
                 let crc = u32::from_be_bytes(raw[8..].try_into().expect("4 bytes"));
                 (crc32c::crc32c(&raw[..8]) == crc).then_some(offset)
             });
-        Some(Damage { recovery_point })
+        Some(Damage {
+            recovery_point,
+            cut,
+        })
     }
 
     /// The process dies: its connections reset, its pending syncs never complete, its disk

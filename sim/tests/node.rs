@@ -1198,11 +1198,23 @@ fn a_log_whose_every_segment_was_a_torn_tail_starts_over_empty() {
     assert_eq!((p.error_code, p.base_offset), (codes::NONE, 0));
     assert_eq!(fetch_values(&mut h, "t", 0).1, vec!["again"]);
 
+    // Zeros are a recovery point never written too (the file grew, its first write never
+    // reached the disk: found by the log model).
+    let (config, mut disk) = one_batch_per_segment_in_topic_t();
+    disk.remove("t-0/00000000000000000000.log").unwrap();
+    disk.contents_mut("t-0/recovery-point").unwrap().fill(0);
+    disk.sync_all();
+    let (_, events) = Harness::with(config, disk, true);
+    assert!(
+        matches!(&events[..], [RecoveryEvent::Recovered { batches: 0, .. }]),
+        "{events:?}"
+    );
+
     // A recovery point that is there but reads bad every time is damage (it is one sector,
     // written whole): what was synced is unknown, so nothing is cut and the gap is corruption.
     let (config, mut disk) = one_batch_per_segment_in_topic_t();
     disk.remove("t-0/00000000000000000000.log").unwrap();
-    disk.contents_mut("t-0/recovery-point").unwrap().fill(0);
+    disk.contents_mut("t-0/recovery-point").unwrap()[3] ^= 0x10;
     disk.sync_all();
     let (_, events) = Harness::with(config, disk, true);
     assert!(
