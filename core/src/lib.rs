@@ -10,6 +10,7 @@
 //! - [`log`]: the partition log: segments, indexes, recovery.
 //! - [`producers`]: idempotent producers' state per partition (deduplication, sequences).
 //! - [`node`]: the broker state machine: inputs in, outputs out.
+//! - [`raft`]: the Raft engine (KRaft's pull model), knowing nothing of Kafka; not yet wired in.
 //! - [`limits`]: every maximum a client can push against, with its reason.
 
 pub mod disk;
@@ -18,4 +19,5 @@ pub mod log;
 pub mod node;
 pub mod producers;
 pub mod protocol;
+pub mod raft;
 pub mod record;

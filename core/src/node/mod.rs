@@ -957,7 +957,7 @@ fn count_start(disk: &mut dyn Disk) -> Result<(u64, FileId), DiskError> {
 }
 
 /// The node's PRNG (splitmix64), seeded from its config: the core draws no OS randomness.
-fn node_rng(state: &mut u64) -> u64 {
+pub(crate) fn node_rng(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

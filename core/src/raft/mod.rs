@@ -1,0 +1,1046 @@
+//! Raft, as Kafka's KRaft runs it (KIP-595), for one replicated log, knowing nothing of Kafka.
+//!
+//! # The shape
+//!
+//! [`Raft`] is a state machine. Inputs arrive through its `handle_*` methods, each with the
+//! time `now_ms`; what it wants done leaves as [`Command`]s pushed onto the caller's vector:
+//! messages to send, a vote to make durable, entries to append or a suffix to truncate, a
+//! sync of the log, a new high watermark, a change of role. The host performs them and
+//! reports completions back (`handle_vote_synced`, `handle_log_synced`). The engine keeps
+//! only the log's shape (its end, how far it is synced, where each epoch starts): the log's
+//! bytes stay with the host, which reads them when told to answer a fetch
+//! ([`Command::SendEntries`]).
+//!
+//! # The algorithm
+//!
+//! Terms are *epochs*, as in Kafka, and every entry carries the epoch of the leader that
+//! wrote it. Positions are *offsets*: an entry covers `[base_offset, last_offset]`, and the
+//! log's end is one past the last offset.
+//!
+//! - **Elections.** A follower that hears nothing from a leader for its election timeout
+//!   (drawn at random between one and two timeouts) first asks for *pre-votes* for the next
+//!   epoch without changing its own state: a voter grants one only if it has not heard from
+//!   a leader itself within the timeout and the asker's log is at least as up to date (higher
+//!   last epoch, or the same and an end at least as far). With a majority of pre-votes it
+//!   becomes a candidate: it moves to the next epoch, votes for itself, and asks for votes.
+//!   A voter grants at most one vote per epoch, to a log at least as up to date as its own.
+//!   With a majority the candidate leads, tells everyone (`BeginEpoch`) and, like every new
+//!   leader, must append an entry of its own epoch (the host writes a marker) before anything
+//!   commits: Raft commits only entries of the current term directly.
+//! - **Replication by pull.** Followers fetch (`Fetch { fetch_offset, last_fetched_epoch }`);
+//!   the leader checks the pair against its own epochs. If the follower's last epoch ends
+//!   earlier on the leader than the follower's log does, or the leader has no such epoch, the
+//!   answer is the *diverging epoch*: the largest epoch the leader has at or below it, and
+//!   where that epoch ends on the leader. The follower truncates to the smaller of that end
+//!   and its own end for that epoch, and fetches again; each round cuts the disagreement
+//!   short until the logs agree, then entries flow. This is what Kafka's
+//!   `OffsetForLeaderEpoch` reports, so the partition log needs no second index.
+//! - **Commit.** A follower's fetch says how far its log agrees with the leader's and how far
+//!   it is synced. The high watermark is the largest offset a majority has *synced* (or, with
+//!   [`RaftConfig::commit_unsynced`], has in its page cache), counting the leader's own synced
+//!   end, and only once it passes the start of the leader's epoch. It never goes back.
+//! - **Long polls.** A fetch the leader cannot answer with anything new waits at the leader
+//!   until an entry is appended, the high watermark moves, or `fetch_wait_ms` passes; that
+//!   answer doubles as the leader's heartbeat.
+//! - **Check-quorum.** A leader that has not been fetched from by a majority (itself
+//!   included) within the election timeout resigns: a leader cut off from the others stops
+//!   believing it leads, as the others elect a new one.
+//! - **Leadership transfer.** The leader waits until the target's log reaches its own end,
+//!   then sends `TimeoutNow`; the target campaigns at once, skipping the pre-vote.
+//!
+//! # Durability
+//!
+//! A node votes, acknowledges, or counts itself in a quorum only for what it has synced. A
+//! vote (and the epoch it is in) is made durable ([`Command::PersistVote`]) before the
+//! answer that depends on it leaves: such messages are held until `handle_vote_synced`. A
+//! candidate counts its own vote only once it is synced. Fetches report the follower's synced
+//! end, and the leader counts its own synced end. A candidate advertises its synced log.
+//!
+//! # Departures from the Raft paper
+//!
+//! - Pull instead of push (KRaft): followers ask, the leader answers; divergence is found by
+//!   epoch and end offset rather than by retrying `AppendEntries` one index back.
+//! - Entries are ranges of offsets (Kafka batches), not single indexes.
+//! - Pre-vote and check-quorum (from Ongaro's thesis, as etcd and KRaft run them) are always on.
+//! - A follower that learns of a new epoch from a leader's message follows it at once.
+//! - A pre-vote answer carries the voter's epoch and leader, so a node that lost touch with a
+//!   live leader asks it directly and follows it again instead of campaigning in vain; and a pre-vote from a node
+//!   already in a later epoch (its own campaign failed) moves the voter up to that epoch, as
+//!   any message of a later term does in Raft: otherwise that node could never rejoin.
+
+pub mod testing;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+pub type NodeId = i32;
+pub type Epoch = i32;
+pub type Offset = i64;
+
+/// One entry: a range of offsets written by the leader of `epoch`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub epoch: Epoch,
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+    pub payload: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftConfig {
+    pub id: NodeId,
+    /// Every voter, this node included if it votes.
+    pub voters: Vec<NodeId>,
+    /// A follower that hears nothing from its leader for a random time between this and
+    /// twice this campaigns; a leader not fetched from by a majority for this long resigns.
+    pub election_timeout_ms: u64,
+    /// How long the leader holds a fetch it has nothing new for; a follower whose fetch got
+    /// no answer within twice this sends another.
+    pub fetch_wait_ms: u64,
+    /// At most this many bytes of entries per fetch answer (at least one entry).
+    pub fetch_max_bytes: usize,
+    /// Commit what a majority has in its page cache, not only what it has synced (Kafka's
+    /// replication-over-fsync durability).
+    pub commit_unsynced: bool,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Would you vote for me in `epoch`? (Nobody's state changes.)
+    PreVote {
+        epoch: Epoch,
+        last_epoch: Epoch,
+        end_offset: Offset,
+    },
+    /// The answer to a pre-vote for `epoch`, with the voter's own epoch and the leader it
+    /// follows, if any: a node that lost touch with a live leader finds it again this way.
+    PreVoteResponse {
+        epoch: Epoch,
+        granted: bool,
+        current_epoch: Epoch,
+        leader: Option<NodeId>,
+    },
+    Vote {
+        epoch: Epoch,
+        last_epoch: Epoch,
+        end_offset: Offset,
+    },
+    VoteResponse {
+        epoch: Epoch,
+        granted: bool,
+    },
+    /// The sender leads `epoch`.
+    BeginEpoch {
+        epoch: Epoch,
+    },
+    Fetch {
+        epoch: Epoch,
+        fetch_offset: Offset,
+        last_fetched_epoch: Epoch,
+        synced_offset: Offset,
+    },
+    FetchResponse {
+        epoch: Epoch,
+        high_watermark: Offset,
+        reply: FetchReply,
+    },
+    /// Campaign now (leadership transfer).
+    TimeoutNow {
+        epoch: Epoch,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchReply {
+    /// Entries from the fetch offset on (none: nothing new).
+    Entries(Vec<Entry>),
+    /// The logs disagree: the leader's log has `epoch` (the largest at or below the
+    /// follower's last fetched epoch) ending at `end_offset`.
+    Diverging { epoch: Epoch, end_offset: Offset },
+    /// The fetch named an older epoch than the leader's, or this node does not lead.
+    NotLeader,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Send {
+        to: NodeId,
+        message: Message,
+    },
+    /// Answer `to`'s fetch: read whole entries from `from` (at least one, then up to
+    /// `max_bytes`) and send `FetchResponse { epoch, high_watermark, Entries(..) }`.
+    SendEntries {
+        to: NodeId,
+        epoch: Epoch,
+        high_watermark: Offset,
+        from: Offset,
+        max_bytes: usize,
+    },
+    /// Make the epoch and the vote in it durable, then call `handle_vote_synced`.
+    PersistVote {
+        epoch: Epoch,
+        voted_for: Option<NodeId>,
+    },
+    /// Append these entries (they continue the log).
+    Append {
+        entries: Vec<Entry>,
+    },
+    /// Remove every entry at or past `offset`.
+    Truncate {
+        offset: Offset,
+    },
+    /// Sync the log, then call `handle_log_synced` with the end it covered.
+    SyncLog,
+    /// The high watermark moved.
+    Commit {
+        high_watermark: Offset,
+    },
+    /// This node's role, epoch or leader changed. A node that becomes leader must append an
+    /// entry of its epoch (`handle_appended`) before anything commits.
+    RoleChanged {
+        role: Role,
+        epoch: Epoch,
+        leader: Option<NodeId>,
+    },
+}
+
+/// What a node keeps across restarts, besides its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Persisted {
+    pub epoch: Epoch,
+    pub voted_for: Option<NodeId>,
+}
+
+/// The log's shape: where each epoch starts (ascending), where the log ends, how far it is
+/// synced.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogShape {
+    pub epochs: Vec<(Epoch, Offset)>,
+    pub end: Offset,
+    pub synced: Offset,
+}
+
+impl LogShape {
+    pub fn last_epoch(&self) -> Epoch {
+        self.epochs.last().map_or(0, |(e, _)| *e)
+    }
+
+    /// The largest epoch at or below `epoch` and where it ends (Kafka's
+    /// `OffsetForLeaderEpoch`); `None` if the log has no such epoch.
+    pub fn epoch_end(&self, epoch: Epoch) -> Option<(Epoch, Offset)> {
+        let at = self.epochs.partition_point(|(e, _)| *e <= epoch);
+        let (found, _) = *self.epochs.get(at.checked_sub(1)?)?;
+        let end = self.epochs.get(at).map_or(self.end, |(_, start)| *start);
+        Some((found, end))
+    }
+
+    /// The epoch and end of the synced part of the log (what a candidate may claim).
+    fn synced_tip(&self) -> (Epoch, Offset) {
+        let at = self
+            .epochs
+            .partition_point(|(_, start)| *start < self.synced);
+        let epoch = at.checked_sub(1).map_or(0, |i| self.epochs[i].0);
+        (epoch, self.synced)
+    }
+
+    fn append(&mut self, epoch: Epoch, base_offset: Offset, last_offset: Offset) {
+        debug_assert_eq!(base_offset, self.end, "entries continue the log");
+        if self.last_epoch() != epoch || self.epochs.is_empty() {
+            assert!(epoch >= self.last_epoch(), "epochs never go back in a log");
+            self.epochs.push((epoch, base_offset));
+        }
+        self.end = last_offset + 1;
+    }
+
+    fn truncate(&mut self, offset: Offset) {
+        if offset >= self.end {
+            return;
+        }
+        self.end = offset;
+        self.synced = self.synced.min(offset);
+        self.epochs.retain(|(_, start)| *start < offset);
+    }
+}
+
+/// What the leader knows of a follower.
+#[derive(Debug, Clone, Copy, Default)]
+struct Progress {
+    /// Its log agrees with the leader's below this.
+    matched: Offset,
+    /// And is synced below this.
+    synced: Offset,
+    last_fetch_ms: Option<u64>,
+    /// The high watermark its last answer carried.
+    high_watermark_sent: Offset,
+}
+
+/// A fetch the leader holds until it has something to answer.
+#[derive(Debug, Clone, Copy)]
+struct ParkedFetch {
+    from: Offset,
+    deadline_ms: u64,
+}
+
+#[derive(Debug)]
+pub struct Raft {
+    config: RaftConfig,
+    role: Role,
+    epoch: Epoch,
+    voted_for: Option<NodeId>,
+    /// What is durable of the two above.
+    persisted: Persisted,
+    leader: Option<NodeId>,
+    log: LogShape,
+    high_watermark: Offset,
+    rng: u64,
+    /// When a follower (or candidate) campaigns next.
+    election_deadline_ms: u64,
+    /// The last time a leader answered or announced itself.
+    leader_contact_ms: Option<u64>,
+    /// Votes (or pre-votes) granted to this node in the current round.
+    votes: Vec<NodeId>,
+    /// Messages that may leave only once `persisted` holds this epoch and vote.
+    held: Vec<(Persisted, Command)>,
+    /// Follower: when the fetch in flight was sent.
+    fetch_sent_ms: Option<u64>,
+    /// Leader: what it knows of each other voter.
+    progress: BTreeMap<NodeId, Progress>,
+    parked: BTreeMap<NodeId, ParkedFetch>,
+    transfer_to: Option<NodeId>,
+}
+
+impl Raft {
+    /// A node starting (or restarting) with what it persisted and the log it recovered. It
+    /// starts as a follower with no known leader.
+    pub fn new(config: RaftConfig, persisted: Persisted, log: LogShape, now_ms: u64) -> Raft {
+        let rng = config.seed ^ (config.id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut raft = Raft {
+            config,
+            role: Role::Follower,
+            epoch: persisted.epoch,
+            voted_for: persisted.voted_for,
+            persisted,
+            leader: None,
+            log,
+            high_watermark: 0,
+            rng,
+            election_deadline_ms: 0,
+            leader_contact_ms: None,
+            votes: Vec::new(),
+            held: Vec::new(),
+            fetch_sent_ms: None,
+            progress: BTreeMap::new(),
+            parked: BTreeMap::new(),
+            transfer_to: None,
+        };
+        raft.reset_election_timer(now_ms);
+        raft
+    }
+
+    // ---- getters ----
+
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    pub fn high_watermark(&self) -> Offset {
+        self.high_watermark
+    }
+
+    pub fn log(&self) -> &LogShape {
+        &self.log
+    }
+
+    /// When the engine next needs `handle_tick`.
+    pub fn next_deadline_ms(&self) -> u64 {
+        let mut deadline = self.election_deadline_ms;
+        if let Some(sent) = self.fetch_sent_ms {
+            deadline = deadline.min(sent + 2 * self.config.fetch_wait_ms);
+        }
+        for parked in self.parked.values() {
+            deadline = deadline.min(parked.deadline_ms);
+        }
+        deadline
+    }
+
+    fn is_voter(&self) -> bool {
+        self.config.voters.contains(&self.config.id)
+    }
+
+    fn majority(&self) -> usize {
+        self.config.voters.len() / 2 + 1
+    }
+
+    fn others(&self) -> Vec<NodeId> {
+        let me = self.config.id;
+        self.config
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| *v != me)
+            .collect()
+    }
+
+    fn reset_election_timer(&mut self, now_ms: u64) {
+        let timeout = self.config.election_timeout_ms;
+        let jitter = crate::node::node_rng(&mut self.rng) % timeout.max(1);
+        self.election_deadline_ms = now_ms + timeout + jitter;
+    }
+
+    // ---- inputs ----
+
+    /// Time passed: campaign, resign, resend a lost fetch, answer long polls that waited
+    /// long enough.
+    pub fn handle_tick(&mut self, now_ms: u64, out: &mut Vec<Command>) {
+        match self.role {
+            Role::Leader => {
+                if self.lost_quorum(now_ms) {
+                    self.become_follower(self.epoch, None, now_ms, out);
+                    return;
+                }
+                // Check the quorum again in half a timeout.
+                self.election_deadline_ms = now_ms + self.config.election_timeout_ms / 2;
+                let due: Vec<NodeId> = (self.parked.iter())
+                    .filter(|(_, p)| p.deadline_ms <= now_ms)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in due {
+                    let parked = self.parked.remove(&id).expect("listed");
+                    self.send_entries(id, parked.from, out);
+                }
+            }
+            Role::Follower | Role::PreCandidate | Role::Candidate => {
+                if now_ms >= self.election_deadline_ms && self.is_voter() {
+                    self.start_pre_vote(now_ms, out);
+                    return;
+                }
+                let lost = self
+                    .fetch_sent_ms
+                    .is_some_and(|sent| now_ms >= sent + 2 * self.config.fetch_wait_ms);
+                if lost {
+                    self.fetch_sent_ms = None;
+                    self.send_fetch(now_ms, out);
+                }
+            }
+        }
+    }
+
+    pub fn handle_message(
+        &mut self,
+        now_ms: u64,
+        from: NodeId,
+        message: Message,
+        out: &mut Vec<Command>,
+    ) {
+        match message {
+            Message::PreVote {
+                epoch,
+                last_epoch,
+                end_offset,
+            } => {
+                if epoch - 1 > self.epoch {
+                    // The asker is already in a later epoch (a campaign that failed): no
+                    // leader of an earlier one can ever reach it again, so move up to it,
+                    // stepping down if leading, and let an election settle the new epoch.
+                    self.become_follower(epoch - 1, None, now_ms, out);
+                }
+                let leader_alive = self.role == Role::Leader
+                    || self
+                        .leader_contact_ms
+                        .is_some_and(|at| now_ms < at + self.config.election_timeout_ms);
+                let granted = epoch > self.epoch
+                    && !leader_alive
+                    && self.log_is_behind((last_epoch, end_offset));
+                out.push(Command::Send {
+                    to: from,
+                    message: Message::PreVoteResponse {
+                        epoch,
+                        granted,
+                        current_epoch: self.epoch,
+                        leader: self.leader,
+                    },
+                });
+            }
+            Message::PreVoteResponse {
+                epoch,
+                granted,
+                current_epoch,
+                leader,
+            } => {
+                if let Some(leader) = leader.filter(|l| *l != self.config.id) {
+                    if current_epoch >= self.epoch && self.role != Role::Leader {
+                        // The voter hears from a leader: ask that leader directly. If it
+                        // answers, this node follows it again (a dead leader the voter has
+                        // not yet given up on answers nothing, and the campaign goes on).
+                        if current_epoch > self.epoch {
+                            self.become_follower(current_epoch, None, now_ms, out);
+                        }
+                        out.push(Command::Send {
+                            to: leader,
+                            message: Message::Fetch {
+                                epoch: self.epoch,
+                                fetch_offset: self.log.end,
+                                last_fetched_epoch: self.log.last_epoch(),
+                                synced_offset: self.log.synced,
+                            },
+                        });
+                    }
+                }
+                if self.role == Role::PreCandidate && epoch == self.epoch + 1 && granted {
+                    if !self.votes.contains(&from) {
+                        self.votes.push(from);
+                    }
+                    if self.votes.len() >= self.majority() {
+                        self.start_election(now_ms, out);
+                    }
+                }
+            }
+            Message::Vote {
+                epoch,
+                last_epoch,
+                end_offset,
+            } => {
+                if epoch < self.epoch {
+                    out.push(Command::Send {
+                        to: from,
+                        message: Message::VoteResponse {
+                            epoch: self.epoch,
+                            granted: false,
+                        },
+                    });
+                    return;
+                }
+                if epoch > self.epoch {
+                    self.become_follower(epoch, None, now_ms, out);
+                }
+                let granted = self.voted_for.is_none_or(|v| v == from)
+                    && self.log_is_behind((last_epoch, end_offset));
+                if granted {
+                    self.voted_for = Some(from);
+                    self.reset_election_timer(now_ms);
+                    self.persist(out);
+                }
+                self.send_after_persist(from, Message::VoteResponse { epoch, granted }, out);
+            }
+            Message::VoteResponse { epoch, granted } => {
+                if epoch > self.epoch {
+                    self.become_follower(epoch, None, now_ms, out);
+                    return;
+                }
+                if self.role == Role::Candidate && epoch == self.epoch && granted {
+                    if !self.votes.contains(&from) {
+                        self.votes.push(from);
+                    }
+                    self.maybe_win(now_ms, out);
+                }
+            }
+            Message::BeginEpoch { epoch } => {
+                if epoch >= self.epoch && self.leader != Some(from) || epoch > self.epoch {
+                    self.become_follower(epoch, Some(from), now_ms, out);
+                }
+                if self.leader == Some(from) && epoch == self.epoch {
+                    self.leader_contact_ms = Some(now_ms);
+                    self.reset_election_timer(now_ms);
+                    if self.fetch_sent_ms.is_none() {
+                        self.send_fetch(now_ms, out);
+                    }
+                }
+            }
+            Message::Fetch {
+                epoch,
+                fetch_offset,
+                last_fetched_epoch,
+                synced_offset,
+            } => self.on_fetch(
+                now_ms,
+                from,
+                epoch,
+                fetch_offset,
+                last_fetched_epoch,
+                synced_offset,
+                out,
+            ),
+            Message::FetchResponse {
+                epoch,
+                high_watermark,
+                reply,
+            } => self.on_fetch_response(now_ms, from, epoch, high_watermark, reply, out),
+            Message::TimeoutNow { epoch } => {
+                if epoch == self.epoch && self.leader == Some(from) && self.is_voter() {
+                    self.start_election(now_ms, out);
+                }
+            }
+        }
+    }
+
+    /// The leader's host appended an entry of the current epoch ending at `last_offset`.
+    pub fn handle_appended(
+        &mut self,
+        now_ms: u64,
+        base_offset: Offset,
+        last_offset: Offset,
+        out: &mut Vec<Command>,
+    ) {
+        assert_eq!(self.role, Role::Leader, "only a leader appends proposals");
+        self.log.append(self.epoch, base_offset, last_offset);
+        out.push(Command::SyncLog);
+        let waiting: Vec<(NodeId, ParkedFetch)> =
+            std::mem::take(&mut self.parked).into_iter().collect();
+        for (id, parked) in waiting {
+            self.send_entries(id, parked.from, out);
+        }
+        let _ = now_ms;
+    }
+
+    /// The log is synced up to `offset` (the end it had when the sync was issued).
+    pub fn handle_log_synced(&mut self, now_ms: u64, offset: Offset, out: &mut Vec<Command>) {
+        // A truncation since the sync was issued may have cut below what it covered.
+        self.log.synced = self.log.synced.max(offset.min(self.log.end));
+        match self.role {
+            Role::Leader => {
+                self.advance_high_watermark(out);
+                self.maybe_transfer(out);
+            }
+            _ if self.fetch_sent_ms.is_none() => self.send_fetch(now_ms, out),
+            _ => {}
+        }
+    }
+
+    /// The epoch and vote of `persisted` are durable.
+    pub fn handle_vote_synced(
+        &mut self,
+        now_ms: u64,
+        persisted: Persisted,
+        out: &mut Vec<Command>,
+    ) {
+        if persisted.epoch > self.persisted.epoch
+            || (persisted.epoch == self.persisted.epoch && persisted.voted_for.is_some())
+        {
+            self.persisted = persisted;
+        }
+        let durable = self.persisted;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|(needs, _)| *needs == durable || needs.epoch < durable.epoch);
+        self.held = waiting;
+        for (needs, command) in ready {
+            // A vote answer for an epoch since left behind is still true: send it.
+            let _ = needs;
+            out.push(command);
+        }
+        if self.role == Role::Candidate {
+            self.maybe_win(now_ms, out);
+        }
+    }
+
+    /// Hand leadership to `to` once its log has caught up.
+    pub fn transfer_leadership(&mut self, to: NodeId, out: &mut Vec<Command>) {
+        if self.role == Role::Leader && to != self.config.id && self.config.voters.contains(&to) {
+            self.transfer_to = Some(to);
+            self.maybe_transfer(out);
+        }
+    }
+
+    // ---- roles ----
+
+    fn become_follower(
+        &mut self,
+        epoch: Epoch,
+        leader: Option<NodeId>,
+        now_ms: u64,
+        out: &mut Vec<Command>,
+    ) {
+        let new_epoch = epoch > self.epoch;
+        if new_epoch {
+            self.epoch = epoch;
+            self.voted_for = None;
+            self.persist(out);
+        }
+        let changed = new_epoch || self.role != Role::Follower || self.leader != leader;
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.votes.clear();
+        self.progress.clear();
+        self.parked.clear();
+        self.transfer_to = None;
+        self.fetch_sent_ms = None;
+        if leader.is_some() {
+            self.leader_contact_ms = Some(now_ms);
+        }
+        self.reset_election_timer(now_ms);
+        if changed {
+            out.push(self.role_changed());
+        }
+        if leader.is_some() {
+            self.send_fetch(now_ms, out);
+        }
+    }
+
+    fn role_changed(&self) -> Command {
+        Command::RoleChanged {
+            role: self.role,
+            epoch: self.epoch,
+            leader: self.leader,
+        }
+    }
+
+    fn start_pre_vote(&mut self, now_ms: u64, out: &mut Vec<Command>) {
+        self.role = Role::PreCandidate;
+        self.leader = None;
+        self.leader_contact_ms = None;
+        self.fetch_sent_ms = None;
+        self.votes = vec![self.config.id];
+        self.reset_election_timer(now_ms);
+        out.push(self.role_changed());
+        if self.votes.len() >= self.majority() {
+            return self.start_election(now_ms, out);
+        }
+        let (last_epoch, end_offset) = self.log.synced_tip();
+        for to in self.others() {
+            out.push(Command::Send {
+                to,
+                message: Message::PreVote {
+                    epoch: self.epoch + 1,
+                    last_epoch,
+                    end_offset,
+                },
+            });
+        }
+    }
+
+    fn start_election(&mut self, now_ms: u64, out: &mut Vec<Command>) {
+        self.role = Role::Candidate;
+        self.epoch += 1;
+        self.voted_for = Some(self.config.id);
+        self.leader = None;
+        self.leader_contact_ms = None;
+        self.fetch_sent_ms = None;
+        self.votes = vec![self.config.id];
+        self.reset_election_timer(now_ms);
+        out.push(self.role_changed());
+        self.persist(out);
+        let (last_epoch, end_offset) = self.log.synced_tip();
+        for to in self.others() {
+            let message = Message::Vote {
+                epoch: self.epoch,
+                last_epoch,
+                end_offset,
+            };
+            self.send_after_persist(to, message, out);
+        }
+        self.maybe_win(now_ms, out);
+    }
+
+    /// A candidate wins with a majority, counting its own vote only once it is durable.
+    fn maybe_win(&mut self, now_ms: u64, out: &mut Vec<Command>) {
+        let own_durable =
+            self.persisted.epoch == self.epoch && self.persisted.voted_for == Some(self.config.id);
+        let count = self
+            .votes
+            .iter()
+            .filter(|v| **v != self.config.id || own_durable)
+            .count();
+        if count >= self.majority() {
+            self.become_leader(now_ms, out);
+        }
+    }
+
+    fn become_leader(&mut self, now_ms: u64, out: &mut Vec<Command>) {
+        self.role = Role::Leader;
+        self.leader = Some(self.config.id);
+        self.votes.clear();
+        self.progress = (self.others().into_iter())
+            .map(|id| (id, Progress::default()))
+            .collect();
+        self.leader_contact_ms = Some(now_ms);
+        self.election_deadline_ms = now_ms + self.config.election_timeout_ms / 2;
+        out.push(self.role_changed());
+        for to in self.others() {
+            out.push(Command::Send {
+                to,
+                message: Message::BeginEpoch { epoch: self.epoch },
+            });
+        }
+    }
+
+    /// Whether a majority (this leader included) fetched within the election timeout.
+    fn lost_quorum(&self, now_ms: u64) -> bool {
+        // A fetch held here (a long poll) is a follower in touch.
+        let recent = (self.progress.iter())
+            .filter(|(id, p)| {
+                self.parked.contains_key(id)
+                    || p.last_fetch_ms
+                        .is_some_and(|at| now_ms < at + self.config.election_timeout_ms)
+            })
+            .count();
+        let since = self.leader_contact_ms.unwrap_or(now_ms);
+        recent + 1 < self.majority() && now_ms >= since + self.config.election_timeout_ms
+    }
+
+    // ---- votes ----
+
+    /// Whether a log ending at `(last_epoch, end)` is at least as up to date as this one.
+    fn log_is_behind(&self, (last_epoch, end): (Epoch, Offset)) -> bool {
+        (last_epoch, end) >= (self.log.last_epoch(), self.log.end)
+    }
+
+    fn persist(&mut self, out: &mut Vec<Command>) {
+        out.push(Command::PersistVote {
+            epoch: self.epoch,
+            voted_for: self.voted_for,
+        });
+    }
+
+    /// Sends `message` once the current epoch and vote are durable.
+    fn send_after_persist(&mut self, to: NodeId, message: Message, out: &mut Vec<Command>) {
+        let needs = Persisted {
+            epoch: self.epoch,
+            voted_for: self.voted_for,
+        };
+        let command = Command::Send { to, message };
+        if self.persisted == needs {
+            out.push(command);
+        } else {
+            self.held.push((needs, command));
+        }
+    }
+
+    // ---- replication ----
+
+    fn send_fetch(&mut self, now_ms: u64, out: &mut Vec<Command>) {
+        let Some(leader) = self.leader else { return };
+        if leader == self.config.id {
+            return;
+        }
+        self.fetch_sent_ms = Some(now_ms);
+        out.push(Command::Send {
+            to: leader,
+            message: Message::Fetch {
+                epoch: self.epoch,
+                fetch_offset: self.log.end,
+                last_fetched_epoch: self.log.last_epoch(),
+                synced_offset: self.log.synced,
+            },
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_fetch(
+        &mut self,
+        now_ms: u64,
+        from: NodeId,
+        epoch: Epoch,
+        fetch_offset: Offset,
+        last_fetched_epoch: Epoch,
+        synced_offset: Offset,
+        out: &mut Vec<Command>,
+    ) {
+        if epoch > self.epoch {
+            // A newer leader exists; its announcement will reach this node.
+            self.become_follower(epoch, None, now_ms, out);
+        }
+        if self.role != Role::Leader || epoch < self.epoch {
+            out.push(Command::Send {
+                to: from,
+                message: Message::FetchResponse {
+                    epoch: self.epoch,
+                    high_watermark: self.high_watermark,
+                    reply: FetchReply::NotLeader,
+                },
+            });
+            return;
+        }
+        let Some(progress) = self.progress.get_mut(&from) else {
+            return;
+        };
+        progress.last_fetch_ms = Some(now_ms);
+        if fetch_offset > 0 {
+            let agrees = self
+                .log
+                .epoch_end(last_fetched_epoch)
+                .is_some_and(|(e, end)| e == last_fetched_epoch && end >= fetch_offset);
+            if !agrees || fetch_offset > self.log.end {
+                let (epoch, end_offset) = self.log.epoch_end(last_fetched_epoch).unwrap_or((0, 0));
+                out.push(Command::Send {
+                    to: from,
+                    message: Message::FetchResponse {
+                        epoch: self.epoch,
+                        high_watermark: self.high_watermark,
+                        reply: FetchReply::Diverging {
+                            epoch,
+                            end_offset: end_offset.min(fetch_offset),
+                        },
+                    },
+                });
+                return;
+            }
+        }
+        progress.matched = fetch_offset;
+        progress.synced = synced_offset.min(fetch_offset);
+        self.advance_high_watermark(out);
+        self.maybe_transfer(out);
+        let knows = self.progress[&from].high_watermark_sent;
+        let news = knows < self.high_watermark.min(fetch_offset);
+        if fetch_offset < self.log.end || news {
+            self.send_entries(from, fetch_offset, out);
+        } else {
+            let deadline_ms = now_ms + self.config.fetch_wait_ms;
+            let parked = ParkedFetch {
+                from: fetch_offset,
+                deadline_ms,
+            };
+            self.parked.insert(from, parked);
+        }
+    }
+
+    fn send_entries(&mut self, to: NodeId, from: Offset, out: &mut Vec<Command>) {
+        self.parked.remove(&to);
+        if let Some(progress) = self.progress.get_mut(&to) {
+            progress.high_watermark_sent = self.high_watermark;
+        }
+        out.push(Command::SendEntries {
+            to,
+            epoch: self.epoch,
+            high_watermark: self.high_watermark,
+            from,
+            max_bytes: self.config.fetch_max_bytes,
+        });
+    }
+
+    fn on_fetch_response(
+        &mut self,
+        now_ms: u64,
+        from: NodeId,
+        epoch: Epoch,
+        high_watermark: Offset,
+        reply: FetchReply,
+        out: &mut Vec<Command>,
+    ) {
+        if epoch < self.epoch {
+            return;
+        }
+        if matches!(reply, FetchReply::NotLeader) {
+            if epoch > self.epoch {
+                self.become_follower(epoch, None, now_ms, out);
+            } else if self.leader == Some(from) {
+                // It no longer leads this epoch: look for the next leader.
+                self.fetch_sent_ms = None;
+                self.leader = None;
+                out.push(self.role_changed());
+            }
+            return;
+        }
+        if epoch > self.epoch || self.leader != Some(from) {
+            self.become_follower(epoch, Some(from), now_ms, out);
+        }
+        self.fetch_sent_ms = None;
+        self.leader_contact_ms = Some(now_ms);
+        self.reset_election_timer(now_ms);
+        match reply {
+            FetchReply::NotLeader => unreachable!("handled above"),
+            FetchReply::Diverging { epoch, end_offset } => {
+                let own_end = self.log.epoch_end(epoch).map_or(0, |(_, end)| end);
+                let offset = end_offset.min(own_end);
+                self.log.truncate(offset);
+                out.push(Command::Truncate { offset });
+            }
+            FetchReply::Entries(entries) => {
+                let fits = entries
+                    .first()
+                    .is_none_or(|e| e.base_offset == self.log.end);
+                if !fits {
+                    // An answer to a fetch from before a truncation: ask again.
+                    self.send_fetch(now_ms, out);
+                    return;
+                }
+                let appended = !entries.is_empty();
+                for entry in &entries {
+                    self.log
+                        .append(entry.epoch, entry.base_offset, entry.last_offset);
+                }
+                if appended {
+                    out.push(Command::Append { entries });
+                    out.push(Command::SyncLog);
+                }
+                let high_watermark = high_watermark.min(self.log.end);
+                if high_watermark > self.high_watermark {
+                    self.high_watermark = high_watermark;
+                    out.push(Command::Commit { high_watermark });
+                }
+                if appended && !self.config.commit_unsynced {
+                    // The next fetch acknowledges what it appended: only once it is synced.
+                    return;
+                }
+            }
+        }
+        self.send_fetch(now_ms, out);
+    }
+
+    fn advance_high_watermark(&mut self, out: &mut Vec<Command>) {
+        let unsynced = self.config.commit_unsynced;
+        let mut positions: Vec<Offset> = (self.progress.values())
+            .map(|p| if unsynced { p.matched } else { p.synced })
+            .collect();
+        positions.push(if unsynced {
+            self.log.end
+        } else {
+            self.log.synced
+        });
+        positions.sort_unstable_by(|a, b| b.cmp(a));
+        let candidate = positions[self.majority() - 1];
+        let epoch_start = (self.log.epochs.last())
+            .filter(|(e, _)| *e == self.epoch)
+            .map(|(_, start)| *start);
+        let ours = epoch_start.is_some_and(|start| candidate > start);
+        if ours && candidate > self.high_watermark {
+            self.high_watermark = candidate;
+            out.push(Command::Commit {
+                high_watermark: candidate,
+            });
+            let waiting: Vec<(NodeId, ParkedFetch)> =
+                std::mem::take(&mut self.parked).into_iter().collect();
+            for (id, parked) in waiting {
+                self.send_entries(id, parked.from, out);
+            }
+        }
+    }
+
+    fn maybe_transfer(&mut self, out: &mut Vec<Command>) {
+        let Some(to) = self.transfer_to else { return };
+        if self
+            .progress
+            .get(&to)
+            .is_some_and(|p| p.matched == self.log.end)
+        {
+            self.transfer_to = None;
+            out.push(Command::Send {
+                to,
+                message: Message::TimeoutNow { epoch: self.epoch },
+            });
+        }
+    }
+}
