@@ -62,11 +62,11 @@ pub trait Disk {
     fn remove_dir(&mut self, name: &str) -> Result<(), DiskError>;
 }
 
-/// Reads `len_bytes` at `offset` until `agreement` reads in a row return the same bytes, for
-/// data with no checksum of its own to tell damage on the disk (which reads back the same way)
-/// from a bit flipped on the way (which does not). A failed read breaks the run. After
-/// `attempts_max` reads without agreement it is an error: the last read error, or the disk
-/// never agreeing.
+/// Reads `len_bytes` at `offset` until `agreement` reads return the same bytes, for data with
+/// no checksum of its own to tell damage on the disk (which reads back the same way) from a
+/// bit flipped on the way (which does not). The reads need not be in a row: a flip or a failed
+/// read in between does not reset the count. After `attempts_max` reads without agreement it
+/// is an error: the last read error, or the disk never agreeing.
 pub fn read_agreeing(
     disk: &mut dyn Disk,
     file: FileId,
@@ -75,23 +75,27 @@ pub fn read_agreeing(
     agreement: usize,
     attempts_max: usize,
 ) -> Result<Vec<u8>, DiskError> {
-    let mut run: Option<(Vec<u8>, usize)> = None;
+    let mut seen: Vec<(Vec<u8>, usize)> = Vec::new();
     let mut last_error = None;
     for _ in 0..attempts_max {
         let mut bytes = vec![0u8; len_bytes];
         if let Err(e) = disk.read_at(file, offset, &mut bytes) {
             last_error = Some(e);
-            run = None;
             continue;
         }
-        let count = match &run {
-            Some((previous, count)) if *previous == bytes => count + 1,
-            _ => 1,
+        let count = match seen.iter_mut().find(|(b, _)| *b == bytes) {
+            Some((_, count)) => {
+                *count += 1;
+                *count
+            }
+            None => {
+                seen.push((bytes.clone(), 1));
+                1
+            }
         };
         if count >= agreement {
             return Ok(bytes);
         }
-        run = Some((bytes, count));
     }
     Err(last_error.unwrap_or_else(|| {
         DiskError::Io(format!(

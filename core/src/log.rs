@@ -158,6 +158,9 @@ const RECOVERY_READ_ATTEMPTS: usize = 3;
 /// need not be in a row: a flip or a failed read in between once made a torn tail read as
 /// undecided eight times over (seed 243186007098263).
 const RECOVERY_READ_AGREEMENT: usize = 3;
+/// Where a batch's partition leader epoch sits (after base offset and length).
+const PARTITION_LEADER_EPOCH_AT: u64 = 12;
+
 /// Reads of one bad-looking batch before recovery gives up telling damage from flips (the
 /// node does not start, rather than take the partition for corrupt) or, if every read failed,
 /// takes the batch for unreadable (the partition goes offline).
@@ -190,6 +193,10 @@ pub struct PartitionLog {
     dir_dirty: bool,
     /// What the partition knows of idempotent producers, from the batches in the log.
     producers: ProducerStates,
+    /// Where each leader epoch starts (ascending; Kafka's leader-epoch cache), from the
+    /// batches' partition leader epochs: what `OffsetForLeaderEpoch` answers and replication
+    /// finds divergence with.
+    epochs: Vec<(i32, i64)>,
 }
 
 fn segment_name(dir: &str, base_offset: i64) -> String {
@@ -265,6 +272,7 @@ impl PartitionLog {
             dir_file,
             dir_dirty: true,
             producers: ProducerStates::default(),
+            epochs: Vec::new(),
         };
         log.write_recovery_point(disk, 0)?;
         Ok(log)
@@ -309,6 +317,7 @@ impl PartitionLog {
         }
         let mut report = RecoveryReport::default();
         let mut producers = ProducerStates::default();
+        let mut epochs: Vec<(i32, i64)> = Vec::new();
         let mut segments: Vec<Segment> = Vec::new();
         // Nothing removes a log's first offsets yet (retention will, and will record the log
         // start offset durably): the first segment starts at 0, and a missing one is a gap.
@@ -365,8 +374,17 @@ impl PartitionLog {
                 if unsynced_from.is_none() && expected_offset >= known_recovery_point.unwrap_or(0) {
                     unsynced_from = Some((segments.len(), position));
                 }
-                match Self::check_batch(disk, file, position, len_bytes, expected_offset) {
+                let last_epoch = epochs.last().map(|(e, _)| *e);
+                let checked = Self::check_batch(disk, file, position, len_bytes, expected_offset)
+                    .and_then(|(header, size_bytes)| {
+                        Self::check_epoch(disk, file, position, header, last_epoch)
+                            .map(|header| (header, size_bytes))
+                    });
+                match checked {
                     Ok((header, size_bytes)) => {
+                        if last_epoch != Some(header.partition_leader_epoch) {
+                            epochs.push((header.partition_leader_epoch, header.base_offset));
+                        }
                         producers.record(
                             &header,
                             header.max_timestamp,
@@ -470,6 +488,7 @@ impl PartitionLog {
             // yet, and recovery may have removed some: the first round syncs the directory.
             dir_dirty: true,
             producers,
+            epochs,
         };
         Ok((log, report))
     }
@@ -529,6 +548,45 @@ impl PartitionLog {
             read_error: Some(DiskError::Io(reason)),
             evidence: u32::from(unreadable),
         })
+    }
+
+    /// A batch's partition leader epoch, which its CRC does not cover: one that differs from
+    /// the epoch before it (or starts the log) is read until three reads agree, so that a flip
+    /// on the way neither starts a false epoch nor looks like an epoch going back. Epochs
+    /// never go back along a log: a batch whose epoch does is damaged.
+    fn check_epoch(
+        disk: &mut dyn Disk,
+        file: FileId,
+        position: u64,
+        mut header: BatchHeader,
+        last_epoch: Option<i32>,
+    ) -> Result<BatchHeader, BadBatch> {
+        if last_epoch == Some(header.partition_leader_epoch) {
+            return Ok(header);
+        }
+        let raw = crate::disk::read_agreeing(
+            disk,
+            file,
+            position + PARTITION_LEADER_EPOCH_AT,
+            4,
+            RECOVERY_READ_AGREEMENT,
+            RECOVERY_READ_ATTEMPTS_MAX,
+        )
+        .map_err(|e| BadBatch {
+            reason: format!("leader epoch at {position}: {e}"),
+            read_error: Some(e),
+            evidence: 0,
+        })?;
+        let epoch = i32::from_be_bytes(raw[..4].try_into().expect("4 bytes"));
+        if let Some(last) = last_epoch.filter(|last| epoch < *last) {
+            return Err(BadBatch {
+                reason: format!("the leader epoch goes back from {last} to {epoch}"),
+                read_error: None,
+                evidence: 0,
+            });
+        }
+        header.partition_leader_epoch = epoch;
+        Ok(header)
     }
 
     fn check_batch_once(
@@ -674,6 +732,31 @@ impl PartitionLog {
         disk.write_at(self.recovery_point_file, 0, &raw)
     }
 
+    /// The leader epoch of the batch at `offset`, from the epoch cache.
+    fn epoch_of(&self, offset: i64) -> Option<i32> {
+        let at = self.epochs.partition_point(|(_, start)| *start <= offset);
+        at.checked_sub(1).map(|i| self.epochs[i].0)
+    }
+
+    /// Where each leader epoch starts, ascending.
+    pub fn epochs(&self) -> &[(i32, i64)] {
+        &self.epochs
+    }
+
+    /// The largest epoch at or below `epoch` and where it ends (`OffsetForLeaderEpoch`).
+    pub fn epoch_end(&self, epoch: i32) -> Option<(i32, i64)> {
+        crate::raft::epoch_end(&self.epochs, self.log_end_offset(), epoch)
+    }
+
+    /// The log's shape as the Raft engine keeps it.
+    pub fn shape(&self) -> crate::raft::LogShape {
+        crate::raft::LogShape {
+            epochs: self.epochs.clone(),
+            end: self.log_end_offset(),
+            synced: self.durable_end_offset,
+        }
+    }
+
     /// What this partition knows of idempotent producers.
     pub fn producers(&self) -> &ProducerStates {
         &self.producers
@@ -725,6 +808,10 @@ impl PartitionLog {
         let position = active.size_bytes;
         disk.write_at(active.file, position, &stamped)?;
         active.note_batch(&header, position, size_bytes, interval);
+        if self.epochs.last().map(|(e, _)| *e) != Some(leader_epoch) {
+            debug_assert!(self.epochs.last().is_none_or(|(e, _)| *e < leader_epoch));
+            self.epochs.push((leader_epoch, base_offset));
+        }
         if !self.dirty_files.contains(&active.file) {
             self.dirty_files.push(active.file);
         }
@@ -909,6 +996,17 @@ impl PartitionLog {
             }
             if at == 0 && header.last_offset() < offset {
                 return Ok(Err((start, format!("the batch read ends before {offset}"))));
+            }
+            // The leader epoch is outside the CRC too: it must be the one the log recorded.
+            let expected_epoch = self.epoch_of(header.base_offset);
+            if expected_epoch.is_some_and(|e| e != header.partition_leader_epoch) {
+                return Ok(Err((
+                    start + at as u64,
+                    format!(
+                        "leader epoch {}, the log says {expected_epoch:?}",
+                        header.partition_leader_epoch
+                    ),
+                )));
             }
             expected_base = header.last_offset() + 1;
             at += size_bytes;

@@ -1363,3 +1363,55 @@ fn parked_fetches_read_the_disk_only_when_their_data_may_have_changed() {
     );
     assert!(out.is_empty());
 }
+
+/// OffsetForLeaderEpoch v4 for partition 0 of `topic`: (leader epoch, end offset).
+fn offset_for_leader_epoch(h: &mut Harness, topic: &str, leader_epoch: i32) -> (i32, i64) {
+    use keel_core::protocol::messages::offset_for_leader_epoch_request::{
+        OffsetForLeaderPartition, OffsetForLeaderTopic,
+    };
+    let Response::OffsetForLeaderEpoch(mut response) = h.call(
+        4,
+        Request::OffsetForLeaderEpoch(OffsetForLeaderEpochRequest {
+            replica_id: -1,
+            topics: vec![OffsetForLeaderTopic {
+                topic: topic.into(),
+                partitions: vec![OffsetForLeaderPartition {
+                    partition: 0,
+                    current_leader_epoch: -1,
+                    leader_epoch,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+    ) else {
+        panic!("not an OffsetForLeaderEpoch response")
+    };
+    let p = response.topics.remove(0).partitions.remove(0);
+    assert_eq!(p.error_code, codes::NONE);
+    (p.leader_epoch, p.end_offset)
+}
+
+/// The log keeps where each leader epoch starts (rebuilt by recovery from the batches) and
+/// answers OffsetForLeaderEpoch from it; a leader epoch that goes back along the log (it is
+/// outside the CRC) is damage.
+#[test]
+fn leader_epochs_come_from_the_log_and_never_go_back() {
+    let (mut h, _) = Harness::new(three_batches_in_topic_t());
+    assert_eq!(offset_for_leader_epoch(&mut h, "t", 0), (0, 3));
+    assert_eq!(offset_for_leader_epoch(&mut h, "t", 7), (0, 3));
+    assert_eq!(offset_for_leader_epoch(&mut h, "t", -1), (-1, -1));
+
+    // The first batch's leader epoch rots to 5: the second batch's 0 (synced, below the
+    // recovery point) then goes back.
+    let mut disk = three_batches_in_topic_t();
+    let segment = disk.contents_mut("t-0/00000000000000000000.log").unwrap();
+    segment[15] = 5;
+    disk.sync_all();
+    let (_, events) = Harness::new(disk);
+    assert!(
+        matches!(&events[..], [RecoveryEvent::Offline { reason, .. }] if reason.contains("goes back")),
+        "{events:?}"
+    );
+}

@@ -1033,11 +1033,17 @@ impl<D: Disk> Node<D> {
                         result.error_code = codes::UNKNOWN_LEADER_EPOCH
                     }
                     Some(Ok(log)) => {
-                        // One epoch so far: it ends where the log ends.
-                        if p.leader_epoch <= LEADER_EPOCH {
-                            result.leader_epoch = LEADER_EPOCH;
-                            result.end_offset = log.log_end_offset();
-                        }
+                        // From the log's epoch cache; an empty log is all in the current
+                        // epoch. An epoch older than any the log has gets -1 and -1, as Kafka
+                        // answers it.
+                        let found = match log.epoch_end(p.leader_epoch) {
+                            Some(found) => Some(found),
+                            None if log.epochs().is_empty() && p.leader_epoch >= LEADER_EPOCH => {
+                                Some((LEADER_EPOCH, log.log_end_offset()))
+                            }
+                            None => None,
+                        };
+                        (result.leader_epoch, result.end_offset) = found.unwrap_or((-1, -1));
                     }
                 }
                 partitions.push(result);

@@ -232,6 +232,15 @@ pub struct LogShape {
     pub synced: Offset,
 }
 
+/// In a log whose epochs start at `epochs` (ascending) and which ends at `end`: the largest
+/// epoch at or below `epoch` and where it ends (Kafka's `OffsetForLeaderEpoch`).
+pub fn epoch_end(epochs: &[(Epoch, Offset)], end: Offset, epoch: Epoch) -> Option<(Epoch, Offset)> {
+    let at = epochs.partition_point(|(e, _)| *e <= epoch);
+    let (found, _) = *epochs.get(at.checked_sub(1)?)?;
+    let end = epochs.get(at).map_or(end, |(_, start)| *start);
+    Some((found, end))
+}
+
 impl LogShape {
     pub fn last_epoch(&self) -> Epoch {
         self.epochs.last().map_or(0, |(e, _)| *e)
@@ -240,10 +249,7 @@ impl LogShape {
     /// The largest epoch at or below `epoch` and where it ends (Kafka's
     /// `OffsetForLeaderEpoch`); `None` if the log has no such epoch.
     pub fn epoch_end(&self, epoch: Epoch) -> Option<(Epoch, Offset)> {
-        let at = self.epochs.partition_point(|(e, _)| *e <= epoch);
-        let (found, _) = *self.epochs.get(at.checked_sub(1)?)?;
-        let end = self.epochs.get(at).map_or(self.end, |(_, start)| *start);
-        Some((found, end))
+        epoch_end(&self.epochs, self.end, epoch)
     }
 
     /// The epoch and end of the synced part of the log (what a candidate may claim).
