@@ -75,6 +75,10 @@ pub enum LogError {
         position: u64,
         reason: String,
     },
+    #[error("a truncation waits for its sync round; nothing can be appended before it")]
+    TruncationPending,
+    #[error("offset {offset} is not where a batch starts")]
+    NotABatchBoundary { offset: i64 },
     #[error("offset {offset} is out of range [{log_start_offset}, {log_end_offset}]")]
     OffsetOutOfRange {
         offset: i64,
@@ -197,6 +201,17 @@ pub struct PartitionLog {
     /// batches' partition leader epochs: what `OffsetForLeaderEpoch` answers and replication
     /// finds divergence with.
     epochs: Vec<(i32, i64)>,
+    /// File cuts of a truncation, made once a sync round has made the lowered recovery point
+    /// durable (`armed`): cut first, and a crash could leave a log that ends before a recovery
+    /// point still on the disk, which recovery must take for lost data.
+    deferred_cuts: Vec<DeferredCut>,
+    deferred_armed: bool,
+}
+
+#[derive(Debug)]
+enum DeferredCut {
+    Truncate { file: FileId, len_bytes: u64 },
+    Remove { name: String, file: FileId },
 }
 
 fn segment_name(dir: &str, base_offset: i64) -> String {
@@ -273,6 +288,8 @@ impl PartitionLog {
             dir_dirty: true,
             producers: ProducerStates::default(),
             epochs: Vec::new(),
+            deferred_cuts: Vec::new(),
+            deferred_armed: false,
         };
         log.write_recovery_point(disk, 0)?;
         Ok(log)
@@ -489,6 +506,8 @@ impl PartitionLog {
             dir_dirty: true,
             producers,
             epochs,
+            deferred_cuts: Vec::new(),
+            deferred_armed: false,
         };
         Ok((log, report))
     }
@@ -791,6 +810,9 @@ impl PartitionLog {
         batch: &RecordBatch,
         leader_epoch: i32,
     ) -> Result<(i64, i64), LogError> {
+        if !self.deferred_cuts.is_empty() {
+            return Err(LogError::TruncationPending);
+        }
         let base_offset = self.log_end_offset();
         let size_bytes = batch.as_bytes().len() as u64;
         let active = self.segments.last().expect("a log has a segment");
@@ -840,6 +862,8 @@ impl PartitionLog {
     /// returns the files to sync and the log end offset they will make durable.
     pub fn begin_sync(&mut self, disk: &mut dyn Disk) -> Result<(Vec<FileId>, i64), LogError> {
         self.write_recovery_point(disk, self.durable_end_offset)?;
+        // This round carries a recovery point at or below any pending truncation.
+        self.deferred_armed = !self.deferred_cuts.is_empty();
         let mut files = std::mem::take(&mut self.dirty_files);
         files.push(self.recovery_point_file);
         if std::mem::take(&mut self.dir_dirty) {
@@ -860,12 +884,130 @@ impl PartitionLog {
 
     /// Whether data or directory entries were written since the last sync began.
     pub fn needs_data_sync(&self) -> bool {
-        !self.dirty_files.is_empty() || self.dir_dirty
+        !self.dirty_files.is_empty() || self.dir_dirty || !self.deferred_cuts.is_empty()
     }
 
-    /// A sync begun at `end_offset` completed.
-    pub fn complete_sync(&mut self, end_offset: i64) {
-        self.durable_end_offset = self.durable_end_offset.max(end_offset);
+    /// A sync begun at `end_offset` completed. If it carried the recovery point of a pending
+    /// truncation, the truncation's file cuts are made now (durable with the next round).
+    pub fn complete_sync(&mut self, disk: &mut dyn Disk, end_offset: i64) -> Result<(), LogError> {
+        self.durable_end_offset = self
+            .durable_end_offset
+            .max(end_offset.min(self.log_end_offset()));
+        if std::mem::take(&mut self.deferred_armed) {
+            for cut in std::mem::take(&mut self.deferred_cuts) {
+                match cut {
+                    DeferredCut::Truncate { file, len_bytes } => {
+                        disk.truncate(file, len_bytes)?;
+                        if !self.dirty_files.contains(&file) {
+                            self.dirty_files.push(file);
+                        }
+                    }
+                    DeferredCut::Remove { name, file } => {
+                        disk.remove(&name)?;
+                        self.dirty_files.retain(|f| *f != file);
+                        self.dir_dirty = true;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every batch at or past `offset`, which must be where a batch starts (a
+    /// follower's log repair). Reads and the log's end see it at once; the files are cut once
+    /// the next sync round has made a recovery point at or below `offset` durable, and
+    /// nothing can be appended until then ([`LogError::TruncationPending`]). A crash before
+    /// the cut leaves the removed batches on the disk, past the recovery point: whatever of
+    /// them survives is read back as if never removed.
+    pub fn truncate_to(&mut self, disk: &mut dyn Disk, offset: i64) -> Result<(), LogError> {
+        if offset >= self.log_end_offset() {
+            return Ok(());
+        }
+        if offset < self.log_start_offset() {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                log_start_offset: self.log_start_offset(),
+                log_end_offset: self.log_end_offset(),
+            });
+        }
+        let at = self.segments.partition_point(|s| s.base_offset <= offset) - 1;
+        let position = self.batch_position(disk, at, offset)?;
+        for segment in self.segments.drain(at + 1..) {
+            self.deferred_cuts.push(DeferredCut::Remove {
+                name: segment.name,
+                file: segment.file,
+            });
+        }
+        let segment = &mut self.segments[at];
+        self.deferred_cuts.push(DeferredCut::Truncate {
+            file: segment.file,
+            len_bytes: position,
+        });
+        segment.size_bytes = position;
+        segment.next_offset = offset;
+        segment.index.retain(|e| e.base_offset < offset);
+        // The time index may now overstate the segment's largest timestamp (a lookup by time
+        // then reads a little further than it must; it never misses a batch).
+        self.epochs.retain(|(_, start)| *start < offset);
+        self.producers.truncate(offset);
+        self.durable_end_offset = self.durable_end_offset.min(offset);
+        self.deferred_armed = false;
+        Ok(())
+    }
+
+    /// Where the batch starting at `offset` sits in segment `at`: a walk over the headers from
+    /// the nearest index entry, each checked against the chain, read again if a flip breaks it.
+    fn batch_position(&self, disk: &mut dyn Disk, at: usize, offset: i64) -> Result<u64, LogError> {
+        let segment = &self.segments[at];
+        let mut last_problem = String::new();
+        let mut not_a_boundary = 0;
+        for _ in 0..RECOVERY_READ_ATTEMPTS_MAX {
+            let (mut expected_base, mut position) = segment.index_entry(offset);
+            loop {
+                if expected_base == offset && position < segment.size_bytes {
+                    // The header there must say so too (a flipped offset delta or length
+                    // on the way could have led here).
+                    let confirmed = read_header(disk, segment.file, position).is_ok_and(|raw| {
+                        let header = RecordBatch::header_of(&raw);
+                        check_stored_header(&header, offset, segment.size_bytes - position).is_ok()
+                    });
+                    if confirmed {
+                        return Ok(position);
+                    }
+                    last_problem = format!("no batch of offset {offset} at {position}");
+                    break;
+                }
+                if expected_base > offset || position >= segment.size_bytes {
+                    // Or a flipped offset delta jumped over it: walk again to be sure.
+                    not_a_boundary += 1;
+                    break;
+                }
+                let raw = match read_header(disk, segment.file, position) {
+                    Ok(raw) => raw,
+                    Err(e) => {
+                        last_problem = e.to_string();
+                        break;
+                    }
+                };
+                let header = RecordBatch::header_of(&raw);
+                if let Err(reason) =
+                    check_stored_header(&header, expected_base, segment.size_bytes - position)
+                {
+                    last_problem = reason;
+                    break;
+                }
+                position += header.size_bytes() as u64;
+                expected_base = header.last_offset() + 1;
+            }
+            if not_a_boundary >= RECOVERY_READ_AGREEMENT {
+                return Err(LogError::NotABatchBoundary { offset });
+            }
+        }
+        Err(LogError::Unreadable {
+            file: segment.name.clone(),
+            position: 0,
+            reason: last_problem,
+        })
     }
 
     /// Whole batches from the one holding `offset`, below `upper_offset`, up to `max_bytes`

@@ -174,6 +174,15 @@ impl ProducerStates {
         entry.last_timestamp_ms = entry.last_timestamp_ms.max(seen_ms);
     }
 
+    /// Forgets every batch at or past `offset` (the log was truncated there). A producer left
+    /// with no batch is forgotten: its next batch starts over, as after an expiry.
+    pub fn truncate(&mut self, offset: i64) {
+        for entry in self.entries.values_mut() {
+            entry.batches.retain(|b| b.base_offset < offset);
+        }
+        self.entries.retain(|_, e| !e.batches.is_empty());
+    }
+
     /// Forgets producers idle for `expiry_ms` or more.
     pub fn expire(&mut self, now_ms: i64, expiry_ms: i64) {
         self.entries

@@ -850,7 +850,10 @@ impl<D: Disk> Node<D> {
         if self.config.planted_bug == Some(PlantedBug::SkipFsync) {
             // The planted bug: the round "completes" without a single sync.
             self.extra_dirty_files.clear();
-            self.topics.complete_sync(&ends);
+            if let Err(e) = self.topics.complete_sync(&mut self.disk, &ends) {
+                self.halt(format!("cannot complete a sync: {e}"), out);
+                return;
+            }
             self.data_version += 1;
             self.producer_ids.synced(self.producer_ids.recorded_end());
             let id = self.next_round;
@@ -908,7 +911,10 @@ impl<D: Disk> Node<D> {
         let round = self.round.take().expect("checked above");
         self.serving = true;
         self.data_version += 1;
-        self.topics.complete_sync(&round.ends);
+        if let Err(e) = self.topics.complete_sync(&mut self.disk, &round.ends) {
+            self.halt(format!("cannot complete a sync: {e}"), out);
+            return;
+        }
         self.producer_ids.synced(round.producer_ids_end);
         // Parked fetches see the new high watermark when `step` re-checks them next.
         self.complete_round_waiters(round.id);

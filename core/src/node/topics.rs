@@ -411,7 +411,11 @@ impl Topics {
         Ok((files, ends))
     }
 
-    pub(crate) fn complete_sync(&mut self, ends: &[SyncEnd]) {
+    pub(crate) fn complete_sync(
+        &mut self,
+        disk: &mut dyn Disk,
+        ends: &[SyncEnd],
+    ) -> Result<(), LogError> {
         for (name, partition, log_id, end) in ends {
             let Some(p) = self
                 .by_name
@@ -424,9 +428,10 @@ impl Topics {
                 continue;
             }
             if let Ok(log) = p.log.as_mut() {
-                log.complete_sync(*end);
+                log.complete_sync(disk, *end)?;
             }
         }
+        Ok(())
     }
 
     pub(crate) fn check_invariants(&self) {

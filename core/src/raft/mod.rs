@@ -197,7 +197,8 @@ pub enum Command {
     Append {
         entries: Vec<Entry>,
     },
-    /// Remove every entry at or past `offset`.
+    /// Remove every entry at or past `offset`. A `SyncLog` follows: the follower fetches
+    /// again only once it completed (a partition log cuts its files in that round).
     Truncate {
         offset: Offset,
     },
@@ -973,6 +974,10 @@ impl Raft {
                 let offset = end_offset.min(own_end);
                 self.log.truncate(offset);
                 out.push(Command::Truncate { offset });
+                // The log makes a truncation safe to crash in with a sync round (its recovery
+                // point first): fetch again once that is done.
+                out.push(Command::SyncLog);
+                return;
             }
             FetchReply::Entries(entries) => {
                 let fits = entries
