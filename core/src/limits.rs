@@ -53,3 +53,13 @@ pub const FILES_RESERVED: usize = 1_024;
 /// Producer ids a partition remembers is bounded by expiry, which runs this often (Kafka's
 /// `producer.id.expiration.check.interval.ms`, ten minutes).
 pub const PRODUCER_EXPIRY_CHECK_INTERVAL_MS: u64 = 600_000;
+
+/// A frame between nodes (Raft messages of every group, coalesced per node pair), at most:
+/// what a peer can make this node buffer before its CRC is even checked. Replication answers
+/// are sized by the fetch limit well below it (Kafka's `replica.fetch.response.max.bytes` is
+/// 10 MiB); a larger prefix is a peer not to be trusted, and its connection is closed.
+pub const PEER_FRAME_SIZE_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// Entries in one replication answer, at most (the bytes that remain bound it too): a 64 MiB
+/// frame of the smallest Kafka batches (61-byte headers) holds about a million.
+pub const PEER_ENTRIES_PER_MESSAGE_MAX: usize = 1_100_000;

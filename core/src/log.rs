@@ -45,6 +45,9 @@ pub struct LogConfig {
     /// The planted bug `cut-synced` (`node::PlantedBug::CutSynced`); only the simulator
     /// sets it.
     pub planted_cut_synced: bool,
+    /// The latest leader epoch this node knows: a stored batch with a later one is damaged
+    /// (its epoch is outside the CRC).
+    pub leader_epoch_max: i32,
 }
 
 impl Default for LogConfig {
@@ -54,6 +57,7 @@ impl Default for LogConfig {
             index_interval_bytes: 4096,
             producer_id_expiration_ms: 86_400_000,
             planted_cut_synced: false,
+            leader_epoch_max: i32::MAX,
         }
     }
 }
@@ -395,6 +399,20 @@ impl PartitionLog {
                 let checked = Self::check_batch(disk, file, position, len_bytes, expected_offset)
                     .and_then(|(header, size_bytes)| {
                         Self::check_epoch(disk, file, position, header, last_epoch)
+                            .and_then(|header| {
+                                let max = config.leader_epoch_max;
+                                if header.partition_leader_epoch > max {
+                                    return Err(BadBatch {
+                                        reason: format!(
+                                            "leader epoch {} is past the latest known, {max}",
+                                            header.partition_leader_epoch
+                                        ),
+                                        read_error: None,
+                                        evidence: 0,
+                                    });
+                                }
+                                Ok(header)
+                            })
                             .map(|header| (header, size_bytes))
                     });
                 match checked {

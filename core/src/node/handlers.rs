@@ -16,7 +16,7 @@ use crate::record::{
 };
 
 /// Leader epoch of every partition on a single node: the Raft term, once replication exists.
-const LEADER_EPOCH: i32 = 0;
+pub(super) const LEADER_EPOCH: i32 = 0;
 /// ListOffsets special timestamps.
 const LATEST_TIMESTAMP: i64 = -1;
 const EARLIEST_TIMESTAMP: i64 = -2;

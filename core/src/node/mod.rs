@@ -321,6 +321,8 @@ impl<D: Disk> Node<D> {
     pub fn new(config: Config, mut disk: D) -> Result<(Node<D>, Vec<RecoveryEvent>), NodeError> {
         let log_config = LogConfig {
             planted_cut_synced: config.planted_bug == Some(PlantedBug::CutSynced),
+            // One node, one epoch so far: anything later on the disk is damage.
+            leader_epoch_max: handlers::LEADER_EPOCH,
             ..config.log
         };
         let (topics, events) = Topics::recover(&mut disk, log_config)?;

@@ -71,6 +71,7 @@
 pub mod testing;
 #[cfg(test)]
 mod tests;
+pub mod wire;
 
 use std::collections::BTreeMap;
 
