@@ -1403,15 +1403,15 @@ fn leader_epochs_come_from_the_log_and_never_go_back() {
     assert_eq!(offset_for_leader_epoch(&mut h, "t", 7), (0, 3));
     assert_eq!(offset_for_leader_epoch(&mut h, "t", -1), (-1, -1));
 
-    // The first batch's leader epoch rots to 5: the second batch's 0 (synced, below the
-    // recovery point) then goes back.
+    // The first batch's leader epoch rots to 5: past the latest epoch the node knows, and the
+    // second batch's 0 (synced, below the recovery point) would go back from it.
     let mut disk = three_batches_in_topic_t();
     let segment = disk.contents_mut("t-0/00000000000000000000.log").unwrap();
     segment[15] = 5;
     disk.sync_all();
     let (_, events) = Harness::new(disk);
     assert!(
-        matches!(&events[..], [RecoveryEvent::Offline { reason, .. }] if reason.contains("goes back")),
+        matches!(&events[..], [RecoveryEvent::Offline { reason, .. }] if reason.contains("leader epoch 5")),
         "{events:?}"
     );
 }

@@ -61,6 +61,9 @@
 //! - Pull instead of push (KRaft): followers ask, the leader answers; divergence is found by
 //!   epoch and end offset rather than by retrying `AppendEntries` one index back.
 //! - Entries are ranges of offsets (Kafka batches), not single indexes.
+//! - Fetch answers echo the fetch they answer; an answer to an earlier fetch (late or
+//!   duplicated) is not acted on. A sync issued before a truncation credits nothing, and a
+//!   follower never truncates below what it saw committed.
 //! - Pre-vote and check-quorum (from Ongaro's thesis, as etcd and KRaft run them) are always on.
 //! - A follower that learns of a new epoch from a leader's message follows it at once.
 //! - A pre-vote answer carries the voter's epoch and leader, so a node that lost touch with a
@@ -152,9 +155,13 @@ pub enum Message {
         last_fetched_epoch: Epoch,
         synced_offset: Offset,
     },
+    /// The answer to the fetch from `fetch_offset` with `last_fetched_epoch` (echoed: an
+    /// answer to an earlier fetch, late or duplicated, must not act on a log that changed).
     FetchResponse {
         epoch: Epoch,
         high_watermark: Offset,
+        fetch_offset: Offset,
+        last_fetched_epoch: Epoch,
         reply: FetchReply,
     },
     /// Campaign now (leadership transfer).
@@ -181,12 +188,14 @@ pub enum Command {
         message: Message,
     },
     /// Answer `to`'s fetch: read whole entries from `from` (at least one, then up to
-    /// `max_bytes`) and send `FetchResponse { epoch, high_watermark, Entries(..) }`.
+    /// `max_bytes`) and send `FetchResponse { epoch, high_watermark, fetch_offset: from,
+    /// last_fetched_epoch, Entries(..) }`.
     SendEntries {
         to: NodeId,
         epoch: Epoch,
         high_watermark: Offset,
         from: Offset,
+        last_fetched_epoch: Epoch,
         max_bytes: usize,
     },
     /// Make the epoch and the vote in it durable, then call `handle_vote_synced`.
@@ -203,8 +212,11 @@ pub enum Command {
     Truncate {
         offset: Offset,
     },
-    /// Sync the log, then call `handle_log_synced` with the end it covered.
-    SyncLog,
+    /// Sync the log, then call `handle_log_synced` with the end it covered and this
+    /// `generation` (which a truncation moves on: a sync issued before one credits nothing).
+    SyncLog {
+        generation: u64,
+    },
     /// The high watermark moved.
     Commit {
         high_watermark: Offset,
@@ -298,6 +310,7 @@ struct Progress {
 #[derive(Debug, Clone, Copy)]
 struct ParkedFetch {
     from: Offset,
+    last_fetched_epoch: Epoch,
     deadline_ms: u64,
 }
 
@@ -327,6 +340,8 @@ pub struct Raft {
     progress: BTreeMap<NodeId, Progress>,
     parked: BTreeMap<NodeId, ParkedFetch>,
     transfer_to: Option<NodeId>,
+    /// Truncations so far: syncs are credited only within one generation.
+    truncations: u64,
 }
 
 impl Raft {
@@ -352,6 +367,7 @@ impl Raft {
             progress: BTreeMap::new(),
             parked: BTreeMap::new(),
             transfer_to: None,
+            truncations: 0,
         };
         raft.reset_election_timer(now_ms);
         raft
@@ -438,7 +454,7 @@ impl Raft {
                     .collect();
                 for id in due {
                     let parked = self.parked.remove(&id).expect("listed");
-                    self.send_entries(id, parked.from, out);
+                    self.send_entries(id, parked.from, parked.last_fetched_epoch, out);
                 }
             }
             Role::Follower | Role::PreCandidate | Role::Candidate => {
@@ -595,8 +611,19 @@ impl Raft {
             Message::FetchResponse {
                 epoch,
                 high_watermark,
+                fetch_offset,
+                last_fetched_epoch,
                 reply,
-            } => self.on_fetch_response(now_ms, from, epoch, high_watermark, reply, out),
+            } => self.on_fetch_response(
+                now_ms,
+                from,
+                epoch,
+                high_watermark,
+                fetch_offset,
+                last_fetched_epoch,
+                reply,
+                out,
+            ),
             Message::TimeoutNow { epoch } => {
                 if epoch == self.epoch && self.leader == Some(from) && self.is_voter() {
                     self.start_election(now_ms, out);
@@ -615,18 +642,31 @@ impl Raft {
     ) {
         assert_eq!(self.role, Role::Leader, "only a leader appends proposals");
         self.log.append(self.epoch, base_offset, last_offset);
-        out.push(Command::SyncLog);
+        out.push(Command::SyncLog {
+            generation: self.truncations,
+        });
         let waiting: Vec<(NodeId, ParkedFetch)> =
             std::mem::take(&mut self.parked).into_iter().collect();
         for (id, parked) in waiting {
-            self.send_entries(id, parked.from, out);
+            self.send_entries(id, parked.from, parked.last_fetched_epoch, out);
         }
         let _ = now_ms;
     }
 
-    /// The log is synced up to `offset` (the end it had when the sync was issued).
-    pub fn handle_log_synced(&mut self, now_ms: u64, offset: Offset, out: &mut Vec<Command>) {
-        // A truncation since the sync was issued may have cut below what it covered.
+    /// The log is synced up to `offset` (the end it had when the sync of `generation` was
+    /// issued).
+    pub fn handle_log_synced(
+        &mut self,
+        now_ms: u64,
+        offset: Offset,
+        generation: u64,
+        out: &mut Vec<Command>,
+    ) {
+        if generation != self.truncations {
+            // Issued before a truncation: what it covered may since have been cut and written
+            // again, not durable. The truncation's own sync comes later.
+            return;
+        }
         self.log.synced = self.log.synced.max(offset.min(self.log.end));
         match self.role {
             Role::Leader => {
@@ -675,7 +715,22 @@ impl Raft {
 
     // ---- roles ----
 
+    /// Follows `leader` in `epoch` (or nobody yet) and, knowing a leader, fetches from it.
     fn become_follower(
+        &mut self,
+        epoch: Epoch,
+        leader: Option<NodeId>,
+        now_ms: u64,
+        out: &mut Vec<Command>,
+    ) {
+        self.follow(epoch, leader, now_ms, out);
+        if self.leader.is_some() {
+            self.send_fetch(now_ms, out);
+        }
+    }
+
+    /// Follows `leader` in `epoch` without fetching (the caller decides when).
+    fn follow(
         &mut self,
         epoch: Epoch,
         leader: Option<NodeId>,
@@ -702,9 +757,6 @@ impl Raft {
         self.reset_election_timer(now_ms);
         if changed {
             out.push(self.role_changed());
-        }
-        if leader.is_some() {
-            self.send_fetch(now_ms, out);
         }
     }
 
@@ -867,19 +919,27 @@ impl Raft {
         synced_offset: Offset,
         out: &mut Vec<Command>,
     ) {
+        if !self.config.voters.contains(&from) {
+            // Only voters replicate so far (observers would need progress that does not
+            // count toward commit); a stranger's epoch must not move this node.
+            return;
+        }
         if epoch > self.epoch {
             // A newer leader exists; its announcement will reach this node.
             self.become_follower(epoch, None, now_ms, out);
         }
+        let answer = |reply| Command::Send {
+            to: from,
+            message: Message::FetchResponse {
+                epoch: self.epoch,
+                high_watermark: self.high_watermark,
+                fetch_offset,
+                last_fetched_epoch,
+                reply,
+            },
+        };
         if self.role != Role::Leader || epoch < self.epoch {
-            out.push(Command::Send {
-                to: from,
-                message: Message::FetchResponse {
-                    epoch: self.epoch,
-                    high_watermark: self.high_watermark,
-                    reply: FetchReply::NotLeader,
-                },
-            });
+            out.push(answer(FetchReply::NotLeader));
             return;
         }
         let Some(progress) = self.progress.get_mut(&from) else {
@@ -893,17 +953,10 @@ impl Raft {
                 .is_some_and(|(e, end)| e == last_fetched_epoch && end >= fetch_offset);
             if !agrees || fetch_offset > self.log.end {
                 let (epoch, end_offset) = self.log.epoch_end(last_fetched_epoch).unwrap_or((0, 0));
-                out.push(Command::Send {
-                    to: from,
-                    message: Message::FetchResponse {
-                        epoch: self.epoch,
-                        high_watermark: self.high_watermark,
-                        reply: FetchReply::Diverging {
-                            epoch,
-                            end_offset: end_offset.min(fetch_offset),
-                        },
-                    },
-                });
+                out.push(answer(FetchReply::Diverging {
+                    epoch,
+                    end_offset: end_offset.min(fetch_offset),
+                }));
                 return;
             }
         }
@@ -914,18 +967,25 @@ impl Raft {
         let knows = self.progress[&from].high_watermark_sent;
         let news = knows < self.high_watermark.min(fetch_offset);
         if fetch_offset < self.log.end || news {
-            self.send_entries(from, fetch_offset, out);
+            self.send_entries(from, fetch_offset, last_fetched_epoch, out);
         } else {
             let deadline_ms = now_ms + self.config.fetch_wait_ms;
             let parked = ParkedFetch {
                 from: fetch_offset,
+                last_fetched_epoch,
                 deadline_ms,
             };
             self.parked.insert(from, parked);
         }
     }
 
-    fn send_entries(&mut self, to: NodeId, from: Offset, out: &mut Vec<Command>) {
+    fn send_entries(
+        &mut self,
+        to: NodeId,
+        from: Offset,
+        last_fetched_epoch: Epoch,
+        out: &mut Vec<Command>,
+    ) {
         self.parked.remove(&to);
         if let Some(progress) = self.progress.get_mut(&to) {
             progress.high_watermark_sent = self.high_watermark;
@@ -935,16 +995,20 @@ impl Raft {
             epoch: self.epoch,
             high_watermark: self.high_watermark,
             from,
+            last_fetched_epoch,
             max_bytes: self.config.fetch_max_bytes,
         });
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_fetch_response(
         &mut self,
         now_ms: u64,
         from: NodeId,
         epoch: Epoch,
         high_watermark: Offset,
+        fetch_offset: Offset,
+        last_fetched_epoch: Epoch,
         reply: FetchReply,
         out: &mut Vec<Command>,
     ) {
@@ -962,8 +1026,17 @@ impl Raft {
             }
             return;
         }
+        if (fetch_offset, last_fetched_epoch) != (self.log.end, self.log.last_epoch()) {
+            // The answer to an earlier fetch (late, or one of two in flight): the log has
+            // changed since, and acting on it could cut what was since agreed. Only who leads
+            // is news.
+            if epoch > self.epoch || self.leader != Some(from) {
+                self.become_follower(epoch, Some(from), now_ms, out);
+            }
+            return;
+        }
         if epoch > self.epoch || self.leader != Some(from) {
-            self.become_follower(epoch, Some(from), now_ms, out);
+            self.follow(epoch, Some(from), now_ms, out);
         }
         self.fetch_sent_ms = None;
         self.leader_contact_ms = Some(now_ms);
@@ -973,19 +1046,25 @@ impl Raft {
             FetchReply::Diverging { epoch, end_offset } => {
                 let own_end = self.log.epoch_end(epoch).map_or(0, |(_, end)| end);
                 let offset = end_offset.min(own_end);
+                if offset < self.high_watermark {
+                    // Never below what this node saw committed: a leader that says so is
+                    // wrong, or the answer is not for this log. Ask again.
+                    self.send_fetch(now_ms, out);
+                    return;
+                }
                 self.log.truncate(offset);
+                self.truncations += 1;
                 out.push(Command::Truncate { offset });
                 // The log makes a truncation safe to crash in with a sync round (its recovery
                 // point first): fetch again once that is done.
-                out.push(Command::SyncLog);
+                out.push(Command::SyncLog {
+                    generation: self.truncations,
+                });
                 return;
             }
             FetchReply::Entries(entries) => {
-                let fits = entries
-                    .first()
-                    .is_none_or(|e| e.base_offset == self.log.end);
+                let fits = (entries.first()).is_none_or(|e| e.base_offset == self.log.end);
                 if !fits {
-                    // An answer to a fetch from before a truncation: ask again.
                     self.send_fetch(now_ms, out);
                     return;
                 }
@@ -996,7 +1075,9 @@ impl Raft {
                 }
                 if appended {
                     out.push(Command::Append { entries });
-                    out.push(Command::SyncLog);
+                    out.push(Command::SyncLog {
+                        generation: self.truncations,
+                    });
                 }
                 let high_watermark = high_watermark.min(self.log.end);
                 if high_watermark > self.high_watermark {
@@ -1036,18 +1117,18 @@ impl Raft {
             let waiting: Vec<(NodeId, ParkedFetch)> =
                 std::mem::take(&mut self.parked).into_iter().collect();
             for (id, parked) in waiting {
-                self.send_entries(id, parked.from, out);
+                self.send_entries(id, parked.from, parked.last_fetched_epoch, out);
             }
         }
     }
 
     fn maybe_transfer(&mut self, out: &mut Vec<Command>) {
         let Some(to) = self.transfer_to else { return };
-        if self
-            .progress
-            .get(&to)
-            .is_some_and(|p| p.matched == self.log.end)
-        {
+        // The target campaigns with what it has synced: wait for that to be everything.
+        let unsynced = self.config.commit_unsynced;
+        let end = self.log.end;
+        let caught_up = |p: &Progress| (if unsynced { p.matched } else { p.synced }) == end;
+        if self.progress.get(&to).is_some_and(caught_up) {
             self.transfer_to = None;
             out.push(Command::Send {
                 to,

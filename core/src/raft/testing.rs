@@ -29,7 +29,10 @@ pub(crate) struct Host {
     pub(crate) durable_vote: Persisted,
     /// With manual syncs: a vote and a log sync asked for and not yet done.
     pub(crate) pending_vote: Option<Persisted>,
-    pub(crate) pending_sync: bool,
+    pub(crate) pending_syncs: Vec<(Offset, u64, usize)>,
+    /// Every truncation's offset, in order: a sync issued before one makes nothing at or past
+    /// it durable (what it wrote there was cut, and what is there now came later).
+    pub(crate) truncations: Vec<Offset>,
     pub(crate) high_watermark: Offset,
 }
 
@@ -121,6 +124,7 @@ fn describe(message: &Message) -> String {
             epoch,
             high_watermark,
             reply,
+            ..
         } => {
             let reply = match reply {
                 FetchReply::Entries(entries) => describe_entries(entries),
@@ -167,7 +171,8 @@ impl Cluster {
                     durable_end: 0,
                     durable_vote: Persisted::default(),
                     pending_vote: None,
-                    pending_sync: false,
+                    pending_syncs: Vec::new(),
+                    truncations: Vec::new(),
                     high_watermark: 0,
                 };
                 (*id, host)
@@ -209,6 +214,7 @@ impl Cluster {
                     epoch,
                     high_watermark,
                     from,
+                    last_fetched_epoch,
                     max_bytes,
                 } => {
                     let log = &self.hosts[&id].log;
@@ -224,6 +230,8 @@ impl Cluster {
                     let message = Message::FetchResponse {
                         epoch,
                         high_watermark,
+                        fetch_offset: from,
+                        last_fetched_epoch,
                         reply: FetchReply::Entries(entries),
                     };
                     self.print(format!("n{id} -> n{to} {}", describe(&message)));
@@ -256,13 +264,18 @@ impl Cluster {
                     );
                     host.log.retain(|e| e.base_offset < offset);
                     host.durable_end = host.durable_end.min(offset);
+                    host.truncations.push(offset);
                     self.print(format!("n{id}: truncate {offset}"));
                 }
-                Command::SyncLog => {
+                Command::SyncLog { generation } => {
+                    let host = self.hosts.get_mut(&id).expect("node");
+                    // A sync covers what the log held when it was issued.
+                    let end = host.log.last().map_or(0, |e| e.last_offset + 1);
+                    let since = host.truncations.len();
                     if self.manual_sync {
-                        self.hosts.get_mut(&id).expect("node").pending_sync = true;
+                        host.pending_syncs.push((end, generation, since));
                     } else {
-                        self.sync_log(id, &mut more);
+                        self.sync_log(id, end, generation, since, &mut more);
                     }
                 }
                 Command::Commit { high_watermark } => {
@@ -309,13 +322,21 @@ impl Cluster {
         }
     }
 
-    pub(crate) fn sync_log(&mut self, id: NodeId, out: &mut Vec<Command>) {
+    pub(crate) fn sync_log(
+        &mut self,
+        id: NodeId,
+        end: Offset,
+        generation: u64,
+        truncations_before: usize,
+        out: &mut Vec<Command>,
+    ) {
         let now = self.now_ms;
         let host = self.hosts.get_mut(&id).expect("node");
-        let end = host.log.last().map_or(0, |e| e.last_offset + 1);
-        host.durable_end = end;
+        let cut_since = host.truncations[truncations_before..].iter().min().copied();
+        let covered = end.min(cut_since.unwrap_or(Offset::MAX));
+        host.durable_end = host.durable_end.max(covered);
         if let Some(raft) = host.raft.as_mut() {
-            raft.handle_log_synced(now, end, out);
+            raft.handle_log_synced(now, end, generation, out);
         }
     }
 
@@ -450,7 +471,7 @@ impl Cluster {
         let durable = host.durable_end;
         host.log.retain(|e| e.last_offset < durable);
         host.pending_vote = None;
-        host.pending_sync = false;
+        host.pending_syncs.clear();
         self.queue.retain(|(from, to, _)| *from != id && *to != id);
     }
 
@@ -513,13 +534,13 @@ impl Cluster {
                 let id = node(n);
                 let host = self.hosts.get_mut(&id).expect("node");
                 let vote = host.pending_vote.take();
-                let log = std::mem::take(&mut host.pending_sync);
+                let syncs = std::mem::take(&mut host.pending_syncs);
                 let mut out = Vec::new();
                 if let Some(vote) = vote {
                     self.sync_vote(id, vote, &mut out);
                 }
-                if log {
-                    self.sync_log(id, &mut out);
+                for (end, generation, since) in syncs {
+                    self.sync_log(id, end, generation, since, &mut out);
                 }
                 self.apply(id, out);
             }

@@ -16,6 +16,12 @@ enum Step {
     Heal,
     Crash(NodeId),
     Restart(NodeId),
+    /// A copy of the message at this place in the queue is sent again, after the others.
+    Duplicate(usize),
+    /// The first message in flight is overtaken by all the others.
+    Reorder,
+    /// With syncs done by hand: the node's votes and log syncs complete.
+    Sync(NodeId),
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -28,6 +34,9 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::Heal),
         1 => (1..=5).prop_map(Step::Crash),
         2 => (1..=5).prop_map(Step::Restart),
+        2 => any::<usize>().prop_map(Step::Duplicate),
+        2 => Just(Step::Reorder),
+        6 => (1..=5).prop_map(Step::Sync),
     ]
 }
 
@@ -42,8 +51,9 @@ proptest! {
         nodes in prop_oneof![Just(3usize), Just(5usize)],
         steps in prop::collection::vec(step(), 1..200),
         seed in any::<u64>(),
+        manual_sync in any::<bool>(),
     ) {
-        let mut cluster = Cluster::new(nodes, false, false, seed);
+        let mut cluster = Cluster::new(nodes, manual_sync, false, seed);
         let n = nodes as NodeId;
         for step in steps {
             match step {
@@ -64,6 +74,22 @@ proptest! {
                         cluster.restart(id);
                     }
                 }
+                Step::Duplicate(at) => {
+                    if !cluster.queue.is_empty() {
+                        let copy = cluster.queue[at % cluster.queue.len()].clone();
+                        cluster.queue.push_back(copy);
+                    }
+                }
+                Step::Reorder => {
+                    if let Some(first) = cluster.queue.pop_front() {
+                        cluster.queue.push_back(first);
+                    }
+                }
+                Step::Sync(id) => {
+                    if manual_sync {
+                        cluster.run(&format!("sync n{}", (id - 1) % n + 1));
+                    }
+                }
             }
             cluster.printed.clear();
         }
@@ -77,6 +103,11 @@ proptest! {
         for _ in 0..200 {
             cluster.tick(10);
             cluster.deliver();
+            for id in 1..=n {
+                if manual_sync {
+                    cluster.run(&format!("sync n{id}"));
+                }
+            }
             cluster.printed.clear();
         }
         let leaders: Vec<NodeId> = (cluster.hosts.iter())
@@ -110,4 +141,141 @@ fn epoch_end_answers_as_offset_for_leader_epoch() {
     cut.truncate(7);
     assert_eq!((cut.epochs.len(), cut.end, cut.synced), (2, 7, 7));
     assert_eq!(cut.synced_tip(), (3, 7));
+}
+
+fn follower(id: NodeId, epochs: Vec<(Epoch, Offset)>, end: Offset) -> Raft {
+    let config = RaftConfig {
+        id,
+        voters: vec![1, 2, 3],
+        election_timeout_ms: 100,
+        fetch_wait_ms: 40,
+        fetch_max_bytes: 64,
+        commit_unsynced: false,
+        seed: 1,
+    };
+    let persisted = Persisted {
+        epoch: 2,
+        voted_for: None,
+    };
+    let shape = LogShape {
+        epochs,
+        end,
+        synced: end,
+    };
+    Raft::new(config, persisted, shape, 0)
+}
+
+fn answer(
+    fetch_offset: Offset,
+    last_fetched_epoch: Epoch,
+    hw: Offset,
+    reply: FetchReply,
+) -> Message {
+    Message::FetchResponse {
+        epoch: 2,
+        high_watermark: hw,
+        fetch_offset,
+        last_fetched_epoch,
+        reply,
+    }
+}
+
+fn entry(epoch: Epoch, base_offset: Offset, last_offset: Offset) -> Entry {
+    Entry {
+        epoch,
+        base_offset,
+        last_offset,
+        payload: Bytes::from_static(b"x"),
+    }
+}
+
+/// A late (or duplicated) answer to a fetch from before a log repair must not act on the
+/// repaired log: here it would cut entries the follower has since seen committed.
+#[test]
+fn a_stale_diverging_answer_cuts_nothing() {
+    let mut raft = follower(2, vec![(1, 0)], 4);
+    let mut out = Vec::new();
+    raft.handle_message(1, 1, Message::BeginEpoch { epoch: 2 }, &mut out);
+    let diverging = answer(
+        4,
+        1,
+        0,
+        FetchReply::Diverging {
+            epoch: 1,
+            end_offset: 2,
+        },
+    );
+    raft.handle_message(2, 1, diverging.clone(), &mut out);
+    let generation = out
+        .iter()
+        .find_map(|c| match c {
+            Command::SyncLog { generation } => Some(*generation),
+            _ => None,
+        })
+        .expect("a truncation is synced");
+    raft.handle_log_synced(3, 2, generation, &mut out);
+    raft.handle_message(
+        4,
+        1,
+        answer(2, 1, 0, FetchReply::Entries(vec![entry(2, 2, 3)])),
+        &mut out,
+    );
+    raft.handle_log_synced(5, 4, generation, &mut out);
+    raft.handle_message(6, 1, answer(4, 2, 4, FetchReply::Entries(vec![])), &mut out);
+    assert_eq!((raft.log().end, raft.high_watermark()), (4, 4));
+    out.clear();
+    // The first fetch's answer, sent again.
+    raft.handle_message(7, 1, diverging, &mut out);
+    assert!(
+        !out.iter().any(|c| matches!(c, Command::Truncate { .. })),
+        "{out:?}"
+    );
+    assert_eq!((raft.log().end, raft.high_watermark()), (4, 4));
+}
+
+/// A sync issued before a truncation completes after the truncated offsets were written
+/// again: it made none of the new entries durable, so it credits nothing.
+#[test]
+fn a_sync_from_before_a_truncation_credits_nothing() {
+    let mut raft = follower(2, vec![(1, 0)], 8);
+    let mut out = Vec::new();
+    raft.handle_message(1, 1, Message::BeginEpoch { epoch: 2 }, &mut out);
+    // Entries of epoch 1 arrive (say, from the previous leader) and their sync is slow.
+    raft.handle_message(
+        2,
+        1,
+        answer(8, 1, 0, FetchReply::Entries(vec![entry(1, 8, 11)])),
+        &mut out,
+    );
+    let old_generation = 0;
+    // The new leader's log diverges at 8: cut, sync the cut, fetch, append epoch 2 entries.
+    raft.handle_message(
+        3,
+        1,
+        answer(
+            12,
+            1,
+            0,
+            FetchReply::Diverging {
+                epoch: 1,
+                end_offset: 8,
+            },
+        ),
+        &mut out,
+    );
+    raft.handle_log_synced(4, 8, old_generation + 1, &mut out);
+    raft.handle_message(
+        5,
+        1,
+        answer(8, 1, 0, FetchReply::Entries(vec![entry(2, 8, 11)])),
+        &mut out,
+    );
+    assert_eq!(raft.log().end, 12);
+    // The slow sync of the first entries completes now.
+    raft.handle_log_synced(6, 12, old_generation, &mut out);
+    assert_eq!(
+        raft.log().synced,
+        8,
+        "the epoch 2 entries are not durable yet"
+    );
 }

@@ -147,11 +147,15 @@ fn encode_message(out: &mut BytesMut, message: &Message) {
         Message::FetchResponse {
             epoch,
             high_watermark,
+            fetch_offset,
+            last_fetched_epoch,
             reply,
         } => {
             out.put_u8(TAG_FETCH_RESPONSE);
             out.put_i32(*epoch);
             out.put_i64(*high_watermark);
+            out.put_i64(*fetch_offset);
+            out.put_i32(*last_fetched_epoch);
             match reply {
                 FetchReply::Entries(entries) => {
                     out.put_u8(REPLY_ENTRIES);
@@ -315,9 +319,11 @@ fn decode_message(buf: &mut Bytes) -> Result<Message, PeerWireError> {
             }
         }
         TAG_FETCH_RESPONSE => {
-            need(buf, 4 + 8 + 1, "a fetch response")?;
+            need(buf, 4 + 8 + 8 + 4 + 1, "a fetch response")?;
             let epoch = buf.get_i32();
             let high_watermark = buf.get_i64();
+            let fetch_offset = buf.get_i64();
+            let last_fetched_epoch = buf.get_i32();
             let reply = match buf.get_u8() {
                 REPLY_ENTRIES => {
                     need(buf, 4, "an entry count")?;
@@ -364,6 +370,8 @@ fn decode_message(buf: &mut Bytes) -> Result<Message, PeerWireError> {
             Message::FetchResponse {
                 epoch,
                 high_watermark,
+                fetch_offset,
+                last_fetched_epoch,
                 reply,
             }
         }
@@ -449,13 +457,24 @@ mod tests {
                     synced_offset,
                 }
             ),
-            (any::<i32>(), any::<i64>(), reply).prop_map(|(epoch, high_watermark, reply)| {
-                Message::FetchResponse {
-                    epoch,
-                    high_watermark,
-                    reply,
-                }
-            }),
+            (
+                any::<i32>(),
+                any::<i64>(),
+                any::<i64>(),
+                any::<i32>(),
+                reply
+            )
+                .prop_map(
+                    |(epoch, high_watermark, fetch_offset, last_fetched_epoch, reply)| {
+                        Message::FetchResponse {
+                            epoch,
+                            high_watermark,
+                            fetch_offset,
+                            last_fetched_epoch,
+                            reply,
+                        }
+                    }
+                ),
             any::<i32>().prop_map(|epoch| Message::TimeoutNow { epoch }),
         ]
     }
