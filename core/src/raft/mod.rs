@@ -525,12 +525,7 @@ impl Raft {
                         }
                         out.push(Command::Send {
                             to: leader,
-                            message: Message::Fetch {
-                                epoch: self.epoch,
-                                fetch_offset: self.log.end,
-                                last_fetched_epoch: self.log.last_epoch(),
-                                synced_offset: self.log.synced,
-                            },
+                            message: self.fetch_message(),
                         });
                     }
                 }
@@ -635,7 +630,7 @@ impl Raft {
     /// The leader's host appended an entry of the current epoch ending at `last_offset`.
     pub fn handle_appended(
         &mut self,
-        now_ms: u64,
+        _now_ms: u64,
         base_offset: Offset,
         last_offset: Offset,
         out: &mut Vec<Command>,
@@ -645,12 +640,14 @@ impl Raft {
         out.push(Command::SyncLog {
             generation: self.truncations,
         });
-        let waiting: Vec<(NodeId, ParkedFetch)> =
-            std::mem::take(&mut self.parked).into_iter().collect();
-        for (id, parked) in waiting {
+        self.answer_parked(out);
+    }
+
+    /// Every fetch held here is answered (something new arrived for it).
+    fn answer_parked(&mut self, out: &mut Vec<Command>) {
+        for (id, parked) in std::mem::take(&mut self.parked) {
             self.send_entries(id, parked.from, parked.last_fetched_epoch, out);
         }
-        let _ = now_ms;
     }
 
     /// The log is synced up to `offset` (the end it had when the sync of `generation` was
@@ -695,11 +692,8 @@ impl Raft {
             .into_iter()
             .partition(|(needs, _)| *needs == durable || needs.epoch < durable.epoch);
         self.held = waiting;
-        for (needs, command) in ready {
-            // A vote answer for an epoch since left behind is still true: send it.
-            let _ = needs;
-            out.push(command);
-        }
+        // A vote answer for an epoch since left behind is still true: it goes too.
+        out.extend(ready.into_iter().map(|(_, command)| command));
         if self.role == Role::Candidate {
             self.maybe_win(now_ms, out);
         }
@@ -899,13 +893,18 @@ impl Raft {
         self.fetch_sent_ms = Some(now_ms);
         out.push(Command::Send {
             to: leader,
-            message: Message::Fetch {
-                epoch: self.epoch,
-                fetch_offset: self.log.end,
-                last_fetched_epoch: self.log.last_epoch(),
-                synced_offset: self.log.synced,
-            },
+            message: self.fetch_message(),
         });
+    }
+
+    /// A fetch from this log's end: its last epoch, and how far it is synced.
+    fn fetch_message(&self) -> Message {
+        Message::Fetch {
+            epoch: self.epoch,
+            fetch_offset: self.log.end,
+            last_fetched_epoch: self.log.last_epoch(),
+            synced_offset: self.log.synced,
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1114,11 +1113,7 @@ impl Raft {
             out.push(Command::Commit {
                 high_watermark: candidate,
             });
-            let waiting: Vec<(NodeId, ParkedFetch)> =
-                std::mem::take(&mut self.parked).into_iter().collect();
-            for (id, parked) in waiting {
-                self.send_entries(id, parked.from, parked.last_fetched_epoch, out);
-            }
+            self.answer_parked(out);
         }
     }
 
