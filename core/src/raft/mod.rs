@@ -762,14 +762,19 @@ impl Raft {
         }
     }
 
-    fn start_pre_vote(&mut self, now_ms: u64, out: &mut Vec<Command>) {
-        self.role = Role::PreCandidate;
+    /// Leaves whatever leader this node followed and campaigns in `role`, its own vote counted.
+    fn begin_campaign(&mut self, role: Role, now_ms: u64, out: &mut Vec<Command>) {
+        self.role = role;
         self.leader = None;
         self.leader_contact_ms = None;
         self.fetch_sent_ms = None;
         self.votes = vec![self.config.id];
         self.reset_election_timer(now_ms);
         out.push(self.role_changed());
+    }
+
+    fn start_pre_vote(&mut self, now_ms: u64, out: &mut Vec<Command>) {
+        self.begin_campaign(Role::PreCandidate, now_ms, out);
         if self.votes.len() >= self.majority() {
             return self.start_election(now_ms, out);
         }
@@ -787,15 +792,9 @@ impl Raft {
     }
 
     fn start_election(&mut self, now_ms: u64, out: &mut Vec<Command>) {
-        self.role = Role::Candidate;
         self.epoch += 1;
         self.voted_for = Some(self.config.id);
-        self.leader = None;
-        self.leader_contact_ms = None;
-        self.fetch_sent_ms = None;
-        self.votes = vec![self.config.id];
-        self.reset_election_timer(now_ms);
-        out.push(self.role_changed());
+        self.begin_campaign(Role::Candidate, now_ms, out);
         self.persist(out);
         let (last_epoch, end_offset) = self.log.synced_tip();
         for to in self.others() {
