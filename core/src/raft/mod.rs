@@ -24,9 +24,8 @@
 //!   last epoch, or the same and an end at least as far). With a majority of pre-votes it
 //!   becomes a candidate: it moves to the next epoch, votes for itself, and asks for votes.
 //!   A voter grants at most one vote per epoch, to a log at least as up to date as its own.
-//!   With a majority the candidate leads, tells everyone (`BeginEpoch`) and, like every new
-//!   leader, must append an entry of its own epoch (the host writes a marker) before anything
-//!   commits: Raft commits only entries of the current term directly.
+//!   With a majority the candidate leads and tells everyone (`BeginEpoch`). A voter alone
+//!   campaigns at once: there is nobody to hear from.
 //! - **Replication by pull.** Followers fetch (`Fetch { fetch_offset, last_fetched_epoch }`);
 //!   the leader checks the pair against its own epochs. If the follower's last epoch ends
 //!   earlier on the leader than the follower's log does, or the leader has no such epoch, the
@@ -38,7 +37,12 @@
 //! - **Commit.** A follower's fetch says how far its log agrees with the leader's and how far
 //!   it is synced. The high watermark is the largest offset a majority has *synced* (or, with
 //!   [`RaftConfig::commit_unsynced`], has in its page cache), counting the leader's own synced
-//!   end, and only once it passes the start of the leader's epoch. It never goes back.
+//!   end, and only once it passes the start of the leader's epoch (Raft commits only entries
+//!   of the current term by counting a majority). What *every* voter holds is committed
+//!   whatever its epoch (Ongaro's thesis, section 3.6.2): so a new leader whose followers are
+//!   all caught up, or a voter alone, commits its predecessors' entries without writing one of
+//!   its own. With a voter down, older entries commit with the new leader's first entry. The
+//!   high watermark never goes back.
 //! - **Long polls.** A fetch the leader cannot answer with anything new waits at the leader
 //!   until an entry is appended, the high watermark moves, or `fetch_wait_ms` passes; that
 //!   answer doubles as the leader's heartbeat.
@@ -221,8 +225,9 @@ pub enum Command {
     Commit {
         high_watermark: Offset,
     },
-    /// This node's role, epoch or leader changed. A node that becomes leader must append an
-    /// entry of its epoch (`handle_appended`) before anything commits.
+    /// This node's role, epoch or leader changed. A new leader commits entries of earlier
+    /// epochs that not every voter holds only once an entry of its own epoch is appended
+    /// (`handle_appended`) and a majority holds it.
     RoleChanged {
         role: Role,
         epoch: Epoch,
@@ -401,6 +406,11 @@ impl Raft {
 
     /// When the engine next needs `handle_tick`.
     pub fn next_deadline_ms(&self) -> u64 {
+        if self.role == Role::Leader && self.progress.is_empty() {
+            // A leader alone has no quorum to lose and no fetch to hold: an idle group of
+            // one costs nothing per tick.
+            return u64::MAX;
+        }
         let mut deadline = self.election_deadline_ms;
         if let Some(sent) = self.fetch_sent_ms {
             deadline = deadline.min(sent + 2 * self.config.fetch_wait_ms);
@@ -411,7 +421,7 @@ impl Raft {
         deadline
     }
 
-    fn is_voter(&self) -> bool {
+    pub fn is_voter(&self) -> bool {
         self.config.voters.contains(&self.config.id)
     }
 
@@ -430,6 +440,11 @@ impl Raft {
     }
 
     fn reset_election_timer(&mut self, now_ms: u64) {
+        if self.is_voter() && self.others().is_empty() {
+            // A voter alone has nobody to hear from: it campaigns at once.
+            self.election_deadline_ms = now_ms;
+            return;
+        }
         let timeout = self.config.election_timeout_ms;
         let jitter = crate::node::node_rng(&mut self.rng) % timeout.max(1);
         self.election_deadline_ms = now_ms + timeout + jitter;
@@ -640,6 +655,10 @@ impl Raft {
         out.push(Command::SyncLog {
             generation: self.truncations,
         });
+        if self.config.commit_unsynced {
+            // The leader's page cache counts: it may complete a quorum now.
+            self.advance_high_watermark(out);
+        }
         self.answer_parked(out);
     }
 
@@ -838,6 +857,8 @@ impl Raft {
                 message: Message::BeginEpoch { epoch: self.epoch },
             });
         }
+        // A voter alone may already hold, synced, what is now committed.
+        self.advance_high_watermark(out);
     }
 
     /// Whether a majority (this leader included) fetched within the election timeout.
@@ -1102,12 +1123,16 @@ impl Raft {
             self.log.synced
         });
         positions.sort_unstable_by(|a, b| b.cmp(a));
-        let candidate = positions[self.majority() - 1];
+        let majority = positions[self.majority() - 1];
         let epoch_start = (self.log.epochs.last())
             .filter(|(e, _)| *e == self.epoch)
             .map(|(_, start)| *start);
-        let ours = epoch_start.is_some_and(|start| candidate > start);
-        if ours && candidate > self.high_watermark {
+        let ours = epoch_start.is_some_and(|start| majority > start);
+        // What every voter holds is committed whatever its epoch (Ongaro's thesis, 3.6.2): a
+        // later leader is a voter, and no voter ever gives up an entry every voter holds.
+        let everyone = *positions.last().expect("the leader counts");
+        let candidate = if ours { majority } else { everyone };
+        if candidate > self.high_watermark {
             self.high_watermark = candidate;
             out.push(Command::Commit {
                 high_watermark: candidate,

@@ -44,6 +44,9 @@ pub(crate) struct Cluster {
     pub(crate) cut: BTreeSet<(NodeId, NodeId)>,
     pub(crate) manual_sync: bool,
     pub(crate) commit_unsynced: bool,
+    /// Whether a new leader appends an entry of its epoch at once (Kafka's control batch);
+    /// without, older entries commit when every voter holds them, or with the next proposal.
+    pub(crate) markers: bool,
     pub(crate) seed: u64,
     pub(crate) printed: Vec<String>,
     /// Every leader seen, by epoch: at most one.
@@ -185,6 +188,7 @@ impl Cluster {
             cut: BTreeSet::new(),
             manual_sync,
             commit_unsynced,
+            markers: true,
             seed,
             printed: Vec::new(),
             leaders: BTreeMap::new(),
@@ -301,8 +305,10 @@ impl Cluster {
                         if let Some(other) = self.leaders.insert(epoch, id) {
                             assert_eq!(other, id, "two leaders in epoch {epoch}");
                         }
-                        // A new leader writes an entry of its epoch (Kafka: a control batch).
-                        self.append(id, 1, "marker", &mut more);
+                        if self.markers {
+                            // A new leader writes an entry of its epoch (Kafka: a control batch).
+                            self.append(id, 1, "marker", &mut more);
+                        }
                     }
                 }
             }

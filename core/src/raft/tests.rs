@@ -52,8 +52,10 @@ proptest! {
         steps in prop::collection::vec(step(), 1..200),
         seed in any::<u64>(),
         manual_sync in any::<bool>(),
+        markers in any::<bool>(),
     ) {
         let mut cluster = Cluster::new(nodes, manual_sync, false, seed);
+        cluster.markers = markers;
         let n = nodes as NodeId;
         for step in steps {
             match step {
@@ -119,7 +121,71 @@ proptest! {
         for (id, host) in &cluster.hosts {
             prop_assert_eq!(&host.log, &leader_log, "n{} holds the leader's log", id);
         }
+        // Every voter holds it all, so all of it is committed, marker or not.
+        let end = leader_log.last().map_or(0, |e| e.last_offset + 1);
+        prop_assert_eq!(cluster.hosts[&leaders[0]].high_watermark, end, "all committed");
     }
+}
+
+/// A voter alone campaigns at once, leads once its vote is durable, and commits the log it
+/// recovered (entries of earlier epochs) without an entry of its own: it is every voter.
+#[test]
+fn a_voter_alone_leads_at_once_and_commits_what_it_recovered() {
+    let config = RaftConfig {
+        id: 1,
+        voters: vec![1],
+        election_timeout_ms: 1_000,
+        fetch_wait_ms: 500,
+        fetch_max_bytes: 1 << 20,
+        commit_unsynced: false,
+        seed: 7,
+    };
+    let persisted = Persisted {
+        epoch: 3,
+        voted_for: Some(1),
+    };
+    let log = LogShape {
+        epochs: vec![(1, 0), (3, 5)],
+        end: 9,
+        synced: 7,
+    };
+    let mut raft = Raft::new(config, persisted, log, 100);
+    assert_eq!(raft.next_deadline_ms(), 100, "nobody to wait for");
+    let mut out = Vec::new();
+    raft.handle_tick(100, &mut out);
+    let vote = Persisted {
+        epoch: 4,
+        voted_for: Some(1),
+    };
+    assert!(out.contains(&Command::PersistVote {
+        epoch: 4,
+        voted_for: Some(1)
+    }));
+    assert_eq!(
+        raft.role(),
+        Role::Candidate,
+        "not before its vote is durable"
+    );
+    out.clear();
+    raft.handle_vote_synced(101, vote, &mut out);
+    assert_eq!(raft.role(), Role::Leader);
+    assert!(
+        out.contains(&Command::Commit { high_watermark: 7 }),
+        "what was synced"
+    );
+    assert_eq!(
+        raft.next_deadline_ms(),
+        u64::MAX,
+        "an idle group of one costs nothing"
+    );
+    out.clear();
+    // The rest of the recovered log is synced (the host's first round): all of it commits.
+    raft.handle_log_synced(102, 9, 0, &mut out);
+    assert_eq!(out, vec![Command::Commit { high_watermark: 9 }]);
+    out.clear();
+    raft.handle_appended(103, 9, 10, &mut out);
+    raft.handle_log_synced(104, 11, 0, &mut out);
+    assert!(out.contains(&Command::Commit { high_watermark: 11 }));
 }
 
 /// `epoch_end` answers as Kafka's `OffsetForLeaderEpoch` does: the largest epoch at or below
