@@ -10,13 +10,15 @@
 //! - [`log`]: the partition log: segments, indexes, recovery.
 //! - [`producers`]: idempotent producers' state per partition (deduplication, sequences).
 //! - [`node`]: the broker state machine: inputs in, outputs out.
-//! - [`raft`]: the Raft engine (KRaft's pull model), knowing nothing of Kafka; not yet wired in.
+//! - [`raft`]: the Raft engine (KRaft's pull model), knowing nothing of Kafka.
+//! - [`partition`]: a partition replica (its Raft group over its log) and the node's votes.
 //! - [`limits`]: every maximum a client can push against, with its reason.
 
 pub mod disk;
 pub mod limits;
 pub mod log;
 pub mod node;
+pub mod partition;
 pub mod producers;
 pub mod protocol;
 pub mod raft;

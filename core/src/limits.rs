@@ -63,3 +63,12 @@ pub const PEER_FRAME_SIZE_MAX_BYTES: usize = 64 * 1024 * 1024;
 /// Entries in one replication answer, at most (the bytes that remain bound it too): a 64 MiB
 /// frame of the smallest Kafka batches (61-byte headers) holds about a million.
 pub const PEER_ENTRIES_PER_MESSAGE_MAX: usize = 1_100_000;
+
+/// Raft groups on one node, at most: one per partition replica, and the metadata quorum's.
+/// Bounds the vote table recovery reads (a count past it is damage, not a table).
+pub const RAFT_GROUPS_PER_NODE_MAX: usize = PARTITIONS_MAX + 1;
+
+/// Bytes of entries one replica fetch answer carries, at most (at least one batch; Kafka's
+/// `replica.fetch.max.bytes` is 1 MiB too): a follower far behind catches up in steps that
+/// keep each frame, and the leader's reads, small.
+pub const REPLICA_FETCH_MAX_BYTES: usize = 1024 * 1024;

@@ -81,6 +81,8 @@ pub enum LogError {
     },
     #[error("a truncation waits for its sync round; nothing can be appended before it")]
     TruncationPending,
+    #[error("a replicated batch does not fit the log: {0}")]
+    Replicated(String),
     #[error("offset {offset} is not where a batch starts")]
     NotABatchBoundary { offset: i64 },
     #[error("offset {offset} is out of range [{log_start_offset}, {log_end_offset}]")]
@@ -856,6 +858,31 @@ impl PartitionLog {
             self.dirty_files.push(active.file);
         }
         Ok((base_offset, header.last_offset()))
+    }
+
+    /// Appends a batch a leader wrote (a follower's append): its base offset and leader
+    /// epoch are already stamped, and must continue the log.
+    pub fn append_replicated(
+        &mut self,
+        disk: &mut dyn Disk,
+        batch: &RecordBatch,
+    ) -> Result<(i64, i64), LogError> {
+        let header = batch.header();
+        if header.base_offset != self.log_end_offset() {
+            return Err(LogError::Replicated(format!(
+                "batch at {}, the log ends at {}",
+                header.base_offset,
+                self.log_end_offset()
+            )));
+        }
+        let epoch = header.partition_leader_epoch;
+        if self.epochs.last().is_some_and(|(e, _)| *e > epoch) {
+            return Err(LogError::Replicated(format!(
+                "leader epoch {epoch} after {}",
+                self.epochs.last().map_or(0, |(e, _)| *e)
+            )));
+        }
+        self.append(disk, batch, epoch)
     }
 
     fn roll(&mut self, disk: &mut dyn Disk, base_offset: i64) -> Result<(), LogError> {

@@ -201,6 +201,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                         }
                     }
                     Output::Halt { reason } => halted = Some(reason),
+                    Output::PeerSend { to, .. } => {
+                        // `keel serve` runs a one-node cluster: there is no peer to reach.
+                        tracing::error!(to, "a frame for a peer this node has no link to");
+                    }
                 }
             }
             if too_slow.is_empty() {

@@ -917,6 +917,14 @@ impl Sim {
                     tracing::debug!(%reason, "node halts");
                     halted = true;
                 }
+                Output::PeerSend { to, .. } => {
+                    // A one-node cluster has no peer: its groups have nobody to send to.
+                    self.checker.violate(
+                        ViolationKind::Protocol,
+                        self.now_ns,
+                        format!("a one-node cluster sent a frame to node {to}"),
+                    );
+                }
             }
         }
         if halted {

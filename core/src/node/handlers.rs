@@ -3,10 +3,11 @@
 use bytes::Bytes;
 
 use super::topics::valid_topic_name;
-use super::{high_watermark, Durability, Instant, Node, ParkedFetch, PlantedBug};
+use super::topics::Topics;
+use super::{Instant, Node, ParkedFetch, PlantedBug};
 use crate::disk::Disk;
 use crate::limits;
-use crate::log::LogError;
+use crate::log::{LogError, PartitionLog};
 use crate::producers::Verdict;
 use crate::protocol::codes;
 use crate::protocol::messages::*;
@@ -15,8 +16,6 @@ use crate::record::{
     split_batches, BatchError, CompressionError, RecordBatch, DECOMPRESSED_BATCH_SIZE_MAX_BYTES,
 };
 
-/// Leader epoch of every partition on a single node: the Raft term, once replication exists.
-pub(super) const LEADER_EPOCH: i32 = 0;
 /// ListOffsets special timestamps.
 const LATEST_TIMESTAMP: i64 = -1;
 const EARLIEST_TIMESTAMP: i64 = -2;
@@ -83,6 +82,36 @@ fn validate_records(
     Ok(batches)
 }
 
+/// A partition's produce result: base offset, log start offset, and what an acks=all answer
+/// waits for (the partition's log id, the offset its high watermark must reach, and the
+/// leader epoch it must still be in).
+type Appended = (i64, i64, Option<(u64, i64, i32)>);
+
+/// A partition this node leads, with its high watermark and leader epoch, checked as Kafka
+/// checks a request's `current_leader_epoch` (-1: the client does not say): an older epoch is
+/// fenced, a newer one not known yet.
+fn led_partition<'a>(
+    topics: &'a mut Topics,
+    topic: &str,
+    partition: i32,
+    current_leader_epoch: i32,
+) -> Result<(&'a mut PartitionLog, i64, i32), i16> {
+    let p = (topics.get(topic, partition)).ok_or(codes::UNKNOWN_TOPIC_OR_PARTITION)?;
+    let log = p.log.as_mut().map_err(|_| codes::KAFKA_STORAGE_ERROR)?;
+    let replica = p.replica.as_ref().ok_or(codes::KAFKA_STORAGE_ERROR)?;
+    let epoch = replica.leader_epoch();
+    if current_leader_epoch >= 0 && current_leader_epoch < epoch {
+        return Err(codes::FENCED_LEADER_EPOCH);
+    }
+    if current_leader_epoch > epoch {
+        return Err(codes::UNKNOWN_LEADER_EPOCH);
+    }
+    if !replica.is_leader() {
+        return Err(codes::NOT_LEADER_OR_FOLLOWER);
+    }
+    Ok((log, replica.high_watermark(), epoch))
+}
+
 impl<D: Disk> Node<D> {
     fn random_uuid(&mut self) -> Uuid {
         super::new_topic_id(&mut self.rng_state, &self.topics)
@@ -128,6 +157,7 @@ impl<D: Disk> Node<D> {
         let files =
             self.topics
                 .create_partitions(&mut self.disk, name, id, partitions, self.config.log)?;
+        self.replicas_missing = true;
         self.extra_dirty_files.extend(files);
         tracing::info!(topic = name, partitions, "created topic");
         Ok(())
@@ -188,26 +218,26 @@ impl<D: Disk> Node<D> {
                     continue;
                 }
             }
+            let voters: Vec<i32> = self.brokers().iter().map(|b| b.node_id).collect();
             let topic = &self.topics.by_name[&name];
             let partitions = topic
                 .partitions
                 .iter()
                 .enumerate()
                 .map(|(index, p)| MetadataResponsePartition {
-                    error_code: if p.log.is_ok() {
-                        codes::NONE
-                    } else {
-                        codes::KAFKA_STORAGE_ERROR
+                    error_code: match &p.replica {
+                        _ if p.log.is_err() => codes::KAFKA_STORAGE_ERROR,
+                        Some(r) if r.leader().is_some() => codes::NONE,
+                        _ => codes::LEADER_NOT_AVAILABLE,
                     },
                     partition_index: index as i32,
-                    leader_id: node_id,
-                    leader_epoch: LEADER_EPOCH,
-                    replica_nodes: vec![node_id],
-                    isr_nodes: if p.log.is_ok() {
-                        vec![node_id]
-                    } else {
-                        Vec::new()
-                    },
+                    leader_id: (p.replica.as_ref()).and_then(|r| r.leader()).unwrap_or(-1),
+                    leader_epoch: p.replica.as_ref().map_or(-1, |r| r.leader_epoch()),
+                    replica_nodes: voters.clone(),
+                    isr_nodes: p
+                        .replica
+                        .as_ref()
+                        .map_or(Vec::new(), |r| r.raft().in_sync()),
                     offline_replicas: if p.log.is_ok() {
                         Vec::new()
                     } else {
@@ -224,13 +254,16 @@ impl<D: Disk> Node<D> {
                 ..Default::default()
             });
         }
-        MetadataResponse {
-            brokers: vec![MetadataResponseBroker {
-                node_id,
-                host: self.config.advertised_host.clone(),
-                port: self.config.advertised_port,
+        let brokers = (self.brokers().into_iter())
+            .map(|b| MetadataResponseBroker {
+                node_id: b.node_id,
+                host: b.host,
+                port: b.port,
                 ..Default::default()
-            }],
+            })
+            .collect();
+        MetadataResponse {
+            brokers,
             cluster_id: Some(self.config.cluster_id.clone()),
             controller_id: node_id,
             topics,
@@ -238,15 +271,18 @@ impl<D: Disk> Node<D> {
         }
     }
 
-    /// Validates and appends; returns the response and whether it must wait for a sync.
+    /// Validates and appends; returns the response and what it must wait for: a sync round
+    /// (acks=1, or a retried batch not yet durable), and commits (acks=all: partition log id,
+    /// offset the high watermark must reach).
     pub(super) fn produce(
         &mut self,
         now: Instant,
         request: &ProduceRequest,
         version: i16,
-    ) -> (ProduceResponse, bool) {
+    ) -> (ProduceResponse, bool, Vec<super::CommitWait>) {
         use crate::protocol::messages::produce_response::*;
         let mut appended = false;
+        let mut commits = Vec::new();
         let mut responses = Vec::new();
         for topic in &request.topic_data {
             let mut partition_responses = Vec::new();
@@ -277,7 +313,16 @@ impl<D: Disk> Node<D> {
                 };
                 match result {
                     Ok((base_offset, log_start_offset, wait)) => {
-                        appended |= wait;
+                        if request.acks == -1 {
+                            commits.extend(wait.map(|(log_id, offset, epoch)| super::CommitWait {
+                                log_id,
+                                offset,
+                                epoch,
+                                at: (responses.len(), partition_responses.len()),
+                            }));
+                        } else {
+                            appended |= wait.is_some();
+                        }
                         response.base_offset = base_offset;
                         response.log_start_offset = log_start_offset;
                     }
@@ -301,6 +346,7 @@ impl<D: Disk> Node<D> {
                 ..Default::default()
             },
             appended,
+            commits,
         )
     }
 
@@ -334,32 +380,40 @@ impl<D: Disk> Node<D> {
         }
     }
 
-    /// Appends a partition's batches. Returns the base offset, the log start offset, and
-    /// whether the answer must wait for a sync (something was appended, or a retried batch
-    /// was recognised whose original is not durable yet).
+    /// Appends a partition's batches as its leader. Returns the base offset, the log start
+    /// offset, and what the answer may wait for: the partition's log id and the offset its
+    /// high watermark must reach (something was appended, or a retried batch was recognised
+    /// that is not committed yet).
     fn append_partition(
         &mut self,
         now: Instant,
         topic: &str,
         partition: i32,
         records: Option<&Bytes>,
-    ) -> Result<(i64, i64, bool), (i16, String)> {
+    ) -> Result<Appended, (i16, String)> {
         let max_message_bytes = self.config.max_message_bytes;
         let expiry_ms = self.config.log.producer_id_expiration_ms;
         let no_dedup = self.config.planted_bug == Some(PlantedBug::NoDedup);
-        let durability = self.config.durability;
-        let Some(log) = self.topics.get_log(topic, partition) else {
+        let Some(p) = self.topics.get(topic, partition) else {
             return Err((
                 codes::UNKNOWN_TOPIC_OR_PARTITION,
                 format!("no partition {topic}-{partition}"),
             ));
         };
-        let log = log.as_mut().map_err(|reason| {
+        let log_id = p.log_id;
+        let log = p.log.as_mut().map_err(|reason| {
             (
                 codes::KAFKA_STORAGE_ERROR,
                 format!("partition offline: {reason}"),
             )
         })?;
+        let Some(replica) = p.replica.as_ref().filter(|r| r.is_leader()) else {
+            return Err((
+                codes::NOT_LEADER_OR_FOLLOWER,
+                format!("this node does not lead {topic}-{partition}"),
+            ));
+        };
+        let (leader_epoch, high_watermark) = (replica.leader_epoch(), replica.high_watermark());
         let batches = validate_records(records, max_message_bytes)?;
         if batches.len() > 1 && batches.iter().any(|b| b.header().has_producer_id()) {
             // One batch per request keeps an idempotent append all or nothing.
@@ -369,7 +423,8 @@ impl<D: Disk> Node<D> {
             ));
         }
         let mut base = None;
-        let mut wait = false;
+        let mut wait = None;
+        let mut appended = Vec::new();
         for batch in &batches {
             match log
                 .producers()
@@ -383,32 +438,42 @@ impl<D: Disk> Node<D> {
                         "a retried batch, already in the log"
                     );
                     base.get_or_insert(base_offset);
-                    wait |= base_offset >= high_watermark(durability, log);
+                    if base_offset >= high_watermark {
+                        wait = Some((log_id, base_offset + 1, leader_epoch));
+                    }
                     continue;
                 }
                 Verdict::Duplicate { .. } | Verdict::Append => {}
             }
-            match log.append(&mut self.disk, batch, LEADER_EPOCH) {
-                Ok((base_offset, _)) => {
+            match log.append(&mut self.disk, batch, leader_epoch) {
+                Ok((base_offset, last_offset)) => {
                     let mut header = *batch.header();
                     header.base_offset = base_offset;
                     let seen_ms = now.as_millis().max(header.max_timestamp);
                     log.producers_mut().record(&header, seen_ms, expiry_ms);
                     base.get_or_insert(base_offset);
-                    wait = true;
-                    if durability == Durability::Replicated {
-                        // The high watermark is the log end: it just moved.
-                        self.data_version += 1;
-                    }
+                    wait = Some((log_id, last_offset + 1, leader_epoch));
+                    appended.push((base_offset, last_offset));
                 }
-                Err(e) => return Err((codes::KAFKA_STORAGE_ERROR, e.to_string())),
+                Err(e) => {
+                    // Batches appended before this one are the leader's to replicate still.
+                    self.replica_appended(now, log_id, &appended);
+                    return Err((codes::KAFKA_STORAGE_ERROR, e.to_string()));
+                }
             }
         }
-        Ok((
-            base.expect("at least one batch"),
-            log.log_start_offset(),
-            wait,
-        ))
+        let log_start_offset = log.log_start_offset();
+        self.replica_appended(now, log_id, &appended);
+        Ok((base.expect("at least one batch"), log_start_offset, wait))
+    }
+
+    /// The leader of `log_id` appended these batches: its group replicates and commits them.
+    fn replica_appended(&mut self, now: Instant, log_id: u64, batches: &[(i64, i64)]) {
+        for (base, last) in batches.iter().copied() {
+            self.drive_replica(now, log_id, |raft, ms, out| {
+                raft.handle_appended(ms, base, last, out)
+            });
+        }
     }
 
     /// InitProducerId for idempotent producers: a new id at epoch 0, or, for a client that
@@ -495,27 +560,26 @@ impl<D: Disk> Node<D> {
                     records: Some(Bytes::new()),
                     ..Default::default()
                 };
-                let durability = self.config.durability;
-                let log = name
-                    .as_deref()
-                    .and_then(|n| self.topics.get_log(n, p.partition));
-                match log {
-                    None => {
+                let led = match name.as_deref() {
+                    Some(n) => {
+                        led_partition(&mut self.topics, n, p.partition, p.current_leader_epoch)
+                    }
+                    None => Err(codes::UNKNOWN_TOPIC_OR_PARTITION),
+                };
+                match led {
+                    Err(codes::UNKNOWN_TOPIC_OR_PARTITION) => {
                         data.error_code = if version >= 13 {
                             codes::UNKNOWN_TOPIC_ID
                         } else {
                             codes::UNKNOWN_TOPIC_OR_PARTITION
                         };
                     }
-                    Some(Err(_)) => data.error_code = codes::KAFKA_STORAGE_ERROR,
-                    Some(Ok(log)) => {
-                        let high_watermark = high_watermark(durability, log);
+                    Err(code) => data.error_code = code,
+                    Ok((log, high_watermark, _)) => {
                         data.high_watermark = high_watermark;
                         data.last_stable_offset = high_watermark;
                         data.log_start_offset = log.log_start_offset();
-                        if p.current_leader_epoch > LEADER_EPOCH {
-                            data.error_code = codes::UNKNOWN_LEADER_EPOCH;
-                        } else {
+                        {
                             let max_bytes = (p.partition_max_bytes.max(0) as usize).min(bytes_left);
                             // KIP-74: the first partition with data returns at least one batch.
                             let at_least_one = total_bytes == 0;
@@ -575,7 +639,6 @@ impl<D: Disk> Node<D> {
         version: i16,
     ) -> ListOffsetsResponse {
         use crate::protocol::messages::list_offsets_response::*;
-        let durability = self.config.durability;
         let mut topics = Vec::new();
         for topic in &request.topics {
             let mut partitions = Vec::new();
@@ -584,12 +647,11 @@ impl<D: Disk> Node<D> {
                     partition_index: p.partition_index,
                     ..Default::default()
                 };
-                match self.topics.get_log(&topic.name, p.partition_index) {
-                    None => response.error_code = codes::UNKNOWN_TOPIC_OR_PARTITION,
-                    Some(Err(_)) => response.error_code = codes::KAFKA_STORAGE_ERROR,
-                    Some(Ok(log)) => {
-                        let high_watermark = high_watermark(durability, log);
-                        response.leader_epoch = LEADER_EPOCH;
+                let current = p.current_leader_epoch;
+                match led_partition(&mut self.topics, &topic.name, p.partition_index, current) {
+                    Err(code) => response.error_code = code,
+                    Ok((log, high_watermark, leader_epoch)) => {
+                        response.leader_epoch = leader_epoch;
                         let storage_error = |e: LogError| {
                             tracing::error!(error = %e, "list offsets read failed");
                             codes::KAFKA_STORAGE_ERROR
@@ -835,6 +897,7 @@ impl<D: Disk> Node<D> {
                 Ok(()) if request.validate_only => {}
                 Ok(()) => {
                     let id = self.topics.by_name[&topic.name].id;
+                    self.replicas_missing = true;
                     match self.topics.create_partitions(
                         &mut self.disk,
                         &topic.name,
@@ -1003,12 +1066,14 @@ impl<D: Disk> Node<D> {
         DescribeClusterResponse {
             cluster_id: self.config.cluster_id.clone(),
             controller_id: self.config.node_id,
-            brokers: vec![DescribeClusterBroker {
-                broker_id: self.config.node_id,
-                host: self.config.advertised_host.clone(),
-                port: self.config.advertised_port,
-                ..Default::default()
-            }],
+            brokers: (self.brokers().into_iter())
+                .map(|b| DescribeClusterBroker {
+                    broker_id: b.node_id,
+                    host: b.host,
+                    port: b.port,
+                    ..Default::default()
+                })
+                .collect(),
             ..Default::default()
         }
     }
@@ -1026,22 +1091,20 @@ impl<D: Disk> Node<D> {
                     partition: p.partition,
                     ..Default::default()
                 };
-                match self.topics.get_log(&topic.topic, p.partition) {
-                    None => result.error_code = codes::UNKNOWN_TOPIC_OR_PARTITION,
-                    Some(Err(_)) => result.error_code = codes::KAFKA_STORAGE_ERROR,
-                    Some(Ok(_)) if p.current_leader_epoch > LEADER_EPOCH => {
-                        result.error_code = codes::UNKNOWN_LEADER_EPOCH
-                    }
-                    Some(Ok(log)) => {
-                        // From the log's epoch cache; an empty log is all in the current
-                        // epoch. An epoch older than any the log has gets -1 and -1, as Kafka
-                        // answers it.
+                let current = p.current_leader_epoch;
+                match led_partition(&mut self.topics, &topic.topic, p.partition, current) {
+                    Err(code) => result.error_code = code,
+                    Ok((log, _, leader_epoch)) => {
+                        // From the log's epoch cache, as Kafka answers: the current epoch
+                        // ends at the log end (whether or not the log holds a batch of it);
+                        // an epoch older than any the log has, or later than the current
+                        // one, gets -1 and -1.
                         let found = match log.epoch_end(p.leader_epoch) {
-                            Some(found) => Some(found),
-                            None if log.epochs().is_empty() && p.leader_epoch >= LEADER_EPOCH => {
-                                Some((LEADER_EPOCH, log.log_end_offset()))
+                            _ if p.leader_epoch == leader_epoch => {
+                                Some((leader_epoch, log.log_end_offset()))
                             }
-                            None => None,
+                            _ if p.leader_epoch > leader_epoch => None,
+                            found => found,
                         };
                         (result.leader_epoch, result.end_offset) = found.unwrap_or((-1, -1));
                     }

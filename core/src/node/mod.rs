@@ -15,6 +15,7 @@
 
 mod handlers;
 mod producer_ids;
+mod replication;
 mod topics;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -24,10 +25,13 @@ use bytes::{Bytes, BytesMut};
 use crate::disk::{Disk, DiskError, FileId};
 use crate::limits;
 use crate::log::LogConfig;
+use crate::partition::votes::VoteStore;
 use crate::protocol::codec::{encode_response, parse_request, ParsedRequest};
 use crate::protocol::frame::FrameDecoder;
 use crate::protocol::messages::api_versions_response::ApiVersion;
 use crate::protocol::{negotiate, ApiKey, Request, RequestHeader, Response};
+use crate::raft::wire::GroupId;
+use crate::raft::{Message, NodeId, Persisted};
 
 pub use topics::RecoveryEvent;
 use topics::Topics;
@@ -63,6 +67,12 @@ pub enum Input<'a> {
     ConnClosed {
         conn: ConnId,
     },
+    /// A frame from another node (Raft messages of any number of groups); the node decodes
+    /// and verifies it.
+    PeerMessage {
+        from: NodeId,
+        bytes: &'a [u8],
+    },
     /// A deadline passed (a spurious one is a no-op).
     Timeout,
     Synced {
@@ -82,6 +92,11 @@ pub enum Output {
     ConnClose {
         conn: ConnId,
         reason: String,
+    },
+    /// A frame for another node (every group's messages to it from one step).
+    PeerSend {
+        to: NodeId,
+        bytes: Bytes,
     },
     /// A durability barrier for `file`; answer with `Input::Synced { token, .. }`.
     Sync {
@@ -121,11 +136,23 @@ pub struct Config {
     pub log: LogConfig,
     /// Seeds the node's PRNG (topic ids).
     pub seed: u64,
+    /// The nodes of a static cluster, this one included: each is a replica of every partition
+    /// (every partition a Raft group over them all). Empty: this node alone (a group of one).
+    /// The metadata quorum will replace it with assignments per partition.
+    pub cluster: Vec<Broker>,
     /// A bug planted on purpose, so the simulator can prove its checkers catch it. Only the
     /// simulator sets it: the `keel` binary builds its config from `..Config::default()` and
     /// has no flag or key that reaches it (`tests/tests/purity.rs` checks that `net/` never
     /// names it).
     pub planted_bug: Option<PlantedBug>,
+}
+
+/// A node of the cluster and where clients reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broker {
+    pub node_id: i32,
+    pub host: String,
+    pub port: i32,
 }
 
 /// How long recovery points may lag the synced end before a round is started only to write
@@ -148,7 +175,8 @@ pub enum PlantedBug {
     /// crash can still take back.
     FetchPastHighWatermark,
     /// Answer a write when the sync round already in flight completes, although the round
-    /// was issued before the write and does not cover it.
+    /// was issued before the write and does not cover it: acks=1 waits for that round, and
+    /// every group is told its whole log is synced when it completes (acks=all, consumers).
     AckWrongRound,
     /// Recovery cuts a bad batch below the recovery point as if it were a torn tail: damage
     /// to synced data loses acknowledged records without a word.
@@ -206,6 +234,7 @@ impl Default for Config {
             partitions_max: crate::limits::PARTITIONS_MAX,
             log: LogConfig::default(),
             seed: 0,
+            cluster: Vec::new(),
             planted_bug: None,
         }
     }
@@ -240,8 +269,25 @@ enum Slot {
     Ready(Option<Bytes>),
     /// Ready once sync round `round` completes.
     AwaitSync { round: u64, response: Option<Bytes> },
+    /// An acks=all produce, answered once each partition it appended to has committed up
+    /// to its offset, or lost the leadership it appended in (that partition's answer is then
+    /// NOT_LEADER_OR_FOLLOWER: the write may be gone).
+    AwaitCommit {
+        waits: Vec<CommitWait>,
+        correlation_id: i32,
+        version: i16,
+        response: crate::protocol::messages::ProduceResponse,
+    },
     /// A Fetch waiting for data or its deadline.
     AwaitFetch,
+    /// A Metadata request that created topics, answered again once sync round `round`
+    /// completes (their leaders elected).
+    MetadataAfterRound {
+        round: u64,
+        correlation_id: i32,
+        version: i16,
+        request: crate::protocol::messages::MetadataRequest,
+    },
     /// The answer could not be built: once everything before it is sent, the connection is
     /// closed (a client waiting for an answer that never comes would wait forever).
     Close(String),
@@ -252,6 +298,18 @@ struct Conn {
     frames: FrameDecoder,
     slots: VecDeque<(u64, Slot)>,
     next_slot: u64,
+}
+
+/// What an acks=all produce waits for in one partition.
+#[derive(Debug)]
+struct CommitWait {
+    log_id: u64,
+    /// The high watermark must reach this.
+    offset: i64,
+    /// In the leader epoch the batch was appended in.
+    epoch: i32,
+    /// Where the partition's answer is in the response: (topic, partition) indexes.
+    at: (usize, usize),
 }
 
 /// A Fetch waiting for `min_bytes` or its deadline.
@@ -276,6 +334,8 @@ struct Round {
     ends: Vec<topics::SyncEnd>,
     /// The producer ids recorded when the round began: durable once it completes.
     producer_ids_end: i64,
+    /// The votes (epochs and votes of Raft groups) the round makes durable.
+    votes: Vec<(GroupId, Persisted)>,
 }
 
 pub struct Node<D: Disk> {
@@ -312,6 +372,17 @@ pub struct Node<D: Disk> {
     data_version: u64,
     rng_state: u64,
     producer_ids: producer_ids::ProducerIds,
+    /// Every Raft group's epoch and vote.
+    votes: VoteStore,
+    /// Each group's next deadline (ms, log id), and the deadline filed for each log id.
+    raft_timers: BTreeSet<(u64, u64)>,
+    raft_timer_of: BTreeMap<u64, u64>,
+    /// Raft messages waiting for the end of the step, by peer.
+    peer_outbox: BTreeMap<NodeId, Vec<(GroupId, Message)>>,
+    /// `data_version` when requests waiting for commits were last checked.
+    commit_checked_version: u64,
+    /// Partitions were created that have no Raft group yet.
+    replicas_missing: bool,
 }
 
 impl<D: Disk> Node<D> {
@@ -321,11 +392,10 @@ impl<D: Disk> Node<D> {
     pub fn new(config: Config, mut disk: D) -> Result<(Node<D>, Vec<RecoveryEvent>), NodeError> {
         let log_config = LogConfig {
             planted_cut_synced: config.planted_bug == Some(PlantedBug::CutSynced),
-            // One node, one epoch so far: anything later on the disk is damage.
-            leader_epoch_max: handlers::LEADER_EPOCH,
             ..config.log
         };
-        let (topics, events) = Topics::recover(&mut disk, log_config)?;
+        let votes = VoteStore::recover(&mut disk)?;
+        let (topics, events) = Topics::recover(&mut disk, log_config, &votes)?;
         let producer_ids = producer_ids::ProducerIds::recover(&mut disk, topics.max_producer_id())?;
         let root_dir = disk.open_dir("")?;
         let (starts, starts_file) = count_start(&mut disk)?;
@@ -356,14 +426,36 @@ impl<D: Disk> Node<D> {
             data_version: 0,
             rng_state,
             producer_ids,
+            votes,
+            raft_timers: BTreeSet::new(),
+            raft_timer_of: BTreeMap::new(),
+            peer_outbox: BTreeMap::new(),
+            commit_checked_version: 0,
+            replicas_missing: false,
         };
         let files = node.topics.rewrite_metadata(&mut node.disk)?;
         node.extra_dirty_files.extend(files);
+        // Every group starts as a follower with its timer due at once: a voter alone
+        // campaigns in the first step, and leads once its vote is synced in the first round.
+        node.create_replicas(Instant(0));
         Ok((node, events))
     }
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The cluster's nodes: the configured ones, or this node alone.
+    pub(crate) fn brokers(&self) -> Vec<Broker> {
+        if self.config.cluster.is_empty() {
+            vec![Broker {
+                node_id: self.config.node_id,
+                host: self.config.advertised_host.clone(),
+                port: self.config.advertised_port,
+            }]
+        } else {
+            self.config.cluster.clone()
+        }
     }
 
     /// The disk, for the harness (the simulator crashes it; tests inspect it).
@@ -404,16 +496,20 @@ impl<D: Disk> Node<D> {
                 self.conns.remove(&conn);
                 self.parked.retain(|p| p.conn != conn);
             }
+            Input::PeerMessage { from, bytes } => self.handle_peer_bytes(now, from, bytes),
             Input::Timeout => {}
-            Input::Synced { token, result } => self.handle_synced(token, result, out),
+            Input::Synced { token, result } => self.handle_synced(now, token, result, out),
         }
         if self.halted.is_some() {
             return;
         }
+        self.settle_replicas(now);
         self.expire_producers(now);
+        self.complete_commit_waiters();
         self.complete_parked_fetches(now, false);
         self.maybe_start_round(now, out);
         self.flush(out);
+        self.flush_peers(out);
         if self.serving && self.requests_held {
             // Frames held back (before the first sync round, or behind a full answer queue)
             // are read now that there may be room.
@@ -422,10 +518,22 @@ impl<D: Disk> Node<D> {
             for conn in conns {
                 self.handle_bytes(now, conn, &[], out);
             }
+            self.settle_replicas(now);
+            self.complete_commit_waiters();
             self.complete_parked_fetches(now, false);
             self.maybe_start_round(now, out);
             self.flush(out);
+            self.flush_peers(out);
         }
+    }
+
+    /// Partitions created in this step get their groups, and every group whose deadline
+    /// passed is ticked (a new group alone campaigns at once).
+    fn settle_replicas(&mut self, now: Instant) {
+        if std::mem::take(&mut self.replicas_missing) {
+            self.create_replicas(now);
+        }
+        self.tick_replicas(now);
     }
 
     /// Forgets idle idempotent producers, every [`limits::PRODUCER_EXPIRY_CHECK_INTERVAL_MS`],
@@ -447,10 +555,10 @@ impl<D: Disk> Node<D> {
             return Some(Instant(0));
         }
         let parked = self.parked.iter().map(|p| p.deadline).min();
-        match (parked, self.recovery_point_due) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [parked, self.recovery_point_due, self.next_raft_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Stop serving new requests; answer those in flight and sync everything. The adapter
@@ -469,12 +577,13 @@ impl<D: Disk> Node<D> {
             && self.round.is_none()
             && self.extra_dirty_files.is_empty()
             && !self.topics.needs_sync()
+            && !self.votes.needs_sync()
             && self.conns.values().all(|c| c.slots.is_empty())
     }
 
     /// Every partition's log end and high watermark, in topic and partition order.
     pub fn partition_offsets(&self) -> Vec<PartitionOffsets> {
-        self.topics.offsets(self.config.durability)
+        self.topics.offsets()
     }
 
     pub fn halted(&self) -> Option<&str> {
@@ -626,18 +735,33 @@ impl<D: Disk> Node<D> {
                 },
             ))?)),
             Request::Metadata(r) => {
-                Slot::Ready(Some(reply(Response::Metadata(self.metadata(&r, version)))?))
+                let created_before = std::mem::take(&mut self.replicas_missing);
+                let response = self.metadata(&r, version);
+                if self.replicas_missing {
+                    // It created topics: answered once the round that makes them durable and
+                    // elects their leaders completes, so that the answer names the leaders
+                    // (Kafka answers LEADER_NOT_AVAILABLE at once, and clients ask again).
+                    Slot::MetadataAfterRound {
+                        round: self.next_round,
+                        correlation_id: header.correlation_id,
+                        version,
+                        request: r,
+                    }
+                } else {
+                    self.replicas_missing = created_before;
+                    Slot::Ready(Some(reply(Response::Metadata(response))?))
+                }
             }
             Request::Produce(r) if self.config.planted_bug == Some(PlantedBug::AckEarly) => {
                 // The planted bug: success is promised first, then the append happens (or
                 // fails), and nobody waits for a sync.
                 let response = self.promise_produce(&r);
-                let _ = self.produce(now, &r, version);
+                let _answer_never_waited_for = self.produce(now, &r, version);
                 Slot::Ready((r.acks != 0).then_some(reply(Response::Produce(response))?))
             }
             Request::Produce(r) => {
                 let acks = r.acks;
-                let (response, waits) = self.produce(now, &r, version);
+                let (response, waits, commits) = self.produce(now, &r, version);
                 if acks == 0 {
                     // A producer with acks=0 reads no answer: Kafka closes its connection
                     // instead, so that it notices something went wrong.
@@ -654,12 +778,28 @@ impl<D: Disk> Node<D> {
                         ));
                     }
                 }
-                let bytes = if acks == 0 {
-                    None
+                if acks == -1 && !commits.is_empty() {
+                    // acks=all: answered once every partition committed what it appended.
+                    // (Checked at the end of this step: it may be committed already.)
+                    self.commit_checked_version = self.data_version.wrapping_sub(1);
+                    Slot::AwaitCommit {
+                        waits: commits,
+                        correlation_id: header.correlation_id,
+                        version,
+                        response,
+                    }
                 } else {
-                    Some(reply(Response::Produce(response))?)
-                };
-                self.slot_after_writes(waits, bytes)
+                    let bytes = if acks == 0 {
+                        None
+                    } else {
+                        Some(reply(Response::Produce(response))?)
+                    };
+                    if acks == -1 {
+                        Slot::Ready(bytes)
+                    } else {
+                        self.slot_after_writes(waits, bytes)
+                    }
+                }
             }
             Request::Fetch(r) => {
                 let max_wait_ms = r.max_wait_ms.max(0) as u64;
@@ -824,7 +964,9 @@ impl<D: Disk> Node<D> {
         if self.round.is_some() {
             return;
         }
-        let data = !self.extra_dirty_files.is_empty() || self.topics.needs_data_sync();
+        let data = !self.extra_dirty_files.is_empty()
+            || self.topics.needs_data_sync()
+            || self.votes.needs_sync();
         if !data {
             let due = match self.recovery_point_due {
                 _ if !self.topics.needs_sync() => None,
@@ -849,6 +991,17 @@ impl<D: Disk> Node<D> {
                 return;
             }
         };
+        let votes = match self.votes.begin_sync(&mut self.disk) {
+            Ok(Some((mut vote_files, votes))) => {
+                files.append(&mut vote_files);
+                votes
+            }
+            Ok(None) => Vec::new(),
+            Err(e) => {
+                self.halt(format!("cannot write the vote table: {e}"), out);
+                return;
+            }
+        };
         if self.config.planted_bug == Some(PlantedBug::SkipFsync) {
             // The planted bug: the round "completes" without a single sync.
             self.extra_dirty_files.clear();
@@ -858,9 +1011,12 @@ impl<D: Disk> Node<D> {
             }
             self.data_version += 1;
             self.producer_ids.synced(self.producer_ids.recorded_end());
+            self.votes_synced(out);
             let id = self.next_round;
             self.next_round += 1;
+            self.replicas_synced(now, &votes, &ends);
             self.complete_round_waiters(id);
+            self.complete_commit_waiters();
             self.serving = true;
             return;
         }
@@ -881,11 +1037,13 @@ impl<D: Disk> Node<D> {
             outstanding,
             ends,
             producer_ids_end: self.producer_ids.recorded_end(),
+            votes,
         });
     }
 
     fn handle_synced(
         &mut self,
+        now: Instant,
         token: SyncToken,
         result: Result<(), DiskError>,
         out: &mut Vec<Output>,
@@ -918,20 +1076,117 @@ impl<D: Disk> Node<D> {
             return;
         }
         self.producer_ids.synced(round.producer_ids_end);
-        // Parked fetches see the new high watermark when `step` re-checks them next.
+        self.votes_synced(out);
+        // Each group hears what is durable now (votes, its log): high watermarks move.
+        self.replicas_synced(now, &round.votes, &round.ends);
+        // Parked fetches and commit waiters see the new high watermarks when `step` checks
+        // them next.
         self.complete_round_waiters(round.id);
+    }
+
+    /// The vote table written in the round that completed is durable: older files go.
+    fn votes_synced(&mut self, out: &mut Vec<Output>) {
+        match self.votes.synced(&mut self.disk) {
+            Ok(false) => {}
+            Ok(true) => self.extra_dirty_files.push(self.root_dir),
+            Err(e) => self.halt(format!("cannot remove an old vote table: {e}"), out),
+        }
+    }
+
+    /// Every request that waited for commits now made (or in partitions since gone) is
+    /// answered.
+    fn complete_commit_waiters(&mut self) {
+        if self.commit_checked_version == self.data_version {
+            return;
+        }
+        self.commit_checked_version = self.data_version;
+        let mut conns = std::mem::take(&mut self.conns);
+        for conn in conns.values_mut() {
+            for (_, slot) in conn.slots.iter_mut() {
+                let Slot::AwaitCommit {
+                    waits,
+                    correlation_id,
+                    version,
+                    response,
+                } = slot
+                else {
+                    continue;
+                };
+                waits.retain(|wait| {
+                    let replica =
+                        (self.topics.by_log_id(wait.log_id)).and_then(|p| p.replica.as_ref());
+                    let Some(replica) = replica else {
+                        // A partition gone (deleted) or offline has nothing left to wait for.
+                        return false;
+                    };
+                    if replica.high_watermark() >= wait.offset {
+                        return false;
+                    }
+                    if replica.leader_epoch() != wait.epoch || !replica.is_leader() {
+                        // Leadership moved before the write committed: a new leader may have
+                        // cut it, and a later commit at the same offset would be another write.
+                        let (t, p) = wait.at;
+                        let answer = &mut response.responses[t].partition_responses[p];
+                        answer.error_code = crate::protocol::codes::NOT_LEADER_OR_FOLLOWER;
+                        answer.error_message =
+                            Some("leadership moved before the write committed".into());
+                        answer.base_offset = -1;
+                        return false;
+                    }
+                    true
+                });
+                if waits.is_empty() {
+                    let response = Response::Produce(std::mem::take(response));
+                    let framed =
+                        frame_response(*correlation_id, ApiKey::Produce, *version, &response);
+                    *slot = match framed {
+                        Ok(bytes) => Slot::Ready(Some(bytes)),
+                        Err(reason) => Slot::Close(reason),
+                    };
+                }
+            }
+        }
+        self.conns = conns;
     }
 
     /// Every request that waited for round `id` (or an earlier one) is answered.
     fn complete_round_waiters(&mut self, id: u64) {
-        for conn in self.conns.values_mut() {
-            for (_, slot) in conn.slots.iter_mut() {
-                if let Slot::AwaitSync { round, response } = slot {
-                    if *round <= id {
+        let mut metadata = Vec::new();
+        for (conn_id, conn) in self.conns.iter_mut() {
+            for (slot_id, slot) in conn.slots.iter_mut() {
+                match slot {
+                    Slot::AwaitSync { round, response } if *round <= id => {
                         *slot = Slot::Ready(response.take());
                     }
+                    Slot::MetadataAfterRound { round, .. } if *round <= id => {
+                        metadata.push((*conn_id, *slot_id));
+                    }
+                    _ => {}
                 }
             }
+        }
+        for (conn, slot_id) in metadata {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                continue;
+            };
+            let Some((_, slot)) = c.slots.iter_mut().find(|(id, _)| *id == slot_id) else {
+                continue;
+            };
+            let Slot::MetadataAfterRound {
+                correlation_id,
+                version,
+                request,
+                ..
+            } = std::mem::replace(slot, Slot::AwaitFetch)
+            else {
+                continue;
+            };
+            let response = Response::Metadata(self.metadata(&request, version));
+            let state = match frame_response(correlation_id, ApiKey::Metadata, version, &response) {
+                Ok(bytes) => Slot::Ready(Some(bytes)),
+                Err(reason) => Slot::Close(reason),
+            };
+            self.fill(conn, slot_id, state);
         }
     }
 }
@@ -984,15 +1239,6 @@ fn new_topic_id(state: &mut u64, topics: &Topics) -> crate::protocol::wire::Uuid
         if id != crate::protocol::wire::Uuid::default() && topics.name_of(&id).is_none() {
             return id;
         }
-    }
-}
-
-/// The high watermark of a partition log: what consumers may read. Under fsync durability,
-/// only what is synced; otherwise everything appended.
-pub(crate) fn high_watermark(durability: Durability, log: &crate::log::PartitionLog) -> i64 {
-    match durability {
-        Durability::Fsync => log.durable_end_offset(),
-        Durability::Replicated => log.log_end_offset(),
     }
 }
 

@@ -8,7 +8,10 @@ use std::collections::BTreeMap;
 
 use crate::disk::{Disk, DiskError, FileId};
 use crate::log::{LogConfig, LogError, PartitionLog};
+use crate::partition::votes::VoteStore;
+use crate::partition::Replica;
 use crate::protocol::wire::Uuid;
+use crate::raft::wire::GroupId;
 
 const PARTITION_METADATA_FILE: &str = "partition.metadata";
 /// Kafka's limit on topic name length.
@@ -37,10 +40,11 @@ pub enum RecoveryEvent {
     Removed { topic: String },
 }
 
-/// A partition log and the offset a sync round makes durable in it: (topic, partition, log
-/// id, end). The log id tells a log from a later one of the same name (a topic deleted and
-/// created again while the round was in flight), which the round must not touch.
-pub(crate) type SyncEnd = (String, i32, u64, i64);
+/// A partition log and the offset a sync round makes durable in it: (log id, end, the
+/// replica's sync generation). The log id tells a log from a later one of the same name (a
+/// topic deleted and created again while the round was in flight), which the round must not
+/// touch.
+pub(crate) type SyncEnd = (u64, i64, u64);
 
 #[derive(Debug)]
 pub(crate) struct Partition {
@@ -48,6 +52,9 @@ pub(crate) struct Partition {
     pub(crate) log: Result<PartitionLog, String>,
     /// Unique among the logs this node opened or created.
     pub(crate) log_id: u64,
+    /// The partition's Raft group on this node (`None` while offline, or before the node
+    /// made it).
+    pub(crate) replica: Option<Replica>,
 }
 
 #[derive(Debug)]
@@ -60,6 +67,10 @@ pub(crate) struct Topic {
 pub(crate) struct Topics {
     pub(crate) by_name: BTreeMap<String, Topic>,
     next_log_id: u64,
+    /// Where each log id lives: (topic, partition).
+    by_log_id: BTreeMap<u64, (String, i32)>,
+    /// Which log id each Raft group drives.
+    by_group: BTreeMap<GroupId, u64>,
 }
 
 /// Kafka's rule: 1 to 249 characters of [a-zA-Z0-9._-], not "." or "..".
@@ -71,6 +82,14 @@ pub fn valid_topic_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+/// The Raft group of a topic's partition.
+pub(crate) fn group_id(topic_id: &Uuid, partition: i32) -> GroupId {
+    GroupId {
+        topic_id: topic_id.0,
+        partition,
+    }
 }
 
 fn partition_dir(topic: &str, partition: i32) -> String {
@@ -125,6 +144,7 @@ impl Topics {
     pub(crate) fn recover(
         disk: &mut dyn Disk,
         config: LogConfig,
+        votes: &VoteStore,
     ) -> Result<(Topics, Vec<RecoveryEvent>), DiskError> {
         let names = disk.list()?;
         // Group files by partition directory.
@@ -181,8 +201,21 @@ impl Topics {
                 topic.partitions.push(Partition {
                     log,
                     log_id: next_log_id,
+                    replica: None,
                 });
             }
+            // No batch can carry an epoch later than the latest this partition's group voted
+            // in (unknown if it never voted: a log older than the vote table, or its entry lost).
+            let leader_epoch_max = match id {
+                Some(id) => votes
+                    .epoch_of(&group_id(&id, partition))
+                    .unwrap_or(i32::MAX),
+                None => i32::MAX,
+            };
+            let config = LogConfig {
+                leader_epoch_max,
+                ..config
+            };
             let log = match PartitionLog::recover(disk, &dir, &files, config) {
                 Ok((log, report)) => {
                     events.push(RecoveryEvent::Recovered {
@@ -208,6 +241,7 @@ impl Topics {
             topic.partitions.push(Partition {
                 log,
                 log_id: next_log_id,
+                replica: None,
             });
         }
         topics.next_log_id = next_log_id;
@@ -235,6 +269,7 @@ impl Topics {
             });
             events.push(RecoveryEvent::Removed { topic: name });
         }
+        topics.reindex();
         Ok((topics, events))
     }
 
@@ -282,15 +317,64 @@ impl Topics {
             topic.partitions.push(Partition {
                 log: Ok(log),
                 log_id: self.next_log_id,
+                replica: None,
             });
         }
+        self.reindex();
         Ok(files)
+    }
+
+    /// Rebuilds the indexes by log id and by group (after topics come or go).
+    fn reindex(&mut self) {
+        self.by_log_id.clear();
+        self.by_group.clear();
+        for (name, topic) in &self.by_name {
+            for (index, partition) in topic.partitions.iter().enumerate() {
+                let index = index as i32;
+                self.by_log_id
+                    .insert(partition.log_id, (name.clone(), index));
+                self.by_group
+                    .insert(group_id(&topic.id, index), partition.log_id);
+            }
+        }
+    }
+
+    /// The partition with log id `log_id`, and its topic's id.
+    pub(crate) fn by_log_id(&mut self, log_id: u64) -> Option<&mut Partition> {
+        let (name, index) = self.by_log_id.get(&log_id)?;
+        let topic = self.by_name.get_mut(name)?;
+        topic.partitions.get_mut(*index as usize)
+    }
+
+    /// The id of the topic partition `log_id` belongs to.
+    pub(crate) fn topic_id_of(&self, log_id: u64) -> Option<Uuid> {
+        let (name, _) = self.by_log_id.get(&log_id)?;
+        Some(self.by_name.get(name)?.id)
+    }
+
+    /// The partition index of `log_id`.
+    pub(crate) fn index_of(&self, log_id: u64) -> Option<i32> {
+        self.by_log_id.get(&log_id).map(|(_, index)| *index)
+    }
+
+    /// The log id of the partition `group` drives.
+    pub(crate) fn log_id_of(&self, group: &GroupId) -> Option<u64> {
+        self.by_group.get(group).copied()
+    }
+
+    /// Every partition's log id, in topic and partition order.
+    pub(crate) fn log_ids(&self) -> Vec<u64> {
+        self.by_name
+            .values()
+            .flat_map(|t| t.partitions.iter().map(|p| p.log_id))
+            .collect()
     }
 
     pub(crate) fn delete(&mut self, disk: &mut dyn Disk, name: &str) -> Result<(), LogError> {
         let Some(topic) = self.by_name.remove(name) else {
             return Ok(());
         };
+        self.reindex();
         for (index, partition) in topic.partitions.into_iter().enumerate() {
             let dir = partition_dir(name, index as i32);
             if let Ok(log) = partition.log {
@@ -314,9 +398,12 @@ impl Topics {
         topic: &str,
         partition: i32,
     ) -> Option<&mut Result<PartitionLog, String>> {
+        Some(&mut self.get(topic, partition)?.log)
+    }
+
+    pub(crate) fn get(&mut self, topic: &str, partition: i32) -> Option<&mut Partition> {
         let topic = self.by_name.get_mut(topic)?;
-        let partition = topic.partitions.get_mut(usize::try_from(partition).ok()?)?;
-        Some(&mut partition.log)
+        topic.partitions.get_mut(usize::try_from(partition).ok()?)
     }
 
     pub(crate) fn name_of(&self, id: &Uuid) -> Option<&str> {
@@ -346,12 +433,16 @@ impl Topics {
         self.logs().any(|(_, _, log)| log.needs_sync())
     }
 
-    /// Whether a log has data or directory entries to sync (not only a recovery point).
+    /// Whether a log has data or directory entries to sync (not only a recovery point), or
+    /// a replica waits for a sync of its log.
     pub(crate) fn needs_data_sync(&self) -> bool {
         self.logs().any(|(_, _, log)| log.needs_data_sync())
+            || self.by_name.values().any(|t| {
+                (t.partitions.iter()).any(|p| p.replica.as_ref().is_some_and(|r| r.sync_wanted()))
+            })
     }
 
-    pub(crate) fn offsets(&self, durability: super::Durability) -> Vec<super::PartitionOffsets> {
+    pub(crate) fn offsets(&self) -> Vec<super::PartitionOffsets> {
         let mut offsets = Vec::new();
         for (name, topic) in &self.by_name {
             for (i, p) in topic.partitions.iter().enumerate() {
@@ -360,7 +451,7 @@ impl Topics {
                     topic: name.clone(),
                     partition: i as i32,
                     log_end_offset: log.map(PartitionLog::log_end_offset),
-                    high_watermark: log.map(|l| super::high_watermark(durability, l)),
+                    high_watermark: p.replica.as_ref().map(Replica::high_watermark),
                 });
             }
         }
@@ -397,13 +488,18 @@ impl Topics {
     ) -> Result<(Vec<FileId>, Vec<SyncEnd>), LogError> {
         let mut files = Vec::new();
         let mut ends = Vec::new();
-        for (name, topic) in self.by_name.iter_mut() {
-            for (index, partition) in topic.partitions.iter_mut().enumerate() {
+        for topic in self.by_name.values_mut() {
+            for partition in topic.partitions.iter_mut() {
+                let wanted = (partition.replica.as_mut()).is_some_and(|r| r.take_sync_wanted());
                 if let Ok(log) = partition.log.as_mut() {
-                    if log.needs_sync() {
+                    if log.needs_sync() || wanted {
                         let (mut log_files, end) = log.begin_sync(disk)?;
                         files.append(&mut log_files);
-                        ends.push((name.clone(), index as i32, partition.log_id, end));
+                        let generation = partition
+                            .replica
+                            .as_ref()
+                            .map_or(0, |r| r.sync_generation());
+                        ends.push((partition.log_id, end, generation));
                     }
                 }
             }
@@ -416,17 +512,10 @@ impl Topics {
         disk: &mut dyn Disk,
         ends: &[SyncEnd],
     ) -> Result<(), LogError> {
-        for (name, partition, log_id, end) in ends {
-            let Some(p) = self
-                .by_name
-                .get_mut(name)
-                .and_then(|t| t.partitions.get_mut(usize::try_from(*partition).ok()?))
-            else {
+        for (log_id, end, _) in ends {
+            let Some(p) = self.by_log_id(*log_id) else {
                 continue;
             };
-            if p.log_id != *log_id {
-                continue;
-            }
             if let Ok(log) = p.log.as_mut() {
                 log.complete_sync(disk, *end)?;
             }

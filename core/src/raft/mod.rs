@@ -404,6 +404,23 @@ impl Raft {
         &self.log
     }
 
+    /// The replicas in sync, as this node knows them: a leader counts itself and every
+    /// follower whose log matched its high watermark at the last fetch (Kafka's ISR, without
+    /// `replica.lag.time.max.ms` yet); a follower names its leader.
+    pub fn in_sync(&self) -> Vec<NodeId> {
+        if self.role != Role::Leader {
+            return self.leader.into_iter().collect();
+        }
+        let mut nodes = vec![self.config.id];
+        nodes.extend(
+            (self.progress.iter())
+                .filter(|(_, p)| p.last_fetch_ms.is_some() && p.matched >= self.high_watermark)
+                .map(|(id, _)| *id),
+        );
+        nodes.sort_unstable();
+        nodes
+    }
+
     /// When the engine next needs `handle_tick`.
     pub fn next_deadline_ms(&self) -> u64 {
         if self.role == Role::Leader && self.progress.is_empty() {
@@ -440,8 +457,9 @@ impl Raft {
     }
 
     fn reset_election_timer(&mut self, now_ms: u64) {
-        if self.is_voter() && self.others().is_empty() {
-            // A voter alone has nobody to hear from: it campaigns at once.
+        if self.role == Role::Follower && self.is_voter() && self.others().is_empty() {
+            // A voter alone has nobody to hear from: it campaigns at once (a campaign that
+            // waits for its vote to be durable tries again after a timeout).
             self.election_deadline_ms = now_ms;
             return;
         }

@@ -1,0 +1,230 @@
+//! The node's side of replication: a Raft group per partition, driven by the node's inputs
+//! (peer messages, timers, sync rounds, appends) and performing the engine's commands
+//! through [`Replica::apply`]. Messages leave coalesced: every group's messages for one peer
+//! in a step travel in one frame.
+//!
+//! Timers cost nothing for idle groups: each group's next deadline sits in one ordered set,
+//! and only groups whose deadline passed are ticked.
+
+use crate::disk::Disk;
+use crate::limits;
+use crate::partition::{Effects, Replica};
+use crate::raft::wire::{self, GroupId, PeerFrame};
+use crate::raft::{Command, NodeId, Persisted, Raft, RaftConfig};
+
+use super::topics::group_id;
+use super::{Durability, Instant, Node, Output};
+
+/// A follower that hears nothing from its leader for this long (one to two times it)
+/// campaigns; a leader not fetched from by a majority for this long resigns.
+pub const ELECTION_TIMEOUT_MS: u64 = 1_000;
+/// How long a leader holds a follower's fetch that has nothing new (its heartbeat).
+pub const REPLICA_FETCH_WAIT_MS: u64 = 250;
+
+impl<D: Disk> Node<D> {
+    /// The Raft configuration of a partition's group on this node.
+    fn raft_config(&self, group: &GroupId) -> RaftConfig {
+        let mut seed = self.config.seed ^ u64::from(group.partition as u32);
+        for chunk in group.topic_id.chunks(8) {
+            seed = seed.rotate_left(17) ^ u64::from_be_bytes(chunk.try_into().expect("8 bytes"));
+        }
+        RaftConfig {
+            id: self.config.node_id,
+            voters: self.brokers().iter().map(|b| b.node_id).collect(),
+            election_timeout_ms: ELECTION_TIMEOUT_MS,
+            fetch_wait_ms: REPLICA_FETCH_WAIT_MS,
+            fetch_max_bytes: limits::REPLICA_FETCH_MAX_BYTES,
+            commit_unsynced: self.config.durability == Durability::Replicated,
+            seed,
+        }
+    }
+
+    /// Gives every online partition without one its Raft group (after recovery, after a
+    /// topic or partitions were created).
+    pub(super) fn create_replicas(&mut self, now: Instant) {
+        for log_id in self.topics.log_ids() {
+            let Some(topic_id) = self.topics.topic_id_of(log_id) else {
+                continue;
+            };
+            let Some(partition) = self.topics.by_log_id(log_id) else {
+                continue;
+            };
+            if partition.replica.is_some() {
+                continue;
+            }
+            let index = self.topics.index_of(log_id).expect("listed");
+            let group = group_id(&topic_id, index);
+            let config = self.raft_config(&group);
+            let persisted = self.votes.get(&group);
+            let partition = self.topics.by_log_id(log_id).expect("listed");
+            let Ok(log) = partition.log.as_ref() else {
+                continue;
+            };
+            let now_ms = now.as_millis() as u64;
+            partition.replica = Some(Replica::new(group, config, persisted, log, now_ms));
+            self.schedule(log_id);
+        }
+    }
+
+    /// Runs `f` on the Raft engine of partition `log_id` and performs what it commands.
+    pub(super) fn drive_replica(
+        &mut self,
+        now: Instant,
+        log_id: u64,
+        f: impl FnOnce(&mut Raft, u64, &mut Vec<Command>),
+    ) {
+        let now_ms = now.as_millis();
+        let expiry_ms = self.config.log.producer_id_expiration_ms;
+        let Some(partition) = self.topics.by_log_id(log_id) else {
+            return;
+        };
+        let (Ok(log), Some(replica)) = (partition.log.as_mut(), partition.replica.as_mut()) else {
+            return;
+        };
+        let mut commands = Vec::new();
+        f(replica.raft_mut(), now_ms as u64, &mut commands);
+        let mut effects = Effects::default();
+        if let Err(e) = replica.apply(
+            &mut self.disk,
+            log,
+            commands,
+            now_ms,
+            expiry_ms,
+            &mut effects,
+        ) {
+            // The log cannot follow its group: the partition goes offline, as a Kafka log
+            // directory that failed does.
+            tracing::error!(log_id, error = %e, "replica failed; partition offline");
+            partition.log = Err(e.to_string());
+            partition.replica = None;
+            self.data_version += 1;
+        }
+        for (group, persisted) in effects.votes {
+            self.votes.set(group, persisted);
+        }
+        for (to, group, message) in effects.sends {
+            self.peer_outbox
+                .entry(to)
+                .or_default()
+                .push((group, message));
+        }
+        if effects.changed {
+            self.data_version += 1;
+        }
+        self.schedule(log_id);
+    }
+
+    /// Files `log_id`'s next deadline (or none) in the timer set.
+    fn schedule(&mut self, log_id: u64) {
+        if let Some(old) = self.raft_timer_of.remove(&log_id) {
+            self.raft_timers.remove(&(old, log_id));
+        }
+        let deadline = (self.topics.by_log_id(log_id))
+            .and_then(|p| p.replica.as_ref())
+            .map(|r| r.raft().next_deadline_ms())
+            .filter(|d| *d != u64::MAX);
+        if let Some(deadline) = deadline {
+            self.raft_timers.insert((deadline, log_id));
+            self.raft_timer_of.insert(log_id, deadline);
+        }
+    }
+
+    /// The earliest Raft deadline of any group.
+    pub(super) fn next_raft_deadline(&self) -> Option<Instant> {
+        let (ms, _) = self.raft_timers.first()?;
+        Some(Instant::from_millis(*ms))
+    }
+
+    /// Ticks every group whose deadline passed.
+    pub(super) fn tick_replicas(&mut self, now: Instant) {
+        let now_ms = now.as_millis() as u64;
+        // Each group due is ticked once (a tick may file a deadline that is already due).
+        let mut due = Vec::new();
+        while let Some(&(deadline, log_id)) = self.raft_timers.first() {
+            if deadline > now_ms {
+                break;
+            }
+            self.raft_timers.pop_first();
+            self.raft_timer_of.remove(&log_id);
+            due.push(log_id);
+        }
+        for log_id in due {
+            self.drive_replica(now, log_id, |raft, ms, out| raft.handle_tick(ms, out));
+        }
+    }
+
+    /// A sync round that carried votes and logs completed: each group hears what is now
+    /// durable.
+    pub(super) fn replicas_synced(
+        &mut self,
+        now: Instant,
+        votes: &[(GroupId, Persisted)],
+        ends: &[super::topics::SyncEnd],
+    ) {
+        for (group, persisted) in votes {
+            if let Some(log_id) = self.topics.log_id_of(group) {
+                let persisted = *persisted;
+                self.drive_replica(now, log_id, |raft, ms, out| {
+                    raft.handle_vote_synced(ms, persisted, out)
+                });
+            }
+        }
+        let mut ends = ends.to_vec();
+        if self.config.planted_bug == Some(super::PlantedBug::AckWrongRound) {
+            // The planted bug: the round credits every log with everything written so far,
+            // although it was issued before the latest writes (and perhaps for other logs).
+            ends = (self.topics.log_ids().into_iter())
+                .filter_map(|log_id| {
+                    let p = self.topics.by_log_id(log_id)?;
+                    let end = p.log.as_ref().ok()?.log_end_offset();
+                    Some((log_id, end, p.replica.as_ref()?.sync_generation()))
+                })
+                .collect();
+        }
+        for (log_id, end, generation) in ends {
+            self.drive_replica(now, log_id, |raft, ms, out| {
+                raft.handle_log_synced(ms, end, generation, out)
+            });
+        }
+    }
+
+    /// A frame from a peer: each message goes to its group. A frame that does not decode
+    /// is dropped (the peer's connection is the adapter's to close).
+    pub(super) fn handle_peer_bytes(&mut self, now: Instant, from: NodeId, bytes: &[u8]) {
+        let frame = match wire::decode(bytes::Bytes::copy_from_slice(bytes)) {
+            Ok(frame) => frame,
+            Err(e) => {
+                tracing::warn!(from, error = %e, "undecodable peer frame dropped");
+                return;
+            }
+        };
+        if frame.from != from || frame.to != self.config.node_id {
+            tracing::warn!(
+                from,
+                frame.from,
+                frame.to,
+                "misaddressed peer frame dropped"
+            );
+            return;
+        }
+        for (group, message) in frame.messages {
+            if let Some(log_id) = self.topics.log_id_of(&group) {
+                self.drive_replica(now, log_id, |raft, ms, out| {
+                    raft.handle_message(ms, from, message, out)
+                });
+            }
+        }
+    }
+
+    /// Sends what groups queued for each peer, one frame per peer.
+    pub(super) fn flush_peers(&mut self, out: &mut Vec<Output>) {
+        let from = self.config.node_id;
+        for (to, messages) in std::mem::take(&mut self.peer_outbox) {
+            let frame = PeerFrame { from, to, messages };
+            out.push(Output::PeerSend {
+                to,
+                bytes: wire::encode(&frame),
+            });
+        }
+    }
+}

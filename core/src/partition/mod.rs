@@ -1,0 +1,221 @@
+//! A partition replica: the partition's Raft group, driving its log.
+//!
+//! The partition log *is* the Raft log: a record batch is an entry, the batch header's
+//! partition leader epoch is the Raft epoch, the engine's commit index is the high watermark.
+//! [`Replica`] holds the engine and what the node needs to know of it (the high watermark, the
+//! sync generation); [`Replica::apply`] performs the engine's commands on the log and hands
+//! the rest (messages, votes to persist) to the node as [`Effects`]. A node alone is a group of
+//! one voter: the same path, with nothing to send.
+
+pub mod votes;
+
+use bytes::Bytes;
+
+use crate::disk::Disk;
+use crate::log::{LogError, PartitionLog};
+use crate::raft::wire::GroupId;
+use crate::raft::{Command, Entry, FetchReply, Message, NodeId, Persisted, Raft, RaftConfig, Role};
+use crate::record::{split_batches, RecordBatch};
+
+/// What applying commands leaves for the node to do.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Messages for other nodes.
+    pub sends: Vec<(NodeId, GroupId, Message)>,
+    /// Epochs and votes to make durable (then `Raft::handle_vote_synced`).
+    pub votes: Vec<(GroupId, Persisted)>,
+    /// The high watermark or the role moved: waiting requests may now be answered.
+    pub changed: bool,
+}
+
+#[derive(Debug)]
+pub struct Replica {
+    pub group: GroupId,
+    raft: Raft,
+    high_watermark: i64,
+    /// The generation the engine's last `SyncLog` named: the next sync round reports to it.
+    sync_generation: u64,
+    /// The engine asked for a sync (the log may have nothing else to sync).
+    sync_wanted: bool,
+}
+
+impl Replica {
+    /// The group of `log`, starting from what it `persisted`. A log with a later epoch than the
+    /// vote table knows (the table lost, or a planted `skip-fsync`) starts in that epoch, with
+    /// its vote counted as cast for itself: the epoch must never go back below the log's, and a
+    /// vote it may have cast in that epoch must not be cast again for another. (It cannot know
+    /// what it voted in later epochs with no entries: a cluster must rebuild such a replica.)
+    pub fn new(
+        group: GroupId,
+        config: RaftConfig,
+        persisted: Persisted,
+        log: &PartitionLog,
+        now_ms: u64,
+    ) -> Replica {
+        let shape = log.shape();
+        let mut persisted = persisted;
+        if shape.last_epoch() > persisted.epoch {
+            tracing::warn!(
+                ?group,
+                log_epoch = shape.last_epoch(),
+                persisted.epoch,
+                "the log is ahead of the vote table"
+            );
+            persisted = Persisted {
+                epoch: shape.last_epoch(),
+                voted_for: Some(config.id),
+            };
+        }
+        Replica {
+            group,
+            raft: Raft::new(config, persisted, shape, now_ms),
+            high_watermark: 0,
+            sync_generation: 0,
+            sync_wanted: false,
+        }
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub fn raft_mut(&mut self) -> &mut Raft {
+        &mut self.raft
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.role() == Role::Leader
+    }
+
+    /// The leader epoch: the Raft epoch.
+    pub fn leader_epoch(&self) -> i32 {
+        self.raft.epoch()
+    }
+
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.leader()
+    }
+
+    /// What consumers may read: committed offsets.
+    pub fn high_watermark(&self) -> i64 {
+        self.high_watermark
+    }
+
+    pub fn sync_generation(&self) -> u64 {
+        self.sync_generation
+    }
+
+    /// Whether the engine waits for a sync of the log (whether or not it was written).
+    pub fn take_sync_wanted(&mut self) -> bool {
+        std::mem::take(&mut self.sync_wanted)
+    }
+
+    pub fn sync_wanted(&self) -> bool {
+        self.sync_wanted
+    }
+
+    /// Performs the engine's `commands` on `log`; what only the node can do goes to
+    /// `effects`. A log error stops at the failing command (the node takes the partition
+    /// offline or halts).
+    pub fn apply(
+        &mut self,
+        disk: &mut dyn Disk,
+        log: &mut PartitionLog,
+        commands: Vec<Command>,
+        now_ms: i64,
+        producer_expiry_ms: i64,
+        effects: &mut Effects,
+    ) -> Result<(), LogError> {
+        for command in commands {
+            match command {
+                Command::Send { to, message } => effects.sends.push((to, self.group, message)),
+                Command::SendEntries {
+                    to,
+                    epoch,
+                    high_watermark,
+                    from,
+                    last_fetched_epoch,
+                    max_bytes,
+                } => {
+                    let entries = read_entries(disk, log, from, max_bytes)?;
+                    let message = Message::FetchResponse {
+                        epoch,
+                        high_watermark,
+                        fetch_offset: from,
+                        last_fetched_epoch,
+                        reply: FetchReply::Entries(entries),
+                    };
+                    effects.sends.push((to, self.group, message));
+                }
+                Command::PersistVote { epoch, voted_for } => {
+                    effects
+                        .votes
+                        .push((self.group, Persisted { epoch, voted_for }));
+                }
+                Command::Append { entries } => {
+                    for entry in entries {
+                        let batch = RecordBatch::parse(entry.payload)
+                            .map_err(|e| LogError::Replicated(e.to_string()))?;
+                        let (_, last) = log.append_replicated(disk, &batch)?;
+                        if last != entry.last_offset {
+                            return Err(LogError::Replicated(format!(
+                                "batch ends at {last}, the entry at {}",
+                                entry.last_offset
+                            )));
+                        }
+                        let seen_ms = now_ms.max(batch.header().max_timestamp);
+                        let header = *batch.header();
+                        log.producers_mut()
+                            .record(&header, seen_ms, producer_expiry_ms);
+                    }
+                }
+                Command::Truncate { offset } => log.truncate_to(disk, offset)?,
+                Command::SyncLog { generation } => {
+                    self.sync_generation = generation;
+                    self.sync_wanted = true;
+                }
+                Command::Commit { high_watermark } => {
+                    debug_assert!(high_watermark >= self.high_watermark, "never goes back");
+                    self.high_watermark = high_watermark;
+                    effects.changed = true;
+                }
+                Command::RoleChanged {
+                    role,
+                    epoch,
+                    leader,
+                } => {
+                    tracing::debug!(group = ?self.group, ?role, epoch, ?leader, "role changed");
+                    effects.changed = true;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whole batches of `log` from `from` (at least one, then up to `max_bytes`), as entries.
+fn read_entries(
+    disk: &mut dyn Disk,
+    log: &mut PartitionLog,
+    from: i64,
+    max_bytes: usize,
+) -> Result<Vec<Entry>, LogError> {
+    let end = log.log_end_offset();
+    let bytes: Bytes = log.read(disk, from, end, max_bytes, true)?;
+    let mut entries = Vec::new();
+    for batch in split_batches(bytes) {
+        let batch = batch.map_err(|e| LogError::Replicated(e.to_string()))?;
+        let raw: &[u8; crate::record::batch::BATCH_HEADER_BYTES] = batch
+            .get(..crate::record::batch::BATCH_HEADER_BYTES)
+            .and_then(|h| h.try_into().ok())
+            .ok_or_else(|| LogError::Replicated("a batch shorter than its header".into()))?;
+        let header = RecordBatch::header_of(raw);
+        entries.push(Entry {
+            epoch: header.partition_leader_epoch,
+            base_offset: header.base_offset,
+            last_offset: header.last_offset(),
+            payload: batch,
+        });
+    }
+    Ok(entries)
+}

@@ -1,0 +1,584 @@
+//! Three real nodes, each on its own simulated disk, wired peer to peer: every partition a
+//! Raft group over all three (a static cluster, `Config::cluster`). The harness delivers
+//! peer frames in order unless a node is cut off, completes syncs at once, and jumps time to
+//! the next deadline. Topics are created on each node by the same Metadata request with the
+//! same seed, so they get the same ids (until the metadata quorum names them once for all).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::{Bytes, BytesMut};
+use keel_core::node::{Broker, Config, Input, Instant, Node, Output};
+use keel_core::protocol::codec::{decode_response, encode_request};
+use keel_core::protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use keel_core::protocol::messages::metadata_request::MetadataRequestTopic;
+use keel_core::protocol::messages::*;
+use keel_core::protocol::{codes, FrameDecoder, Request, RequestHeader, Response};
+use keel_core::record::{self, BatchOptions, NewRecord, RecordBatch};
+use keel_sim::{produce_request, SimDisk};
+
+const NODES: [i32; 3] = [1, 2, 3];
+const CONN: u64 = 1;
+const SEGMENT: &str = "t-0/00000000000000000000.log";
+
+struct Cluster {
+    now: Instant,
+    nodes: BTreeMap<i32, Node<SimDisk>>,
+    /// Disks of crashed nodes, until they restart.
+    down: BTreeMap<i32, SimDisk>,
+    /// Peer frames in flight: (from, to, bytes).
+    net: VecDeque<(i32, i32, Bytes)>,
+    /// Nodes cut off from the others (their frames, both ways, are lost).
+    cut: BTreeSet<i32>,
+    frames: BTreeMap<i32, FrameDecoder>,
+    responses: BTreeMap<i32, VecDeque<Bytes>>,
+    correlation_id: i32,
+}
+
+fn config(id: i32) -> Config {
+    Config {
+        node_id: id,
+        seed: 42,
+        cluster: NODES
+            .iter()
+            .map(|n| Broker {
+                node_id: *n,
+                host: format!("node{n}"),
+                port: 9092,
+            })
+            .collect(),
+        ..Config::default()
+    }
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let mut cluster = Cluster {
+            now: Instant::from_millis(1_700_000_000_000),
+            nodes: BTreeMap::new(),
+            down: BTreeMap::new(),
+            net: VecDeque::new(),
+            cut: BTreeSet::new(),
+            frames: BTreeMap::new(),
+            responses: BTreeMap::new(),
+            correlation_id: 0,
+        };
+        for id in NODES {
+            cluster.start(id, SimDisk::new());
+        }
+        cluster
+    }
+
+    fn start(&mut self, id: i32, disk: SimDisk) {
+        let (node, _) = Node::new(config(id), disk).expect("node starts");
+        self.nodes.insert(id, node);
+        self.frames.remove(&id);
+        self.responses.remove(&id);
+        self.step(id, Input::ConnOpened { conn: CONN });
+    }
+
+    /// The machine of `id` goes down: unsynced writes are lost.
+    fn crash(&mut self, id: i32) {
+        let node = self.nodes.remove(&id).expect("up");
+        let mut disk = node.into_disk();
+        disk.crash();
+        self.down.insert(id, disk);
+        self.net.retain(|(from, to, _)| *from != id && *to != id);
+    }
+
+    fn restart(&mut self, id: i32) {
+        let disk = self.down.remove(&id).expect("down");
+        self.start(id, disk);
+    }
+
+    fn step(&mut self, id: i32, input: Input<'_>) {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        let mut out = Vec::new();
+        node.step(self.now, input, &mut out);
+        node.check_invariants();
+        let mut syncs = Vec::new();
+        for output in out {
+            match output {
+                Output::ConnSend { bytes, .. } => {
+                    let decoder =
+                        (self.frames.entry(id)).or_insert_with(|| FrameDecoder::new(1 << 30));
+                    decoder.push(&bytes);
+                    while let Some(frame) = decoder.next_frame().unwrap() {
+                        self.responses.entry(id).or_default().push_back(frame);
+                    }
+                }
+                Output::ConnClose { reason, .. } => panic!("n{id} closed the connection: {reason}"),
+                Output::Sync { token, file } => syncs.push((token, file)),
+                Output::Halt { reason } => panic!("n{id} halted: {reason}"),
+                Output::PeerSend { to, bytes } => self.net.push_back((id, to, bytes)),
+            }
+        }
+        for (token, file) in syncs {
+            let node = self.nodes.get_mut(&id).expect("up");
+            let result = node.disk_mut().sync(file);
+            self.step(id, Input::Synced { token, result });
+        }
+    }
+
+    /// Runs for `ms` of simulated time: frames delivered in order, timers fired.
+    fn run(&mut self, ms: u64) {
+        let until = self.now.plus_millis(ms);
+        loop {
+            while let Some((from, to, bytes)) = self.net.pop_front() {
+                if self.cut.contains(&from) || self.cut.contains(&to) {
+                    continue;
+                }
+                self.step(
+                    to,
+                    Input::PeerMessage {
+                        from,
+                        bytes: &bytes,
+                    },
+                );
+            }
+            let next = (self.nodes.values())
+                .filter_map(|n| n.next_deadline())
+                .min()
+                .unwrap_or(until)
+                .max(self.now);
+            if next > until {
+                self.now = until;
+                return;
+            }
+            self.now = next;
+            for id in NODES {
+                self.step(id, Input::Timeout);
+            }
+        }
+    }
+
+    /// Sends `request` to node `id`; runs the cluster until it answers (or `ms` passed).
+    fn call(&mut self, id: i32, version: i16, request: Request, ms: u64) -> Option<Response> {
+        self.correlation_id += 1;
+        let api_key = request.api_key();
+        let header = RequestHeader {
+            api_key: api_key as i16,
+            api_version: version,
+            correlation_id: self.correlation_id,
+            client_id: Some("cluster-test".into()),
+            ..Default::default()
+        };
+        let mut buf = BytesMut::new();
+        encode_request(&mut buf, &header, &request).unwrap();
+        self.step(
+            id,
+            Input::ConnBytes {
+                conn: CONN,
+                bytes: &buf,
+            },
+        );
+        for _ in 0..ms {
+            while let Some(frame) = self.responses.get_mut(&id).and_then(|r| r.pop_front()) {
+                // An answer to a request given up on earlier is skipped.
+                if frame[..4] != self.correlation_id.to_be_bytes() {
+                    continue;
+                }
+                let (_, response) = decode_response(frame, api_key, version).unwrap();
+                return Some(response);
+            }
+            self.run(1);
+        }
+        None
+    }
+
+    fn create_topic_everywhere(&mut self) {
+        let request = Request::Metadata(MetadataRequest {
+            topics: Some(vec![MetadataRequestTopic {
+                name: Some("t".into()),
+                ..Default::default()
+            }]),
+            allow_auto_topic_creation: true,
+            ..Default::default()
+        });
+        for id in NODES {
+            let Some(Response::Metadata(m)) = self.call(id, 12, request.clone(), 1_000) else {
+                panic!("n{id} answers Metadata")
+            };
+            assert_eq!(m.topics[0].error_code, codes::NONE);
+        }
+    }
+
+    /// The leader of t-0 as node `id` reports it, and its epoch.
+    fn leader_seen_by(&mut self, id: i32) -> (i32, i32) {
+        let request = Request::Metadata(MetadataRequest {
+            topics: Some(vec![MetadataRequestTopic {
+                name: Some("t".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        let Some(Response::Metadata(m)) = self.call(id, 12, request, 1_000) else {
+            panic!("n{id} answers Metadata")
+        };
+        let p = &m.topics[0].partitions[0];
+        assert_eq!(p.replica_nodes, NODES.to_vec());
+        (p.leader_id, p.leader_epoch)
+    }
+
+    /// Runs until every live node names the same leader of t-0; returns it.
+    fn settled_leader(&mut self) -> i32 {
+        for _ in 0..100 {
+            self.run(100);
+            let ids: Vec<i32> = self.nodes.keys().copied().collect();
+            let seen: BTreeSet<(i32, i32)> =
+                ids.iter().map(|id| self.leader_seen_by(*id)).collect();
+            if let [(leader, _)] = seen.iter().copied().collect::<Vec<_>>()[..] {
+                if self.nodes.contains_key(&leader) && !self.cut.contains(&leader) {
+                    return leader;
+                }
+            }
+        }
+        panic!("no leader settled")
+    }
+
+    fn produce(&mut self, id: i32, value: &str) -> (i16, i64) {
+        let records = [NewRecord {
+            value: Some(Bytes::copy_from_slice(value.as_bytes())),
+            ..NewRecord::default()
+        }];
+        let batch = record::build(&records, &BatchOptions::default()).unwrap();
+        match self.call(id, 9, produce_request("t", 0, batch, -1), 5_000) {
+            Some(Response::Produce(mut r)) => {
+                let p = r.responses.remove(0).partition_responses.remove(0);
+                (p.error_code, p.base_offset)
+            }
+            Some(other) => panic!("{other:?}"),
+            None => (-1, -1),
+        }
+    }
+
+    /// Values of t-0 from node `id` (an error code if it refuses), and the high watermark.
+    fn fetch(&mut self, id: i32) -> Result<(Vec<String>, i64), i16> {
+        let request = Request::Fetch(FetchRequest {
+            max_wait_ms: 0,
+            max_bytes: 1 << 20,
+            topics: vec![FetchTopic {
+                topic: "t".into(),
+                partitions: vec![FetchPartition {
+                    partition: 0,
+                    fetch_offset: 0,
+                    partition_max_bytes: 1 << 20,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let Some(Response::Fetch(mut f)) = self.call(id, 11, request, 1_000) else {
+            panic!("n{id} answers Fetch")
+        };
+        let p = f.responses.remove(0).partitions.remove(0);
+        if p.error_code != codes::NONE {
+            return Err(p.error_code);
+        }
+        let mut values = Vec::new();
+        for batch in record::split_batches(p.records.unwrap_or_default()) {
+            let batch = RecordBatch::parse(batch.unwrap()).unwrap();
+            for r in batch.records(1 << 20).unwrap() {
+                values.push(String::from_utf8(r.value.unwrap().to_vec()).unwrap());
+            }
+        }
+        Ok((values, p.high_watermark))
+    }
+
+    /// Every live node's t-0 segment, byte for byte.
+    fn segments(&mut self) -> BTreeMap<i32, Vec<u8>> {
+        (self.nodes.iter_mut())
+            .map(|(id, n)| {
+                (
+                    *id,
+                    n.disk_mut().contents(SEGMENT).unwrap_or_default().to_vec(),
+                )
+            })
+            .collect()
+    }
+
+    fn high_watermarks(&self) -> BTreeMap<i32, Option<i64>> {
+        (self.nodes.iter())
+            .map(|(id, n)| (*id, n.partition_offsets()[0].high_watermark))
+            .collect()
+    }
+}
+
+/// One leader is elected; an acks=all write is answered once a majority has it; followers
+/// refuse clients; every replica ends byte for byte equal, with the same high watermark.
+#[test]
+fn three_nodes_elect_a_leader_and_replicate_byte_for_byte() {
+    let mut c = Cluster::new();
+    c.create_topic_everywhere();
+    let leader = c.settled_leader();
+    for (i, value) in ["a", "b", "c"].into_iter().enumerate() {
+        assert_eq!(c.produce(leader, value), (codes::NONE, i as i64));
+    }
+    assert_eq!(c.fetch(leader).unwrap().0, vec!["a", "b", "c"]);
+    let follower = NODES.into_iter().find(|n| *n != leader).unwrap();
+    assert_eq!(c.fetch(follower), Err(codes::NOT_LEADER_OR_FOLLOWER));
+    assert_eq!(c.produce(follower, "x").0, codes::NOT_LEADER_OR_FOLLOWER);
+    c.run(2_000);
+    let segments = c.segments();
+    assert_eq!(segments.len(), 3);
+    assert!(segments[&leader].len() > 3 * 61, "three batches");
+    assert!(
+        segments.values().all(|s| *s == segments[&leader]),
+        "replicas agree"
+    );
+    assert!(
+        c.high_watermarks().values().all(|hw| *hw == Some(3)),
+        "{:?}",
+        c.high_watermarks()
+    );
+}
+
+/// The leader's machine goes down: the others elect a new leader (a later epoch) that holds
+/// every acknowledged write and takes new ones; the old leader comes back as a follower and
+/// catches up.
+#[test]
+fn acknowledged_writes_survive_the_leader_s_crash() {
+    let mut c = Cluster::new();
+    c.create_topic_everywhere();
+    let first = c.settled_leader();
+    let (_, first_epoch) = c.leader_seen_by(first);
+    for value in ["a", "b"] {
+        assert_eq!(c.produce(first, value).0, codes::NONE);
+    }
+    c.crash(first);
+    let second = c.settled_leader();
+    assert_ne!(second, first);
+    let (_, second_epoch) = c.leader_seen_by(second);
+    assert!(second_epoch > first_epoch);
+    assert_eq!(c.fetch(second).unwrap().0, vec!["a", "b"]);
+    assert_eq!(c.produce(second, "c"), (codes::NONE, 2));
+    c.restart(first);
+    c.run(3_000);
+    assert_eq!(
+        c.settled_leader(),
+        second,
+        "a returning node does not disrupt the leader"
+    );
+    let segments = c.segments();
+    assert!(
+        segments.values().all(|s| *s == segments[&second]),
+        "the old leader caught up"
+    );
+}
+
+/// A leader cut off from the others appends a write it can never commit; the others elect a
+/// new leader and go on. The cut-off write is answered NOT_LEADER_OR_FOLLOWER (never success,
+/// though a different record commits at its offset), and once the cut heals the old leader's
+/// divergent tail is truncated: every replica ends equal, with only committed writes.
+#[test]
+fn a_cut_off_leader_s_uncommitted_tail_is_refused_and_repaired() {
+    let mut c = Cluster::new();
+    c.create_topic_everywhere();
+    let old = c.settled_leader();
+    assert_eq!(c.produce(old, "a"), (codes::NONE, 0));
+    c.cut.insert(old);
+    // The write waits for a majority it cannot reach.
+    let mut buf = BytesMut::new();
+    c.correlation_id += 1;
+    let header = RequestHeader {
+        api_key: 0,
+        api_version: 9,
+        correlation_id: c.correlation_id,
+        client_id: Some("cluster-test".into()),
+        ..Default::default()
+    };
+    let lost = record::build(
+        &[NewRecord {
+            value: Some(Bytes::from_static(b"lost")),
+            ..NewRecord::default()
+        }],
+        &BatchOptions::default(),
+    )
+    .unwrap();
+    encode_request(&mut buf, &header, &produce_request("t", 0, lost, -1)).unwrap();
+    c.step(
+        old,
+        Input::ConnBytes {
+            conn: CONN,
+            bytes: &buf,
+        },
+    );
+    c.run(500);
+    assert!(
+        c.responses.get(&old).is_none_or(|r| r.is_empty()),
+        "not committed"
+    );
+    // The others elect a new leader among themselves.
+    let mut new = None;
+    for _ in 0..50 {
+        c.run(200);
+        let others: Vec<i32> = NODES.into_iter().filter(|n| *n != old).collect();
+        let seen: BTreeSet<i32> = others.iter().map(|id| c.leader_seen_by(*id).0).collect();
+        if let [leader] = seen.into_iter().collect::<Vec<_>>()[..] {
+            if leader != old && leader > 0 {
+                new = Some(leader);
+                break;
+            }
+        }
+    }
+    let new = new.expect("the majority elects a new leader");
+    assert_eq!(c.produce(new, "b"), (codes::NONE, 1));
+    c.cut.clear();
+    c.run(5_000);
+    // The cut-off write is refused: the offset it took now holds "b".
+    let frame = c
+        .responses
+        .get_mut(&old)
+        .and_then(|r| r.pop_front())
+        .expect("answered");
+    let (_, response) = decode_response(frame, keel_core::protocol::ApiKey::Produce, 9).unwrap();
+    let Response::Produce(mut r) = response else {
+        panic!()
+    };
+    let p = r.responses.remove(0).partition_responses.remove(0);
+    assert_eq!(p.error_code, codes::NOT_LEADER_OR_FOLLOWER);
+    assert_eq!(c.settled_leader(), new);
+    assert_eq!(c.fetch(new).unwrap().0, vec!["a", "b"]);
+    let segments = c.segments();
+    assert!(
+        segments.values().all(|s| *s == segments[&new]),
+        "the old tail was cut"
+    );
+}
+
+/// A stored batch: base offset, last offset, bytes.
+type StoredBatch = (i64, i64, Vec<u8>);
+
+/// The batches of a segment's bytes.
+fn batches_of(segment: &[u8]) -> Vec<StoredBatch> {
+    let mut batches = Vec::new();
+    for batch in record::split_batches(Bytes::copy_from_slice(segment)) {
+        let Ok(batch) = batch else { break };
+        let Ok(parsed) = RecordBatch::parse(batch.clone()) else {
+            break;
+        };
+        let h = parsed.header();
+        batches.push((h.base_offset, h.last_offset(), batch.to_vec()));
+    }
+    batches
+}
+
+/// Random schedules of writes, crashes of machines, restarts, and nodes cut off and healed:
+/// replicas agree byte for byte below their high watermarks, no epoch has two leaders, every
+/// acknowledged write is where its answer said once everything heals, and every replica ends
+/// equal to the leader's, all of it committed.
+#[test]
+fn random_schedules_keep_replication_s_promises() {
+    use rand::rngs::Xoshiro256PlusPlus;
+    use rand::{RngExt, SeedableRng};
+
+    let (mut acked_total, mut epochs_total) = (0, 0);
+    for seed in 0..100u64 {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+        let mut c = Cluster::new();
+        c.create_topic_everywhere();
+        let mut acked: BTreeMap<i64, String> = BTreeMap::new();
+        let mut leaders: BTreeMap<i32, i32> = BTreeMap::new();
+        let mut written = 0;
+        for _ in 0..100 {
+            match rng.random_range(0..10) {
+                0..=4 => {
+                    // A client asks a live node who leads and writes there.
+                    let ids: Vec<i32> = c.nodes.keys().copied().collect();
+                    let asked = ids[rng.random_range(0..ids.len())];
+                    let (leader, _) = c.leader_seen_by(asked);
+                    if c.nodes.contains_key(&leader) {
+                        written += 1;
+                        let value = format!("v{written}");
+                        let (code, offset) = c.produce(leader, &value);
+                        if code == codes::NONE {
+                            assert!(
+                                acked.insert(offset, value).is_none(),
+                                "seed {seed}: offset {offset} acknowledged twice"
+                            );
+                        }
+                    }
+                }
+                5 if c.down.is_empty() => {
+                    let id = NODES[rng.random_range(0..3)];
+                    c.crash(id);
+                }
+                5 | 6 => {
+                    if let Some(&id) = c.down.keys().next() {
+                        c.restart(id);
+                    }
+                }
+                7 if c.cut.is_empty() => {
+                    c.cut.insert(NODES[rng.random_range(0..3)]);
+                }
+                7 | 8 => c.cut.clear(),
+                _ => c.run(rng.random_range(10..3_000)),
+            }
+            // One leader per epoch, as every live node reports it.
+            let ids: Vec<i32> = c.nodes.keys().copied().collect();
+            for id in ids {
+                let (leader, epoch) = c.leader_seen_by(id);
+                if leader == id {
+                    let other = leaders.insert(epoch, leader);
+                    assert!(
+                        other.is_none_or(|o| o == leader),
+                        "seed {seed}: two leaders in epoch {epoch}"
+                    );
+                }
+            }
+            // Replicas agree below their high watermarks.
+            let hws = c.high_watermarks();
+            let segments = c.segments();
+            let views: Vec<(i64, Vec<StoredBatch>)> = (segments.iter())
+                .map(|(id, s)| {
+                    let hw = hws[id].unwrap_or(0);
+                    (hw, batches_of(s).into_iter().filter(|b| b.1 < hw).collect())
+                })
+                .collect();
+            for (hw_a, a) in &views {
+                for (hw_b, b) in &views {
+                    let below = (*hw_a).min(*hw_b);
+                    let a: Vec<_> = a.iter().filter(|x| x.1 < below).collect();
+                    let b: Vec<_> = b.iter().filter(|x| x.1 < below).collect();
+                    assert_eq!(a, b, "seed {seed}: replicas differ below {below}");
+                }
+            }
+        }
+        // Heal everything and let it settle.
+        c.cut.clear();
+        while let Some(&id) = c.down.keys().next() {
+            c.restart(id);
+        }
+        c.settled_leader();
+        c.run(3_000);
+        let leader = c.settled_leader();
+        let (values, hw) = c.fetch(leader).expect("the leader serves");
+        for (offset, value) in &acked {
+            assert_eq!(
+                values.get(*offset as usize),
+                Some(value),
+                "seed {seed}: acknowledged write lost"
+            );
+        }
+        let segments = c.segments();
+        assert!(
+            segments.values().all(|s| *s == segments[&leader]),
+            "seed {seed}: replicas differ after healing"
+        );
+        assert_eq!(
+            hw as usize,
+            values.len(),
+            "seed {seed}: all of it committed"
+        );
+        acked_total += acked.len();
+        epochs_total += leaders.len();
+    }
+    println!("{acked_total} writes acknowledged, {epochs_total} epochs led");
+    // The schedules must exercise something: writes, and leaders changing.
+    assert!(
+        acked_total > 100 * 10 && epochs_total > 100 * 2,
+        "{acked_total} {epochs_total}"
+    );
+}
