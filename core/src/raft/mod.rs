@@ -88,6 +88,10 @@ pub type NodeId = i32;
 pub type Epoch = i32;
 pub type Offset = i64;
 
+/// The largest epoch a message may carry: a node moves past the epochs it hears of by
+/// campaigning, and must never overflow (a billion elections past this are out of reach).
+pub const EPOCH_MAX: Epoch = i32::MAX / 2;
+
 /// One entry: a range of offsets written by the leader of `epoch`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -513,6 +517,12 @@ impl Raft {
         message: Message,
         out: &mut Vec<Command>,
     ) {
+        if !self.plausible(from, &message) {
+            // A peer's bytes passed their CRC but not sense: a bug or damage on its side.
+            // Acting on it could break this log; dropping it costs a resend at most.
+            tracing::warn!(from, ?message, "implausible Raft message dropped");
+            return;
+        }
         match message {
             Message::PreVote {
                 epoch,
@@ -656,6 +666,86 @@ impl Raft {
                 if epoch == self.epoch && self.leader == Some(from) && self.is_voter() {
                     self.start_election(now_ms, out);
                 }
+            }
+        }
+    }
+
+    /// Whether `message` from `from` could have come from a correct voter: a voter other
+    /// than this node, epochs and offsets within range, entries that continue one another in
+    /// non-decreasing epochs no later than the answer's own.
+    fn plausible(&self, from: NodeId, message: &Message) -> bool {
+        let epoch_ok = |e: Epoch| (0..=EPOCH_MAX).contains(&e);
+        let offset_ok = |o: Offset| o >= 0;
+        if from == self.config.id || !self.config.voters.contains(&from) {
+            return false;
+        }
+        match message {
+            Message::PreVote {
+                epoch,
+                last_epoch,
+                end_offset,
+            }
+            | Message::Vote {
+                epoch,
+                last_epoch,
+                end_offset,
+            } => epoch_ok(*epoch) && epoch_ok(*last_epoch) && offset_ok(*end_offset),
+            Message::PreVoteResponse {
+                epoch,
+                current_epoch,
+                leader,
+                ..
+            } => {
+                epoch_ok(*epoch)
+                    && epoch_ok(*current_epoch)
+                    && leader.is_none_or(|l| self.config.voters.contains(&l))
+            }
+            Message::VoteResponse { epoch, .. }
+            | Message::BeginEpoch { epoch }
+            | Message::TimeoutNow { epoch } => epoch_ok(*epoch),
+            Message::Fetch {
+                epoch,
+                fetch_offset,
+                last_fetched_epoch,
+                synced_offset,
+            } => {
+                epoch_ok(*epoch)
+                    && epoch_ok(*last_fetched_epoch)
+                    && offset_ok(*fetch_offset)
+                    && offset_ok(*synced_offset)
+            }
+            Message::FetchResponse {
+                epoch,
+                high_watermark,
+                fetch_offset,
+                last_fetched_epoch,
+                reply,
+            } => {
+                let header = epoch_ok(*epoch)
+                    && offset_ok(*high_watermark)
+                    && offset_ok(*fetch_offset)
+                    && epoch_ok(*last_fetched_epoch);
+                header
+                    && match reply {
+                        FetchReply::NotLeader => true,
+                        FetchReply::Diverging {
+                            epoch: diverging,
+                            end_offset,
+                        } => epoch_ok(*diverging) && diverging <= epoch && offset_ok(*end_offset),
+                        FetchReply::Entries(entries) => {
+                            let mut next = *fetch_offset;
+                            let mut last_epoch = *last_fetched_epoch;
+                            entries.iter().all(|e| {
+                                let fits = e.base_offset == next
+                                    && e.last_offset >= e.base_offset
+                                    && e.last_offset < Offset::MAX
+                                    && (last_epoch..=*epoch).contains(&e.epoch);
+                                next = e.last_offset.saturating_add(1);
+                                last_epoch = e.epoch;
+                                fits
+                            })
+                        }
+                    }
             }
         }
     }

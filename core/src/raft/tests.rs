@@ -345,3 +345,140 @@ fn a_sync_from_before_a_truncation_credits_nothing() {
         "the epoch 2 entries are not durable yet"
     );
 }
+
+fn any_message() -> impl Strategy<Value = (NodeId, Message)> {
+    let epoch = prop_oneof![0..6i32, Just(-1), Just(i32::MAX), Just(EPOCH_MAX)];
+    let offset = prop_oneof![0..12i64, Just(-1), Just(i64::MAX)];
+    let entries =
+        prop::collection::vec((epoch.clone(), offset.clone(), 0..3i64), 0..4).prop_map(|entries| {
+            (entries.into_iter())
+                .map(|(epoch, base_offset, len)| Entry {
+                    epoch,
+                    base_offset,
+                    last_offset: base_offset.saturating_add(len),
+                    payload: Bytes::new(),
+                })
+                .collect::<Vec<_>>()
+        });
+    let reply = prop_oneof![
+        Just(FetchReply::NotLeader),
+        (epoch.clone(), offset.clone())
+            .prop_map(|(epoch, end_offset)| FetchReply::Diverging { epoch, end_offset }),
+        entries.prop_map(FetchReply::Entries),
+    ];
+    let message = prop_oneof![
+        (epoch.clone(), epoch.clone(), offset.clone()).prop_map(
+            |(epoch, last_epoch, end_offset)| {
+                Message::PreVote {
+                    epoch,
+                    last_epoch,
+                    end_offset,
+                }
+            }
+        ),
+        (
+            epoch.clone(),
+            any::<bool>(),
+            epoch.clone(),
+            prop::option::of(0..5i32)
+        )
+            .prop_map(
+                |(epoch, granted, current_epoch, leader)| Message::PreVoteResponse {
+                    epoch,
+                    granted,
+                    current_epoch,
+                    leader,
+                }
+            ),
+        (epoch.clone(), epoch.clone(), offset.clone()).prop_map(
+            |(epoch, last_epoch, end_offset)| {
+                Message::Vote {
+                    epoch,
+                    last_epoch,
+                    end_offset,
+                }
+            }
+        ),
+        (epoch.clone(), any::<bool>())
+            .prop_map(|(epoch, granted)| Message::VoteResponse { epoch, granted }),
+        epoch
+            .clone()
+            .prop_map(|epoch| Message::BeginEpoch { epoch }),
+        (epoch.clone(), offset.clone(), epoch.clone(), offset.clone()).prop_map(
+            |(epoch, fetch_offset, last_fetched_epoch, synced_offset)| Message::Fetch {
+                epoch,
+                fetch_offset,
+                last_fetched_epoch,
+                synced_offset,
+            }
+        ),
+        (epoch.clone(), offset.clone(), offset, epoch.clone(), reply).prop_map(
+            |(epoch, high_watermark, fetch_offset, last_fetched_epoch, reply)| {
+                Message::FetchResponse {
+                    epoch,
+                    high_watermark,
+                    fetch_offset,
+                    last_fetched_epoch,
+                    reply,
+                }
+            }
+        ),
+        epoch.prop_map(|epoch| Message::TimeoutNow { epoch }),
+    ];
+    (0..5i32, message)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Whatever a peer sends (its frame passed the CRC, its sense need not), the engine never
+    /// panics and keeps its own promises: its epoch never goes back, nor its high watermark.
+    #[test]
+    fn arbitrary_messages_never_panic_the_engine(
+        steps in prop::collection::vec(prop_oneof![
+            8 => any_message().prop_map(Some),
+            1 => Just(None),
+        ], 1..60),
+    ) {
+        let config = RaftConfig {
+            id: 1,
+            voters: vec![1, 2, 3],
+            election_timeout_ms: 100,
+            fetch_wait_ms: 50,
+            fetch_max_bytes: 1 << 20,
+            commit_unsynced: false,
+            seed: 3,
+        };
+        let mut raft = Raft::new(config, Persisted::default(), LogShape::default(), 0);
+        let mut now = 0;
+        let (mut epoch, mut high_watermark) = (0, 0);
+        for step in steps {
+            let mut out = Vec::new();
+            match step {
+                Some((from, message)) => raft.handle_message(now, from, message, &mut out),
+                None => {
+                    now += 150;
+                    raft.handle_tick(now, &mut out);
+                }
+            }
+            // The host does what it is told: votes and logs become durable at once.
+            for command in out {
+                match command {
+                    Command::PersistVote { epoch, voted_for } => {
+                        let mut more = Vec::new();
+                        raft.handle_vote_synced(now, Persisted { epoch, voted_for }, &mut more);
+                    }
+                    Command::SyncLog { generation } => {
+                        let end = raft.log().end;
+                        let mut more = Vec::new();
+                        raft.handle_log_synced(now, end, generation, &mut more);
+                    }
+                    _ => {}
+                }
+            }
+            prop_assert!(raft.epoch() >= epoch && raft.high_watermark() >= high_watermark);
+            prop_assert!(raft.high_watermark() <= raft.log().end);
+            (epoch, high_watermark) = (raft.epoch(), raft.high_watermark());
+        }
+    }
+}
