@@ -9,6 +9,7 @@
 mod admin;
 pub mod campaign;
 pub mod check;
+pub mod cluster;
 pub mod disk;
 pub mod plan;
 pub mod sim;

@@ -1,192 +1,37 @@
 //! Three real nodes, each on its own simulated disk, wired peer to peer: every partition a
-//! Raft group over all three (a static cluster, `Config::cluster`). The harness delivers
-//! peer frames in order unless a node is cut off, completes syncs at once, and jumps time to
-//! the next deadline. Topics are created on each node by the same Metadata request with the
-//! same seed, so they get the same ids (until the metadata quorum names them once for all).
+//! Raft group over all three (a static cluster, `keel_sim::cluster`): elections, a leader's
+//! crash, a cut-off leader whose uncommitted tail is repaired, and random schedules.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
-use bytes::{Bytes, BytesMut};
-use keel_core::node::{Broker, Config, Input, Instant, Node, Output};
-use keel_core::protocol::codec::{decode_response, encode_request};
+use bytes::Bytes;
 use keel_core::protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use keel_core::protocol::messages::metadata_request::MetadataRequestTopic;
 use keel_core::protocol::messages::*;
-use keel_core::protocol::{codes, FrameDecoder, Request, RequestHeader, Response};
+use keel_core::protocol::{codes, Request, Response};
 use keel_core::record::{self, BatchOptions, NewRecord, RecordBatch};
-use keel_sim::{produce_request, SimDisk};
+use keel_sim::cluster::Cluster;
+use keel_sim::produce_request;
 
 const NODES: [i32; 3] = [1, 2, 3];
-const CONN: u64 = 1;
 const SEGMENT: &str = "t-0/00000000000000000000.log";
 
-struct Cluster {
-    now: Instant,
-    nodes: BTreeMap<i32, Node<SimDisk>>,
-    /// Disks of crashed nodes, until they restart.
-    down: BTreeMap<i32, SimDisk>,
-    /// Peer frames in flight: (from, to, bytes).
-    net: VecDeque<(i32, i32, Bytes)>,
-    /// Nodes cut off from the others (their frames, both ways, are lost).
-    cut: BTreeSet<i32>,
-    frames: BTreeMap<i32, FrameDecoder>,
-    responses: BTreeMap<i32, VecDeque<Bytes>>,
-    correlation_id: i32,
+fn cluster() -> Cluster {
+    Cluster::new(3, 42)
 }
 
-fn config(id: i32) -> Config {
-    Config {
-        node_id: id,
-        seed: 42,
-        cluster: NODES
-            .iter()
-            .map(|n| Broker {
-                node_id: *n,
-                host: format!("node{n}"),
-                port: 9092,
-            })
-            .collect(),
-        ..Config::default()
-    }
+/// What the tests ask of the cluster, as a client would.
+trait Client {
+    fn create_topic_everywhere(&mut self);
+    fn leader_seen_by(&mut self, id: i32) -> (i32, i32);
+    fn settled_leader(&mut self) -> i32;
+    fn produce(&mut self, id: i32, value: &str) -> (i16, i64);
+    fn fetch(&mut self, id: i32) -> Result<(Vec<String>, i64), i16>;
+    fn segments(&mut self) -> BTreeMap<i32, Vec<u8>>;
+    fn high_watermarks(&self) -> BTreeMap<i32, Option<i64>>;
 }
 
-impl Cluster {
-    fn new() -> Cluster {
-        let mut cluster = Cluster {
-            now: Instant::from_millis(1_700_000_000_000),
-            nodes: BTreeMap::new(),
-            down: BTreeMap::new(),
-            net: VecDeque::new(),
-            cut: BTreeSet::new(),
-            frames: BTreeMap::new(),
-            responses: BTreeMap::new(),
-            correlation_id: 0,
-        };
-        for id in NODES {
-            cluster.start(id, SimDisk::new());
-        }
-        cluster
-    }
-
-    fn start(&mut self, id: i32, disk: SimDisk) {
-        let (node, _) = Node::new(config(id), disk).expect("node starts");
-        self.nodes.insert(id, node);
-        self.frames.remove(&id);
-        self.responses.remove(&id);
-        self.step(id, Input::ConnOpened { conn: CONN });
-    }
-
-    /// The machine of `id` goes down: unsynced writes are lost.
-    fn crash(&mut self, id: i32) {
-        let node = self.nodes.remove(&id).expect("up");
-        let mut disk = node.into_disk();
-        disk.crash();
-        self.down.insert(id, disk);
-        self.net.retain(|(from, to, _)| *from != id && *to != id);
-    }
-
-    fn restart(&mut self, id: i32) {
-        let disk = self.down.remove(&id).expect("down");
-        self.start(id, disk);
-    }
-
-    fn step(&mut self, id: i32, input: Input<'_>) {
-        let Some(node) = self.nodes.get_mut(&id) else {
-            return;
-        };
-        let mut out = Vec::new();
-        node.step(self.now, input, &mut out);
-        node.check_invariants();
-        let mut syncs = Vec::new();
-        for output in out {
-            match output {
-                Output::ConnSend { bytes, .. } => {
-                    let decoder =
-                        (self.frames.entry(id)).or_insert_with(|| FrameDecoder::new(1 << 30));
-                    decoder.push(&bytes);
-                    while let Some(frame) = decoder.next_frame().unwrap() {
-                        self.responses.entry(id).or_default().push_back(frame);
-                    }
-                }
-                Output::ConnClose { reason, .. } => panic!("n{id} closed the connection: {reason}"),
-                Output::Sync { token, file } => syncs.push((token, file)),
-                Output::Halt { reason } => panic!("n{id} halted: {reason}"),
-                Output::PeerSend { to, bytes } => self.net.push_back((id, to, bytes)),
-            }
-        }
-        for (token, file) in syncs {
-            let node = self.nodes.get_mut(&id).expect("up");
-            let result = node.disk_mut().sync(file);
-            self.step(id, Input::Synced { token, result });
-        }
-    }
-
-    /// Runs for `ms` of simulated time: frames delivered in order, timers fired.
-    fn run(&mut self, ms: u64) {
-        let until = self.now.plus_millis(ms);
-        loop {
-            while let Some((from, to, bytes)) = self.net.pop_front() {
-                if self.cut.contains(&from) || self.cut.contains(&to) {
-                    continue;
-                }
-                self.step(
-                    to,
-                    Input::PeerMessage {
-                        from,
-                        bytes: &bytes,
-                    },
-                );
-            }
-            let next = (self.nodes.values())
-                .filter_map(|n| n.next_deadline())
-                .min()
-                .unwrap_or(until)
-                .max(self.now);
-            if next > until {
-                self.now = until;
-                return;
-            }
-            self.now = next;
-            for id in NODES {
-                self.step(id, Input::Timeout);
-            }
-        }
-    }
-
-    /// Sends `request` to node `id`; runs the cluster until it answers (or `ms` passed).
-    fn call(&mut self, id: i32, version: i16, request: Request, ms: u64) -> Option<Response> {
-        self.correlation_id += 1;
-        let api_key = request.api_key();
-        let header = RequestHeader {
-            api_key: api_key as i16,
-            api_version: version,
-            correlation_id: self.correlation_id,
-            client_id: Some("cluster-test".into()),
-            ..Default::default()
-        };
-        let mut buf = BytesMut::new();
-        encode_request(&mut buf, &header, &request).unwrap();
-        self.step(
-            id,
-            Input::ConnBytes {
-                conn: CONN,
-                bytes: &buf,
-            },
-        );
-        for _ in 0..ms {
-            while let Some(frame) = self.responses.get_mut(&id).and_then(|r| r.pop_front()) {
-                // An answer to a request given up on earlier is skipped.
-                if frame[..4] != self.correlation_id.to_be_bytes() {
-                    continue;
-                }
-                let (_, response) = decode_response(frame, api_key, version).unwrap();
-                return Some(response);
-            }
-            self.run(1);
-        }
-        None
-    }
-
+impl Client for Cluster {
     fn create_topic_everywhere(&mut self) {
         let request = Request::Metadata(MetadataRequest {
             topics: Some(vec![MetadataRequestTopic {
@@ -310,7 +155,7 @@ impl Cluster {
 /// refuse clients; every replica ends byte for byte equal, with the same high watermark.
 #[test]
 fn three_nodes_elect_a_leader_and_replicate_byte_for_byte() {
-    let mut c = Cluster::new();
+    let mut c = cluster();
     c.create_topic_everywhere();
     let leader = c.settled_leader();
     for (i, value) in ["a", "b", "c"].into_iter().enumerate() {
@@ -340,7 +185,7 @@ fn three_nodes_elect_a_leader_and_replicate_byte_for_byte() {
 /// catches up.
 #[test]
 fn acknowledged_writes_survive_the_leader_s_crash() {
-    let mut c = Cluster::new();
+    let mut c = cluster();
     c.create_topic_everywhere();
     let first = c.settled_leader();
     let (_, first_epoch) = c.leader_seen_by(first);
@@ -374,21 +219,12 @@ fn acknowledged_writes_survive_the_leader_s_crash() {
 /// divergent tail is truncated: every replica ends equal, with only committed writes.
 #[test]
 fn a_cut_off_leader_s_uncommitted_tail_is_refused_and_repaired() {
-    let mut c = Cluster::new();
+    let mut c = cluster();
     c.create_topic_everywhere();
     let old = c.settled_leader();
     assert_eq!(c.produce(old, "a"), (codes::NONE, 0));
     c.cut.insert(old);
     // The write waits for a majority it cannot reach.
-    let mut buf = BytesMut::new();
-    c.correlation_id += 1;
-    let header = RequestHeader {
-        api_key: 0,
-        api_version: 9,
-        correlation_id: c.correlation_id,
-        client_id: Some("cluster-test".into()),
-        ..Default::default()
-    };
     let lost = record::build(
         &[NewRecord {
             value: Some(Bytes::from_static(b"lost")),
@@ -397,19 +233,10 @@ fn a_cut_off_leader_s_uncommitted_tail_is_refused_and_repaired() {
         &BatchOptions::default(),
     )
     .unwrap();
-    encode_request(&mut buf, &header, &produce_request("t", 0, lost, -1)).unwrap();
-    c.step(
-        old,
-        Input::ConnBytes {
-            conn: CONN,
-            bytes: &buf,
-        },
-    );
+    let request = produce_request("t", 0, lost, -1);
+    let correlation_id = c.send(old, 9, &request);
     c.run(500);
-    assert!(
-        c.responses.get(&old).is_none_or(|r| r.is_empty()),
-        "not committed"
-    );
+    assert!(!c.has_answers(old), "not committed");
     // The others elect a new leader among themselves.
     let mut new = None;
     for _ in 0..50 {
@@ -428,14 +255,9 @@ fn a_cut_off_leader_s_uncommitted_tail_is_refused_and_repaired() {
     c.cut.clear();
     c.run(5_000);
     // The cut-off write is refused: the offset it took now holds "b".
-    let frame = c
-        .responses
-        .get_mut(&old)
-        .and_then(|r| r.pop_front())
-        .expect("answered");
-    let (_, response) = decode_response(frame, keel_core::protocol::ApiKey::Produce, 9).unwrap();
-    let Response::Produce(mut r) = response else {
-        panic!()
+    let answer = c.take_answer(old, correlation_id, &request, 9);
+    let Some(Response::Produce(mut r)) = answer else {
+        panic!("answered")
     };
     let p = r.responses.remove(0).partition_responses.remove(0);
     assert_eq!(p.error_code, codes::NOT_LEADER_OR_FOLLOWER);
@@ -477,7 +299,7 @@ fn random_schedules_keep_replication_s_promises() {
     let (mut acked_total, mut epochs_total) = (0, 0);
     for seed in 0..100u64 {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-        let mut c = Cluster::new();
+        let mut c = cluster();
         c.create_topic_everywhere();
         let mut acked: BTreeMap<i64, String> = BTreeMap::new();
         let mut leaders: BTreeMap<i32, i32> = BTreeMap::new();

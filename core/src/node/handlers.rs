@@ -702,6 +702,7 @@ impl<D: Disk> Node<D> {
         use crate::protocol::messages::create_topics_response::*;
         let mut created = false;
         let mut topics = Vec::new();
+        let nodes = self.brokers().len() as i16;
         for topic in &request.topics {
             let partitions = if topic.num_partitions == -1 {
                 self.config.default_partitions
@@ -725,11 +726,11 @@ impl<D: Disk> Node<D> {
                 ))
             } else if let Err(e) = self.check_partition_budget(&topic.name, 0, partitions) {
                 Err(e)
-            } else if !matches!(topic.replication_factor, -1 | 1) {
+            } else if topic.replication_factor != -1 && topic.replication_factor != nodes {
                 Err((
                     codes::INVALID_REPLICATION_FACTOR,
                     format!(
-                        "replication factor {} is larger than the 1 available broker",
+                        "replication factor {}: every partition is replicated on all {nodes} node(s) of this cluster",
                         topic.replication_factor
                     ),
                 ))
@@ -745,7 +746,7 @@ impl<D: Disk> Node<D> {
                 name: topic.name.clone(),
                 error_message: None,
                 num_partitions: partitions,
-                replication_factor: 1,
+                replication_factor: nodes,
                 configs: Some(Vec::new()),
                 ..Default::default()
             };

@@ -586,6 +586,14 @@ impl<D: Disk> Node<D> {
         self.topics.offsets()
     }
 
+    /// How many partitions this node leads.
+    pub fn partitions_led(&self) -> usize {
+        (self.topics.by_name.values())
+            .flat_map(|t| &t.partitions)
+            .filter(|p| p.replica.as_ref().is_some_and(|r| r.is_leader()))
+            .count()
+    }
+
     pub fn halted(&self) -> Option<&str> {
         self.halted.as_deref()
     }

@@ -74,6 +74,96 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Create many partitions on a static cluster of simulated nodes (no faults), wait for
+    /// their leaders, then let it idle: what creating them costs, and what idling costs.
+    Scale {
+        #[arg(long, default_value_t = 3)]
+        nodes: i32,
+        /// Partitions of one topic, each replicated on every node.
+        #[arg(long, default_value_t = 10_000)]
+        partitions: i32,
+        /// Simulated time the cluster idles once every partition has a leader.
+        #[arg(long, default_value = "10s", value_parser = parse_duration_ns)]
+        idle: u64,
+    },
+}
+
+/// The process's resident memory, from /proc (0 where there is none).
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = (status.lines())
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    kib * 1024
+}
+
+fn run_scale(nodes: i32, partitions: i32, idle_ns: u64) -> anyhow::Result<ExitCode> {
+    use keel_core::protocol::messages::{create_topics_request, CreateTopicsRequest};
+    use keel_core::protocol::{codes, Request, Response};
+    use keel_sim::cluster::Cluster;
+
+    let resident_before = resident_bytes();
+    let started = Instant::now();
+    let mut cluster = Cluster::new(nodes, 1);
+    let request = Request::CreateTopics(CreateTopicsRequest {
+        topics: vec![create_topics_request::CreatableTopic {
+            name: "scale".into(),
+            num_partitions: partitions,
+            replication_factor: -1,
+            ..Default::default()
+        }],
+        timeout_ms: 60_000,
+        ..Default::default()
+    });
+    for id in cluster.ids().to_vec() {
+        match cluster.call(id, 5, request.clone(), 60_000) {
+            Some(Response::CreateTopics(r)) if r.topics[0].error_code == codes::NONE => {}
+            other => bail!("node {id} did not create the topic: {other:?}"),
+        }
+    }
+    let created_wall = started.elapsed().as_secs_f64();
+    let elected_from = cluster.now;
+    let mut led = 0;
+    for _ in 0..600 {
+        cluster.run(100);
+        led = cluster
+            .nodes
+            .values()
+            .map(|n| n.partitions_led())
+            .sum::<usize>();
+        if led == partitions as usize {
+            break;
+        }
+    }
+    if led != partitions as usize {
+        bail!("{led} of {partitions} partitions have a leader after a simulated minute");
+    }
+    let elected_sim = (cluster.now.0 - elected_from.0) as f64 / 1e9;
+    let elected_wall = started.elapsed().as_secs_f64() - created_wall;
+    let before = cluster.counts;
+    let idle_started = Instant::now();
+    cluster.run(idle_ns / 1_000_000);
+    let idle_wall = idle_started.elapsed().as_secs_f64();
+    let idle_sim = idle_ns as f64 / 1e9;
+    let after = cluster.counts;
+    let resident = resident_bytes().saturating_sub(resident_before);
+    println!("{nodes} nodes, {partitions} partitions, each replicated on every node");
+    println!("  created:  {created_wall:.2} s wall (the topic on every node)");
+    println!("  elected:  every partition led after {elected_sim:.2} s simulated ({elected_wall:.2} s wall)");
+    println!(
+        "  idle:     {:.3} wall s per simulated s (the cluster's CPU, one core), {:.0} peer frames/s, {:.0} peer KB/s, {:.0} node steps/s",
+        idle_wall / idle_sim,
+        (after.peer_frames - before.peer_frames) as f64 / idle_sim,
+        (after.peer_bytes - before.peer_bytes) as f64 / idle_sim / 1e3,
+        (after.node_steps - before.node_steps) as f64 / idle_sim,
+    );
+    println!(
+        "  memory:   {:.1} MiB resident for the cluster ({:.1} KiB per partition replica)",
+        resident as f64 / (1 << 20) as f64,
+        resident as f64 / 1024.0 / (partitions as f64 * nodes as f64),
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn parse_duration_ns(text: &str) -> Result<u64, String> {
@@ -326,6 +416,11 @@ fn main() -> ExitCode {
             failures,
             json,
         } => run_campaign(seeds, jobs, world, failures, json),
+        Command::Scale {
+            nodes,
+            partitions,
+            idle,
+        } => run_scale(nodes, partitions, idle),
     };
     match result {
         Ok(code) => code,
