@@ -469,6 +469,8 @@ impl<D: Disk> Node<D> {
 
     /// The leader of `log_id` appended these batches: its group replicates and commits them.
     fn replica_appended(&mut self, now: Instant, log_id: u64, batches: &[(i64, i64)]) {
+        // Written (or perhaps partly, if an append failed): the next round looks at it.
+        self.topics.touch(log_id);
         for (base, last) in batches.iter().copied() {
             self.drive_replica(now, log_id, |raft, ms, out| {
                 raft.handle_appended(ms, base, last, out)

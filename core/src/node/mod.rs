@@ -972,6 +972,7 @@ impl<D: Disk> Node<D> {
         if self.round.is_some() {
             return;
         }
+        self.topics.prune_touched();
         let data = !self.extra_dirty_files.is_empty()
             || self.topics.needs_data_sync()
             || self.votes.needs_sync();

@@ -111,6 +111,9 @@ impl<D: Disk> Node<D> {
         if effects.changed {
             self.data_version += 1;
         }
+        if effects.wrote {
+            self.topics.touch(log_id);
+        }
         self.schedule(log_id);
     }
 

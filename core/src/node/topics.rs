@@ -4,7 +4,7 @@
 //! recovery point and `partition.metadata`, which holds the topic id. The set of directories
 //! is the set of topics: there is no other catalogue to disagree with them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::disk::{Disk, DiskError, FileId};
 use crate::log::{LogConfig, LogError, PartitionLog};
@@ -71,6 +71,10 @@ pub(crate) struct Topics {
     by_log_id: BTreeMap<u64, (String, i32)>,
     /// Which log id each Raft group drives.
     by_group: BTreeMap<GroupId, u64>,
+    /// Logs that may need a sync: written, truncated or created since their last round, or
+    /// with a recovery point still behind (pruned once clean). The checks that run every step
+    /// look only here, so idle partitions cost nothing per step.
+    touched: BTreeSet<u64>,
 }
 
 /// Kafka's rule: 1 to 249 characters of [a-zA-Z0-9._-], not "." or "..".
@@ -324,9 +328,17 @@ impl Topics {
         Ok(files)
     }
 
-    /// Rebuilds the indexes by log id and by group (after topics come or go).
+    /// Rebuilds the indexes by log id and by group (after topics come or go); every log not
+    /// indexed before is touched (a new log, or every log after recovery).
     fn reindex(&mut self) {
-        self.by_log_id.clear();
+        let before = std::mem::take(&mut self.by_log_id);
+        for topic in self.by_name.values() {
+            for partition in &topic.partitions {
+                if !before.contains_key(&partition.log_id) {
+                    self.touched.insert(partition.log_id);
+                }
+            }
+        }
         self.by_group.clear();
         for (name, topic) in &self.by_name {
             for (index, partition) in topic.partitions.iter().enumerate() {
@@ -429,17 +441,49 @@ impl Topics {
         self.by_name.values().map(|t| t.partitions.len()).sum()
     }
 
+    /// `log_id`'s log was written (or its replica wants a sync): the next round looks at it.
+    pub(crate) fn touch(&mut self, log_id: u64) {
+        self.touched.insert(log_id);
+    }
+
+    /// The touched partitions that still exist.
+    fn touched_partitions(&self) -> impl Iterator<Item = &Partition> {
+        self.touched.iter().filter_map(|id| {
+            let (name, index) = self.by_log_id.get(id)?;
+            self.by_name.get(name)?.partitions.get(*index as usize)
+        })
+    }
+
     pub(crate) fn needs_sync(&self) -> bool {
-        self.logs().any(|(_, _, log)| log.needs_sync())
+        (self.touched_partitions()).any(|p| p.log.as_ref().is_ok_and(|l| l.needs_sync()))
     }
 
     /// Whether a log has data or directory entries to sync (not only a recovery point), or
     /// a replica waits for a sync of its log.
     pub(crate) fn needs_data_sync(&self) -> bool {
-        self.logs().any(|(_, _, log)| log.needs_data_sync())
-            || self.by_name.values().any(|t| {
-                (t.partitions.iter()).any(|p| p.replica.as_ref().is_some_and(|r| r.sync_wanted()))
+        self.touched_partitions().any(|p| {
+            p.log.as_ref().is_ok_and(|l| l.needs_data_sync())
+                || p.replica.as_ref().is_some_and(|r| r.sync_wanted())
+        })
+    }
+
+    /// Forgets touched logs that are clean, and ids of logs gone.
+    pub(crate) fn prune_touched(&mut self) {
+        let clean: Vec<u64> = (self.touched.iter())
+            .filter(|id| {
+                let Some((name, index)) = self.by_log_id.get(id) else {
+                    return true;
+                };
+                let p = &self.by_name[name].partitions[*index as usize];
+                let dirty = p.log.as_ref().is_ok_and(|l| l.needs_sync())
+                    || p.replica.as_ref().is_some_and(|r| r.sync_wanted());
+                !dirty
             })
+            .copied()
+            .collect();
+        for id in clean {
+            self.touched.remove(&id);
+        }
     }
 
     pub(crate) fn offsets(&self) -> Vec<super::PartitionOffsets> {
@@ -488,19 +532,18 @@ impl Topics {
     ) -> Result<(Vec<FileId>, Vec<SyncEnd>), LogError> {
         let mut files = Vec::new();
         let mut ends = Vec::new();
-        for topic in self.by_name.values_mut() {
-            for partition in topic.partitions.iter_mut() {
-                let wanted = (partition.replica.as_mut()).is_some_and(|r| r.take_sync_wanted());
-                if let Ok(log) = partition.log.as_mut() {
-                    if log.needs_sync() || wanted {
-                        let (mut log_files, end) = log.begin_sync(disk)?;
-                        files.append(&mut log_files);
-                        let generation = partition
-                            .replica
-                            .as_ref()
-                            .map_or(0, |r| r.sync_generation());
-                        ends.push((partition.log_id, end, generation));
-                    }
+        for log_id in self.touched.clone() {
+            let Some(partition) = self.by_log_id(log_id) else {
+                continue;
+            };
+            let wanted = (partition.replica.as_mut()).is_some_and(|r| r.take_sync_wanted());
+            if let Ok(log) = partition.log.as_mut() {
+                if log.needs_sync() || wanted {
+                    let (mut log_files, end) = log.begin_sync(disk)?;
+                    files.append(&mut log_files);
+                    let generation =
+                        (partition.replica.as_ref()).map_or(0, |r| r.sync_generation());
+                    ends.push((partition.log_id, end, generation));
                 }
             }
         }

@@ -26,6 +26,8 @@ pub struct Effects {
     pub votes: Vec<(GroupId, Persisted)>,
     /// The high watermark or the role moved: waiting requests may now be answered.
     pub changed: bool,
+    /// The log was written or truncated, or the engine wants it synced.
+    pub wrote: bool,
 }
 
 #[derive(Debug)]
@@ -153,6 +155,7 @@ impl Replica {
                         .push((self.group, Persisted { epoch, voted_for }));
                 }
                 Command::Append { entries } => {
+                    effects.wrote = true;
                     for entry in entries {
                         let batch = RecordBatch::parse(entry.payload)
                             .map_err(|e| LogError::Replicated(e.to_string()))?;
@@ -169,8 +172,12 @@ impl Replica {
                             .record(&header, seen_ms, producer_expiry_ms);
                     }
                 }
-                Command::Truncate { offset } => log.truncate_to(disk, offset)?,
+                Command::Truncate { offset } => {
+                    effects.wrote = true;
+                    log.truncate_to(disk, offset)?;
+                }
                 Command::SyncLog { generation } => {
+                    effects.wrote = true;
                     self.sync_generation = generation;
                     self.sync_wanted = true;
                 }

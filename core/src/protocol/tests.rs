@@ -266,3 +266,36 @@ mod produce_v0_to_v2 {
         }
     }
 }
+
+/// Every error code Keel names means what Kafka means by it: each constant in `codes.rs` is
+/// checked against `kafka-protocol`'s table by name. (UNKNOWN_LEADER_EPOCH once carried 74,
+/// which is FENCED_LEADER_EPOCH.)
+#[test]
+fn error_codes_carry_kafka_s_numbers() {
+    use kafka_protocol::error::ResponseError;
+    let source = include_str!("codes.rs");
+    let mut checked = 0;
+    for line in source.lines() {
+        let Some(rest) = line.strip_prefix("pub const ") else {
+            continue;
+        };
+        let (name, value) = rest.split_once(": i16 = ").expect("a code");
+        let code: i16 = value.trim_end_matches(';').parse().expect("a number");
+        let Some(error) = ResponseError::try_from_code(code) else {
+            assert_eq!(name, "NONE");
+            continue;
+        };
+        let kafka_name: String = format!("{error:?}")
+            .chars()
+            .enumerate()
+            .flat_map(|(i, c)| {
+                let sep = (i > 0 && c.is_ascii_uppercase()).then_some('_');
+                sep.into_iter()
+                    .chain(std::iter::once(c.to_ascii_uppercase()))
+            })
+            .collect();
+        assert_eq!(name, kafka_name, "code {code}");
+        checked += 1;
+    }
+    assert!(checked > 25, "{checked} codes checked");
+}
