@@ -1122,10 +1122,17 @@ impl<D: Disk> Node<D> {
                     continue;
                 };
                 waits.retain(|wait| {
-                    let replica =
-                        (self.topics.by_log_id(wait.log_id)).and_then(|p| p.replica.as_ref());
-                    let Some(replica) = replica else {
-                        // A partition gone (deleted) or offline has nothing left to wait for.
+                    let (t, p) = wait.at;
+                    let answer = &mut response.responses[t].partition_responses[p];
+                    let Some(partition) = self.topics.by_log_id(wait.log_id) else {
+                        // Its topic was deleted: nothing left to wait for.
+                        return false;
+                    };
+                    let Some(replica) = partition.replica.as_ref() else {
+                        // Offline before the write committed: it may be lost.
+                        answer.error_code = crate::protocol::codes::KAFKA_STORAGE_ERROR;
+                        answer.error_message = Some("the partition went offline".into());
+                        answer.base_offset = -1;
                         return false;
                     };
                     if replica.high_watermark() >= wait.offset {
@@ -1134,8 +1141,6 @@ impl<D: Disk> Node<D> {
                     if replica.leader_epoch() != wait.epoch || !replica.is_leader() {
                         // Leadership moved before the write committed: a new leader may have
                         // cut it, and a later commit at the same offset would be another write.
-                        let (t, p) = wait.at;
-                        let answer = &mut response.responses[t].partition_responses[p];
                         answer.error_code = crate::protocol::codes::NOT_LEADER_OR_FOLLOWER;
                         answer.error_message =
                             Some("leadership moved before the write committed".into());
