@@ -41,7 +41,7 @@ struct WorldArgs {
 struct RunArgs {
     #[arg(long)]
     seed: u64,
-    /// Nodes in the simulated cluster (one until replication exists).
+    /// Nodes in the simulated cluster (one until the multi-node simulator exists).
     #[arg(long, default_value_t = 1)]
     nodes: usize,
     #[command(flatten)]
@@ -254,7 +254,11 @@ fn print_result(result: &SeedResult, wall_seconds: f64) {
 
 fn run_one(args: RunArgs, replay: bool) -> anyhow::Result<ExitCode> {
     if args.nodes != 1 {
-        bail!("only single-node runs exist until replication does (--nodes 1)");
+        bail!(
+            "only single-node runs exist until the multi-node simulator does (--nodes 1); \
+             `keel-sim scale` runs a static cluster, `cargo test -p keel-sim --test cluster` \
+             drives one through crashes and cuts"
+        );
     }
     if replay {
         tracing_subscriber::fmt()
