@@ -163,8 +163,16 @@ impl<D: Disk> Node<D> {
         Ok(())
     }
 
-    pub(super) fn metadata(&mut self, request: &MetadataRequest, version: i16) -> MetadataResponse {
+    /// The Metadata answer, and whether it auto-created topics (their leaders are not
+    /// elected yet).
+    pub(super) fn metadata(
+        &mut self,
+        request: &MetadataRequest,
+        version: i16,
+    ) -> (MetadataResponse, bool) {
         use crate::protocol::messages::metadata_response::*;
+        let mut created = false;
+        let voters: Vec<i32> = self.brokers().iter().map(|b| b.node_id).collect();
         // v0: an empty list means all topics; v1+: null means all, empty means none.
         let requested: Option<Vec<String>> = match &request.topics {
             None => None,
@@ -199,7 +207,10 @@ impl<D: Disk> Node<D> {
                             code
                         }
                         Ok(()) => match self.create_topic(&name, partitions) {
-                            Ok(()) => codes::NONE,
+                            Ok(()) => {
+                                created = true;
+                                codes::NONE
+                            }
                             Err(e) => {
                                 tracing::error!(topic = %name, error = %e, "auto-create failed");
                                 codes::KAFKA_STORAGE_ERROR
@@ -218,7 +229,6 @@ impl<D: Disk> Node<D> {
                     continue;
                 }
             }
-            let voters: Vec<i32> = self.brokers().iter().map(|b| b.node_id).collect();
             let topic = &self.topics.by_name[&name];
             let partitions = topic
                 .partitions
@@ -262,13 +272,14 @@ impl<D: Disk> Node<D> {
                 ..Default::default()
             })
             .collect();
-        MetadataResponse {
+        let response = MetadataResponse {
             brokers,
             cluster_id: Some(self.config.cluster_id.clone()),
             controller_id: node_id,
             topics,
             ..Default::default()
-        }
+        };
+        (response, created)
     }
 
     /// Validates and appends; returns the response and what it must wait for: a sync round

@@ -743,9 +743,8 @@ impl<D: Disk> Node<D> {
                 },
             ))?)),
             Request::Metadata(r) => {
-                let created_before = std::mem::take(&mut self.replicas_missing);
-                let response = self.metadata(&r, version);
-                if self.replicas_missing {
+                let (response, created) = self.metadata(&r, version);
+                if created {
                     // It created topics: answered once the round that makes them durable and
                     // elects their leaders completes, so that the answer names the leaders
                     // (Kafka answers LEADER_NOT_AVAILABLE at once, and clients ask again).
@@ -756,7 +755,6 @@ impl<D: Disk> Node<D> {
                         request: r,
                     }
                 } else {
-                    self.replicas_missing = created_before;
                     Slot::Ready(Some(reply(Response::Metadata(response))?))
                 }
             }
@@ -1195,7 +1193,7 @@ impl<D: Disk> Node<D> {
             else {
                 continue;
             };
-            let response = Response::Metadata(self.metadata(&request, version));
+            let response = Response::Metadata(self.metadata(&request, version).0);
             let state = match frame_response(correlation_id, ApiKey::Metadata, version, &response) {
                 Ok(bytes) => Slot::Ready(Some(bytes)),
                 Err(reason) => Slot::Close(reason),

@@ -12,7 +12,6 @@ use crate::partition::{Effects, Replica};
 use crate::raft::wire::{self, GroupId, PeerFrame};
 use crate::raft::{Command, NodeId, Persisted, Raft, RaftConfig};
 
-use super::topics::group_id;
 use super::{Durability, Instant, Node, Output};
 
 /// A follower that hears nothing from its leader for this long (one to two times it)
@@ -42,25 +41,12 @@ impl<D: Disk> Node<D> {
     /// Gives every online partition without one its Raft group (after recovery, after a
     /// topic or partitions were created).
     pub(super) fn create_replicas(&mut self, now: Instant) {
-        for log_id in self.topics.log_ids() {
-            let Some(topic_id) = self.topics.topic_id_of(log_id) else {
-                continue;
-            };
-            let Some(partition) = self.topics.by_log_id(log_id) else {
-                continue;
-            };
-            if partition.replica.is_some() {
-                continue;
-            }
-            let index = self.topics.index_of(log_id).expect("listed");
-            let group = group_id(&topic_id, index);
+        let now_ms = now.as_millis() as u64;
+        for (log_id, group) in self.topics.without_replica() {
             let config = self.raft_config(&group);
             let persisted = self.votes.get(&group);
             let partition = self.topics.by_log_id(log_id).expect("listed");
-            let Ok(log) = partition.log.as_ref() else {
-                continue;
-            };
-            let now_ms = now.as_millis() as u64;
+            let log = partition.log.as_ref().expect("online");
             partition.replica = Some(Replica::new(group, config, persisted, log, now_ms));
             self.schedule(log_id);
         }

@@ -57,6 +57,20 @@ pub(crate) struct Partition {
     pub(crate) replica: Option<Replica>,
 }
 
+impl Partition {
+    /// Whether its log has anything to sync, a recovery point included.
+    fn needs_sync(&self) -> bool {
+        self.log.as_ref().is_ok_and(|l| l.needs_sync())
+    }
+
+    /// Whether its log has data or directory entries to sync, or its replica waits for a
+    /// sync of its log.
+    fn needs_data_sync(&self) -> bool {
+        self.log.as_ref().is_ok_and(|l| l.needs_data_sync())
+            || self.replica.as_ref().is_some_and(|r| r.sync_wanted())
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Topic {
     pub(crate) id: Uuid,
@@ -358,28 +372,27 @@ impl Topics {
         topic.partitions.get_mut(*index as usize)
     }
 
-    /// The id of the topic partition `log_id` belongs to.
-    pub(crate) fn topic_id_of(&self, log_id: u64) -> Option<Uuid> {
-        let (name, _) = self.by_log_id.get(&log_id)?;
-        Some(self.by_name.get(name)?.id)
-    }
-
-    /// The partition index of `log_id`.
-    pub(crate) fn index_of(&self, log_id: u64) -> Option<i32> {
-        self.by_log_id.get(&log_id).map(|(_, index)| *index)
-    }
-
     /// The log id of the partition `group` drives.
     pub(crate) fn log_id_of(&self, group: &GroupId) -> Option<u64> {
         self.by_group.get(group).copied()
     }
 
-    /// Every partition's log id, in topic and partition order.
+    /// Every partition's log id, in the order they were opened.
     pub(crate) fn log_ids(&self) -> Vec<u64> {
-        self.by_name
-            .values()
-            .flat_map(|t| t.partitions.iter().map(|p| p.log_id))
-            .collect()
+        self.by_log_id.keys().copied().collect()
+    }
+
+    /// Online partitions without a Raft group yet: (log id, group).
+    pub(crate) fn without_replica(&self) -> Vec<(u64, GroupId)> {
+        let mut missing = Vec::new();
+        for topic in self.by_name.values() {
+            for (index, p) in topic.partitions.iter().enumerate() {
+                if p.log.is_ok() && p.replica.is_none() {
+                    missing.push((p.log_id, group_id(&topic.id, index as i32)));
+                }
+            }
+        }
+        missing
     }
 
     pub(crate) fn delete(&mut self, disk: &mut dyn Disk, name: &str) -> Result<(), LogError> {
@@ -446,44 +459,36 @@ impl Topics {
         self.touched.insert(log_id);
     }
 
-    /// The touched partitions that still exist.
-    fn touched_partitions(&self) -> impl Iterator<Item = &Partition> {
-        self.touched.iter().filter_map(|id| {
-            let (name, index) = self.by_log_id.get(id)?;
-            self.by_name.get(name)?.partitions.get(*index as usize)
-        })
+    /// The touched partition `log_id`, if it still exists.
+    fn touched_partition(&self, log_id: &u64) -> Option<&Partition> {
+        let (name, index) = self.by_log_id.get(log_id)?;
+        self.by_name.get(name)?.partitions.get(*index as usize)
     }
 
     pub(crate) fn needs_sync(&self) -> bool {
-        (self.touched_partitions()).any(|p| p.log.as_ref().is_ok_and(|l| l.needs_sync()))
+        (self.touched.iter()).any(|id| {
+            self.touched_partition(id)
+                .is_some_and(Partition::needs_sync)
+        })
     }
 
     /// Whether a log has data or directory entries to sync (not only a recovery point), or
     /// a replica waits for a sync of its log.
     pub(crate) fn needs_data_sync(&self) -> bool {
-        self.touched_partitions().any(|p| {
-            p.log.as_ref().is_ok_and(|l| l.needs_data_sync())
-                || p.replica.as_ref().is_some_and(|r| r.sync_wanted())
+        (self.touched.iter()).any(|id| {
+            self.touched_partition(id)
+                .is_some_and(Partition::needs_data_sync)
         })
     }
 
     /// Forgets touched logs that are clean, and ids of logs gone.
     pub(crate) fn prune_touched(&mut self) {
-        let clean: Vec<u64> = (self.touched.iter())
+        let touched = std::mem::take(&mut self.touched);
+        self.touched = (touched.into_iter())
             .filter(|id| {
-                let Some((name, index)) = self.by_log_id.get(id) else {
-                    return true;
-                };
-                let p = &self.by_name[name].partitions[*index as usize];
-                let dirty = p.log.as_ref().is_ok_and(|l| l.needs_sync())
-                    || p.replica.as_ref().is_some_and(|r| r.sync_wanted());
-                !dirty
+                (self.touched_partition(id)).is_some_and(|p| p.needs_sync() || p.needs_data_sync())
             })
-            .copied()
             .collect();
-        for id in clean {
-            self.touched.remove(&id);
-        }
     }
 
     pub(crate) fn offsets(&self) -> Vec<super::PartitionOffsets> {

@@ -33,8 +33,8 @@ const CRC_BYTES: usize = 4;
 /// a bit flipped on the way fails the CRC once, a torn copy every time.
 const READ_ATTEMPTS: usize = 8;
 
-/// A whole copy: its generation and table.
-type Copy = (u64, BTreeMap<GroupId, Persisted>);
+/// A whole table file: its generation and entries.
+type Table = (u64, BTreeMap<GroupId, Persisted>);
 
 /// The files a write needs synced (the new file, the data directory) and the entries it
 /// makes durable.
@@ -77,7 +77,7 @@ fn be_i32(raw: &[u8]) -> i32 {
 }
 
 /// A copy's generation and table, if it is whole.
-fn decode(raw: &[u8]) -> Option<Copy> {
+fn decode(raw: &[u8]) -> Option<Table> {
     if raw.len() < HEADER_BYTES + CRC_BYTES || &raw[..4] != MAGIC {
         return None;
     }
@@ -111,7 +111,7 @@ fn decode(raw: &[u8]) -> Option<Copy> {
 }
 
 /// What one copy holds: `Ok(None)` when it is empty or torn.
-fn read_copy(disk: &mut dyn Disk, file: FileId) -> Result<Option<Copy>, DiskError> {
+fn read_copy(disk: &mut dyn Disk, file: FileId) -> Result<Option<Table>, DiskError> {
     let len = disk.len(file)? as usize;
     if len == 0 {
         return Ok(None);
