@@ -7,8 +7,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use keel_core::node::PlantedBug;
-
 use crate::sim::{run, Options, Report};
 
 /// How one seed ended.
@@ -71,17 +69,15 @@ pub fn run_seed(options: Options) -> SeedResult {
     }
 }
 
-/// Runs every seed of `seeds` on `jobs` threads; `on_done` sees each result as it comes.
-/// Results are returned in seed order.
+/// Runs every seed of `seeds` on `jobs` threads, each with `options` but its own seed;
+/// `on_done` sees each result as it comes. Results are returned in seed order.
 pub fn campaign(
     seeds: Range<u64>,
     jobs: usize,
-    duration_ns: u64,
-    bug: Option<PlantedBug>,
-    idempotent: Option<bool>,
+    options: &Options,
     on_done: &(dyn Fn(&SeedResult) + Sync),
 ) -> Vec<SeedResult> {
-    campaign_until(seeds, None, jobs, duration_ns, bug, idempotent, on_done)
+    campaign_until(seeds, None, jobs, options, on_done)
 }
 
 /// Like [`campaign`], but no seed starts after `deadline` (a time-boxed batch, as CI runs).
@@ -89,9 +85,7 @@ pub fn campaign_until(
     seeds: Range<u64>,
     deadline: Option<std::time::Instant>,
     jobs: usize,
-    duration_ns: u64,
-    bug: Option<PlantedBug>,
-    idempotent: Option<bool>,
+    options: &Options,
     on_done: &(dyn Fn(&SeedResult) + Sync),
 ) -> Vec<SeedResult> {
     let next = AtomicU64::new(seeds.start);
@@ -108,9 +102,7 @@ pub fn campaign_until(
                 }
                 let result = run_seed(Options {
                     seed,
-                    duration_ns,
-                    bug,
-                    idempotent,
+                    ..options.clone()
                 });
                 on_done(&result);
                 results.lock().expect("no worker panics").push(result);

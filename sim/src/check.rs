@@ -18,6 +18,10 @@
 //!   restarts too: what a client was shown as committed stays committed);
 //! - **wrong-topic**: one topic id for two topics, or a record read from a topic it was not
 //!   written to (the admin workload's side topics, `admin.rs`);
+//! - **two-leaders**: two nodes led one partition in one epoch (from the nodes' state);
+//! - **unreplicated-ack**: an acks=all write was acknowledged before a majority of nodes had
+//!   it on their disks, durably (fsync durability);
+//! - **replicas-diverge**: two nodes hold different batches below both their high watermarks;
 //! - **liveness**: after the faults stopped, an acknowledged record was not read back in time.
 //!
 //! Lasting damage (a rotten bit, a lost or misdirected write, an unreadable sector, a lost
@@ -45,6 +49,9 @@ pub enum ViolationKind {
     SyncFailureIgnored,
     HighWatermarkBack,
     WrongTopic,
+    TwoLeaders,
+    UnreplicatedAck,
+    ReplicasDiverge,
     Liveness,
 }
 
@@ -61,6 +68,9 @@ impl ViolationKind {
             ViolationKind::SyncFailureIgnored => "sync-failure-ignored",
             ViolationKind::HighWatermarkBack => "high-watermark-back",
             ViolationKind::WrongTopic => "wrong-topic",
+            ViolationKind::TwoLeaders => "two-leaders",
+            ViolationKind::UnreplicatedAck => "unreplicated-ack",
+            ViolationKind::ReplicasDiverge => "replicas-diverge",
             ViolationKind::Liveness => "liveness",
         }
     }

@@ -82,6 +82,23 @@ pub struct DiskFaultCounts {
     pub misdirected_writes: u64,
 }
 
+impl DiskFaultCounts {
+    /// Adds `other`'s counts (a cluster reports its disks together).
+    pub fn add(&mut self, other: &DiskFaultCounts) {
+        self.read_flips += other.read_flips;
+        self.read_errors += other.read_errors;
+        self.full_writes += other.full_writes;
+        self.torn_files += other.torn_files;
+        self.lost_entry_changes += other.lost_entry_changes;
+        self.pages_left_clean += other.pages_left_clean;
+        self.rotten_sectors += other.rotten_sectors;
+        self.latent_sector_errors += other.latent_sector_errors;
+        self.lost_files += other.lost_files;
+        self.lost_writes += other.lost_writes;
+        self.misdirected_writes += other.misdirected_writes;
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct SimFile {
     cache: Vec<u8>,
@@ -239,6 +256,20 @@ impl SimDisk {
             return None;
         }
         Some(&self.files.get(name)?.cache)
+    }
+
+    /// What of `name` would survive a crash of the machine now: its durable image, if its
+    /// entry in its directory is durable too (the directory's own entry is not looked at).
+    pub fn durable_contents(&self, name: &str) -> Option<&[u8]> {
+        let file = self.files.get(name).filter(|f| f.entry_durable)?;
+        file.durable.as_deref()
+    }
+
+    /// Names of the files under `dir` (a prefix ending in `/`), in order.
+    pub fn files_under<'a>(&'a self, dir: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        (self.files.range(dir.to_string()..))
+            .map(|(name, _)| name.as_str())
+            .take_while(move |name| name.starts_with(dir))
     }
 
     fn note_damage(&mut self, name: &str) {

@@ -6,6 +6,7 @@ use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
 use crate::disk::DiskFaults;
+use crate::network::NetFaults;
 
 /// Kafka versions the simulated clients speak, chosen per seed within what the node serves.
 const PRODUCE_VERSIONS: (i16, i16) = (3, 11);
@@ -66,6 +67,10 @@ pub struct Plan {
     /// in the cache, marked clean, as Linux leaves them.
     pub same_kernel_restart_probability: f64,
     pub disk_full_interval_ms: Option<u64>,
+    /// Nodes in the cluster (given, not drawn: `--nodes`).
+    pub nodes: usize,
+    /// The network between nodes (drawn for every seed, used when there are several).
+    pub net: NetFaults,
 }
 
 fn maybe(rng: &mut Xoshiro256PlusPlus, low: f64, high: f64) -> f64 {
@@ -86,8 +91,33 @@ impl Plan {
     /// everything drawn from `rng` after the plan) as it was: a seed keeps meaning the run it
     /// named when it failed.
     pub fn draw(seed: u64, rng: &mut Xoshiro256PlusPlus) -> Plan {
+        Plan::draw_for(seed, rng, 1)
+    }
+
+    /// The plan of a cluster of `nodes`. With several nodes, the admin workload (which creates
+    /// and deletes topics) and lasting disk damage are off: topics are created on each node
+    /// by its own requests until the metadata quorum names them once for all, and a replica
+    /// that lasting damage took offline is not yet rebuilt from its peers.
+    pub fn draw_for(seed: u64, rng: &mut Xoshiro256PlusPlus, nodes: usize) -> Plan {
+        let mut plan = Plan::draw_plan(seed, rng);
+        plan.nodes = nodes;
+        if nodes > 1 {
+            plan.admin = false;
+            plan.disk.rot_probability = 0.0;
+            plan.disk.latent_error_probability = 0.0;
+            plan.disk.lost_file_probability = 0.0;
+            plan.disk.lost_write_probability = 0.0;
+            plan.disk.misdirected_write_probability = 0.0;
+        }
+        plan
+    }
+
+    fn draw_plan(seed: u64, rng: &mut Xoshiro256PlusPlus) -> Plan {
         let mut later = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x6c61_7465_725f_6b6e);
+        let mut net = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x6e65_7477_6f72_6b21);
         Plan {
+            nodes: 1,
+            net: NetFaults::draw(&mut net),
             partitions: rng.random_range(1..=4),
             segment_size_bytes: [16 << 10, 256 << 10, 1 << 30][rng.random_range(0..3)],
             producers: rng.random_range(1..=3),

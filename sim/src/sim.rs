@@ -22,7 +22,7 @@ use bytes::{Bytes, BytesMut};
 use keel_core::disk::{Disk, DiskError, FileId};
 use keel_core::log::LogConfig;
 use keel_core::node::{
-    Config, ConnId, Input, Instant, Node, Output, PlantedBug, RecoveryEvent, SyncToken,
+    Broker, Config, ConnId, Input, Instant, Node, Output, PlantedBug, RecoveryEvent, SyncToken,
 };
 use keel_core::protocol::codec::{decode_response, encode_request};
 use keel_core::protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -40,6 +40,7 @@ use rand::{RngExt, SeedableRng};
 use crate::admin::{AdminRequest, AdminState, AdminStep};
 use crate::check::{Checker, Damage, Violation, ViolationKind, Write};
 use crate::disk::{DiskFaults, PendingSync, SimDisk};
+use crate::network::Network;
 use crate::plan::Plan;
 
 /// After the faults stop, every acknowledged record must be read back within this much
@@ -63,6 +64,8 @@ pub struct Options {
     pub bug: Option<PlantedBug>,
     /// Overrides the seed's choice of idempotent producers.
     pub idempotent: Option<bool>,
+    /// Nodes in the cluster: 1, or 3 and more (every partition replicated on all of them).
+    pub nodes: usize,
 }
 
 /// What a run did and found.
@@ -152,21 +155,40 @@ enum Event {
         what: ToClient,
     },
     Synced {
+        node: usize,
         incarnation: u64,
         token: SyncToken,
         /// What the sync makes durable, taken when it was issued.
         sync: Result<PendingSync, DiskError>,
     },
     NodeTimeout {
+        node: usize,
         incarnation: u64,
     },
     ClientWake {
         client: usize,
     },
     Crash,
-    Restart,
-    DiskFull(bool),
+    Restart {
+        node: usize,
+    },
+    DiskFull {
+        node: usize,
+        full: bool,
+    },
     Quiet,
+    /// A peer frame arrives.
+    Peer {
+        from: usize,
+        to: usize,
+        bytes: Bytes,
+    },
+    /// The nemesis cuts the network, or (`heal`) restores it.
+    Partition {
+        heal: bool,
+    },
+    /// The nemesis clogs a link for a while.
+    Clog,
 }
 
 impl Event {
@@ -178,9 +200,12 @@ impl Event {
             Event::NodeTimeout { .. } => 4,
             Event::ClientWake { .. } => 5,
             Event::Crash => 6,
-            Event::Restart => 7,
-            Event::DiskFull(_) => 8,
+            Event::Restart { .. } => 7,
+            Event::DiskFull { .. } => 8,
             Event::Quiet => 9,
+            Event::Peer { .. } => 10,
+            Event::Partition { .. } => 11,
+            Event::Clog => 12,
         }
     }
 }
@@ -210,7 +235,9 @@ impl Ord for Queued {
 
 /// Both directions of one connection. Each direction is FIFO, as TCP is.
 struct Link {
+    /// The client at one end ([`BOOTSTRAP`]: the harness itself), the node at the other.
     client: usize,
+    node: usize,
     to_node_at_ns: u64,
     to_client_at_ns: u64,
     /// The node incarnation that has this connection open.
@@ -297,6 +324,12 @@ impl Client {
 
 struct Client {
     role: Role,
+    /// The node it talks to (index into the machines).
+    node: usize,
+    /// Each partition's leader (a machine index), as Metadata last said.
+    leaders: BTreeMap<i32, usize>,
+    /// A consumer of a cluster moves on to another leader once its fetch is answered.
+    rotate: bool,
     conn: Option<ClientConn>,
     reconnect_at_ns: u64,
     wake_at_ns: Option<u64>,
@@ -327,6 +360,23 @@ struct Op {
     first_sent_ns: u64,
 }
 
+/// One node's machine: its disk, and its process when it runs.
+struct Machine {
+    disk: SharedDisk,
+    node: Option<Node<SharedDisk>>,
+    config: Config,
+    /// Counts the node's starts: events of an earlier process are dropped.
+    incarnation: u64,
+    deadline_scheduled_ns: Option<u64>,
+    /// Each partition's high watermark as this incarnation last reported it.
+    high_watermarks: BTreeMap<i32, i64>,
+    /// The harness created the workload's topic on it (clusters only).
+    bootstrapped: bool,
+}
+
+/// The client id of the harness's own connections (a cluster's bootstrap).
+const BOOTSTRAP: usize = usize::MAX;
+
 pub struct Sim {
     options: Options,
     plan: Plan,
@@ -334,13 +384,12 @@ pub struct Sim {
     now_ns: u64,
     queue: BinaryHeap<Reverse<Queued>>,
     next_seq: u64,
-    disk: SharedDisk,
-    node: Option<Node<SharedDisk>>,
-    node_config: Config,
-    incarnation: u64,
-    deadline_scheduled_ns: Option<u64>,
-    /// Each partition's high watermark as this incarnation last reported it.
-    high_watermarks: BTreeMap<i32, i64>,
+    machines: Vec<Machine>,
+    network: Network,
+    /// Clients run and faults are injected (a cluster first creates its topic everywhere).
+    started: bool,
+    /// (partition, leader epoch) -> the node that led it, from every node's state.
+    leader_of_epoch: BTreeMap<(i32, i32), usize>,
     links: BTreeMap<ConnId, Link>,
     next_conn: ConnId,
     clients: Vec<Client>,
@@ -416,27 +465,22 @@ fn value_bytes(value: u64, padding_bytes: usize) -> Bytes {
 impl Sim {
     pub fn new(options: Options) -> Sim {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(options.seed);
-        let mut plan = Plan::draw(options.seed, &mut rng);
+        let nodes = options.nodes.max(1);
+        let mut plan = Plan::draw_for(options.seed, &mut rng, nodes);
         if let Some(idempotent) = options.idempotent {
             plan.idempotent = idempotent;
         }
-        let mut sim_disk = SimDisk::with_faults(rng.random(), plan.disk);
-        // Lasting damage strikes the workload topic's data (segments and recovery points).
-        // Not yet `partition.metadata` or the node's own files: each is the only copy of what
-        // it holds, and the node cannot yet tell its loss from a creation or deletion cut
-        // short (see ARCHITECTURE.md).
-        sim_disk.set_damageable(|name| {
-            name.strip_prefix(TOPIC)
-                .and_then(|rest| rest.strip_prefix('-'))
-                .and_then(|rest| rest.split_once('/'))
-                .is_some_and(|(partition, file)| {
-                    partition.bytes().all(|b| b.is_ascii_digit())
-                        && (file.ends_with(".log") || file == "recovery-point")
-                })
-        });
-        let disk = SharedDisk(Rc::new(RefCell::new(sim_disk)));
+        let first_disk_seed = rng.random();
+        let cluster = (1..=nodes as i32)
+            .map(|n| Broker {
+                node_id: n,
+                host: format!("node{n}"),
+                port: 9092,
+            })
+            .collect::<Vec<_>>();
         let node_config = Config {
             node_id: 1,
+            cluster: if nodes > 1 { cluster } else { Vec::new() },
             advertised_host: "sim".into(),
             advertised_port: 9092,
             default_partitions: plan.partitions,
@@ -481,14 +525,61 @@ impl Sim {
         }
         let clients = clients
             .into_iter()
-            .map(|role| Client {
+            .enumerate()
+            .map(|(i, role)| Client {
                 role,
+                node: i % nodes,
+                leaders: BTreeMap::new(),
+                rotate: false,
                 conn: None,
                 reconnect_at_ns: 0,
                 wake_at_ns: None,
                 next_correlation_id: 0,
             })
             .collect();
+        // A cluster's disks start without faults: the harness creates the topic on every
+        // node first (`bootstrap`), then turns them on.
+        let machines = (0..nodes)
+            .map(|i| {
+                let seed = if i == 0 {
+                    first_disk_seed
+                } else {
+                    rng.random()
+                };
+                let faults = if nodes > 1 {
+                    DiskFaults::default()
+                } else {
+                    plan.disk
+                };
+                let mut sim_disk = SimDisk::with_faults(seed, faults);
+                // Lasting damage strikes the workload topic's data (segments and recovery
+                // points). Not yet `partition.metadata` or the node's own files: each is the
+                // only copy of what it holds, and the node cannot yet tell its loss from a
+                // creation or deletion cut short (see ARCHITECTURE.md).
+                sim_disk.set_damageable(|name| {
+                    name.strip_prefix(TOPIC)
+                        .and_then(|rest| rest.strip_prefix('-'))
+                        .and_then(|rest| rest.split_once('/'))
+                        .is_some_and(|(partition, file)| {
+                            partition.bytes().all(|b| b.is_ascii_digit())
+                                && (file.ends_with(".log") || file == "recovery-point")
+                        })
+                });
+                Machine {
+                    disk: SharedDisk(Rc::new(RefCell::new(sim_disk))),
+                    node: None,
+                    config: Config {
+                        node_id: i as i32 + 1,
+                        ..node_config.clone()
+                    },
+                    incarnation: 0,
+                    deadline_scheduled_ns: None,
+                    high_watermarks: BTreeMap::new(),
+                    bootstrapped: false,
+                }
+            })
+            .collect();
+        let network = Network::new(nodes, plan.net);
         Sim {
             options,
             plan,
@@ -496,12 +587,10 @@ impl Sim {
             now_ns: 0,
             queue: BinaryHeap::new(),
             next_seq: 0,
-            disk,
-            node: None,
-            node_config,
-            incarnation: 0,
-            deadline_scheduled_ns: None,
-            high_watermarks: BTreeMap::new(),
+            machines,
+            network,
+            started: false,
+            leader_of_epoch: BTreeMap::new(),
             links: BTreeMap::new(),
             next_conn: 1,
             clients,
@@ -521,18 +610,15 @@ impl Sim {
 
     fn run(&mut self) {
         tracing::debug!(plan = ?self.plan, "plan");
-        self.restart_node();
-        for client in 0..self.clients.len() {
-            let at = self.rng.random_range(0..100 * MS);
-            self.schedule_wake(client, at);
+        for node in 0..self.machines.len() {
+            self.restart_node(node);
         }
-        if let Some(interval) = self.plan.crash_interval_ms {
-            let at = self.exponential_ns(interval);
-            self.schedule(at, Event::Crash);
-        }
-        if let Some(interval) = self.plan.disk_full_interval_ms {
-            let at = self.exponential_ns(interval);
-            self.schedule(at, Event::DiskFull(true));
+        if self.machines.len() == 1 {
+            self.start();
+        } else {
+            for node in 0..self.machines.len() {
+                self.bootstrap(node);
+            }
         }
         self.schedule(self.options.duration_ns, Event::Quiet);
         let end_ns = self.options.duration_ns + LIVENESS_BOUND_NS;
@@ -558,7 +644,10 @@ impl Sim {
     }
 
     fn report(mut self) -> Report {
-        let counts = self.disk.0.borrow().fault_counts();
+        let mut counts = crate::disk::DiskFaultCounts::default();
+        for m in &self.machines {
+            counts.add(&m.disk.0.borrow().fault_counts());
+        }
         for (kind, count) in [
             ("read-flip", counts.read_flips),
             ("read-error", counts.read_errors),
@@ -681,21 +770,23 @@ impl Sim {
             Event::ToNode { conn, what } => self.deliver_to_node(conn, what),
             Event::ToClient { conn, what } => self.deliver_to_client(conn, what),
             Event::Synced {
+                node,
                 incarnation,
                 token,
                 sync,
             } => {
-                if incarnation != self.incarnation || self.node.is_none() {
+                let m = &self.machines[node];
+                if incarnation != m.incarnation || m.node.is_none() {
                     return;
                 }
-                if !self.quiet && self.rng.random_bool(self.plan.sync_error_probability) {
+                if self.faulty() && self.rng.random_bool(self.plan.sync_error_probability) {
                     self.fault("sync-error");
                     if let Ok(pending) = sync {
-                        self.disk.0.borrow_mut().fail_sync(pending);
+                        self.machines[node].disk.0.borrow_mut().fail_sync(pending);
                     }
                     let result = Err(DiskError::Io("injected fsync failure".into()));
-                    self.step_node(Input::Synced { token, result });
-                    if self.node.is_some() {
+                    self.step_node(node, Input::Synced { token, result });
+                    if self.machines[node].node.is_some() {
                         self.checker.violate(
                             ViolationKind::SyncFailureIgnored,
                             self.now_ns,
@@ -704,14 +795,17 @@ impl Sim {
                     }
                     return;
                 }
-                let result = sync.and_then(|pending| self.disk.0.borrow_mut().finish_sync(pending));
-                self.step_node(Input::Synced { token, result });
-                self.check_high_watermarks();
+                let result = sync.and_then(|pending| {
+                    self.machines[node].disk.0.borrow_mut().finish_sync(pending)
+                });
+                self.step_node(node, Input::Synced { token, result });
+                self.check_high_watermarks(node);
             }
-            Event::NodeTimeout { incarnation } => {
-                if incarnation == self.incarnation && self.node.is_some() {
-                    self.deadline_scheduled_ns = None;
-                    self.step_node(Input::Timeout);
+            Event::NodeTimeout { node, incarnation } => {
+                let m = &mut self.machines[node];
+                if incarnation == m.incarnation && m.node.is_some() {
+                    m.deadline_scheduled_ns = None;
+                    self.step_node(node, Input::Timeout);
                 }
             }
             Event::ClientWake { client } => {
@@ -727,49 +821,196 @@ impl Sim {
                 if self.quiet {
                     return;
                 }
-                if self.node.is_some() {
+                let node = self.random_node();
+                if self.machines[node].node.is_some() {
                     self.fault("crash");
-                    self.crash_node();
+                    self.crash_node(node);
                 }
                 let interval = self.plan.crash_interval_ms.expect("crashes planned");
                 let at = self.exponential_ns(interval);
                 self.schedule(at, Event::Crash);
             }
-            Event::Restart => {
-                if self.node.is_none() {
-                    self.restart_node();
+            Event::Restart { node } => {
+                if self.machines[node].node.is_none() {
+                    self.restart_node(node);
                 }
             }
-            Event::DiskFull(full) => {
+            Event::DiskFull { node, full } => {
                 if full && !self.quiet {
                     self.fault("disk-full");
-                    self.disk.0.borrow_mut().set_full(true);
+                    self.machines[node].disk.0.borrow_mut().set_full(true);
                     let at = self.now_ns + self.rng.random_range(100 * MS..5_000 * MS);
-                    self.schedule(at, Event::DiskFull(false));
+                    self.schedule(at, Event::DiskFull { node, full: false });
                 } else if !full {
-                    self.disk.0.borrow_mut().set_full(false);
+                    self.machines[node].disk.0.borrow_mut().set_full(false);
                     if !self.quiet {
                         let interval = self.plan.disk_full_interval_ms.expect("planned");
                         let at = self.exponential_ns(interval);
-                        self.schedule(at, Event::DiskFull(true));
+                        let node = self.random_node();
+                        self.schedule(at, Event::DiskFull { node, full: true });
                     }
                 }
             }
             Event::Quiet => {
                 tracing::debug!("faults stop");
                 self.quiet = true;
-                let mut disk = self.disk.0.borrow_mut();
-                disk.set_faults(DiskFaults::default());
-                disk.set_full(false);
+                self.network.quiet();
+                for m in &self.machines {
+                    let mut disk = m.disk.0.borrow_mut();
+                    disk.set_faults(DiskFaults::default());
+                    disk.set_full(false);
+                }
+            }
+            Event::Peer { from, to, bytes } => {
+                if !self.network.delivers(from, to) {
+                    self.fault("peer-frame-cut");
+                    return;
+                }
+                let from_id = self.machines[from].config.node_id;
+                self.step_node(
+                    to,
+                    Input::PeerMessage {
+                        from: from_id,
+                        bytes: &bytes,
+                    },
+                );
+            }
+            Event::Partition { heal } => {
+                if self.quiet {
+                    return;
+                }
+                if heal {
+                    tracing::debug!("network heals");
+                    self.network.heal();
+                    let interval = self.plan.net.partition_interval_ms.expect("planned");
+                    let at = self.exponential_ns(interval);
+                    self.schedule(at, Event::Partition { heal: false });
+                } else {
+                    let partition = self.network.partition(&mut self.rng);
+                    tracing::debug!(kind = partition.kind, cuts = ?partition.cuts, "network cut");
+                    self.fault(partition.kind);
+                    let at = self.now_ns + self.rng.random_range(200 * MS..=8_000 * MS);
+                    self.schedule(at, Event::Partition { heal: true });
+                }
+            }
+            Event::Clog => {
+                if self.quiet {
+                    return;
+                }
+                let until = self.now_ns + self.rng.random_range(50 * MS..=3_000 * MS);
+                let link = self.network.clog(&mut self.rng, until);
+                tracing::debug!(?link, until = %format_ns(until), "link clogged");
+                self.fault("clog");
+                let interval = self.plan.net.clog_interval_ms.expect("planned");
+                let at = self.exponential_ns(interval);
+                self.schedule(at, Event::Clog);
             }
         }
     }
 
-    // ---- the node's side ----
+    /// Faults are injected: the run started and the quiet phase has not.
+    fn faulty(&self) -> bool {
+        self.started && !self.quiet
+    }
 
-    fn restart_node(&mut self) {
-        match Node::new(self.node_config.clone(), self.disk.clone()) {
-            Ok((node, events)) => {
+    /// A node drawn at random (no draw with one node, so single-node seeds keep their
+    /// meaning).
+    fn random_node(&mut self) -> usize {
+        match self.machines.len() {
+            1 => 0,
+            n => self.rng.random_range(0..n),
+        }
+    }
+
+    // ---- the nodes' side ----
+
+    /// A cluster's nodes each create the workload topic from the same request before
+    /// anything else happens, so that they draw the same topic id (until the metadata quorum
+    /// names topics once for all); clients and faults start once every node answered.
+    fn bootstrap(&mut self, node: usize) {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        self.links.insert(
+            id,
+            Link {
+                client: BOOTSTRAP,
+                node,
+                to_node_at_ns: self.now_ns,
+                to_client_at_ns: self.now_ns,
+                at_node: None,
+                slow_reader: false,
+            },
+        );
+        let header = RequestHeader {
+            api_key: ApiKey::Metadata as i16,
+            api_version: 12,
+            correlation_id: 1,
+            client_id: Some("sim-bootstrap".into()),
+            ..Default::default()
+        };
+        let mut buf = BytesMut::new();
+        encode_request(&mut buf, &header, &self.metadata_request())
+            .expect("the simulator's requests encode");
+        self.send_to_node(id, ToNode::Open);
+        self.send_to_node(id, ToNode::Bytes(buf.freeze()));
+    }
+
+    fn on_bootstrap_answer(&mut self, conn: ConnId, what: ToClient) {
+        let node = self.links[&conn].node;
+        self.send_to_node(conn, ToNode::Close);
+        match what {
+            ToClient::Bytes(_) => {
+                self.machines[node].bootstrapped = true;
+                if !self.started && self.machines.iter().all(|m| m.bootstrapped) {
+                    self.start();
+                }
+            }
+            // Refused (the node was not up yet): again.
+            ToClient::Close => {
+                if !self.machines[node].bootstrapped {
+                    self.bootstrap(node)
+                }
+            }
+        }
+    }
+
+    /// Clients start and faults begin.
+    fn start(&mut self) {
+        self.started = true;
+        if self.machines.len() > 1 {
+            for m in &self.machines {
+                m.disk.0.borrow_mut().set_faults(self.plan.disk);
+            }
+        }
+        for client in 0..self.clients.len() {
+            let at = self.now_ns + self.rng.random_range(0..100 * MS);
+            self.schedule_wake(client, at);
+        }
+        if let Some(interval) = self.plan.crash_interval_ms {
+            let at = self.exponential_ns(interval);
+            self.schedule(at, Event::Crash);
+        }
+        if let Some(interval) = self.plan.disk_full_interval_ms {
+            let at = self.exponential_ns(interval);
+            let node = self.random_node();
+            self.schedule(at, Event::DiskFull { node, full: true });
+        }
+        if self.machines.len() > 1 {
+            if let Some(interval) = self.plan.net.partition_interval_ms {
+                let at = self.exponential_ns(interval);
+                self.schedule(at, Event::Partition { heal: false });
+            }
+            if let Some(interval) = self.plan.net.clog_interval_ms {
+                let at = self.exponential_ns(interval);
+                self.schedule(at, Event::Clog);
+            }
+        }
+    }
+
+    fn restart_node(&mut self, node: usize) {
+        let m = &self.machines[node];
+        match Node::new(m.config.clone(), m.disk.clone()) {
+            Ok((started, events)) => {
                 let mut cut = BTreeSet::new();
                 for event in events {
                     tracing::debug!(?event, "recovery");
@@ -785,40 +1026,45 @@ impl Sim {
                         }
                     }
                 }
-                if self.incarnation > 0 {
+                if self.machines[node].incarnation > 0 {
                     *self.faults.entry("restart").or_default() += 1;
                 }
-                self.high_watermarks.clear();
-                for p in node
+                self.machines[node].high_watermarks.clear();
+                let single = self.machines.len() == 1;
+                for p in started
                     .partition_offsets()
                     .into_iter()
                     .filter(|p| p.topic == TOPIC)
                 {
-                    let damage = self.damage(p.partition, cut.contains(&p.partition));
-                    self.checker
-                        .on_restart(self.now_ns, p.partition, p.log_end_offset, damage);
+                    // A cluster's replica may be short of what was acknowledged (it was not
+                    // in the majority); what the cluster holds is checked by reading it.
+                    if single {
+                        let damage = self.damage(node, p.partition, cut.contains(&p.partition));
+                        self.checker
+                            .on_restart(self.now_ns, p.partition, p.log_end_offset, damage);
+                    }
                     if let Some(hw) = p.high_watermark {
-                        self.high_watermarks.insert(p.partition, hw);
+                        self.machines[node].high_watermarks.insert(p.partition, hw);
                     }
                 }
-                self.node = Some(node);
-                self.schedule_deadline();
+                self.machines[node].node = Some(started);
+                self.schedule_deadline(node);
             }
             Err(e) => {
-                tracing::debug!(error = %e, "the node failed to start");
+                tracing::debug!(node, error = %e, "the node failed to start");
                 self.fault("restart-failed");
-                self.disk.0.borrow_mut().crash();
+                self.machines[node].disk.0.borrow_mut().crash();
                 let at = self.now_ns + self.rng.random_range(10 * MS..=500 * MS);
-                self.schedule(at, Event::Restart);
+                self.schedule(at, Event::Restart { node });
             }
         }
     }
 
     /// Whether lasting damage struck `partition`'s files, and if so the recovery point the
     /// node found on the disk (read by the simulator itself: 8 bytes of offset, a CRC-32C).
-    fn damage(&self, partition: i32, cut: bool) -> Option<Damage> {
+    fn damage(&self, node: usize, partition: i32, cut: bool) -> Option<Damage> {
         let dir = format!("{TOPIC}-{partition}/");
-        let disk = self.disk.0.borrow();
+        let disk = self.machines[node].disk.0.borrow();
         if !disk.damaged().any(|name| name.starts_with(&dir)) {
             return None;
         }
@@ -838,46 +1084,52 @@ impl Sim {
 
     /// The process dies: its connections reset, its pending syncs never complete, its disk
     /// keeps only what was synced (or a torn part of the rest).
-    fn crash_node(&mut self) {
-        self.stop_node(true);
+    fn crash_node(&mut self, node: usize) {
+        self.stop_node(node, true);
     }
 
     /// The process dies; with `machine`, the machine too (the page cache is lost).
-    fn stop_node(&mut self, machine: bool) {
-        let Some(node) = self.node.take() else {
+    fn stop_node(&mut self, node: usize, machine: bool) {
+        let m = &mut self.machines[node];
+        let Some(process) = m.node.take() else {
             return;
         };
-        drop(node);
+        drop(process);
+        let incarnation = m.incarnation;
         let open: Vec<ConnId> = self
             .links
             .iter()
-            .filter(|(_, l)| l.at_node == Some(self.incarnation))
+            .filter(|(_, l)| l.node == node && l.at_node == Some(incarnation))
             .map(|(id, _)| *id)
             .collect();
         for conn in open {
             self.links.get_mut(&conn).expect("listed").at_node = None;
             self.send_to_client(conn, ToClient::Close);
         }
-        self.incarnation += 1;
-        self.deadline_scheduled_ns = None;
+        let m = &mut self.machines[node];
+        m.incarnation += 1;
+        m.deadline_scheduled_ns = None;
         if machine {
-            self.disk.0.borrow_mut().crash();
+            m.disk.0.borrow_mut().crash();
         } else {
-            self.disk.0.borrow_mut().close_all();
+            m.disk.0.borrow_mut().close_all();
         }
         let at = self.now_ns + self.rng.random_range(1..=self.plan.restart_delay_ms_max) * MS;
-        self.schedule(at, Event::Restart);
+        self.schedule(at, Event::Restart { node });
     }
 
-    fn step_node(&mut self, input: Input<'_>) {
-        let Some(node) = self.node.as_mut() else {
+    fn step_node(&mut self, node: usize, input: Input<'_>) {
+        let m = &mut self.machines[node];
+        let Some(process) = m.node.as_mut() else {
             return;
         };
         let mut out = Vec::new();
         {
-            let _span = tracing::debug_span!("node", id = 1, t = %format_ns(self.now_ns)).entered();
-            node.step(Instant(EPOCH_NS + self.now_ns), input, &mut out);
-            node.check_invariants();
+            let _span =
+                tracing::debug_span!("node", id = m.config.node_id, t = %format_ns(self.now_ns))
+                    .entered();
+            process.step(Instant(EPOCH_NS + self.now_ns), input, &mut out);
+            process.check_invariants();
         }
         let mut halted = false;
         for output in out {
@@ -898,15 +1150,17 @@ impl Sim {
                 Output::Sync { token, file } => {
                     let (low, high) = self.plan.sync_latency_us;
                     let mut delay_ns = self.rng.random_range(low..=high) * 1_000;
-                    if !self.quiet && self.rng.random_bool(self.plan.slow_sync_probability) {
+                    if self.faulty() && self.rng.random_bool(self.plan.slow_sync_probability) {
                         self.fault("slow-sync");
                         delay_ns += self.rng.random_range(100 * MS..=2_000 * MS);
                     }
-                    let incarnation = self.incarnation;
-                    let sync = self.disk.0.borrow_mut().begin_sync(file);
+                    let m = &self.machines[node];
+                    let incarnation = m.incarnation;
+                    let sync = m.disk.0.borrow_mut().begin_sync(file);
                     self.schedule(
                         self.now_ns + delay_ns,
                         Event::Synced {
+                            node,
                             incarnation,
                             token,
                             sync,
@@ -917,13 +1171,33 @@ impl Sim {
                     tracing::debug!(%reason, "node halts");
                     halted = true;
                 }
-                Output::PeerSend { to, .. } => {
-                    // A one-node cluster has no peer: its groups have nobody to send to.
-                    self.checker.violate(
-                        ViolationKind::Protocol,
-                        self.now_ns,
-                        format!("a one-node cluster sent a frame to node {to}"),
-                    );
+                Output::PeerSend { to, bytes } => {
+                    let Some(to) = (self.machines.iter())
+                        .position(|m| m.config.node_id == to)
+                        .filter(|to| *to != node)
+                    else {
+                        self.checker.violate(
+                            ViolationKind::Protocol,
+                            self.now_ns,
+                            format!("node {} sent a frame to node {to}", node + 1),
+                        );
+                        continue;
+                    };
+                    self.hasher.write_u64(to as u64);
+                    self.hasher.write_u32(crc32c::crc32c(&bytes));
+                    let deliveries =
+                        (self.network).send(&mut self.rng, self.now_ns, node, to, &mut self.faults);
+                    for at in deliveries {
+                        let bytes = bytes.clone();
+                        self.schedule(
+                            at,
+                            Event::Peer {
+                                from: node,
+                                to,
+                                bytes,
+                            },
+                        );
+                    }
                 }
             }
         }
@@ -937,45 +1211,76 @@ impl Sim {
             if same_kernel {
                 self.fault("process-restart");
             }
-            self.stop_node(!same_kernel);
+            self.stop_node(node, !same_kernel);
         } else {
-            self.schedule_deadline();
+            self.schedule_deadline(node);
+            if self.machines.len() > 1 {
+                self.check_leaders(node);
+            }
         }
     }
 
-    fn schedule_deadline(&mut self) {
-        let Some(deadline) = self.node.as_ref().and_then(|n| n.next_deadline()) else {
+    fn schedule_deadline(&mut self, node: usize) {
+        let m = &mut self.machines[node];
+        let Some(deadline) = m.node.as_ref().and_then(|n| n.next_deadline()) else {
             return;
         };
         let at = deadline.0.saturating_sub(EPOCH_NS).max(self.now_ns);
-        if self.deadline_scheduled_ns.is_some_and(|s| s <= at) {
+        if m.deadline_scheduled_ns.is_some_and(|s| s <= at) {
             return;
         }
-        self.deadline_scheduled_ns = Some(at);
-        let incarnation = self.incarnation;
-        self.schedule(at, Event::NodeTimeout { incarnation });
+        m.deadline_scheduled_ns = Some(at);
+        let incarnation = m.incarnation;
+        self.schedule(at, Event::NodeTimeout { node, incarnation });
     }
 
-    /// The high watermark never goes back within one incarnation of the node.
-    fn check_high_watermarks(&mut self) {
-        let Some(node) = self.node.as_ref() else {
+    /// The high watermark never goes back within one incarnation of a node.
+    fn check_high_watermarks(&mut self, node: usize) {
+        let m = &mut self.machines[node];
+        let Some(process) = m.node.as_ref() else {
             return;
         };
-        for p in node
+        let mut back = Vec::new();
+        for p in process
             .partition_offsets()
             .into_iter()
             .filter(|p| p.topic == TOPIC)
         {
             let Some(hw) = p.high_watermark else { continue };
-            let before = self.high_watermarks.insert(p.partition, hw);
-            if before.is_some_and(|b| b > hw) {
+            let before = m.high_watermarks.insert(p.partition, hw);
+            if let Some(before) = before.filter(|b| *b > hw) {
+                back.push(format!(
+                    "node {} partition {} high watermark went back from {before} to {hw}",
+                    node + 1,
+                    p.partition,
+                ));
+            }
+        }
+        for detail in back {
+            self.checker
+                .violate(ViolationKind::LostWrite, self.now_ns, detail);
+        }
+    }
+
+    /// At most one leader per partition per epoch: every node that says it leads a partition
+    /// in an epoch must be the only one that ever did.
+    fn check_leaders(&mut self, node: usize) {
+        let Some(process) = self.machines[node].node.as_ref() else {
+            return;
+        };
+        for (partition, epoch) in process.leaderships(TOPIC) {
+            let first = *self
+                .leader_of_epoch
+                .entry((partition, epoch))
+                .or_insert(node);
+            if first != node {
                 self.checker.violate(
-                    ViolationKind::LostWrite,
+                    ViolationKind::TwoLeaders,
                     self.now_ns,
                     format!(
-                        "partition {} high watermark went back from {} to {hw}",
-                        p.partition,
-                        before.unwrap_or_default()
+                        "nodes {} and {} both led partition {partition} in epoch {epoch}",
+                        first + 1,
+                        node + 1
                     ),
                 );
             }
@@ -983,26 +1288,31 @@ impl Sim {
     }
 
     fn deliver_to_node(&mut self, conn: ConnId, what: ToNode) {
-        let incarnation = self.incarnation;
-        let node_up = self.node.is_some();
-        let Some(link) = self.links.get_mut(&conn) else {
+        let Some(link) = self.links.get(&conn) else {
             return;
         };
+        let node = link.node;
+        let incarnation = self.machines[node].incarnation;
+        let node_up = self.machines[node].node.is_some();
+        let link = self.links.get_mut(&conn).expect("checked");
         let open_here = node_up && link.at_node == Some(incarnation);
         match what {
             ToNode::Open if node_up => {
                 link.at_node = Some(incarnation);
-                self.step_node(Input::ConnOpened { conn });
+                self.step_node(node, Input::ConnOpened { conn });
             }
             // Connection refused.
             ToNode::Open => self.send_to_client(conn, ToClient::Close),
-            ToNode::Bytes(bytes) if open_here => self.step_node(Input::ConnBytes {
-                conn,
-                bytes: &bytes,
-            }),
+            ToNode::Bytes(bytes) if open_here => self.step_node(
+                node,
+                Input::ConnBytes {
+                    conn,
+                    bytes: &bytes,
+                },
+            ),
             ToNode::Close if open_here => {
                 link.at_node = None;
-                self.step_node(Input::ConnClosed { conn });
+                self.step_node(node, Input::ConnClosed { conn });
             }
             ToNode::Bytes(_) | ToNode::Close => {}
         }
@@ -1054,6 +1364,7 @@ impl Sim {
             Produce,
             Fetch,
             Admin,
+            Move(usize),
             Sleep(Option<u64>),
         }
         loop {
@@ -1076,6 +1387,8 @@ impl Sim {
                         Action::TimeOut
                     } else if conn.metadata_at_ns.is_some_and(|at| at <= now) {
                         Action::Metadata
+                    } else if let Some(target) = self.move_target(client) {
+                        Action::Move(target)
                     } else {
                         if let Some(at) = conn.metadata_at_ns {
                             soonest(at);
@@ -1184,6 +1497,15 @@ impl Sim {
                     self.fetch(client);
                 }
                 Action::Admin => self.admin_act(client),
+                Action::Move(target) => {
+                    tracing::debug!(client, to = target + 1, "client moves");
+                    self.count("client:move");
+                    self.client_close(client);
+                    let c = &mut self.clients[client];
+                    c.node = target;
+                    c.rotate = false;
+                    c.reconnect_at_ns = self.now_ns;
+                }
                 Action::Sleep(at) => {
                     if let Some(at) = at {
                         self.schedule_wake(client, at);
@@ -1191,6 +1513,57 @@ impl Sim {
                     return;
                 }
             }
+        }
+    }
+
+    /// The node a cluster's client should talk to instead of its own, with nothing in flight:
+    /// the leader of the partition its next retry is for, a leader of something if its node
+    /// leads nothing, or (a consumer that read) the next leader in turn.
+    fn move_target(&self, client: usize) -> Option<usize> {
+        if self.machines.len() == 1 {
+            return None;
+        }
+        let c = &self.clients[client];
+        let conn = c.conn.as_ref()?;
+        if !conn.ready || !conn.pending.is_empty() {
+            return None;
+        }
+        let here = c.node;
+        let elsewhere: BTreeSet<usize> =
+            c.leaders.values().copied().filter(|n| *n != here).collect();
+        let leads_here = c.leaders.values().any(|n| *n == here);
+        let pick = || {
+            let i = (self.now_ns / 1_000) as usize % elsewhere.len().max(1);
+            elsewhere.iter().nth(i).copied()
+        };
+        match &c.role {
+            Role::Producer { idempotence, .. } => {
+                if let Some(idem) = idempotence {
+                    if idem.producer_id < 0 || idem.init_at_ns.is_some() || idem.initializing {
+                        // Any node hands out ids.
+                        return None;
+                    }
+                    if let Some(op) = idem.retries.front() {
+                        let p = self.ops[*op].write.partition;
+                        return c.leaders.get(&p).copied().filter(|n| *n != here);
+                    }
+                }
+                if leads_here {
+                    None
+                } else {
+                    pick()
+                }
+            }
+            Role::Consumer { .. } if c.rotate || !leads_here => pick(),
+            Role::Consumer { .. } | Role::Admin(_) => None,
+        }
+    }
+
+    /// A cluster's client asks for Metadata again soon: leadership moved.
+    fn refresh_metadata(&mut self, client: usize) {
+        let at = self.now_ns + 50 * MS;
+        if let Some(conn) = self.clients[client].conn.as_mut() {
+            conn.metadata_at_ns.get_or_insert(at);
         }
     }
 
@@ -1205,6 +1578,7 @@ impl Sim {
             id,
             Link {
                 client,
+                node: self.clients[client].node,
                 to_node_at_ns: self.now_ns,
                 to_client_at_ns: self.now_ns,
                 at_node: None,
@@ -1335,21 +1709,39 @@ impl Sim {
         }
     }
 
-    fn send_metadata(&mut self, client: usize) {
-        let request = Request::Metadata(MetadataRequest {
+    fn metadata_request(&self) -> Request {
+        Request::Metadata(MetadataRequest {
             topics: Some(vec![MetadataRequestTopic {
                 name: Some(TOPIC.into()),
                 ..Default::default()
             }]),
             allow_auto_topic_creation: true,
             ..Default::default()
-        });
+        })
+    }
+
+    fn send_metadata(&mut self, client: usize) {
+        let request = self.metadata_request();
         let version = self.plan.metadata_version;
         self.send_request(client, version, request, PendingKind::Metadata);
     }
 
     fn produce(&mut self, client: usize) {
-        let partition = self.rng.random_range(0..self.plan.partitions);
+        let partition = if self.machines.len() == 1 {
+            self.rng.random_range(0..self.plan.partitions)
+        } else {
+            let c = &self.clients[client];
+            let led: Vec<i32> = (c.leaders.iter())
+                .filter(|(_, n)| **n == c.node)
+                .map(|(p, _)| *p)
+                .collect();
+            if led.is_empty() {
+                self.count("produce:no-leader");
+                self.refresh_metadata(client);
+                return;
+            }
+            led[self.rng.random_range(0..led.len())]
+        };
         let count = self.rng.random_range(1..=self.plan.records_per_batch_max);
         let padding = self.rng.random_range(0..=self.plan.value_padding_bytes_max);
         let Role::Producer {
@@ -1527,11 +1919,14 @@ impl Sim {
     }
 
     fn fetch(&mut self, client: usize) {
-        let Role::Consumer { positions, .. } = &self.clients[client].role else {
+        let c = &self.clients[client];
+        let Role::Consumer { positions, .. } = &c.role else {
             unreachable!("only consumers fetch");
         };
-        let partitions = positions
+        let cluster = self.machines.len() > 1;
+        let partitions: Vec<FetchPartition> = positions
             .iter()
+            .filter(|(p, _)| !cluster || c.leaders.get(p) == Some(&c.node))
             .map(|(p, pos)| FetchPartition {
                 partition: *p,
                 fetch_offset: *pos,
@@ -1541,6 +1936,23 @@ impl Sim {
                 ..Default::default()
             })
             .collect();
+        if partitions.is_empty() {
+            // This node leads none of them (as far as the client knows): elsewhere.
+            let at = self.now_ns + 20 * MS;
+            let c = &mut self.clients[client];
+            c.rotate = true;
+            if let Role::Consumer {
+                fetching,
+                next_poll_at_ns,
+                ..
+            } = &mut c.role
+            {
+                *fetching = false;
+                *next_poll_at_ns = at;
+            }
+            self.refresh_metadata(client);
+            return;
+        }
         let request = Request::Fetch(FetchRequest {
             replica_id: -1,
             max_wait_ms: self.plan.fetch_max_wait_ms,
@@ -1563,6 +1975,10 @@ impl Sim {
             return;
         };
         let client = link.client;
+        if client == BOOTSTRAP {
+            self.on_bootstrap_answer(conn_id, what);
+            return;
+        }
         if self.clients[client].conn.as_ref().map(|c| c.id) != Some(conn_id) {
             return;
         }
@@ -1631,10 +2047,26 @@ impl Sim {
                         && t.partitions.len() == self.plan.partitions as usize
                 });
                 let retry_at = self.now_ns + 100 * MS;
+                let mut leaderless = false;
+                if self.machines.len() > 1 {
+                    let c = &mut self.clients[client];
+                    c.leaders.clear();
+                    for t in m.topics.iter().filter(|t| t.name.as_deref() == Some(TOPIC)) {
+                        for p in &t.partitions {
+                            if p.leader_id >= 1 && p.leader_id as usize <= self.machines.len() {
+                                c.leaders
+                                    .insert(p.partition_index, p.leader_id as usize - 1);
+                            } else {
+                                leaderless = true;
+                            }
+                        }
+                    }
+                }
                 if let Some(conn) = self.clients[client].conn.as_mut() {
                     if ok {
                         conn.ready = true;
-                    } else {
+                    }
+                    if !ok || leaderless {
                         conn.metadata_at_ns = Some(retry_at);
                     }
                 }
@@ -1698,7 +2130,33 @@ impl Sim {
                     first_value = format_args!("{:#x}", self.ops[op].write.values[0]),
                     "produce answered"
                 );
-                if answer.error_code == codes::NONE {
+                let leadership_moved = self.machines.len() > 1
+                    && matches!(
+                        answer.error_code,
+                        codes::NOT_LEADER_OR_FOLLOWER
+                            | codes::LEADER_NOT_AVAILABLE
+                            | codes::FENCED_LEADER_EPOCH
+                            | codes::UNKNOWN_LEADER_EPOCH
+                            | codes::KAFKA_STORAGE_ERROR
+                    );
+                if leadership_moved {
+                    // The batch may sit in a log that a new leader keeps, or in none: unknown.
+                    // An idempotent producer sends it again, to the new leader.
+                    self.count("produce:not-leader");
+                    self.ops[op].outcome = Outcome::Unknown;
+                    self.ops[op].attempted_unknown = true;
+                    let generation = self.ops[op].generation;
+                    if let Some(idem) = idempotence(&mut self.clients[client].role) {
+                        if epoch == idem.epoch && generation == idem.generation {
+                            idem.retries.push_back(op);
+                            let ops = &self.ops;
+                            idem.retries
+                                .make_contiguous()
+                                .sort_by_key(|op| ops[*op].write.send_seq);
+                        }
+                    }
+                    self.refresh_metadata(client);
+                } else if answer.error_code == codes::NONE {
                     self.ops[op].outcome = Outcome::Ok;
                     let base_offset = answer.base_offset;
                     let write = self.ops[op].write.clone();
@@ -1761,6 +2219,7 @@ impl Sim {
 
     fn on_fetch(&mut self, client: usize, response: keel_core::protocol::messages::FetchResponse) {
         let mut read_any = false;
+        let mut stale = false;
         let mut reads = Vec::new();
         let mut outcome = "fetch:ok";
         for topic in response.responses.iter().filter(|t| t.topic == TOPIC) {
@@ -1788,6 +2247,7 @@ impl Sim {
                     };
                     if data.error_code != codes::NONE {
                         outcome = "fetch:partition-error";
+                        stale = true;
                         continue;
                     }
                     let Some(records) = &data.records else {
@@ -1841,6 +2301,13 @@ impl Sim {
                     format!("partition {partition} offset {offset} holds a record nobody wrote"),
                 ),
             }
+        }
+        if self.machines.len() > 1 {
+            if stale {
+                self.refresh_metadata(client);
+            }
+            // On to the next leader (each leader serves only its own partitions).
+            self.clients[client].rotate = stale || self.rng.random_bool(0.5);
         }
         let backoff = if read_any {
             0

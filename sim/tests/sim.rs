@@ -12,10 +12,34 @@ use keel_sim::Options;
 
 const SECOND_NS: u64 = 1_000_000_000;
 
-fn describe(result: &SeedResult, duration_ns: u64, bug: Option<PlantedBug>) -> String {
-    let bug = bug
+/// Options for every seed of a campaign (the seed is the campaign's to set).
+fn options(
+    duration_ns: u64,
+    bug: Option<PlantedBug>,
+    idempotent: Option<bool>,
+    nodes: usize,
+) -> Options {
+    Options {
+        seed: 0,
+        duration_ns,
+        bug,
+        idempotent,
+        nodes,
+    }
+}
+
+fn describe(
+    result: &SeedResult,
+    duration_ns: u64,
+    bug: Option<PlantedBug>,
+    nodes: usize,
+) -> String {
+    let mut bug = bug
         .map(|b| format!(" --bug {}", b.name()))
         .unwrap_or_default();
+    if nodes != 1 {
+        bug.push_str(&format!(" --nodes {nodes}"));
+    }
     let what = match (&result.report, &result.panic) {
         (Some(report), _) => format!("{:#?}", report.violations),
         (None, panic) => format!("panic: {}", panic.as_deref().unwrap_or("")),
@@ -33,6 +57,8 @@ struct Regression {
     bug: Option<PlantedBug>,
     /// Every producer idempotent (`keel-sim --idempotent true`).
     idempotent: Option<bool>,
+    /// Nodes in the cluster (`nodes=3` on the line; 1 if absent).
+    nodes: usize,
 }
 
 fn regressions() -> Vec<Regression> {
@@ -48,8 +74,11 @@ fn regressions() -> Vec<Regression> {
         let duration = humantime::parse_duration(words.next().expect("a duration")).unwrap();
         let mut bug = None;
         let mut idempotent = None;
+        let mut nodes = 1;
         for word in words {
-            if word == "idempotent" {
+            if let Some(n) = word.strip_prefix("nodes=") {
+                nodes = n.parse().expect("a node count");
+            } else if word == "idempotent" {
                 idempotent = Some(true);
             } else {
                 bug = Some(PlantedBug::from_name(word).expect("a known bug or `idempotent`"));
@@ -60,6 +89,7 @@ fn regressions() -> Vec<Regression> {
             duration_ns: duration.as_nanos() as u64,
             bug,
             idempotent,
+            nodes,
         });
     }
     seeds
@@ -76,9 +106,10 @@ fn every_regression_seed_passes() {
             duration_ns: r.duration_ns,
             bug: r.bug,
             idempotent: r.idempotent,
+            nodes: r.nodes,
         });
         if result.exit_code() != 0 {
-            failures.push(describe(&result, r.duration_ns, r.bug));
+            failures.push(describe(&result, r.duration_ns, r.bug, r.nodes));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
@@ -112,15 +143,13 @@ fn fresh_seeds_pass() {
         start_seed..u64::MAX,
         Some(started + budget),
         jobs,
-        duration_ns,
-        None,
-        None,
+        &options(duration_ns, None, None, 1),
         &|_| {},
     );
     let failures: Vec<String> = results
         .iter()
         .filter(|r| r.exit_code() != 0)
-        .map(|r| describe(r, duration_ns, None))
+        .map(|r| describe(r, duration_ns, None, 1))
         .collect();
     println!(
         "fresh seeds from {start_seed}: {} seeds on {jobs} threads in {:.1}s",
@@ -162,9 +191,7 @@ fn planted_bugs_are_caught() {
             0..SEEDS,
             None,
             jobs,
-            duration_ns,
-            Some(bug),
-            idempotent,
+            &options(duration_ns, Some(bug), idempotent, 1),
             &|_| {},
         );
         let caught: Vec<u64> = results
@@ -197,9 +224,7 @@ fn a_seed_replays_to_the_same_trace_hash() {
     for seed in [1u64, 7, 42, 1_000_003] {
         let options = Options {
             seed,
-            duration_ns,
-            bug: None,
-            idempotent: None,
+            ..options(duration_ns, None, None, 1)
         };
         let first = run_seed(options.clone()).report.expect("no panic");
         let second = run_seed(options).report.expect("no panic");
@@ -233,12 +258,14 @@ fn a_seed_replays_to_the_same_trace_hash() {
         duration_ns,
         bug: None,
         idempotent: None,
+        nodes: 1,
     });
     let b = run_seed(Options {
         seed: 2,
         duration_ns,
         bug: None,
         idempotent: None,
+        nodes: 1,
     });
     assert_ne!(a.report.unwrap().trace_hash, b.report.unwrap().trace_hash);
 }

@@ -396,7 +396,12 @@ impl<D: Disk> Node<D> {
         };
         let votes = VoteStore::recover(&mut disk)?;
         let (topics, events) = Topics::recover(&mut disk, log_config, &votes)?;
-        let producer_ids = producer_ids::ProducerIds::recover(&mut disk, topics.max_producer_id())?;
+        let share = match (config.cluster.iter()).position(|b| b.node_id == config.node_id) {
+            Some(index) => (config.cluster.len() as i64, index as i64),
+            None => (1, 0),
+        };
+        let producer_ids =
+            producer_ids::ProducerIds::recover(&mut disk, topics.max_producer_id(), share)?;
         let root_dir = disk.open_dir("")?;
         let (starts, starts_file) = count_start(&mut disk)?;
         // Each start draws from a stream of its own: a restart with the same seed (the
@@ -584,6 +589,19 @@ impl<D: Disk> Node<D> {
     /// Every partition's log end and high watermark, in topic and partition order.
     pub fn partition_offsets(&self) -> Vec<PartitionOffsets> {
         self.topics.offsets()
+    }
+
+    /// The partitions of `topic` this node leads, each with its leader epoch.
+    pub fn leaderships(&self, topic: &str) -> Vec<(i32, i32)> {
+        let Some(t) = self.topics.by_name.get(topic) else {
+            return Vec::new();
+        };
+        (t.partitions.iter().enumerate())
+            .filter_map(|(i, p)| {
+                let replica = p.replica.as_ref().filter(|r| r.is_leader())?;
+                Some((i as i32, replica.raft().epoch()))
+            })
+            .collect()
     }
 
     /// How many partitions this node leads.

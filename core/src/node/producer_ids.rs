@@ -22,13 +22,19 @@ pub(super) struct ProducerIds {
     /// Ids below this are durably recorded: they may be handed out at once.
     durable_end: i64,
     file: Option<FileId>,
+    /// The ids this node hands out are `residue` modulo `stride`: in a static cluster each
+    /// node has its own share of the id space (until the metadata quorum hands out blocks).
+    stride: i64,
+    residue: i64,
 }
 
 impl ProducerIds {
     pub(super) fn recover(
         disk: &mut dyn Disk,
         max_in_logs: Option<i64>,
+        (stride, residue): (i64, i64),
     ) -> Result<ProducerIds, DiskError> {
+        debug_assert!(stride >= 1 && (0..stride).contains(&residue));
         let recorded = match disk.open(FILE_NAME) {
             Ok(file) if disk.len(file)? >= FILE_BYTES as u64 => {
                 // A flipped bit on the way is not a damaged file: read again before giving up.
@@ -62,6 +68,8 @@ impl ProducerIds {
             block_end: next,
             durable_end: next,
             file: None,
+            stride,
+            residue,
         })
     }
 
@@ -72,8 +80,9 @@ impl ProducerIds {
         disk: &mut dyn Disk,
     ) -> Result<(i64, Option<FileId>, bool), DiskError> {
         let mut wrote = None;
-        if self.next >= self.block_end {
-            let end = self.next + BLOCK_SIZE;
+        let id = self.next + (self.residue - self.next).rem_euclid(self.stride);
+        if id >= self.block_end {
+            let end = id + BLOCK_SIZE * self.stride;
             let file = match self.file {
                 Some(file) => file,
                 None => disk.create(FILE_NAME)?,
@@ -87,8 +96,7 @@ impl ProducerIds {
             self.block_end = end;
             wrote = Some(file);
         }
-        let id = self.next;
-        self.next += 1;
+        self.next = id + 1;
         Ok((id, wrote, id >= self.durable_end))
     }
 
@@ -104,6 +112,6 @@ impl ProducerIds {
 
     /// Whether `id` was handed out by this node (now or before a restart).
     pub(super) fn issued(&self, id: i64) -> bool {
-        (0..self.next).contains(&id)
+        (0..self.next).contains(&id) && id.rem_euclid(self.stride) == self.residue
     }
 }

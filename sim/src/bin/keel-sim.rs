@@ -35,15 +35,35 @@ struct WorldArgs {
     /// Make every producer idempotent (true) or none (false), whatever the seed says.
     #[arg(long)]
     idempotent: Option<bool>,
+    /// Nodes in the simulated cluster: 1, or 3 and more (every partition replicated on all).
+    #[arg(long, default_value_t = 1, value_parser = parse_nodes)]
+    nodes: usize,
+}
+
+impl WorldArgs {
+    fn options(&self, seed: u64) -> Options {
+        Options {
+            seed,
+            duration_ns: self.duration,
+            bug: self.bug,
+            idempotent: self.idempotent,
+            nodes: self.nodes,
+        }
+    }
+}
+
+fn parse_nodes(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n == 1 || (3..=9).contains(&n) => Ok(n),
+        Ok(2) => Err("two nodes cannot lose one and keep a majority: use 1, or 3 to 9".into()),
+        _ => Err(format!("{s}: a node count, 1 or 3 to 9")),
+    }
 }
 
 #[derive(Args, Clone)]
 struct RunArgs {
     #[arg(long)]
     seed: u64,
-    /// Nodes in the simulated cluster (one until the multi-node simulator exists).
-    #[arg(long, default_value_t = 1)]
-    nodes: usize,
     #[command(flatten)]
     world: WorldArgs,
     /// Print the report as one JSON object.
@@ -200,6 +220,9 @@ fn repro(seed: u64, world: WorldArgs) -> String {
     if let Some(i) = world.idempotent {
         flags.push_str(&format!(" --idempotent {i}"));
     }
+    if world.nodes != 1 {
+        flags.push_str(&format!(" --nodes {}", world.nodes));
+    }
     format!(
         "keel-sim run --seed {seed} --duration {}{flags}",
         humantime::format_duration(std::time::Duration::from_nanos(world.duration))
@@ -253,13 +276,6 @@ fn print_result(result: &SeedResult, wall_seconds: f64) {
 }
 
 fn run_one(args: RunArgs, replay: bool) -> anyhow::Result<ExitCode> {
-    if args.nodes != 1 {
-        bail!(
-            "only single-node runs exist until the multi-node simulator does (--nodes 1); \
-             `keel-sim scale` runs a static cluster, `cargo test -p keel-sim --test cluster` \
-             drives one through crashes and cuts"
-        );
-    }
     if replay {
         tracing_subscriber::fmt()
             .with_env_filter(
@@ -273,12 +289,7 @@ fn run_one(args: RunArgs, replay: bool) -> anyhow::Result<ExitCode> {
             .init();
     }
     let started = Instant::now();
-    let result = run_seed(Options {
-        seed: args.seed,
-        duration_ns: args.world.duration,
-        bug: args.world.bug,
-        idempotent: args.world.idempotent,
-    });
+    let result = run_seed(args.world.options(args.seed));
     let wall_seconds = started.elapsed().as_secs_f64();
     if args.json {
         let value = serde_json::json!({
@@ -322,27 +333,20 @@ fn run_campaign(
     }
     let failed = Mutex::new(0u64);
     let started = Instant::now();
-    let results = campaign(
-        seeds.clone(),
-        jobs,
-        world.duration,
-        world.bug,
-        world.idempotent,
-        &|result| {
-            let mut failed = failed.lock().expect("no panics under the lock");
-            if result.exit_code() != 0 {
-                *failed += 1;
-                bar.println(format!(
-                    "seed {}: {}   repro: {}",
-                    result.seed,
-                    result.kinds().join(", "),
-                    repro(result.seed, world)
-                ));
-            }
-            bar.set_message(format!("{} failing", *failed));
-            bar.inc(1);
-        },
-    );
+    let results = campaign(seeds.clone(), jobs, &world.options(0), &|result| {
+        let mut failed = failed.lock().expect("no panics under the lock");
+        if result.exit_code() != 0 {
+            *failed += 1;
+            bar.println(format!(
+                "seed {}: {}   repro: {}",
+                result.seed,
+                result.kinds().join(", "),
+                repro(result.seed, world)
+            ));
+        }
+        bar.set_message(format!("{} failing", *failed));
+        bar.inc(1);
+    });
     let _ = std::panic::take_hook();
     bar.finish();
     let wall_seconds = started.elapsed().as_secs_f64();
@@ -386,6 +390,7 @@ fn run_campaign(
             "events": events,
             "sim_seconds_per_wall_second": sim_seconds / wall_seconds.max(1e-9),
             "bug": world.bug.map(|b| b.name()),
+            "nodes": world.nodes,
             "failures_file": failures.display().to_string(),
         });
         println!("{value}");
