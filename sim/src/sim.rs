@@ -2156,6 +2156,15 @@ impl Sim {
                         }
                     }
                     self.refresh_metadata(client);
+                } else if answer.error_code == codes::NONE
+                    && self.machines.len() > 1
+                    && matches!(self.clients[client].role, Role::Producer { acks: 1, .. })
+                {
+                    // acks=1 in a cluster: the leader has it, and a leader that fails before
+                    // its followers fetch it takes it along (Kafka's promise, no more). The
+                    // write may survive or not, as an unknown one.
+                    self.count("produce:ok-leader-only");
+                    self.ops[op].outcome = Outcome::Unknown;
                 } else if answer.error_code == codes::NONE {
                     self.ops[op].outcome = Outcome::Ok;
                     let base_offset = answer.base_offset;
@@ -2262,6 +2271,15 @@ impl Sim {
                             outcome = "fetch:corrupt";
                             break;
                         };
+                        if batch.header().is_control() {
+                            // A leader's marker: clients skip it, and read on after it.
+                            let next = batch.header().last_offset() + 1;
+                            if next > *position {
+                                *position = next;
+                                read_any = true;
+                            }
+                            continue;
+                        }
                         let Ok(records) = batch.records(CLIENT_MAX_FRAME_BYTES) else {
                             outcome = "fetch:corrupt";
                             break;
@@ -2620,6 +2638,9 @@ impl Sim {
                             break;
                         };
                         let base = batch.header().base_offset;
+                        if batch.header().is_control() {
+                            continue;
+                        }
                         let Ok(records) = batch.records(CLIENT_MAX_FRAME_BYTES) else {
                             break;
                         };

@@ -89,12 +89,16 @@ type Appended = (i64, i64, Option<(u64, i64, i32)>);
 
 /// A partition this node leads, with its high watermark and leader epoch, checked as Kafka
 /// checks a request's `current_leader_epoch` (-1: the client does not say): an older epoch is
-/// fenced, a newer one not known yet.
+/// fenced, a newer one not known yet. For a request that `reads` committed offsets, a leader
+/// whose high watermark has not yet reached its epoch's start answers OFFSET_NOT_AVAILABLE
+/// (KIP-207; clients refresh metadata and retry): its high watermark may still lag what the
+/// previous leader showed.
 fn led_partition<'a>(
     topics: &'a mut Topics,
     topic: &str,
     partition: i32,
     current_leader_epoch: i32,
+    reads: bool,
 ) -> Result<(&'a mut PartitionLog, i64, i32), i16> {
     let p = (topics.get(topic, partition)).ok_or(codes::UNKNOWN_TOPIC_OR_PARTITION)?;
     let log = p.log.as_mut().map_err(|_| codes::KAFKA_STORAGE_ERROR)?;
@@ -108,6 +112,9 @@ fn led_partition<'a>(
     }
     if !replica.is_leader() {
         return Err(codes::NOT_LEADER_OR_FOLLOWER);
+    }
+    if reads && !replica.serving() {
+        return Err(codes::OFFSET_NOT_AVAILABLE);
     }
     Ok((log, replica.high_watermark(), epoch))
 }
@@ -479,7 +486,7 @@ impl<D: Disk> Node<D> {
     }
 
     /// The leader of `log_id` appended these batches: its group replicates and commits them.
-    fn replica_appended(&mut self, now: Instant, log_id: u64, batches: &[(i64, i64)]) {
+    pub(super) fn replica_appended(&mut self, now: Instant, log_id: u64, batches: &[(i64, i64)]) {
         // Written (or perhaps partly, if an append failed): the next round looks at it.
         self.topics.touch(log_id);
         for (base, last) in batches.iter().copied() {
@@ -574,9 +581,13 @@ impl<D: Disk> Node<D> {
                     ..Default::default()
                 };
                 let led = match name.as_deref() {
-                    Some(n) => {
-                        led_partition(&mut self.topics, n, p.partition, p.current_leader_epoch)
-                    }
+                    Some(n) => led_partition(
+                        &mut self.topics,
+                        n,
+                        p.partition,
+                        p.current_leader_epoch,
+                        true,
+                    ),
                     None => Err(codes::UNKNOWN_TOPIC_OR_PARTITION),
                 };
                 match led {
@@ -661,7 +672,13 @@ impl<D: Disk> Node<D> {
                     ..Default::default()
                 };
                 let current = p.current_leader_epoch;
-                match led_partition(&mut self.topics, &topic.name, p.partition_index, current) {
+                match led_partition(
+                    &mut self.topics,
+                    &topic.name,
+                    p.partition_index,
+                    current,
+                    true,
+                ) {
                     Err(code) => response.error_code = code,
                     Ok((log, high_watermark, leader_epoch)) => {
                         response.leader_epoch = leader_epoch;
@@ -1106,7 +1123,7 @@ impl<D: Disk> Node<D> {
                     ..Default::default()
                 };
                 let current = p.current_leader_epoch;
-                match led_partition(&mut self.topics, &topic.topic, p.partition, current) {
+                match led_partition(&mut self.topics, &topic.topic, p.partition, current, false) {
                     Err(code) => result.error_code = code,
                     Ok((log, _, leader_epoch)) => {
                         // From the log's epoch cache, as Kafka answers: the current epoch

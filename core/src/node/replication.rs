@@ -8,9 +8,10 @@
 
 use crate::disk::Disk;
 use crate::limits;
-use crate::partition::{Effects, Replica};
+use crate::partition::{leader_change_batch, Effects, Replica};
 use crate::raft::wire::{self, GroupId, PeerFrame};
 use crate::raft::{Command, NodeId, Persisted, Raft, RaftConfig};
+use crate::record::RecordBatch;
 
 use super::{Durability, Instant, Node, Output};
 
@@ -101,6 +102,36 @@ impl<D: Disk> Node<D> {
             self.topics.touch(log_id);
         }
         self.schedule(log_id);
+        if effects.became_leader {
+            self.append_leader_marker(now, log_id);
+        }
+    }
+
+    /// A new leader that cannot tell what is committed (its high watermark is below its log's
+    /// end) appends a leader-change marker, so that its epoch commits, and with it everything
+    /// before, without waiting for a client to write. It serves reads only from then on
+    /// (`Replica::serving`).
+    fn append_leader_marker(&mut self, now: Instant, log_id: u64) {
+        let leader = self.config.node_id;
+        let Some(partition) = self.topics.by_log_id(log_id) else {
+            return;
+        };
+        let (Ok(log), Some(replica)) = (partition.log.as_mut(), partition.replica.as_ref()) else {
+            return;
+        };
+        if !replica.is_leader() || replica.high_watermark() >= log.log_end_offset() {
+            return;
+        }
+        let epoch = replica.leader_epoch();
+        let batch = RecordBatch::parse(leader_change_batch(leader, now.as_millis()))
+            .expect("the marker parses");
+        match log.append(&mut self.disk, &batch, epoch) {
+            Ok(appended) => self.replica_appended(now, log_id, &[appended]),
+            Err(e) => {
+                // Reads wait for a client's write to commit the epoch instead.
+                tracing::warn!(log_id, error = %e, "cannot append the leader-change marker");
+            }
+        }
     }
 
     /// Files `log_id`'s next deadline (or none) in the timer set.

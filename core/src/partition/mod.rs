@@ -15,7 +15,7 @@ use crate::disk::Disk;
 use crate::log::{LogError, PartitionLog};
 use crate::raft::wire::GroupId;
 use crate::raft::{Command, Entry, FetchReply, Message, NodeId, Persisted, Raft, RaftConfig, Role};
-use crate::record::{split_batches, RecordBatch};
+use crate::record::{self, split_batches, BatchOptions, NewRecord, RecordBatch};
 
 /// What applying commands leaves for the node to do.
 #[derive(Debug, Default)]
@@ -28,6 +28,8 @@ pub struct Effects {
     pub changed: bool,
     /// The log was written or truncated, or the engine wants it synced.
     pub wrote: bool,
+    /// The group became leader: if it may not know what is committed, it appends a marker.
+    pub became_leader: bool,
 }
 
 #[derive(Debug)]
@@ -96,6 +98,30 @@ impl Replica {
 
     pub fn leader(&self) -> Option<NodeId> {
         self.raft.leader()
+    }
+
+    /// Where this leader's epoch starts in its log (its end, until it appends): everything
+    /// any earlier leader committed lies below it.
+    pub fn leader_epoch_start(&self) -> Option<i64> {
+        if !self.is_leader() {
+            return None;
+        }
+        let shape = self.raft.log();
+        let epoch = self.raft.epoch();
+        Some(
+            (shape.epochs.iter())
+                .find(|(e, _)| *e == epoch)
+                .map_or(shape.end, |(_, start)| *start),
+        )
+    }
+
+    /// A leader serves reads once its high watermark reached the start of its epoch: before
+    /// that, it may lag what the previous leader showed clients (a new leader learns what is
+    /// committed only by committing something of its own), and a client would see the high
+    /// watermark go back.
+    pub fn serving(&self) -> bool {
+        self.leader_epoch_start()
+            .is_some_and(|start| self.high_watermark >= start)
     }
 
     /// What consumers may read: committed offsets.
@@ -193,6 +219,7 @@ impl Replica {
                 } => {
                     tracing::debug!(group = ?self.group, ?role, epoch, ?leader, "role changed");
                     effects.changed = true;
+                    effects.became_leader |= role == Role::Leader;
                 }
             }
         }
@@ -225,4 +252,27 @@ fn read_entries(
         });
     }
     Ok(entries)
+}
+
+/// Kafka's leader-change control record (KIP-595), which a new leader appends when it cannot
+/// tell what is committed: the high watermark reaches its epoch only by committing something
+/// of its epoch. Key: version 0, type 2 (LEADER_CHANGE); value: `LeaderChangeMessage` v0 with
+/// the leader's id (the voter lists left empty). Clients skip control batches.
+pub fn leader_change_batch(leader: NodeId, timestamp_ms: i64) -> Bytes {
+    let mut value = Vec::with_capacity(9);
+    value.extend_from_slice(&0i16.to_be_bytes());
+    value.extend_from_slice(&leader.to_be_bytes());
+    // Two empty compact arrays (voters, granting voters), no tagged fields.
+    value.extend_from_slice(&[1, 1, 0]);
+    let marker = NewRecord {
+        key: Some(Bytes::from_static(&[0, 0, 0, 2])),
+        value: Some(Bytes::from(value)),
+        ..Default::default()
+    };
+    let options = BatchOptions {
+        base_timestamp: timestamp_ms,
+        control: true,
+        ..Default::default()
+    };
+    record::build(&[marker], &options).expect("a one-record batch builds")
 }

@@ -394,6 +394,8 @@ pub struct BatchOptions {
     pub producer_epoch: i16,
     pub base_sequence: i32,
     pub transactional: bool,
+    /// A control batch (markers the broker writes; clients skip them).
+    pub control: bool,
 }
 
 impl Default for BatchOptions {
@@ -405,6 +407,7 @@ impl Default for BatchOptions {
             producer_epoch: NO_PRODUCER_EPOCH,
             base_sequence: NO_SEQUENCE,
             transactional: false,
+            control: false,
         }
     }
 }
@@ -444,6 +447,9 @@ pub fn build(records: &[NewRecord], options: &BatchOptions) -> Result<Bytes, Bat
     let mut attributes = options.compression.attribute() as i16;
     if options.transactional {
         attributes |= ATTRIBUTE_TRANSACTIONAL;
+    }
+    if options.control {
+        attributes |= ATTRIBUTE_CONTROL;
     }
     let mut out = BytesMut::with_capacity(BATCH_HEADER_BYTES + payload.len());
     out.put_i64(0);
