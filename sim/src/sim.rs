@@ -640,6 +640,20 @@ impl Sim {
             }
         }
         let positions = self.consumer_positions();
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            for (i, m) in self.machines.iter().enumerate() {
+                let Some(node) = m.node.as_ref() else {
+                    tracing::debug!(node = i + 1, "down at the end");
+                    continue;
+                };
+                let led = node.leaderships(TOPIC);
+                for p in node.partition_offsets().iter().filter(|p| p.topic == TOPIC) {
+                    let leads = led.iter().find(|(q, _)| *q == p.partition).map(|(_, e)| *e);
+                    tracing::debug!(node = i + 1, partition = p.partition, end = ?p.log_end_offset, hw = ?p.high_watermark, leads_in_epoch = ?leads, "at the end");
+                }
+            }
+            tracing::debug!(?positions, acked_ends = ?self.checker.acked_ends(), "at the end");
+        }
         self.checker.finish(self.now_ns, &positions);
     }
 
@@ -1532,6 +1546,8 @@ impl Sim {
         let elsewhere: BTreeSet<usize> =
             c.leaders.values().copied().filter(|n| *n != here).collect();
         let leads_here = c.leaders.values().any(|n| *n == here);
+        let unknown = c.leaders.len() < self.plan.partitions as usize;
+        let next = (here + 1) % self.machines.len();
         let pick = || {
             let i = (self.now_ns / 1_000) as usize % elsewhere.len().max(1);
             elsewhere.iter().nth(i).copied()
@@ -1551,9 +1567,12 @@ impl Sim {
                 if leads_here {
                     None
                 } else {
-                    pick()
+                    pick().or(unknown.then_some(next))
                 }
             }
+            // A node that does not know every partition's leader (its replica is offline, or
+            // cut off): ask the next one, as clients ask another broker for metadata.
+            Role::Consumer { .. } if unknown => Some(next),
             Role::Consumer { .. } if c.rotate || !leads_here => pick(),
             Role::Consumer { .. } | Role::Admin(_) => None,
         }

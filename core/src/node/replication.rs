@@ -6,7 +6,8 @@
 //! Timers cost nothing for idle groups: each group's next deadline sits in one ordered set,
 //! and only groups whose deadline passed are ticked.
 
-use crate::disk::Disk;
+use crate::disk::{Disk, DiskError};
+use crate::log::LogError;
 use crate::limits;
 use crate::partition::{leader_change_batch, Effects, Replica};
 use crate::raft::wire::{self, GroupId, PeerFrame};
@@ -71,7 +72,8 @@ impl<D: Disk> Node<D> {
         let mut commands = Vec::new();
         f(replica.raft_mut(), now_ms as u64, &mut commands);
         let mut effects = Effects::default();
-        if let Err(e) = replica.apply(
+        let mut rebuild = None;
+        match replica.apply(
             &mut self.disk,
             log,
             commands,
@@ -79,12 +81,24 @@ impl<D: Disk> Node<D> {
             expiry_ms,
             &mut effects,
         ) {
-            // The log cannot follow its group: the partition goes offline, as a Kafka log
-            // directory that failed does.
-            tracing::error!(log_id, error = %e, "replica failed; partition offline");
-            partition.log = Err(e.to_string());
-            partition.replica = None;
-            self.data_version += 1;
+            Ok(()) => {}
+            Err(LogError::Disk(DiskError::Full)) => {
+                // A full disk passes, and the log is whole (a failed append adds nothing):
+                // the group starts again from what the log holds, as it would after a
+                // restart, and fetches again. Its high watermark never goes back.
+                tracing::warn!(log_id, "replica append failed on a full disk; group restarts");
+                rebuild = Some(replica.high_watermark());
+                partition.replica = None;
+                self.data_version += 1;
+            }
+            Err(e) => {
+                // The log cannot follow its group: the partition goes offline, as a Kafka
+                // log directory that failed does.
+                tracing::error!(log_id, error = %e, "replica failed; partition offline");
+                partition.log = Err(e.to_string());
+                partition.replica = None;
+                self.data_version += 1;
+            }
         }
         for (group, persisted) in effects.votes {
             self.votes.set(group, persisted);
@@ -102,6 +116,13 @@ impl<D: Disk> Node<D> {
             self.topics.touch(log_id);
         }
         self.schedule(log_id);
+        if let Some(high_watermark) = rebuild {
+            self.create_replicas(now);
+            if let Some(replica) = (self.topics.by_log_id(log_id)).and_then(|p| p.replica.as_mut())
+            {
+                replica.keep_high_watermark(high_watermark);
+            }
+        }
         if effects.became_leader {
             self.append_leader_marker(now, log_id);
         }

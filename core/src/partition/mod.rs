@@ -124,6 +124,11 @@ impl Replica {
             .is_some_and(|start| self.high_watermark >= start)
     }
 
+    /// A group started again keeps the high watermark its predecessor reached.
+    pub fn keep_high_watermark(&mut self, high_watermark: i64) {
+        self.high_watermark = self.high_watermark.max(high_watermark);
+    }
+
     /// What consumers may read: committed offsets.
     pub fn high_watermark(&self) -> i64 {
         self.high_watermark
@@ -208,9 +213,12 @@ impl Replica {
                     self.sync_wanted = true;
                 }
                 Command::Commit { high_watermark } => {
-                    debug_assert!(high_watermark >= self.high_watermark, "never goes back");
-                    self.high_watermark = high_watermark;
-                    effects.changed = true;
+                    // A group started again (after a full disk) learns the high watermark
+                    // anew from below what it had shown: what it showed stays.
+                    if high_watermark > self.high_watermark {
+                        self.high_watermark = high_watermark;
+                        effects.changed = true;
+                    }
                 }
                 Command::RoleChanged {
                     role,
