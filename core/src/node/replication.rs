@@ -123,7 +123,10 @@ impl<D: Disk> Node<D> {
                 replica.keep_high_watermark(high_watermark);
             }
         }
-        if effects.became_leader {
+        let marker_wanted = (self.topics.by_log_id(log_id))
+            .and_then(|p| p.replica.as_ref())
+            .is_some_and(|r| r.marker_wanted);
+        if effects.became_leader || marker_wanted {
             self.append_leader_marker(now, log_id);
         }
     }
@@ -137,9 +140,10 @@ impl<D: Disk> Node<D> {
         let Some(partition) = self.topics.by_log_id(log_id) else {
             return;
         };
-        let (Ok(log), Some(replica)) = (partition.log.as_mut(), partition.replica.as_ref()) else {
+        let (Ok(log), Some(replica)) = (partition.log.as_mut(), partition.replica.as_mut()) else {
             return;
         };
+        replica.marker_wanted = false;
         if !replica.is_leader() || replica.high_watermark() >= log.log_end_offset() {
             return;
         }
@@ -149,8 +153,10 @@ impl<D: Disk> Node<D> {
         match log.append(&mut self.disk, &batch, epoch) {
             Ok(appended) => self.replica_appended(now, log_id, &[appended]),
             Err(e) => {
-                // Reads wait for a client's write to commit the epoch instead.
-                tracing::warn!(log_id, error = %e, "cannot append the leader-change marker");
+                // A full disk, or a truncation whose round is still out: again at the group's
+                // next event (a client's write would commit the epoch as well).
+                tracing::debug!(log_id, error = %e, "leader-change marker waits");
+                replica.marker_wanted = true;
             }
         }
     }

@@ -41,6 +41,9 @@ pub struct Replica {
     sync_generation: u64,
     /// The engine asked for a sync (the log may have nothing else to sync).
     sync_wanted: bool,
+    /// A new leader could not append its leader-change marker yet (see
+    /// `Node::append_leader_marker`).
+    pub marker_wanted: bool,
 }
 
 impl Replica {
@@ -76,6 +79,7 @@ impl Replica {
             high_watermark: 0,
             sync_generation: 0,
             sync_wanted: false,
+            marker_wanted: false,
         }
     }
 
@@ -170,7 +174,16 @@ impl Replica {
                     last_fetched_epoch,
                     max_bytes,
                 } => {
-                    let entries = read_entries(disk, log, from, max_bytes)?;
+                    let entries = match read_entries(disk, log, from, max_bytes) {
+                        Ok(entries) => entries,
+                        // A read that failed every attempt: no answer this time (the follower
+                        // asks again after its fetch times out). Corruption is still fatal.
+                        Err(e @ (LogError::Unreadable { .. } | LogError::Disk(_))) => {
+                            tracing::warn!(group = ?self.group, error = %e, "entries for a follower unreadable; not answered");
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
                     let message = Message::FetchResponse {
                         epoch,
                         high_watermark,

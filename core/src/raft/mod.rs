@@ -351,6 +351,9 @@ pub struct Raft {
     transfer_to: Option<NodeId>,
     /// Truncations so far: syncs are credited only within one generation.
     truncations: u64,
+    /// Truncations whose sync round completed: a follower fetches nothing more until its
+    /// latest truncation is safe (the log appends nothing before that round).
+    truncations_synced: u64,
 }
 
 impl Raft {
@@ -377,6 +380,7 @@ impl Raft {
             parked: BTreeMap::new(),
             transfer_to: None,
             truncations: 0,
+            truncations_synced: 0,
         };
         raft.reset_election_timer(now_ms);
         raft
@@ -792,6 +796,7 @@ impl Raft {
             return;
         }
         self.log.synced = self.log.synced.max(offset.min(self.log.end));
+        self.truncations_synced = self.truncations;
         match self.role {
             Role::Leader => {
                 self.advance_high_watermark(out);
@@ -1015,7 +1020,7 @@ impl Raft {
 
     fn send_fetch(&mut self, now_ms: u64, out: &mut Vec<Command>) {
         let Some(leader) = self.leader else { return };
-        if leader == self.config.id {
+        if leader == self.config.id || self.truncations_synced < self.truncations {
             return;
         }
         self.fetch_sent_ms = Some(now_ms);
@@ -1157,6 +1162,15 @@ impl Raft {
             // The answer to an earlier fetch (late, or one of two in flight): the log has
             // changed since, and acting on it could cut what was since agreed. Only who leads
             // is news.
+            if epoch > self.epoch || self.leader != Some(from) {
+                self.become_follower(epoch, Some(from), now_ms, out);
+            }
+            return;
+        }
+        if self.truncations_synced < self.truncations {
+            // An answer to a fetch sent before the truncation (duplicated, or late) that
+            // happens to match the cut log: nothing is appended before the cut is safe, and
+            // the fetch after it asks again.
             if epoch > self.epoch || self.leader != Some(from) {
                 self.become_follower(epoch, Some(from), now_ms, out);
             }
