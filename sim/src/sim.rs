@@ -349,7 +349,8 @@ struct Op {
     /// The encoded batch, kept to be sent again by an idempotent producer.
     batch: Bytes,
     outcome: Outcome,
-    /// Sent with this producer epoch (idempotent producers).
+    /// Sent with this producer id and epoch (idempotent producers).
+    producer_id: i64,
     epoch: i16,
     /// An earlier attempt's outcome was unknown (it may be in the log), so a refusal of a
     /// later attempt does not make the write a definite failure.
@@ -1636,7 +1637,9 @@ impl Sim {
                     self.ops[op].outcome = Outcome::Unknown;
                     self.ops[op].attempted_unknown = true;
                     if let Some(idem) = idempotence(&mut self.clients[client].role) {
-                        if self.ops[op].epoch == idem.epoch {
+                        if (self.ops[op].producer_id, self.ops[op].epoch)
+                            == (idem.producer_id, idem.epoch)
+                        {
                             idem.retries.push_back(op);
                         }
                     }
@@ -1821,6 +1824,7 @@ impl Sim {
             write,
             batch,
             outcome: Outcome::Pending,
+            producer_id: options.producer_id,
             epoch: options.producer_epoch,
             attempted_unknown: false,
             generation,
@@ -2111,9 +2115,16 @@ impl Sim {
                         | codes::UNKNOWN_PRODUCER_ID
                         | codes::INVALID_PRODUCER_EPOCH
                 );
-                let (epoch, generation) = (self.ops[op].epoch, self.ops[op].generation);
-                let current_epoch = idempotence(&mut self.clients[client].role)
-                    .is_some_and(|idem| idem.epoch == epoch && idem.generation == generation);
+                let (producer_id, epoch, generation) = (
+                    self.ops[op].producer_id,
+                    self.ops[op].epoch,
+                    self.ops[op].generation,
+                );
+                let current_epoch =
+                    idempotence(&mut self.clients[client].role).is_some_and(|idem| {
+                        (idem.producer_id, idem.epoch, idem.generation)
+                            == (producer_id, epoch, generation)
+                    });
                 if sequence_error && current_epoch {
                     self.count("produce:sequence-error");
                     // Starting over at 0 in the same epoch is safe only with nothing else of
@@ -2166,7 +2177,9 @@ impl Sim {
                     self.ops[op].attempted_unknown = true;
                     let generation = self.ops[op].generation;
                     if let Some(idem) = idempotence(&mut self.clients[client].role) {
-                        if epoch == idem.epoch && generation == idem.generation {
+                        if (idem.producer_id, idem.epoch, idem.generation)
+                            == (producer_id, epoch, generation)
+                        {
                             idem.retries.push_back(op);
                             let ops = &self.ops;
                             idem.retries

@@ -7,8 +7,8 @@
 //! and only groups whose deadline passed are ticked.
 
 use crate::disk::{Disk, DiskError};
-use crate::log::LogError;
 use crate::limits;
+use crate::log::LogError;
 use crate::partition::{leader_change_batch, Effects, Replica};
 use crate::raft::wire::{self, GroupId, PeerFrame};
 use crate::raft::{Command, NodeId, Persisted, Raft, RaftConfig};
@@ -86,7 +86,10 @@ impl<D: Disk> Node<D> {
                 // A full disk passes, and the log is whole (a failed append adds nothing):
                 // the group starts again from what the log holds, as it would after a
                 // restart, and fetches again. Its high watermark never goes back.
-                tracing::warn!(log_id, "replica append failed on a full disk; group restarts");
+                tracing::warn!(
+                    log_id,
+                    "replica append failed on a full disk; group restarts"
+                );
                 rebuild = Some(replica.high_watermark());
                 partition.replica = None;
                 self.data_version += 1;
