@@ -21,6 +21,7 @@ fn engine(id: i32) -> Raft {
         fetch_max_bytes: 1 << 20,
         commit_unsynced: false,
         seed: 7,
+        planted: None,
     };
     let log = LogShape {
         epochs: vec![(1, 0), (3, 4)],

@@ -19,6 +19,8 @@
 //! - **wrong-topic**: one topic id for two topics, or a record read from a topic it was not
 //!   written to (the admin workload's side topics, `admin.rs`);
 //! - **two-leaders**: two nodes led one partition in one epoch (from the nodes' state);
+//! - **undurable-vote**: a node granted a vote, or announced it leads an epoch, before that
+//!   vote was durable on its disk (a crash could make it vote again in the same epoch);
 //! - **unreplicated-ack**: an acks=all write was acknowledged before a majority of nodes had
 //!   it on their disks, durably (fsync durability);
 //! - **replicas-diverge**: two nodes hold different batches below both their high watermarks;
@@ -50,6 +52,7 @@ pub enum ViolationKind {
     HighWatermarkBack,
     WrongTopic,
     TwoLeaders,
+    UndurableVote,
     UnreplicatedAck,
     ReplicasDiverge,
     Liveness,
@@ -69,6 +72,7 @@ impl ViolationKind {
             ViolationKind::HighWatermarkBack => "high-watermark-back",
             ViolationKind::WrongTopic => "wrong-topic",
             ViolationKind::TwoLeaders => "two-leaders",
+            ViolationKind::UndurableVote => "undurable-vote",
             ViolationKind::UnreplicatedAck => "unreplicated-ack",
             ViolationKind::ReplicasDiverge => "replicas-diverge",
             ViolationKind::Liveness => "liveness",

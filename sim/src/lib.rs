@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod disk;
 pub mod network;
 pub mod plan;
+pub mod replicas;
 pub mod sim;
 
 pub use disk::{PendingSync, SimDisk};

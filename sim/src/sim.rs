@@ -42,6 +42,10 @@ use crate::check::{Checker, Damage, Violation, ViolationKind, Write};
 use crate::disk::{DiskFaults, PendingSync, SimDisk};
 use crate::network::Network;
 use crate::plan::Plan;
+use keel_core::partition::votes;
+use keel_core::raft::wire::GroupId;
+use keel_core::raft::{Message, Persisted};
+use crate::replicas;
 
 /// After the faults stop, every acknowledged record must be read back within this much
 /// simulated time.
@@ -640,6 +644,7 @@ impl Sim {
                 break;
             }
         }
+        self.check_replicas();
         let positions = self.consumer_positions();
         if tracing::enabled!(tracing::Level::DEBUG) {
             for (i, m) in self.machines.iter().enumerate() {
@@ -897,6 +902,7 @@ impl Sim {
                 if heal {
                     tracing::debug!("network heals");
                     self.network.heal();
+                    self.check_replicas();
                     let interval = self.plan.net.partition_interval_ms.expect("planned");
                     let at = self.exponential_ns(interval);
                     self.schedule(at, Event::Partition { heal: false });
@@ -1200,6 +1206,7 @@ impl Sim {
                     };
                     self.hasher.write_u64(to as u64);
                     self.hasher.write_u32(crc32c::crc32c(&bytes));
+                    self.check_votes_durable(node, to, &bytes);
                     let deliveries =
                         (self.network).send(&mut self.rng, self.now_ns, node, to, &mut self.faults);
                     for at in deliveries {
@@ -1274,6 +1281,127 @@ impl Sim {
         for detail in back {
             self.checker
                 .violate(ViolationKind::LostWrite, self.now_ns, detail);
+        }
+    }
+
+    /// A granted vote, or a leader's announcement of its epoch, leaves only once the vote is
+    /// durable: the sender's durable vote table (the newest whole copy a crash would keep)
+    /// holds that vote, or a later epoch.
+    fn check_votes_durable(&mut self, node: usize, to: usize, bytes: &Bytes) {
+        let Ok(frame) = keel_core::raft::wire::decode(bytes.clone()) else {
+            self.checker.violate(
+                ViolationKind::Protocol,
+                self.now_ns,
+                format!("node {} sent an undecodable peer frame", node + 1),
+            );
+            return;
+        };
+        let (me, them) = (node as i32 + 1, to as i32 + 1);
+        let needs: Vec<_> = (frame.messages.iter())
+            .filter_map(|(group, message)| match message {
+                Message::VoteResponse {
+                    epoch,
+                    granted: true,
+                } => Some((*group, *epoch, them, "granted a vote")),
+                Message::BeginEpoch { epoch } => Some((*group, *epoch, me, "announced it leads")),
+                _ => None,
+            })
+            .collect();
+        if needs.is_empty() {
+            return;
+        }
+        let durable = durable_votes(&self.machines[node].disk.0.borrow());
+        for (group, epoch, voted_for, what) in needs {
+            let held = durable.get(&group).copied().unwrap_or_default();
+            if held.epoch > epoch || (held.epoch == epoch && held.voted_for == Some(voted_for)) {
+                continue;
+            }
+            self.checker.violate(
+                ViolationKind::UndurableVote,
+                self.now_ns,
+                format!(
+                    "node {me} {what} in epoch {epoch} of partition {} (vote for node {voted_for}) with {held:?} durable",
+                    group.partition
+                ),
+            );
+        }
+    }
+
+    /// An acks=all acknowledgement in a cluster: a majority of the nodes hold the batch where
+    /// the answer put it, durably (a crash of every machine now would keep it).
+    fn check_replicated(&mut self, op: usize, base_offset: i64) {
+        if self.machines.len() == 1 {
+            return;
+        }
+        let Some(crc) = replicas::batch_crc(&self.ops[op].batch) else {
+            return;
+        };
+        let partition = self.ops[op].write.partition;
+        let dir = format!("{TOPIC}-{partition}/");
+        let holders: Vec<usize> = (self.machines.iter().enumerate())
+            .filter(|(_, m)| {
+                replicas::durable_batch_at(&m.disk.0.borrow(), &dir, base_offset)
+                    .is_some_and(|b| b.crc == crc)
+            })
+            .map(|(i, _)| i + 1)
+            .collect();
+        let majority = self.machines.len() / 2 + 1;
+        if holders.len() < majority {
+            self.checker.violate(
+                ViolationKind::UnreplicatedAck,
+                self.now_ns,
+                format!(
+                    "partition {partition} offset {base_offset} acknowledged (acks=all) while durable on nodes {holders:?} only"
+                ),
+            );
+        }
+    }
+
+    /// Replicas agree below their high watermarks: every pair of running nodes holds the same
+    /// batches (offsets, leader epochs, CRCs) below the lower of their two high watermarks.
+    fn check_replicas(&mut self) {
+        if self.machines.len() == 1 {
+            return;
+        }
+        for partition in 0..self.plan.partitions {
+            let dir = format!("{TOPIC}-{partition}/");
+            let views: Vec<(usize, i64, Vec<replicas::StoredBatch>)> = (self.machines.iter())
+                .enumerate()
+                .filter_map(|(i, m)| {
+                    let node = m.node.as_ref()?;
+                    let hw = (node.partition_offsets().into_iter())
+                        .find(|p| p.topic == TOPIC && p.partition == partition)?
+                        .high_watermark?;
+                    Some((i, hw, replicas::cached_batches(&m.disk.0.borrow(), &dir)))
+                })
+                .collect();
+            for (a, (node_a, hw_a, batches_a)) in views.iter().enumerate() {
+                for (node_b, hw_b, batches_b) in &views[a + 1..] {
+                    let bound = (*hw_a).min(*hw_b);
+                    let below = |batches: &[replicas::StoredBatch]| {
+                        batches
+                            .iter()
+                            .filter(|b| b.last_offset < bound)
+                            .copied()
+                            .collect::<Vec<_>>()
+                    };
+                    let (left, right) = (below(batches_a), below(batches_b));
+                    if left != right {
+                        let first = left.iter().zip(&right).find(|(l, r)| l != r);
+                        self.checker.violate(
+                            ViolationKind::ReplicasDiverge,
+                            self.now_ns,
+                            format!(
+                                "partition {partition} below offset {bound}: node {} and node {} differ ({} and {} batches; first difference {first:?})",
+                                node_a + 1,
+                                node_b + 1,
+                                left.len(),
+                                right.len()
+                            ),
+                        );
+                    }
+                }
+            }
         }
     }
 
@@ -2200,6 +2328,7 @@ impl Sim {
                 } else if answer.error_code == codes::NONE {
                     self.ops[op].outcome = Outcome::Ok;
                     let base_offset = answer.base_offset;
+                    self.check_replicated(op, base_offset);
                     let write = self.ops[op].write.clone();
                     self.checker.on_ack(self.now_ns, &write, base_offset);
                 } else if self.ops[op].attempted_unknown {
@@ -2777,4 +2906,19 @@ impl Sim {
         }
         self.count("admin:answered");
     }
+}
+
+/// The vote table a crash of the machine now would leave: the newest durable copy that is
+/// whole.
+fn durable_votes(disk: &SimDisk) -> BTreeMap<GroupId, Persisted> {
+    let mut newest: Option<(u64, BTreeMap<GroupId, Persisted>)> = None;
+    for name in disk.files_under(votes::FILE_PREFIX) {
+        let Some(table) = disk.durable_contents(name).and_then(votes::decode_table) else {
+            continue;
+        };
+        if newest.as_ref().is_none_or(|(generation, _)| table.0 > *generation) {
+            newest = Some(table);
+        }
+    }
+    newest.map(|(_, table)| table).unwrap_or_default()
 }

@@ -181,17 +181,36 @@ pub enum PlantedBug {
     /// Recovery cuts a bad batch below the recovery point as if it were a torn tail: damage
     /// to synced data loses acknowledged records without a word.
     CutSynced,
+    /// Answer acks=all when the leader's append is synced, as acks=1, not at commit: a
+    /// leader that fails before its followers fetch takes acknowledged records along.
+    AckBeforeCommit,
+    /// Raft votes leave before they are durable ([`crate::raft::RaftBug::VoteWithoutSync`]).
+    VoteWithoutSync,
+    /// Leaders never report divergence ([`crate::raft::RaftBug::NoTruncate`]).
+    NoTruncate,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 6] = [
+    pub const ALL: [PlantedBug; 9] = [
         PlantedBug::SkipFsync,
         PlantedBug::AckEarly,
         PlantedBug::NoDedup,
         PlantedBug::FetchPastHighWatermark,
         PlantedBug::AckWrongRound,
         PlantedBug::CutSynced,
+        PlantedBug::AckBeforeCommit,
+        PlantedBug::VoteWithoutSync,
+        PlantedBug::NoTruncate,
     ];
+
+    /// The bugs only a cluster can show (a node alone commits what it synced, votes for
+    /// itself alone, and has nobody to diverge from).
+    pub fn needs_cluster(self) -> bool {
+        matches!(
+            self,
+            PlantedBug::AckBeforeCommit | PlantedBug::VoteWithoutSync | PlantedBug::NoTruncate
+        )
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -201,6 +220,9 @@ impl PlantedBug {
             PlantedBug::FetchPastHighWatermark => "fetch-past-hw",
             PlantedBug::AckWrongRound => "ack-wrong-round",
             PlantedBug::CutSynced => "cut-synced",
+            PlantedBug::AckBeforeCommit => "ack-before-commit",
+            PlantedBug::VoteWithoutSync => "vote-without-sync",
+            PlantedBug::NoTruncate => "no-truncate",
         }
     }
 
@@ -784,7 +806,11 @@ impl<D: Disk> Node<D> {
                 Slot::Ready((r.acks != 0).then_some(reply(Response::Produce(response))?))
             }
             Request::Produce(r) => {
-                let acks = r.acks;
+                let mut acks = r.acks;
+                if acks == -1 && self.config.planted_bug == Some(PlantedBug::AckBeforeCommit) {
+                    // The planted bug: acks=all answered as acks=1, at the leader's sync.
+                    acks = 1;
+                }
                 let (response, waits, commits) = self.produce(now, &r, version);
                 if acks == 0 {
                     // A producer with acks=0 reads no answer: Kafka closes its connection

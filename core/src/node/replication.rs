@@ -11,10 +11,10 @@ use crate::limits;
 use crate::log::LogError;
 use crate::partition::{leader_change_batch, Effects, Replica};
 use crate::raft::wire::{self, GroupId, PeerFrame};
-use crate::raft::{Command, NodeId, Persisted, Raft, RaftConfig};
+use crate::raft::{Command, NodeId, Persisted, Raft, RaftBug, RaftConfig};
 use crate::record::RecordBatch;
 
-use super::{Durability, Instant, Node, Output};
+use super::{Durability, Instant, Node, Output, PlantedBug};
 
 /// A follower that hears nothing from its leader for this long (one to two times it)
 /// campaigns; a leader not fetched from by a majority for this long resigns.
@@ -37,6 +37,11 @@ impl<D: Disk> Node<D> {
             fetch_max_bytes: limits::REPLICA_FETCH_MAX_BYTES,
             commit_unsynced: self.config.durability == Durability::Replicated,
             seed,
+            planted: match self.config.planted_bug {
+                Some(PlantedBug::VoteWithoutSync) => Some(RaftBug::VoteWithoutSync),
+                Some(PlantedBug::NoTruncate) => Some(RaftBug::NoTruncate),
+                _ => None,
+            },
         }
     }
 

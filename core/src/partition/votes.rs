@@ -22,7 +22,7 @@ use crate::limits;
 use crate::raft::wire::GroupId;
 use crate::raft::Persisted;
 
-const FILE_PREFIX: &str = "quorum-state-";
+pub const FILE_PREFIX: &str = "quorum-state-";
 const MAGIC: &[u8; 4] = b"KQS1";
 /// Magic, generation, count.
 const HEADER_BYTES: usize = 4 + 8 + 4;
@@ -77,6 +77,12 @@ fn be_i32(raw: &[u8]) -> i32 {
 }
 
 /// A copy's generation and table, if it is whole.
+/// A whole table file's generation and entries, if it is whole (the simulator reads durable
+/// copies with it to check that votes were durable before they were used).
+pub fn decode_table(raw: &[u8]) -> Option<(u64, BTreeMap<GroupId, Persisted>)> {
+    decode(raw)
+}
+
 fn decode(raw: &[u8]) -> Option<Table> {
     if raw.len() < HEADER_BYTES + CRC_BYTES || &raw[..4] != MAGIC {
         return None;

@@ -118,6 +118,20 @@ pub struct RaftConfig {
     /// replication-over-fsync durability).
     pub commit_unsynced: bool,
     pub seed: u64,
+    /// A bug to plant, so that the simulator shows its checkers catch it (never set outside
+    /// the simulator).
+    pub planted: Option<RaftBug>,
+}
+
+/// Bugs the simulator plants in the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RaftBug {
+    /// Grant votes and count one's own vote before the vote is durable: a crash that loses it
+    /// lets the node vote again in the same epoch, for another candidate.
+    VoteWithoutSync,
+    /// Leaders never report divergence: no follower truncates, and a follower keeps entries a
+    /// new leader never had under the entries it appends after them.
+    NoTruncate,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -942,8 +956,9 @@ impl Raft {
 
     /// A candidate wins with a majority, counting its own vote only once it is durable.
     fn maybe_win(&mut self, now_ms: u64, out: &mut Vec<Command>) {
-        let own_durable =
-            self.persisted.epoch == self.epoch && self.persisted.voted_for == Some(self.config.id);
+        let own_durable = (self.persisted.epoch == self.epoch
+            && self.persisted.voted_for == Some(self.config.id))
+            || self.config.planted == Some(RaftBug::VoteWithoutSync);
         let count = self
             .votes
             .iter()
@@ -1009,7 +1024,7 @@ impl Raft {
             voted_for: self.voted_for,
         };
         let command = Command::Send { to, message };
-        if self.persisted == needs {
+        if self.persisted == needs || self.config.planted == Some(RaftBug::VoteWithoutSync) {
             out.push(command);
         } else {
             self.held.push((needs, command));
@@ -1083,6 +1098,7 @@ impl Raft {
                 .log
                 .epoch_end(last_fetched_epoch)
                 .is_some_and(|(e, end)| e == last_fetched_epoch && end >= fetch_offset);
+            let agrees = agrees || self.config.planted == Some(RaftBug::NoTruncate);
             if !agrees || fetch_offset > self.log.end {
                 let (epoch, end_offset) = self.log.epoch_end(last_fetched_epoch).unwrap_or((0, 0));
                 out.push(answer(FetchReply::Diverging {

@@ -139,6 +139,7 @@ fn a_voter_alone_leads_at_once_and_commits_what_it_recovered() {
         fetch_max_bytes: 1 << 20,
         commit_unsynced: false,
         seed: 7,
+        planted: None,
     };
     let persisted = Persisted {
         epoch: 3,
@@ -218,6 +219,7 @@ fn follower(id: NodeId, epochs: Vec<(Epoch, Offset)>, end: Offset) -> Raft {
         fetch_max_bytes: 64,
         commit_unsynced: false,
         seed: 1,
+        planted: None,
     };
     let persisted = Persisted {
         epoch: 2,
@@ -448,6 +450,7 @@ proptest! {
             fetch_max_bytes: 1 << 20,
             commit_unsynced: false,
             seed: 3,
+            planted: None,
         };
         let mut raft = Raft::new(config, Persisted::default(), LogShape::default(), 0);
         let mut now = 0;
