@@ -50,6 +50,8 @@ use crate::replicas;
 /// After the faults stop, every acknowledged record must be read back within this much
 /// simulated time.
 pub const LIVENESS_BOUND_NS: u64 = 30_000_000_000;
+/// Runs do about a thousand events per simulated second; a hundred times that is a storm.
+const EVENTS_PER_SIMULATED_SECOND_MAX: u64 = 100_000;
 /// The simulated clock starts here (2023-11-14), so timestamps look like real ones.
 const EPOCH_NS: u64 = 1_700_000_000_000_000_000;
 const TOPIC: &str = "sim";
@@ -627,9 +629,20 @@ impl Sim {
         }
         self.schedule(self.options.duration_ns, Event::Quiet);
         let end_ns = self.options.duration_ns + LIVENESS_BOUND_NS;
+        let events_max = end_ns / 1_000_000_000 * EVENTS_PER_SIMULATED_SECOND_MAX;
         while let Some(Reverse(queued)) = self.queue.pop() {
             if queued.at_ns > end_ns {
                 break;
+            }
+            if self.events >= events_max {
+                // Messages that beget messages faster than time passes (a storm): the run
+                // would never end.
+                self.checker.violate(
+                    ViolationKind::Liveness,
+                    self.now_ns,
+                    format!("{} events by {}: a storm", self.events, format_ns(self.now_ns)),
+                );
+                return;
             }
             self.now_ns = queued.at_ns;
             self.events += 1;

@@ -1183,6 +1183,13 @@ impl Raft {
             }
             return;
         }
+        if self.fetch_sent_ms.is_none() && self.role != Role::Leader && self.leader == Some(from)
+        {
+            // No fetch of this node's waits for an answer: a duplicate of one already acted
+            // on. Acting again would send a second fetch, and every duplicate after it a
+            // third: chains of fetches that multiply.
+            return;
+        }
         if self.truncations_synced < self.truncations {
             // An answer to a fetch sent before the truncation (duplicated, or late) that
             // happens to match the cut log: nothing is appended before the cut is safe, and
@@ -1205,8 +1212,10 @@ impl Raft {
                 let offset = end_offset.min(own_end);
                 if offset < self.high_watermark {
                     // Never below what this node saw committed: a leader that says so is
-                    // wrong, or the answer is not for this log. Ask again.
-                    self.send_fetch(now_ms, out);
+                    // wrong, or the answer is not for this log. Ask again when a lost fetch
+                    // would be asked again (at once, the two could answer each other as fast
+                    // as the network goes).
+                    self.fetch_sent_ms = Some(now_ms);
                     return;
                 }
                 self.log.truncate(offset);
@@ -1222,7 +1231,8 @@ impl Raft {
             FetchReply::Entries(entries) => {
                 let fits = (entries.first()).is_none_or(|e| e.base_offset == self.log.end);
                 if !fits {
-                    self.send_fetch(now_ms, out);
+                    // Ask again later, as above.
+                    self.fetch_sent_ms = Some(now_ms);
                     return;
                 }
                 let appended = !entries.is_empty();
