@@ -316,35 +316,32 @@ fn a_sync_from_before_a_truncation_credits_nothing() {
         &mut out,
     );
     let old_generation = 0;
-    // The new leader's log diverges at 8: cut, sync the cut, fetch, append epoch 2 entries.
-    raft.handle_message(
-        3,
-        1,
-        answer(
-            12,
-            1,
-            0,
-            FetchReply::Diverging {
-                epoch: 1,
-                end_offset: 8,
-            },
-        ),
-        &mut out,
-    );
-    raft.handle_log_synced(4, 8, old_generation + 1, &mut out);
-    raft.handle_message(
-        5,
-        1,
-        answer(8, 1, 0, FetchReply::Entries(vec![entry(2, 8, 11)])),
-        &mut out,
-    );
+    // Node 3 leads epoch 3 before that sync completes; its log diverges at 8: cut, sync the
+    // cut, fetch, append its epoch 3 entries.
+    let from_3 = |fetch_offset, last_fetched_epoch, reply| Message::FetchResponse {
+        epoch: 3,
+        high_watermark: 0,
+        fetch_offset,
+        last_fetched_epoch,
+        reply,
+    };
+    raft.handle_message(3, 3, Message::BeginEpoch { epoch: 3 }, &mut out);
+    let diverging = FetchReply::Diverging {
+        epoch: 1,
+        end_offset: 8,
+    };
+    raft.handle_message(4, 3, from_3(12, 1, diverging), &mut out);
+    assert_eq!(raft.log().end, 8, "cut at the divergence");
+    raft.handle_log_synced(5, 8, old_generation + 1, &mut out);
+    let entries = FetchReply::Entries(vec![entry(3, 8, 11)]);
+    raft.handle_message(6, 3, from_3(8, 1, entries), &mut out);
     assert_eq!(raft.log().end, 12);
     // The slow sync of the first entries completes now.
-    raft.handle_log_synced(6, 12, old_generation, &mut out);
+    raft.handle_log_synced(7, 12, old_generation, &mut out);
     assert_eq!(
         raft.log().synced,
         8,
-        "the epoch 2 entries are not durable yet"
+        "the epoch 3 entries are not durable yet"
     );
 }
 
@@ -484,4 +481,49 @@ proptest! {
             (epoch, high_watermark) = (raft.epoch(), raft.high_watermark());
         }
     }
+}
+
+/// An answer delivered again while no fetch is out is dropped (acting on it would send a
+/// second fetch: two chains of fetches where there was one); an answer the follower cannot act
+/// on is asked again after the fetch timeout, not at once (the simulator found the two
+/// answering each other as fast as the network went, the chains multiplying with every
+/// duplicated frame, under a planted bug). A leader holds one fetch per follower, so chains
+/// that a duplicate forks anyway meet again there.
+#[test]
+fn a_duplicated_answer_sends_no_second_fetch() {
+    let mut raft = follower(2, vec![(1, 0)], 8);
+    let mut out = Vec::new();
+    raft.handle_message(1, 1, Message::BeginEpoch { epoch: 2 }, &mut out);
+    let fetches = |out: &[Command]| {
+        out.iter()
+            .filter(|c| matches!(c, Command::Send { message: Message::Fetch { .. }, .. }))
+            .count()
+    };
+    assert_eq!(fetches(&out), 1, "{out:?}");
+    // Entries: appended, and the next fetch waits for their sync.
+    let entries = answer(8, 1, 0, FetchReply::Entries(vec![entry(2, 8, 9)]));
+    out.clear();
+    raft.handle_message(2, 1, entries.clone(), &mut out);
+    assert_eq!(raft.log().end, 10, "the answer is acted on: {out:?}");
+    assert_eq!(fetches(&out), 0, "{out:?}");
+    // The same answer again, while no fetch is out: nothing happens.
+    out.clear();
+    raft.handle_message(3, 1, entries, &mut out);
+    assert!(out.is_empty(), "its copy is not: {out:?}");
+    raft.handle_log_synced(4, 10, 0, &mut out);
+    assert_eq!(fetches(&out), 1, "{out:?}");
+    // A leader that claims divergence below what this node saw committed is asked again
+    // only after the fetch timeout.
+    let mut raft = follower(2, vec![(1, 0)], 8);
+    raft.handle_message(1, 1, Message::BeginEpoch { epoch: 2 }, &mut out);
+    raft.handle_message(2, 1, answer(8, 1, 6, FetchReply::Entries(vec![])), &mut out);
+    out.clear();
+    let below = FetchReply::Diverging {
+        epoch: 1,
+        end_offset: 4,
+    };
+    raft.handle_message(3, 1, answer(8, 1, 6, below), &mut out);
+    assert_eq!(fetches(&out), 0, "{out:?}");
+    raft.handle_tick(3 + 2 * 40, &mut out);
+    assert_eq!(fetches(&out), 1, "{out:?}");
 }
