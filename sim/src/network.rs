@@ -1,4 +1,5 @@
-//! The network between nodes: what happens to a peer frame on its way, and the partitions
+//! The network between nodes (and the one fault of a cluster's machines together, a
+//! correlated crash, whose rate is drawn with the network's): what happens to a peer frame on its way, and the partitions
 //! that cut links. Frames are datagrams here, not a stream: each one may be lost, delayed
 //! (and so overtaken by a later one), duplicated or held by a clogged link, with the rates
 //! the seed's [`NetFaults`] chose. Peer frames carry whole Raft messages that tolerate all of
@@ -31,6 +32,9 @@ pub struct NetFaults {
     pub partition_interval_ms: Option<u64>,
     /// Mean time between two clogs of a link (frames held until it clears), if any.
     pub clog_interval_ms: Option<u64>,
+    /// Mean time between two crashes of a majority of the machines at once (a power cut of
+    /// a rack), if any: what only fsync durability survives.
+    pub correlated_crash_interval_ms: Option<u64>,
 }
 
 impl NetFaults {
@@ -56,6 +60,9 @@ impl NetFaults {
             clog_interval_ms: rng
                 .random_bool(0.4)
                 .then(|| rng.random_range(1_000..=10_000)),
+            correlated_crash_interval_ms: rng
+                .random_bool(0.3)
+                .then(|| rng.random_range(3_000..=20_000)),
         }
     }
 }

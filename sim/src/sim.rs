@@ -22,7 +22,7 @@ use bytes::{Bytes, BytesMut};
 use keel_core::disk::{Disk, DiskError, FileId};
 use keel_core::log::LogConfig;
 use keel_core::node::{
-    Broker, Config, ConnId, Input, Instant, Node, Output, PlantedBug, RecoveryEvent, SyncToken,
+    Broker, Config, Durability, ConnId, Input, Instant, Node, Output, PlantedBug, RecoveryEvent, SyncToken,
 };
 use keel_core::protocol::codec::{decode_response, encode_request};
 use keel_core::protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -42,10 +42,10 @@ use crate::check::{Checker, Damage, Violation, ViolationKind, Write};
 use crate::disk::{DiskFaults, PendingSync, SimDisk};
 use crate::network::Network;
 use crate::plan::Plan;
+use crate::replicas;
 use keel_core::partition::votes;
 use keel_core::raft::wire::GroupId;
 use keel_core::raft::{Message, Persisted};
-use crate::replicas;
 
 /// After the faults stop, every acknowledged record must be read back within this much
 /// simulated time.
@@ -72,6 +72,8 @@ pub struct Options {
     pub idempotent: Option<bool>,
     /// Nodes in the cluster: 1, or 3 and more (every partition replicated on all of them).
     pub nodes: usize,
+    /// The nodes' durability: `Replicated` acknowledges what a majority holds in memory.
+    pub durability: Durability,
 }
 
 /// What a run did and found.
@@ -195,6 +197,8 @@ enum Event {
     },
     /// The nemesis clogs a link for a while.
     Clog,
+    /// A majority of the machines crash at once.
+    CorrelatedCrash,
 }
 
 impl Event {
@@ -212,6 +216,7 @@ impl Event {
             Event::Peer { .. } => 10,
             Event::Partition { .. } => 11,
             Event::Clog => 12,
+            Event::CorrelatedCrash => 13,
         }
     }
 }
@@ -500,6 +505,7 @@ impl Sim {
             },
             seed: rng.random(),
             planted_bug: options.bug,
+            durability: options.durability,
             ..Config::default()
         };
         let mut clients = Vec::new();
@@ -640,7 +646,11 @@ impl Sim {
                 self.checker.violate(
                     ViolationKind::Liveness,
                     self.now_ns,
-                    format!("{} events by {}: a storm", self.events, format_ns(self.now_ns)),
+                    format!(
+                        "{} events by {}: a storm",
+                        self.events,
+                        format_ns(self.now_ns)
+                    ),
                 );
                 return;
             }
@@ -927,6 +937,25 @@ impl Sim {
                     self.schedule(at, Event::Partition { heal: true });
                 }
             }
+            Event::CorrelatedCrash => {
+                if self.quiet {
+                    return;
+                }
+                let n = self.machines.len();
+                let mut order: Vec<usize> = (0..n).collect();
+                for i in (1..n).rev() {
+                    order.swap(i, self.rng.random_range(0..=i));
+                }
+                self.fault("correlated-crash");
+                for node in order.into_iter().take(n / 2 + 1) {
+                    if self.machines[node].node.is_some() {
+                        self.crash_node(node);
+                    }
+                }
+                let interval = self.plan.net.correlated_crash_interval_ms.expect("planned");
+                let at = self.exponential_ns(interval);
+                self.schedule(at, Event::CorrelatedCrash);
+            }
             Event::Clog => {
                 if self.quiet {
                     return;
@@ -1037,6 +1066,10 @@ impl Sim {
             if let Some(interval) = self.plan.net.clog_interval_ms {
                 let at = self.exponential_ns(interval);
                 self.schedule(at, Event::Clog);
+            }
+            if let Some(interval) = self.plan.net.correlated_crash_interval_ms {
+                let at = self.exponential_ns(interval);
+                self.schedule(at, Event::CorrelatedCrash);
             }
         }
     }
@@ -1343,7 +1376,8 @@ impl Sim {
     /// An acks=all acknowledgement in a cluster: a majority of the nodes hold the batch where
     /// the answer put it, durably (a crash of every machine now would keep it).
     fn check_replicated(&mut self, op: usize, base_offset: i64) {
-        if self.machines.len() == 1 {
+        // Replicated durability promises memory, not disks: its losses show as lost writes.
+        if self.machines.len() == 1 || self.options.durability == Durability::Replicated {
             return;
         }
         let Some(crc) = replicas::batch_crc(&self.ops[op].batch) else {
@@ -2929,7 +2963,10 @@ fn durable_votes(disk: &SimDisk) -> BTreeMap<GroupId, Persisted> {
         let Some(table) = disk.durable_contents(name).and_then(votes::decode_table) else {
             continue;
         };
-        if newest.as_ref().is_none_or(|(generation, _)| table.0 > *generation) {
+        if newest
+            .as_ref()
+            .is_none_or(|(generation, _)| table.0 > *generation)
+        {
             newest = Some(table);
         }
     }

@@ -1183,8 +1183,7 @@ impl Raft {
             }
             return;
         }
-        if self.fetch_sent_ms.is_none() && self.role != Role::Leader && self.leader == Some(from)
-        {
+        if self.fetch_sent_ms.is_none() && self.role != Role::Leader && self.leader == Some(from) {
             // No fetch of this node's waits for an answer: a duplicate of one already acted
             // on. Acting again would send a second fetch, and every duplicate after it a
             // third: chains of fetches that multiply.

@@ -64,7 +64,7 @@ fn config(id: NodeId, voters: &[NodeId], commit_unsynced: bool, seed: u64) -> Ra
         fetch_max_bytes: 64,
         commit_unsynced,
         seed,
-    planted: None,
+        planted: None,
     }
 }
 

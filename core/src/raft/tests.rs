@@ -496,7 +496,15 @@ fn a_duplicated_answer_sends_no_second_fetch() {
     raft.handle_message(1, 1, Message::BeginEpoch { epoch: 2 }, &mut out);
     let fetches = |out: &[Command]| {
         out.iter()
-            .filter(|c| matches!(c, Command::Send { message: Message::Fetch { .. }, .. }))
+            .filter(|c| {
+                matches!(
+                    c,
+                    Command::Send {
+                        message: Message::Fetch { .. },
+                        ..
+                    }
+                )
+            })
             .count()
     };
     assert_eq!(fetches(&out), 1, "{out:?}");

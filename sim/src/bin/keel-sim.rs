@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use keel_core::node::PlantedBug;
+use keel_core::node::{Durability, PlantedBug};
 use keel_sim::campaign::{campaign, run_seed, SeedResult};
 use keel_sim::sim::format_ns;
 use keel_sim::Options;
@@ -38,6 +38,18 @@ struct WorldArgs {
     /// Nodes in the simulated cluster: 1, or 3 and more (every partition replicated on all).
     #[arg(long, default_value_t = 1, value_parser = parse_nodes)]
     nodes: usize,
+    /// The nodes' durability: fsync (acknowledge what is synced) or replicated (acknowledge
+    /// what a majority holds in memory, as Kafka does by default).
+    #[arg(long, default_value = "fsync", value_parser = parse_durability)]
+    durability: Durability,
+}
+
+fn parse_durability(s: &str) -> Result<Durability, String> {
+    match s {
+        "fsync" => Ok(Durability::Fsync),
+        "replicated" => Ok(Durability::Replicated),
+        _ => Err(format!("{s}: fsync or replicated")),
+    }
 }
 
 impl WorldArgs {
@@ -48,6 +60,7 @@ impl WorldArgs {
             bug: self.bug,
             idempotent: self.idempotent,
             nodes: self.nodes,
+            durability: self.durability,
         }
     }
 }
@@ -222,6 +235,9 @@ fn repro(seed: u64, world: WorldArgs) -> String {
     }
     if world.nodes != 1 {
         flags.push_str(&format!(" --nodes {}", world.nodes));
+    }
+    if world.durability == Durability::Replicated {
+        flags.push_str(" --durability replicated");
     }
     format!(
         "keel-sim run --seed {seed} --duration {}{flags}",
