@@ -22,7 +22,8 @@ use bytes::{Bytes, BytesMut};
 use keel_core::disk::{Disk, DiskError, FileId};
 use keel_core::log::LogConfig;
 use keel_core::node::{
-    Broker, Config, Durability, ConnId, Input, Instant, Node, Output, PlantedBug, RecoveryEvent, SyncToken,
+    Broker, Config, ConnId, Durability, Input, Instant, Node, Output, PlantedBug, RecoveryEvent,
+    SyncToken,
 };
 use keel_core::protocol::codec::{decode_response, encode_request};
 use keel_core::protocol::messages::fetch_request::{FetchPartition, FetchTopic};

@@ -219,6 +219,12 @@ impl Replica {
                 Command::Truncate { offset } => {
                     effects.wrote = true;
                     log.truncate_to(disk, offset)?;
+                    // Below the high watermark only under replicated durability, after a
+                    // majority lost committed entries (see the engine's log repair).
+                    if offset < self.high_watermark {
+                        self.high_watermark = offset;
+                        effects.changed = true;
+                    }
                 }
                 Command::SyncLog { generation } => {
                     effects.wrote = true;

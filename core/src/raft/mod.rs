@@ -42,7 +42,8 @@
 //!   whatever its epoch (Ongaro's thesis, section 3.6.2): so a new leader whose followers are
 //!   all caught up, or a voter alone, commits its predecessors' entries without writing one of
 //!   its own. With a voter down, older entries commit with the new leader's first entry. The
-//!   high watermark never goes back.
+//!   high watermark never goes back (except under `commit_unsynced`, when a crash of the
+//!   majority that held committed entries in memory lost them: see log repair below).
 //! - **Long polls.** A fetch the leader cannot answer with anything new waits at the leader
 //!   until an entry is appended, the high watermark moves, or `fetch_wait_ms` passes; that
 //!   answer doubles as the leader's heartbeat.
@@ -68,6 +69,10 @@
 //! - Fetch answers echo the fetch they answer; an answer to an earlier fetch (late or
 //!   duplicated) is not acted on. A sync issued before a truncation credits nothing, and a
 //!   follower never truncates below what it saw committed.
+//! - With [`RaftConfig::commit_unsynced`] (Kafka's replication-over-fsync durability) a
+//!   follower truncates below what it saw committed when its leader's log says so: a crash of
+//!   a majority may have lost committed entries, and the new leader's log is the log now.
+//!   Raft assumes a majority never forgets; this mode chooses not to pay for that.
 //! - Pre-vote and check-quorum (from Ongaro's thesis, as etcd and KRaft run them) are always on.
 //! - A follower that learns of a new epoch from a leader's message follows it at once.
 //! - A pre-vote answer carries the voter's epoch and leader, so a node that lost touch with a
@@ -1209,7 +1214,7 @@ impl Raft {
             FetchReply::Diverging { epoch, end_offset } => {
                 let own_end = self.log.epoch_end(epoch).map_or(0, |(_, end)| end);
                 let offset = end_offset.min(own_end);
-                if offset < self.high_watermark {
+                if offset < self.high_watermark && !self.config.commit_unsynced {
                     // Never below what this node saw committed: a leader that says so is
                     // wrong, or the answer is not for this log. Ask again when a lost fetch
                     // would be asked again (at once, the two could answer each other as fast
@@ -1217,6 +1222,11 @@ impl Raft {
                     self.fetch_sent_ms = Some(now_ms);
                     return;
                 }
+                // Committing what a majority holds only in memory, a crash of that majority
+                // loses committed entries, and a leader elected without them is the log now:
+                // this node follows it below what it saw committed (as Kafka's followers
+                // do), or it would disagree with its leader for ever.
+                self.high_watermark = self.high_watermark.min(offset);
                 self.log.truncate(offset);
                 self.truncations += 1;
                 out.push(Command::Truncate { offset });
