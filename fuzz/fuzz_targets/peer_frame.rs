@@ -20,6 +20,7 @@ fn engine(id: i32) -> Raft {
         fetch_wait_ms: 50,
         fetch_max_bytes: 1 << 20,
         commit_unsynced: false,
+        in_sync_lag_ms: 10_000,
         seed: 7,
         planted: None,
     };

@@ -404,3 +404,41 @@ fn random_schedules_keep_replication_s_promises() {
         "{acked_total} {epochs_total}"
     );
 }
+
+/// The ISR that Metadata reports is Kafka's: the leader and every follower that reached the
+/// leader's log end within `replica.lag.time.max.ms`. A follower that stops fetching stays in
+/// it that long, then leaves; back and caught up, it returns.
+#[test]
+fn a_follower_that_stops_fetching_leaves_the_isr_and_returns() {
+    use keel_core::node::replication::REPLICA_LAG_TIME_MAX_MS;
+    let mut c = cluster();
+    c.create_topic_everywhere();
+    let leader = c.settled_leader();
+    let isr = |c: &mut Cluster| {
+        let request = Request::Metadata(MetadataRequest {
+            topics: Some(vec![MetadataRequestTopic {
+                name: Some("t".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        let Some(Response::Metadata(m)) = c.call(leader, 12, request, 1_000) else {
+            panic!("the leader answers Metadata")
+        };
+        m.topics[0].partitions[0].isr_nodes.clone()
+    };
+    assert_eq!(c.produce(leader, "a").0, codes::NONE);
+    c.run(1_000);
+    assert_eq!(isr(&mut c), NODES.to_vec());
+    let gone = NODES.into_iter().find(|n| *n != leader).unwrap();
+    c.crash(gone);
+    assert_eq!(c.produce(leader, "b").0, codes::NONE, "two of three commit");
+    c.run(REPLICA_LAG_TIME_MAX_MS / 2);
+    assert_eq!(isr(&mut c), NODES.to_vec(), "not yet lagging long enough");
+    c.run(REPLICA_LAG_TIME_MAX_MS);
+    let without: Vec<i32> = NODES.into_iter().filter(|n| *n != gone).collect();
+    assert_eq!(isr(&mut c), without);
+    c.restart(gone);
+    c.run(3_000);
+    assert_eq!(isr(&mut c), NODES.to_vec(), "caught up again");
+}

@@ -179,6 +179,7 @@ impl<D: Disk> Node<D> {
     ) -> (MetadataResponse, bool) {
         use crate::protocol::messages::metadata_response::*;
         let mut created = false;
+        let now_ms = self.now.as_millis() as u64;
         let voters: Vec<i32> = self.brokers().iter().map(|b| b.node_id).collect();
         // v0: an empty list means all topics; v1+: null means all, empty means none.
         let requested: Option<Vec<String>> = match &request.topics {
@@ -254,7 +255,7 @@ impl<D: Disk> Node<D> {
                     isr_nodes: p
                         .replica
                         .as_ref()
-                        .map_or(Vec::new(), |r| r.raft().in_sync()),
+                        .map_or(Vec::new(), |r| r.raft().in_sync(now_ms)),
                     offline_replicas: if p.log.is_ok() {
                         Vec::new()
                     } else {

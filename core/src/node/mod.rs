@@ -15,7 +15,7 @@
 
 mod handlers;
 mod producer_ids;
-mod replication;
+pub mod replication;
 mod topics;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -362,6 +362,8 @@ struct Round {
 
 pub struct Node<D: Disk> {
     config: Config,
+    /// The time the latest step was given (what answers built outside a step read).
+    now: Instant,
     disk: D,
     topics: Topics,
     conns: BTreeMap<ConnId, Conn>,
@@ -434,6 +436,7 @@ impl<D: Disk> Node<D> {
         // complete before any request is read.
         let serving = false;
         let mut node = Node {
+            now: Instant(0),
             config,
             disk,
             topics,
@@ -498,6 +501,7 @@ impl<D: Disk> Node<D> {
         if self.halted.is_some() {
             return;
         }
+        self.now = now;
         match input {
             Input::ConnOpened { conn } if self.conns.len() >= limits::CONNECTIONS_MAX => {
                 out.push(Output::ConnClose {

@@ -21,6 +21,9 @@ use super::{Durability, Instant, Node, Output, PlantedBug};
 pub const ELECTION_TIMEOUT_MS: u64 = 1_000;
 /// How long a leader holds a follower's fetch that has nothing new (its heartbeat).
 pub const REPLICA_FETCH_WAIT_MS: u64 = 250;
+/// A follower that has not reached its leader's log end for this long leaves the ISR that
+/// Metadata reports (Kafka's `replica.lag.time.max.ms`, 30 s since Kafka 2.5).
+pub const REPLICA_LAG_TIME_MAX_MS: u64 = 30_000;
 
 impl<D: Disk> Node<D> {
     /// The Raft configuration of a partition's group on this node.
@@ -36,6 +39,7 @@ impl<D: Disk> Node<D> {
             fetch_wait_ms: REPLICA_FETCH_WAIT_MS,
             fetch_max_bytes: limits::REPLICA_FETCH_MAX_BYTES,
             commit_unsynced: self.config.durability == Durability::Replicated,
+            in_sync_lag_ms: REPLICA_LAG_TIME_MAX_MS,
             seed,
             planted: match self.config.planted_bug {
                 Some(PlantedBug::VoteWithoutSync) => Some(RaftBug::VoteWithoutSync),

@@ -122,6 +122,9 @@ pub struct RaftConfig {
     /// Commit what a majority has in its page cache, not only what it has synced (Kafka's
     /// replication-over-fsync durability).
     pub commit_unsynced: bool,
+    /// A follower is in sync (Kafka's ISR) while it caught up with the leader's log end within
+    /// this long (Kafka's `replica.lag.time.max.ms`).
+    pub in_sync_lag_ms: u64,
     pub seed: u64,
     /// A bug to plant, so that the simulator shows its checkers catch it (never set outside
     /// the simulator).
@@ -330,6 +333,8 @@ struct Progress {
     /// And is synced below this.
     synced: Offset,
     last_fetch_ms: Option<u64>,
+    /// When a fetch of its last reached the leader's log end.
+    caught_up_ms: Option<u64>,
     /// The high watermark its last answer carried.
     high_watermark_sent: Offset,
 }
@@ -431,17 +436,21 @@ impl Raft {
         &self.log
     }
 
-    /// The replicas in sync, as this node knows them: a leader counts itself and every
-    /// follower whose log matched its high watermark at the last fetch (Kafka's ISR, without
-    /// `replica.lag.time.max.ms` yet); a follower names its leader.
-    pub fn in_sync(&self) -> Vec<NodeId> {
+    /// The replicas in sync at `now_ms`, as this node knows them (Kafka's ISR): a leader
+    /// counts itself and every follower that reached its log end within
+    /// [`RaftConfig::in_sync_lag_ms`] (a fetch it holds is one at the end); a follower names
+    /// its leader.
+    pub fn in_sync(&self, now_ms: u64) -> Vec<NodeId> {
         if self.role != Role::Leader {
             return self.leader.into_iter().collect();
         }
         let mut nodes = vec![self.config.id];
+        let since = now_ms.saturating_sub(self.config.in_sync_lag_ms);
         nodes.extend(
             (self.progress.iter())
-                .filter(|(_, p)| p.last_fetch_ms.is_some() && p.matched >= self.high_watermark)
+                .filter(|(id, p)| {
+                    self.parked.contains_key(id) || p.caught_up_ms.is_some_and(|at| at >= since)
+                })
                 .map(|(id, _)| *id),
         );
         nodes.sort_unstable();
@@ -1115,6 +1124,9 @@ impl Raft {
         }
         progress.matched = fetch_offset;
         progress.synced = synced_offset.min(fetch_offset);
+        if fetch_offset >= self.log.end {
+            progress.caught_up_ms = Some(now_ms);
+        }
         self.advance_high_watermark(out);
         self.maybe_transfer(out);
         let knows = self.progress[&from].high_watermark_sent;

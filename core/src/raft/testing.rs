@@ -63,6 +63,7 @@ fn config(id: NodeId, voters: &[NodeId], commit_unsynced: bool, seed: u64) -> Ra
         fetch_wait_ms: FETCH_WAIT_MS,
         fetch_max_bytes: 64,
         commit_unsynced,
+        in_sync_lag_ms: 10_000,
         seed,
         planted: None,
     }

@@ -138,6 +138,7 @@ fn a_voter_alone_leads_at_once_and_commits_what_it_recovered() {
         fetch_wait_ms: 500,
         fetch_max_bytes: 1 << 20,
         commit_unsynced: false,
+        in_sync_lag_ms: 10_000,
         seed: 7,
         planted: None,
     };
@@ -218,6 +219,7 @@ fn follower(id: NodeId, epochs: Vec<(Epoch, Offset)>, end: Offset) -> Raft {
         fetch_wait_ms: 40,
         fetch_max_bytes: 64,
         commit_unsynced: false,
+        in_sync_lag_ms: 10_000,
         seed: 1,
         planted: None,
     };
@@ -446,6 +448,7 @@ proptest! {
             fetch_wait_ms: 50,
             fetch_max_bytes: 1 << 20,
             commit_unsynced: false,
+            in_sync_lag_ms: 10_000,
             seed: 3,
             planted: None,
         };
