@@ -1,0 +1,1449 @@
+//! The workload: clients that speak Kafka through Keel's codec over simulated connections
+//! (producers, idempotent or not; consumers; the admin client of `admin.rs`), follow leaders
+//! as real clients do, and report what they saw to the checker.
+
+use super::*;
+
+impl Sim {
+    // ---- the clients' side ----
+
+    pub(super) fn schedule_wake(&mut self, client: usize, at_ns: u64) {
+        let at_ns = at_ns.max(self.now_ns);
+        let c = &mut self.clients[client];
+        if c.wake_at_ns.is_some_and(|w| w <= at_ns) {
+            return;
+        }
+        c.wake_at_ns = Some(at_ns);
+        self.schedule(at_ns, Event::ClientWake { client });
+    }
+
+    /// Whatever the client can do now: reconnect, time out, send; then sleep until the next
+    /// thing it waits for.
+    pub(super) fn client_act(&mut self, client: usize) {
+        enum Action {
+            Connect,
+            TimeOut,
+            Metadata,
+            InitProducerId,
+            Retry,
+            Produce,
+            Fetch,
+            Admin,
+            Move(usize),
+            Sleep(Option<u64>),
+        }
+        loop {
+            let now = self.now_ns;
+            let c = &self.clients[client];
+            let action = match &c.conn {
+                None if self.quiet
+                    && !has_retries(&c.role)
+                    && matches!(c.role, Role::Producer { .. }) =>
+                {
+                    return
+                }
+                None if now >= c.reconnect_at_ns => Action::Connect,
+                None => Action::Sleep(Some(c.reconnect_at_ns)),
+                Some(conn) => {
+                    let deadline = conn.pending.front().map(|p| p.deadline_ns);
+                    let mut next = deadline;
+                    let mut soonest = |at: u64| next = Some(next.map_or(at, |n: u64| n.min(at)));
+                    if deadline.is_some_and(|d| d <= now) {
+                        Action::TimeOut
+                    } else if conn.metadata_at_ns.is_some_and(|at| at <= now) {
+                        Action::Metadata
+                    } else if let Some(target) = self.move_target(client) {
+                        Action::Move(target)
+                    } else {
+                        if let Some(at) = conn.metadata_at_ns {
+                            soonest(at);
+                        }
+                        match &c.role {
+                            Role::Producer {
+                                idempotence: Some(idem),
+                                ..
+                            } if conn.ready
+                                && (idem.producer_id < 0 || idem.init_at_ns.is_some()) =>
+                            {
+                                match idem.init_at_ns {
+                                    _ if idem.initializing => Action::Sleep(next),
+                                    Some(at) if at > now => {
+                                        soonest(at);
+                                        Action::Sleep(next)
+                                    }
+                                    _ => Action::InitProducerId,
+                                }
+                            }
+                            Role::Producer {
+                                idempotence: Some(idem),
+                                ..
+                            } if conn.ready
+                                && !idem.retries.is_empty()
+                                && conn.pending.len() < self.plan.max_in_flight =>
+                            {
+                                Action::Retry
+                            }
+                            Role::Producer {
+                                next_send_at_ns, ..
+                            } if conn.ready
+                                && !self.quiet
+                                && conn.pending.len() < self.plan.max_in_flight =>
+                            {
+                                if *next_send_at_ns <= now {
+                                    Action::Produce
+                                } else {
+                                    soonest(*next_send_at_ns);
+                                    Action::Sleep(next)
+                                }
+                            }
+                            Role::Admin(admin)
+                                if conn.ready && !self.quiet && admin.in_flight == 0 =>
+                            {
+                                if admin.next_at_ns <= now {
+                                    Action::Admin
+                                } else {
+                                    soonest(admin.next_at_ns);
+                                    Action::Sleep(next)
+                                }
+                            }
+                            Role::Consumer {
+                                next_poll_at_ns,
+                                fetching: false,
+                                ..
+                            } if conn.ready => {
+                                if *next_poll_at_ns <= now {
+                                    Action::Fetch
+                                } else {
+                                    soonest(*next_poll_at_ns);
+                                    Action::Sleep(next)
+                                }
+                            }
+                            _ => Action::Sleep(next),
+                        }
+                    }
+                }
+            };
+            match action {
+                Action::Connect => self.connect(client),
+                Action::TimeOut => {
+                    self.count("request-timeout");
+                    self.client_close(client);
+                }
+                Action::Metadata => {
+                    if let Some(conn) = self.clients[client].conn.as_mut() {
+                        conn.metadata_at_ns = None;
+                    }
+                    self.send_metadata(client);
+                }
+                Action::InitProducerId => self.init_producer_id(client),
+                Action::Retry => self.retry(client),
+                Action::Produce => {
+                    self.produce(client);
+                    let mut at = self.exponential_ns(self.plan.produce_interval_ms);
+                    if self.plan.producer_idle_probability > 0.0
+                        && self.rng.random_bool(self.plan.producer_idle_probability)
+                    {
+                        // Idle for longer than the node remembers producers.
+                        self.count("producer:idle");
+                        let expiry_ms = self.plan.producer_id_expiration_ms.unwrap_or(10_000);
+                        at += (expiry_ms as u64 + self.rng.random_range(0..=expiry_ms as u64)) * MS;
+                    }
+                    if let Role::Producer {
+                        next_send_at_ns, ..
+                    } = &mut self.clients[client].role
+                    {
+                        *next_send_at_ns = at;
+                    }
+                }
+                Action::Fetch => {
+                    if let Role::Consumer { fetching, .. } = &mut self.clients[client].role {
+                        *fetching = true;
+                    }
+                    self.fetch(client);
+                }
+                Action::Admin => self.admin_act(client),
+                Action::Move(target) => {
+                    tracing::debug!(client, to = target + 1, "client moves");
+                    self.count("client:move");
+                    self.client_close(client);
+                    let c = &mut self.clients[client];
+                    c.node = target;
+                    c.rotate = false;
+                    c.reconnect_at_ns = self.now_ns;
+                }
+                Action::Sleep(at) => {
+                    if let Some(at) = at {
+                        self.schedule_wake(client, at);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The node a cluster's client should talk to instead of its own, with nothing in flight:
+    /// the leader of the partition its next retry is for, a leader of something if its node
+    /// leads nothing, or (a consumer that read) the next leader in turn.
+    pub(super) fn move_target(&self, client: usize) -> Option<usize> {
+        if self.machines.len() == 1 {
+            return None;
+        }
+        let c = &self.clients[client];
+        let conn = c.conn.as_ref()?;
+        if !conn.ready || !conn.pending.is_empty() {
+            return None;
+        }
+        let here = c.node;
+        let elsewhere: BTreeSet<usize> =
+            c.leaders.values().copied().filter(|n| *n != here).collect();
+        let leads_here = c.leaders.values().any(|n| *n == here);
+        let unknown = c.leaders.len() < self.plan.partitions as usize;
+        let next = (here + 1) % self.machines.len();
+        let pick = || {
+            let i = (self.now_ns / 1_000) as usize % elsewhere.len().max(1);
+            elsewhere.iter().nth(i).copied()
+        };
+        match &c.role {
+            Role::Producer { idempotence, .. } => {
+                if let Some(idem) = idempotence {
+                    if idem.producer_id < 0 || idem.init_at_ns.is_some() || idem.initializing {
+                        // Any node hands out ids.
+                        return None;
+                    }
+                    if let Some(op) = idem.retries.front() {
+                        let p = self.ops[*op].write.partition;
+                        return c.leaders.get(&p).copied().filter(|n| *n != here);
+                    }
+                }
+                if leads_here {
+                    None
+                } else {
+                    pick().or(unknown.then_some(next))
+                }
+            }
+            // A node that does not know every partition's leader (its replica is offline, or
+            // cut off): ask the next one, as clients ask another broker for metadata.
+            Role::Consumer { .. } if unknown => Some(next),
+            Role::Consumer { .. } if c.rotate || !leads_here => pick(),
+            Role::Consumer { .. } | Role::Admin(_) => None,
+        }
+    }
+
+    /// A cluster's client asks for Metadata again soon: leadership moved.
+    pub(super) fn refresh_metadata(&mut self, client: usize) {
+        let at = self.now_ns + 50 * MS;
+        if let Some(conn) = self.clients[client].conn.as_mut() {
+            conn.metadata_at_ns.get_or_insert(at);
+        }
+    }
+
+    pub(super) fn connect(&mut self, client: usize) {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        let slow_reader = !self.quiet && self.rng.random_bool(self.plan.slow_reader_probability);
+        if slow_reader {
+            self.fault("slow-reader");
+        }
+        self.links.insert(
+            id,
+            Link {
+                client,
+                node: self.clients[client].node,
+                to_node_at_ns: self.now_ns,
+                to_client_at_ns: self.now_ns,
+                at_node: None,
+                slow_reader,
+            },
+        );
+        self.clients[client].conn = Some(ClientConn {
+            id,
+            frames: FrameDecoder::new(CLIENT_MAX_FRAME_BYTES),
+            pending: VecDeque::new(),
+            ready: false,
+            metadata_at_ns: None,
+        });
+        self.send_to_node(id, ToNode::Open);
+        self.send_metadata(client);
+    }
+
+    /// The client drops its connection (a timeout, or a reset it injected itself).
+    pub(super) fn client_close(&mut self, client: usize) {
+        let Some(conn) = self.clients[client].conn.as_ref() else {
+            return;
+        };
+        let id = conn.id;
+        self.send_to_node(id, ToNode::Close);
+        self.conn_lost(client);
+    }
+
+    /// The connection is gone: whatever was in flight has an unknown outcome.
+    pub(super) fn conn_lost(&mut self, client: usize) {
+        let Some(conn) = self.clients[client].conn.take() else {
+            return;
+        };
+        for pending in conn.pending {
+            match pending.kind {
+                PendingKind::Produce { op } => {
+                    self.ops[op].outcome = Outcome::Unknown;
+                    self.ops[op].attempted_unknown = true;
+                    if let Some(idem) = idempotence(&mut self.clients[client].role) {
+                        if (self.ops[op].producer_id, self.ops[op].epoch)
+                            == (idem.producer_id, idem.epoch)
+                        {
+                            idem.retries.push_back(op);
+                        }
+                    }
+                }
+                PendingKind::InitProducerId => {
+                    if let Some(idem) = idempotence(&mut self.clients[client].role) {
+                        idem.initializing = false;
+                    }
+                }
+                PendingKind::Fetch => {
+                    self.count("fetch:unknown");
+                    if let Role::Consumer { fetching, .. } = &mut self.clients[client].role {
+                        *fetching = false;
+                    }
+                }
+                PendingKind::Metadata => {}
+                PendingKind::Admin(request) => {
+                    let Role::Admin(admin) = &mut self.clients[client].role else {
+                        continue;
+                    };
+                    admin.in_flight = 0;
+                    if matches!(request, AdminRequest::Delete) {
+                        // Whether the topic is gone is unknown: on to the other name.
+                        admin.next_cycle();
+                    }
+                }
+            }
+        }
+        if let Some(idem) = idempotence(&mut self.clients[client].role) {
+            // Sent again in the order they were first sent.
+            let ops = &self.ops;
+            idem.retries
+                .make_contiguous()
+                .sort_by_key(|op| ops[*op].write.send_seq);
+        }
+        let backoff = self.rng.random_range(10 * MS..=500 * MS);
+        self.clients[client].reconnect_at_ns = self.now_ns + backoff;
+        let at = self.clients[client].reconnect_at_ns;
+        self.schedule_wake(client, at);
+    }
+
+    pub(super) fn send_request(
+        &mut self,
+        client: usize,
+        version: i16,
+        request: Request,
+        kind: PendingKind,
+    ) {
+        let c = &mut self.clients[client];
+        let Some(conn) = c.conn.as_mut() else {
+            return;
+        };
+        c.next_correlation_id += 1;
+        let correlation_id = c.next_correlation_id;
+        let api_key = request.api_key();
+        let header = RequestHeader {
+            api_key: api_key as i16,
+            api_version: version,
+            correlation_id,
+            client_id: Some(format!("sim-{client}")),
+            ..Default::default()
+        };
+        let mut buf = BytesMut::new();
+        encode_request(&mut buf, &header, &request).expect("the simulator's requests encode");
+        let bytes = buf.freeze();
+        conn.pending.push_back(Pending {
+            correlation_id,
+            api_key,
+            version,
+            deadline_ns: self.now_ns + self.plan.request_timeout_ms * MS,
+            kind,
+        });
+        let id = conn.id;
+        if !self.quiet && self.rng.random_bool(self.plan.conn_reset_probability) {
+            // The connection breaks partway through the request.
+            self.fault("conn-reset");
+            let cut = self.rng.random_range(0..bytes.len());
+            if cut > 0 {
+                self.send_to_node(id, ToNode::Bytes(bytes.slice(..cut)));
+            }
+            self.client_close(client);
+            return;
+        }
+        if !self.quiet && self.rng.random_bool(self.plan.cut_request_probability) {
+            // The request arrives in pieces cut at random bytes.
+            self.fault("cut-request");
+            let mut start = 0;
+            while start < bytes.len() {
+                let end = self.rng.random_range(start + 1..=bytes.len());
+                self.send_to_node(id, ToNode::Bytes(bytes.slice(start..end)));
+                start = end;
+            }
+        } else {
+            self.send_to_node(id, ToNode::Bytes(bytes));
+        }
+    }
+
+    pub(super) fn metadata_request(&self) -> Request {
+        Request::Metadata(MetadataRequest {
+            topics: Some(vec![MetadataRequestTopic {
+                name: Some(TOPIC.into()),
+                ..Default::default()
+            }]),
+            allow_auto_topic_creation: true,
+            ..Default::default()
+        })
+    }
+
+    pub(super) fn send_metadata(&mut self, client: usize) {
+        let request = self.metadata_request();
+        let version = self.plan.metadata_version;
+        self.send_request(client, version, request, PendingKind::Metadata);
+    }
+
+    pub(super) fn produce(&mut self, client: usize) {
+        let partition = if self.machines.len() == 1 {
+            self.rng.random_range(0..self.plan.partitions)
+        } else {
+            let c = &self.clients[client];
+            let led: Vec<i32> = (c.leaders.iter())
+                .filter(|(_, n)| **n == c.node)
+                .map(|(p, _)| *p)
+                .collect();
+            if led.is_empty() {
+                self.count("produce:no-leader");
+                self.refresh_metadata(client);
+                return;
+            }
+            led[self.rng.random_range(0..led.len())]
+        };
+        let count = self.rng.random_range(1..=self.plan.records_per_batch_max);
+        let padding = self.rng.random_range(0..=self.plan.value_padding_bytes_max);
+        let Role::Producer {
+            idempotence,
+            acks,
+            next_value,
+            next_send_seq,
+            ..
+        } = &mut self.clients[client].role
+        else {
+            unreachable!("only producers produce");
+        };
+        let acks = *acks;
+        let mut options = BatchOptions {
+            base_timestamp: ((EPOCH_NS + self.now_ns) / MS) as i64,
+            ..Default::default()
+        };
+        if let Some(idem) = idempotence {
+            let sequence = idem.next_sequence.entry(partition).or_insert(0);
+            options.producer_id = idem.producer_id;
+            options.producer_epoch = idem.epoch;
+            options.base_sequence = *sequence;
+            *sequence = keel_core::producers::last_sequence(*sequence, count as i32 - 1)
+                .wrapping_add(1)
+                .max(0);
+        }
+        let generation = idempotence.as_ref().map_or(0, |idem| idem.generation);
+        let values: Vec<u64> = (0..count)
+            .map(|_| {
+                *next_value += 1;
+                ((client as u64) << 40) | *next_value
+            })
+            .collect();
+        let send_seq = *next_send_seq;
+        *next_send_seq += 1;
+        let write = Write {
+            producer: client,
+            partition,
+            send_seq,
+            values,
+        };
+        let op = self.new_op(write, padding, &options, generation);
+        self.send_produce(client, op, acks);
+    }
+
+    /// Records a write (its batch built from its values, each padded by `padding` bytes) and
+    /// returns its index.
+    pub(super) fn new_op(
+        &mut self,
+        write: Write,
+        padding: usize,
+        options: &BatchOptions,
+        generation: u64,
+    ) -> usize {
+        let batch = record::build(&batch_records(&write.values, padding), options)
+            .expect("the simulator's batches build");
+        self.ops.push(Op {
+            write,
+            batch,
+            outcome: Outcome::Pending,
+            producer_id: options.producer_id,
+            epoch: options.producer_epoch,
+            attempted_unknown: false,
+            generation,
+            first_sent_ns: self.now_ns,
+        });
+        self.ops.len() - 1
+    }
+
+    /// One more batch from a producer's previous epoch, sent after it moved to a new one (a
+    /// zombie instance still running): the node must refuse it, so it must never be read.
+    pub(super) fn send_zombie(&mut self, client: usize, epoch: i16, sequences: BTreeMap<i32, i32>) {
+        let Some((partition, sequence)) = sequences.into_iter().next() else {
+            return;
+        };
+        self.count("producer:zombie");
+        let Role::Producer {
+            idempotence: Some(idem),
+            acks,
+            next_value,
+            next_send_seq,
+            ..
+        } = &mut self.clients[client].role
+        else {
+            return;
+        };
+        let acks = *acks;
+        *next_value += 1;
+        let value = ((client as u64) << 40) | *next_value;
+        let send_seq = *next_send_seq;
+        *next_send_seq += 1;
+        let options = BatchOptions {
+            base_timestamp: ((EPOCH_NS + self.now_ns) / MS) as i64,
+            producer_id: idem.producer_id,
+            producer_epoch: epoch,
+            base_sequence: sequence,
+            ..Default::default()
+        };
+        let write = Write {
+            producer: client,
+            partition,
+            send_seq,
+            values: vec![value],
+        };
+        let op = self.new_op(write, 0, &options, u64::MAX);
+        self.send_produce(client, op, acks);
+    }
+
+    /// Sends the oldest write whose outcome is unknown again, unchanged.
+    pub(super) fn retry(&mut self, client: usize) {
+        let Role::Producer {
+            idempotence: Some(idem),
+            acks,
+            ..
+        } = &mut self.clients[client].role
+        else {
+            return;
+        };
+        let acks = *acks;
+        let Some(op) = idem.retries.pop_front() else {
+            return;
+        };
+        // Kafka's delivery.timeout.ms: a client gives up on a write well before the node may
+        // forget its producer (producer.id.expiration.ms), or a retry could land twice.
+        let delivery_timeout_ns = self
+            .plan
+            .producer_id_expiration_ms
+            .map_or(u64::MAX, |ms| ms as u64 / 2 * MS);
+        if self.now_ns - self.ops[op].first_sent_ns > delivery_timeout_ns {
+            self.count("produce:delivery-timeout");
+            return;
+        }
+        self.count("produce:retry");
+        self.ops[op].outcome = Outcome::Pending;
+        self.send_produce(client, op, acks);
+    }
+
+    pub(super) fn send_produce(&mut self, client: usize, op: usize, acks: i16) {
+        let partition = self.ops[op].write.partition;
+        let batch = self.ops[op].batch.clone();
+        let request = produce_request(TOPIC, partition, batch, acks);
+        let version = self.plan.produce_version;
+        self.send_request(client, version, request, PendingKind::Produce { op });
+    }
+
+    pub(super) fn init_producer_id(&mut self, client: usize) {
+        let Some(idem) = idempotence(&mut self.clients[client].role) else {
+            return;
+        };
+        idem.initializing = true;
+        idem.init_at_ns = None;
+        // With an id already, ask for the next epoch (KIP-360; v3 and later).
+        let request = Request::InitProducerId(InitProducerIdRequest {
+            transactional_id: None,
+            transaction_timeout_ms: 60_000,
+            producer_id: idem.producer_id,
+            producer_epoch: idem.epoch,
+            ..Default::default()
+        });
+        let version = self.plan.init_producer_id_version;
+        self.send_request(client, version, request, PendingKind::InitProducerId);
+    }
+
+    /// A sequence or epoch error: whatever waits to be sent again stays unknown forever (its
+    /// outcome already says so), and the producer starts a new epoch with sequences from 0.
+    pub(super) fn reset_producer(&mut self, client: usize) {
+        let Some(idem) = idempotence(&mut self.clients[client].role) else {
+            return;
+        };
+        if idem.init_at_ns.is_some() || idem.initializing {
+            return;
+        }
+        idem.retries.clear();
+        idem.init_at_ns = Some(self.now_ns);
+        self.count("producer:reset");
+    }
+
+    pub(super) fn fetch(&mut self, client: usize) {
+        let c = &self.clients[client];
+        let Role::Consumer { positions, .. } = &c.role else {
+            unreachable!("only consumers fetch");
+        };
+        let cluster = self.machines.len() > 1;
+        let partitions: Vec<FetchPartition> = positions
+            .iter()
+            .filter(|(p, _)| !cluster || c.leaders.get(p) == Some(&c.node))
+            .map(|(p, pos)| FetchPartition {
+                partition: *p,
+                fetch_offset: *pos,
+                partition_max_bytes: FETCH_PARTITION_MAX_BYTES,
+                current_leader_epoch: -1,
+                log_start_offset: -1,
+                ..Default::default()
+            })
+            .collect();
+        if partitions.is_empty() {
+            // This node leads none of them (as far as the client knows): elsewhere.
+            let at = self.now_ns + 20 * MS;
+            let c = &mut self.clients[client];
+            c.rotate = true;
+            if let Role::Consumer {
+                fetching,
+                next_poll_at_ns,
+                ..
+            } = &mut c.role
+            {
+                *fetching = false;
+                *next_poll_at_ns = at;
+            }
+            self.refresh_metadata(client);
+            return;
+        }
+        let request = Request::Fetch(FetchRequest {
+            replica_id: -1,
+            max_wait_ms: self.plan.fetch_max_wait_ms,
+            min_bytes: 1,
+            max_bytes: FETCH_MAX_BYTES,
+            session_epoch: -1,
+            topics: vec![FetchTopic {
+                topic: TOPIC.into(),
+                partitions,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let version = self.plan.fetch_version;
+        self.send_request(client, version, request, PendingKind::Fetch);
+    }
+
+    pub(super) fn deliver_to_client(&mut self, conn_id: ConnId, what: ToClient) {
+        let Some(link) = self.links.get(&conn_id) else {
+            return;
+        };
+        let client = link.client;
+        if client == BOOTSTRAP {
+            self.on_bootstrap_answer(conn_id, what);
+            return;
+        }
+        if self.clients[client].conn.as_ref().map(|c| c.id) != Some(conn_id) {
+            return;
+        }
+        let bytes = match what {
+            ToClient::Close => {
+                self.conn_lost(client);
+                return;
+            }
+            ToClient::Bytes(bytes) => bytes,
+        };
+        let conn = self.clients[client].conn.as_mut().expect("checked");
+        conn.frames.push(&bytes);
+        loop {
+            let Some(conn) = self.clients[client].conn.as_mut() else {
+                return;
+            };
+            let frame = match conn.frames.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    self.protocol_violation(client, format!("bad response frame: {e}"));
+                    return;
+                }
+            };
+            let Some(pending) = conn.pending.pop_front() else {
+                self.protocol_violation(client, "a response to no request".into());
+                return;
+            };
+            match decode_response(frame, pending.api_key, pending.version) {
+                Ok((header, response)) if header.correlation_id == pending.correlation_id => {
+                    self.on_response(client, pending, response)
+                }
+                Ok((header, _)) => {
+                    self.protocol_violation(
+                        client,
+                        format!(
+                            "response {} to request {} ({})",
+                            header.correlation_id,
+                            pending.correlation_id,
+                            pending.api_key.name()
+                        ),
+                    );
+                    return;
+                }
+                Err(e) => {
+                    self.protocol_violation(client, format!("undecodable response: {e}"));
+                    return;
+                }
+            }
+        }
+        self.client_act(client);
+    }
+
+    pub(super) fn protocol_violation(&mut self, client: usize, detail: String) {
+        self.checker
+            .violate(ViolationKind::Protocol, self.now_ns, detail);
+        self.client_close(client);
+    }
+
+    pub(super) fn on_response(&mut self, client: usize, pending: Pending, response: Response) {
+        match (pending.kind, response) {
+            (PendingKind::Metadata, Response::Metadata(m)) => {
+                let ok = m.topics.iter().any(|t| {
+                    t.name.as_deref() == Some(TOPIC)
+                        && t.error_code == codes::NONE
+                        && t.partitions.len() == self.plan.partitions as usize
+                });
+                let retry_at = self.now_ns + 100 * MS;
+                let mut leaderless = false;
+                if self.machines.len() > 1 {
+                    let c = &mut self.clients[client];
+                    c.leaders.clear();
+                    for t in m.topics.iter().filter(|t| t.name.as_deref() == Some(TOPIC)) {
+                        for p in &t.partitions {
+                            if p.leader_id >= 1 && p.leader_id as usize <= self.machines.len() {
+                                c.leaders
+                                    .insert(p.partition_index, p.leader_id as usize - 1);
+                            } else {
+                                leaderless = true;
+                            }
+                        }
+                    }
+                }
+                if let Some(conn) = self.clients[client].conn.as_mut() {
+                    if ok {
+                        conn.ready = true;
+                    }
+                    if !ok || leaderless {
+                        conn.metadata_at_ns = Some(retry_at);
+                    }
+                }
+            }
+            (PendingKind::Produce { op }, Response::Produce(p)) => {
+                let partition = self.ops[op].write.partition;
+                let answer = p
+                    .responses
+                    .iter()
+                    .filter(|t| t.name == TOPIC)
+                    .flat_map(|t| &t.partition_responses)
+                    .find(|r| r.index == partition);
+                let Some(answer) = answer else {
+                    self.protocol_violation(
+                        client,
+                        "a produce response without the partition".into(),
+                    );
+                    return;
+                };
+                let sequence_error = matches!(
+                    answer.error_code,
+                    codes::OUT_OF_ORDER_SEQUENCE_NUMBER
+                        | codes::UNKNOWN_PRODUCER_ID
+                        | codes::INVALID_PRODUCER_EPOCH
+                );
+                let (producer_id, epoch, generation) = (
+                    self.ops[op].producer_id,
+                    self.ops[op].epoch,
+                    self.ops[op].generation,
+                );
+                let current_epoch =
+                    idempotence(&mut self.clients[client].role).is_some_and(|idem| {
+                        (idem.producer_id, idem.epoch, idem.generation)
+                            == (producer_id, epoch, generation)
+                    });
+                if sequence_error && current_epoch {
+                    self.count("produce:sequence-error");
+                    // Starting over at 0 in the same epoch is safe only with nothing else of
+                    // this partition's old sequence still on its way or waiting to be sent.
+                    let ops = &self.ops;
+                    let quiet_partition = self.clients[client].conn.as_ref().is_none_or(|c| {
+                        c.pending.iter().all(|p| {
+                            !matches!(p.kind, PendingKind::Produce { op } if ops[op].write.partition == partition)
+                        })
+                    }) && self.clients[client].role_retries_none(ops, partition);
+                    if answer.error_code == codes::UNKNOWN_PRODUCER_ID
+                        && self.plan.restart_sequence_on_unknown
+                        && quiet_partition
+                    {
+                        // As clients before KIP-360: the partition forgot us, start it over.
+                        self.count("producer:restart-sequence");
+                        if let Some(idem) = idempotence(&mut self.clients[client].role) {
+                            idem.next_sequence.insert(partition, 0);
+                            idem.generation += 1;
+                        }
+                    } else {
+                        self.reset_producer(client);
+                    }
+                } else if sequence_error {
+                    self.count("produce:fenced");
+                }
+                tracing::debug!(
+                    client,
+                    partition,
+                    op,
+                    error_code = answer.error_code,
+                    base_offset = answer.base_offset,
+                    first_value = format_args!("{:#x}", self.ops[op].write.values[0]),
+                    "produce answered"
+                );
+                let leadership_moved = self.machines.len() > 1
+                    && matches!(
+                        answer.error_code,
+                        codes::NOT_LEADER_OR_FOLLOWER
+                            | codes::LEADER_NOT_AVAILABLE
+                            | codes::FENCED_LEADER_EPOCH
+                            | codes::UNKNOWN_LEADER_EPOCH
+                            | codes::KAFKA_STORAGE_ERROR
+                    );
+                if leadership_moved {
+                    // The batch may sit in a log that a new leader keeps, or in none: unknown.
+                    // An idempotent producer sends it again, to the new leader.
+                    self.count("produce:not-leader");
+                    self.ops[op].outcome = Outcome::Unknown;
+                    self.ops[op].attempted_unknown = true;
+                    let generation = self.ops[op].generation;
+                    if let Some(idem) = idempotence(&mut self.clients[client].role) {
+                        if (idem.producer_id, idem.epoch, idem.generation)
+                            == (producer_id, epoch, generation)
+                        {
+                            idem.retries.push_back(op);
+                            let ops = &self.ops;
+                            idem.retries
+                                .make_contiguous()
+                                .sort_by_key(|op| ops[*op].write.send_seq);
+                        }
+                    }
+                    self.refresh_metadata(client);
+                } else if answer.error_code == codes::NONE
+                    && self.machines.len() > 1
+                    && matches!(self.clients[client].role, Role::Producer { acks: 1, .. })
+                {
+                    // acks=1 in a cluster: the leader has it, and a leader that fails before
+                    // its followers fetch it takes it along (Kafka's promise, no more). The
+                    // write may survive or not, as an unknown one.
+                    self.count("produce:ok-leader-only");
+                    self.ops[op].outcome = Outcome::Unknown;
+                } else if answer.error_code == codes::NONE {
+                    self.ops[op].outcome = Outcome::Ok;
+                    let base_offset = answer.base_offset;
+                    self.check_replicated(op, base_offset);
+                    let write = self.ops[op].write.clone();
+                    self.checker.on_ack(self.now_ns, &write, base_offset);
+                } else if self.ops[op].attempted_unknown {
+                    // An earlier attempt of this same batch may have landed: refusing the
+                    // retry says nothing about it, so the write stays unknown.
+                    tracing::debug!(error_code = answer.error_code, "produce retry failed");
+                    self.ops[op].outcome = Outcome::Unknown;
+                } else {
+                    tracing::debug!(error_code = answer.error_code, "produce failed");
+                    self.ops[op].outcome = Outcome::Fail;
+                    let write = self.ops[op].write.clone();
+                    self.checker.on_fail(self.now_ns, &write);
+                }
+            }
+            (PendingKind::Fetch, Response::Fetch(f)) => self.on_fetch(client, f),
+            (PendingKind::Admin(request), response) => {
+                self.on_admin_response(client, request, response)
+            }
+            (PendingKind::InitProducerId, Response::InitProducerId(r)) => {
+                tracing::debug!(
+                    client,
+                    error_code = r.error_code,
+                    producer_id = r.producer_id,
+                    epoch = r.producer_epoch,
+                    "producer id"
+                );
+                let now = self.now_ns;
+                let Some(idem) = idempotence(&mut self.clients[client].role) else {
+                    return;
+                };
+                idem.initializing = false;
+                if r.error_code != codes::NONE || r.producer_id < 0 {
+                    idem.init_at_ns = Some(now + 100 * MS);
+                    return;
+                }
+                let zombie = (idem.producer_id == r.producer_id && idem.epoch >= 0)
+                    .then(|| (idem.epoch, idem.next_sequence.clone()));
+                idem.producer_id = r.producer_id;
+                idem.epoch = r.producer_epoch;
+                idem.next_sequence.clear();
+                // Writes still waiting to be sent again belong to the old epoch: they stay
+                // unknown.
+                idem.retries.clear();
+                if let Some((old_epoch, old_sequences)) = zombie {
+                    if self.plan.zombie_probability > 0.0
+                        && self.rng.random_bool(self.plan.zombie_probability)
+                    {
+                        self.send_zombie(client, old_epoch, old_sequences);
+                    }
+                }
+            }
+            (kind, response) => self.protocol_violation(
+                client,
+                format!("{kind:?} answered by {}", response.api_key().name()),
+            ),
+        }
+    }
+
+    pub(super) fn on_fetch(
+        &mut self,
+        client: usize,
+        response: keel_core::protocol::messages::FetchResponse,
+    ) {
+        let mut read_any = false;
+        let mut stale = false;
+        let mut reads = Vec::new();
+        let mut outcome = "fetch:ok";
+        for topic in response.responses.iter().filter(|t| t.topic == TOPIC) {
+            for data in topic
+                .partitions
+                .iter()
+                .filter(|d| d.error_code == codes::NONE)
+            {
+                self.checker.on_high_watermark(
+                    self.now_ns,
+                    client,
+                    data.partition_index,
+                    data.high_watermark,
+                );
+            }
+        }
+        {
+            let Role::Consumer { positions, .. } = &mut self.clients[client].role else {
+                unreachable!("only consumers fetch");
+            };
+            for topic in response.responses.iter().filter(|t| t.topic == TOPIC) {
+                for data in &topic.partitions {
+                    let Some(position) = positions.get_mut(&data.partition_index) else {
+                        continue;
+                    };
+                    if data.error_code != codes::NONE {
+                        outcome = "fetch:partition-error";
+                        stale = true;
+                        continue;
+                    }
+                    let Some(records) = &data.records else {
+                        continue;
+                    };
+                    for batch in record::split_batches(records.clone()) {
+                        // A batch cut by the size limit ends the response.
+                        let Ok(batch) = batch else { break };
+                        // A corrupt batch (a bit flipped on the node's read) is refetched, as
+                        // clients that check CRCs do.
+                        let Ok(batch) = RecordBatch::parse(batch) else {
+                            outcome = "fetch:corrupt";
+                            break;
+                        };
+                        if batch.header().is_control() {
+                            // A leader's marker: clients skip it, and read on after it.
+                            let next = batch.header().last_offset() + 1;
+                            if next > *position {
+                                *position = next;
+                                read_any = true;
+                            }
+                            continue;
+                        }
+                        let Ok(records) = batch.records(CLIENT_MAX_FRAME_BYTES) else {
+                            outcome = "fetch:corrupt";
+                            break;
+                        };
+                        let base = batch.header().base_offset;
+                        for r in records {
+                            let offset = base + i64::from(r.offset_delta);
+                            if offset < *position {
+                                continue;
+                            }
+                            let value =
+                                r.value.as_ref().filter(|v| v.len() >= 8).map(|v| {
+                                    u64::from_be_bytes(v[..8].try_into().expect("8 bytes"))
+                                });
+                            reads.push((data.partition_index, *position, offset, value));
+                            *position = offset + 1;
+                            read_any = true;
+                        }
+                    }
+                }
+            }
+        }
+        self.count(outcome);
+        for (partition, position, offset, value) in reads {
+            if offset != position {
+                self.checker.violate(
+                    ViolationKind::PollSkip,
+                    self.now_ns,
+                    format!("consumer {client} at {position} of partition {partition} got offset {offset}"),
+                );
+            }
+            match value {
+                Some(value) => self.checker.on_read(self.now_ns, partition, offset, value),
+                None => self.checker.violate(
+                    ViolationKind::Protocol,
+                    self.now_ns,
+                    format!("partition {partition} offset {offset} holds a record nobody wrote"),
+                ),
+            }
+        }
+        if self.machines.len() > 1 {
+            if stale {
+                self.refresh_metadata(client);
+            }
+            // On to the next leader (each leader serves only its own partitions).
+            self.clients[client].rotate = stale || self.rng.random_bool(0.5);
+        }
+        let backoff = if read_any {
+            0
+        } else {
+            self.rng.random_range(5 * MS..=50 * MS)
+        };
+        let at = self.now_ns + backoff;
+        if let Role::Consumer {
+            next_poll_at_ns,
+            fetching,
+            ..
+        } = &mut self.clients[client].role
+        {
+            *fetching = false;
+            *next_poll_at_ns = at;
+        }
+    }
+}
+
+// ---- the admin workload (admin.rs) ----
+
+impl Sim {
+    pub(super) fn admin(&mut self, client: usize) -> &mut AdminState {
+        match &mut self.clients[client].role {
+            Role::Admin(admin) => admin,
+            _ => unreachable!("only the admin client administers"),
+        }
+    }
+
+    /// Sends what the admin client's step asks for.
+    pub(super) fn admin_act(&mut self, client: usize) {
+        use keel_core::protocol::messages::*;
+        let step = self.admin(client).step;
+        let name = self.admin(client).name.clone();
+        let id = self.admin(client).id.unwrap_or_default();
+        let partitions = self.admin(client).partitions;
+        self.count("admin:request");
+        match step {
+            AdminStep::Create => {
+                let num_partitions = self.rng.random_range(1..=3);
+                let request = Request::CreateTopics(CreateTopicsRequest {
+                    topics: vec![create_topics_request::CreatableTopic {
+                        name,
+                        num_partitions,
+                        replication_factor: 1,
+                        ..Default::default()
+                    }],
+                    timeout_ms: 5_000,
+                    ..Default::default()
+                });
+                self.admin_send(client, 5, request, AdminRequest::Create);
+            }
+            AdminStep::Describe => {
+                let request = Request::Metadata(MetadataRequest {
+                    topics: Some(vec![MetadataRequestTopic {
+                        name: Some(name),
+                        ..Default::default()
+                    }]),
+                    allow_auto_topic_creation: false,
+                    ..Default::default()
+                });
+                self.admin_send(client, 12, request, AdminRequest::Describe);
+            }
+            AdminStep::Produce(_) => {
+                let partition = self.rng.random_range(0..partitions);
+                let count = self.rng.random_range(1..=3);
+                let timestamp_ms = ((EPOCH_NS + self.now_ns) / MS) as i64;
+                let admin = self.admin(client);
+                let values: Vec<u64> = (0..count)
+                    .map(|_| {
+                        admin.next_value += 1;
+                        ((client as u64) << 40) | admin.next_value
+                    })
+                    .collect();
+                for value in &values {
+                    admin.written_to.insert(*value, Some(id));
+                }
+                // One timestamp for the whole batch: the by-time check looks it up.
+                let records: Vec<NewRecord> = values
+                    .iter()
+                    .map(|v| NewRecord {
+                        value: Some(value_bytes(*v, 0)),
+                        ..Default::default()
+                    })
+                    .collect();
+                let options = BatchOptions {
+                    base_timestamp: timestamp_ms,
+                    ..Default::default()
+                };
+                let batch =
+                    record::build(&records, &options).expect("the simulator's batches build");
+                let request = produce_request(&name, partition, batch, -1);
+                let what = AdminRequest::Produce {
+                    partition,
+                    values,
+                    timestamp_ms,
+                };
+                self.admin_send(client, 9, request, what);
+            }
+            AdminStep::FetchById => {
+                let partition = self.rng.random_range(0..partitions);
+                let request = self.admin_fetch(id, partition, 0, 0);
+                let what = AdminRequest::FetchById {
+                    partition,
+                    long_poll: false,
+                };
+                self.admin_send(client, 13, request, what);
+            }
+            AdminStep::ListOffsets(which) => {
+                let admin = self.admin(client);
+                let (partition, timestamp) = match (which, admin.first_acked) {
+                    (0, first) => (first.map_or(0, |f| f.1), -2),
+                    (1, first) => (first.map_or(0, |f| f.1), -1),
+                    (_, Some((timestamp, partition, _))) => (partition, timestamp),
+                    (_, None) => (0, -1),
+                };
+                use keel_core::protocol::messages::list_offsets_request::*;
+                let request = Request::ListOffsets(ListOffsetsRequest {
+                    replica_id: -1,
+                    topics: vec![ListOffsetsTopic {
+                        name,
+                        partitions: vec![ListOffsetsPartition {
+                            partition_index: partition,
+                            timestamp,
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                });
+                self.admin_send(client, 7, request, AdminRequest::ListOffsets { which });
+            }
+            AdminStep::CreatePartitions => {
+                let request = Request::CreatePartitions(CreatePartitionsRequest {
+                    topics: vec![create_partitions_request::CreatePartitionsTopic {
+                        name,
+                        count: partitions + 1,
+                        assignments: None,
+                        ..Default::default()
+                    }],
+                    timeout_ms: 5_000,
+                    ..Default::default()
+                });
+                self.admin_send(client, 3, request, AdminRequest::CreatePartitions);
+            }
+            AdminStep::LongPollAndDelete => {
+                let admin = self.admin(client);
+                let from = admin
+                    .acked
+                    .keys()
+                    .filter(|(p, _)| *p == 0)
+                    .map(|(_, o)| o + 1)
+                    .max()
+                    .unwrap_or(0);
+                let max_wait_ms = self.rng.random_range(500..=3_000);
+                let request = self.admin_fetch(id, 0, from, max_wait_ms);
+                let what = AdminRequest::FetchById {
+                    partition: 0,
+                    long_poll: true,
+                };
+                self.admin_send(client, 13, request, what);
+                let request = Request::DeleteTopics(DeleteTopicsRequest {
+                    topic_names: vec![self.admin(client).name.clone()],
+                    timeout_ms: 5_000,
+                    ..Default::default()
+                });
+                self.admin_send(client, 5, request, AdminRequest::Delete);
+            }
+        }
+    }
+
+    pub(super) fn admin_fetch(
+        &self,
+        id: Uuid,
+        partition: i32,
+        offset: i64,
+        max_wait_ms: i32,
+    ) -> Request {
+        Request::Fetch(FetchRequest {
+            max_wait_ms,
+            min_bytes: 1,
+            max_bytes: FETCH_MAX_BYTES,
+            topics: vec![FetchTopic {
+                topic_id: id,
+                partitions: vec![FetchPartition {
+                    partition,
+                    fetch_offset: offset,
+                    partition_max_bytes: FETCH_PARTITION_MAX_BYTES,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+    }
+
+    pub(super) fn admin_send(
+        &mut self,
+        client: usize,
+        version: i16,
+        request: Request,
+        what: AdminRequest,
+    ) {
+        self.admin(client).in_flight += 1;
+        self.send_request(client, version, request, PendingKind::Admin(what));
+    }
+
+    pub(super) fn on_admin_response(
+        &mut self,
+        client: usize,
+        request: AdminRequest,
+        response: Response,
+    ) {
+        let now = self.now_ns;
+        let pause_ns = self.rng.random_range(10 * MS..=200 * MS);
+        let admin = self.admin(client);
+        admin.in_flight = admin.in_flight.saturating_sub(1);
+        admin.next_at_ns = now + pause_ns;
+        let mut violations: Vec<(ViolationKind, String)> = Vec::new();
+        let admin = self.admin(client);
+        match (request, response) {
+            (AdminRequest::Create, Response::CreateTopics(r)) => {
+                let code = r
+                    .topics
+                    .first()
+                    .map_or(codes::UNKNOWN_SERVER_ERROR, |t| t.error_code);
+                if matches!(code, codes::NONE | codes::TOPIC_ALREADY_EXISTS) {
+                    admin.step = AdminStep::Describe;
+                }
+            }
+            (AdminRequest::Describe, Response::Metadata(m)) => match m.topics.first() {
+                Some(t) if t.error_code == codes::NONE && !t.partitions.is_empty() => {
+                    let id = t.topic_id;
+                    let this = (admin.name.clone(), admin.cycle);
+                    match admin.ids.get(&id) {
+                        // The same topic again (after a cycle whose delete was unknown).
+                        Some((name, _)) if *name == this.0 && admin.id.is_none_or(|i| i == id) => {}
+                        Some((name, cycle)) if (name, *cycle) != (&this.0, this.1) => {
+                            violations.push((
+                                ViolationKind::WrongTopic,
+                                format!("topic {} (cycle {}) has id {id:?}, which topic {name} (cycle {cycle}) had", this.0, this.1),
+                            ));
+                        }
+                        _ => {}
+                    }
+                    if id == Uuid::default() {
+                        violations.push((
+                            ViolationKind::WrongTopic,
+                            format!("topic {} has no id", this.0),
+                        ));
+                    }
+                    admin.ids.entry(id).or_insert(this);
+                    admin.id = Some(id);
+                    admin.partitions = t.partitions.len() as i32;
+                    admin.step = if admin.step == AdminStep::Describe && admin.acked.is_empty() {
+                        AdminStep::Produce(3)
+                    } else {
+                        AdminStep::LongPollAndDelete
+                    };
+                }
+                _ => admin.step = AdminStep::Create,
+            },
+            (
+                AdminRequest::Produce {
+                    partition,
+                    values,
+                    timestamp_ms,
+                },
+                Response::Produce(p),
+            ) => {
+                if let Some(answer) = p
+                    .responses
+                    .first()
+                    .and_then(|t| t.partition_responses.first())
+                {
+                    if answer.error_code == codes::NONE {
+                        for (i, value) in values.iter().enumerate() {
+                            let offset = answer.base_offset + i as i64;
+                            admin.acked.insert((partition, offset), *value);
+                        }
+                        admin.first_acked.get_or_insert((
+                            timestamp_ms,
+                            partition,
+                            answer.base_offset,
+                        ));
+                    } else {
+                        // Refused: never to be read anywhere.
+                        for value in &values {
+                            admin.written_to.insert(*value, None);
+                        }
+                    }
+                }
+                admin.step = match admin.step {
+                    AdminStep::Produce(n) if n > 1 => AdminStep::Produce(n - 1),
+                    _ => AdminStep::FetchById,
+                };
+            }
+            (
+                AdminRequest::FetchById {
+                    partition,
+                    long_poll,
+                },
+                Response::Fetch(f),
+            ) => {
+                let id = admin.id.unwrap_or_default();
+                for data in f.responses.iter().flat_map(|t| &t.partitions) {
+                    if data.error_code != codes::NONE {
+                        continue;
+                    }
+                    let Some(records) = &data.records else {
+                        continue;
+                    };
+                    for batch in record::split_batches(records.clone()) {
+                        let Ok(batch) = batch
+                            .map_err(|_| ())
+                            .and_then(|b| RecordBatch::parse(b).map_err(|_| ()))
+                        else {
+                            break;
+                        };
+                        let base = batch.header().base_offset;
+                        if batch.header().is_control() {
+                            continue;
+                        }
+                        let Ok(records) = batch.records(CLIENT_MAX_FRAME_BYTES) else {
+                            break;
+                        };
+                        for r in records {
+                            let offset = base + i64::from(r.offset_delta);
+                            let value =
+                                r.value.as_ref().filter(|v| v.len() >= 8).map(|v| {
+                                    u64::from_be_bytes(v[..8].try_into().expect("8 bytes"))
+                                });
+                            let Some(value) = value else { continue };
+                            match admin.written_to.get(&value) {
+                                Some(Some(to)) if *to == id => {}
+                                Some(Some(to)) => violations.push((
+                                    ViolationKind::WrongTopic,
+                                    format!("value {value:#x} written to topic id {to:?} read from {id:?} partition {partition} offset {offset}"),
+                                )),
+                                Some(None) => violations.push((
+                                    ViolationKind::PhantomWrite,
+                                    format!("value {value:#x} was refused but read from topic id {id:?} partition {partition} offset {offset}"),
+                                )),
+                                None => violations.push((
+                                    ViolationKind::WrongTopic,
+                                    format!("topic id {id:?} partition {partition} offset {offset} holds {value:#x}, never written to a side topic"),
+                                )),
+                            }
+                            if let Some(acked) = admin.acked.get(&(partition, offset)) {
+                                if *acked != value {
+                                    violations.push((
+                                        ViolationKind::InconsistentOffset,
+                                        format!("side topic {id:?} partition {partition} offset {offset} holds {value:#x}, {acked:#x} was acknowledged there"),
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                }
+                if !long_poll {
+                    admin.step = AdminStep::ListOffsets(0);
+                }
+            }
+            (AdminRequest::ListOffsets { which }, Response::ListOffsets(r)) => {
+                if let Some(p) = r.topics.first().and_then(|t| t.partitions.first()) {
+                    if p.error_code == codes::NONE {
+                        let partition = p.partition_index;
+                        let acked_end = admin
+                            .acked
+                            .keys()
+                            .filter(|(q, _)| *q == partition)
+                            .map(|(_, o)| o + 1)
+                            .max()
+                            .unwrap_or(0);
+                        match which {
+                            0 if p.offset != 0 => violations.push((
+                                ViolationKind::InconsistentOffset,
+                                format!("side topic partition {partition}: earliest offset {}", p.offset),
+                            )),
+                            1 if p.offset < acked_end => violations.push((
+                                ViolationKind::LostWrite,
+                                format!("side topic partition {partition}: latest offset {}, offset {} acknowledged", p.offset, acked_end - 1),
+                            )),
+                            2 => {
+                                if let Some((_, _, first)) = admin.first_acked {
+                                    if p.offset < 0 || p.offset > first {
+                                        violations.push((
+                                            ViolationKind::LostWrite,
+                                            format!("side topic partition {partition}: by time, offset {}; offset {first} was acknowledged at that time", p.offset),
+                                        ));
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                admin.step = match which {
+                    0 => AdminStep::ListOffsets(1),
+                    1 if admin.first_acked.is_some() => AdminStep::ListOffsets(2),
+                    _ if admin.partitions < 4 => AdminStep::CreatePartitions,
+                    _ => AdminStep::LongPollAndDelete,
+                };
+            }
+            (AdminRequest::CreatePartitions, Response::CreatePartitions(r)) => {
+                if r.results
+                    .first()
+                    .is_some_and(|t| t.error_code == codes::NONE)
+                {
+                    admin.partitions += 1;
+                }
+                admin.step = AdminStep::LongPollAndDelete;
+            }
+            (AdminRequest::Delete, Response::DeleteTopics(_)) => {
+                admin.next_cycle();
+            }
+            (request, response) => {
+                let detail = format!("{request:?} answered by {}", response.api_key().name());
+                self.protocol_violation(client, detail);
+                return;
+            }
+        }
+        for (kind, detail) in violations {
+            self.checker.violate(kind, now, detail);
+        }
+        self.count("admin:answered");
+    }
+}
