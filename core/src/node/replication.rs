@@ -156,7 +156,9 @@ impl<D: Disk> Node<D> {
             return;
         };
         replica.marker_wanted = false;
-        if !replica.is_leader() || replica.high_watermark() >= log.log_end_offset() {
+        // A voter alone commits its whole log once it is synced: it never needs one.
+        let alone = replica.raft().voters().len() == 1;
+        if alone || !replica.is_leader() || replica.high_watermark() >= log.log_end_offset() {
             return;
         }
         let epoch = replica.leader_epoch();
@@ -220,14 +222,6 @@ impl<D: Disk> Node<D> {
         votes: &[(GroupId, Persisted)],
         ends: &[super::topics::SyncEnd],
     ) {
-        for (group, persisted) in votes {
-            if let Some(log_id) = self.topics.log_id_of(group) {
-                let persisted = *persisted;
-                self.drive_replica(now, log_id, |raft, ms, out| {
-                    raft.handle_vote_synced(ms, persisted, out)
-                });
-            }
-        }
         let mut ends = ends.to_vec();
         if self.config.planted_bug == Some(super::PlantedBug::AckWrongRound) {
             // The planted bug: the round credits every log with everything written so far,
@@ -244,6 +238,16 @@ impl<D: Disk> Node<D> {
             self.drive_replica(now, log_id, |raft, ms, out| {
                 raft.handle_log_synced(ms, end, generation, out)
             });
+        }
+        // Votes after logs: a group that becomes leader with this round then counts its log
+        // as synced, and knows (alone, or with followers caught up) that all of it commits.
+        for (group, persisted) in votes {
+            if let Some(log_id) = self.topics.log_id_of(group) {
+                let persisted = *persisted;
+                self.drive_replica(now, log_id, |raft, ms, out| {
+                    raft.handle_vote_synced(ms, persisted, out)
+                });
+            }
         }
     }
 

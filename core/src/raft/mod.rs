@@ -474,6 +474,10 @@ impl Raft {
         deadline
     }
 
+    pub fn voters(&self) -> &[NodeId] {
+        &self.config.voters
+    }
+
     pub fn is_voter(&self) -> bool {
         self.config.voters.contains(&self.config.id)
     }

@@ -922,6 +922,8 @@ impl Sim {
     ) {
         let mut read_any = false;
         let mut stale = false;
+        let single_node = self.machines.len() == 1;
+        let mut markers = Vec::new();
         let mut reads = Vec::new();
         let mut outcome = "fetch:ok";
         for topic in response.responses.iter().filter(|t| t.topic == TOPIC) {
@@ -965,7 +967,11 @@ impl Sim {
                             break;
                         };
                         if batch.header().is_control() {
-                            // A leader's marker: clients skip it, and read on after it.
+                            // A leader's marker: clients skip it, and read on after it. A node
+                            // alone knows what is committed and never needs one.
+                            if single_node {
+                                markers.push(batch.header().base_offset);
+                            }
                             let next = batch.header().last_offset() + 1;
                             if next > *position {
                                 *position = next;
@@ -996,6 +1002,13 @@ impl Sim {
             }
         }
         self.count(outcome);
+        for offset in markers {
+            self.checker.violate(
+                ViolationKind::Protocol,
+                self.now_ns,
+                format!("a node alone wrote a leader-change marker at offset {offset}"),
+            );
+        }
         for (partition, position, offset, value) in reads {
             if offset != position {
                 self.checker.violate(
