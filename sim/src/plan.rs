@@ -94,14 +94,24 @@ impl Plan {
         Plan::draw_for(seed, rng, 1)
     }
 
-    /// The plan of a cluster of `nodes`. With several nodes, the admin workload (which creates
-    /// and deletes topics) and lasting disk damage are off: topics are created on each node
+    /// The plan of a cluster of `nodes`. With several nodes, clients before KIP-360 (below),
+    /// the admin workload (which creates and deletes topics) and lasting disk damage are off: topics are created on each node
     /// by its own requests until the metadata quorum names them once for all, and a replica
     /// that lasting damage took offline is not yet rebuilt from its peers.
     pub fn draw_for(seed: u64, rng: &mut Xoshiro256PlusPlus, nodes: usize) -> Plan {
         let mut plan = Plan::draw_plan(seed, rng);
         plan.nodes = nodes;
         if nodes > 1 {
+            // Clients that start a partition over at sequence 0 in the same epoch (before
+            // KIP-360) are safe only where one replica holds the producer's state: in a
+            // cluster, a new leader that still remembers the old sequences takes a new batch
+            // for an old one and answers with the old one's offset. Kafka's reason for KIP-360;
+            // clients in a cluster bump the epoch instead.
+            plan.restart_sequence_on_unknown = false;
+            // Clients that know leader epochs (Metadata v7, Fetch v9: KIP-320), as clients
+            // of a replicated Kafka are.
+            plan.metadata_version = plan.metadata_version.max(7);
+            plan.fetch_version = plan.fetch_version.max(9);
             plan.admin = false;
             plan.disk.rot_probability = 0.0;
             plan.disk.latent_error_probability = 0.0;

@@ -349,6 +349,8 @@ struct Client {
     node: usize,
     /// Each partition's leader (a machine index), as Metadata last said.
     leaders: BTreeMap<i32, usize>,
+    /// Each partition's leader epoch, the latest Metadata named (older ones are not believed).
+    leader_epochs: BTreeMap<i32, i32>,
     /// A consumer of a cluster moves on to another leader once its fetch is answered.
     rotate: bool,
     conn: Option<ClientConn>,
@@ -553,6 +555,7 @@ impl Sim {
                 role,
                 node: i % nodes,
                 leaders: BTreeMap::new(),
+                leader_epochs: BTreeMap::new(),
                 rotate: false,
                 conn: None,
                 reconnect_at_ns: 0,

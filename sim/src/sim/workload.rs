@@ -610,7 +610,9 @@ impl Sim {
                 partition: *p,
                 fetch_offset: *pos,
                 partition_max_bytes: FETCH_PARTITION_MAX_BYTES,
-                current_leader_epoch: -1,
+                // Fenced by the leader epoch (KIP-320): a node that still thinks it leads an
+                // older epoch answers UNKNOWN_LEADER_EPOCH instead of an older high watermark.
+                current_leader_epoch: c.leader_epochs.get(p).copied().unwrap_or(-1),
                 log_start_offset: -1,
                 ..Default::default()
             })
@@ -728,18 +730,27 @@ impl Sim {
                 let retry_at = self.now_ns + 100 * MS;
                 let mut leaderless = false;
                 if self.machines.len() > 1 {
+                    // As clients since KIP-320: an answer naming an older leader epoch than
+                    // one already known (a node that has not heard of the election yet) is
+                    // not believed.
+                    let nodes = self.machines.len();
                     let c = &mut self.clients[client];
-                    c.leaders.clear();
                     for t in m.topics.iter().filter(|t| t.name.as_deref() == Some(TOPIC)) {
                         for p in &t.partitions {
-                            if p.leader_id >= 1 && p.leader_id as usize <= self.machines.len() {
+                            let known = c.leader_epochs.get(&p.partition_index).copied();
+                            if known.is_some_and(|e| p.leader_epoch < e) {
+                                continue;
+                            }
+                            c.leader_epochs.insert(p.partition_index, p.leader_epoch);
+                            if p.leader_id >= 1 && p.leader_id as usize <= nodes {
                                 c.leaders
                                     .insert(p.partition_index, p.leader_id as usize - 1);
                             } else {
-                                leaderless = true;
+                                c.leaders.remove(&p.partition_index);
                             }
                         }
                     }
+                    leaderless = c.leaders.len() < self.plan.partitions as usize;
                 }
                 if let Some(conn) = self.clients[client].conn.as_mut() {
                     if ok {
