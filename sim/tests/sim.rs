@@ -332,7 +332,8 @@ fn a_seed_replays_to_the_same_trace_hash() {
 /// `durability = "replicated"` acknowledges what a majority holds in memory: a crash of that
 /// majority at once loses acknowledged writes, which is what the mode allows (and why fsync
 /// is the default). Seed 134 on three nodes has one such crash and no other: with replicated
-/// durability it loses acknowledged records, with fsync it loses nothing.
+/// durability it loses acknowledged records; with fsync, under the same kind of schedule, it
+/// loses nothing.
 #[test]
 fn a_correlated_crash_loses_what_replicated_durability_acknowledged() {
     let seed = |durability| {
@@ -356,7 +357,9 @@ fn a_correlated_crash_loses_what_replicated_durability_acknowledged() {
         "{:#?}",
         replicated.violations
     );
+    // The same seed with fsync durability (its schedule drifts once timings differ: it has
+    // correlated crashes too, not necessarily the same count).
     let fsync = seed(Durability::Fsync);
-    assert_eq!(fsync.faults.get("correlated-crash"), Some(&1));
+    assert!(fsync.faults.get("correlated-crash").is_some(), "{fsync:?}");
     assert!(fsync.violations.is_empty(), "{:#?}", fsync.violations);
 }
