@@ -360,6 +360,6 @@ fn a_correlated_crash_loses_what_replicated_durability_acknowledged() {
     // The same seed with fsync durability (its schedule drifts once timings differ: it has
     // correlated crashes too, not necessarily the same count).
     let fsync = seed(Durability::Fsync);
-    assert!(fsync.faults.get("correlated-crash").is_some(), "{fsync:?}");
+    assert!(fsync.faults.contains_key("correlated-crash"), "{fsync:?}");
     assert!(fsync.violations.is_empty(), "{:#?}", fsync.violations);
 }
