@@ -250,7 +250,11 @@ impl<D: Disk> Node<D> {
                     },
                     partition_index: index as i32,
                     leader_id: (p.replica.as_ref()).and_then(|r| r.leader()).unwrap_or(-1),
-                    leader_epoch: p.replica.as_ref().map_or(-1, |r| r.leader_epoch()),
+                    // The epoch of the leader it names: a candidate's epoch is not one yet
+                    // (it may never be durable), and a client would trust it over a leader's.
+                    leader_epoch: (p.replica.as_ref())
+                        .filter(|r| r.leader().is_some())
+                        .map_or(-1, |r| r.leader_epoch()),
                     replica_nodes: voters.clone(),
                     isr_nodes: p
                         .replica

@@ -737,17 +737,17 @@ impl Sim {
                     let c = &mut self.clients[client];
                     for t in m.topics.iter().filter(|t| t.name.as_deref() == Some(TOPIC)) {
                         for p in &t.partitions {
+                            // A node that knows no leader says nothing new.
+                            if p.leader_id < 1 || p.leader_id as usize > nodes {
+                                continue;
+                            }
                             let known = c.leader_epochs.get(&p.partition_index).copied();
                             if known.is_some_and(|e| p.leader_epoch < e) {
                                 continue;
                             }
                             c.leader_epochs.insert(p.partition_index, p.leader_epoch);
-                            if p.leader_id >= 1 && p.leader_id as usize <= nodes {
-                                c.leaders
-                                    .insert(p.partition_index, p.leader_id as usize - 1);
-                            } else {
-                                c.leaders.remove(&p.partition_index);
-                            }
+                            c.leaders
+                                .insert(p.partition_index, p.leader_id as usize - 1);
                         }
                     }
                     leaderless = c.leaders.len() < self.plan.partitions as usize;
