@@ -309,6 +309,8 @@ struct Idempotence {
     /// writes sent before that are stale and must not start it over again (a client that
     /// reused sequences the node still remembers would be broken, not the node).
     generation: u64,
+    /// Writes waiting to be sent again wait until then (after leadership moved).
+    retry_at_ns: u64,
 }
 
 enum Role {
@@ -353,6 +355,9 @@ struct Client {
     leader_epochs: BTreeMap<i32, i32>,
     /// A consumer of a cluster moves on to another leader once its fetch is answered.
     rotate: bool,
+    /// A cluster's client moves to another node no sooner than this (moving costs a
+    /// connection and a Metadata request; a client that keeps moving gets nothing done).
+    move_after_ns: u64,
     conn: Option<ClientConn>,
     reconnect_at_ns: u64,
     wake_at_ns: Option<u64>,
@@ -531,6 +536,7 @@ impl Sim {
                     next_sequence: BTreeMap::new(),
                     retries: VecDeque::new(),
                     generation: 0,
+                    retry_at_ns: 0,
                 }),
                 acks: if rng.random_bool(0.5) { 1 } else { -1 },
                 next_value: 0,
@@ -557,6 +563,7 @@ impl Sim {
                 leaders: BTreeMap::new(),
                 leader_epochs: BTreeMap::new(),
                 rotate: false,
+                move_after_ns: 0,
                 conn: None,
                 reconnect_at_ns: 0,
                 wake_at_ns: None,

@@ -4,6 +4,12 @@
 
 use super::*;
 
+/// How long a cluster's producer waits before sending again a write a node refused because
+/// leadership moved (Kafka's `retry.backoff.ms`).
+const RETRY_BACKOFF_NS: u64 = 100 * MS;
+/// A cluster's client moves to another node at most this often.
+const MOVE_BACKOFF_NS: u64 = 50 * MS;
+
 impl Sim {
     // ---- the clients' side ----
 
@@ -81,7 +87,12 @@ impl Sim {
                                 && !idem.retries.is_empty()
                                 && conn.pending.len() < self.plan.max_in_flight =>
                             {
-                                Action::Retry
+                                if idem.retry_at_ns <= now {
+                                    Action::Retry
+                                } else {
+                                    soonest(idem.retry_at_ns);
+                                    Action::Sleep(next)
+                                }
                             }
                             Role::Producer {
                                 next_send_at_ns, ..
@@ -170,6 +181,7 @@ impl Sim {
                     c.node = target;
                     c.rotate = false;
                     c.reconnect_at_ns = self.now_ns;
+                    c.move_after_ns = self.now_ns + MOVE_BACKOFF_NS;
                 }
                 Action::Sleep(at) => {
                     if let Some(at) = at {
@@ -190,7 +202,7 @@ impl Sim {
         }
         let c = &self.clients[client];
         let conn = c.conn.as_ref()?;
-        if !conn.ready || !conn.pending.is_empty() {
+        if !conn.ready || !conn.pending.is_empty() || self.now_ns < c.move_after_ns {
             return None;
         }
         let here = c.node;
@@ -843,10 +855,13 @@ impl Sim {
                     self.ops[op].outcome = Outcome::Unknown;
                     self.ops[op].attempted_unknown = true;
                     let generation = self.ops[op].generation;
+                    let retry_at = self.now_ns + RETRY_BACKOFF_NS;
                     if let Some(idem) = idempotence(&mut self.clients[client].role) {
                         if (idem.producer_id, idem.epoch, idem.generation)
                             == (producer_id, epoch, generation)
                         {
+                            // Kafka's retry.backoff.ms: not at once to a node that just said no.
+                            idem.retry_at_ns = retry_at;
                             idem.retries.push_back(op);
                             let ops = &self.ops;
                             idem.retries
