@@ -331,14 +331,15 @@ fn a_seed_replays_to_the_same_trace_hash() {
 
 /// `durability = "replicated"` acknowledges what a majority holds in memory: a crash of that
 /// majority at once loses acknowledged writes, which is what the mode allows (and why fsync
-/// is the default). Seed 134 on three nodes has one such crash and no other: with replicated
-/// durability it loses acknowledged records; with fsync, under the same kind of schedule, it
-/// loses nothing.
+/// is the default). Seed 220 on three nodes crashes a majority at once three times and no
+/// node alone (two halt on injected fsync errors): with replicated durability it loses
+/// acknowledged records; with fsync, under the same kind of schedule, it loses nothing. (A change to the workload or the nodes moves every seed's
+/// schedule: then find another seed with `keel-sim run --nodes 3 --durability replicated`.)
 #[test]
 fn a_correlated_crash_loses_what_replicated_durability_acknowledged() {
     let seed = |durability| {
         run_seed(Options {
-            seed: 134,
+            seed: 220,
             durability,
             ..options(30 * SECOND_NS, None, None, 3)
         })
@@ -346,19 +347,13 @@ fn a_correlated_crash_loses_what_replicated_durability_acknowledged() {
         .expect("no panic")
     };
     let replicated = seed(Durability::Replicated);
-    assert_eq!(
-        replicated.faults.get("correlated-crash"),
-        Some(&1),
-        "{replicated:?}"
-    );
+    assert!(replicated.faults.contains_key("correlated-crash"), "{replicated:?}");
     assert_eq!(replicated.faults.get("crash"), None, "{replicated:?}");
     assert!(
         replicated.has_violation(ViolationKind::LostWrite),
         "{:#?}",
         replicated.violations
     );
-    // The same seed with fsync durability (its schedule drifts once timings differ: it has
-    // correlated crashes too, not necessarily the same count).
     let fsync = seed(Durability::Fsync);
     assert!(fsync.faults.contains_key("correlated-crash"), "{fsync:?}");
     assert!(fsync.violations.is_empty(), "{:#?}", fsync.violations);
