@@ -35,7 +35,7 @@ struct WorldArgs {
     /// Make every producer idempotent (true) or none (false), whatever the seed says.
     #[arg(long)]
     idempotent: Option<bool>,
-    /// Nodes in the simulated cluster: 1, or 3 and more (every partition replicated on all).
+    /// Nodes in the simulated cluster: 1, or 3 to 9 (every partition replicated on all).
     #[arg(long, default_value_t = 1, value_parser = parse_nodes)]
     nodes: usize,
     /// The nodes' durability: fsync (acknowledge what is synced) or replicated (acknowledge
