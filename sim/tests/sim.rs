@@ -347,7 +347,10 @@ fn a_correlated_crash_loses_what_replicated_durability_acknowledged() {
         .expect("no panic")
     };
     let replicated = seed(Durability::Replicated);
-    assert!(replicated.faults.contains_key("correlated-crash"), "{replicated:?}");
+    assert!(
+        replicated.faults.contains_key("correlated-crash"),
+        "{replicated:?}"
+    );
     assert_eq!(replicated.faults.get("crash"), None, "{replicated:?}");
     assert!(
         replicated.has_violation(ViolationKind::LostWrite),
