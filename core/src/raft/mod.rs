@@ -67,8 +67,11 @@
 //!   epoch and end offset rather than by retrying `AppendEntries` one index back.
 //! - Entries are ranges of offsets (Kafka batches), not single indexes.
 //! - Fetch answers echo the fetch they answer; an answer to an earlier fetch (late or
-//!   duplicated) is not acted on. A sync issued before a truncation credits nothing, and a
-//!   follower never truncates below what it saw committed.
+//!   duplicated) is not acted on, nor one that arrives while no fetch is out, nor any before
+//!   the latest truncation's sync completed (nothing is fetched until then). An answer the
+//!   follower cannot act on is asked again after the fetch timeout, not at once. A sync
+//!   issued before a truncation credits nothing, and a follower never truncates below what it
+//!   saw committed.
 //! - With [`RaftConfig::commit_unsynced`] (Kafka's replication-over-fsync durability) a
 //!   follower truncates below what it saw committed when its leader's log says so: a crash of
 //!   a majority may have lost committed entries, and the new leader's log is the log now.
