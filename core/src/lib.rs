@@ -12,11 +12,13 @@
 //! - [`node`]: the broker state machine: inputs in, outputs out.
 //! - [`raft`]: the Raft engine (KRaft's pull model), knowing nothing of Kafka.
 //! - [`partition`]: a partition replica (its Raft group over its log) and the node's votes.
+//! - [`metadata`]: the metadata quorum's records and the image every node builds from them.
 //! - [`limits`]: every maximum a client can push against, with its reason.
 
 pub mod disk;
 pub mod limits;
 pub mod log;
+pub mod metadata;
 pub mod node;
 pub mod partition;
 pub mod producers;

@@ -72,3 +72,16 @@ pub const RAFT_GROUPS_PER_NODE_MAX: usize = PARTITIONS_MAX + 1;
 /// `replica.fetch.max.bytes` is 1 MiB too): a follower far behind catches up in steps that
 /// keep each frame, and the leader's reads, small.
 pub const REPLICA_FETCH_MAX_BYTES: usize = 1024 * 1024;
+
+/// Proposals (records a broker forwards to the controller) in one peer frame, at most: a
+/// broker forwards at most one per auto-created topic per step, and each is checked by the
+/// controller before it is written.
+pub const PEER_PROPOSALS_PER_FRAME_MAX: usize = 10_000;
+
+/// Replicas of one partition, at most (a metadata record's count past it is damage): each is
+/// a voter of the partition's Raft group, whose every commit waits on a majority of them.
+pub const REPLICATION_FACTOR_MAX: usize = 16;
+
+/// Topics the cluster may hold, at most (CreateTopics and auto-creation past it are refused):
+/// every node keeps each one in its metadata image.
+pub const TOPICS_MAX: usize = 100_000;

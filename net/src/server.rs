@@ -88,9 +88,6 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             RecoveryEvent::Removed { topic } => {
                 tracing::warn!(%topic, "no partition of the topic had its id (a creation or deletion cut short by a crash); removed it");
             }
-            RecoveryEvent::Recreated { topic, partition } => {
-                tracing::warn!(%topic, partition, "partition directory missing (a crash during the topic's creation); created again, empty");
-            }
         }
     }
     tracing::info!(listen = %local, data_dir = %config.data_dir.display(), "keel is serving");

@@ -4,10 +4,11 @@ use bytes::Bytes;
 
 use super::topics::valid_topic_name;
 use super::topics::Topics;
-use super::{Instant, Node, ParkedFetch, PlantedBug};
+use super::{Instant, Node, ParkedFetch, PendingChange, PlantedBug};
 use crate::disk::Disk;
 use crate::limits;
 use crate::log::{LogError, PartitionLog};
+use crate::metadata::{place_replicas, MetadataImage, MetadataRecord, METADATA_TOPIC};
 use crate::producers::Verdict;
 use crate::protocol::codes;
 use crate::protocol::messages::*;
@@ -95,12 +96,13 @@ type Appended = (i64, i64, Option<(u64, i64, i32)>);
 /// previous leader showed.
 fn led_partition<'a>(
     topics: &'a mut Topics,
+    image: &MetadataImage,
     topic: &str,
     partition: i32,
     current_leader_epoch: i32,
     reads: bool,
 ) -> Result<(&'a mut PartitionLog, i64, i32), i16> {
-    let p = (topics.get(topic, partition)).ok_or(codes::UNKNOWN_TOPIC_OR_PARTITION)?;
+    let p = held_partition(topics, image, topic, partition)?;
     let log = p.log.as_mut().map_err(|_| codes::KAFKA_STORAGE_ERROR)?;
     let replica = p.replica.as_ref().ok_or(codes::KAFKA_STORAGE_ERROR)?;
     let epoch = replica.leader_epoch();
@@ -119,68 +121,44 @@ fn led_partition<'a>(
     Ok((log, replica.high_watermark(), epoch))
 }
 
+/// A partition of a topic the image names, as this node holds it: UNKNOWN_TOPIC_OR_PARTITION
+/// for a topic or partition the image does not name (the metadata log's own among them),
+/// NOT_LEADER_OR_FOLLOWER for one held by other nodes only.
+fn held_partition<'a>(
+    topics: &'a mut Topics,
+    image: &MetadataImage,
+    topic: &str,
+    partition: i32,
+) -> Result<&'a mut super::topics::Partition, i16> {
+    let named = image
+        .topic(topic)
+        .filter(|t| partition >= 0 && (partition as usize) < t.replicas.len());
+    let Some(named) = named else {
+        return Err(codes::UNKNOWN_TOPIC_OR_PARTITION);
+    };
+    if topics.by_name.get(topic).map(|t| t.id) != Some(named.id) {
+        return Err(codes::NOT_LEADER_OR_FOLLOWER);
+    }
+    topics
+        .get(topic, partition)
+        .ok_or(codes::NOT_LEADER_OR_FOLLOWER)
+}
+
 impl<D: Disk> Node<D> {
-    fn random_uuid(&mut self) -> Uuid {
-        super::new_topic_id(&mut self.rng_state, &self.topics)
+    pub(super) fn random_uuid(&mut self) -> Uuid {
+        super::new_topic_id(&mut self.rng_state, &self.topics, &self.image)
     }
 
-    /// Whether `topic` may grow to `count` partitions (from `current`): within the limits of
-    /// one topic and of the node, so that a request never makes the node run out of files.
-    fn check_partition_budget(
-        &self,
-        topic: &str,
-        current: i32,
-        count: i32,
-    ) -> Result<(), (i16, String)> {
-        if count > limits::PARTITIONS_PER_TOPIC_MAX {
-            return Err((
-                codes::INVALID_PARTITIONS,
-                format!(
-                    "topic {topic}: {count} partitions, more than the {} a topic may have",
-                    limits::PARTITIONS_PER_TOPIC_MAX
-                ),
-            ));
-        }
-        let held = self.topics.partition_count();
-        let adding = (count - current).max(0) as usize;
-        let max = self.config.partitions_max.min(limits::PARTITIONS_MAX);
-        if held + adding > max {
-            return Err((
-                codes::INVALID_PARTITIONS,
-                format!(
-                    "topic {topic}: {adding} more partitions would pass the {max} this node may hold ({held} now; the limit follows the process's open-file limit)"
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Creates a topic with `partitions` partitions. The caller checked the name and count.
-    fn create_topic(&mut self, name: &str, partitions: i32) -> Result<(), LogError> {
-        let id = self.random_uuid();
-        // The partition directories' entries are in the data directory.
-        self.extra_dirty_files.push(self.root_dir);
-        self.data_version += 1;
-        let files =
-            self.topics
-                .create_partitions(&mut self.disk, name, id, partitions, self.config.log)?;
-        self.replicas_missing = true;
-        self.extra_dirty_files.extend(files);
-        tracing::info!(topic = name, partitions, "created topic");
-        Ok(())
-    }
-
-    /// The Metadata answer, and whether it auto-created topics (their leaders are not
-    /// elected yet).
+    /// The Metadata answer, and where it waits if it auto-created topics (the metadata
+    /// offset and the controller's epoch).
     pub(super) fn metadata(
         &mut self,
+        now: Instant,
         request: &MetadataRequest,
         version: i16,
-    ) -> (MetadataResponse, bool) {
+    ) -> (MetadataResponse, Option<(i64, i32)>) {
         use crate::protocol::messages::metadata_response::*;
-        let mut created = false;
-        let now_ms = self.now.as_millis() as u64;
-        let voters: Vec<i32> = self.brokers().iter().map(|b| b.node_id).collect();
+        let now_ms = now.as_millis() as u64;
         // v0: an empty list means all topics; v1+: null means all, empty means none.
         let requested: Option<Vec<String>> = match &request.topics {
             None => None,
@@ -191,83 +169,77 @@ impl<D: Disk> Node<D> {
                     .map(|t| {
                         t.name
                             .clone()
-                            .or_else(|| self.topics.name_of(&t.topic_id).map(str::to_string))
+                            .or_else(|| self.image.topic_by_id(&t.topic_id).map(|t| t.name.clone()))
                             .unwrap_or_default()
                     })
                     .collect(),
             ),
         };
-        let names = requested.unwrap_or_else(|| self.topics.by_name.keys().cloned().collect());
+        let names = requested.unwrap_or_else(|| self.image.topics().map(|t| t.name.clone()).collect());
         let node_id = self.config.node_id;
         let mut topics = Vec::new();
+        let mut creating = Vec::new();
         for name in names {
-            if !self.topics.by_name.contains_key(&name) {
-                let error_code = if !valid_topic_name(&name) {
-                    codes::INVALID_TOPIC_EXCEPTION
-                } else if self.config.auto_create_topics
+            let Some(topic) = self.image.topic(&name) else {
+                let auto_create = self.config.auto_create_topics
                     && request.allow_auto_topic_creation
-                    && !self.shutting_down
-                {
+                    && !self.shutting_down;
+                let error_code = if !valid_topic_name(&name) || name == METADATA_TOPIC {
+                    codes::INVALID_TOPIC_EXCEPTION
+                } else if !auto_create {
+                    codes::UNKNOWN_TOPIC_OR_PARTITION
+                } else {
                     let partitions = self.config.default_partitions;
-                    match self.check_partition_budget(&name, 0, partitions) {
-                        Err((code, message)) => {
+                    match self.new_topic(&name, partitions, -1, Vec::new()) {
+                        Err((code, message)) if code != codes::TOPIC_ALREADY_EXISTS => {
                             tracing::warn!(topic = %name, %message, "auto-create refused");
                             code
                         }
-                        Ok(()) => match self.create_topic(&name, partitions) {
-                            Ok(()) => {
-                                created = true;
-                                codes::NONE
-                            }
-                            Err(e) => {
-                                tracing::error!(topic = %name, error = %e, "auto-create failed");
-                                codes::KAFKA_STORAGE_ERROR
-                            }
-                        },
+                        // Being created already: its leaders are not known yet.
+                        Err(_) => codes::LEADER_NOT_AVAILABLE,
+                        Ok(record) => {
+                            creating.push(record);
+                            // Kafka's answer for a topic being auto-created.
+                            codes::LEADER_NOT_AVAILABLE
+                        }
                     }
-                } else {
-                    codes::UNKNOWN_TOPIC_OR_PARTITION
                 };
-                if error_code != codes::NONE {
-                    topics.push(MetadataResponseTopic {
-                        error_code,
-                        name: Some(name),
-                        ..Default::default()
-                    });
-                    continue;
-                }
-            }
-            let topic = &self.topics.by_name[&name];
-            let partitions = topic
-                .partitions
-                .iter()
-                .enumerate()
-                .map(|(index, p)| MetadataResponsePartition {
-                    error_code: match &p.replica {
-                        _ if p.log.is_err() => codes::KAFKA_STORAGE_ERROR,
-                        Some(r) if r.leader().is_some() => codes::NONE,
+                topics.push(MetadataResponseTopic {
+                    error_code,
+                    name: Some(name),
+                    ..Default::default()
+                });
+                continue;
+            };
+            let mut partitions = Vec::with_capacity(topic.replicas.len());
+            for (index, replicas) in topic.replicas.iter().enumerate() {
+                let index = index as i32;
+                let local = self.topics.by_name.get(&name).filter(|t| t.id == topic.id);
+                let p = local.and_then(|t| t.partitions.get(&index));
+                let replica = p.and_then(|p| p.replica.as_ref());
+                let leader = replica.and_then(|r| r.leader());
+                partitions.push(MetadataResponsePartition {
+                    error_code: match p {
+                        Some(p) if p.log.is_err() => codes::KAFKA_STORAGE_ERROR,
+                        _ if leader.is_some() => codes::NONE,
                         _ => codes::LEADER_NOT_AVAILABLE,
                     },
-                    partition_index: index as i32,
-                    leader_id: (p.replica.as_ref()).and_then(|r| r.leader()).unwrap_or(-1),
+                    partition_index: index,
+                    leader_id: leader.unwrap_or(-1),
                     // The epoch of the leader it names: a candidate's epoch is not one yet
                     // (it may never be durable), and a client would trust it over a leader's.
-                    leader_epoch: (p.replica.as_ref())
+                    leader_epoch: replica
                         .filter(|r| r.leader().is_some())
                         .map_or(-1, |r| r.leader_epoch()),
-                    replica_nodes: voters.clone(),
-                    isr_nodes: p
-                        .replica
-                        .as_ref()
-                        .map_or(Vec::new(), |r| r.raft().in_sync(now_ms)),
-                    offline_replicas: if p.log.is_ok() {
-                        Vec::new()
-                    } else {
-                        vec![node_id]
+                    replica_nodes: replicas.clone(),
+                    isr_nodes: replica.map_or(Vec::new(), |r| r.raft().in_sync(now_ms)),
+                    offline_replicas: match p {
+                        Some(p) if p.log.is_err() => vec![node_id],
+                        _ => Vec::new(),
                     },
                     ..Default::default()
-                })
-                .collect();
+                });
+            }
             topics.push(MetadataResponseTopic {
                 error_code: codes::NONE,
                 name: Some(name),
@@ -275,6 +247,23 @@ impl<D: Disk> Node<D> {
                 partitions,
                 ..Default::default()
             });
+        }
+        let mut wait = None;
+        if !creating.is_empty() {
+            if self.check_controller().is_ok() {
+                match self.propose(now, &creating) {
+                    Ok(at) => wait = Some(at),
+                    Err((code, message)) => {
+                        tracing::warn!(code, %message, "auto-create not written")
+                    }
+                }
+            } else {
+                // Another node is the controller (or none is yet): it is asked to create
+                // them; the client asks again, as Kafka's clients do.
+                for record in &creating {
+                    self.forward(record);
+                }
+            }
         }
         let brokers = (self.brokers().into_iter())
             .map(|b| MetadataResponseBroker {
@@ -287,11 +276,11 @@ impl<D: Disk> Node<D> {
         let response = MetadataResponse {
             brokers,
             cluster_id: Some(self.config.cluster_id.clone()),
-            controller_id: node_id,
+            controller_id: self.controller_id().unwrap_or(-1),
             topics,
             ..Default::default()
         };
-        (response, created)
+        (response, wait)
     }
 
     /// Validates and appends; returns the response and what it must wait for: a sync round
@@ -417,11 +406,15 @@ impl<D: Disk> Node<D> {
         let max_message_bytes = self.config.max_message_bytes;
         let expiry_ms = self.config.log.producer_id_expiration_ms;
         let no_dedup = self.config.planted_bug == Some(PlantedBug::NoDedup);
-        let Some(p) = self.topics.get(topic, partition) else {
-            return Err((
-                codes::UNKNOWN_TOPIC_OR_PARTITION,
-                format!("no partition {topic}-{partition}"),
-            ));
+        let p = match held_partition(&mut self.topics, &self.image, topic, partition) {
+            Ok(p) => p,
+            Err(code) if code == codes::NOT_LEADER_OR_FOLLOWER => {
+                return Err((
+                    code,
+                    format!("this node holds no replica of {topic}-{partition}"),
+                ))
+            }
+            Err(code) => return Err((code, format!("no partition {topic}-{partition}"))),
         };
         let log_id = p.log_id;
         let log = p.log.as_mut().map_err(|reason| {
@@ -570,7 +563,7 @@ impl<D: Disk> Node<D> {
         let mut responses = Vec::new();
         for topic in &request.topics {
             let name = if version >= 13 {
-                self.topics.name_of(&topic.topic_id).map(str::to_string)
+                (self.image.topic_by_id(&topic.topic_id)).map(|t| t.name.clone())
             } else {
                 Some(topic.topic.clone())
             };
@@ -588,6 +581,7 @@ impl<D: Disk> Node<D> {
                 let led = match name.as_deref() {
                     Some(n) => led_partition(
                         &mut self.topics,
+                        &self.image,
                         n,
                         p.partition,
                         p.current_leader_epoch,
@@ -679,6 +673,7 @@ impl<D: Disk> Node<D> {
                 let current = p.current_leader_epoch;
                 match led_partition(
                     &mut self.topics,
+                    &self.image,
                     &topic.name,
                     p.partition_index,
                     current,
@@ -731,100 +726,118 @@ impl<D: Disk> Node<D> {
 
     pub(super) fn create_topics(
         &mut self,
+        now: Instant,
         request: &CreateTopicsRequest,
         version: i16,
-    ) -> (CreateTopicsResponse, bool) {
+    ) -> (PendingChange, Option<(i64, i32)>) {
         use crate::protocol::messages::create_topics_response::*;
-        let mut created = false;
+        let controller = self.check_controller();
+        let mut records = Vec::new();
+        let mut created = Vec::new();
         let mut topics = Vec::new();
-        let nodes = self.brokers().len() as i16;
         for topic in &request.topics {
             let partitions = if topic.num_partitions == -1 {
                 self.config.default_partitions
             } else {
                 topic.num_partitions
             };
-            let check = if !valid_topic_name(&topic.name) {
-                Err((
-                    codes::INVALID_TOPIC_EXCEPTION,
-                    format!("invalid topic name {:?}", topic.name),
-                ))
-            } else if self.topics.by_name.contains_key(&topic.name) {
-                Err((
-                    codes::TOPIC_ALREADY_EXISTS,
-                    format!("topic {} already exists", topic.name),
-                ))
-            } else if partitions <= 0 {
-                Err((
-                    codes::INVALID_PARTITIONS,
-                    "the number of partitions must be positive".into(),
-                ))
-            } else if let Err(e) = self.check_partition_budget(&topic.name, 0, partitions) {
-                Err(e)
-            } else if topic.replication_factor != -1 && topic.replication_factor != nodes {
-                Err((
-                    codes::INVALID_REPLICATION_FACTOR,
-                    format!(
-                        "replication factor {}: every partition is replicated on all {nodes} node(s) of this cluster",
-                        topic.replication_factor
-                    ),
-                ))
-            } else if !topic.assignments.is_empty() {
+            let manual = !topic.assignments.is_empty();
+            let check = if let Err(refusal) = &controller {
+                Err(refusal.clone())
+            } else if manual && (topic.num_partitions != -1 || topic.replication_factor != -1) {
                 Err((
                     codes::INVALID_REQUEST,
-                    "manual replica assignment is not supported".into(),
+                    "a manual assignment comes without a partition count or replication factor"
+                        .to_string(),
+                ))
+            } else if request.topics.iter().filter(|t| t.name == topic.name).count() > 1 {
+                Err((
+                    codes::INVALID_REQUEST,
+                    format!("topic {} is named twice in the request", topic.name),
                 ))
             } else {
-                Ok(())
+                let mut assignments: Vec<_> = topic.assignments.iter().collect();
+                assignments.sort_by_key(|a| a.partition_index);
+                let indexes_ok = (assignments.iter().enumerate())
+                    .all(|(i, a)| a.partition_index == i as i32);
+                if !indexes_ok {
+                    Err((
+                        codes::INVALID_REPLICA_ASSIGNMENT,
+                        "assignments must name partitions 0 to n-1, each once".to_string(),
+                    ))
+                } else {
+                    let assignments = assignments.iter().map(|a| a.broker_ids.clone()).collect();
+                    self.new_topic(&topic.name, partitions, topic.replication_factor, assignments)
+                }
             };
             let mut result = CreatableTopicResult {
                 name: topic.name.clone(),
                 error_message: None,
-                num_partitions: partitions,
-                replication_factor: nodes,
-                configs: Some(Vec::new()),
+                num_partitions: -1,
+                replication_factor: -1,
+                configs: (version >= 5).then(Vec::new),
                 ..Default::default()
             };
             match check {
                 Err((code, message)) => {
                     result.error_code = code;
                     result.error_message = Some(message);
-                    result.num_partitions = -1;
-                    result.replication_factor = -1;
                 }
-                Ok(()) if request.validate_only => {}
-                Ok(()) => match self.create_topic(&topic.name, partitions) {
-                    Ok(()) => {
-                        created = true;
-                        result.topic_id = self.topics.by_name[&topic.name].id;
+                Ok(MetadataRecord::Topic { id, replicas, .. }) if request.validate_only => {
+                    let _ = id;
+                    result.num_partitions = replicas.len() as i32;
+                    result.replication_factor = replicas.first().map_or(0, |r| r.len() as i16);
+                }
+                Ok(record) => {
+                    if let MetadataRecord::Topic { id, .. } = &record {
+                        created.push((topics.len(), *id));
                     }
-                    Err(e) => {
-                        result.error_code = codes::KAFKA_STORAGE_ERROR;
-                        result.error_message = Some(e.to_string());
+                    // Later topics of the request must not take its name or id.
+                    if let MetadataRecord::Topic { name, .. } = &record {
+                        self.proposed.insert(name.clone(), i64::MAX);
                     }
-                },
-            }
-            if version < 5 {
-                result.configs = None;
+                    records.push(record);
+                }
             }
             topics.push(result);
         }
-        (
-            CreateTopicsResponse {
+        for record in &records {
+            if let MetadataRecord::Topic { name, .. } = record {
+                self.proposed.remove(name);
+            }
+        }
+        let mut pending = PendingChange::CreateTopics {
+            response: CreateTopicsResponse {
                 topics,
                 ..Default::default()
             },
             created,
-        )
+        };
+        if records.is_empty() {
+            return (pending, None);
+        }
+        match self.propose(now, &records) {
+            Ok(at) => (pending, Some(at)),
+            Err((code, message)) => {
+                if let PendingChange::CreateTopics { response, created } = &mut pending {
+                    for (index, _) in created.drain(..) {
+                        response.topics[index].error_code = code;
+                        response.topics[index].error_message = Some(message.clone());
+                    }
+                }
+                (pending, None)
+            }
+        }
     }
 
     pub(super) fn delete_topics(
         &mut self,
+        now: Instant,
         request: &DeleteTopicsRequest,
         version: i16,
-    ) -> (DeleteTopicsResponse, bool) {
+    ) -> (PendingChange, Option<(i64, i32)>) {
         use crate::protocol::messages::delete_topics_response::*;
-        let mut deleted = false;
+        let controller = self.check_controller();
         let targets: Vec<(Option<String>, Uuid)> = if version >= 6 {
             request
                 .topics
@@ -832,7 +845,7 @@ impl<D: Disk> Node<D> {
                 .map(|t| match &t.name {
                     Some(name) => (Some(name.clone()), t.topic_id),
                     None => (
-                        self.topics.name_of(&t.topic_id).map(str::to_string),
+                        self.image.topic_by_id(&t.topic_id).map(|t| t.name.clone()),
                         t.topic_id,
                     ),
                 })
@@ -844,6 +857,8 @@ impl<D: Disk> Node<D> {
                 .map(|n| (Some(n.clone()), Uuid::default()))
                 .collect()
         };
+        let mut records = Vec::new();
+        let mut deleted = Vec::new();
         let mut responses = Vec::new();
         for (name, topic_id) in targets {
             let mut result = DeletableTopicResult {
@@ -851,24 +866,20 @@ impl<D: Disk> Node<D> {
                 topic_id,
                 ..Default::default()
             };
-            match name {
-                Some(name) if self.topics.by_name.contains_key(&name) => {
-                    // Fetches parked on the topic stay parked: the next look finds the topic
-                    // gone and answers them with an error, in their connection's order.
-                    result.topic_id = self.topics.by_name[&name].id;
-                    // Whatever happened, directory entries may have gone: the answer waits
-                    // until their removal is durable.
-                    deleted = true;
-                    self.data_version += 1;
-                    self.extra_dirty_files.push(self.root_dir);
-                    if let Err(e) = self.topics.delete(&mut self.disk, &name) {
-                        result.error_code = codes::KAFKA_STORAGE_ERROR;
-                        result.error_message = Some(e.to_string());
-                    } else {
-                        tracing::info!(topic = %name, "deleted topic");
+            let found = name.as_deref().and_then(|n| self.image.topic(n)).map(|t| t.id);
+            match (&controller, found) {
+                (Err((code, message)), _) => {
+                    result.error_code = *code;
+                    result.error_message = Some(message.clone());
+                }
+                (Ok(()), Some(id)) => {
+                    result.topic_id = id;
+                    if !deleted.iter().any(|(_, d)| *d == id) {
+                        deleted.push((responses.len(), id));
+                        records.push(MetadataRecord::RemoveTopic { id });
                     }
                 }
-                _ => {
+                (Ok(()), None) => {
                     result.error_code = if version >= 6 && result.name.is_none() {
                         codes::UNKNOWN_TOPIC_ID
                     } else {
@@ -881,45 +892,92 @@ impl<D: Disk> Node<D> {
             }
             responses.push(result);
         }
-        (
-            DeleteTopicsResponse {
+        let mut pending = PendingChange::DeleteTopics {
+            response: DeleteTopicsResponse {
                 responses,
                 ..Default::default()
             },
             deleted,
-        )
+        };
+        if records.is_empty() {
+            return (pending, None);
+        }
+        match self.propose(now, &records) {
+            Ok(at) => (pending, Some(at)),
+            Err((code, message)) => {
+                if let PendingChange::DeleteTopics { response, deleted } = &mut pending {
+                    for (index, _) in deleted.drain(..) {
+                        response.responses[index].error_code = code;
+                        response.responses[index].error_message = Some(message.clone());
+                    }
+                }
+                (pending, None)
+            }
+        }
     }
 
     pub(super) fn create_partitions(
         &mut self,
+        now: Instant,
         request: &CreatePartitionsRequest,
-    ) -> (CreatePartitionsResponse, bool) {
+    ) -> (PendingChange, Option<(i64, i32)>) {
         use crate::protocol::messages::create_partitions_response::*;
-        let mut created = false;
+        let controller = self.check_controller();
+        let brokers: Vec<i32> = self.brokers().iter().map(|b| b.node_id).collect();
+        let mut records = Vec::new();
+        let mut grown = Vec::new();
         let mut results = Vec::new();
         for topic in &request.topics {
-            let current = self
-                .topics
-                .by_name
-                .get(&topic.name)
-                .map(|t| t.partitions.len() as i32);
-            let check = match current {
-                None => Err((
+            let found = self.image.topic(&topic.name).cloned();
+            let check = match (&controller, found) {
+                (Err(refusal), _) => Err(refusal.clone()),
+                (Ok(()), None) => Err((
                     codes::UNKNOWN_TOPIC_OR_PARTITION,
                     format!("no topic {}", topic.name),
                 )),
-                Some(n) if topic.count <= n => Err((
+                (Ok(()), Some(t)) if topic.count <= t.replicas.len() as i32 => Err((
                     codes::INVALID_PARTITIONS,
                     format!(
-                        "topic {} has {n} partitions; the new count must be larger",
-                        topic.name
+                        "topic {} has {} partitions; the new count must be larger",
+                        topic.name,
+                        t.replicas.len()
                     ),
                 )),
-                Some(_) if topic.assignments.as_ref().is_some_and(|a| !a.is_empty()) => Err((
-                    codes::INVALID_REQUEST,
-                    "manual replica assignment is not supported".into(),
-                )),
-                Some(n) => self.check_partition_budget(&topic.name, n, topic.count),
+                (Ok(()), Some(t)) => {
+                    let current = t.replicas.len() as i32;
+                    let adding = topic.count - current;
+                    let replicas = match &topic.assignments {
+                        Some(manual) if !manual.is_empty() => {
+                            if manual.len() as i32 != adding {
+                                Err((
+                                    codes::INVALID_REPLICA_ASSIGNMENT,
+                                    format!("{} assignments for {adding} new partitions", manual.len()),
+                                ))
+                            } else {
+                                Ok(manual.iter().map(|a| a.broker_ids.clone()).collect())
+                            }
+                        }
+                        _ => {
+                            let factor = t.replicas.first().map_or(1, Vec::len);
+                            let start =
+                                (super::node_rng(&mut self.rng_state) % brokers.len() as u64) as usize;
+                            Ok(place_replicas(&brokers, current, adding, factor, start))
+                        }
+                    };
+                    replicas.and_then(|replicas| {
+                        let record = MetadataRecord::Partitions { id: t.id, replicas };
+                        self.check_record(&record)?;
+                        if let MetadataRecord::Partitions { replicas, .. } = &record {
+                            if replicas.iter().any(|r| r.len() != t.replicas[0].len()) {
+                                return Err((
+                                    codes::INVALID_REPLICA_ASSIGNMENT,
+                                    "new partitions keep the topic's replication factor".into(),
+                                ));
+                            }
+                        }
+                        Ok(record)
+                    })
+                }
             };
             let mut result = CreatePartitionsTopicResult {
                 name: topic.name.clone(),
@@ -930,39 +988,44 @@ impl<D: Disk> Node<D> {
                     result.error_code = code;
                     result.error_message = Some(message);
                 }
-                Ok(()) if request.validate_only => {}
-                Ok(()) => {
-                    let id = self.topics.by_name[&topic.name].id;
-                    self.replicas_missing = true;
-                    match self.topics.create_partitions(
-                        &mut self.disk,
-                        &topic.name,
-                        id,
-                        topic.count,
-                        self.config.log,
-                    ) {
-                        Ok(files) => {
-                            self.extra_dirty_files.extend(files);
-                            self.extra_dirty_files.push(self.root_dir);
-                            self.data_version += 1;
-                            created = true;
-                        }
-                        Err(e) => {
-                            result.error_code = codes::KAFKA_STORAGE_ERROR;
-                            result.error_message = Some(e.to_string());
+                Ok(_) if request.validate_only => {}
+                Ok(record) => {
+                    if let MetadataRecord::Partitions { id, .. } = &record {
+                        if grown.iter().any(|(_, g, _)| g == id) {
+                            result.error_code = codes::INVALID_REQUEST;
+                            result.error_message =
+                                Some(format!("topic {} is named twice", topic.name));
+                        } else {
+                            grown.push((results.len(), *id, topic.count));
+                            records.push(record);
                         }
                     }
                 }
             }
             results.push(result);
         }
-        (
-            CreatePartitionsResponse {
+        let mut pending = PendingChange::CreatePartitions {
+            response: CreatePartitionsResponse {
                 results,
                 ..Default::default()
             },
-            created,
-        )
+            grown,
+        };
+        if records.is_empty() {
+            return (pending, None);
+        }
+        match self.propose(now, &records) {
+            Ok(at) => (pending, Some(at)),
+            Err((code, message)) => {
+                if let PendingChange::CreatePartitions { response, grown } = &mut pending {
+                    for (index, _, _) in grown.drain(..) {
+                        response.results[index].error_code = code;
+                        response.results[index].error_message = Some(message.clone());
+                    }
+                }
+                (pending, None)
+            }
+        }
     }
 
     fn topic_configs(&self) -> Vec<(&'static str, String, i8, &'static str)> {
@@ -1028,8 +1091,7 @@ impl<D: Disk> Node<D> {
                 ..Default::default()
             };
             let entries = match resource.resource_type {
-                RESOURCE_TYPE_TOPIC
-                    if self.topics.by_name.contains_key(&resource.resource_name) =>
+                RESOURCE_TYPE_TOPIC if self.image.topic(&resource.resource_name).is_some() =>
                 {
                     self.topic_configs()
                 }
@@ -1097,11 +1159,11 @@ impl<D: Disk> Node<D> {
         }
     }
 
-    pub(super) fn describe_cluster(&self) -> DescribeClusterResponse {
+    pub(super) fn describe_cluster(&mut self) -> DescribeClusterResponse {
         use crate::protocol::messages::describe_cluster_response::*;
         DescribeClusterResponse {
             cluster_id: self.config.cluster_id.clone(),
-            controller_id: self.config.node_id,
+            controller_id: self.controller_id().unwrap_or(-1),
             brokers: (self.brokers().into_iter())
                 .map(|b| DescribeClusterBroker {
                     broker_id: b.node_id,
@@ -1128,7 +1190,7 @@ impl<D: Disk> Node<D> {
                     ..Default::default()
                 };
                 let current = p.current_leader_epoch;
-                match led_partition(&mut self.topics, &topic.topic, p.partition, current, false) {
+                match led_partition(&mut self.topics, &self.image, &topic.topic, p.partition, current, false) {
                     Err(code) => result.error_code = code,
                     Ok((log, _, leader_epoch)) => {
                         // From the log's epoch cache, as Kafka answers: the current epoch

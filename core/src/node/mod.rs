@@ -13,6 +13,7 @@
 //!   durability, its end). Nothing a crash could take back is ever served.
 //! - A failed sync is fatal: the node halts (`Output::Halt`) rather than pretend.
 
+mod controller;
 mod handlers;
 mod producer_ids;
 pub mod replication;
@@ -302,6 +303,16 @@ enum Slot {
     },
     /// A Fetch waiting for data or its deadline.
     AwaitFetch,
+    /// A change written to the metadata log, answered from the image once it is applied
+    /// there (up to `offset`), or refused if this node stops leading the quorum in `epoch`
+    /// before that (the change may still be committed: clients ask again and see).
+    AwaitMetadata {
+        offset: i64,
+        epoch: i32,
+        correlation_id: i32,
+        version: i16,
+        pending: PendingChange,
+    },
     /// A Metadata request that created topics, answered again once sync round `round`
     /// completes (their leaders elected).
     MetadataAfterRound {
@@ -313,6 +324,112 @@ enum Slot {
     /// The answer could not be built: once everything before it is sent, the connection is
     /// closed (a client waiting for an answer that never comes would wait forever).
     Close(String),
+}
+
+/// An admin request's answer, waiting for its change to reach the image: each names the
+/// entries of its response to complete, and the ids they wrote.
+#[derive(Debug)]
+enum PendingChange {
+    CreateTopics {
+        response: crate::protocol::messages::CreateTopicsResponse,
+        created: Vec<(usize, crate::protocol::wire::Uuid)>,
+    },
+    DeleteTopics {
+        response: crate::protocol::messages::DeleteTopicsResponse,
+        deleted: Vec<(usize, crate::protocol::wire::Uuid)>,
+    },
+    CreatePartitions {
+        response: crate::protocol::messages::CreatePartitionsResponse,
+        grown: Vec<(usize, crate::protocol::wire::Uuid, i32)>,
+    },
+    Metadata {
+        request: crate::protocol::messages::MetadataRequest,
+    },
+}
+
+impl PendingChange {
+    /// Fills in the entries that waited: from the image if the change was `applied`, or
+    /// NOT_CONTROLLER if the controller lost its leadership first.
+    fn complete(&mut self, image: &crate::metadata::MetadataImage, applied: bool) {
+        use crate::protocol::codes;
+        let lost = "the controller lost its leadership before the change committed; it may still";
+        match self {
+            PendingChange::CreateTopics { response, created } => {
+                for (index, id) in created.iter() {
+                    let result = &mut response.topics[*index];
+                    let outcome = match image.topic(&result.name) {
+                        _ if !applied => Err((codes::NOT_CONTROLLER, lost.to_string())),
+                        Some(topic) if topic.id == *id => Ok(topic),
+                        Some(_) => Err((
+                            codes::TOPIC_ALREADY_EXISTS,
+                            format!("topic {} already exists", result.name),
+                        )),
+                        None => Err((
+                            codes::UNKNOWN_TOPIC_OR_PARTITION,
+                            format!("topic {} was deleted again", result.name),
+                        )),
+                    };
+                    match outcome {
+                        Ok(topic) => {
+                            result.topic_id = topic.id;
+                            result.num_partitions = topic.replicas.len() as i32;
+                            result.replication_factor =
+                                topic.replicas.first().map_or(0, |r| r.len() as i16);
+                        }
+                        Err((code, message)) => {
+                            result.error_code = code;
+                            result.error_message = Some(message);
+                            result.num_partitions = -1;
+                            result.replication_factor = -1;
+                        }
+                    }
+                }
+            }
+            PendingChange::DeleteTopics { response, deleted } => {
+                for (index, id) in deleted.iter() {
+                    let result = &mut response.responses[*index];
+                    if !applied {
+                        result.error_code = codes::NOT_CONTROLLER;
+                        result.error_message = Some(lost.to_string());
+                    } else if image.topic_by_id(id).is_some() {
+                        result.error_code = codes::UNKNOWN_SERVER_ERROR;
+                        result.error_message = Some("the topic is still there".into());
+                    }
+                }
+            }
+            PendingChange::CreatePartitions { response, grown } => {
+                for (index, id, count) in grown.iter() {
+                    let result = &mut response.results[*index];
+                    if !applied {
+                        result.error_code = codes::NOT_CONTROLLER;
+                        result.error_message = Some(lost.to_string());
+                    } else if image.topic_by_id(id).is_none_or(|t| (t.replicas.len() as i32) < *count)
+                    {
+                        result.error_code = codes::UNKNOWN_TOPIC_OR_PARTITION;
+                        result.error_message = Some("the topic was deleted meanwhile".into());
+                    }
+                }
+            }
+            PendingChange::Metadata { .. } => {}
+        }
+    }
+
+    fn frame(&self, correlation_id: i32, version: i16) -> Result<Bytes, String> {
+        let (api, response) = match self {
+            PendingChange::CreateTopics { response, .. } => {
+                (ApiKey::CreateTopics, Response::CreateTopics(response.clone()))
+            }
+            PendingChange::DeleteTopics { response, .. } => {
+                (ApiKey::DeleteTopics, Response::DeleteTopics(response.clone()))
+            }
+            PendingChange::CreatePartitions { response, .. } => (
+                ApiKey::CreatePartitions,
+                Response::CreatePartitions(response.clone()),
+            ),
+            PendingChange::Metadata { .. } => unreachable!("answered by MetadataAfterRound"),
+        };
+        frame_response(correlation_id, api, version, &response)
+    }
 }
 
 #[derive(Debug)]
@@ -407,6 +524,18 @@ pub struct Node<D: Disk> {
     commit_checked_version: u64,
     /// Partitions were created that have no Raft group yet.
     replicas_missing: bool,
+    /// The cluster's metadata, as the committed metadata log says.
+    image: crate::metadata::MetadataImage,
+    /// Topic names the controller wrote and its image has not applied yet, with the offset
+    /// that applies them (a second creation of one is refused at once).
+    proposed: BTreeMap<String, i64>,
+    /// Records for the controller, sent in the next frame to it.
+    forwards: Vec<Bytes>,
+    /// Whether topics found on disk and unknown to the image were recorded (once a start).
+    orphans_adopted: bool,
+    /// Admin requests waiting for the image (at least: a closed connection's are counted
+    /// until the next check).
+    admin_waiting: usize,
 }
 
 impl<D: Disk> Node<D> {
@@ -462,7 +591,18 @@ impl<D: Disk> Node<D> {
             peer_outbox: BTreeMap::new(),
             commit_checked_version: 0,
             replicas_missing: false,
+            image: Default::default(),
+            proposed: BTreeMap::new(),
+            forwards: Vec::new(),
+            orphans_adopted: false,
+            admin_waiting: 0,
         };
+        if let Err(e) = node.ensure_metadata_log() {
+            return Err(NodeError::Disk(match e {
+                crate::log::LogError::Disk(e) => e,
+                other => DiskError::Io(other.to_string()),
+            }));
+        }
         let files = node.topics.rewrite_metadata(&mut node.disk)?;
         node.extra_dirty_files.extend(files);
         // Every group starts as a follower with its timer due at once: a voter alone
@@ -535,6 +675,7 @@ impl<D: Disk> Node<D> {
             return;
         }
         self.settle_replicas(now);
+        self.settle_metadata(now);
         self.expire_producers(now);
         self.complete_commit_waiters();
         self.complete_parked_fetches(now, false);
@@ -550,6 +691,7 @@ impl<D: Disk> Node<D> {
                 self.handle_bytes(now, conn, &[], out);
             }
             self.settle_replicas(now);
+            self.settle_metadata(now);
             self.complete_commit_waiters();
             self.complete_parked_fetches(now, false);
             self.maybe_start_round(now, out);
@@ -565,6 +707,16 @@ impl<D: Disk> Node<D> {
             self.create_replicas(now);
         }
         self.tick_replicas(now);
+    }
+
+    /// The image takes what the quorum committed (and the node's partitions follow it), and
+    /// admin requests waiting for it are answered.
+    fn settle_metadata(&mut self, now: Instant) {
+        if self.apply_metadata(now) {
+            self.settle_replicas(now);
+        }
+        self.adopt_orphans(now);
+        self.complete_admin_waiters();
     }
 
     /// Forgets idle idempotent producers, every [`limits::PRODUCER_EXPIRY_CHECK_INTERVAL_MS`],
@@ -622,10 +774,10 @@ impl<D: Disk> Node<D> {
         let Some(t) = self.topics.by_name.get(topic) else {
             return Vec::new();
         };
-        (t.partitions.iter().enumerate())
+        (t.partitions.iter())
             .filter_map(|(i, p)| {
                 let replica = p.replica.as_ref().filter(|r| r.is_leader())?;
-                Some((i as i32, replica.raft().epoch()))
+                Some((*i, replica.raft().epoch()))
             })
             .collect()
     }
@@ -633,7 +785,7 @@ impl<D: Disk> Node<D> {
     /// How many partitions this node leads.
     pub fn partitions_led(&self) -> usize {
         (self.topics.by_name.values())
-            .flat_map(|t| &t.partitions)
+            .flat_map(|t| t.partitions.values())
             .filter(|p| p.replica.as_ref().is_some_and(|r| r.is_leader()))
             .count()
     }
@@ -787,19 +939,23 @@ impl<D: Disk> Node<D> {
                 },
             ))?)),
             Request::Metadata(r) => {
-                let (response, created) = self.metadata(&r, version);
-                if created {
-                    // It created topics: answered once the round that makes them durable and
-                    // elects their leaders completes, so that the answer names the leaders
-                    // (Kafka answers LEADER_NOT_AVAILABLE at once, and clients ask again).
-                    Slot::MetadataAfterRound {
-                        round: self.next_round,
-                        correlation_id: header.correlation_id,
-                        version,
-                        request: r,
+                let (response, created) = self.metadata(now, &r, version);
+                match created {
+                    // It created topics: answered once the image has them and the round that
+                    // makes their directories durable and elects their leaders completes, so
+                    // that the answer names the leaders (Kafka answers LEADER_NOT_AVAILABLE at
+                    // once, and clients ask again).
+                    Some((offset, epoch)) => {
+                        self.admin_waiting += 1;
+                        Slot::AwaitMetadata {
+                            offset,
+                            epoch,
+                            correlation_id: header.correlation_id,
+                            version,
+                            pending: PendingChange::Metadata { request: r },
+                        }
                     }
-                } else {
-                    Slot::Ready(Some(reply(Response::Metadata(response))?))
+                    None => Slot::Ready(Some(reply(Response::Metadata(response))?)),
                 }
             }
             Request::Produce(r) if self.config.planted_bug == Some(PlantedBug::AckEarly) => {
@@ -882,19 +1038,16 @@ impl<D: Disk> Node<D> {
                 self.list_offsets(&r, version),
             ))?)),
             Request::CreateTopics(r) => {
-                let (response, waits) = self.create_topics(&r, version);
-                let bytes = Some(reply(Response::CreateTopics(response))?);
-                self.slot_after_writes(waits, bytes)
+                let (pending, wait) = self.create_topics(now, &r, version);
+                self.admin_slot(header.correlation_id, version, pending, wait)?
             }
             Request::DeleteTopics(r) => {
-                let (response, deleted) = self.delete_topics(&r, version);
-                let bytes = Some(reply(Response::DeleteTopics(response))?);
-                self.slot_after_writes(deleted, bytes)
+                let (pending, wait) = self.delete_topics(now, &r, version);
+                self.admin_slot(header.correlation_id, version, pending, wait)?
             }
             Request::CreatePartitions(r) => {
-                let (response, waits) = self.create_partitions(&r);
-                let bytes = Some(reply(Response::CreatePartitions(response))?);
-                self.slot_after_writes(waits, bytes)
+                let (pending, wait) = self.create_partitions(now, &r);
+                self.admin_slot(header.correlation_id, version, pending, wait)?
             }
             Request::DescribeConfigs(r) => Slot::Ready(Some(reply(Response::DescribeConfigs(
                 self.describe_configs(&r, version),
@@ -928,6 +1081,30 @@ impl<D: Disk> Node<D> {
         };
         self.fill(conn, slot, slot_state);
         Ok(())
+    }
+
+    /// The slot of an admin request: answered now, or once its change (written at `wait`:
+    /// offset, epoch) reaches the image.
+    fn admin_slot(
+        &mut self,
+        correlation_id: i32,
+        version: i16,
+        pending: PendingChange,
+        wait: Option<(i64, i32)>,
+    ) -> Result<Slot, String> {
+        Ok(match wait {
+            None => Slot::Ready(Some(pending.frame(correlation_id, version)?)),
+            Some((offset, epoch)) => {
+                self.admin_waiting += 1;
+                Slot::AwaitMetadata {
+                    offset,
+                    epoch,
+                    correlation_id,
+                    version,
+                    pending,
+                }
+            }
+        })
     }
 
     /// The slot of a request that wrote (`wrote`): under fsync durability it waits for the
@@ -1209,6 +1386,72 @@ impl<D: Disk> Node<D> {
         self.conns = conns;
     }
 
+    /// Every admin request whose change reached the image is answered (after the round that
+    /// makes the directories it created durable and elects their leaders); those whose
+    /// controller lost its leadership first are refused with NOT_CONTROLLER.
+    fn complete_admin_waiters(&mut self) {
+        if self.admin_waiting == 0 {
+            return;
+        }
+        let applied = self.image.applied_end();
+        let leading = (self.topics.get(crate::metadata::METADATA_TOPIC, 0))
+            .and_then(|p| p.replica.as_ref())
+            .filter(|r| r.is_leader())
+            .map(|r| r.leader_epoch());
+        let mut done = Vec::new();
+        let mut waiting = 0;
+        for (conn_id, conn) in &self.conns {
+            for (slot_id, slot) in &conn.slots {
+                if let Slot::AwaitMetadata { offset, epoch, .. } = slot {
+                    if applied >= *offset {
+                        done.push((*conn_id, *slot_id, true));
+                    } else if leading != Some(*epoch) {
+                        done.push((*conn_id, *slot_id, false));
+                    } else {
+                        waiting += 1;
+                    }
+                }
+            }
+        }
+        self.admin_waiting = waiting;
+        for (conn, slot_id, applied) in done {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                continue;
+            };
+            let Some((_, slot)) = c.slots.iter_mut().find(|(id, _)| *id == slot_id) else {
+                continue;
+            };
+            let Slot::AwaitMetadata {
+                correlation_id,
+                version,
+                mut pending,
+                ..
+            } = std::mem::replace(slot, Slot::AwaitFetch)
+            else {
+                continue;
+            };
+            let state = if let PendingChange::Metadata { request } = pending {
+                Slot::MetadataAfterRound {
+                    round: self.next_round,
+                    correlation_id,
+                    version,
+                    request,
+                }
+            } else {
+                pending.complete(&self.image, applied);
+                match pending.frame(correlation_id, version) {
+                    Ok(bytes) if applied => Slot::AwaitSync {
+                        round: self.next_round,
+                        response: Some(bytes),
+                    },
+                    Ok(bytes) => Slot::Ready(Some(bytes)),
+                    Err(reason) => Slot::Close(reason),
+                }
+            };
+            self.fill(conn, slot_id, state);
+        }
+    }
+
     /// Every request that waited for round `id` (or an earlier one) is answered.
     fn complete_round_waiters(&mut self, id: u64) {
         let mut metadata = Vec::new();
@@ -1241,7 +1484,8 @@ impl<D: Disk> Node<D> {
             else {
                 continue;
             };
-            let response = Response::Metadata(self.metadata(&request, version).0);
+            let now = self.now;
+            let response = Response::Metadata(self.metadata(now, &request, version).0);
             let state = match frame_response(correlation_id, ApiKey::Metadata, version, &response) {
                 Ok(bytes) => Slot::Ready(Some(bytes)),
                 Err(reason) => Slot::Close(reason),
@@ -1290,13 +1534,21 @@ pub(crate) fn node_rng(state: &mut u64) -> u64 {
 
 /// A topic id no topic has (and not the all-zero id, which means "none" on the wire), from
 /// the node's PRNG. A restart replays the same seed, so uniqueness is checked, not hoped for.
-fn new_topic_id(state: &mut u64, topics: &Topics) -> crate::protocol::wire::Uuid {
+fn new_topic_id(
+    state: &mut u64,
+    topics: &Topics,
+    image: &crate::metadata::MetadataImage,
+) -> crate::protocol::wire::Uuid {
     loop {
         let mut id = [0u8; 16];
         id[..8].copy_from_slice(&node_rng(state).to_be_bytes());
         id[8..].copy_from_slice(&node_rng(state).to_be_bytes());
         let id = crate::protocol::wire::Uuid(id);
-        if id != crate::protocol::wire::Uuid::default() && topics.name_of(&id).is_none() {
+        if id != crate::protocol::wire::Uuid::default()
+            && id != crate::metadata::METADATA_TOPIC_ID
+            && topics.name_of(&id).is_none()
+            && image.topic_by_id(&id).is_none()
+        {
             return id;
         }
     }

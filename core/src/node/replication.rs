@@ -26,19 +26,28 @@ pub const REPLICA_FETCH_WAIT_MS: u64 = 250;
 pub const REPLICA_LAG_TIME_MAX_MS: u64 = 30_000;
 
 impl<D: Disk> Node<D> {
-    /// The Raft configuration of a partition's group on this node.
-    fn raft_config(&self, group: &GroupId) -> RaftConfig {
+    /// The Raft configuration of a partition's group on this node: its voters are the
+    /// partition's replicas (every node, for the metadata quorum and for partitions made
+    /// before assignments were recorded).
+    fn raft_config(&self, group: &GroupId, replicas: &[i32]) -> RaftConfig {
         let mut seed = self.config.seed ^ u64::from(group.partition as u32);
         for chunk in group.topic_id.chunks(8) {
             seed = seed.rotate_left(17) ^ u64::from_be_bytes(chunk.try_into().expect("8 bytes"));
         }
         RaftConfig {
             id: self.config.node_id,
-            voters: self.brokers().iter().map(|b| b.node_id).collect(),
+            voters: if replicas.is_empty() {
+                self.brokers().iter().map(|b| b.node_id).collect()
+            } else {
+                replicas.to_vec()
+            },
             election_timeout_ms: ELECTION_TIMEOUT_MS,
             fetch_wait_ms: REPLICA_FETCH_WAIT_MS,
             fetch_max_bytes: limits::REPLICA_FETCH_MAX_BYTES,
-            commit_unsynced: self.config.durability == Durability::Replicated,
+            // The metadata log is always fsynced, as KRaft's is: a topic the quorum lost
+            // would take its partitions' data along.
+            commit_unsynced: self.config.durability == Durability::Replicated
+                && group.topic_id != crate::metadata::METADATA_TOPIC_ID.0,
             in_sync_lag_ms: REPLICA_LAG_TIME_MAX_MS,
             seed,
             planted: match self.config.planted_bug {
@@ -53,8 +62,8 @@ impl<D: Disk> Node<D> {
     /// topic or partitions were created).
     pub(super) fn create_replicas(&mut self, now: Instant) {
         let now_ms = now.as_millis() as u64;
-        for (log_id, group) in self.topics.without_replica() {
-            let config = self.raft_config(&group);
+        for (log_id, group, replicas) in self.topics.without_replica() {
+            let config = self.raft_config(&group, &replicas);
             let persisted = self.votes.get(&group);
             let partition = self.topics.by_log_id(log_id).expect("listed");
             let log = partition.log.as_ref().expect("online");
@@ -270,6 +279,9 @@ impl<D: Disk> Node<D> {
             );
             return;
         }
+        if !frame.proposals.is_empty() {
+            self.handle_proposals(now, from, frame.proposals);
+        }
         for (group, message) in frame.messages {
             if let Some(log_id) = self.topics.log_id_of(&group) {
                 self.drive_replica(now, log_id, |raft, ms, out| {
@@ -282,8 +294,27 @@ impl<D: Disk> Node<D> {
     /// Sends what groups queued for each peer, one frame per peer.
     pub(super) fn flush_peers(&mut self, out: &mut Vec<Output>) {
         let from = self.config.node_id;
+        // Records for the controller ride in the next frame to it (dropped if no other node
+        // is known to be the controller: the client asks again, and they are forwarded again).
+        let mut forwards = std::mem::take(&mut self.forwards);
+        let controller = match forwards.is_empty() {
+            true => None,
+            false => self.controller_id().filter(|c| *c != from),
+        };
+        if let Some(controller) = controller {
+            self.peer_outbox.entry(controller).or_default();
+        }
         for (to, messages) in std::mem::take(&mut self.peer_outbox) {
-            let frame = PeerFrame { from, to, messages };
+            let proposals = match controller == Some(to) {
+                true => std::mem::take(&mut forwards),
+                false => Vec::new(),
+            };
+            let frame = PeerFrame {
+                from,
+                to,
+                messages,
+                proposals,
+            };
             out.push(Output::PeerSend {
                 to,
                 bytes: wire::encode(&frame),

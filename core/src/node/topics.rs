@@ -1,8 +1,9 @@
 //! Topics and their partition logs, as found on disk and as created by requests.
 //!
 //! A partition lives in the directory `<topic>-<partition>/`, like Kafka's: its segments, its
-//! recovery point and `partition.metadata`, which holds the topic id. The set of directories
-//! is the set of topics: there is no other catalogue to disagree with them.
+//! recovery point and `partition.metadata`, which holds the topic id and the partition's
+//! replicas. These are the replicas this node holds; which topics exist is the metadata
+//! image's to say (`crate::metadata`), and the node makes its directories agree with it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -32,9 +33,6 @@ pub enum RecoveryEvent {
         partition: i32,
         reason: String,
     },
-    /// The partition's directory was missing (a crash during the topic's creation) and was
-    /// created again, empty.
-    Recreated { topic: String, partition: i32 },
     /// No partition of the topic had its id: a creation or a deletion a crash cut short.
     /// The topic was removed.
     Removed { topic: String },
@@ -55,6 +53,9 @@ pub(crate) struct Partition {
     /// The partition's Raft group on this node (`None` while offline, or before the node
     /// made it).
     pub(crate) replica: Option<Replica>,
+    /// The nodes that hold it (its group's voters); empty: every node of the cluster (a
+    /// partition made before assignments were recorded).
+    pub(crate) replicas: Vec<i32>,
 }
 
 impl Partition {
@@ -74,7 +75,8 @@ impl Partition {
 #[derive(Debug)]
 pub(crate) struct Topic {
     pub(crate) id: Uuid,
-    pub(crate) partitions: Vec<Partition>,
+    /// The partitions this node holds, by index (a node holds only those assigned to it).
+    pub(crate) partitions: BTreeMap<i32, Partition>,
 }
 
 #[derive(Debug, Default)]
@@ -129,11 +131,11 @@ fn decode_uuid(text: &str) -> Option<Uuid> {
     Some(Uuid(id))
 }
 
-/// Reads the topic id in `dir`'s `partition.metadata`: `None` if the file is missing or
-/// holds no id. The file has no checksum, so a read counts only when three reads in a row
-/// return the same bytes (a bit flipped on the way must neither pass for another id nor make
-/// the id look lost); a disk that never agrees is a read error.
-fn read_topic_id(disk: &mut dyn Disk, dir: &str) -> Result<Option<Uuid>, DiskError> {
+/// Reads the topic id and the replicas in `dir`'s `partition.metadata`: `None` if the file
+/// is missing or holds no id. The file has no checksum, so a read counts only when three
+/// reads in a row return the same bytes (a bit flipped on the way must neither pass for
+/// another id nor make the id look lost); a disk that never agrees is a read error.
+fn read_topic_id(disk: &mut dyn Disk, dir: &str) -> Result<Option<(Uuid, Vec<i32>)>, DiskError> {
     let file = match disk.open(&format!("{dir}/{PARTITION_METADATA_FILE}")) {
         Ok(file) => file,
         Err(DiskError::NotFound(_)) => return Ok(None),
@@ -142,18 +144,36 @@ fn read_topic_id(disk: &mut dyn Disk, dir: &str) -> Result<Option<Uuid>, DiskErr
     let len = disk.len(file)? as usize;
     let raw = crate::disk::read_agreeing(disk, file, 0, len.min(4096), 3, 16)?;
     let text = String::from_utf8_lossy(&raw);
-    Ok(text
-        .lines()
+    let id = (text.lines())
         .find_map(|l| l.strip_prefix("topic_id: "))
-        .and_then(decode_uuid))
+        .and_then(decode_uuid);
+    let replicas = (text.lines())
+        .find_map(|l| l.strip_prefix("replicas: "))
+        .map(|list| {
+            (list.split(',').filter(|r| !r.is_empty()))
+                .filter_map(|r| r.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(id.map(|id| (id, replicas)))
 }
 
 /// Writes `partition.metadata` in `dir`; returns the file, to sync. Its text has one length,
 /// so writing it again over itself is never torn into something else (no truncation first: a
 /// crash may keep a truncation and lose the write after it).
-fn write_topic_id(disk: &mut dyn Disk, dir: &str, id: &Uuid) -> Result<FileId, DiskError> {
+fn write_topic_id(
+    disk: &mut dyn Disk,
+    dir: &str,
+    id: &Uuid,
+    replicas: &[i32],
+) -> Result<FileId, DiskError> {
     let metadata = disk.create(&format!("{dir}/{PARTITION_METADATA_FILE}"))?;
-    let text = format!("version: 0\ntopic_id: {}\n", encode_uuid(id));
+    let replicas: Vec<String> = replicas.iter().map(i32::to_string).collect();
+    let text = format!(
+        "version: 0\ntopic_id: {}\nreplicas: {}\n",
+        encode_uuid(id),
+        replicas.join(",")
+    );
     disk.write_at(metadata, 0, text.as_bytes())?;
     Ok(metadata)
 }
@@ -186,41 +206,17 @@ impl Topics {
         let mut next_log_id = 0;
         for ((topic_name, partition), files) in dirs {
             let dir = partition_dir(&topic_name, partition);
-            let id = read_topic_id(disk, &dir)?;
+            let found = read_topic_id(disk, &dir)?;
             let topic = topics
                 .by_name
                 .entry(topic_name.clone())
                 .or_insert_with(|| Topic {
                     id: Uuid::default(),
-                    partitions: Vec::new(),
+                    partitions: BTreeMap::new(),
                 });
+            let id = found.as_ref().map(|(id, _)| *id);
             if let Some(id) = id {
                 topic.id = id;
-            }
-            while (topic.partitions.len() as i32) < partition {
-                // A partition directory missing below one that exists: a crash cut the
-                // topic's creation short (its directories are made durable in one round,
-                // before anything written to them is acknowledged), so it never held an
-                // acknowledged record. It is created again, empty.
-                let missing = topic.partitions.len() as i32;
-                let missing_dir = partition_dir(&topic_name, missing);
-                let log = match PartitionLog::create(disk, &missing_dir, config) {
-                    Ok(log) => {
-                        events.push(RecoveryEvent::Recreated {
-                            topic: topic_name.clone(),
-                            partition: missing,
-                        });
-                        Ok(log)
-                    }
-                    Err(LogError::Disk(e)) => return Err(e),
-                    Err(e) => Err(e.to_string()),
-                };
-                next_log_id += 1;
-                topic.partitions.push(Partition {
-                    log,
-                    log_id: next_log_id,
-                    replica: None,
-                });
             }
             // No batch can carry an epoch later than the latest this partition's group voted
             // in (unknown if it never voted: a log older than the vote table, or its entry lost).
@@ -256,11 +252,15 @@ impl Topics {
                 }
             };
             next_log_id += 1;
-            topic.partitions.push(Partition {
-                log,
-                log_id: next_log_id,
-                replica: None,
-            });
+            topic.partitions.insert(
+                partition,
+                Partition {
+                    log,
+                    log_id: next_log_id,
+                    replica: None,
+                    replicas: found.map(|(_, replicas)| replicas).unwrap_or_default(),
+                },
+            );
         }
         topics.next_log_id = next_log_id;
         // A topic with no `partition.metadata` left anywhere never finished its creation (the
@@ -281,8 +281,7 @@ impl Topics {
             }
             events.retain(|e| match e {
                 RecoveryEvent::Recovered { topic, .. }
-                | RecoveryEvent::Offline { topic, .. }
-                | RecoveryEvent::Recreated { topic, .. } => *topic != name,
+                | RecoveryEvent::Offline { topic, .. } => *topic != name,
                 RecoveryEvent::Removed { .. } => true,
             });
             events.push(RecoveryEvent::Removed { topic: name });
@@ -300,23 +299,24 @@ impl Topics {
     ) -> Result<Vec<FileId>, DiskError> {
         let mut files = Vec::new();
         for (name, topic) in &self.by_name {
-            for (index, partition) in topic.partitions.iter().enumerate() {
+            for (index, partition) in &topic.partitions {
                 if partition.log.is_ok() {
-                    let dir = partition_dir(name, index as i32);
-                    files.push(write_topic_id(disk, &dir, &topic.id)?);
+                    let dir = partition_dir(name, *index);
+                    files.push(write_topic_id(disk, &dir, &topic.id, &partition.replicas)?);
                 }
             }
         }
         Ok(files)
     }
 
-    /// Creates a topic's partitions `from..to` on disk. Returns the metadata files written.
+    /// Creates partitions of a topic on disk: (index, replicas) each, unless the node holds
+    /// it already. Returns the metadata files written.
     pub(crate) fn create_partitions(
         &mut self,
         disk: &mut dyn Disk,
         name: &str,
         id: Uuid,
-        count: i32,
+        partitions: &[(i32, Vec<i32>)],
         config: LogConfig,
     ) -> Result<Vec<FileId>, LogError> {
         let topic = self
@@ -324,19 +324,27 @@ impl Topics {
             .entry(name.to_string())
             .or_insert_with(|| Topic {
                 id,
-                partitions: Vec::new(),
+                partitions: BTreeMap::new(),
             });
+        debug_assert_eq!(topic.id, id, "a topic's partitions share its id");
         let mut files = Vec::new();
-        for partition in topic.partitions.len() as i32..count {
-            let dir = partition_dir(name, partition);
+        for (partition, replicas) in partitions {
+            if topic.partitions.contains_key(partition) {
+                continue;
+            }
+            let dir = partition_dir(name, *partition);
             let log = PartitionLog::create(disk, &dir, config)?;
-            files.push(write_topic_id(disk, &dir, &topic.id)?);
+            files.push(write_topic_id(disk, &dir, &topic.id, replicas)?);
             self.next_log_id += 1;
-            topic.partitions.push(Partition {
-                log: Ok(log),
-                log_id: self.next_log_id,
-                replica: None,
-            });
+            topic.partitions.insert(
+                *partition,
+                Partition {
+                    log: Ok(log),
+                    log_id: self.next_log_id,
+                    replica: None,
+                    replicas: replicas.clone(),
+                },
+            );
         }
         self.reindex();
         Ok(files)
@@ -347,7 +355,7 @@ impl Topics {
     fn reindex(&mut self) {
         let before = std::mem::take(&mut self.by_log_id);
         for topic in self.by_name.values() {
-            for partition in &topic.partitions {
+            for partition in topic.partitions.values() {
                 if !before.contains_key(&partition.log_id) {
                     self.touched.insert(partition.log_id);
                 }
@@ -355,12 +363,11 @@ impl Topics {
         }
         self.by_group.clear();
         for (name, topic) in &self.by_name {
-            for (index, partition) in topic.partitions.iter().enumerate() {
-                let index = index as i32;
+            for (index, partition) in &topic.partitions {
                 self.by_log_id
-                    .insert(partition.log_id, (name.clone(), index));
+                    .insert(partition.log_id, (name.clone(), *index));
                 self.by_group
-                    .insert(group_id(&topic.id, index), partition.log_id);
+                    .insert(group_id(&topic.id, *index), partition.log_id);
             }
         }
     }
@@ -369,7 +376,7 @@ impl Topics {
     pub(crate) fn by_log_id(&mut self, log_id: u64) -> Option<&mut Partition> {
         let (name, index) = self.by_log_id.get(&log_id)?;
         let topic = self.by_name.get_mut(name)?;
-        topic.partitions.get_mut(*index as usize)
+        topic.partitions.get_mut(index)
     }
 
     /// The log id of the partition `group` drives.
@@ -382,13 +389,13 @@ impl Topics {
         self.by_log_id.keys().copied().collect()
     }
 
-    /// Online partitions without a Raft group yet: (log id, group).
-    pub(crate) fn without_replica(&self) -> Vec<(u64, GroupId)> {
+    /// Online partitions without a Raft group yet: (log id, group, replicas).
+    pub(crate) fn without_replica(&self) -> Vec<(u64, GroupId, Vec<i32>)> {
         let mut missing = Vec::new();
         for topic in self.by_name.values() {
-            for (index, p) in topic.partitions.iter().enumerate() {
+            for (index, p) in &topic.partitions {
                 if p.log.is_ok() && p.replica.is_none() {
-                    missing.push((p.log_id, group_id(&topic.id, index as i32)));
+                    missing.push((p.log_id, group_id(&topic.id, *index), p.replicas.clone()));
                 }
             }
         }
@@ -400,8 +407,8 @@ impl Topics {
             return Ok(());
         };
         self.reindex();
-        for (index, partition) in topic.partitions.into_iter().enumerate() {
-            let dir = partition_dir(name, index as i32);
+        for (index, partition) in topic.partitions {
+            let dir = partition_dir(name, index);
             if let Ok(log) = partition.log {
                 log.delete(disk)?;
             }
@@ -428,7 +435,7 @@ impl Topics {
 
     pub(crate) fn get(&mut self, topic: &str, partition: i32) -> Option<&mut Partition> {
         let topic = self.by_name.get_mut(topic)?;
-        topic.partitions.get_mut(usize::try_from(partition).ok()?)
+        topic.partitions.get_mut(&partition)
     }
 
     pub(crate) fn name_of(&self, id: &Uuid) -> Option<&str> {
@@ -441,17 +448,12 @@ impl Topics {
     /// Every partition forgets producers idle for `expiry_ms` or more.
     pub(crate) fn expire_producers(&mut self, now_ms: i64, expiry_ms: i64) {
         for topic in self.by_name.values_mut() {
-            for partition in &mut topic.partitions {
+            for partition in topic.partitions.values_mut() {
                 if let Ok(log) = partition.log.as_mut() {
                     log.producers_mut().expire(now_ms, expiry_ms);
                 }
             }
         }
-    }
-
-    /// How many partitions the node holds, offline ones included.
-    pub(crate) fn partition_count(&self) -> usize {
-        self.by_name.values().map(|t| t.partitions.len()).sum()
     }
 
     /// `log_id`'s log was written (or its replica wants a sync): the next round looks at it.
@@ -462,7 +464,7 @@ impl Topics {
     /// The touched partition `log_id`, if it still exists.
     fn touched_partition(&self, log_id: &u64) -> Option<&Partition> {
         let (name, index) = self.by_log_id.get(log_id)?;
-        self.by_name.get(name)?.partitions.get(*index as usize)
+        self.by_name.get(name)?.partitions.get(index)
     }
 
     pub(crate) fn needs_sync(&self) -> bool {
@@ -494,11 +496,11 @@ impl Topics {
     pub(crate) fn offsets(&self) -> Vec<super::PartitionOffsets> {
         let mut offsets = Vec::new();
         for (name, topic) in &self.by_name {
-            for (i, p) in topic.partitions.iter().enumerate() {
+            for (i, p) in &topic.partitions {
                 let log = p.log.as_ref().ok();
                 offsets.push(super::PartitionOffsets {
                     topic: name.clone(),
-                    partition: i as i32,
+                    partition: *i,
                     log_end_offset: log.map(PartitionLog::log_end_offset),
                     high_watermark: p.replica.as_ref().map(Replica::high_watermark),
                 });
@@ -516,16 +518,9 @@ impl Topics {
 
     fn logs(&self) -> impl Iterator<Item = (&str, i32, &PartitionLog)> {
         self.by_name.iter().flat_map(|(name, topic)| {
-            topic
-                .partitions
-                .iter()
-                .enumerate()
-                .filter_map(move |(i, p)| {
-                    p.log
-                        .as_ref()
-                        .ok()
-                        .map(|log| (name.as_str(), i as i32, log))
-                })
+            (topic.partitions.iter()).filter_map(move |(i, p)| {
+                p.log.as_ref().ok().map(|log| (name.as_str(), *i, log))
+            })
         })
     }
 

@@ -5,19 +5,24 @@
 //! ```text
 //! frame   = size:u32 crc32c:u32 body            (size counts crc and body; crc covers body)
 //! body    = version:u8 from:i32 to:i32 count:u32 (group message){count}
+//!           pcount:u32 (size:u32 proposal){pcount}
 //! group   = topic_id:[u8;16] partition:i32
 //! message = tag:u8 fields                        (one tag per `Message` variant)
 //! entry   = epoch:i32 base:i64 last:i64 size:u32 payload
 //! ```
 //! All integers are big-endian, as in Kafka. A payload is a slice of the frame (no copy).
+//! A proposal is opaque here: bytes for the metadata quorum's leader, which the node
+//! decodes and checks (a broker forwards what it wants the controller to write).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::{Entry, FetchReply, Message, NodeId};
-use crate::limits::{PEER_ENTRIES_PER_MESSAGE_MAX, PEER_FRAME_SIZE_MAX_BYTES};
+use crate::limits::{
+    PEER_ENTRIES_PER_MESSAGE_MAX, PEER_FRAME_SIZE_MAX_BYTES, PEER_PROPOSALS_PER_FRAME_MAX,
+};
 
 /// The body format this code writes and reads.
-pub const PEER_WIRE_VERSION: u8 = 1;
+pub const PEER_WIRE_VERSION: u8 = 2;
 
 /// Which Raft group a message belongs to: a partition of a topic (the metadata quorum has a
 /// group of its own, by convention the all-zero topic id and partition -1).
@@ -33,6 +38,8 @@ pub struct PeerFrame {
     pub from: NodeId,
     pub to: NodeId,
     pub messages: Vec<(GroupId, Message)>,
+    /// Payloads for the metadata quorum's leader (opaque to Raft).
+    pub proposals: Vec<Bytes>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -81,6 +88,11 @@ pub fn encode(frame: &PeerFrame) -> Bytes {
         body.put_slice(&group.topic_id);
         body.put_i32(group.partition);
         encode_message(&mut body, message);
+    }
+    body.put_u32(frame.proposals.len() as u32);
+    for proposal in &frame.proposals {
+        body.put_u32(proposal.len() as u32);
+        body.put_slice(proposal);
     }
     let mut out = BytesMut::with_capacity(8 + body.len());
     out.put_u32(4 + body.len() as u32);
@@ -246,10 +258,30 @@ pub fn decode(frame: Bytes) -> Result<PeerFrame, PeerWireError> {
             message,
         ));
     }
+    need(&body, 4, "the proposal count")?;
+    let count = body.get_u32();
+    if count as usize > body.remaining() / 4 || count as usize > PEER_PROPOSALS_PER_FRAME_MAX {
+        return Err(PeerWireError::Count {
+            what: "proposal",
+            count,
+        });
+    }
+    let mut proposals = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        need(&body, 4, "a proposal size")?;
+        let size = body.get_u32() as usize;
+        need(&body, size, "a proposal")?;
+        proposals.push(body.split_to(size));
+    }
     if body.has_remaining() {
         return Err(PeerWireError::Trailing(body.remaining()));
     }
-    Ok(PeerFrame { from, to, messages })
+    Ok(PeerFrame {
+        from,
+        to,
+        messages,
+        proposals,
+    })
 }
 
 fn need(buf: &Bytes, bytes: usize, what: &'static str) -> Result<(), PeerWireError> {
@@ -488,8 +520,14 @@ mod tests {
             any::<i32>(),
             any::<i32>(),
             prop::collection::vec((group, message()), 0..8),
+            prop::collection::vec(prop::collection::vec(any::<u8>(), 0..16), 0..3),
         )
-            .prop_map(|(from, to, messages)| PeerFrame { from, to, messages })
+            .prop_map(|(from, to, messages, proposals)| PeerFrame {
+                from,
+                to,
+                messages,
+                proposals: proposals.into_iter().map(Bytes::from).collect(),
+            })
     }
 
     proptest! {

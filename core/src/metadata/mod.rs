@@ -1,0 +1,411 @@
+//! The cluster's metadata: the records the metadata quorum commits, and the image every node
+//! builds from them.
+//!
+//! The quorum is a Raft group like any partition's (KRaft's `__cluster_metadata`): its log
+//! is a partition log whose batches hold [`MetadataRecord`]s, its voters are the cluster's
+//! nodes, and its leader is the controller. Only the controller writes to it (a broker
+//! forwards what it wants written, such as an auto-created topic, to the controller in its
+//! peer frames). Every node applies the batches below the group's high watermark, in order,
+//! to its [`MetadataImage`], which is what request handlers read for topics, ids and
+//! assignments, and what decides which partition replicas the node keeps on its disk.
+//!
+//! Applying is deterministic and never fails: a record that no longer makes sense when its
+//! turn comes (a topic created twice by two racing requests, partitions added to a topic
+//! deleted meanwhile) changes nothing, on every node alike, so images that applied the same
+//! prefix are equal.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::limits;
+use crate::protocol::wire::Uuid;
+
+/// The metadata log's topic name and id (Kafka's, `Uuid.METADATA_TOPIC_ID`): hidden from
+/// clients, refused to CreateTopics, Produce and Fetch.
+pub const METADATA_TOPIC: &str = "__cluster_metadata";
+pub const METADATA_TOPIC_ID: Uuid = Uuid([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+
+/// The record format this code writes and reads (the first byte of every record).
+const RECORD_VERSION: u8 = 0;
+const TAG_TOPIC: u8 = 1;
+const TAG_PARTITIONS: u8 = 2;
+const TAG_REMOVE_TOPIC: u8 = 3;
+
+/// One change to the cluster's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetadataRecord {
+    /// A topic and every partition's replicas (the first of each list is its preferred
+    /// leader).
+    Topic {
+        name: String,
+        id: Uuid,
+        replicas: Vec<Vec<i32>>,
+    },
+    /// Partitions added at the end of a topic.
+    Partitions { id: Uuid, replicas: Vec<Vec<i32>> },
+    /// A topic deleted.
+    RemoveTopic { id: Uuid },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("metadata record ends early")]
+    Truncated,
+    #[error("metadata record version {0}, this node reads {RECORD_VERSION}")]
+    Version(u8),
+    #[error("unknown metadata record tag {0}")]
+    Tag(u8),
+    #[error("metadata record count {0} past its maximum")]
+    Count(u32),
+    #[error("metadata record holds a name that is not UTF-8")]
+    Name,
+}
+
+impl MetadataRecord {
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        out.put_u8(RECORD_VERSION);
+        match self {
+            MetadataRecord::Topic { name, id, replicas } => {
+                out.put_u8(TAG_TOPIC);
+                out.put_u16(name.len() as u16);
+                out.put_slice(name.as_bytes());
+                out.put_slice(&id.0);
+                put_replicas(&mut out, replicas);
+            }
+            MetadataRecord::Partitions { id, replicas } => {
+                out.put_u8(TAG_PARTITIONS);
+                out.put_slice(&id.0);
+                put_replicas(&mut out, replicas);
+            }
+            MetadataRecord::RemoveTopic { id } => {
+                out.put_u8(TAG_REMOVE_TOPIC);
+                out.put_slice(&id.0);
+            }
+        }
+        out.freeze()
+    }
+
+    /// Decodes a record; every count is checked against what remains and its maximum.
+    pub fn decode(mut buf: Bytes) -> Result<MetadataRecord, RecordError> {
+        let version = get_u8(&mut buf)?;
+        if version != RECORD_VERSION {
+            return Err(RecordError::Version(version));
+        }
+        match get_u8(&mut buf)? {
+            TAG_TOPIC => {
+                let len = get_u16(&mut buf)? as usize;
+                need(&buf, len)?;
+                let name = String::from_utf8(buf.split_to(len).to_vec())
+                    .map_err(|_| RecordError::Name)?;
+                let id = get_uuid(&mut buf)?;
+                let replicas = get_replicas(&mut buf)?;
+                Ok(MetadataRecord::Topic { name, id, replicas })
+            }
+            TAG_PARTITIONS => {
+                let id = get_uuid(&mut buf)?;
+                let replicas = get_replicas(&mut buf)?;
+                Ok(MetadataRecord::Partitions { id, replicas })
+            }
+            TAG_REMOVE_TOPIC => Ok(MetadataRecord::RemoveTopic {
+                id: get_uuid(&mut buf)?,
+            }),
+            tag => Err(RecordError::Tag(tag)),
+        }
+    }
+}
+
+fn put_replicas(out: &mut BytesMut, replicas: &[Vec<i32>]) {
+    out.put_u32(replicas.len() as u32);
+    for nodes in replicas {
+        out.put_u32(nodes.len() as u32);
+        for node in nodes {
+            out.put_i32(*node);
+        }
+    }
+}
+
+fn need(buf: &Bytes, bytes: usize) -> Result<(), RecordError> {
+    if buf.remaining() < bytes {
+        return Err(RecordError::Truncated);
+    }
+    Ok(())
+}
+
+fn get_u8(buf: &mut Bytes) -> Result<u8, RecordError> {
+    need(buf, 1)?;
+    Ok(buf.get_u8())
+}
+
+fn get_u16(buf: &mut Bytes) -> Result<u16, RecordError> {
+    need(buf, 2)?;
+    Ok(buf.get_u16())
+}
+
+fn get_u32(buf: &mut Bytes) -> Result<u32, RecordError> {
+    need(buf, 4)?;
+    Ok(buf.get_u32())
+}
+
+fn get_uuid(buf: &mut Bytes) -> Result<Uuid, RecordError> {
+    need(buf, 16)?;
+    let mut id = [0u8; 16];
+    buf.copy_to_slice(&mut id);
+    Ok(Uuid(id))
+}
+
+fn get_replicas(buf: &mut Bytes) -> Result<Vec<Vec<i32>>, RecordError> {
+    let partitions = get_u32(buf)?;
+    // Each partition takes at least its count's four bytes.
+    if partitions > limits::PARTITIONS_PER_TOPIC_MAX as u32
+        || partitions as usize > buf.remaining() / 4
+    {
+        return Err(RecordError::Count(partitions));
+    }
+    let mut replicas = Vec::with_capacity(partitions as usize);
+    for _ in 0..partitions {
+        let count = get_u32(buf)?;
+        if count as usize > limits::REPLICATION_FACTOR_MAX || count as usize > buf.remaining() / 4
+        {
+            return Err(RecordError::Count(count));
+        }
+        replicas.push((0..count).map(|_| buf.get_i32()).collect());
+    }
+    Ok(replicas)
+}
+
+/// A topic as the image holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicImage {
+    pub name: String,
+    pub id: Uuid,
+    /// Each partition's replicas, the preferred leader first.
+    pub replicas: Vec<Vec<i32>>,
+}
+
+/// What applying some records changed, for the node to make its disk agree.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ImageChanges {
+    /// Topics created or grown (by id).
+    pub grown: BTreeSet<Uuid>,
+    /// Topics deleted (by id).
+    pub removed: BTreeSet<Uuid>,
+}
+
+/// The metadata every node builds from the committed metadata log.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MetadataImage {
+    topics: BTreeMap<String, TopicImage>,
+    names: BTreeMap<Uuid, String>,
+    /// The offset after the last batch applied.
+    applied_end: i64,
+}
+
+impl MetadataImage {
+    pub fn topic(&self, name: &str) -> Option<&TopicImage> {
+        self.topics.get(name)
+    }
+
+    pub fn topic_by_id(&self, id: &Uuid) -> Option<&TopicImage> {
+        self.topics.get(self.names.get(id)?)
+    }
+
+    pub fn topics(&self) -> impl Iterator<Item = &TopicImage> {
+        self.topics.values()
+    }
+
+    pub fn applied_end(&self) -> i64 {
+        self.applied_end
+    }
+
+    /// Partition replicas the image assigns, over every topic.
+    pub fn replica_count(&self) -> usize {
+        self.topics
+            .values()
+            .flat_map(|t| &t.replicas)
+            .map(Vec::len)
+            .sum()
+    }
+
+    /// Applies one record (see the module docs: a record that no longer makes sense changes
+    /// nothing).
+    pub fn apply(&mut self, record: &MetadataRecord, changes: &mut ImageChanges) {
+        match record {
+            MetadataRecord::Topic { name, id, replicas } => {
+                if self.topics.contains_key(name)
+                    || self.names.contains_key(id)
+                    || *id == METADATA_TOPIC_ID
+                    || *id == Uuid::default()
+                {
+                    return;
+                }
+                self.names.insert(*id, name.clone());
+                self.topics.insert(
+                    name.clone(),
+                    TopicImage {
+                        name: name.clone(),
+                        id: *id,
+                        replicas: replicas.clone(),
+                    },
+                );
+                changes.grown.insert(*id);
+            }
+            MetadataRecord::Partitions { id, replicas } => {
+                let Some(name) = self.names.get(id) else {
+                    return;
+                };
+                let topic = self.topics.get_mut(name).expect("indexed");
+                if topic.replicas.len() + replicas.len() > limits::PARTITIONS_PER_TOPIC_MAX as usize
+                {
+                    return;
+                }
+                topic.replicas.extend(replicas.iter().cloned());
+                changes.grown.insert(*id);
+            }
+            MetadataRecord::RemoveTopic { id } => {
+                if let Some(name) = self.names.remove(id) {
+                    self.topics.remove(&name);
+                    changes.grown.remove(id);
+                    changes.removed.insert(*id);
+                }
+            }
+        }
+    }
+
+    /// Marks everything before `end` applied (the end of a batch whose records were applied).
+    pub fn applied_to(&mut self, end: i64) {
+        debug_assert!(end >= self.applied_end, "the image never goes back");
+        self.applied_end = end;
+    }
+
+    /// A digest of the image, equal on two nodes exactly when their images are (the
+    /// simulator compares images that applied the same prefix).
+    pub fn fingerprint(&self) -> u32 {
+        let mut buf = BytesMut::new();
+        for topic in self.topics.values() {
+            let record = MetadataRecord::Topic {
+                name: topic.name.clone(),
+                id: topic.id,
+                replicas: topic.replicas.clone(),
+            };
+            buf.put_slice(&record.encode());
+        }
+        crc32c::crc32c(&buf)
+    }
+}
+
+/// Replicas for `count` new partitions numbered from `first`, placed evenly over `brokers`
+/// (sorted ids): partition `p` starts at broker `(start + p) % n` and takes the next
+/// `replication_factor` brokers in turn, so leaders (the first of each list) and replicas
+/// spread over all brokers, and a topic's start differs from another's by `start` (drawn by
+/// the caller). Kafka places replicas the same way (without racks).
+pub fn place_replicas(
+    brokers: &[i32],
+    first: i32,
+    count: i32,
+    replication_factor: usize,
+    start: usize,
+) -> Vec<Vec<i32>> {
+    let n = brokers.len();
+    assert!(replication_factor >= 1 && replication_factor <= n);
+    (first..first + count)
+        .map(|p| {
+            (0..replication_factor)
+                .map(|j| brokers[(start + p as usize + j) % n])
+                .collect()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> Uuid {
+        Uuid([n; 16])
+    }
+
+    #[test]
+    fn records_round_trip_and_lying_counts_are_refused() {
+        let records = [
+            MetadataRecord::Topic {
+                name: "orders".into(),
+                id: id(7),
+                replicas: vec![vec![1, 2, 3], vec![2, 3, 1]],
+            },
+            MetadataRecord::Partitions {
+                id: id(7),
+                replicas: vec![vec![3]],
+            },
+            MetadataRecord::RemoveTopic { id: id(7) },
+        ];
+        for record in records {
+            let bytes = record.encode();
+            assert_eq!(MetadataRecord::decode(bytes.clone()), Ok(record));
+            for cut in 0..bytes.len() {
+                assert!(MetadataRecord::decode(bytes.slice(..cut)).is_err());
+            }
+        }
+        let mut lying = BytesMut::new();
+        lying.put_u8(RECORD_VERSION);
+        lying.put_u8(TAG_PARTITIONS);
+        lying.put_slice(&[1; 16]);
+        lying.put_u32(u32::MAX);
+        assert_eq!(
+            MetadataRecord::decode(lying.freeze()),
+            Err(RecordError::Count(u32::MAX))
+        );
+    }
+
+    #[test]
+    fn a_record_that_no_longer_applies_changes_nothing() {
+        let mut image = MetadataImage::default();
+        let mut changes = ImageChanges::default();
+        let create = |name: &str, n| MetadataRecord::Topic {
+            name: name.into(),
+            id: id(n),
+            replicas: vec![vec![1]],
+        };
+        image.apply(&create("a", 1), &mut changes);
+        let before = image.clone();
+        // The same name again, and another name with a taken id: nothing.
+        image.apply(&create("a", 2), &mut changes);
+        image.apply(&create("b", 1), &mut changes);
+        assert_eq!(image, before);
+        image.apply(&MetadataRecord::RemoveTopic { id: id(1) }, &mut changes);
+        assert!(image.topic("a").is_none());
+        assert_eq!(changes.removed, BTreeSet::from([id(1)]));
+        assert!(changes.grown.is_empty(), "a topic created and removed leaves nothing to make");
+        // Partitions for a topic gone: nothing.
+        let after = image.clone();
+        let grow = MetadataRecord::Partitions {
+            id: id(1),
+            replicas: vec![vec![1]],
+        };
+        image.apply(&grow, &mut changes);
+        assert_eq!(image, after);
+        // The name is free again, under a new id.
+        image.apply(&create("a", 3), &mut changes);
+        assert_eq!(image.topic("a").map(|t| t.id), Some(id(3)));
+        assert_ne!(image.fingerprint(), before.fingerprint());
+    }
+
+    #[test]
+    fn replicas_spread_evenly() {
+        let placed = place_replicas(&[1, 2, 3, 4, 5], 0, 10, 3, 2);
+        let mut leaders = BTreeMap::new();
+        let mut held = BTreeMap::new();
+        for replicas in &placed {
+            assert_eq!(replicas.len(), 3);
+            let distinct: BTreeSet<_> = replicas.iter().collect();
+            assert_eq!(distinct.len(), 3, "no broker twice in one partition");
+            *leaders.entry(replicas[0]).or_insert(0) += 1;
+            for r in replicas {
+                *held.entry(*r).or_insert(0) += 1;
+            }
+        }
+        assert!(leaders.values().all(|n| *n == 2), "{leaders:?}");
+        assert!(held.values().all(|n| *n == 6), "{held:?}");
+    }
+}
