@@ -55,6 +55,7 @@ pub enum ViolationKind {
     UndurableVote,
     UnreplicatedAck,
     ReplicasDiverge,
+    ImagesDiverge,
     Liveness,
 }
 
@@ -75,6 +76,7 @@ impl ViolationKind {
             ViolationKind::UndurableVote => "undurable-vote",
             ViolationKind::UnreplicatedAck => "unreplicated-ack",
             ViolationKind::ReplicasDiverge => "replicas-diverge",
+            ViolationKind::ImagesDiverge => "images-diverge",
             ViolationKind::Liveness => "liveness",
         }
     }

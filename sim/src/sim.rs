@@ -27,6 +27,7 @@ use std::rc::Rc;
 use bytes::{Bytes, BytesMut};
 use keel_core::disk::{Disk, DiskError, FileId};
 use keel_core::log::LogConfig;
+use keel_core::metadata::METADATA_TOPIC;
 use keel_core::node::{
     Broker, Config, ConnId, Durability, Input, Instant, Node, Output, PlantedBug, RecoveryEvent,
     SyncToken,
@@ -209,6 +210,10 @@ enum Event {
     Clog,
     /// A majority of the machines crash at once.
     CorrelatedCrash,
+    /// The harness asks `node` again whether it knows the workload topic.
+    Bootstrap {
+        node: usize,
+    },
 }
 
 impl Event {
@@ -227,6 +232,7 @@ impl Event {
             Event::Partition { .. } => 11,
             Event::Clog => 12,
             Event::CorrelatedCrash => 13,
+            Event::Bootstrap { .. } => 14,
         }
     }
 }
@@ -419,6 +425,8 @@ pub struct Sim {
     started: bool,
     /// (partition, leader epoch) -> the node that led it, from every node's state.
     leader_of_epoch: BTreeMap<(i32, i32), usize>,
+    /// The first metadata image seen at each applied offset: (node, fingerprint).
+    image_at: BTreeMap<i64, (usize, u32)>,
     links: BTreeMap<ConnId, Link>,
     next_conn: ConnId,
     clients: Vec<Client>,
@@ -570,8 +578,8 @@ impl Sim {
                 next_correlation_id: 0,
             })
             .collect();
-        // A cluster's disks start without faults: the harness creates the topic on every
-        // node first (`bootstrap`), then turns them on.
+        // A cluster's disks start without faults: the harness waits until every node knows
+        // the workload topic (`bootstrap`), then turns them on.
         let machines = (0..nodes)
             .map(|i| {
                 let seed = if i == 0 {
@@ -624,6 +632,7 @@ impl Sim {
             network,
             started: false,
             leader_of_epoch: BTreeMap::new(),
+            image_at: BTreeMap::new(),
             links: BTreeMap::new(),
             next_conn: 1,
             clients,
@@ -975,6 +984,11 @@ impl Sim {
                 let interval = self.plan.net.correlated_crash_interval_ms.expect("planned");
                 let at = self.exponential_ns(interval);
                 self.schedule(at, Event::CorrelatedCrash);
+            }
+            Event::Bootstrap { node } => {
+                if !self.machines[node].bootstrapped {
+                    self.bootstrap(node);
+                }
             }
             Event::Clog => {
                 if self.quiet {

@@ -33,19 +33,46 @@ trait Client {
 
 impl Client for Cluster {
     fn create_topic_everywhere(&mut self) {
+        // The controller (the metadata quorum's leader) creates it; every node then holds
+        // a replica of its one partition.
+        let create = Request::CreateTopics(CreateTopicsRequest {
+            topics: vec![create_topics_request::CreatableTopic {
+                name: "t".into(),
+                num_partitions: 1,
+                replication_factor: 3,
+                ..Default::default()
+            }],
+            timeout_ms: 5_000,
+            ..Default::default()
+        });
+        let mut created = false;
+        for _ in 0..100 {
+            self.run(100);
+            for id in NODES {
+                if let Some(Response::CreateTopics(r)) = self.call(id, 5, create.clone(), 1_000) {
+                    let code = r.topics[0].error_code;
+                    created |= code == codes::NONE || code == codes::TOPIC_ALREADY_EXISTS;
+                }
+            }
+            if created {
+                break;
+            }
+        }
+        assert!(created, "a controller creates the topic");
         let request = Request::Metadata(MetadataRequest {
             topics: Some(vec![MetadataRequestTopic {
                 name: Some("t".into()),
                 ..Default::default()
             }]),
-            allow_auto_topic_creation: true,
             ..Default::default()
         });
         for id in NODES {
-            let Some(Response::Metadata(m)) = self.call(id, 12, request.clone(), 1_000) else {
-                panic!("n{id} answers Metadata")
-            };
-            assert_eq!(m.topics[0].error_code, codes::NONE);
+            let known = (0..100).any(|_| {
+                self.run(100);
+                matches!(self.call(id, 12, request.clone(), 1_000),
+                    Some(Response::Metadata(m)) if m.topics[0].error_code == codes::NONE)
+            });
+            assert!(known, "n{id} knows the topic");
         }
     }
 
@@ -61,8 +88,14 @@ impl Client for Cluster {
         let Some(Response::Metadata(m)) = self.call(id, 12, request, 1_000) else {
             panic!("n{id} answers Metadata")
         };
-        let p = &m.topics[0].partitions[0];
-        assert_eq!(p.replica_nodes, NODES.to_vec());
+        let Some(p) = m.topics[0].partitions.first() else {
+            // The node has not learned of the topic yet (its image is behind after a
+            // restart): a client asks again.
+            return (-1, -1);
+        };
+        let mut replicas = p.replica_nodes.clone();
+        replicas.sort_unstable();
+        assert_eq!(replicas, NODES.to_vec());
         (p.leader_id, p.leader_epoch)
     }
 
@@ -146,7 +179,11 @@ impl Client for Cluster {
 
     fn high_watermarks(&self) -> BTreeMap<i32, Option<i64>> {
         (self.nodes.iter())
-            .map(|(id, n)| (*id, n.partition_offsets()[0].high_watermark))
+            .map(|(id, n)| {
+                let offsets = n.partition_offsets();
+                let t = offsets.iter().find(|p| p.topic == "t");
+                (*id, t.and_then(|p| p.high_watermark))
+            })
             .collect()
     }
 }
@@ -441,4 +478,78 @@ fn a_follower_that_stops_fetching_leaves_the_isr_and_returns() {
     c.restart(gone);
     c.run(3_000);
     assert_eq!(isr(&mut c), NODES.to_vec(), "caught up again");
+}
+
+/// On five nodes with two replicas per partition, every broker names every partition's
+/// leader within a bounded time (leaders report themselves to the metadata quorum, whose
+/// image every node reads), and the name is the node that leads; the replicas are spread
+/// evenly.
+#[test]
+fn every_broker_names_the_leaders_of_partitions_it_does_not_hold() {
+    let mut c = Cluster::new(5, 7);
+    let create = Request::CreateTopics(CreateTopicsRequest {
+        topics: vec![create_topics_request::CreatableTopic {
+            name: "spread".into(),
+            num_partitions: 10,
+            replication_factor: 2,
+            ..Default::default()
+        }],
+        timeout_ms: 5_000,
+        ..Default::default()
+    });
+    let ids = c.ids().to_vec();
+    let created = (0..100).any(|_| {
+        c.run(100);
+        ids.iter().any(|id| {
+            matches!(c.call(*id, 5, create.clone(), 1_000),
+                Some(Response::CreateTopics(r)) if r.topics[0].error_code == codes::NONE)
+        })
+    });
+    assert!(created, "the controller creates the topic");
+    let request = Request::Metadata(MetadataRequest {
+        topics: Some(vec![MetadataRequestTopic {
+            name: Some("spread".into()),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    });
+    let mut settled = false;
+    for _ in 0..100 {
+        c.run(100);
+        let mut all = true;
+        for id in &ids {
+            let Some(Response::Metadata(m)) = c.call(*id, 12, request.clone(), 1_000) else {
+                panic!("n{id} answers Metadata")
+            };
+            let partitions = &m.topics[0].partitions;
+            all &= partitions.len() == 10
+                && partitions.iter().all(|p| {
+                    p.replica_nodes.len() == 2
+                        && p.replica_nodes.contains(&p.leader_id)
+                        && c.nodes[&p.leader_id].leaderships("spread").iter().any(
+                            |(index, epoch)| {
+                                *index == p.partition_index && *epoch == p.leader_epoch
+                            },
+                        )
+                });
+        }
+        if all {
+            settled = true;
+            break;
+        }
+    }
+    assert!(settled, "every node names every partition's leader");
+    let Some(Response::Metadata(m)) = c.call(1, 12, request, 1_000) else {
+        panic!()
+    };
+    let mut held: BTreeMap<i32, usize> = BTreeMap::new();
+    for p in &m.topics[0].partitions {
+        for r in &p.replica_nodes {
+            *held.entry(*r).or_default() += 1;
+        }
+    }
+    assert!(
+        held.values().all(|n| *n == 4),
+        "two replicas each of ten partitions over five nodes: {held:?}"
+    );
 }

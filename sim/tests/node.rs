@@ -2,10 +2,10 @@
 //! and the simulated disk underneath: produce, fetch, durability, crash and recovery.
 
 use bytes::{Bytes, BytesMut};
+use keel_core::metadata::METADATA_TOPIC;
 use keel_core::node::{
     Config, ConnId, Input, Instant, Node, Output, RecoveryEvent, RECOVERY_POINT_DELAY_MS,
 };
-use keel_core::metadata::METADATA_TOPIC;
 use keel_core::protocol::codec::{decode_response, encode_request};
 use keel_core::protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use keel_core::protocol::messages::metadata_request::MetadataRequestTopic;

@@ -31,6 +31,7 @@ const RECORD_VERSION: u8 = 0;
 const TAG_TOPIC: u8 = 1;
 const TAG_PARTITIONS: u8 = 2;
 const TAG_REMOVE_TOPIC: u8 = 3;
+const TAG_LEADER: u8 = 4;
 
 /// One change to the cluster's metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +47,14 @@ pub enum MetadataRecord {
     Partitions { id: Uuid, replicas: Vec<Vec<i32>> },
     /// A topic deleted.
     RemoveTopic { id: Uuid },
+    /// A partition's leader, as it reported itself once its epoch committed (written only
+    /// for partitions some broker holds no replica of: the others know their leaders).
+    Leader {
+        id: Uuid,
+        partition: i32,
+        leader: i32,
+        epoch: i32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,6 +92,18 @@ impl MetadataRecord {
                 out.put_u8(TAG_REMOVE_TOPIC);
                 out.put_slice(&id.0);
             }
+            MetadataRecord::Leader {
+                id,
+                partition,
+                leader,
+                epoch,
+            } => {
+                out.put_u8(TAG_LEADER);
+                out.put_slice(&id.0);
+                out.put_i32(*partition);
+                out.put_i32(*leader);
+                out.put_i32(*epoch);
+            }
         }
         out.freeze()
     }
@@ -97,8 +118,8 @@ impl MetadataRecord {
             TAG_TOPIC => {
                 let len = get_u16(&mut buf)? as usize;
                 need(&buf, len)?;
-                let name = String::from_utf8(buf.split_to(len).to_vec())
-                    .map_err(|_| RecordError::Name)?;
+                let name =
+                    String::from_utf8(buf.split_to(len).to_vec()).map_err(|_| RecordError::Name)?;
                 let id = get_uuid(&mut buf)?;
                 let replicas = get_replicas(&mut buf)?;
                 Ok(MetadataRecord::Topic { name, id, replicas })
@@ -111,6 +132,16 @@ impl MetadataRecord {
             TAG_REMOVE_TOPIC => Ok(MetadataRecord::RemoveTopic {
                 id: get_uuid(&mut buf)?,
             }),
+            TAG_LEADER => {
+                let id = get_uuid(&mut buf)?;
+                need(&buf, 12)?;
+                Ok(MetadataRecord::Leader {
+                    id,
+                    partition: buf.get_i32(),
+                    leader: buf.get_i32(),
+                    epoch: buf.get_i32(),
+                })
+            }
             tag => Err(RecordError::Tag(tag)),
         }
     }
@@ -166,8 +197,7 @@ fn get_replicas(buf: &mut Bytes) -> Result<Vec<Vec<i32>>, RecordError> {
     let mut replicas = Vec::with_capacity(partitions as usize);
     for _ in 0..partitions {
         let count = get_u32(buf)?;
-        if count as usize > limits::REPLICATION_FACTOR_MAX || count as usize > buf.remaining() / 4
-        {
+        if count as usize > limits::REPLICATION_FACTOR_MAX || count as usize > buf.remaining() / 4 {
             return Err(RecordError::Count(count));
         }
         replicas.push((0..count).map(|_| buf.get_i32()).collect());
@@ -182,6 +212,9 @@ pub struct TopicImage {
     pub id: Uuid,
     /// Each partition's replicas, the preferred leader first.
     pub replicas: Vec<Vec<i32>>,
+    /// Each partition's leader and its epoch, as last reported ((-1, -1): none yet; only
+    /// partitions some broker holds no replica of are reported).
+    pub leaders: Vec<(i32, i32)>,
 }
 
 /// What applying some records changed, for the node to make its disk agree.
@@ -247,6 +280,7 @@ impl MetadataImage {
                         name: name.clone(),
                         id: *id,
                         replicas: replicas.clone(),
+                        leaders: vec![(-1, -1); replicas.len()],
                     },
                 );
                 changes.grown.insert(*id);
@@ -261,7 +295,24 @@ impl MetadataImage {
                     return;
                 }
                 topic.replicas.extend(replicas.iter().cloned());
+                topic.leaders.resize(topic.replicas.len(), (-1, -1));
                 changes.grown.insert(*id);
+            }
+            MetadataRecord::Leader {
+                id,
+                partition,
+                leader,
+                epoch,
+            } => {
+                let Some(name) = self.names.get(id) else {
+                    return;
+                };
+                let topic = self.topics.get_mut(name).expect("indexed");
+                if let Some(known) = topic.leaders.get_mut(*partition as usize) {
+                    if *partition >= 0 && *epoch > known.1 {
+                        *known = (*leader, *epoch);
+                    }
+                }
             }
             MetadataRecord::RemoveTopic { id } => {
                 if let Some(name) = self.names.remove(id) {
@@ -290,6 +341,15 @@ impl MetadataImage {
                 replicas: topic.replicas.clone(),
             };
             buf.put_slice(&record.encode());
+            for (partition, (leader, epoch)) in topic.leaders.iter().enumerate() {
+                let record = MetadataRecord::Leader {
+                    id: topic.id,
+                    partition: partition as i32,
+                    leader: *leader,
+                    epoch: *epoch,
+                };
+                buf.put_slice(&record.encode());
+            }
         }
         crc32c::crc32c(&buf)
     }
@@ -339,6 +399,12 @@ mod tests {
                 replicas: vec![vec![3]],
             },
             MetadataRecord::RemoveTopic { id: id(7) },
+            MetadataRecord::Leader {
+                id: id(7),
+                partition: 1,
+                leader: 3,
+                epoch: 9,
+            },
         ];
         for record in records {
             let bytes = record.encode();
@@ -376,7 +442,10 @@ mod tests {
         image.apply(&MetadataRecord::RemoveTopic { id: id(1) }, &mut changes);
         assert!(image.topic("a").is_none());
         assert_eq!(changes.removed, BTreeSet::from([id(1)]));
-        assert!(changes.grown.is_empty(), "a topic created and removed leaves nothing to make");
+        assert!(
+            changes.grown.is_empty(),
+            "a topic created and removed leaves nothing to make"
+        );
         // Partitions for a topic gone: nothing.
         let after = image.clone();
         let grow = MetadataRecord::Partitions {

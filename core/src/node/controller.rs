@@ -102,12 +102,8 @@ impl<D: Disk> Node<D> {
             base_timestamp: now.as_millis(),
             ..Default::default()
         };
-        let bytes = record::build(&new, &options).map_err(|e| {
-            (
-                codes::UNKNOWN_SERVER_ERROR,
-                format!("metadata batch: {e}"),
-            )
-        })?;
+        let bytes = record::build(&new, &options)
+            .map_err(|e| (codes::UNKNOWN_SERVER_ERROR, format!("metadata batch: {e}")))?;
         let batch = RecordBatch::parse(bytes).expect("a built batch parses");
         let partition = self.topics.by_log_id(log_id).expect("the controller's log");
         let log = partition.log.as_mut().expect("online: it leads");
@@ -205,7 +201,10 @@ impl<D: Disk> Node<D> {
                 if self.image.topics().count() >= limits::TOPICS_MAX {
                     return Err((
                         codes::INVALID_REQUEST,
-                        format!("the cluster holds {} topics, its maximum", limits::TOPICS_MAX),
+                        format!(
+                            "the cluster holds {} topics, its maximum",
+                            limits::TOPICS_MAX
+                        ),
                     ));
                 }
                 (name.clone(), replicas, 0)
@@ -217,6 +216,27 @@ impl<D: Disk> Node<D> {
                 (topic.name.clone(), replicas, topic.replicas.len())
             }
             MetadataRecord::RemoveTopic { .. } => return Ok(()),
+            MetadataRecord::Leader {
+                id,
+                partition,
+                leader,
+                epoch,
+            } => {
+                let known = (self.image.topic_by_id(id)).and_then(|t| {
+                    Some((
+                        t.replicas.get(*partition as usize)?,
+                        t.leaders[*partition as usize],
+                    ))
+                });
+                return match known {
+                    Some((replicas, (_, known_epoch)))
+                        if *partition >= 0 && replicas.contains(leader) && *epoch > known_epoch =>
+                    {
+                        Ok(())
+                    }
+                    _ => Err((codes::INVALID_REQUEST, "a stale or unknown leader".into())),
+                };
+            }
         };
         if replicas.is_empty() {
             return Err((
@@ -284,15 +304,26 @@ impl<D: Disk> Node<D> {
         let mut records = Vec::new();
         for bytes in proposals {
             match MetadataRecord::decode(bytes) {
+                Ok(record @ MetadataRecord::Leader { .. }) => {
+                    if self.check_record(&record).is_ok() && !records.contains(&record) {
+                        records.push(record);
+                    }
+                }
                 Ok(record @ MetadataRecord::Topic { .. }) => {
                     if self.check_record(&record).is_ok()
-                        && !records.iter().any(|r: &MetadataRecord| same_name(r, &record))
+                        && !records
+                            .iter()
+                            .any(|r: &MetadataRecord| same_name(r, &record))
                     {
                         records.push(record);
                     }
                 }
                 Ok(other) => {
-                    tracing::warn!(from, ?other, "forwarded record refused: only topics are");
+                    tracing::warn!(
+                        from,
+                        ?other,
+                        "forwarded record refused: only topics and leaders are"
+                    );
                 }
                 Err(e) => tracing::warn!(from, error = %e, "undecodable forwarded record"),
             }
@@ -312,6 +343,75 @@ impl<D: Disk> Node<D> {
         }
     }
 
+    /// Partitions this node leads and has not yet seen named as led by it in the image
+    /// report their leadership: to the controller (forwarded, again every election timeout
+    /// until the image has it), or written at once by the controller itself. Only partitions
+    /// some broker holds no replica of: every replica knows its own group's leader.
+    pub(super) fn report_leaders(&mut self, now: Instant) {
+        if self.leader_reports.is_empty() {
+            return;
+        }
+        let now_ms = now.as_millis() as u64;
+        let brokers = self.brokers().len();
+        let mut records = Vec::new();
+        for (log_id, next_ms) in std::mem::take(&mut self.leader_reports) {
+            let Some((name, index)) = self.topics.name_index_of(log_id) else {
+                continue;
+            };
+            if name == METADATA_TOPIC {
+                continue;
+            }
+            let Some(topic) = self.image.topic(&name) else {
+                // Not in the image yet (a restart catching up): asked again later.
+                self.leader_reports.insert(log_id, next_ms);
+                continue;
+            };
+            let (id, replicas, known) = (
+                topic.id,
+                topic.replicas.get(index as usize).map_or(0, Vec::len),
+                topic
+                    .leaders
+                    .get(index as usize)
+                    .copied()
+                    .unwrap_or((-1, -1)),
+            );
+            let Some(replica) = (self.topics.by_log_id(log_id)).and_then(|p| p.replica.as_ref())
+            else {
+                continue;
+            };
+            if !replica.is_leader() || replicas >= brokers || known.1 >= replica.leader_epoch() {
+                continue;
+            }
+            if !replica.serving() || now_ms < next_ms {
+                self.leader_reports.insert(log_id, next_ms);
+                continue;
+            }
+            records.push(MetadataRecord::Leader {
+                id,
+                partition: index,
+                leader: self.config.node_id,
+                epoch: replica.leader_epoch(),
+            });
+            self.leader_reports
+                .insert(log_id, now_ms + super::replication::ELECTION_TIMEOUT_MS);
+        }
+        if records.is_empty() {
+            return;
+        }
+        if self.active_controller().is_some() {
+            records.retain(|r| self.check_record(r).is_ok());
+            if !records.is_empty() {
+                if let Err((code, message)) = self.propose(now, &records) {
+                    tracing::warn!(code, %message, "leaders not written");
+                }
+            }
+        } else {
+            for record in &records {
+                self.forward(record);
+            }
+        }
+    }
+
     /// Applies what the quorum committed since the last call, then makes the node's
     /// partitions agree with the image. Returns whether anything changed.
     pub(super) fn apply_metadata(&mut self, now: Instant) -> bool {
@@ -328,13 +428,8 @@ impl<D: Disk> Node<D> {
         let mut applied_any = false;
         while self.image.applied_end() < high_watermark {
             let from = self.image.applied_end().max(log.log_start_offset());
-            let bytes = match log.read(
-                &mut self.disk,
-                from,
-                high_watermark,
-                APPLY_READ_BYTES,
-                true,
-            ) {
+            let bytes = match log.read(&mut self.disk, from, high_watermark, APPLY_READ_BYTES, true)
+            {
                 Ok(bytes) if !bytes.is_empty() => bytes,
                 Ok(_) => break,
                 Err(e) => {
@@ -445,8 +540,7 @@ impl<D: Disk> Node<D> {
     /// ids, so they stay. A cluster of several leaves them alone (another node may have
     /// deleted them).
     pub(super) fn adopt_orphans(&mut self, now: Instant) {
-        if self.orphans_adopted || self.brokers().len() != 1 || self.active_controller().is_none()
-        {
+        if self.orphans_adopted || self.brokers().len() != 1 || self.active_controller().is_none() {
             return;
         }
         self.orphans_adopted = true;

@@ -175,7 +175,8 @@ impl<D: Disk> Node<D> {
                     .collect(),
             ),
         };
-        let names = requested.unwrap_or_else(|| self.image.topics().map(|t| t.name.clone()).collect());
+        let names =
+            requested.unwrap_or_else(|| self.image.topics().map(|t| t.name.clone()).collect());
         let node_id = self.config.node_id;
         let mut topics = Vec::new();
         let mut creating = Vec::new();
@@ -217,22 +218,40 @@ impl<D: Disk> Node<D> {
                 let local = self.topics.by_name.get(&name).filter(|t| t.id == topic.id);
                 let p = local.and_then(|t| t.partitions.get(&index));
                 let replica = p.and_then(|p| p.replica.as_ref());
-                let leader = replica.and_then(|r| r.leader());
+                // A replica knows its group's leader; for a partition this node does not
+                // hold, the leader the image last recorded.
+                let (leader, leader_epoch, isr) = match replica {
+                    Some(r) => match r.leader() {
+                        // The epoch of the leader it names: a candidate's epoch is not one
+                        // yet (it may never be durable), and a client would trust it over a
+                        // leader's.
+                        Some(leader) => (leader, r.leader_epoch(), r.raft().in_sync(now_ms)),
+                        None => (-1, -1, Vec::new()),
+                    },
+                    None => {
+                        let (leader, epoch) = topic.leaders[index as usize];
+                        (
+                            leader,
+                            epoch,
+                            if leader >= 0 {
+                                vec![leader]
+                            } else {
+                                Vec::new()
+                            },
+                        )
+                    }
+                };
                 partitions.push(MetadataResponsePartition {
                     error_code: match p {
                         Some(p) if p.log.is_err() => codes::KAFKA_STORAGE_ERROR,
-                        _ if leader.is_some() => codes::NONE,
+                        _ if leader >= 0 => codes::NONE,
                         _ => codes::LEADER_NOT_AVAILABLE,
                     },
                     partition_index: index,
-                    leader_id: leader.unwrap_or(-1),
-                    // The epoch of the leader it names: a candidate's epoch is not one yet
-                    // (it may never be durable), and a client would trust it over a leader's.
-                    leader_epoch: replica
-                        .filter(|r| r.leader().is_some())
-                        .map_or(-1, |r| r.leader_epoch()),
+                    leader_id: leader,
+                    leader_epoch,
                     replica_nodes: replicas.clone(),
-                    isr_nodes: replica.map_or(Vec::new(), |r| r.raft().in_sync(now_ms)),
+                    isr_nodes: isr,
                     offline_replicas: match p {
                         Some(p) if p.log.is_err() => vec![node_id],
                         _ => Vec::new(),
@@ -750,7 +769,13 @@ impl<D: Disk> Node<D> {
                     "a manual assignment comes without a partition count or replication factor"
                         .to_string(),
                 ))
-            } else if request.topics.iter().filter(|t| t.name == topic.name).count() > 1 {
+            } else if request
+                .topics
+                .iter()
+                .filter(|t| t.name == topic.name)
+                .count()
+                > 1
+            {
                 Err((
                     codes::INVALID_REQUEST,
                     format!("topic {} is named twice in the request", topic.name),
@@ -758,8 +783,8 @@ impl<D: Disk> Node<D> {
             } else {
                 let mut assignments: Vec<_> = topic.assignments.iter().collect();
                 assignments.sort_by_key(|a| a.partition_index);
-                let indexes_ok = (assignments.iter().enumerate())
-                    .all(|(i, a)| a.partition_index == i as i32);
+                let indexes_ok =
+                    (assignments.iter().enumerate()).all(|(i, a)| a.partition_index == i as i32);
                 if !indexes_ok {
                     Err((
                         codes::INVALID_REPLICA_ASSIGNMENT,
@@ -767,7 +792,12 @@ impl<D: Disk> Node<D> {
                     ))
                 } else {
                     let assignments = assignments.iter().map(|a| a.broker_ids.clone()).collect();
-                    self.new_topic(&topic.name, partitions, topic.replication_factor, assignments)
+                    self.new_topic(
+                        &topic.name,
+                        partitions,
+                        topic.replication_factor,
+                        assignments,
+                    )
                 }
             };
             let mut result = CreatableTopicResult {
@@ -866,7 +896,10 @@ impl<D: Disk> Node<D> {
                 topic_id,
                 ..Default::default()
             };
-            let found = name.as_deref().and_then(|n| self.image.topic(n)).map(|t| t.id);
+            let found = name
+                .as_deref()
+                .and_then(|n| self.image.topic(n))
+                .map(|t| t.id);
             match (&controller, found) {
                 (Err((code, message)), _) => {
                     result.error_code = *code;
@@ -951,7 +984,10 @@ impl<D: Disk> Node<D> {
                             if manual.len() as i32 != adding {
                                 Err((
                                     codes::INVALID_REPLICA_ASSIGNMENT,
-                                    format!("{} assignments for {adding} new partitions", manual.len()),
+                                    format!(
+                                        "{} assignments for {adding} new partitions",
+                                        manual.len()
+                                    ),
                                 ))
                             } else {
                                 Ok(manual.iter().map(|a| a.broker_ids.clone()).collect())
@@ -959,8 +995,9 @@ impl<D: Disk> Node<D> {
                         }
                         _ => {
                             let factor = t.replicas.first().map_or(1, Vec::len);
-                            let start =
-                                (super::node_rng(&mut self.rng_state) % brokers.len() as u64) as usize;
+                            let start = (super::node_rng(&mut self.rng_state)
+                                % brokers.len() as u64)
+                                as usize;
                             Ok(place_replicas(&brokers, current, adding, factor, start))
                         }
                     };
@@ -1091,8 +1128,7 @@ impl<D: Disk> Node<D> {
                 ..Default::default()
             };
             let entries = match resource.resource_type {
-                RESOURCE_TYPE_TOPIC if self.image.topic(&resource.resource_name).is_some() =>
-                {
+                RESOURCE_TYPE_TOPIC if self.image.topic(&resource.resource_name).is_some() => {
                     self.topic_configs()
                 }
                 RESOURCE_TYPE_TOPIC => {
@@ -1190,7 +1226,14 @@ impl<D: Disk> Node<D> {
                     ..Default::default()
                 };
                 let current = p.current_leader_epoch;
-                match led_partition(&mut self.topics, &self.image, &topic.topic, p.partition, current, false) {
+                match led_partition(
+                    &mut self.topics,
+                    &self.image,
+                    &topic.topic,
+                    p.partition,
+                    current,
+                    false,
+                ) {
                     Err(code) => result.error_code = code,
                     Ok((log, _, leader_epoch)) => {
                         // From the log's epoch cache, as Kafka answers: the current epoch

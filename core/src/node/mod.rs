@@ -403,7 +403,9 @@ impl PendingChange {
                     if !applied {
                         result.error_code = codes::NOT_CONTROLLER;
                         result.error_message = Some(lost.to_string());
-                    } else if image.topic_by_id(id).is_none_or(|t| (t.replicas.len() as i32) < *count)
+                    } else if image
+                        .topic_by_id(id)
+                        .is_none_or(|t| (t.replicas.len() as i32) < *count)
                     {
                         result.error_code = codes::UNKNOWN_TOPIC_OR_PARTITION;
                         result.error_message = Some("the topic was deleted meanwhile".into());
@@ -416,12 +418,14 @@ impl PendingChange {
 
     fn frame(&self, correlation_id: i32, version: i16) -> Result<Bytes, String> {
         let (api, response) = match self {
-            PendingChange::CreateTopics { response, .. } => {
-                (ApiKey::CreateTopics, Response::CreateTopics(response.clone()))
-            }
-            PendingChange::DeleteTopics { response, .. } => {
-                (ApiKey::DeleteTopics, Response::DeleteTopics(response.clone()))
-            }
+            PendingChange::CreateTopics { response, .. } => (
+                ApiKey::CreateTopics,
+                Response::CreateTopics(response.clone()),
+            ),
+            PendingChange::DeleteTopics { response, .. } => (
+                ApiKey::DeleteTopics,
+                Response::DeleteTopics(response.clone()),
+            ),
             PendingChange::CreatePartitions { response, .. } => (
                 ApiKey::CreatePartitions,
                 Response::CreatePartitions(response.clone()),
@@ -536,6 +540,9 @@ pub struct Node<D: Disk> {
     /// Admin requests waiting for the image (at least: a closed connection's are counted
     /// until the next check).
     admin_waiting: usize,
+    /// Partitions whose leadership this node is to report to the controller: log id, and
+    /// when (ms) it may send the report again.
+    leader_reports: BTreeMap<u64, u64>,
 }
 
 impl<D: Disk> Node<D> {
@@ -596,6 +603,7 @@ impl<D: Disk> Node<D> {
             forwards: Vec::new(),
             orphans_adopted: false,
             admin_waiting: 0,
+            leader_reports: BTreeMap::new(),
         };
         if let Err(e) = node.ensure_metadata_log() {
             return Err(NodeError::Disk(match e {
@@ -716,6 +724,7 @@ impl<D: Disk> Node<D> {
             self.settle_replicas(now);
         }
         self.adopt_orphans(now);
+        self.report_leaders(now);
         self.complete_admin_waiters();
     }
 

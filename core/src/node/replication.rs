@@ -147,6 +147,9 @@ impl<D: Disk> Node<D> {
         let marker_wanted = (self.topics.by_log_id(log_id))
             .and_then(|p| p.replica.as_ref())
             .is_some_and(|r| r.marker_wanted);
+        if effects.became_leader && self.brokers().len() > 1 {
+            self.leader_reports.insert(log_id, 0);
+        }
         if effects.became_leader || marker_wanted {
             self.append_leader_marker(now, log_id);
         }

@@ -280,8 +280,9 @@ impl Topics {
                 Err(e) => return Err(DiskError::Io(e.to_string())),
             }
             events.retain(|e| match e {
-                RecoveryEvent::Recovered { topic, .. }
-                | RecoveryEvent::Offline { topic, .. } => *topic != name,
+                RecoveryEvent::Recovered { topic, .. } | RecoveryEvent::Offline { topic, .. } => {
+                    *topic != name
+                }
                 RecoveryEvent::Removed { .. } => true,
             });
             events.push(RecoveryEvent::Removed { topic: name });
@@ -377,6 +378,11 @@ impl Topics {
         let (name, index) = self.by_log_id.get(&log_id)?;
         let topic = self.by_name.get_mut(name)?;
         topic.partitions.get_mut(index)
+    }
+
+    /// The topic name and partition index of log `log_id`.
+    pub(crate) fn name_index_of(&self, log_id: u64) -> Option<(String, i32)> {
+        self.by_log_id.get(&log_id).cloned()
     }
 
     /// The log id of the partition `group` drives.
@@ -518,9 +524,8 @@ impl Topics {
 
     fn logs(&self) -> impl Iterator<Item = (&str, i32, &PartitionLog)> {
         self.by_name.iter().flat_map(|(name, topic)| {
-            (topic.partitions.iter()).filter_map(move |(i, p)| {
-                p.log.as_ref().ok().map(|log| (name.as_str(), *i, log))
-            })
+            (topic.partitions.iter())
+                .filter_map(move |(i, p)| p.log.as_ref().ok().map(|log| (name.as_str(), *i, log)))
         })
     }
 

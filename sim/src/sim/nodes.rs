@@ -7,9 +7,9 @@ use super::*;
 impl Sim {
     // ---- the nodes' side ----
 
-    /// A cluster's nodes each create the workload topic from the same request before
-    /// anything else happens, so that they draw the same topic id (until the metadata quorum
-    /// names topics once for all); clients and faults start once every node answered.
+    /// Before clients and faults start, the harness asks each node of a cluster for the
+    /// workload topic (auto-created: the controller writes it, a broker forwards it there)
+    /// until every node's image names it.
     pub(super) fn bootstrap(&mut self, node: usize) {
         let id = self.next_conn;
         self.next_conn += 1;
@@ -41,19 +41,25 @@ impl Sim {
     pub(super) fn on_bootstrap_answer(&mut self, conn: ConnId, what: ToClient) {
         let node = self.links[&conn].node;
         self.send_to_node(conn, ToNode::Close);
-        match what {
-            ToClient::Bytes(_) => {
-                self.machines[node].bootstrapped = true;
-                if !self.started && self.machines.iter().all(|m| m.bootstrapped) {
-                    self.start();
-                }
+        let known = match what {
+            ToClient::Bytes(bytes) => {
+                let mut frames = FrameDecoder::new(CLIENT_MAX_FRAME_BYTES);
+                frames.push(&bytes);
+                let response = (frames.next_frame().ok().flatten())
+                    .and_then(|frame| decode_response(frame, ApiKey::Metadata, 12).ok());
+                matches!(response, Some((_, Response::Metadata(m)))
+                    if m.topics.iter().all(|t| t.error_code == codes::NONE))
             }
-            // Refused (the node was not up yet): again.
-            ToClient::Close => {
-                if !self.machines[node].bootstrapped {
-                    self.bootstrap(node)
-                }
+            // Refused (the node was not up yet).
+            ToClient::Close => false,
+        };
+        if known {
+            self.machines[node].bootstrapped = true;
+            if !self.started && self.machines.iter().all(|m| m.bootstrapped) {
+                self.start();
             }
+        } else if !self.machines[node].bootstrapped {
+            self.schedule(self.now_ns + 100 * MS, Event::Bootstrap { node });
         }
     }
 
@@ -304,6 +310,7 @@ impl Sim {
             self.schedule_deadline(node);
             if self.machines.len() > 1 {
                 self.check_leaders(node);
+                self.check_image(node);
             }
         }
     }
@@ -412,7 +419,7 @@ impl Sim {
             })
             .map(|(i, _)| i + 1)
             .collect();
-        let majority = self.machines.len() / 2 + 1;
+        let majority = self.replica_count(partition) / 2 + 1;
         if holders.len() < majority {
             self.checker.violate(
                 ViolationKind::UnreplicatedAck,
@@ -422,6 +429,16 @@ impl Sim {
                 ),
             );
         }
+    }
+
+    /// How many replicas a partition of the workload topic has, as the nodes' metadata images
+    /// say (the first running node's that names the topic; every node, if none does).
+    fn replica_count(&self, partition: i32) -> usize {
+        (self.machines.iter())
+            .filter_map(|m| m.node.as_ref())
+            .filter_map(|n| n.metadata_image().topic(TOPIC).cloned())
+            .find_map(|t| t.replicas.get(partition as usize).map(Vec::len))
+            .unwrap_or(self.machines.len())
     }
 
     /// Replicas agree below their high watermarks: every pair of running nodes holds the same
@@ -481,7 +498,9 @@ impl Sim {
         let Some(process) = self.machines[node].node.as_ref() else {
             return;
         };
-        for (partition, epoch) in process.leaderships(TOPIC) {
+        // The metadata quorum's group counts as partition -1.
+        let metadata = (process.leaderships(METADATA_TOPIC).into_iter()).map(|(_, e)| (-1, e));
+        for (partition, epoch) in process.leaderships(TOPIC).into_iter().chain(metadata) {
             let first = *self
                 .leader_of_epoch
                 .entry((partition, epoch))
@@ -497,6 +516,30 @@ impl Sim {
                     ),
                 );
             }
+        }
+    }
+
+    /// Metadata images agree on their committed prefix: two nodes whose images applied the
+    /// metadata log up to the same offset hold the same image (the first one seen there is
+    /// kept; the metadata log is fsynced whatever the durability, so nothing committed there
+    /// is ever lost).
+    pub(super) fn check_image(&mut self, node: usize) {
+        let Some(process) = self.machines[node].node.as_ref() else {
+            return;
+        };
+        let image = process.metadata_image();
+        let (end, fingerprint) = (image.applied_end(), image.fingerprint());
+        let (first_node, first) = *self.image_at.entry(end).or_insert((node, fingerprint));
+        if first != fingerprint {
+            self.checker.violate(
+                ViolationKind::ImagesDiverge,
+                self.now_ns,
+                format!(
+                    "metadata images differ at offset {end}: node {} has {first:08x}, node {} {fingerprint:08x}",
+                    first_node + 1,
+                    node + 1
+                ),
+            );
         }
     }
 
