@@ -72,6 +72,9 @@ pub(crate) struct AdminState {
     /// value -> the topic id it was written to (any cycle).
     pub(crate) written_to: BTreeMap<u64, Option<Uuid>>,
     pub(crate) next_value: u64,
+    /// The last answer came from the wrong node (not the controller, not the leader): the
+    /// step is sent again from the next node (in a cluster).
+    pub(crate) misdirected: bool,
 }
 
 impl AdminState {
@@ -89,6 +92,7 @@ impl AdminState {
             first_acked: None,
             written_to: BTreeMap::new(),
             next_value: 0,
+            misdirected: false,
         }
     }
 

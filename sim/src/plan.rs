@@ -94,10 +94,9 @@ impl Plan {
         Plan::draw_for(seed, rng, 1)
     }
 
-    /// The plan of a cluster of `nodes`. With several nodes, clients before KIP-360 (below),
-    /// the admin workload (which creates and deletes topics) and lasting disk damage are off: topics are created on each node
-    /// by its own requests until the metadata quorum names them once for all, and a replica
-    /// that lasting damage took offline is not yet rebuilt from its peers.
+    /// The plan of a cluster of `nodes`. With several nodes, clients before KIP-360 (below)
+    /// and lasting disk damage are off: a replica that lasting damage took offline is not
+    /// yet rebuilt from its peers.
     pub fn draw_for(seed: u64, rng: &mut Xoshiro256PlusPlus, nodes: usize) -> Plan {
         let mut plan = Plan::draw_plan(seed, rng);
         plan.nodes = nodes;
@@ -112,7 +111,6 @@ impl Plan {
             // of a replicated Kafka are.
             plan.metadata_version = plan.metadata_version.max(7);
             plan.fetch_version = plan.fetch_version.max(9);
-            plan.admin = false;
             plan.disk.rot_probability = 0.0;
             plan.disk.latent_error_probability = 0.0;
             plan.disk.lost_file_probability = 0.0;

@@ -427,6 +427,8 @@ pub struct Sim {
     leader_of_epoch: BTreeMap<(i32, i32), usize>,
     /// The first metadata image seen at each applied offset: (node, fingerprint).
     image_at: BTreeMap<i64, (usize, u32)>,
+    /// Replicas of each partition of the workload topic, as the images named them.
+    replica_counts: BTreeMap<i32, usize>,
     links: BTreeMap<ConnId, Link>,
     next_conn: ConnId,
     clients: Vec<Client>,
@@ -633,6 +635,7 @@ impl Sim {
             started: false,
             leader_of_epoch: BTreeMap::new(),
             image_at: BTreeMap::new(),
+            replica_counts: BTreeMap::new(),
             links: BTreeMap::new(),
             next_conn: 1,
             clients,

@@ -566,8 +566,12 @@ impl<D: Disk> Node<D> {
         let (starts, starts_file) = count_start(&mut disk)?;
         // Each start draws from a stream of its own: a restart with the same seed (the
         // simulator's, or a container's) must not hand out a deleted topic's id again.
-        let rng_state =
-            config.seed ^ 0x6b65_656c_6b65_656c ^ starts.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        // And each node of a cluster from its own (the controller draws topic ids, and a
+        // later controller must not draw a deleted topic's id again).
+        let rng_state = config.seed
+            ^ 0x6b65_656c_6b65_656c
+            ^ starts.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            ^ (config.node_id as u64).wrapping_mul(0xd6e8_feb8_6659_fd93);
         // The first round (which syncs the data directory, and every recovered log) must
         // complete before any request is read.
         let serving = false;

@@ -432,13 +432,10 @@ impl Sim {
     }
 
     /// How many replicas a partition of the workload topic has, as the nodes' metadata images
-    /// say (the first running node's that names the topic; every node, if none does).
+    /// said (assignments never change; remembered, since a node restarting does not name the
+    /// topic until its image catches up).
     fn replica_count(&self, partition: i32) -> usize {
-        (self.machines.iter())
-            .filter_map(|m| m.node.as_ref())
-            .filter_map(|n| n.metadata_image().topic(TOPIC).cloned())
-            .find_map(|t| t.replicas.get(partition as usize).map(Vec::len))
-            .unwrap_or(self.machines.len())
+        (self.replica_counts.get(&partition).copied()).unwrap_or(self.machines.len())
     }
 
     /// Replicas agree below their high watermarks: every pair of running nodes holds the same
@@ -528,6 +525,13 @@ impl Sim {
             return;
         };
         let image = process.metadata_image();
+        if self.replica_counts.is_empty() {
+            if let Some(topic) = image.topic(TOPIC) {
+                for (partition, replicas) in topic.replicas.iter().enumerate() {
+                    self.replica_counts.insert(partition as i32, replicas.len());
+                }
+            }
+        }
         let (end, fingerprint) = (image.applied_end(), image.fingerprint());
         let (first_node, first) = *self.image_at.entry(end).or_insert((node, fingerprint));
         if first != fingerprint {

@@ -180,6 +180,9 @@ impl Sim {
                     let c = &mut self.clients[client];
                     c.node = target;
                     c.rotate = false;
+                    if let Role::Admin(admin) = &mut c.role {
+                        admin.misdirected = false;
+                    }
                     c.reconnect_at_ns = self.now_ns;
                     c.move_after_ns = self.now_ns + MOVE_BACKOFF_NS;
                 }
@@ -237,6 +240,9 @@ impl Sim {
             // cut off): ask the next one, as clients ask another broker for metadata.
             Role::Consumer { .. } if unknown => Some(next),
             Role::Consumer { .. } if c.rotate || !leads_here => pick(),
+            // The admin client sent its step to a node that is not the controller or not the
+            // leader: the next node in turn (as a client walks its bootstrap list).
+            Role::Admin(admin) if admin.misdirected => Some(next),
             Role::Consumer { .. } | Role::Admin(_) => None,
         }
     }
@@ -1098,11 +1104,17 @@ impl Sim {
         match step {
             AdminStep::Create => {
                 let num_partitions = self.rng.random_range(1..=3);
+                // In a cluster, one to three replicas (on one node, the only one).
+                let nodes = self.machines.len();
+                let replication_factor = match nodes {
+                    1 => 1,
+                    _ => self.rng.random_range(1..=nodes.min(3)) as i16,
+                };
                 let request = Request::CreateTopics(CreateTopicsRequest {
                     topics: vec![create_topics_request::CreatableTopic {
                         name,
                         num_partitions,
-                        replication_factor: 1,
+                        replication_factor,
                         ..Default::default()
                     }],
                     timeout_ms: 5_000,
@@ -1277,6 +1289,35 @@ impl Sim {
         admin.in_flight = admin.in_flight.saturating_sub(1);
         admin.next_at_ns = now + pause_ns;
         let mut violations: Vec<(ViolationKind, String)> = Vec::new();
+        if self.machines.len() > 1 && misdirected(&response) {
+            // Sent to the wrong node: the same step again from the next. (A write answered
+            // NOT_LEADER_OR_FOLLOWER may still commit, if leadership moved after its append:
+            // its values stay possible, never acknowledged.)
+            let admin = self.admin(client);
+            admin.misdirected = true;
+            self.count("admin:misdirected");
+            return;
+        }
+        let cluster = self.machines.len() > 1;
+        // Produce and ListOffsets name the topic: a broker whose image has not yet applied
+        // the deletion of this name's earlier topic (cut off from the quorum, say) answers
+        // for that one, as Kafka's brokers do. Only answers from a broker whose image names
+        // the admin's topic count (Fetch goes by topic id, which is exact).
+        let by_name = matches!(
+            request,
+            AdminRequest::Produce { .. } | AdminRequest::ListOffsets { .. }
+        );
+        if cluster && by_name {
+            let (name, id) = (self.admin(client).name.clone(), self.admin(client).id);
+            let node = self.clients[client].node;
+            let current = (self.machines[node].node.as_ref())
+                .and_then(|n| n.metadata_image().topic(&name).map(|t| t.id));
+            if current.is_none() || current != id {
+                self.admin(client).misdirected = true;
+                self.count("admin:stale-broker");
+                return;
+            }
+        }
         let admin = self.admin(client);
         match (request, response) {
             (AdminRequest::Create, Response::CreateTopics(r)) => {
@@ -1295,6 +1336,13 @@ impl Sim {
                     match admin.ids.get(&id) {
                         // The same topic again (after a cycle whose delete was unknown).
                         Some((name, _)) if *name == this.0 && admin.id.is_none_or(|i| i == id) => {}
+                        // A broker whose image has not yet applied the deletion of this name's
+                        // earlier topic (metadata reaches brokers a little late, in Kafka too):
+                        // asked again.
+                        Some((name, cycle)) if cluster && *name == this.0 && *cycle != this.1 => {
+                            admin.misdirected = true;
+                            return;
+                        }
                         Some((name, cycle)) if (name, *cycle) != (&this.0, this.1) => {
                             violations.push((
                                 ViolationKind::WrongTopic,
@@ -1484,5 +1532,36 @@ impl Sim {
             self.checker.violate(kind, now, detail);
         }
         self.count("admin:answered");
+    }
+}
+
+/// Whether an answer to the admin client says it went to the wrong node: not the controller,
+/// not the partition's leader (or a leader not serving yet).
+fn misdirected(response: &Response) -> bool {
+    let wrong = |code: i16| {
+        matches!(
+            code,
+            codes::NOT_CONTROLLER
+                | codes::NOT_LEADER_OR_FOLLOWER
+                | codes::LEADER_NOT_AVAILABLE
+                | codes::UNKNOWN_LEADER_EPOCH
+                | codes::FENCED_LEADER_EPOCH
+                | codes::OFFSET_NOT_AVAILABLE
+        )
+    };
+    match response {
+        Response::CreateTopics(r) => r.topics.iter().any(|t| wrong(t.error_code)),
+        Response::DeleteTopics(r) => r.responses.iter().any(|t| wrong(t.error_code)),
+        Response::CreatePartitions(r) => r.results.iter().any(|t| wrong(t.error_code)),
+        Response::Produce(r) => (r.responses.iter())
+            .flat_map(|t| &t.partition_responses)
+            .any(|p| wrong(p.error_code)),
+        Response::Fetch(r) => (r.responses.iter())
+            .flat_map(|t| &t.partitions)
+            .any(|p| wrong(p.error_code)),
+        Response::ListOffsets(r) => (r.topics.iter())
+            .flat_map(|t| &t.partitions)
+            .any(|p| wrong(p.error_code)),
+        _ => false,
     }
 }
