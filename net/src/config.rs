@@ -28,6 +28,9 @@ pub struct ServeConfig {
     /// Port clients are told to connect to (default: the port actually bound), for a broker
     /// behind a proxy or a port mapping.
     pub advertised_port: Option<u16>,
+    /// This broker's rack (Kafka's broker.rack): reported to clients, and replicas of a
+    /// partition are spread over racks.
+    pub rack: Option<String>,
     pub data_dir: PathBuf,
     pub cluster_id: String,
     pub auto_create_topics: bool,
@@ -51,6 +54,7 @@ impl Default for ServeConfig {
             listen: "127.0.0.1:9092".into(),
             advertised_host: None,
             advertised_port: None,
+            rack: None,
             data_dir: PathBuf::from("keel-data"),
             cluster_id: core.cluster_id,
             auto_create_topics: core.auto_create_topics,
@@ -78,6 +82,7 @@ impl ServeConfig {
                 .clone()
                 .unwrap_or_else(|| local.ip().to_string()),
             advertised_port: i32::from(self.advertised_port.unwrap_or(local.port())),
+            rack: self.rack.clone(),
             cluster_id: self.cluster_id.clone(),
             auto_create_topics: self.auto_create_topics,
             default_partitions: self.num_partitions,

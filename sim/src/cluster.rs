@@ -80,11 +80,15 @@ impl Cluster {
         Config {
             node_id: id,
             seed: self.seed,
+            advertised_host: format!("node{id}"),
             cluster: (self.ids.iter())
                 .map(|n| Broker {
                     node_id: *n,
-                    host: format!("node{n}"),
+                    // What the operator configured; each node registers its own advertised
+                    // host with the metadata quorum, and clients are told that one.
+                    host: format!("configured-node{n}"),
                     port: 9092,
+                    rack: None,
                 })
                 .collect(),
             ..Config::default()

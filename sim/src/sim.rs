@@ -407,6 +407,8 @@ struct Machine {
     high_watermarks: BTreeMap<i32, i64>,
     /// The harness created the workload's topic on it (clusters only).
     bootstrapped: bool,
+    /// The applied end of the metadata image last checked against the others.
+    image_checked: Option<i64>,
 }
 
 /// The client id of the harness's own connections (a cluster's bootstrap).
@@ -429,6 +431,9 @@ pub struct Sim {
     image_at: BTreeMap<i64, (usize, u32)>,
     /// Replicas of each partition of the workload topic, as the images named them.
     replica_counts: BTreeMap<i32, usize>,
+    /// Answers to the admin client (connection, correlation id) that left a node whose image
+    /// did not name the admin's current topic.
+    stale_answers: BTreeSet<(ConnId, i32)>,
     links: BTreeMap<ConnId, Link>,
     next_conn: ConnId,
     clients: Vec<Client>,
@@ -515,6 +520,8 @@ impl Sim {
                 node_id: n,
                 host: format!("node{n}"),
                 port: 9092,
+                // Three racks (fewer on fewer nodes): placement spreads replicas over them.
+                rack: Some(format!("rack-{}", (n - 1) % 3)),
             })
             .collect::<Vec<_>>();
         let node_config = Config {
@@ -613,12 +620,18 @@ impl Sim {
                     node: None,
                     config: Config {
                         node_id: i as i32 + 1,
+                        advertised_host: match nodes {
+                            1 => node_config.advertised_host.clone(),
+                            _ => format!("node{}", i + 1),
+                        },
+                        rack: (nodes > 1).then(|| format!("rack-{}", i % 3)),
                         ..node_config.clone()
                     },
                     incarnation: 0,
                     deadline_scheduled_ns: None,
                     high_watermarks: BTreeMap::new(),
                     bootstrapped: false,
+                    image_checked: None,
                 }
             })
             .collect();
@@ -636,6 +649,7 @@ impl Sim {
             leader_of_epoch: BTreeMap::new(),
             image_at: BTreeMap::new(),
             replica_counts: BTreeMap::new(),
+            stale_answers: BTreeSet::new(),
             links: BTreeMap::new(),
             next_conn: 1,
             clients,

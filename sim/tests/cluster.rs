@@ -539,6 +539,15 @@ fn every_broker_names_the_leaders_of_partitions_it_does_not_hold() {
         }
     }
     assert!(settled, "every node names every partition's leader");
+    // Every node registered itself: clients are told the hosts the nodes advertise.
+    let Some(Response::Metadata(m)) = c.call(3, 12, request.clone(), 1_000) else {
+        panic!()
+    };
+    let hosts: Vec<(i32, String)> = (m.brokers.iter())
+        .map(|b| (b.node_id, b.host.clone()))
+        .collect();
+    let advertised: Vec<(i32, String)> = ids.iter().map(|id| (*id, format!("node{id}"))).collect();
+    assert_eq!(hosts, advertised);
     let Some(Response::Metadata(m)) = c.call(1, 12, request, 1_000) else {
         panic!()
     };

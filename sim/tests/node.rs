@@ -1561,3 +1561,29 @@ fn the_vote_table_never_loses_a_durable_vote_to_failed_syncs_and_restarts() {
         }
     }
 }
+
+/// A node registers itself with its metadata quorum (of one): clients are told its rack.
+#[test]
+fn the_broker_s_rack_is_registered_and_reported() {
+    let config = Config {
+        rack: Some("eu-west-1a".into()),
+        ..Config::default()
+    };
+    let (mut h, _) = Harness::with(config, SimDisk::new(), true);
+    h.create_topic("t");
+    let Response::Metadata(m) = h.call(12, metadata_request("t")) else {
+        panic!()
+    };
+    assert_eq!(m.brokers[0].rack.as_deref(), Some("eu-west-1a"));
+    let Response::DescribeCluster(d) = h.call(0, Request::DescribeCluster(Default::default()))
+    else {
+        panic!()
+    };
+    assert_eq!(d.brokers[0].rack.as_deref(), Some("eu-west-1a"));
+    assert_eq!(d.controller_id, 1);
+    assert_eq!(
+        h.node.metadata_image().brokers()[&1].rack.as_deref(),
+        Some("eu-west-1a"),
+        "in the image, not only the configuration"
+    );
+}

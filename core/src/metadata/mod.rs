@@ -32,6 +32,7 @@ const TAG_TOPIC: u8 = 1;
 const TAG_PARTITIONS: u8 = 2;
 const TAG_REMOVE_TOPIC: u8 = 3;
 const TAG_LEADER: u8 = 4;
+const TAG_BROKER: u8 = 5;
 
 /// One change to the cluster's metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +55,15 @@ pub enum MetadataRecord {
         partition: i32,
         leader: i32,
         epoch: i32,
+    },
+    /// A broker's registration: where clients reach it and its rack, from its own
+    /// configuration, at its `incarnation`-th start (a later start's replaces an earlier's).
+    Broker {
+        id: i32,
+        host: String,
+        port: i32,
+        rack: Option<String>,
+        incarnation: u64,
     },
 }
 
@@ -78,8 +88,7 @@ impl MetadataRecord {
         match self {
             MetadataRecord::Topic { name, id, replicas } => {
                 out.put_u8(TAG_TOPIC);
-                out.put_u16(name.len() as u16);
-                out.put_slice(name.as_bytes());
+                put_string(&mut out, name);
                 out.put_slice(&id.0);
                 put_replicas(&mut out, replicas);
             }
@@ -104,6 +113,26 @@ impl MetadataRecord {
                 out.put_i32(*leader);
                 out.put_i32(*epoch);
             }
+            MetadataRecord::Broker {
+                id,
+                host,
+                port,
+                rack,
+                incarnation,
+            } => {
+                out.put_u8(TAG_BROKER);
+                out.put_i32(*id);
+                put_string(&mut out, host);
+                out.put_i32(*port);
+                match rack {
+                    Some(rack) => {
+                        out.put_u8(1);
+                        put_string(&mut out, rack);
+                    }
+                    None => out.put_u8(0),
+                }
+                out.put_u64(*incarnation);
+            }
         }
         out.freeze()
     }
@@ -116,10 +145,7 @@ impl MetadataRecord {
         }
         match get_u8(&mut buf)? {
             TAG_TOPIC => {
-                let len = get_u16(&mut buf)? as usize;
-                need(&buf, len)?;
-                let name =
-                    String::from_utf8(buf.split_to(len).to_vec()).map_err(|_| RecordError::Name)?;
+                let name = get_string(&mut buf)?;
                 let id = get_uuid(&mut buf)?;
                 let replicas = get_replicas(&mut buf)?;
                 Ok(MetadataRecord::Topic { name, id, replicas })
@@ -142,6 +168,26 @@ impl MetadataRecord {
                     epoch: buf.get_i32(),
                 })
             }
+            TAG_BROKER => {
+                need(&buf, 4)?;
+                let id = buf.get_i32();
+                let host = get_string(&mut buf)?;
+                need(&buf, 4)?;
+                let port = buf.get_i32();
+                let rack = match get_u8(&mut buf)? {
+                    0 => None,
+                    _ => Some(get_string(&mut buf)?),
+                };
+                need(&buf, 8)?;
+                let incarnation = buf.get_u64();
+                Ok(MetadataRecord::Broker {
+                    id,
+                    host,
+                    port,
+                    rack,
+                    incarnation,
+                })
+            }
             tag => Err(RecordError::Tag(tag)),
         }
     }
@@ -155,6 +201,17 @@ fn put_replicas(out: &mut BytesMut, replicas: &[Vec<i32>]) {
             out.put_i32(*node);
         }
     }
+}
+
+fn put_string(out: &mut BytesMut, text: &str) {
+    out.put_u16(text.len() as u16);
+    out.put_slice(text.as_bytes());
+}
+
+fn get_string(buf: &mut Bytes) -> Result<String, RecordError> {
+    let len = get_u16(buf)? as usize;
+    need(buf, len)?;
+    String::from_utf8(buf.split_to(len).to_vec()).map_err(|_| RecordError::Name)
 }
 
 fn need(buf: &Bytes, bytes: usize) -> Result<(), RecordError> {
@@ -217,6 +274,15 @@ pub struct TopicImage {
     pub leaders: Vec<(i32, i32)>,
 }
 
+/// A broker as it registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerImage {
+    pub host: String,
+    pub port: i32,
+    pub rack: Option<String>,
+    pub incarnation: u64,
+}
+
 /// What applying some records changed, for the node to make its disk agree.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ImageChanges {
@@ -230,6 +296,7 @@ pub struct ImageChanges {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct MetadataImage {
     topics: BTreeMap<String, TopicImage>,
+    brokers: BTreeMap<i32, BrokerImage>,
     names: BTreeMap<Uuid, String>,
     /// The offset after the last batch applied.
     applied_end: i64,
@@ -246,6 +313,11 @@ impl MetadataImage {
 
     pub fn topics(&self) -> impl Iterator<Item = &TopicImage> {
         self.topics.values()
+    }
+
+    /// The brokers that registered, by id.
+    pub fn brokers(&self) -> &BTreeMap<i32, BrokerImage> {
+        &self.brokers
     }
 
     pub fn applied_end(&self) -> i64 {
@@ -321,6 +393,30 @@ impl MetadataImage {
                     changes.removed.insert(*id);
                 }
             }
+            MetadataRecord::Broker {
+                id,
+                host,
+                port,
+                rack,
+                incarnation,
+            } => {
+                if self
+                    .brokers
+                    .get(id)
+                    .is_some_and(|b| b.incarnation > *incarnation)
+                {
+                    return;
+                }
+                self.brokers.insert(
+                    *id,
+                    BrokerImage {
+                        host: host.clone(),
+                        port: *port,
+                        rack: rack.clone(),
+                        incarnation: *incarnation,
+                    },
+                );
+            }
         }
     }
 
@@ -334,6 +430,16 @@ impl MetadataImage {
     /// simulator compares images that applied the same prefix).
     pub fn fingerprint(&self) -> u32 {
         let mut buf = BytesMut::new();
+        for (id, b) in &self.brokers {
+            let record = MetadataRecord::Broker {
+                id: *id,
+                host: b.host.clone(),
+                port: b.port,
+                rack: b.rack.clone(),
+                incarnation: b.incarnation,
+            };
+            buf.put_slice(&record.encode());
+        }
         for topic in self.topics.values() {
             let record = MetadataRecord::Topic {
                 name: topic.name.clone(),
@@ -355,11 +461,41 @@ impl MetadataImage {
     }
 }
 
+/// `brokers` (sorted ids, with their racks) in the order placement walks them: with racks,
+/// one broker of each rack in turn (Kafka's rack-alternated list), so that consecutive
+/// brokers sit in different racks whenever racks remain; without racks, as they are.
+pub fn rack_alternated(brokers: &[(i32, Option<String>)]) -> Vec<i32> {
+    if brokers.iter().all(|(_, rack)| rack.is_none()) {
+        return brokers.iter().map(|(id, _)| *id).collect();
+    }
+    let mut by_rack: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for (id, rack) in brokers {
+        by_rack
+            .entry(rack.as_deref().unwrap_or(""))
+            .or_default()
+            .push(*id);
+    }
+    let mut ordered = Vec::with_capacity(brokers.len());
+    for round in 0.. {
+        let before = ordered.len();
+        for ids in by_rack.values() {
+            if let Some(id) = ids.get(round) {
+                ordered.push(*id);
+            }
+        }
+        if ordered.len() == before {
+            break;
+        }
+    }
+    ordered
+}
+
 /// Replicas for `count` new partitions numbered from `first`, placed evenly over `brokers`
 /// (sorted ids): partition `p` starts at broker `(start + p) % n` and takes the next
 /// `replication_factor` brokers in turn, so leaders (the first of each list) and replicas
 /// spread over all brokers, and a topic's start differs from another's by `start` (drawn by
-/// the caller). Kafka places replicas the same way (without racks).
+/// the caller). Kafka places replicas the same way; given [`rack_alternated`] brokers, each
+/// partition's replicas span as many racks as there are, up to its replication factor.
 pub fn place_replicas(
     brokers: &[i32],
     first: i32,
@@ -404,6 +540,20 @@ mod tests {
                 partition: 1,
                 leader: 3,
                 epoch: 9,
+            },
+            MetadataRecord::Broker {
+                id: 2,
+                host: "kafka-2.example".into(),
+                port: 9092,
+                rack: Some("eu-west-1b".into()),
+                incarnation: 7,
+            },
+            MetadataRecord::Broker {
+                id: 3,
+                host: "h".into(),
+                port: 1,
+                rack: None,
+                incarnation: 0,
             },
         ];
         for record in records {
@@ -458,6 +608,32 @@ mod tests {
         image.apply(&create("a", 3), &mut changes);
         assert_eq!(image.topic("a").map(|t| t.id), Some(id(3)));
         assert_ne!(image.fingerprint(), before.fingerprint());
+    }
+
+    #[test]
+    fn replicas_span_racks_when_racks_are_known() {
+        let rack = |r: &str| Some(r.to_string());
+        let brokers = [
+            (1, rack("a")),
+            (2, rack("a")),
+            (3, rack("b")),
+            (4, rack("b")),
+            (5, rack("c")),
+            (6, rack("c")),
+        ];
+        let order = rack_alternated(&brokers);
+        assert_eq!(order, vec![1, 3, 5, 2, 4, 6]);
+        let rack_of: BTreeMap<i32, &str> =
+            [(1, "a"), (2, "a"), (3, "b"), (4, "b"), (5, "c"), (6, "c")]
+                .into_iter()
+                .collect();
+        for start in 0..6 {
+            for replicas in place_replicas(&order, 0, 12, 3, start) {
+                let racks: BTreeSet<_> = replicas.iter().map(|r| rack_of[r]).collect();
+                assert_eq!(racks.len(), 3, "{replicas:?} in three racks");
+            }
+        }
+        assert_eq!(rack_alternated(&[(1, None), (2, None)]), vec![1, 2]);
     }
 
     #[test]

@@ -153,7 +153,13 @@ impl<D: Disk> Node<D> {
                 ));
             }
             let start = (super::node_rng(&mut self.rng_state) % brokers.len() as u64) as usize;
-            place_replicas(&brokers, 0, partitions, factor as usize, start)
+            place_replicas(
+                &self.placement_order(),
+                0,
+                partitions,
+                factor as usize,
+                start,
+            )
         } else {
             assignments
         };
@@ -165,6 +171,14 @@ impl<D: Disk> Node<D> {
         };
         self.check_record(&record)?;
         Ok(record)
+    }
+
+    /// The brokers in the order placement walks them (alternating racks, if known).
+    pub(super) fn placement_order(&self) -> Vec<i32> {
+        let brokers: Vec<(i32, Option<String>)> = (self.brokers().into_iter())
+            .map(|b| (b.node_id, b.rack))
+            .collect();
+        crate::metadata::rack_alternated(&brokers)
     }
 
     /// Replication factor of a topic created without one: three, or every broker of a
@@ -237,6 +251,27 @@ impl<D: Disk> Node<D> {
                     _ => Err((codes::INVALID_REQUEST, "a stale or unknown leader".into())),
                 };
             }
+            MetadataRecord::Broker {
+                id, incarnation, ..
+            } => {
+                let member = brokers.contains(id);
+                let known = self.image.brokers().get(id);
+                let newer = known.is_none_or(|b| b.incarnation <= *incarnation);
+                let changed = known.map(|b| MetadataRecord::Broker {
+                    id: *id,
+                    host: b.host.clone(),
+                    port: b.port,
+                    rack: b.rack.clone(),
+                    incarnation: b.incarnation,
+                }) != Some(record.clone());
+                return match member && newer && changed {
+                    true => Ok(()),
+                    false => Err((
+                        codes::INVALID_REQUEST,
+                        format!("broker {id}: not a member, or a stale or known registration"),
+                    )),
+                };
+            }
         };
         if replicas.is_empty() {
             return Err((
@@ -304,7 +339,7 @@ impl<D: Disk> Node<D> {
         let mut records = Vec::new();
         for bytes in proposals {
             match MetadataRecord::decode(bytes) {
-                Ok(record @ MetadataRecord::Leader { .. }) => {
+                Ok(record @ (MetadataRecord::Leader { .. } | MetadataRecord::Broker { .. })) => {
                     if self.check_record(&record).is_ok() && !records.contains(&record) {
                         records.push(record);
                     }
@@ -322,7 +357,7 @@ impl<D: Disk> Node<D> {
                     tracing::warn!(
                         from,
                         ?other,
-                        "forwarded record refused: only topics and leaders are"
+                        "forwarded record refused: only topics, leaders and registrations are"
                     );
                 }
                 Err(e) => tracing::warn!(from, error = %e, "undecodable forwarded record"),
@@ -343,6 +378,64 @@ impl<D: Disk> Node<D> {
         }
     }
 
+    /// The node registers itself (where clients reach it, its rack, this start) with the
+    /// quorum until its image has that registration: written by the controller itself, or
+    /// forwarded, again every election timeout.
+    pub(super) fn register(&mut self, now: Instant) {
+        let now_ms = now.as_millis() as u64;
+        if now_ms < self.registration_due_ms {
+            return;
+        }
+        let record = MetadataRecord::Broker {
+            id: self.config.node_id,
+            host: self.config.advertised_host.clone(),
+            port: self.config.advertised_port,
+            rack: self.config.rack.clone(),
+            incarnation: self.incarnation,
+        };
+        let registered = self
+            .image
+            .brokers()
+            .get(&self.config.node_id)
+            .is_some_and(|b| {
+                b.incarnation == self.incarnation
+                    && b.host == self.config.advertised_host
+                    && b.port == self.config.advertised_port
+                    && b.rack == self.config.rack
+            });
+        if registered || self.check_record(&record).is_err() {
+            return;
+        }
+        if self.send_to_controller(now, vec![record]) {
+            self.registration_due_ms = now_ms + super::replication::ELECTION_TIMEOUT_MS;
+        }
+    }
+
+    /// Writes `records` if this node is the active controller, or forwards them to the
+    /// controller it knows of. Returns whether they went anywhere (nowhere while no
+    /// controller is known: the caller tries again at its next chance).
+    fn send_to_controller(&mut self, now: Instant, mut records: Vec<MetadataRecord>) -> bool {
+        if self.active_controller().is_some() {
+            records.retain(|r| self.check_record(r).is_ok());
+            if !records.is_empty() {
+                if let Err((code, message)) = self.propose(now, &records) {
+                    tracing::warn!(code, %message, "records not written");
+                    return false;
+                }
+            }
+            return true;
+        }
+        match self.controller_id() {
+            Some(controller) if controller != self.config.node_id => {
+                for record in &records {
+                    self.forward(record);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Partitions this node leads and has not yet seen named as led by it in the image
     /// report their leadership: to the controller (forwarded, again every election timeout
     /// until the image has it), or written at once by the controller itself. Only partitions
@@ -354,6 +447,7 @@ impl<D: Disk> Node<D> {
         let now_ms = now.as_millis() as u64;
         let brokers = self.brokers().len();
         let mut records = Vec::new();
+        let mut sent = Vec::new();
         for (log_id, next_ms) in std::mem::take(&mut self.leader_reports) {
             let Some((name, index)) = self.topics.name_index_of(log_id) else {
                 continue;
@@ -392,23 +486,18 @@ impl<D: Disk> Node<D> {
                 leader: self.config.node_id,
                 epoch: replica.leader_epoch(),
             });
-            self.leader_reports
-                .insert(log_id, now_ms + super::replication::ELECTION_TIMEOUT_MS);
+            sent.push(log_id);
         }
         if records.is_empty() {
             return;
         }
-        if self.active_controller().is_some() {
-            records.retain(|r| self.check_record(r).is_ok());
-            if !records.is_empty() {
-                if let Err((code, message)) = self.propose(now, &records) {
-                    tracing::warn!(code, %message, "leaders not written");
-                }
-            }
-        } else {
-            for record in &records {
-                self.forward(record);
-            }
+        // Not sent (no controller known): due again at once.
+        let next_ms = match self.send_to_controller(now, records) {
+            true => now_ms + super::replication::ELECTION_TIMEOUT_MS,
+            false => 0,
+        };
+        for log_id in sent {
+            self.leader_reports.insert(log_id, next_ms);
         }
     }
 

@@ -289,6 +289,7 @@ impl<D: Disk> Node<D> {
                 node_id: b.node_id,
                 host: b.host,
                 port: b.port,
+                rack: b.rack,
                 ..Default::default()
             })
             .collect();
@@ -998,7 +999,8 @@ impl<D: Disk> Node<D> {
                             let start = (super::node_rng(&mut self.rng_state)
                                 % brokers.len() as u64)
                                 as usize;
-                            Ok(place_replicas(&brokers, current, adding, factor, start))
+                            let order = self.placement_order();
+                            Ok(place_replicas(&order, current, adding, factor, start))
                         }
                     };
                     replicas.and_then(|replicas| {
@@ -1205,6 +1207,7 @@ impl<D: Disk> Node<D> {
                     broker_id: b.node_id,
                     host: b.host,
                     port: b.port,
+                    rack: b.rack,
                     ..Default::default()
                 })
                 .collect(),

@@ -124,6 +124,8 @@ pub struct Config {
     /// The host and port clients are told to connect to.
     pub advertised_host: String,
     pub advertised_port: i32,
+    /// This node's rack (Kafka's `broker.rack`), registered with the metadata quorum.
+    pub rack: Option<String>,
     pub cluster_id: String,
     pub auto_create_topics: bool,
     pub default_partitions: i32,
@@ -154,6 +156,8 @@ pub struct Broker {
     pub node_id: i32,
     pub host: String,
     pub port: i32,
+    /// Its rack (Kafka's `broker.rack`): replicas of a partition are spread over racks.
+    pub rack: Option<String>,
 }
 
 /// How long recovery points may lag the synced end before a round is started only to write
@@ -248,6 +252,7 @@ impl Default for Config {
             node_id: 1,
             advertised_host: "127.0.0.1".into(),
             advertised_port: 9092,
+            rack: None,
             cluster_id: "keel-cluster".into(),
             auto_create_topics: true,
             default_partitions: 1,
@@ -543,6 +548,10 @@ pub struct Node<D: Disk> {
     /// Partitions whose leadership this node is to report to the controller: log id, and
     /// when (ms) it may send the report again.
     leader_reports: BTreeMap<u64, u64>,
+    /// This start's number (`node-starts`): the incarnation the node registers with.
+    incarnation: u64,
+    /// When (ms) the node may send its registration to the controller again.
+    registration_due_ms: u64,
 }
 
 impl<D: Disk> Node<D> {
@@ -608,6 +617,8 @@ impl<D: Disk> Node<D> {
             orphans_adopted: false,
             admin_waiting: 0,
             leader_reports: BTreeMap::new(),
+            incarnation: starts,
+            registration_due_ms: 0,
         };
         if let Err(e) = node.ensure_metadata_log() {
             return Err(NodeError::Disk(match e {
@@ -627,17 +638,30 @@ impl<D: Disk> Node<D> {
         &self.config
     }
 
-    /// The cluster's nodes: the configured ones, or this node alone.
+    /// The cluster's nodes: the configured ones (or this node alone), each where and in
+    /// which rack it registered itself with the metadata quorum once it has.
     pub(crate) fn brokers(&self) -> Vec<Broker> {
-        if self.config.cluster.is_empty() {
+        let configured = if self.config.cluster.is_empty() {
             vec![Broker {
                 node_id: self.config.node_id,
                 host: self.config.advertised_host.clone(),
                 port: self.config.advertised_port,
+                rack: self.config.rack.clone(),
             }]
         } else {
             self.config.cluster.clone()
-        }
+        };
+        (configured.into_iter())
+            .map(|b| match self.image.brokers().get(&b.node_id) {
+                Some(registered) => Broker {
+                    node_id: b.node_id,
+                    host: registered.host.clone(),
+                    port: registered.port,
+                    rack: registered.rack.clone(),
+                },
+                None => b,
+            })
+            .collect()
     }
 
     /// The disk, for the harness (the simulator crashes it; tests inspect it).
@@ -728,6 +752,7 @@ impl<D: Disk> Node<D> {
             self.settle_replicas(now);
         }
         self.adopt_orphans(now);
+        self.register(now);
         self.report_leaders(now);
         self.complete_admin_waiters();
     }
@@ -1361,7 +1386,12 @@ impl<D: Disk> Node<D> {
                     let (t, p) = wait.at;
                     let answer = &mut response.responses[t].partition_responses[p];
                     let Some(partition) = self.topics.by_log_id(wait.log_id) else {
-                        // Its topic was deleted: nothing left to wait for.
+                        // Its topic was deleted before the write committed: it is gone with
+                        // the topic (never acknowledged as written).
+                        answer.error_code = crate::protocol::codes::UNKNOWN_TOPIC_OR_PARTITION;
+                        answer.error_message =
+                            Some("the topic was deleted before the write committed".into());
+                        answer.base_offset = -1;
                         return false;
                     };
                     let Some(replica) = partition.replica.as_ref() else {

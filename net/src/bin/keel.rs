@@ -69,6 +69,9 @@ struct ServeArgs {
     /// The cluster id reported to clients [default: keel-cluster].
     #[arg(long)]
     cluster_id: Option<String>,
+    /// This broker's rack (broker.rack), reported to clients; replicas are spread over racks.
+    #[arg(long)]
+    rack: Option<String>,
 }
 
 impl ServeArgs {
@@ -96,6 +99,9 @@ impl ServeArgs {
         );
         if let Some(host) = self.advertised_host {
             config.advertised_host = Some(host);
+        }
+        if let Some(rack) = self.rack {
+            config.rack = Some(rack);
         }
         if let Some(port) = self.advertised_port {
             config.advertised_port = Some(port);

@@ -905,7 +905,9 @@ impl Sim {
             }
             (PendingKind::Fetch, Response::Fetch(f)) => self.on_fetch(client, f),
             (PendingKind::Admin(request), response) => {
-                self.on_admin_response(client, request, response)
+                let conn = self.clients[client].conn.as_ref().map_or(0, |c| c.id);
+                let stale = self.stale_answers.remove(&(conn, pending.correlation_id));
+                self.on_admin_response(client, request, response, stale)
             }
             (PendingKind::InitProducerId, Response::InitProducerId(r)) => {
                 tracing::debug!(
@@ -1282,6 +1284,7 @@ impl Sim {
         client: usize,
         request: AdminRequest,
         response: Response,
+        stale: bool,
     ) {
         let now = self.now_ns;
         let pause_ns = self.rng.random_range(10 * MS..=200 * MS);
@@ -1299,6 +1302,7 @@ impl Sim {
             return;
         }
         let cluster = self.machines.len() > 1;
+        let node = self.clients[client].node;
         // Produce and ListOffsets name the topic: a broker whose image has not yet applied
         // the deletion of this name's earlier topic (cut off from the quorum, say) answers
         // for that one, as Kafka's brokers do. Only answers from a broker whose image names
@@ -1307,16 +1311,10 @@ impl Sim {
             request,
             AdminRequest::Produce { .. } | AdminRequest::ListOffsets { .. }
         );
-        if cluster && by_name {
-            let (name, id) = (self.admin(client).name.clone(), self.admin(client).id);
-            let node = self.clients[client].node;
-            let current = (self.machines[node].node.as_ref())
-                .and_then(|n| n.metadata_image().topic(&name).map(|t| t.id));
-            if current.is_none() || current != id {
-                self.admin(client).misdirected = true;
-                self.count("admin:stale-broker");
-                return;
-            }
+        if cluster && by_name && stale {
+            self.admin(client).misdirected = true;
+            self.count("admin:stale-broker");
+            return;
         }
         let admin = self.admin(client);
         match (request, response) {
@@ -1382,6 +1380,12 @@ impl Sim {
                     .and_then(|t| t.partition_responses.first())
                 {
                     if answer.error_code == codes::NONE {
+                        tracing::debug!(
+                            node = node + 1,
+                            partition,
+                            base_offset = answer.base_offset,
+                            "side topic write acknowledged"
+                        );
                         for (i, value) in values.iter().enumerate() {
                             let offset = answer.base_offset + i as i64;
                             admin.acked.insert((partition, offset), *value);
@@ -1487,7 +1491,7 @@ impl Sim {
                             )),
                             1 if p.offset < acked_end => violations.push((
                                 ViolationKind::LostWrite,
-                                format!("side topic partition {partition}: latest offset {}, offset {} acknowledged", p.offset, acked_end - 1),
+                                format!("side topic partition {partition}: latest offset {} (node {}), offset {} acknowledged", p.offset, node + 1, acked_end - 1),
                             )),
                             2 => {
                                 if let Some((_, _, first)) = admin.first_acked {
