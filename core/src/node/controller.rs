@@ -573,20 +573,25 @@ impl<D: Disk> Node<D> {
     fn reconcile(&mut self, _now: Instant, changes: &ImageChanges) {
         let me = self.config.node_id;
         for id in &changes.removed {
-            if let Some(name) = self.topics.name_of(id).map(str::to_string) {
-                self.delete_local(&name);
+            match self.topics.delete_id(&mut self.disk, *id) {
+                Ok(false) => {}
+                Ok(true) => {
+                    tracing::info!(topic = ?id, "deleted topic");
+                    self.deleted_local();
+                }
+                Err(e) => tracing::error!(topic = ?id, error = %e, "cannot delete topic"),
             }
         }
         for id in &changes.grown {
             let Some(topic) = self.image.topic_by_id(id).cloned() else {
                 continue;
             };
-            let local_id = self.topics.by_name.get(&topic.name).map(|t| t.id);
-            if local_id.is_some_and(|local| local != topic.id) {
-                // The name is another topic's now: this one was deleted while the node was
-                // away (or before the quorum).
-                self.delete_local(&topic.name);
-            }
+            // A directory of the name that holds another topic's partition stays, and this
+            // one is not made there: that topic is not in the image yet (a removal would have
+            // deleted it), so the image is behind the disk (a restart replaying the log, a
+            // follower catching up) and this topic is an earlier one, removed further on.
+            // Only a removal ever deletes a partition: an image passing through its history
+            // must never delete what a later record keeps.
             let wanted: Vec<(i32, Vec<i32>)> = (topic.replicas.iter().enumerate())
                 .filter(|(_, nodes)| nodes.contains(&me))
                 .map(|(index, nodes)| (index as i32, nodes.clone()))
@@ -614,14 +619,11 @@ impl<D: Disk> Node<D> {
         }
     }
 
-    /// Removes a topic's partitions from this node's disk.
-    fn delete_local(&mut self, name: &str) {
+    /// Partitions were removed from this node's disk: the data directory is synced, and
+    /// fetches parked on them look again.
+    fn deleted_local(&mut self) {
         self.extra_dirty_files.push(self.root_dir);
         self.data_version += 1;
-        match self.topics.delete(&mut self.disk, name) {
-            Ok(()) => tracing::info!(topic = %name, "deleted topic"),
-            Err(e) => tracing::error!(topic = %name, error = %e, "cannot delete topic"),
-        }
     }
 
     /// On a cluster of one, once the controller is ready: topics on disk that the image

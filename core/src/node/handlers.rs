@@ -136,12 +136,12 @@ fn held_partition<'a>(
     let Some(named) = named else {
         return Err(codes::UNKNOWN_TOPIC_OR_PARTITION);
     };
-    if topics.by_name.get(topic).map(|t| t.id) != Some(named.id) {
-        return Err(codes::NOT_LEADER_OR_FOLLOWER);
+    // The partition as this node holds it, of this very topic (not of an earlier one of the
+    // name whose deletion the node has not applied yet).
+    match topics.get(topic, partition) {
+        Some(p) if p.topic_id == named.id => Ok(topics.get(topic, partition).expect("found")),
+        _ => Err(codes::NOT_LEADER_OR_FOLLOWER),
     }
-    topics
-        .get(topic, partition)
-        .ok_or(codes::NOT_LEADER_OR_FOLLOWER)
 }
 
 impl<D: Disk> Node<D> {
@@ -215,8 +215,9 @@ impl<D: Disk> Node<D> {
             let mut partitions = Vec::with_capacity(topic.replicas.len());
             for (index, replicas) in topic.replicas.iter().enumerate() {
                 let index = index as i32;
-                let local = self.topics.by_name.get(&name).filter(|t| t.id == topic.id);
-                let p = local.and_then(|t| t.partitions.get(&index));
+                let local = self.topics.by_name.get(&name);
+                let p = (local.and_then(|t| t.partitions.get(&index)))
+                    .filter(|p| p.topic_id == topic.id);
                 let replica = p.and_then(|p| p.replica.as_ref());
                 // A replica knows its group's leader; for a partition this node does not
                 // hold, the leader the image last recorded.

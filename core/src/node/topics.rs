@@ -56,6 +56,9 @@ pub(crate) struct Partition {
     /// The nodes that hold it (its group's voters); empty: every node of the cluster (a
     /// partition made before assignments were recorded).
     pub(crate) replicas: Vec<i32>,
+    /// The id in its own `partition.metadata`: a crash can bring back a directory of an
+    /// earlier topic of the same name (a removal undone), beside the current one's.
+    pub(crate) topic_id: Uuid,
 }
 
 impl Partition {
@@ -178,6 +181,29 @@ fn write_topic_id(
     Ok(metadata)
 }
 
+/// Removes a partition's files and directory.
+fn delete_partition(
+    disk: &mut dyn Disk,
+    name: &str,
+    index: i32,
+    partition: Partition,
+) -> Result<(), LogError> {
+    let dir = partition_dir(name, index);
+    if let Ok(log) = partition.log {
+        log.delete(disk)?;
+    }
+    // Files an offline partition left behind go too.
+    for file in disk.list()? {
+        if file.starts_with(&format!("{dir}/")) {
+            disk.remove(&file)?;
+        }
+    }
+    // Durable once the data directory is synced: the caller syncs it before it answers, or
+    // the partition could come back after a crash.
+    disk.remove_dir(&dir)?;
+    Ok(())
+}
+
 impl Topics {
     pub(crate) fn recover(
         disk: &mut dyn Disk,
@@ -259,10 +285,36 @@ impl Topics {
                     log_id: next_log_id,
                     replica: None,
                     replicas: found.map(|(_, replicas)| replicas).unwrap_or_default(),
+                    topic_id: id.unwrap_or_default(),
                 },
             );
         }
         topics.next_log_id = next_log_id;
+        // A partition without its `partition.metadata` never finished its creation (the file
+        // is synced with the directory, before anything is acknowledged): it goes, and the
+        // metadata image makes it again if it is still wanted.
+        let unnamed: Vec<(String, i32)> = (topics.by_name.iter())
+            .flat_map(|(name, t)| {
+                (t.partitions.iter())
+                    .filter(|(_, p)| p.topic_id == Uuid::default())
+                    .map(move |(index, _)| (name.clone(), *index))
+            })
+            .filter(|(name, _)| topics.by_name[name].id != Uuid::default())
+            .collect();
+        for (name, index) in unnamed {
+            tracing::warn!(topic = %name, partition = index, "partition without its id: an unfinished creation; removing it");
+            let partition = (topics.by_name.get_mut(&name))
+                .and_then(|t| t.partitions.remove(&index))
+                .expect("listed");
+            match delete_partition(disk, &name, index, partition) {
+                Ok(()) => {}
+                Err(LogError::Disk(e)) => return Err(e),
+                Err(e) => return Err(DiskError::Io(e.to_string())),
+            }
+            events.retain(|e| {
+                !matches!(e, RecoveryEvent::Recovered { topic, partition, .. } | RecoveryEvent::Offline { topic, partition, .. } if *topic == name && *partition == index)
+            });
+        }
         // A topic with no `partition.metadata` left anywhere never finished its creation (the
         // files are synced before CreateTopics answers, or any write to it is acknowledged)
         // or was being deleted: nothing in it was acknowledged and still wanted. It goes.
@@ -303,7 +355,8 @@ impl Topics {
             for (index, partition) in &topic.partitions {
                 if partition.log.is_ok() {
                     let dir = partition_dir(name, *index);
-                    files.push(write_topic_id(disk, &dir, &topic.id, &partition.replicas)?);
+                    let id = &partition.topic_id;
+                    files.push(write_topic_id(disk, &dir, id, &partition.replicas)?);
                 }
             }
         }
@@ -327,9 +380,9 @@ impl Topics {
                 id,
                 partitions: BTreeMap::new(),
             });
-        debug_assert_eq!(topic.id, id, "a topic's partitions share its id");
         let mut files = Vec::new();
         for (partition, replicas) in partitions {
+            // Taken (by this topic, or another of the name the caller leaves alone).
             if topic.partitions.contains_key(partition) {
                 continue;
             }
@@ -344,11 +397,54 @@ impl Topics {
                     log_id: self.next_log_id,
                     replica: None,
                     replicas: replicas.clone(),
+                    topic_id: id,
                 },
             );
         }
         self.reindex();
         Ok(files)
+    }
+
+    /// Deletes every partition of topic `id`, under whatever name. Returns whether it
+    /// deleted any.
+    pub(crate) fn delete_id(&mut self, disk: &mut dyn Disk, id: Uuid) -> Result<bool, LogError> {
+        let held: Vec<(String, Vec<i32>)> = (self.by_name.iter())
+            .map(|(name, t)| {
+                let indexes = (t.partitions.iter())
+                    .filter(|(_, p)| p.topic_id == id)
+                    .map(|(index, _)| *index)
+                    .collect();
+                (name.clone(), indexes)
+            })
+            .filter(|(_, indexes): &(String, Vec<i32>)| !indexes.is_empty())
+            .collect();
+        for (name, indexes) in &held {
+            self.delete_partitions(disk, name, indexes)?;
+        }
+        Ok(!held.is_empty())
+    }
+
+    /// Deletes partitions `indexes` of topic `name` (the topic too, once it has none).
+    fn delete_partitions(
+        &mut self,
+        disk: &mut dyn Disk,
+        name: &str,
+        indexes: &[i32],
+    ) -> Result<(), LogError> {
+        let Some(topic) = self.by_name.get_mut(name) else {
+            return Ok(());
+        };
+        let removed: Vec<(i32, Partition)> = (indexes.iter())
+            .filter_map(|index| Some((*index, topic.partitions.remove(index)?)))
+            .collect();
+        if topic.partitions.is_empty() {
+            self.by_name.remove(name);
+        }
+        self.reindex();
+        for (index, partition) in removed {
+            delete_partition(disk, name, index, partition)?;
+        }
+        Ok(())
     }
 
     /// Rebuilds the indexes by log id and by group (after topics come or go); every log not
@@ -368,7 +464,7 @@ impl Topics {
                 self.by_log_id
                     .insert(partition.log_id, (name.clone(), *index));
                 self.by_group
-                    .insert(group_id(&topic.id, *index), partition.log_id);
+                    .insert(group_id(&partition.topic_id, *index), partition.log_id);
             }
         }
     }
@@ -401,7 +497,7 @@ impl Topics {
         for topic in self.by_name.values() {
             for (index, p) in &topic.partitions {
                 if p.log.is_ok() && p.replica.is_none() {
-                    missing.push((p.log_id, group_id(&topic.id, *index), p.replicas.clone()));
+                    missing.push((p.log_id, group_id(&p.topic_id, *index), p.replicas.clone()));
                 }
             }
         }
@@ -414,19 +510,7 @@ impl Topics {
         };
         self.reindex();
         for (index, partition) in topic.partitions {
-            let dir = partition_dir(name, index);
-            if let Ok(log) = partition.log {
-                log.delete(disk)?;
-            }
-            // Files an offline partition left behind go too.
-            for file in disk.list()? {
-                if file.starts_with(&format!("{dir}/")) {
-                    disk.remove(&file)?;
-                }
-            }
-            // Durable once the data directory is synced: the caller syncs it before it
-            // answers, or the topic could come back after a crash.
-            disk.remove_dir(&dir)?;
+            delete_partition(disk, name, index, partition)?;
         }
         Ok(())
     }
@@ -447,7 +531,7 @@ impl Topics {
     pub(crate) fn name_of(&self, id: &Uuid) -> Option<&str> {
         self.by_name
             .iter()
-            .find(|(_, t)| t.id == *id)
+            .find(|(_, t)| t.id == *id || t.partitions.values().any(|p| p.topic_id == *id))
             .map(|(n, _)| n.as_str())
     }
 
