@@ -562,3 +562,116 @@ fn every_broker_names_the_leaders_of_partitions_it_does_not_hold() {
         "two replicas each of ten partitions over five nodes: {held:?}"
     );
 }
+
+/// A manual replica assignment in CreateTopics and CreatePartitions is honoured (the first
+/// broker of each list is the preferred leader), and one naming a broker outside the cluster,
+/// or the same broker twice, is refused.
+#[test]
+fn manual_replica_assignments_are_honoured() {
+    use keel_core::protocol::messages::create_partitions_request::{
+        CreatePartitionsAssignment, CreatePartitionsTopic,
+    };
+    use keel_core::protocol::messages::create_topics_request::{
+        CreatableReplicaAssignment, CreatableTopic,
+    };
+    let mut c = Cluster::new(5, 11);
+    let ids = c.ids().to_vec();
+    let create = |name: &str, assignments: Vec<Vec<i32>>| {
+        Request::CreateTopics(CreateTopicsRequest {
+            topics: vec![CreatableTopic {
+                name: name.into(),
+                num_partitions: -1,
+                replication_factor: -1,
+                assignments: (assignments.into_iter().enumerate())
+                    .map(|(i, broker_ids)| CreatableReplicaAssignment {
+                        partition_index: i as i32,
+                        broker_ids,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            timeout_ms: 5_000,
+            ..Default::default()
+        })
+    };
+    // Asks every node until the controller answers; returns its error code.
+    let mut ask = |c: &mut Cluster, request: Request, version: i16| -> i16 {
+        for _ in 0..100 {
+            c.run(100);
+            for id in &ids {
+                let code = match c.call(*id, version, request.clone(), 2_000) {
+                    Some(Response::CreateTopics(r)) => r.topics[0].error_code,
+                    Some(Response::CreatePartitions(r)) => r.results[0].error_code,
+                    other => panic!("{other:?}"),
+                };
+                if code != codes::NOT_CONTROLLER {
+                    return code;
+                }
+            }
+        }
+        panic!("no controller answered")
+    };
+    let placed = vec![vec![4, 5], vec![5, 1], vec![2, 3]];
+    assert_eq!(
+        ask(&mut c, create("manual", placed.clone()), 5),
+        codes::NONE
+    );
+    assert_eq!(
+        ask(&mut c, create("outside", vec![vec![1, 9]]), 5),
+        codes::INVALID_REPLICA_ASSIGNMENT
+    );
+    assert_eq!(
+        ask(&mut c, create("twice", vec![vec![2, 2]]), 5),
+        codes::INVALID_REPLICA_ASSIGNMENT
+    );
+    let grow = Request::CreatePartitions(CreatePartitionsRequest {
+        topics: vec![CreatePartitionsTopic {
+            name: "manual".into(),
+            count: 4,
+            assignments: Some(vec![CreatePartitionsAssignment {
+                broker_ids: vec![3, 4],
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }],
+        timeout_ms: 5_000,
+        ..Default::default()
+    });
+    assert_eq!(ask(&mut c, grow, 3), codes::NONE);
+    let request = Request::Metadata(MetadataRequest {
+        topics: Some(vec![MetadataRequestTopic {
+            name: Some("manual".into()),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    });
+    let mut expected = placed;
+    expected.push(vec![3, 4]);
+    for id in c.ids().to_vec() {
+        let seen = (0..50).any(|_| {
+            c.run(100);
+            let Some(Response::Metadata(m)) = c.call(id, 12, request.clone(), 1_000) else {
+                return false;
+            };
+            let replicas: Vec<Vec<i32>> = (m.topics[0].partitions.iter())
+                .map(|p| p.replica_nodes.clone())
+                .collect();
+            replicas == expected
+        });
+        assert!(seen, "n{id} reports the assignment");
+    }
+    // Each node holds exactly the partitions assigned to it.
+    for (id, node) in &c.nodes {
+        let mut held: Vec<i32> = (node.partition_offsets().into_iter())
+            .filter(|p| p.topic == "manual")
+            .map(|p| p.partition)
+            .collect();
+        held.sort_unstable();
+        let wanted: Vec<i32> = (expected.iter().enumerate())
+            .filter(|(_, r)| r.contains(id))
+            .map(|(i, _)| i as i32)
+            .collect();
+        assert_eq!(held, wanted, "n{id}");
+    }
+}

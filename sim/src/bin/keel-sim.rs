@@ -181,7 +181,7 @@ fn run_scale(nodes: i32, partitions: i32, idle_ns: u64) -> anyhow::Result<ExitCo
         led = cluster
             .nodes
             .values()
-            .map(|n| n.partitions_led())
+            .map(|n| n.leaderships("scale").len())
             .sum::<usize>();
         if led == partitions as usize {
             break;
