@@ -1587,3 +1587,101 @@ fn the_broker_s_rack_is_registered_and_reported() {
         "in the image, not only the configuration"
     );
 }
+
+/// Topic configs given at creation are recorded by the metadata quorum: reported by
+/// CreateTopics and DescribeConfigs (as the topic's, not defaults), `max.message.bytes`
+/// enforced for that topic; a config Keel cannot honour is refused with INVALID_CONFIG.
+#[test]
+fn topic_configs_are_recorded_honoured_or_refused() {
+    use keel_core::protocol::messages::create_topics_request::{
+        CreatableTopic, CreatableTopicConfig,
+    };
+    use keel_core::protocol::messages::describe_configs_request::DescribeConfigsResource;
+    let (mut h, _) = Harness::new(SimDisk::new());
+    let create = |name: &str, configs: &[(&str, &str)]| {
+        Request::CreateTopics(CreateTopicsRequest {
+            topics: vec![CreatableTopic {
+                name: name.into(),
+                num_partitions: 1,
+                replication_factor: -1,
+                configs: (configs.iter())
+                    .map(|(k, v)| CreatableTopicConfig {
+                        name: k.to_string(),
+                        value: Some(v.to_string()),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            timeout_ms: 1_000,
+            ..Default::default()
+        })
+    };
+    let Response::CreateTopics(r) = h.call(
+        5,
+        create(
+            "t",
+            &[("max.message.bytes", "200"), ("retention.ms", "3600000")],
+        ),
+    ) else {
+        panic!()
+    };
+    assert_eq!(r.topics[0].error_code, codes::NONE, "{r:?}");
+    let reported: Vec<(String, Option<String>)> = (r.topics[0].configs.iter().flatten())
+        .map(|c| (c.name.clone(), c.value.clone()))
+        .collect();
+    assert_eq!(
+        reported,
+        vec![
+            ("max.message.bytes".to_string(), Some("200".to_string())),
+            ("retention.ms".to_string(), Some("3600000".to_string()))
+        ]
+    );
+    for (configs, why) in [
+        (vec![("cleanup.policy", "compact")], "compaction"),
+        (vec![("no.such.config", "1")], "unknown"),
+        (
+            vec![("min.insync.replicas", "2")],
+            "more than a majority of one replica",
+        ),
+    ] {
+        let Response::CreateTopics(r) = h.call(5, create("refused", &configs)) else {
+            panic!()
+        };
+        assert_eq!(r.topics[0].error_code, codes::INVALID_CONFIG, "{why}");
+    }
+    let Response::DescribeConfigs(d) = h.call(
+        4,
+        Request::DescribeConfigs(DescribeConfigsRequest {
+            resources: vec![DescribeConfigsResource {
+                resource_type: 2,
+                resource_name: "t".into(),
+                configuration_keys: Some(vec![
+                    "max.message.bytes".into(),
+                    "retention.bytes".into(),
+                ]),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+    ) else {
+        panic!()
+    };
+    let entries: Vec<(String, Option<String>, i8)> = (d.results[0].configs.iter())
+        .map(|c| (c.name.clone(), c.value.clone(), c.config_source))
+        .collect();
+    assert_eq!(
+        entries,
+        vec![
+            ("max.message.bytes".to_string(), Some("200".to_string()), 1),
+            ("retention.bytes".to_string(), Some("-1".to_string()), 5)
+        ]
+    );
+    // The topic's own maximum: a batch of 300 bytes is refused there, not elsewhere.
+    let big = "x".repeat(300);
+    let p = h.produce(9, produce_request("t", 0, batch(&[&big]), 1));
+    assert_eq!(p.error_code, codes::MESSAGE_TOO_LARGE);
+    h.create_topic("u");
+    let p = h.produce(9, produce_request("u", 0, batch(&[&big]), 1));
+    assert_eq!(p.error_code, codes::NONE);
+}

@@ -33,6 +33,7 @@ const TAG_PARTITIONS: u8 = 2;
 const TAG_REMOVE_TOPIC: u8 = 3;
 const TAG_LEADER: u8 = 4;
 const TAG_BROKER: u8 = 5;
+const TAG_CONFIG: u8 = 6;
 
 /// One change to the cluster's metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +65,12 @@ pub enum MetadataRecord {
         port: i32,
         rack: Option<String>,
         incarnation: u64,
+    },
+    /// A topic's config set (`Some`) or back to its default (`None`).
+    Config {
+        id: Uuid,
+        key: String,
+        value: Option<String>,
     },
 }
 
@@ -133,6 +140,18 @@ impl MetadataRecord {
                 }
                 out.put_u64(*incarnation);
             }
+            MetadataRecord::Config { id, key, value } => {
+                out.put_u8(TAG_CONFIG);
+                out.put_slice(&id.0);
+                put_string(&mut out, key);
+                match value {
+                    Some(value) => {
+                        out.put_u8(1);
+                        put_string(&mut out, value);
+                    }
+                    None => out.put_u8(0),
+                }
+            }
         }
         out.freeze()
     }
@@ -187,6 +206,15 @@ impl MetadataRecord {
                     rack,
                     incarnation,
                 })
+            }
+            TAG_CONFIG => {
+                let id = get_uuid(&mut buf)?;
+                let key = get_string(&mut buf)?;
+                let value = match get_u8(&mut buf)? {
+                    0 => None,
+                    _ => Some(get_string(&mut buf)?),
+                };
+                Ok(MetadataRecord::Config { id, key, value })
             }
             tag => Err(RecordError::Tag(tag)),
         }
@@ -272,6 +300,8 @@ pub struct TopicImage {
     /// Each partition's leader and its epoch, as last reported ((-1, -1): none yet; only
     /// partitions some broker holds no replica of are reported).
     pub leaders: Vec<(i32, i32)>,
+    /// Configs set for the topic (the others have their defaults).
+    pub configs: BTreeMap<String, String>,
 }
 
 /// A broker as it registered.
@@ -353,6 +383,7 @@ impl MetadataImage {
                         id: *id,
                         replicas: replicas.clone(),
                         leaders: vec![(-1, -1); replicas.len()],
+                        configs: BTreeMap::new(),
                     },
                 );
                 changes.grown.insert(*id);
@@ -392,6 +423,16 @@ impl MetadataImage {
                     changes.grown.remove(id);
                     changes.removed.insert(*id);
                 }
+            }
+            MetadataRecord::Config { id, key, value } => {
+                let Some(name) = self.names.get(id) else {
+                    return;
+                };
+                let topic = self.topics.get_mut(name).expect("indexed");
+                match value {
+                    Some(value) => topic.configs.insert(key.clone(), value.clone()),
+                    None => topic.configs.remove(key),
+                };
             }
             MetadataRecord::Broker {
                 id,
@@ -447,6 +488,14 @@ impl MetadataImage {
                 replicas: topic.replicas.clone(),
             };
             buf.put_slice(&record.encode());
+            for (key, value) in &topic.configs {
+                let record = MetadataRecord::Config {
+                    id: topic.id,
+                    key: key.clone(),
+                    value: Some(value.clone()),
+                };
+                buf.put_slice(&record.encode());
+            }
             for (partition, (leader, epoch)) in topic.leaders.iter().enumerate() {
                 let record = MetadataRecord::Leader {
                     id: topic.id,
@@ -458,6 +507,45 @@ impl MetadataImage {
             }
         }
         crc32c::crc32c(&buf)
+    }
+}
+
+/// A topic config a client may set, checked: Kafka's name, a value Keel honours. Returns why
+/// not otherwise (the answer's INVALID_CONFIG message). `replication_factor` bounds
+/// `min.insync.replicas`: an acks=all write waits for a majority of the replicas, so any
+/// minimum up to a majority holds.
+pub fn check_topic_config(key: &str, value: &str, replication_factor: usize) -> Result<(), String> {
+    let int = |min: i64| match value.parse::<i64>() {
+        Ok(v) if v >= min => Ok(v),
+        _ => Err(format!(
+            "{key} must be an integer of at least {min}, not {value:?}"
+        )),
+    };
+    match key {
+        "cleanup.policy" if value == "delete" => Ok(()),
+        "cleanup.policy" => Err(format!(
+            "cleanup.policy {value:?}: only \"delete\" (no compaction yet)"
+        )),
+        "compression.type" if value == "producer" => Ok(()),
+        "compression.type" => Err(format!(
+            "compression.type {value:?}: only \"producer\" (batches are stored as sent)"
+        )),
+        "message.timestamp.type" if value == "CreateTime" => Ok(()),
+        "message.timestamp.type" => Err(format!(
+            "message.timestamp.type {value:?}: only \"CreateTime\""
+        )),
+        "max.message.bytes" => int(0).map(drop),
+        "retention.ms" | "retention.bytes" => int(-1).map(drop),
+        "min.insync.replicas" => {
+            let majority = replication_factor / 2 + 1;
+            match int(1)? {
+                v if v as usize <= majority => Ok(()),
+                v => Err(format!(
+                    "min.insync.replicas {v}: an acks=all write waits for a majority ({majority} of {replication_factor} replicas), no more"
+                )),
+            }
+        }
+        _ => Err(format!("{key} is not a topic config Keel knows")),
     }
 }
 
@@ -554,6 +642,16 @@ mod tests {
                 port: 1,
                 rack: None,
                 incarnation: 0,
+            },
+            MetadataRecord::Config {
+                id: id(7),
+                key: "retention.ms".into(),
+                value: Some("86400000".into()),
+            },
+            MetadataRecord::Config {
+                id: id(7),
+                key: "retention.ms".into(),
+                value: None,
             },
         ];
         for record in records {

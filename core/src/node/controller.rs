@@ -251,6 +251,18 @@ impl<D: Disk> Node<D> {
                     _ => Err((codes::INVALID_REQUEST, "a stale or unknown leader".into())),
                 };
             }
+            MetadataRecord::Config { id, key, value } => {
+                // A topic written in the same batch is checked by its request's handler.
+                let Some(topic) = self.image.topic_by_id(id) else {
+                    return Ok(());
+                };
+                let factor = topic.replicas.first().map_or(1, Vec::len);
+                return match value {
+                    Some(value) => crate::metadata::check_topic_config(key, value, factor)
+                        .map_err(|message| (codes::INVALID_CONFIG, message)),
+                    None => Ok(()),
+                };
+            }
             MetadataRecord::Broker {
                 id, incarnation, ..
             } => {

@@ -22,6 +22,8 @@ const LATEST_TIMESTAMP: i64 = -1;
 const EARLIEST_TIMESTAMP: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 const CONFIG_SOURCE_DEFAULT: i8 = 5;
+/// Kafka's DYNAMIC_TOPIC_CONFIG: set for the topic (at its creation).
+const CONFIG_SOURCE_TOPIC: i8 = 1;
 const RESOURCE_TYPE_TOPIC: i8 = 2;
 const RESOURCE_TYPE_BROKER: i8 = 4;
 
@@ -424,7 +426,10 @@ impl<D: Disk> Node<D> {
         partition: i32,
         records: Option<&Bytes>,
     ) -> Result<Appended, (i16, String)> {
-        let max_message_bytes = self.config.max_message_bytes;
+        let max_message_bytes = (self.image.topic(topic))
+            .and_then(|t| t.configs.get("max.message.bytes"))
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(self.config.max_message_bytes);
         let expiry_ms = self.config.log.producer_id_expiration_ms;
         let no_dedup = self.config.planted_bug == Some(PlantedBug::NoDedup);
         let p = match held_partition(&mut self.topics, &self.image, topic, partition) {
@@ -815,20 +820,53 @@ impl<D: Disk> Node<D> {
                     result.error_code = code;
                     result.error_message = Some(message);
                 }
-                Ok(MetadataRecord::Topic { id, replicas, .. }) if request.validate_only => {
-                    let _ = id;
-                    result.num_partitions = replicas.len() as i32;
-                    result.replication_factor = replicas.first().map_or(0, |r| r.len() as i16);
+                Ok(MetadataRecord::Topic { replicas, .. }) if request.validate_only => {
+                    let factor = replicas.first().map_or(1, Vec::len);
+                    let bad = (topic.configs.iter())
+                        .filter_map(|c| Some((c.name.as_str(), c.value.as_deref()?)))
+                        .find_map(|(key, value)| {
+                            crate::metadata::check_topic_config(key, value, factor).err()
+                        });
+                    match bad {
+                        Some(message) => {
+                            result.error_code = codes::INVALID_CONFIG;
+                            result.error_message = Some(message);
+                        }
+                        None => {
+                            result.num_partitions = replicas.len() as i32;
+                            result.replication_factor = factor as i16;
+                        }
+                    }
                 }
                 Ok(record) => {
-                    if let MetadataRecord::Topic { id, .. } = &record {
-                        created.push((topics.len(), *id));
+                    let MetadataRecord::Topic { id, name, replicas } = &record else {
+                        unreachable!("new_topic makes topics")
+                    };
+                    let factor = replicas.first().map_or(1, Vec::len);
+                    let configs: Result<Vec<MetadataRecord>, String> = (topic.configs.iter())
+                        .filter_map(|c| Some((c.name.clone(), c.value.clone()?)))
+                        .map(|(key, value)| {
+                            crate::metadata::check_topic_config(&key, &value, factor)?;
+                            Ok(MetadataRecord::Config {
+                                id: *id,
+                                key,
+                                value: Some(value),
+                            })
+                        })
+                        .collect();
+                    match configs {
+                        Err(message) => {
+                            result.error_code = codes::INVALID_CONFIG;
+                            result.error_message = Some(message);
+                        }
+                        Ok(configs) => {
+                            created.push((topics.len(), *id));
+                            // Later topics of the request must not take its name or id.
+                            self.proposed.insert(name.clone(), i64::MAX);
+                            records.push(record);
+                            records.extend(configs);
+                        }
                     }
-                    // Later topics of the request must not take its name or id.
-                    if let MetadataRecord::Topic { name, .. } = &record {
-                        self.proposed.insert(name.clone(), i64::MAX);
-                    }
-                    records.push(record);
                 }
             }
             topics.push(result);
@@ -1068,7 +1106,24 @@ impl<D: Disk> Node<D> {
         }
     }
 
-    fn topic_configs(&self) -> Vec<(&'static str, String, i8, &'static str)> {
+    /// A topic's configs: (name, value, config type, documentation, whether the topic sets
+    /// it rather than taking the default).
+    pub(super) fn topic_configs(
+        &self,
+        topic: &str,
+    ) -> Vec<(&'static str, String, i8, &'static str, bool)> {
+        let set = self.image.topic(topic).map(|t| &t.configs);
+        (self.default_topic_configs().into_iter())
+            .map(|(name, default, config_type, documentation)| {
+                match set.and_then(|s| s.get(name)) {
+                    Some(value) => (name, value.clone(), config_type, documentation, true),
+                    None => (name, default, config_type, documentation, false),
+                }
+            })
+            .collect()
+    }
+
+    fn default_topic_configs(&self) -> Vec<(&'static str, String, i8, &'static str)> {
         // (name, value, config type, documentation); types: 2 string, 3 int, 5 long.
         vec![
             (
@@ -1096,16 +1151,22 @@ impl<D: Disk> Node<D> {
                 "Record timestamps are the producer's.",
             ),
             (
+                "min.insync.replicas",
+                "1".into(),
+                3,
+                "An acks=all write waits for a majority of the replicas, which meets any minimum up to a majority.",
+            ),
+            (
                 "retention.bytes",
                 "-1".into(),
                 5,
-                "Retention is not implemented yet: nothing is deleted.",
+                "Recorded; retention is not enforced yet: nothing is deleted.",
             ),
             (
                 "retention.ms",
                 "-1".into(),
                 5,
-                "Retention is not implemented yet: nothing is deleted.",
+                "Recorded; retention is not enforced yet: nothing is deleted.",
             ),
             (
                 "segment.bytes",
@@ -1132,7 +1193,7 @@ impl<D: Disk> Node<D> {
             };
             let entries = match resource.resource_type {
                 RESOURCE_TYPE_TOPIC if self.image.topic(&resource.resource_name).is_some() => {
-                    self.topic_configs()
+                    self.topic_configs(&resource.resource_name)
                 }
                 RESOURCE_TYPE_TOPIC => {
                     result.error_code = codes::UNKNOWN_TOPIC_OR_PARTITION;
@@ -1145,18 +1206,21 @@ impl<D: Disk> Node<D> {
                         self.config.auto_create_topics.to_string(),
                         1,
                         "Metadata requests create unknown topics.",
+                        false,
                     ),
                     (
                         "num.partitions",
                         self.config.default_partitions.to_string(),
                         3,
                         "Partitions of an auto-created topic.",
+                        false,
                     ),
                     (
                         "socket.request.max.bytes",
                         self.config.max_frame_size_bytes.to_string(),
                         3,
                         "The largest request accepted.",
+                        false,
                     ),
                 ],
                 other => {
@@ -1173,12 +1237,16 @@ impl<D: Disk> Node<D> {
                         .as_ref()
                         .is_none_or(|keys| keys.iter().any(|k| k == name))
                 })
-                .map(
-                    |(name, value, config_type, documentation)| DescribeConfigsResourceResult {
+                .map(|(name, value, config_type, documentation, set)| {
+                    DescribeConfigsResourceResult {
                         name: name.to_string(),
                         value: Some(value),
                         read_only: true,
-                        config_source: CONFIG_SOURCE_DEFAULT,
+                        config_source: if set {
+                            CONFIG_SOURCE_TOPIC
+                        } else {
+                            CONFIG_SOURCE_DEFAULT
+                        },
                         is_sensitive: false,
                         config_type: if version >= 3 { config_type } else { 0 },
                         documentation: if request.include_documentation {
@@ -1187,8 +1255,8 @@ impl<D: Disk> Node<D> {
                             None
                         },
                         ..Default::default()
-                    },
-                )
+                    }
+                })
                 .collect();
             results.push(result);
         }

@@ -380,6 +380,18 @@ impl PendingChange {
                             result.num_partitions = topic.replicas.len() as i32;
                             result.replication_factor =
                                 topic.replicas.first().map_or(0, |r| r.len() as i16);
+                            if let Some(configs) = result.configs.as_mut() {
+                                // (v5+) The configs the topic was created with.
+                                configs.extend(topic.configs.iter().map(|(name, value)| {
+                                    crate::protocol::messages::create_topics_response::CreatableTopicConfigs {
+                                        name: name.clone(),
+                                        value: Some(value.clone()),
+                                        read_only: true,
+                                        config_source: 1,
+                                        ..Default::default()
+                                    }
+                                }));
+                            }
                         }
                         Err((code, message)) => {
                             result.error_code = code;

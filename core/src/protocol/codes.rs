@@ -34,3 +34,4 @@ pub const INVALID_PRODUCER_EPOCH: i16 = 47;
 pub const UNKNOWN_PRODUCER_ID: i16 = 59;
 pub const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
 pub const NOT_CONTROLLER: i16 = 41;
+pub const INVALID_CONFIG: i16 = 40;
