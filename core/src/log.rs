@@ -399,8 +399,8 @@ impl PartitionLog {
                 }
                 let last_epoch = epochs.last().map(|(e, _)| *e);
                 let checked = Self::check_batch(disk, file, position, len_bytes, expected_offset)
-                    .and_then(|(header, size_bytes)| {
-                        Self::check_epoch(disk, file, position, header, last_epoch)
+                    .and_then(|(header, size_bytes, epoch_agreed)| {
+                        Self::check_epoch(disk, file, position, header, last_epoch, epoch_agreed)
                             .and_then(|header| {
                                 let max = config.leader_epoch_max;
                                 if header.partition_leader_epoch > max {
@@ -546,7 +546,7 @@ impl PartitionLog {
         position: u64,
         len_bytes: u64,
         expected_offset: i64,
-    ) -> Result<(BatchHeader, u64), BadBatch> {
+    ) -> Result<(BatchHeader, u64, bool), BadBatch> {
         // Each distinct bad read (by its evidence) and how many reads returned it.
         let mut bad_reads: Vec<(u32, usize)> = Vec::new();
         let mut last_read_error = None;
@@ -590,17 +590,21 @@ impl PartitionLog {
     }
 
     /// A batch's partition leader epoch, which its CRC does not cover: one that differs from
-    /// the epoch before it (or starts the log) is read until three reads agree, so that a flip
-    /// on the way neither starts a false epoch nor looks like an epoch going back. Epochs
-    /// never go back along a log: a batch whose epoch does is damaged.
+    /// the epoch before it (or starts the log), or that the batch's two reads (its header,
+    /// then the whole batch) disagree on, is read until three reads agree, so that a flip on
+    /// the way neither starts a false epoch, nor looks like an epoch going back, nor hides a
+    /// new epoch behind the one before (the simulator found a flip that turned a new epoch's
+    /// first batch into the previous epoch's: the epoch cache then refused it at every read).
+    /// Epochs never go back along a log: a batch whose epoch does is damaged.
     fn check_epoch(
         disk: &mut dyn Disk,
         file: FileId,
         position: u64,
         mut header: BatchHeader,
         last_epoch: Option<i32>,
+        epoch_agreed: bool,
     ) -> Result<BatchHeader, BadBatch> {
-        if last_epoch == Some(header.partition_leader_epoch) {
+        if epoch_agreed && last_epoch == Some(header.partition_leader_epoch) {
             return Ok(header);
         }
         let raw = crate::disk::read_agreeing(
@@ -634,7 +638,7 @@ impl PartitionLog {
         position: u64,
         len_bytes: u64,
         expected_offset: i64,
-    ) -> Result<(BatchHeader, u64), BadBatch> {
+    ) -> Result<(BatchHeader, u64, bool), BadBatch> {
         let read_failed = |e: DiskError| BadBatch {
             reason: e.to_string(),
             read_error: Some(e),
@@ -652,6 +656,8 @@ impl PartitionLog {
         }
         let header = read_header(disk, file, position).map_err(read_failed)?;
         let header_evidence = crc32c::crc32c(&header);
+        let at = PARTITION_LEADER_EPOCH_AT as usize;
+        let first_epoch = i32::from_be_bytes(header[at..at + 4].try_into().expect("4 bytes"));
         let invalid = |reason: String, evidence: u32| BadBatch {
             reason,
             read_error: None,
@@ -694,7 +700,8 @@ impl PartitionLog {
         batch
             .records(DECOMPRESSED_BATCH_SIZE_MAX_BYTES)
             .map_err(|e| invalid(format!("invalid records: {e}"), evidence))?;
-        Ok((header, size_bytes as u64))
+        let epoch_agreed = first_epoch == header.partition_leader_epoch;
+        Ok((header, size_bytes as u64, epoch_agreed))
     }
 
     /// Writes `[from, to)` of `file` again with what it holds, in chunks, each read until two
