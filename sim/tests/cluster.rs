@@ -596,7 +596,7 @@ fn manual_replica_assignments_are_honoured() {
         })
     };
     // Asks every node until the controller answers; returns its error code.
-    let mut ask = |c: &mut Cluster, request: Request, version: i16| -> i16 {
+    let ask = |c: &mut Cluster, request: Request, version: i16| -> i16 {
         for _ in 0..100 {
             c.run(100);
             for id in &ids {
