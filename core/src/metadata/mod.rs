@@ -350,6 +350,18 @@ impl MetadataImage {
         &self.brokers
     }
 
+    /// Broker `id`'s registration, as the record that made it.
+    pub fn registration(&self, id: i32) -> Option<MetadataRecord> {
+        let b = self.brokers.get(&id)?;
+        Some(MetadataRecord::Broker {
+            id,
+            host: b.host.clone(),
+            port: b.port,
+            rack: b.rack.clone(),
+            incarnation: b.incarnation,
+        })
+    }
+
     pub fn applied_end(&self) -> i64 {
         self.applied_end
     }
@@ -471,14 +483,7 @@ impl MetadataImage {
     /// simulator compares images that applied the same prefix).
     pub fn fingerprint(&self) -> u32 {
         let mut buf = BytesMut::new();
-        for (id, b) in &self.brokers {
-            let record = MetadataRecord::Broker {
-                id: *id,
-                host: b.host.clone(),
-                port: b.port,
-                rack: b.rack.clone(),
-                incarnation: b.incarnation,
-            };
+        for record in self.brokers.keys().filter_map(|id| self.registration(*id)) {
             buf.put_slice(&record.encode());
         }
         for topic in self.topics.values() {

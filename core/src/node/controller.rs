@@ -269,13 +269,7 @@ impl<D: Disk> Node<D> {
                 let member = brokers.contains(id);
                 let known = self.image.brokers().get(id);
                 let newer = known.is_none_or(|b| b.incarnation <= *incarnation);
-                let changed = known.map(|b| MetadataRecord::Broker {
-                    id: *id,
-                    host: b.host.clone(),
-                    port: b.port,
-                    rack: b.rack.clone(),
-                    incarnation: b.incarnation,
-                }) != Some(record.clone());
+                let changed = self.image.registration(*id).as_ref() != Some(record);
                 return match member && newer && changed {
                     true => Ok(()),
                     false => Err((
@@ -405,16 +399,7 @@ impl<D: Disk> Node<D> {
             rack: self.config.rack.clone(),
             incarnation: self.incarnation,
         };
-        let registered = self
-            .image
-            .brokers()
-            .get(&self.config.node_id)
-            .is_some_and(|b| {
-                b.incarnation == self.incarnation
-                    && b.host == self.config.advertised_host
-                    && b.port == self.config.advertised_port
-                    && b.rack == self.config.rack
-            });
+        let registered = self.image.registration(self.config.node_id).as_ref() == Some(&record);
         if registered || self.check_record(&record).is_err() {
             return;
         }
