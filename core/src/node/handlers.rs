@@ -876,25 +876,31 @@ impl<D: Disk> Node<D> {
                 self.proposed.remove(name);
             }
         }
-        let mut pending = PendingChange::CreateTopics {
+        let pending = PendingChange::CreateTopics {
             response: CreateTopicsResponse {
                 topics,
                 ..Default::default()
             },
             created,
         };
+        self.write_change(now, &records, pending)
+    }
+
+    /// Writes an admin request's records, if it has any: its answer waits for them to reach
+    /// the image; if they cannot be written, every entry that waited says why.
+    fn write_change(
+        &mut self,
+        now: Instant,
+        records: &[MetadataRecord],
+        mut pending: PendingChange,
+    ) -> (PendingChange, Option<(i64, i32)>) {
         if records.is_empty() {
             return (pending, None);
         }
-        match self.propose(now, &records) {
+        match self.propose(now, records) {
             Ok(at) => (pending, Some(at)),
             Err((code, message)) => {
-                if let PendingChange::CreateTopics { response, created } = &mut pending {
-                    for (index, _) in created.drain(..) {
-                        response.topics[index].error_code = code;
-                        response.topics[index].error_message = Some(message.clone());
-                    }
-                }
+                pending.refuse(code, &message);
                 (pending, None)
             }
         }
@@ -965,28 +971,14 @@ impl<D: Disk> Node<D> {
             }
             responses.push(result);
         }
-        let mut pending = PendingChange::DeleteTopics {
+        let pending = PendingChange::DeleteTopics {
             response: DeleteTopicsResponse {
                 responses,
                 ..Default::default()
             },
             deleted,
         };
-        if records.is_empty() {
-            return (pending, None);
-        }
-        match self.propose(now, &records) {
-            Ok(at) => (pending, Some(at)),
-            Err((code, message)) => {
-                if let PendingChange::DeleteTopics { response, deleted } = &mut pending {
-                    for (index, _) in deleted.drain(..) {
-                        response.responses[index].error_code = code;
-                        response.responses[index].error_message = Some(message.clone());
-                    }
-                }
-                (pending, None)
-            }
-        }
+        self.write_change(now, &records, pending)
     }
 
     pub(super) fn create_partitions(
@@ -1082,28 +1074,14 @@ impl<D: Disk> Node<D> {
             }
             results.push(result);
         }
-        let mut pending = PendingChange::CreatePartitions {
+        let pending = PendingChange::CreatePartitions {
             response: CreatePartitionsResponse {
                 results,
                 ..Default::default()
             },
             grown,
         };
-        if records.is_empty() {
-            return (pending, None);
-        }
-        match self.propose(now, &records) {
-            Ok(at) => (pending, Some(at)),
-            Err((code, message)) => {
-                if let PendingChange::CreatePartitions { response, grown } = &mut pending {
-                    for (index, _, _) in grown.drain(..) {
-                        response.results[index].error_code = code;
-                        response.results[index].error_message = Some(message.clone());
-                    }
-                }
-                (pending, None)
-            }
-        }
+        self.write_change(now, &records, pending)
     }
 
     /// A topic's configs: (name, value, config type, documentation, whether the topic sets

@@ -357,13 +357,18 @@ impl PendingChange {
     /// NOT_CONTROLLER if the controller lost its leadership first.
     fn complete(&mut self, image: &crate::metadata::MetadataImage, applied: bool) {
         use crate::protocol::codes;
-        let lost = "the controller lost its leadership before the change committed; it may still";
+        if !applied {
+            self.refuse(
+                codes::NOT_CONTROLLER,
+                "the controller lost its leadership before the change committed; it may still",
+            );
+            return;
+        }
         match self {
             PendingChange::CreateTopics { response, created } => {
                 for (index, id) in created.iter() {
                     let result = &mut response.topics[*index];
                     let outcome = match image.topic(&result.name) {
-                        _ if !applied => Err((codes::NOT_CONTROLLER, lost.to_string())),
                         Some(topic) if topic.id == *id => Ok(topic),
                         Some(_) => Err((
                             codes::TOPIC_ALREADY_EXISTS,
@@ -405,10 +410,7 @@ impl PendingChange {
             PendingChange::DeleteTopics { response, deleted } => {
                 for (index, id) in deleted.iter() {
                     let result = &mut response.responses[*index];
-                    if !applied {
-                        result.error_code = codes::NOT_CONTROLLER;
-                        result.error_message = Some(lost.to_string());
-                    } else if image.topic_by_id(id).is_some() {
+                    if image.topic_by_id(id).is_some() {
                         result.error_code = codes::UNKNOWN_SERVER_ERROR;
                         result.error_message = Some("the topic is still there".into());
                     }
@@ -417,16 +419,42 @@ impl PendingChange {
             PendingChange::CreatePartitions { response, grown } => {
                 for (index, id, count) in grown.iter() {
                     let result = &mut response.results[*index];
-                    if !applied {
-                        result.error_code = codes::NOT_CONTROLLER;
-                        result.error_message = Some(lost.to_string());
-                    } else if image
+                    if image
                         .topic_by_id(id)
                         .is_none_or(|t| (t.replicas.len() as i32) < *count)
                     {
                         result.error_code = codes::UNKNOWN_TOPIC_OR_PARTITION;
                         result.error_message = Some("the topic was deleted meanwhile".into());
                     }
+                }
+            }
+            PendingChange::Metadata { .. } => {}
+        }
+    }
+
+    /// Every entry that waited gets `code` and `message` (its change was not written, or
+    /// its outcome is unknown), and waits no more.
+    fn refuse(&mut self, code: i16, message: &str) {
+        match self {
+            PendingChange::CreateTopics { response, created } => {
+                for (index, _) in created.drain(..) {
+                    let result = &mut response.topics[index];
+                    result.error_code = code;
+                    result.error_message = Some(message.to_string());
+                    result.num_partitions = -1;
+                    result.replication_factor = -1;
+                }
+            }
+            PendingChange::DeleteTopics { response, deleted } => {
+                for (index, _) in deleted.drain(..) {
+                    response.responses[index].error_code = code;
+                    response.responses[index].error_message = Some(message.to_string());
+                }
+            }
+            PendingChange::CreatePartitions { response, grown } => {
+                for (index, _, _) in grown.drain(..) {
+                    response.results[index].error_code = code;
+                    response.results[index].error_message = Some(message.to_string());
                 }
             }
             PendingChange::Metadata { .. } => {}
