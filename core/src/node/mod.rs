@@ -15,6 +15,7 @@
 
 mod controller;
 mod handlers;
+mod links;
 mod producer_ids;
 pub mod replication;
 mod topics;
@@ -592,6 +593,8 @@ pub struct Node<D: Disk> {
     incarnation: u64,
     /// When (ms) the node may send its registration to the controller again.
     registration_due_ms: u64,
+    /// Heartbeats and the link headers of peer frames: which peers are in touch.
+    links: links::Links,
 }
 
 impl<D: Disk> Node<D> {
@@ -624,6 +627,10 @@ impl<D: Disk> Node<D> {
         // The first round (which syncs the data directory, and every recovered log) must
         // complete before any request is read.
         let serving = false;
+        let peers = (config.cluster.iter())
+            .map(|b| b.node_id)
+            .filter(|id| *id != config.node_id);
+        let links = links::Links::new(peers);
         let mut node = Node {
             now: Instant(0),
             config,
@@ -659,6 +666,7 @@ impl<D: Disk> Node<D> {
             leader_reports: BTreeMap::new(),
             incarnation: starts,
             registration_due_ms: 0,
+            links,
         };
         if let Err(e) = node.ensure_metadata_log() {
             return Err(NodeError::Disk(match e {
@@ -718,6 +726,7 @@ impl<D: Disk> Node<D> {
             return;
         }
         self.now = now;
+        self.start_links(now);
         match input {
             Input::ConnOpened { conn } if self.conns.len() >= limits::CONNECTIONS_MAX => {
                 out.push(Output::ConnClose {
@@ -782,6 +791,7 @@ impl<D: Disk> Node<D> {
         if std::mem::take(&mut self.replicas_missing) {
             self.create_replicas(now);
         }
+        self.check_links(now);
         self.tick_replicas(now);
     }
 
@@ -815,11 +825,20 @@ impl<D: Disk> Node<D> {
             // first bytes: recovery's work is made durable while nobody is connected too.
             return Some(Instant(0));
         }
+        if self.halted.is_some() {
+            return None;
+        }
         let parked = self.parked.iter().map(|p| p.deadline).min();
-        [parked, self.recovery_point_due, self.next_raft_deadline()]
-            .into_iter()
-            .flatten()
-            .min()
+        let links = self.links.next_deadline();
+        [
+            parked,
+            self.recovery_point_due,
+            self.next_raft_deadline(),
+            links,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Stop serving new requests; answer those in flight and sync everything. The adapter
@@ -900,6 +919,21 @@ impl<D: Disk> Node<D> {
             );
         }
         self.topics.check_invariants();
+        // Every group knows which peers are down, as the node's links say: a group that took
+        // a peer in touch for down would campaign against a live leader, and one that took a
+        // silent peer for in touch would count a fetch it parked long ago as a quorum.
+        let down: BTreeSet<NodeId> = self.links.down().into_iter().collect();
+        for topic in self.topics.by_name.values() {
+            for partition in topic.partitions.values() {
+                if let Some(replica) = &partition.replica {
+                    assert_eq!(
+                        replica.raft().unreachable(),
+                        &down,
+                        "a group's unreachable peers are the node's down links"
+                    );
+                }
+            }
+        }
     }
 
     fn halt(&mut self, reason: String, out: &mut Vec<Output>) {

@@ -11,16 +11,22 @@ use crate::limits;
 use crate::log::LogError;
 use crate::partition::{leader_change_batch, Effects, Replica};
 use crate::raft::wire::{self, GroupId, PeerFrame};
-use crate::raft::{Command, NodeId, Persisted, Raft, RaftBug, RaftConfig};
+use crate::raft::{Command, FetchReply, Message, NodeId, Persisted, Raft, RaftBug, RaftConfig};
 use crate::record::RecordBatch;
 
+use super::links::LinkEvent;
 use super::{Durability, Instant, Node, Output, PlantedBug};
 
 /// A follower that hears nothing from its leader for this long (one to two times it)
 /// campaigns; a leader not fetched from by a majority for this long resigns.
 pub const ELECTION_TIMEOUT_MS: u64 = 1_000;
-/// How long a leader holds a follower's fetch that has nothing new (its heartbeat).
-pub const REPLICA_FETCH_WAIT_MS: u64 = 250;
+/// A follower whose fetch's answer it could not act on asks again after this long.
+pub const REPLICA_FETCH_RETRY_MS: u64 = 500;
+/// A follower whose fetch had no answer for this long sends it again, although its leader's
+/// node is in touch: a leader holds a fetch it has nothing for without limit (idle groups
+/// are silent), so this only catches a fetch dropped where no gap in the link showed. It is
+/// what an idle group costs: one fetch per follower this often.
+pub const REPLICA_FETCH_REFRESH_MS: u64 = 10_000;
 /// A follower that has not reached its leader's log end for this long leaves the ISR that
 /// Metadata reports (Kafka's `replica.lag.time.max.ms`, 30 s since Kafka 2.5).
 pub const REPLICA_LAG_TIME_MAX_MS: u64 = 30_000;
@@ -42,7 +48,8 @@ impl<D: Disk> Node<D> {
                 replicas.to_vec()
             },
             election_timeout_ms: ELECTION_TIMEOUT_MS,
-            fetch_wait_ms: REPLICA_FETCH_WAIT_MS,
+            fetch_retry_ms: REPLICA_FETCH_RETRY_MS,
+            fetch_refresh_ms: REPLICA_FETCH_REFRESH_MS,
             fetch_max_bytes: limits::REPLICA_FETCH_MAX_BYTES,
             // The metadata log is always fsynced, as KRaft's is: a topic the quorum lost
             // would take its partitions' data along.
@@ -62,6 +69,7 @@ impl<D: Disk> Node<D> {
     /// topic or partitions were created).
     pub(super) fn create_replicas(&mut self, now: Instant) {
         let now_ms = now.as_millis() as u64;
+        let down = self.links.down();
         for (log_id, group, replicas) in self.topics.without_replica() {
             let config = self.raft_config(&group, &replicas);
             let persisted = self.votes.get(&group);
@@ -69,6 +77,11 @@ impl<D: Disk> Node<D> {
             let log = partition.log.as_ref().expect("online");
             partition.replica = Some(Replica::new(group, config, persisted, log, now_ms));
             self.schedule(log_id);
+            for &peer in &down {
+                self.drive_replica(now, log_id, |raft, ms, out| {
+                    raft.handle_peer_down(ms, peer, out)
+                });
+            }
         }
     }
 
@@ -282,15 +295,46 @@ impl<D: Disk> Node<D> {
             );
             return;
         }
+        let (came_up, reset) = self.link_received(now, from, &frame.link);
+        if came_up {
+            self.peer_event(now, from, LinkEvent::Up);
+        }
         if !frame.proposals.is_empty() {
             self.handle_proposals(now, from, frame.proposals);
         }
         for (group, message) in frame.messages {
-            if let Some(log_id) = self.topics.log_id_of(&group) {
-                self.drive_replica(now, log_id, |raft, ms, out| {
+            let log_id = (self.topics.log_id_of(&group))
+                .filter(|id| (self.topics.by_log_id(*id)).is_some_and(|p| p.replica.is_some()));
+            match (log_id, message) {
+                (Some(log_id), message) => self.drive_replica(now, log_id, |raft, ms, out| {
                     raft.handle_message(ms, from, message, out)
-                });
+                }),
+                (
+                    None,
+                    Message::Fetch {
+                        epoch,
+                        fetch_offset,
+                        last_fetched_epoch,
+                        ..
+                    },
+                ) => {
+                    // No group here (never made, deleted, or offline): the follower must not
+                    // wait for an answer that will never come while this node is in touch.
+                    let answer = Message::FetchResponse {
+                        epoch,
+                        high_watermark: 0,
+                        fetch_offset,
+                        last_fetched_epoch,
+                        reply: FetchReply::NotLeader,
+                    };
+                    (self.peer_outbox.entry(from).or_default()).push((group, answer));
+                }
+                (None, _) => {}
             }
+        }
+        if reset {
+            // After the messages: a fetch this frame answered is not sent again.
+            self.peer_event(now, from, LinkEvent::Reset);
         }
     }
 
@@ -307,6 +351,10 @@ impl<D: Disk> Node<D> {
         if let Some(controller) = controller {
             self.peer_outbox.entry(controller).or_default();
         }
+        let now = self.now;
+        for peer in self.heartbeats_due(now) {
+            self.peer_outbox.entry(peer).or_default();
+        }
         for (to, messages) in std::mem::take(&mut self.peer_outbox) {
             let proposals = match controller == Some(to) {
                 true => std::mem::take(&mut forwards),
@@ -315,6 +363,7 @@ impl<D: Disk> Node<D> {
             let frame = PeerFrame {
                 from,
                 to,
+                link: self.link_header(now, to),
                 messages,
                 proposals,
             };

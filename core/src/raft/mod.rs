@@ -44,12 +44,22 @@
 //!   its own. With a voter down, older entries commit with the new leader's first entry. The
 //!   high watermark never goes back (except under `commit_unsynced`, when a crash of the
 //!   majority that held committed entries in memory lost them: see log repair below).
-//! - **Long polls.** A fetch the leader cannot answer with anything new waits at the leader
-//!   until an entry is appended, the high watermark moves, or `fetch_wait_ms` passes; that
-//!   answer doubles as the leader's heartbeat.
+//! - **Long polls, and quiet groups.** A fetch the leader cannot answer with anything new
+//!   waits at the leader (it is *parked*) until an entry is appended or the high watermark
+//!   moves, however long that takes. An idle group sends nothing and sets no timer: its
+//!   follower's fetch waits at the leader, and both sides rely on the host to say when the
+//!   other's node stops being heard from (`handle_peer_down`) or when messages between the
+//!   two may have been lost (`handle_peer_reset`). The host learns both once per node pair,
+//!   not once per group (heartbeats and sequence numbers on its frames), so many idle groups
+//!   cost nothing per tick. A follower whose leader's node is in touch never campaigns; one
+//!   whose leader's node went quiet campaigns after a random part of an election timeout;
+//!   a reset makes it send its fetch again. A fetch unanswered for `fetch_refresh_ms` is sent
+//!   again all the same, against a fetch dropped where no gap shows.
 //! - **Check-quorum.** A leader that has not been fetched from by a majority (itself
 //!   included) within the election timeout resigns: a leader cut off from the others stops
-//!   believing it leads, as the others elect a new one.
+//!   believing it leads, as the others elect a new one. A parked fetch from a node in touch
+//!   counts as a fetch now; a leader that resigns answers its parked fetches (`NotLeader`),
+//!   so its followers look for the next leader at once.
 //! - **Leadership transfer.** The leader waits until the target's log reaches its own end,
 //!   then sends `TimeoutNow`; the target campaigns at once, skipping the pre-vote.
 //!
@@ -117,9 +127,13 @@ pub struct RaftConfig {
     /// A follower that hears nothing from its leader for a random time between this and
     /// twice this campaigns; a leader not fetched from by a majority for this long resigns.
     pub election_timeout_ms: u64,
-    /// How long the leader holds a fetch it has nothing new for; a follower whose fetch got
-    /// no answer within twice this sends another.
-    pub fetch_wait_ms: u64,
+    /// A follower whose fetch's answer it could not act on (or that cannot fetch yet) asks
+    /// again after this long.
+    pub fetch_retry_ms: u64,
+    /// A follower whose fetch has had no answer for this long sends it again, although its
+    /// leader's node is in touch (the leader holds a fetch it has nothing for without limit:
+    /// this only catches a fetch dropped where the host saw no gap).
+    pub fetch_refresh_ms: u64,
     /// At most this many bytes of entries per fetch answer (at least one entry).
     pub fetch_max_bytes: usize,
     /// Commit what a majority has in its page cache, not only what it has synced (Kafka's
@@ -340,6 +354,9 @@ struct Progress {
     caught_up_ms: Option<u64>,
     /// The high watermark its last answer carried.
     high_watermark_sent: Offset,
+    /// It asked for a pre-vote, so it does not know this node leads: its next fetch is
+    /// answered at once, not parked (it would wait there for news, and campaign in vain).
+    owed_answer: bool,
 }
 
 /// A fetch the leader holds until it has something to answer.
@@ -347,7 +364,6 @@ struct Progress {
 struct ParkedFetch {
     from: Offset,
     last_fetched_epoch: Epoch,
-    deadline_ms: u64,
 }
 
 #[derive(Debug)]
@@ -370,8 +386,12 @@ pub struct Raft {
     votes: Vec<NodeId>,
     /// Messages that may leave only once `persisted` holds this epoch and vote.
     held: Vec<(Persisted, Command)>,
-    /// Follower: when the fetch in flight was sent.
-    fetch_sent_ms: Option<u64>,
+    /// Follower: a fetch is out, and is sent again at this time if no answer came.
+    fetch_deadline_ms: Option<u64>,
+    /// Nodes the host has not heard from for an election timeout (`handle_peer_down`).
+    unreachable: std::collections::BTreeSet<NodeId>,
+    /// The time of the latest input.
+    now_ms: u64,
     /// Leader: what it knows of each other voter.
     progress: BTreeMap<NodeId, Progress>,
     parked: BTreeMap<NodeId, ParkedFetch>,
@@ -402,7 +422,9 @@ impl Raft {
             leader_contact_ms: None,
             votes: Vec::new(),
             held: Vec::new(),
-            fetch_sent_ms: None,
+            fetch_deadline_ms: None,
+            unreachable: Default::default(),
+            now_ms,
             progress: BTreeMap::new(),
             parked: BTreeMap::new(),
             transfer_to: None,
@@ -439,6 +461,11 @@ impl Raft {
         &self.log
     }
 
+    /// The nodes the host reported down and not up again.
+    pub fn unreachable(&self) -> &std::collections::BTreeSet<NodeId> {
+        &self.unreachable
+    }
+
     /// The replicas in sync at `now_ms`, as this node knows them (Kafka's ISR): a leader
     /// counts itself and every follower that reached its log end within
     /// [`RaftConfig::in_sync_lag_ms`] (a fetch it holds is one at the end); a follower names
@@ -460,21 +487,34 @@ impl Raft {
         nodes
     }
 
-    /// When the engine next needs `handle_tick`.
+    /// When the engine next needs `handle_tick`. An idle group needs none, but for the
+    /// follower's fetch refresh: a leader whose quorum is parked here has nothing to check
+    /// (a follower's node that goes quiet is reported), a follower whose leader's node is in
+    /// touch does not campaign.
     pub fn next_deadline_ms(&self) -> u64 {
-        if self.role == Role::Leader && self.progress.is_empty() {
-            // A leader alone has no quorum to lose and no fetch to hold: an idle group of
-            // one costs nothing per tick.
-            return u64::MAX;
+        match self.role {
+            Role::Leader if self.quorum_parked() => u64::MAX,
+            Role::Leader => self.election_deadline_ms,
+            _ => match (self.leader_in_touch(), self.fetch_deadline_ms) {
+                (true, Some(fetch)) => fetch,
+                // In touch with no fetch out (one waits for a sync): the election timer
+                // stands guard, and fetches when it fires rather than campaigning.
+                (true, None) => self.election_deadline_ms,
+                (false, fetch) => self.election_deadline_ms.min(fetch.unwrap_or(u64::MAX)),
+            },
         }
-        let mut deadline = self.election_deadline_ms;
-        if let Some(sent) = self.fetch_sent_ms {
-            deadline = deadline.min(sent + 2 * self.config.fetch_wait_ms);
-        }
-        for parked in self.parked.values() {
-            deadline = deadline.min(parked.deadline_ms);
-        }
-        deadline
+    }
+
+    /// A leader with a majority (itself included) whose fetches it holds: nothing to check
+    /// until one of those nodes goes quiet. A leader alone, always.
+    fn quorum_parked(&self) -> bool {
+        1 + self.parked.len() >= self.majority()
+    }
+
+    /// A follower whose leader is another node that the host still hears from.
+    fn leader_in_touch(&self) -> bool {
+        self.role == Role::Follower
+            && (self.leader).is_some_and(|l| l != self.config.id && !self.unreachable.contains(&l))
     }
 
     pub fn voters(&self) -> &[NodeId] {
@@ -513,9 +553,9 @@ impl Raft {
 
     // ---- inputs ----
 
-    /// Time passed: campaign, resign, resend a lost fetch, answer long polls that waited
-    /// long enough.
+    /// Time passed: campaign, resign, send a fetch again.
     pub fn handle_tick(&mut self, now_ms: u64, out: &mut Vec<Command>) {
+        self.now_ms = now_ms;
         match self.role {
             Role::Leader => {
                 if self.lost_quorum(now_ms) {
@@ -524,28 +564,69 @@ impl Raft {
                 }
                 // Check the quorum again in half a timeout.
                 self.election_deadline_ms = now_ms + self.config.election_timeout_ms / 2;
-                let due: Vec<NodeId> = (self.parked.iter())
-                    .filter(|(_, p)| p.deadline_ms <= now_ms)
-                    .map(|(id, _)| *id)
-                    .collect();
-                for id in due {
-                    let parked = self.parked.remove(&id).expect("listed");
-                    self.send_entries(id, parked.from, parked.last_fetched_epoch, out);
-                }
             }
             Role::Follower | Role::PreCandidate | Role::Candidate => {
-                if now_ms >= self.election_deadline_ms && self.is_voter() {
+                let in_touch = self.leader_in_touch();
+                if !in_touch && now_ms >= self.election_deadline_ms && self.is_voter() {
                     self.start_pre_vote(now_ms, out);
                     return;
                 }
-                let lost = self
-                    .fetch_sent_ms
-                    .is_some_and(|sent| now_ms >= sent + 2 * self.config.fetch_wait_ms);
-                if lost {
-                    self.fetch_sent_ms = None;
+                let due = match self.fetch_deadline_ms {
+                    Some(deadline) => now_ms >= deadline,
+                    None => in_touch && now_ms >= self.election_deadline_ms,
+                };
+                if due {
+                    self.fetch_deadline_ms = None;
+                    if in_touch {
+                        self.reset_election_timer(now_ms);
+                    }
                     self.send_fetch(now_ms, out);
                 }
             }
+        }
+    }
+
+    /// The host has heard nothing from node `peer` for an election timeout. A follower of
+    /// it campaigns after a random part of another (so that the groups it led do not all
+    /// campaign at once); a leader no longer counts a fetch `peer` left here, and resigns if
+    /// that leaves it without a quorum.
+    pub fn handle_peer_down(&mut self, now_ms: u64, peer: NodeId, out: &mut Vec<Command>) {
+        self.now_ms = now_ms;
+        if peer == self.config.id || !self.unreachable.insert(peer) {
+            return;
+        }
+        match self.role {
+            Role::Leader => {
+                self.parked.remove(&peer);
+                if self.lost_quorum(now_ms) {
+                    self.become_follower(self.epoch, None, now_ms, out);
+                }
+            }
+            _ if self.leader == Some(peer) => {
+                let timeout = self.config.election_timeout_ms.max(1);
+                let jitter = crate::node::node_rng(&mut self.rng) % timeout;
+                self.election_deadline_ms = now_ms + jitter;
+            }
+            _ => {}
+        }
+    }
+
+    /// The host hears from node `peer` again.
+    pub fn handle_peer_up(&mut self, now_ms: u64, peer: NodeId) {
+        self.now_ms = now_ms;
+        self.unreachable.remove(&peer);
+    }
+
+    /// Messages between this node and `peer` may have been lost (the host saw a gap in what
+    /// one sent the other, or `peer` started again): a follower of `peer` with a fetch out
+    /// sends it again, since its answer, or the fetch itself, may be what was lost.
+    pub fn handle_peer_reset(&mut self, now_ms: u64, peer: NodeId, out: &mut Vec<Command>) {
+        self.now_ms = now_ms;
+        if self.role == Role::Follower
+            && self.leader == Some(peer)
+            && self.fetch_deadline_ms.is_some()
+        {
+            self.send_fetch(now_ms, out);
         }
     }
 
@@ -556,6 +637,7 @@ impl Raft {
         message: Message,
         out: &mut Vec<Command>,
     ) {
+        self.now_ms = now_ms;
         if !self.plausible(from, &message) {
             // A peer's bytes passed their CRC but not sense: a bug or damage on its side.
             // Acting on it could break this log; dropping it costs a resend at most.
@@ -574,7 +656,11 @@ impl Raft {
                     // stepping down if leading, and let an election settle the new epoch.
                     self.become_follower(epoch - 1, None, now_ms, out);
                 }
+                if let Some(progress) = self.progress.get_mut(&from) {
+                    progress.owed_answer = true;
+                }
                 let leader_alive = self.role == Role::Leader
+                    || self.leader_in_touch()
                     || self
                         .leader_contact_ms
                         .is_some_and(|at| now_ms < at + self.config.election_timeout_ms);
@@ -666,7 +752,7 @@ impl Raft {
                 if self.leader == Some(from) && epoch == self.epoch {
                     self.leader_contact_ms = Some(now_ms);
                     self.reset_election_timer(now_ms);
-                    if self.fetch_sent_ms.is_none() {
+                    if self.fetch_deadline_ms.is_none() {
                         self.send_fetch(now_ms, out);
                     }
                 }
@@ -792,12 +878,13 @@ impl Raft {
     /// The leader's host appended an entry of the current epoch ending at `last_offset`.
     pub fn handle_appended(
         &mut self,
-        _now_ms: u64,
+        now_ms: u64,
         base_offset: Offset,
         last_offset: Offset,
         out: &mut Vec<Command>,
     ) {
         assert_eq!(self.role, Role::Leader, "only a leader appends proposals");
+        self.now_ms = now_ms;
         self.log.append(self.epoch, base_offset, last_offset);
         out.push(Command::SyncLog {
             generation: self.truncations,
@@ -809,9 +896,15 @@ impl Raft {
         self.answer_parked(out);
     }
 
-    /// Every fetch held here is answered (something new arrived for it).
+    /// Every fetch held here is answered (something new arrived for it). Each follower was
+    /// in touch and at the log's end until now: it counts so until its next fetch arrives.
     fn answer_parked(&mut self, out: &mut Vec<Command>) {
+        let now_ms = self.now_ms;
         for (id, parked) in std::mem::take(&mut self.parked) {
+            if let Some(progress) = self.progress.get_mut(&id) {
+                progress.last_fetch_ms = Some(now_ms);
+                progress.caught_up_ms = Some(now_ms);
+            }
             self.send_entries(id, parked.from, parked.last_fetched_epoch, out);
         }
     }
@@ -830,6 +923,7 @@ impl Raft {
             // again, not durable. The truncation's own sync comes later.
             return;
         }
+        self.now_ms = now_ms;
         self.log.synced = self.log.synced.max(offset.min(self.log.end));
         self.truncations_synced = self.truncations;
         match self.role {
@@ -837,7 +931,7 @@ impl Raft {
                 self.advance_high_watermark(out);
                 self.maybe_transfer(out);
             }
-            _ if self.fetch_sent_ms.is_none() => self.send_fetch(now_ms, out),
+            _ if self.fetch_deadline_ms.is_none() => self.send_fetch(now_ms, out),
             _ => {}
         }
     }
@@ -849,6 +943,7 @@ impl Raft {
         persisted: Persisted,
         out: &mut Vec<Command>,
     ) {
+        self.now_ms = now_ms;
         if persisted.epoch > self.persisted.epoch
             || (persisted.epoch == self.persisted.epoch && persisted.voted_for.is_some())
         {
@@ -905,13 +1000,26 @@ impl Raft {
             self.persist(out);
         }
         let changed = new_epoch || self.role != Role::Follower || self.leader != leader;
+        // Followers whose fetches wait here hear at once that this node no longer leads (they
+        // would otherwise wait for nothing while this node is in touch).
+        for (to, parked) in std::mem::take(&mut self.parked) {
+            out.push(Command::Send {
+                to,
+                message: Message::FetchResponse {
+                    epoch: self.epoch,
+                    high_watermark: self.high_watermark,
+                    fetch_offset: parked.from,
+                    last_fetched_epoch: parked.last_fetched_epoch,
+                    reply: FetchReply::NotLeader,
+                },
+            });
+        }
         self.role = Role::Follower;
         self.leader = leader;
         self.votes.clear();
         self.progress.clear();
-        self.parked.clear();
         self.transfer_to = None;
-        self.fetch_sent_ms = None;
+        self.fetch_deadline_ms = None;
         if leader.is_some() {
             self.leader_contact_ms = Some(now_ms);
         }
@@ -934,7 +1042,7 @@ impl Raft {
         self.role = role;
         self.leader = None;
         self.leader_contact_ms = None;
-        self.fetch_sent_ms = None;
+        self.fetch_deadline_ms = None;
         self.votes = vec![self.config.id];
         self.reset_election_timer(now_ms);
         out.push(self.role_changed());
@@ -1012,7 +1120,8 @@ impl Raft {
 
     /// Whether a majority (this leader included) fetched within the election timeout.
     fn lost_quorum(&self, now_ms: u64) -> bool {
-        // A fetch held here (a long poll) is a follower in touch.
+        // A fetch held here (a long poll) is a follower in touch (one from a node gone quiet
+        // was dropped).
         let recent = (self.progress.iter())
             .filter(|(id, p)| {
                 self.parked.contains_key(id)
@@ -1059,7 +1168,7 @@ impl Raft {
         if leader == self.config.id || self.truncations_synced < self.truncations {
             return;
         }
-        self.fetch_sent_ms = Some(now_ms);
+        self.fetch_deadline_ms = Some(now_ms + self.config.fetch_refresh_ms);
         out.push(Command::Send {
             to: leader,
             message: self.fetch_message(),
@@ -1137,15 +1246,14 @@ impl Raft {
         self.advance_high_watermark(out);
         self.maybe_transfer(out);
         let knows = self.progress[&from].high_watermark_sent;
-        let news = knows < self.high_watermark.min(fetch_offset);
+        let news =
+            knows < self.high_watermark.min(fetch_offset) || self.progress[&from].owed_answer;
         if fetch_offset < self.log.end || news {
             self.send_entries(from, fetch_offset, last_fetched_epoch, out);
         } else {
-            let deadline_ms = now_ms + self.config.fetch_wait_ms;
             let parked = ParkedFetch {
                 from: fetch_offset,
                 last_fetched_epoch,
-                deadline_ms,
             };
             self.parked.insert(from, parked);
         }
@@ -1161,6 +1269,7 @@ impl Raft {
         self.parked.remove(&to);
         if let Some(progress) = self.progress.get_mut(&to) {
             progress.high_watermark_sent = self.high_watermark;
+            progress.owed_answer = false;
         }
         out.push(Command::SendEntries {
             to,
@@ -1192,8 +1301,9 @@ impl Raft {
                 self.become_follower(epoch, None, now_ms, out);
             } else if self.leader == Some(from) {
                 // It no longer leads this epoch: look for the next leader.
-                self.fetch_sent_ms = None;
+                self.fetch_deadline_ms = None;
                 self.leader = None;
+                self.reset_election_timer(now_ms);
                 out.push(self.role_changed());
             }
             return;
@@ -1207,7 +1317,10 @@ impl Raft {
             }
             return;
         }
-        if self.fetch_sent_ms.is_none() && self.role != Role::Leader && self.leader == Some(from) {
+        if self.fetch_deadline_ms.is_none()
+            && self.role != Role::Leader
+            && self.leader == Some(from)
+        {
             // No fetch of this node's waits for an answer: a duplicate of one already acted
             // on. Acting again would send a second fetch, and every duplicate after it a
             // third: chains of fetches that multiply.
@@ -1225,7 +1338,7 @@ impl Raft {
         if epoch > self.epoch || self.leader != Some(from) {
             self.follow(epoch, Some(from), now_ms, out);
         }
-        self.fetch_sent_ms = None;
+        self.fetch_deadline_ms = None;
         self.leader_contact_ms = Some(now_ms);
         self.reset_election_timer(now_ms);
         match reply {
@@ -1238,7 +1351,7 @@ impl Raft {
                     // wrong, or the answer is not for this log. Ask again when a lost fetch
                     // would be asked again (at once, the two could answer each other as fast
                     // as the network goes).
-                    self.fetch_sent_ms = Some(now_ms);
+                    self.fetch_deadline_ms = Some(now_ms + self.config.fetch_retry_ms);
                     return;
                 }
                 // Committing what a majority holds only in memory, a crash of that majority
@@ -1260,7 +1373,7 @@ impl Raft {
                 let fits = (entries.first()).is_none_or(|e| e.base_offset == self.log.end);
                 if !fits {
                     // Ask again later, as above.
-                    self.fetch_sent_ms = Some(now_ms);
+                    self.fetch_deadline_ms = Some(now_ms + self.config.fetch_retry_ms);
                     return;
                 }
                 let appended = !entries.is_empty();

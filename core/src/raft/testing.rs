@@ -4,7 +4,7 @@
 //! [manual-sync] [commit-unsynced] [seed=S]`, `tick MS` (time passes, stopping at each
 //! deadline; messages wait), `run MS` (time passes and messages arrive at once), `deliver`
 //! (what is in flight now), `stabilize` (until nothing is in flight), `drop`, `propose nN
-//! PAYLOAD`, `partition nN`, `heal`, `crash nN`, `restart nN`, `sync nN` (with
+//! PAYLOAD`, `partition nN`, `cut nA nB` (messages from nA to nB are lost), `heal`, `crash nN`, `restart nN`, `sync nN` (with
 //! manual-sync), `transfer nN nM`, `status`. `UPDATE_TRANSCRIPTS=1 cargo test -p
 //! keel-sim --test raft` writes the output anew (read the diff before committing it). The
 //! cluster checks Raft's promises after every command: one leader per epoch, committed
@@ -18,6 +18,7 @@ use bytes::Bytes;
 
 const ELECTION_TIMEOUT_MS: u64 = 100;
 const FETCH_WAIT_MS: u64 = 40;
+const FETCH_REFRESH_MS: u64 = 1_000;
 
 /// One node of the test cluster: the engine (none while crashed) and a host: a log in
 /// memory, and what is durable of it and of the vote.
@@ -42,6 +43,13 @@ pub(crate) struct Cluster {
     pub(crate) queue: VecDeque<(NodeId, NodeId, Message)>,
     /// Links that drop everything: (from, to).
     pub(crate) cut: BTreeSet<(NodeId, NodeId)>,
+    /// The host's view of its peers, as a node's heartbeats would give it: when `observer`
+    /// last heard from `peer` (every link that carries messages carries heartbeats too), by
+    /// (observer, peer); the peers an observer has reported down; links that lost a message
+    /// since (from, to), which the next message across shows as a gap.
+    pub(crate) heard: BTreeMap<(NodeId, NodeId), u64>,
+    pub(crate) down: BTreeSet<(NodeId, NodeId)>,
+    pub(crate) lossy: BTreeSet<(NodeId, NodeId)>,
     pub(crate) manual_sync: bool,
     pub(crate) commit_unsynced: bool,
     /// Whether a new leader appends an entry of its epoch at once (Kafka's control batch);
@@ -60,7 +68,8 @@ fn config(id: NodeId, voters: &[NodeId], commit_unsynced: bool, seed: u64) -> Ra
         id,
         voters: voters.to_vec(),
         election_timeout_ms: ELECTION_TIMEOUT_MS,
-        fetch_wait_ms: FETCH_WAIT_MS,
+        fetch_retry_ms: 2 * FETCH_WAIT_MS,
+        fetch_refresh_ms: FETCH_REFRESH_MS,
         fetch_max_bytes: 64,
         commit_unsynced,
         in_sync_lag_ms: 10_000,
@@ -188,6 +197,9 @@ impl Cluster {
             hosts,
             queue: VecDeque::new(),
             cut: BTreeSet::new(),
+            heard: BTreeMap::new(),
+            down: BTreeSet::new(),
+            lossy: BTreeSet::new(),
             manual_sync,
             commit_unsynced,
             markers: true,
@@ -401,6 +413,7 @@ impl Cluster {
 
     pub(crate) fn deliver_one(&mut self, from: NodeId, to: NodeId, message: Message) {
         if self.cut.contains(&(from, to)) {
+            self.lossy.insert((from, to));
             return;
         }
         let now = self.now_ms;
@@ -419,19 +432,103 @@ impl Cluster {
         }
     }
 
+    /// Whether `peer` is running and its messages reach `observer`.
+    fn reaches(&self, peer: NodeId, observer: NodeId) -> bool {
+        self.hosts[&peer].raft.is_some() && !self.cut.contains(&(peer, observer))
+    }
+
+    /// What the hosts' heartbeats tell the engines now: a peer heard from again is up, one
+    /// not heard from for an election timeout is down, a link that lost messages shows a gap
+    /// (a reset on both sides) once a message crosses it again.
+    pub(crate) fn links(&mut self) {
+        let now = self.now_ms;
+        let ids = self.voters();
+        for &observer in &ids {
+            for &peer in &ids {
+                if peer == observer || self.hosts[&observer].raft.is_none() {
+                    continue;
+                }
+                let mut out = Vec::new();
+                if self.reaches(peer, observer) {
+                    self.heard.insert((observer, peer), now);
+                    let raft = self.hosts.get_mut(&observer).and_then(|h| h.raft.as_mut());
+                    let raft = raft.expect("running");
+                    if self.down.remove(&(observer, peer)) {
+                        self.printed
+                            .push(format!("n{observer}: hears n{peer} again"));
+                        raft.handle_peer_up(now, peer);
+                        self.lossy.insert((peer, observer));
+                    }
+                    if self.lossy.remove(&(peer, observer)) {
+                        self.printed.push(format!("n{observer}: gap from n{peer}"));
+                        raft.handle_peer_reset(now, peer, &mut out);
+                        // The gap is reported back with the next heartbeat.
+                        if let Some(raft) = self.hosts.get_mut(&peer).and_then(|h| h.raft.as_mut())
+                        {
+                            let mut back = Vec::new();
+                            raft.handle_peer_reset(now, observer, &mut back);
+                            self.apply(peer, back);
+                        }
+                    }
+                } else {
+                    let heard = *self.heard.entry((observer, peer)).or_insert(now);
+                    if !self.down.contains(&(observer, peer)) && now >= heard + ELECTION_TIMEOUT_MS
+                    {
+                        self.down.insert((observer, peer));
+                        self.printed
+                            .push(format!("n{observer}: n{peer} unreachable"));
+                        let raft = self.hosts.get_mut(&observer).and_then(|h| h.raft.as_mut());
+                        raft.expect("running").handle_peer_down(now, peer, &mut out);
+                    }
+                }
+                self.apply(observer, out);
+            }
+        }
+    }
+
+    /// The next time a host would report a peer down.
+    fn next_link_deadline(&self) -> Option<u64> {
+        let ids = self.voters();
+        let mut next = None::<u64>;
+        for &observer in &ids {
+            for &peer in &ids {
+                let watching = peer != observer
+                    && self.hosts[&observer].raft.is_some()
+                    && !self.reaches(peer, observer)
+                    && !self.down.contains(&(observer, peer));
+                if watching {
+                    let heard = self.heard.get(&(observer, peer)).copied();
+                    let at = heard.unwrap_or(self.now_ms) + ELECTION_TIMEOUT_MS;
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                }
+            }
+        }
+        next
+    }
+
+    /// The next deadline of any engine or host.
+    fn next_deadline(&self) -> Option<u64> {
+        let engines = (self.hosts.values())
+            .filter_map(|h| h.raft.as_ref().map(Raft::next_deadline_ms))
+            .min();
+        [engines, self.next_link_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
     /// Lets `ms` pass, stopping at every deadline on the way (messages sent meanwhile wait
     /// for `deliver`).
     pub(crate) fn tick(&mut self, ms: u64) {
         let target = self.now_ms + ms;
-        while let Some(next) = (self.hosts.values())
-            .filter_map(|h| h.raft.as_ref().map(Raft::next_deadline_ms))
-            .min()
-        {
+        self.links();
+        while let Some(next) = self.next_deadline() {
             let next = next.max(self.now_ms);
             if next > target {
                 break;
             }
             self.now_ms = next;
+            self.links();
             for id in self.voters() {
                 let Some(raft) = self.hosts.get_mut(&id).and_then(|h| h.raft.as_mut()) else {
                     continue;
@@ -445,6 +542,7 @@ impl Cluster {
             }
         }
         self.now_ms = target;
+        self.links();
     }
 
     /// Lets `ms` pass with messages arriving at once: at every deadline, tick, then deliver
@@ -452,11 +550,7 @@ impl Cluster {
     pub(crate) fn run_for(&mut self, ms: u64) {
         let target = self.now_ms + ms;
         self.settle();
-        while let Some(next) = (self.hosts.values())
-            .filter_map(|h| h.raft.as_ref().map(Raft::next_deadline_ms))
-            .min()
-            .filter(|next| *next <= target)
-        {
+        while let Some(next) = self.next_deadline().filter(|next| *next <= target) {
             self.tick(next.saturating_sub(self.now_ms));
             self.settle();
         }
@@ -481,6 +575,8 @@ impl Cluster {
         host.pending_vote = None;
         host.pending_syncs.clear();
         self.queue.retain(|(from, to, _)| *from != id && *to != id);
+        self.down.retain(|(observer, _)| *observer != id);
+        self.lossy.retain(|(from, to)| *from != id && *to != id);
     }
 
     pub(crate) fn restart(&mut self, id: NodeId) {
@@ -495,6 +591,14 @@ impl Cluster {
             shape(&host.log, end),
             now,
         ));
+        // A new process: its peers see a new session (a reset), and it hears them afresh.
+        for other in self.voters() {
+            self.heard.remove(&(id, other));
+            if other != id {
+                self.lossy.insert((id, other));
+            }
+        }
+        self.links();
     }
 
     pub(crate) fn status(&mut self) {
@@ -522,7 +626,12 @@ impl Cluster {
             ["run", ms] => self.run_for(ms.parse().expect("ms")),
             ["deliver"] => self.deliver(),
             ["stabilize"] => self.settle(),
-            ["drop"] => self.queue.clear(),
+            ["drop"] => {
+                for (from, to, _) in std::mem::take(&mut self.queue) {
+                    self.lossy.insert((from, to));
+                }
+                self.links();
+            }
             ["propose", n, payload] => {
                 let mut out = Vec::new();
                 self.append(node(n), 1, payload, &mut out);
@@ -535,7 +644,13 @@ impl Cluster {
                     self.cut.insert((other, n));
                 }
             }
-            ["heal"] => self.cut.clear(),
+            ["cut", from, to] => {
+                self.cut.insert((node(from), node(to)));
+            }
+            ["heal"] => {
+                self.cut.clear();
+                self.links();
+            }
             ["crash", n] => self.crash(node(n)),
             ["restart", n] => self.restart(node(n)),
             ["sync", n] => {

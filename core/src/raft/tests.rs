@@ -135,7 +135,8 @@ fn a_voter_alone_leads_at_once_and_commits_what_it_recovered() {
         id: 1,
         voters: vec![1],
         election_timeout_ms: 1_000,
-        fetch_wait_ms: 500,
+        fetch_retry_ms: 1_000,
+        fetch_refresh_ms: 10_000,
         fetch_max_bytes: 1 << 20,
         commit_unsynced: false,
         in_sync_lag_ms: 10_000,
@@ -216,7 +217,8 @@ fn follower(id: NodeId, epochs: Vec<(Epoch, Offset)>, end: Offset) -> Raft {
         id,
         voters: vec![1, 2, 3],
         election_timeout_ms: 100,
-        fetch_wait_ms: 40,
+        fetch_retry_ms: 80,
+        fetch_refresh_ms: 1_000,
         fetch_max_bytes: 64,
         commit_unsynced: false,
         in_sync_lag_ms: 10_000,
@@ -437,15 +439,18 @@ proptest! {
     #[test]
     fn arbitrary_messages_never_panic_the_engine(
         steps in prop::collection::vec(prop_oneof![
-            8 => any_message().prop_map(Some),
-            1 => Just(None),
+            8 => any_message().prop_map(|(from, m)| (Some((from, m)), 0)),
+            1 => Just((None, 0)),
+            // What the host says of peers: down, up, messages lost.
+            1 => (1..4i32, 1..4u8).prop_map(|(peer, event)| (None, peer * 4 + i32::from(event))),
         ], 1..60),
     ) {
         let config = RaftConfig {
             id: 1,
             voters: vec![1, 2, 3],
             election_timeout_ms: 100,
-            fetch_wait_ms: 50,
+            fetch_retry_ms: 100,
+            fetch_refresh_ms: 1_000,
             fetch_max_bytes: 1 << 20,
             commit_unsynced: false,
             in_sync_lag_ms: 10_000,
@@ -458,11 +463,16 @@ proptest! {
         for step in steps {
             let mut out = Vec::new();
             match step {
-                Some((from, message)) => raft.handle_message(now, from, message, &mut out),
-                None => {
+                (Some((from, message)), _) => raft.handle_message(now, from, message, &mut out),
+                (None, 0) => {
                     now += 150;
                     raft.handle_tick(now, &mut out);
                 }
+                (None, code) => match (code / 4, code % 4) {
+                    (peer, 1) => raft.handle_peer_down(now, peer, &mut out),
+                    (peer, 2) => raft.handle_peer_up(now, peer),
+                    (peer, _) => raft.handle_peer_reset(now, peer, &mut out),
+                },
             }
             // The host does what it is told: votes and logs become durable at once.
             for command in out {

@@ -4,8 +4,9 @@
 //!
 //! ```text
 //! frame   = size:u32 crc32c:u32 body            (size counts crc and body; crc covers body)
-//! body    = version:u8 from:i32 to:i32 count:u32 (group message){count}
+//! body    = version:u8 from:i32 to:i32 link count:u32 (group message){count}
 //!           pcount:u32 (size:u32 proposal){pcount}
+//! link    = session:u64 seq:u64 peer_session:u64 gaps:u64
 //! group   = topic_id:[u8;16] partition:i32
 //! message = tag:u8 fields                        (one tag per `Message` variant)
 //! entry   = epoch:i32 base:i64 last:i64 size:u32 payload
@@ -13,6 +14,9 @@
 //! All integers are big-endian, as in Kafka. A payload is a slice of the frame (no copy).
 //! A proposal is opaque here: bytes for the metadata quorum's leader, which the node
 //! decodes and checks (a broker forwards what it wants the controller to write).
+//!
+//! The link header lets each side of a node pair tell when messages between them may have
+//! been lost ([`LinkHeader`]); every frame, an empty heartbeat included, carries one.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -22,7 +26,7 @@ use crate::limits::{
 };
 
 /// The body format this code writes and reads.
-pub const PEER_WIRE_VERSION: u8 = 2;
+pub const PEER_WIRE_VERSION: u8 = 3;
 
 /// Which Raft group a message belongs to: a partition of a topic (the metadata quorum has a
 /// group of its own, by convention the all-zero topic id and partition -1).
@@ -32,11 +36,25 @@ pub struct GroupId {
     pub partition: i32,
 }
 
+/// What a frame says of the link it crossed: the sender's process (`session`, drawn at each
+/// start) and the frame's number in it (one more for every frame to this peer), and how many
+/// gaps the sender saw in the numbers of the frames it received from the peer's process
+/// `peer_session`. A receiver that sees a number skipped, a new session, or a count of gaps
+/// grow knows that messages between the two may have been lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LinkHeader {
+    pub session: u64,
+    pub seq: u64,
+    pub peer_session: u64,
+    pub gaps: u64,
+}
+
 /// One frame's messages, from one node to another.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerFrame {
     pub from: NodeId,
     pub to: NodeId,
+    pub link: LinkHeader,
     pub messages: Vec<(GroupId, Message)>,
     /// Payloads for the metadata quorum's leader (opaque to Raft).
     pub proposals: Vec<Bytes>,
@@ -83,6 +101,10 @@ pub fn encode(frame: &PeerFrame) -> Bytes {
     body.put_u8(PEER_WIRE_VERSION);
     body.put_i32(frame.from);
     body.put_i32(frame.to);
+    body.put_u64(frame.link.session);
+    body.put_u64(frame.link.seq);
+    body.put_u64(frame.link.peer_session);
+    body.put_u64(frame.link.gaps);
     body.put_u32(frame.messages.len() as u32);
     for (group, message) in &frame.messages {
         body.put_slice(&group.topic_id);
@@ -229,13 +251,19 @@ pub fn decode(frame: Bytes) -> Result<PeerFrame, PeerWireError> {
     if crc32c::crc32c(&body) != crc {
         return Err(PeerWireError::Crc);
     }
-    need(&body, 1 + 4 + 4 + 4, "the body header")?;
+    need(&body, 1 + 4 + 4 + 4 * 8 + 4, "the body header")?;
     let version = body.get_u8();
     if version != PEER_WIRE_VERSION {
         return Err(PeerWireError::Version(version));
     }
     let from = body.get_i32();
     let to = body.get_i32();
+    let link = LinkHeader {
+        session: body.get_u64(),
+        seq: body.get_u64(),
+        peer_session: body.get_u64(),
+        gaps: body.get_u64(),
+    };
     let count = body.get_u32();
     if count as usize > body.remaining() / GROUP_AND_MESSAGE_BYTES_MIN {
         return Err(PeerWireError::Count {
@@ -279,6 +307,7 @@ pub fn decode(frame: Bytes) -> Result<PeerFrame, PeerWireError> {
     Ok(PeerFrame {
         from,
         to,
+        link,
         messages,
         proposals,
     })
@@ -521,10 +550,17 @@ mod tests {
             any::<i32>(),
             prop::collection::vec((group, message()), 0..8),
             prop::collection::vec(prop::collection::vec(any::<u8>(), 0..16), 0..3),
+            any::<[u64; 4]>(),
         )
-            .prop_map(|(from, to, messages, proposals)| PeerFrame {
+            .prop_map(|(from, to, messages, proposals, link)| PeerFrame {
                 from,
                 to,
+                link: LinkHeader {
+                    session: link[0],
+                    seq: link[1],
+                    peer_session: link[2],
+                    gaps: link[3],
+                },
                 messages,
                 proposals: proposals.into_iter().map(Bytes::from).collect(),
             })
