@@ -31,23 +31,25 @@ pub const BUFFERED_REQUEST_BYTES_PER_CONNECTION_MAX: usize = 2 * FRAME_SIZE_MAX_
 pub const FETCH_RESPONSE_MAX_BYTES: usize = 55 * 1024 * 1024;
 
 /// Partitions one topic may have (CreateTopics, CreatePartitions, auto-creation). Each costs
-/// a directory, three open files and its indexes.
+/// a directory, its files and its indexes.
 pub const PARTITIONS_PER_TOPIC_MAX: i32 = 10_000;
 
-/// Partitions the node may hold in all, at most. Each keeps [`FILES_PER_PARTITION`] files
-/// open, so this is what a 65,536-descriptor limit can serve with room left for connections.
-/// The adapter lowers it (`Config::partitions_max`) to what the process's descriptor limit
-/// allows: a request that would pass it is refused with a clear error, where an `open` that
-/// failed would have halted the node.
+/// Partitions the node may hold in all, at most: each costs its in-memory indexes, its
+/// Raft group and its share of every start's recovery scan (its files are not held open:
+/// the adapter's disk keeps at most [`OPEN_FILES_MAX`] open and closes idle ones). A
+/// request that would pass it is refused with a clear error (`Config::partitions_max` may
+/// lower it).
 pub const PARTITIONS_MAX: usize = 15_000;
 
-/// Files a partition keeps open: its active segment, its recovery point and its metadata
-/// (more while older segments are read).
-pub const FILES_PER_PARTITION: usize = 3;
+/// Files the adapter's disk keeps open at once, at most (fewer under a lower open-file
+/// limit): past it the least recently used file whose writes are all synced is closed, and
+/// opened again when next used. Three per partition of the largest node, so that a node
+/// under the default maximum rarely reopens anything.
+pub const OPEN_FILES_MAX: usize = 3 * PARTITIONS_MAX;
 
-/// Descriptors kept back from partitions: connections (up to [`CONNECTIONS_MAX`] would need
-/// more, but each connection also has a cost the operator sizes the limit for), the
-/// listener, the fsync thread's handles, logs.
+/// Descriptors kept back from the disk's budget under the process's open-file limit:
+/// connections (up to [`CONNECTIONS_MAX`] would need more, but each connection also has a
+/// cost the operator sizes the limit for), the listener, the runtime, logs.
 pub const FILES_RESERVED: usize = 1_024;
 
 /// Producer ids a partition remembers is bounded by expiry, which runs this often (Kafka's

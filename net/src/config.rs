@@ -97,15 +97,14 @@ impl ServeConfig {
             seed: os_random_seed(),
             ..Config::default()
         };
-        config.partitions_max = partitions_max(open_files_max());
         config.log.segment_size_bytes = self.segment_bytes;
         config.log.producer_id_expiration_ms = self.producer_id_expiration_ms;
         config
     }
 }
 
-/// The process's open-file limit, raised first to its hard limit: a broker holds three
-/// files per partition, and the usual soft limit (1,024) would cap it at a few hundred.
+/// The process's open-file limit, raised first to its hard limit: the more files may stay
+/// open, the fewer the disk closes and opens again.
 pub fn open_files_max() -> u64 {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => limit,
@@ -116,12 +115,12 @@ pub fn open_files_max() -> u64 {
     }
 }
 
-/// How many partitions `open_files` descriptors can serve, within the core's maximum.
-pub fn partitions_max(open_files: u64) -> usize {
+/// How many files the disk may keep open under an `open_files` limit: what connections,
+/// the listener and the runtime need is kept back (a quarter of a small limit).
+pub fn descriptors_for_files(open_files: u64) -> usize {
     let open_files = usize::try_from(open_files).unwrap_or(usize::MAX);
-    // A small limit keeps a quarter back rather than all of it.
     let reserved = limits::FILES_RESERVED.min(open_files / 4);
-    ((open_files - reserved) / limits::FILES_PER_PARTITION).min(limits::PARTITIONS_MAX)
+    (open_files - reserved).min(limits::OPEN_FILES_MAX)
 }
 
 /// 64 bits from the operating system's entropy source.
@@ -134,10 +133,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_partition_budget_follows_the_open_file_limit() {
-        assert_eq!(partitions_max(1_024), 256);
-        assert_eq!(partitions_max(30_000), (30_000 - 1_024) / 3);
-        assert_eq!(partitions_max(u64::MAX), limits::PARTITIONS_MAX);
+    fn the_descriptor_budget_follows_the_open_file_limit() {
+        assert_eq!(descriptors_for_files(1_024), 768);
+        assert_eq!(descriptors_for_files(30_000), 30_000 - 1_024);
+        assert_eq!(descriptors_for_files(u64::MAX), limits::OPEN_FILES_MAX);
     }
 
     #[test]

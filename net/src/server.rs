@@ -62,7 +62,10 @@ struct Connection {
 /// Runs the broker until SIGTERM or SIGINT (a graceful shutdown: answer what is in flight,
 /// sync, exit) or a fatal error.
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
-    let disk = RealDisk::open(&config.data_dir)?;
+    let disk = RealDisk::open(
+        &config.data_dir,
+        crate::config::descriptors_for_files(crate::config::open_files_max()),
+    )?;
     let listener = TcpListener::bind(&config.listen).await?;
     let local: SocketAddr = listener.local_addr()?;
     let node_config = config.node_config(local);
@@ -148,7 +151,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                         connections.remove(&conn);
                         node.step(now(), Input::ConnClosed { conn }, &mut out);
                     }
-                    Event::Synced { token, result } => node.step(now(), Input::Synced { token, result }, &mut out),
+                    Event::Synced { token, result } => {
+                        node.disk_mut().synced(token, result.is_ok());
+                        node.step(now(), Input::Synced { token, result }, &mut out);
+                    }
                 }
             }
             _ = tokio::time::sleep(sleep_for) => node.step(now(), Input::Timeout, &mut out),
