@@ -429,7 +429,7 @@ mod tests {
             !disk.files[&id].clean(),
             "the write after the sync's issue is not covered"
         );
-        disk.remove(&"p-0/log".to_string()).unwrap();
+        disk.remove("p-0/log").unwrap();
         assert!(
             disk.read_at(id, 0, &mut [0u8; 1]).is_err(),
             "a removed file is gone"
