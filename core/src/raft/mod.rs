@@ -87,6 +87,10 @@
 //!   a majority may have lost committed entries, and the new leader's log is the log now.
 //!   Raft assumes a majority never forgets; this mode chooses not to pay for that.
 //! - Pre-vote and check-quorum (from Ongaro's thesis, as etcd and KRaft run them) are always on.
+//! - No per-group heartbeats: an idle leader sends nothing, and its followers do not time it
+//!   out. Liveness comes from the host, once per node pair (`handle_peer_down`, `_up`,
+//!   `_reset`), and a parked fetch from a node in touch counts as a fetch now. A node that
+//!   asks for a pre-vote gets its next fetch answered at once (it does not know who leads).
 //! - A follower that learns of a new epoch from a leader's message follows it at once.
 //! - A pre-vote answer carries the voter's epoch and leader, so a node that lost touch with a
 //!   live leader asks it directly and follows it again instead of campaigning in vain; and a pre-vote from a node
