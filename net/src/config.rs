@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use keel_core::limits;
-use keel_core::node::{Config, Durability};
+use keel_core::node::{Broker, Config, Durability};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -44,6 +44,47 @@ pub struct ServeConfig {
     pub max_message_bytes: usize,
     /// A partition forgets an idempotent producer idle this long (producer.id.expiration.ms).
     pub producer_id_expiration_ms: i64,
+    /// The cluster's nodes as `id@host:port`, each at its peer address (this node's
+    /// included): every one of them votes in the metadata quorum. Empty: a cluster of one.
+    pub voters: Vec<String>,
+    /// Address to listen on for the other nodes (default: this node's voter address).
+    pub peer_listen: Option<String>,
+}
+
+/// A cluster node: its id and its peer address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Voter {
+    pub id: i32,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Voter {
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// Parses `id@host:port`.
+pub fn parse_voter(text: &str) -> anyhow::Result<Voter> {
+    let (id, address) = text
+        .split_once('@')
+        .ok_or_else(|| anyhow::anyhow!("voter {text:?}: expected id@host:port"))?;
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("voter {text:?}: expected id@host:port"))?;
+    Ok(Voter {
+        id: id
+            .parse()
+            .map_err(|_| anyhow::anyhow!("voter {text:?}: {id:?} is not a node id"))?,
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        port: port
+            .parse()
+            .map_err(|_| anyhow::anyhow!("voter {text:?}: {port:?} is not a port"))?,
+    })
 }
 
 impl Default for ServeConfig {
@@ -64,6 +105,8 @@ impl Default for ServeConfig {
             max_request_bytes: core.max_frame_size_bytes,
             max_message_bytes: core.max_message_bytes,
             producer_id_expiration_ms: core.log.producer_id_expiration_ms,
+            voters: Vec::new(),
+            peer_listen: None,
         }
     }
 }
@@ -71,6 +114,45 @@ impl Default for ServeConfig {
 impl ServeConfig {
     pub fn from_toml(text: &str) -> anyhow::Result<ServeConfig> {
         Ok(toml::from_str(text)?)
+    }
+
+    /// The cluster's nodes, checked: distinct ids, this node among them (none: a cluster of
+    /// one).
+    pub fn voters(&self) -> anyhow::Result<Vec<Voter>> {
+        let voters = (self.voters.iter())
+            .map(|v| parse_voter(v))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut ids: Vec<i32> = voters.iter().map(|v| v.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != voters.len() {
+            anyhow::bail!("voters {:?}: a node id appears twice", self.voters);
+        }
+        if !voters.is_empty() && !ids.contains(&self.node_id) {
+            anyhow::bail!(
+                "voters {:?} do not include this node ({}): pass --node-id",
+                self.voters,
+                self.node_id
+            );
+        }
+        if voters.len() > limits::REPLICATION_FACTOR_MAX {
+            anyhow::bail!(
+                "{} voters, more than the {} a quorum may have",
+                voters.len(),
+                limits::REPLICATION_FACTOR_MAX
+            );
+        }
+        Ok(voters)
+    }
+
+    /// Where to listen for peers: `peer_listen`, or this node's own voter address.
+    pub fn peer_listen(&self) -> anyhow::Result<Option<String>> {
+        if let Some(listen) = &self.peer_listen {
+            return Ok(Some(listen.clone()));
+        }
+        Ok((self.voters()?.into_iter())
+            .find(|v| v.id == self.node_id)
+            .map(|v| v.address()))
     }
 
     /// The core's configuration, advertising `local` (the address actually bound).
@@ -97,6 +179,25 @@ impl ServeConfig {
             seed: os_random_seed(),
             ..Config::default()
         };
+        // The other nodes' client addresses are known once they register with the quorum
+        // (port 0 until then: clients are not told of them before).
+        config.cluster = (self.voters().unwrap_or_default().into_iter())
+            .map(|v| Broker {
+                node_id: v.id,
+                host: v.host,
+                port: 0,
+                rack: None,
+            })
+            .map(|b| match b.node_id == config.node_id {
+                true => Broker {
+                    node_id: config.node_id,
+                    host: config.advertised_host.clone(),
+                    port: config.advertised_port,
+                    rack: config.rack.clone(),
+                },
+                false => b,
+            })
+            .collect();
         config.log.segment_size_bytes = self.segment_bytes;
         config.log.producer_id_expiration_ms = self.producer_id_expiration_ms;
         config

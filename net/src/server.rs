@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use keel_core::disk::DiskError;
 use keel_core::node::{ConnId, Input, Instant, Node, Output, RecoveryEvent, SyncToken};
+use keel_core::raft::NodeId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -28,7 +29,7 @@ const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// How long a graceful shutdown may take before the process exits anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-enum Event {
+pub(crate) enum Event {
     Opened {
         conn: ConnId,
         writer: mpsc::Sender<Bytes>,
@@ -44,6 +45,20 @@ enum Event {
     Synced {
         token: SyncToken,
         result: Result<(), DiskError>,
+    },
+    /// A link to a peer opened (`link` tells it from a later one to the same peer).
+    PeerUp {
+        peer: NodeId,
+        link: u64,
+        writer: mpsc::Sender<Bytes>,
+    },
+    PeerFrame {
+        peer: NodeId,
+        frame: Bytes,
+    },
+    PeerDown {
+        peer: NodeId,
+        link: u64,
     },
 }
 
@@ -112,7 +127,33 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             }
         })?;
     let acceptor = tokio::spawn(accept_loop(listener, inbound.clone()));
+    let mut peer_tasks = Vec::new();
+    let voters = config.voters()?;
+    if let Some(peer_listen) = config.peer_listen()? {
+        let setup = crate::peers::PeerSetup {
+            cluster_id: config.cluster_id.clone(),
+            node_id: config.node_id,
+            voters: voters.iter().map(|v| (v.id, v.address())).collect(),
+        };
+        let peer_listener = TcpListener::bind(&peer_listen).await?;
+        tracing::info!(peer_listen = %peer_listener.local_addr()?, voters = ?config.voters, "listening for peers");
+        peer_tasks.push(tokio::spawn(crate::peers::accept_loop(
+            peer_listener,
+            setup.clone(),
+            inbound.clone(),
+        )));
+        // The lower id of a pair dials.
+        for voter in voters.iter().filter(|v| v.id > config.node_id) {
+            peer_tasks.push(tokio::spawn(crate::peers::dial_loop(
+                voter.id,
+                voter.address(),
+                setup.clone(),
+                inbound.clone(),
+            )));
+        }
+    }
     drop(inbound);
+    let mut peer_links: BTreeMap<NodeId, (u64, mpsc::Sender<Bytes>)> = BTreeMap::new();
 
     let mut connections: BTreeMap<ConnId, Connection> = BTreeMap::new();
     let mut out = Vec::new();
@@ -154,6 +195,17 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                     Event::Synced { token, result } => {
                         node.disk_mut().synced(token, result.is_ok());
                         node.step(now(), Input::Synced { token, result }, &mut out);
+                    }
+                    Event::PeerUp { peer, link, writer } => {
+                        peer_links.insert(peer, (link, writer));
+                    }
+                    Event::PeerFrame { peer, frame } => {
+                        node.step(now(), Input::PeerMessage { from: peer, bytes: &frame }, &mut out);
+                    }
+                    Event::PeerDown { peer, link } => {
+                        if peer_links.get(&peer).is_some_and(|(l, _)| *l == link) {
+                            peer_links.remove(&peer);
+                        }
                     }
                 }
             }
@@ -204,9 +256,12 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                         }
                     }
                     Output::Halt { reason } => halted = Some(reason),
-                    Output::PeerSend { to, .. } => {
-                        // `keel serve` runs a one-node cluster: there is no peer to reach.
-                        tracing::error!(to, "a frame for a peer this node has no link to");
+                    Output::PeerSend { to, bytes } => {
+                        // No link, or a full queue: the frame is dropped, and the peer sees a
+                        // gap in the frames' numbers when the next one arrives.
+                        if let Some((_, writer)) = peer_links.get(&to) {
+                            let _ = writer.try_send(bytes);
+                        }
                     }
                 }
             }
@@ -224,6 +279,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     // Nothing reads events any more: close the channel so that the fsync thread, blocked
     // sending a completion, gives up instead of keeping the process alive forever.
     acceptor.abort();
+    for task in peer_tasks {
+        task.abort();
+    }
+    drop(peer_links);
     drop(events);
     // Let writers flush what is queued (bounded), then stop.
     let writers: Vec<_> = connections

@@ -287,7 +287,7 @@ impl<D: Disk> Node<D> {
                 }
             }
         }
-        let brokers = (self.brokers().into_iter())
+        let brokers = (self.listed_brokers().into_iter())
             .map(|b| MetadataResponseBroker {
                 node_id: b.node_id,
                 host: b.host,
@@ -1249,7 +1249,7 @@ impl<D: Disk> Node<D> {
         DescribeClusterResponse {
             cluster_id: self.config.cluster_id.clone(),
             controller_id: self.controller_id().unwrap_or(-1),
-            brokers: (self.brokers().into_iter())
+            brokers: (self.listed_brokers().into_iter())
                 .map(|b| DescribeClusterBroker {
                     broker_id: b.node_id,
                     host: b.host,

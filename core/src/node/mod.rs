@@ -156,6 +156,8 @@ pub struct Config {
 pub struct Broker {
     pub node_id: i32,
     pub host: String,
+    /// Where clients reach it; 0 for a configured node whose client address is known only
+    /// once it registers (clients are not told of it before).
     pub port: i32,
     /// Its rack (Kafka's `broker.rack`): replicas of a partition are spread over racks.
     pub rack: Option<String>,
@@ -709,6 +711,14 @@ impl<D: Disk> Node<D> {
                 },
                 None => b,
             })
+            .collect()
+    }
+
+    /// The brokers clients are told of: those whose client address is known (configured,
+    /// or registered with the quorum).
+    pub(crate) fn listed_brokers(&self) -> Vec<Broker> {
+        (self.brokers().into_iter())
+            .filter(|b| b.port > 0)
             .collect()
     }
 

@@ -72,6 +72,13 @@ struct ServeArgs {
     /// This broker's rack (broker.rack), reported to clients; replicas are spread over racks.
     #[arg(long)]
     rack: Option<String>,
+    /// The cluster's nodes, each at its peer address, this one included:
+    /// `1@host:port,2@host:port,3@host:port` [default: none, a cluster of one].
+    #[arg(long, value_name = "ID@HOST:PORT,...", value_delimiter = ',')]
+    voters: Option<Vec<String>>,
+    /// Address to listen on for the other nodes [default: this node's voter address].
+    #[arg(long, value_name = "ADDR")]
+    peer_listen: Option<String>,
 }
 
 impl ServeArgs {
@@ -106,6 +113,13 @@ impl ServeArgs {
         if let Some(port) = self.advertised_port {
             config.advertised_port = Some(port);
         }
+        if let Some(voters) = self.voters {
+            config.voters = voters;
+        }
+        if let Some(listen) = self.peer_listen {
+            config.peer_listen = Some(listen);
+        }
+        config.voters()?;
         Ok(config)
     }
 }

@@ -21,7 +21,7 @@ pub struct Broker {
     open_files: Option<u64>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -151,4 +151,20 @@ impl Drop for Broker {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// `n` nodes of one cluster on loopback (node ids 1..=n), each with its peer listener and
+/// every node as a voter, started in turn: node `i` is `nodes[i - 1]`.
+pub fn start_cluster(dir: &Path, n: i32) -> Vec<Broker> {
+    let voters: Vec<String> = (1..=n)
+        .map(|id| format!("{id}@127.0.0.1:{}", free_port()))
+        .collect();
+    let voters = voters.join(",");
+    (1..=n)
+        .map(|id| {
+            let args = ["--node-id", &id.to_string(), "--voters", &voters].map(String::from);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            Broker::start(&dir.join(format!("node-{id}")), &args)
+        })
+        .collect()
 }
