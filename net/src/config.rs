@@ -241,6 +241,23 @@ mod tests {
     }
 
     #[test]
+    fn the_three_node_example_is_a_valid_cluster() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cluster");
+        let mut listens = Vec::new();
+        for id in 1..=3 {
+            let path = dir.join(format!("node-{id}.toml"));
+            let config = ServeConfig::from_toml(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            assert_eq!(config.node_id, id);
+            assert_eq!(config.voters().unwrap().len(), 3);
+            let peer = config.peer_listen().unwrap().expect("a peer address");
+            listens.extend([config.listen.clone(), peer]);
+        }
+        listens.sort();
+        listens.dedup();
+        assert_eq!(listens.len(), 6, "every address distinct");
+    }
+
+    #[test]
     fn every_start_seeds_the_node_differently() {
         let config = ServeConfig::default();
         let local: SocketAddr = "127.0.0.1:9092".parse().unwrap();

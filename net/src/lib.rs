@@ -3,9 +3,11 @@
 //! - [`disk`]: the `Disk` trait over real files, and the fsync thread's jobs.
 //! - [`server`]: the owner task, connection tasks, timers, graceful shutdown.
 //! - [`config`]: `keel serve`'s settings (defaults, TOML, flags).
+//! - [`identity`]: `keel.properties`, whose data directory this is.
 //! - [`peers`]: links to the other nodes of a cluster (TCP, a hello, frames both ways).
 
 pub mod config;
 pub mod disk;
+pub mod identity;
 pub mod peers;
 pub mod server;

@@ -77,6 +77,7 @@ struct Connection {
 /// Runs the broker until SIGTERM or SIGINT (a graceful shutdown: answer what is in flight,
 /// sync, exit) or a fatal error.
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    crate::identity::check(&config.data_dir, &config.cluster_id, config.node_id)?;
     let disk = RealDisk::open(
         &config.data_dir,
         crate::config::descriptors_for_files(crate::config::open_files_max()),

@@ -203,3 +203,28 @@ fn acknowledged_records_survive_a_leader_s_sigkill() {
         logs(&nodes)
     );
 }
+
+/// A node started on a data directory that another node id (or cluster) wrote refuses to
+/// start, naming the mismatch.
+#[test]
+fn a_data_directory_of_another_node_is_refused() {
+    let dir = temp_dir("identity");
+    let data = dir.join("data");
+    let mut broker = common::Broker::start(&data, &["--node-id", "1"]);
+    assert!(broker.terminate().success(), "{}", broker.log());
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--node-id",
+            "2",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .expect("keel runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("belongs to node 1, not node 2"), "{stderr}");
+}
