@@ -17,7 +17,8 @@ fn engine(id: i32) -> Raft {
         id,
         voters: vec![1, 2, 3],
         election_timeout_ms: 100,
-        fetch_wait_ms: 50,
+        fetch_retry_ms: 100,
+        fetch_refresh_ms: 1_000,
         fetch_max_bytes: 1 << 20,
         commit_unsynced: false,
         in_sync_lag_ms: 10_000,
@@ -59,4 +60,12 @@ fuzz_target!(|data: &[u8]| {
         follower.handle_message(1_500, frame.from, message.clone(), &mut out);
         candidate.handle_message(1_500, frame.from, message, &mut out);
     }
+    // What the frame's link header would make the host say of its sender.
+    let mut out = Vec::new();
+    match frame.link.gaps % 3 {
+        0 => follower.handle_peer_reset(2_000, frame.from, &mut out),
+        1 => follower.handle_peer_down(2_000, frame.from, &mut out),
+        _ => follower.handle_peer_up(2_000, frame.from),
+    }
+    follower.handle_tick(3_000, &mut out);
 });

@@ -26,7 +26,11 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 /// Every acknowledged record: (partition, offset, value).
 struct AckLog(Arc<Mutex<Vec<(i32, i64, String)>>>);
 
-impl ClientContext for AckLog {}
+impl ClientContext for AckLog {
+    fn log(&self, _level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        let _ = (fac, log_message);
+    }
+}
 
 impl ProducerContext for AckLog {
     type DeliveryOpaque = ();
@@ -227,4 +231,333 @@ fn a_data_directory_of_another_node_is_refused() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
     assert!(stderr.contains("belongs to node 1, not node 2"), "{stderr}");
+}
+
+/// With two of three nodes down, an acks=all write cannot commit: the producer gets a
+/// retriable error (never success); once one node returns, writes succeed again.
+#[test]
+fn without_a_majority_writes_fail_retriably_and_resume_when_a_node_returns() {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    let dir = temp_dir("cluster-majority");
+    let mut nodes = start_cluster(&dir, 3);
+    let bootstrap: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let bootstrap = bootstrap.join(",");
+    let logs = |nodes: &[common::Broker]| -> String {
+        nodes
+            .iter()
+            .map(|n| n.log())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    };
+    let producer = |timeout_ms: &str| -> rdkafka::producer::FutureProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("acks", "all")
+            .set("message.timeout.ms", timeout_ms)
+            .create()
+            .expect("producer")
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let send = |producer: &rdkafka::producer::FutureProducer, value: &str| {
+        let record = rdkafka::producer::FutureRecord::<(), _>::to("majority")
+            .partition(0)
+            .payload(value);
+        runtime
+            .block_on(producer.send(record, Duration::from_secs(0)))
+            .map_err(|(error, _)| error)
+    };
+    // The topic is auto-created with three replicas; the first write may wait for that.
+    let started = Instant::now();
+    let first = producer("60000");
+    assert!(
+        send(&first, "before").is_ok(),
+        "a healthy cluster takes a write\n{}",
+        logs(&nodes)
+    );
+    // Two nodes down: whoever is left cannot commit.
+    nodes[1].kill();
+    nodes[2].kill();
+    match send(&producer("4000"), "without-majority") {
+        Ok(delivery) => panic!("acknowledged without a majority: {delivery:?}"),
+        Err(KafkaError::MessageProduction(code)) => assert!(
+            matches!(
+                code,
+                RDKafkaErrorCode::MessageTimedOut
+                    | RDKafkaErrorCode::RequestTimedOut
+                    | RDKafkaErrorCode::NotLeaderForPartition
+                    | RDKafkaErrorCode::LeaderNotAvailable
+                    | RDKafkaErrorCode::NotEnoughReplicas
+                    | RDKafkaErrorCode::NotEnoughReplicasAfterAppend
+            ),
+            "a retriable error, not {code:?}"
+        ),
+        Err(other) => panic!("a retriable error, not {other:?}"),
+    }
+    // One node back: a majority again, and writes go through.
+    nodes[1].restart();
+    let again = producer("60000");
+    assert!(
+        send(&again, "after").is_ok(),
+        "writes resume with a majority\n{}",
+        logs(&nodes)
+    );
+    assert!(started.elapsed() < TIMEOUT);
+}
+
+/// The leader of a partition is cut off from both its peers (through proxies on the peer
+/// links) while a client on the majority's side keeps writing, and a client of the old
+/// leader writes to it at once: the majority elects a new leader and takes its writes; the
+/// old leader's appends never commit, and after the heal its uncommitted tail is cut. Every
+/// acknowledged record is read back exactly once, and the three logs end byte for byte equal.
+#[test]
+fn a_leader_cut_off_from_its_peers_is_replaced_and_its_tail_repaired() {
+    const CUT_TOPIC: &str = "cut";
+    let dir = temp_dir("cluster-cut");
+    let (mut nodes, proxies) = common::start_cluster_behind_proxies(&dir);
+    let addr = |id: i32, nodes: &[common::Broker]| nodes[id as usize - 1].addr.clone();
+    let logs = |nodes: &[common::Broker]| -> String {
+        nodes
+            .iter()
+            .map(|n| n.log())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    };
+    let all: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let all = all.join(",");
+    let started = Instant::now();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &all)
+        .create()
+        .expect("admin client");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    loop {
+        let topic = NewTopic::new(CUT_TOPIC, 1, TopicReplication::Fixed(3));
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let result = runtime
+            .block_on(admin.create_topics([&topic], &options))
+            .map(|mut r| r.remove(0));
+        match result {
+            Ok(Ok(_)) | Ok(Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists))) => break,
+            other => {
+                assert!(started.elapsed() < TIMEOUT, "{other:?}\n{}", logs(&nodes));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    let producer = |bootstrap: &str, timeout_ms: &str, acked: &Arc<Mutex<Vec<_>>>| {
+        let producer: BaseProducer<AckLog> = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set("message.timeout.ms", timeout_ms)
+            .create_with_context(AckLog(acked.clone()))
+            .expect("producer");
+        producer
+    };
+    let write = |producer: &BaseProducer<AckLog>, prefix: &str, count: usize| {
+        for i in 0..count {
+            let value = format!("{prefix}-{i:04}");
+            let record = BaseRecord::<(), _>::to(CUT_TOPIC)
+                .partition(0)
+                .payload(&value);
+            producer.send(record).expect("queued");
+        }
+    };
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let first = producer(&all, "60000", &acked);
+    write(&first, "before", 50);
+    first
+        .flush(Duration::from_secs(60))
+        .expect("written before the cut");
+    let old = {
+        let started = Instant::now();
+        loop {
+            if let Some(leader) = leader_of_topic(&first, CUT_TOPIC, 0) {
+                break leader;
+            }
+            assert!(started.elapsed() < TIMEOUT, "no leader\n{}", logs(&nodes));
+        }
+    };
+    println!("cutting node {old}, the leader, off its peers");
+    for ((low, high), proxy) in &proxies {
+        if *low == old || *high == old {
+            proxy.cut();
+        }
+    }
+    // At once, a client of the old leader writes: appended there, never committed.
+    let stale_acked = Arc::new(Mutex::new(Vec::new()));
+    let stale = producer(&addr(old, &nodes), "4000", &stale_acked);
+    write(&stale, "stale", 20);
+    // The majority's client writes through the new leader.
+    let majority: Vec<String> = (1..=3)
+        .filter(|id| *id != old)
+        .map(|id| addr(id, &nodes))
+        .collect();
+    let during = producer(&majority.join(","), "60000", &acked);
+    let _ = during
+        .client()
+        .fetch_metadata(Some(CUT_TOPIC), Duration::from_secs(5));
+    write(&during, "during", 50);
+    if let Err(e) = during.flush(Duration::from_secs(60)) {
+        let mut views = String::new();
+        for node in &nodes {
+            let one: BaseProducer = ClientConfig::new()
+                .set("bootstrap.servers", &node.addr)
+                .create()
+                .unwrap();
+            let m = one
+                .client()
+                .fetch_metadata(Some(CUT_TOPIC), Duration::from_secs(5));
+            let view = m.map(|m| {
+                let brokers: Vec<i32> = m.brokers().iter().map(|b| b.id()).collect();
+                let parts: Vec<String> = (m.topics().iter())
+                    .flat_map(|t| t.partitions().iter())
+                    .map(|p| {
+                        format!(
+                            "leader {} isr {:?} error {:?}",
+                            p.leader(),
+                            p.isr(),
+                            p.error()
+                        )
+                    })
+                    .collect();
+                format!(
+                    "brokers {brokers:?} controller {} {parts:?}",
+                    m.orig_broker_id()
+                )
+            });
+            views.push_str(&format!("{}: {view:?}\n", node.addr));
+        }
+        panic!("the majority takes writes: {e}\n{views}\n{}", logs(&nodes));
+    }
+    let _ = stale.flush(Duration::from_secs(10));
+    for proxy in proxies.values() {
+        proxy.heal();
+    }
+    // After the heal: one more write, and time for the old leader to catch up.
+    let after = producer(&all, "60000", &acked);
+    write(&after, "after", 50);
+    after
+        .flush(Duration::from_secs(60))
+        .expect("written after the heal");
+    let mut acked = acked.lock().unwrap().clone();
+    acked.extend(stale_acked.lock().unwrap().iter().cloned());
+    assert_eq!(
+        acked
+            .iter()
+            .filter(|(_, _, v)| !v.starts_with("stale"))
+            .count(),
+        150
+    );
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &all)
+        .set("group.id", "keel-cluster-cut")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(CUT_TOPIC, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&assignment).unwrap();
+    let mut consumed: Vec<(i64, String)> = Vec::new();
+    let mut quiet_since = Instant::now();
+    while consumed.len() < acked.len() || quiet_since.elapsed() < Duration::from_secs(2) {
+        assert!(
+            started.elapsed() < 2 * TIMEOUT,
+            "read back {}\n{}",
+            consumed.len(),
+            logs(&nodes)
+        );
+        let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        quiet_since = Instant::now();
+        let value = String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned();
+        consumed.push((message.offset(), value));
+    }
+    let mut expected: Vec<(i64, String)> = acked.into_iter().map(|(_, o, v)| (o, v)).collect();
+    expected.sort();
+    let read: Vec<&(i64, String)> = consumed
+        .iter()
+        .filter(|r| !r.1.starts_with("stale"))
+        .collect();
+    let wanted: Vec<&(i64, String)> = expected
+        .iter()
+        .filter(|r| !r.1.starts_with("stale"))
+        .collect();
+    assert_eq!(
+        read, wanted,
+        "every acknowledged record once, at its offset"
+    );
+    for record in expected.iter().filter(|r| r.1.starts_with("stale")) {
+        assert!(
+            consumed.contains(record),
+            "an acknowledged stale write is there: {record:?}"
+        );
+    }
+    // The three logs agree byte for byte once every node has stopped cleanly (after the old
+    // leader, which redials its peers with a backoff, has caught up).
+    drop(consumer);
+    let log_bytes = |id: i32| -> u64 {
+        let part = dir
+            .join(format!("node-{id}"))
+            .join(format!("{CUT_TOPIC}-0"));
+        (std::fs::read_dir(&part).unwrap())
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .sum()
+    };
+    let caught_up = Instant::now();
+    while !(log_bytes(1) == log_bytes(2) && log_bytes(2) == log_bytes(3)) {
+        assert!(
+            caught_up.elapsed() < Duration::from_secs(60),
+            "the old leader catches up\n{}",
+            logs(&nodes)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for node in &mut nodes {
+        assert!(node.terminate().success(), "{}", node.log());
+    }
+    let segment = |id: i32| -> Vec<u8> {
+        let part = dir
+            .join(format!("node-{id}"))
+            .join(format!("{CUT_TOPIC}-0"));
+        let mut files: Vec<_> = std::fs::read_dir(&part)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .flat_map(|f| std::fs::read(f).unwrap())
+            .collect()
+    };
+    let (one, two, three) = (segment(1), segment(2), segment(3));
+    assert!(!one.is_empty());
+    assert!(
+        one == two && two == three,
+        "the replicas' logs are equal after the heal"
+    );
+}
+
+/// The current leader of `partition` of `topic`.
+fn leader_of_topic(producer: &BaseProducer<AckLog>, topic: &str, partition: i32) -> Option<i32> {
+    let metadata = producer
+        .client()
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .ok()?;
+    let t = metadata.topics().iter().find(|t| t.name() == topic)?;
+    let p = t.partitions().iter().find(|p| p.id() == partition)?;
+    (p.leader() > 0).then_some(p.leader())
 }

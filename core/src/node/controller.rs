@@ -263,18 +263,19 @@ impl<D: Disk> Node<D> {
                     None => Ok(()),
                 };
             }
-            MetadataRecord::Broker {
-                id, incarnation, ..
-            } => {
+            MetadataRecord::Broker { id, .. } => {
+                // Any change is taken, an older start's included: a node that lost its disk
+                // counts its starts from one again, and must still be able to register (it
+                // serves no client until it has). A registration of a start that has since
+                // ended, forwarded late, may overwrite the current one for a moment: the
+                // current start registers again until its image holds its own.
                 let member = brokers.contains(id);
-                let known = self.image.brokers().get(id);
-                let newer = known.is_none_or(|b| b.incarnation <= *incarnation);
                 let changed = self.image.registration(*id).as_ref() != Some(record);
-                return match member && newer && changed {
+                return match member && changed {
                     true => Ok(()),
                     false => Err((
                         codes::INVALID_REQUEST,
-                        format!("broker {id}: not a member, or a stale or known registration"),
+                        format!("broker {id}: not a member, or a known registration"),
                     )),
                 };
             }
@@ -384,6 +385,36 @@ impl<D: Disk> Node<D> {
         }
     }
 
+    /// This start's registration: where clients reach the node, its rack, the start.
+    fn own_registration(&self) -> MetadataRecord {
+        MetadataRecord::Broker {
+            id: self.config.node_id,
+            host: self.config.advertised_host.clone(),
+            port: self.config.advertised_port,
+            rack: self.config.rack.clone(),
+            incarnation: self.incarnation,
+        }
+    }
+
+    /// Whether a node of a cluster has joined it since it started: its image holds this
+    /// start's registration and names a controller clients can reach. Until then it reads no
+    /// client request (as a Kafka broker serves none before it has registered and caught
+    /// up): a client told of no controller, or of brokers it cannot reach, may wait a long
+    /// time before it asks again (librdkafka's admin client waits out its request timeout).
+    /// Once joined, a node stays so for the rest of its run. A cluster of one has joined.
+    pub(super) fn joined(&mut self) -> bool {
+        if self.joined || self.brokers().len() <= 1 {
+            return true;
+        }
+        let record = self.own_registration();
+        let registered = self.image.registration(self.config.node_id).as_ref() == Some(&record);
+        self.joined = registered && self.listed_controller_id() >= 0;
+        if self.joined {
+            tracing::info!("joined the cluster: serving clients");
+        }
+        self.joined
+    }
+
     /// The node registers itself (where clients reach it, its rack, this start) with the
     /// quorum until its image has that registration: written by the controller itself, or
     /// forwarded, again every election timeout.
@@ -392,13 +423,7 @@ impl<D: Disk> Node<D> {
         if now_ms < self.registration_due_ms {
             return;
         }
-        let record = MetadataRecord::Broker {
-            id: self.config.node_id,
-            host: self.config.advertised_host.clone(),
-            port: self.config.advertised_port,
-            rack: self.config.rack.clone(),
-            incarnation: self.incarnation,
-        };
+        let record = self.own_registration();
         let registered = self.image.registration(self.config.node_id).as_ref() == Some(&record);
         if registered || self.check_record(&record).is_err() {
             return;

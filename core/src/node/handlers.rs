@@ -299,7 +299,7 @@ impl<D: Disk> Node<D> {
         let response = MetadataResponse {
             brokers,
             cluster_id: Some(self.config.cluster_id.clone()),
-            controller_id: self.controller_id().unwrap_or(-1),
+            controller_id: self.listed_controller_id(),
             topics,
             ..Default::default()
         };
@@ -1248,7 +1248,7 @@ impl<D: Disk> Node<D> {
         use crate::protocol::messages::describe_cluster_response::*;
         DescribeClusterResponse {
             cluster_id: self.config.cluster_id.clone(),
-            controller_id: self.controller_id().unwrap_or(-1),
+            controller_id: self.listed_controller_id(),
             brokers: (self.listed_brokers().into_iter())
                 .map(|b| DescribeClusterBroker {
                     broker_id: b.node_id,

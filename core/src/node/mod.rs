@@ -597,6 +597,8 @@ pub struct Node<D: Disk> {
     registration_due_ms: u64,
     /// Heartbeats and the link headers of peer frames: which peers are in touch.
     links: links::Links,
+    /// Whether this start's registration and a controller are in the image (`joined`).
+    joined: bool,
 }
 
 impl<D: Disk> Node<D> {
@@ -669,6 +671,7 @@ impl<D: Disk> Node<D> {
             incarnation: starts,
             registration_due_ms: 0,
             links,
+            joined: false,
         };
         if let Err(e) = node.ensure_metadata_log() {
             return Err(NodeError::Disk(match e {
@@ -720,6 +723,15 @@ impl<D: Disk> Node<D> {
         (self.brokers().into_iter())
             .filter(|b| b.port > 0)
             .collect()
+    }
+
+    /// The controller as clients are told of it: only once it is a listed broker (a client
+    /// told of a controller it cannot reach waits on it; told of none, it asks again).
+    pub(crate) fn listed_controller_id(&mut self) -> i32 {
+        let listed = self.listed_brokers();
+        (self.controller_id())
+            .filter(|c| listed.iter().any(|b| b.node_id == *c))
+            .unwrap_or(-1)
     }
 
     /// The disk, for the harness (the simulator crashes it; tests inspect it).
@@ -777,7 +789,7 @@ impl<D: Disk> Node<D> {
         self.maybe_start_round(now, out);
         self.flush(out);
         self.flush_peers(out);
-        if self.serving && self.requests_held {
+        if self.serving && self.requests_held && self.joined() {
             // Frames held back (before the first sync round, or behind a full answer queue)
             // are read now that there may be room.
             self.requests_held = false;
@@ -978,7 +990,7 @@ impl<D: Disk> Node<D> {
             self.close(conn_id, reason, out);
             return;
         }
-        if !self.serving {
+        if !self.serving || !self.joined() {
             self.requests_held = true;
             return;
         }
@@ -1060,6 +1072,13 @@ impl<D: Disk> Node<D> {
                     ..Default::default()
                 },
             ))?)),
+            Request::Metadata(_) if self.brokers().len() > 1 && self.controller_id().is_none() => {
+                // No controller in reach: this node may be cut off from the others, and what
+                // it knows of leaders may be stale. Closing the connection sends the client to
+                // another broker (an answer would keep it here: librdkafka asks the broker it
+                // last heard from again and again).
+                return Err("no metadata quorum in reach: ask another broker".into());
+            }
             Request::Metadata(r) => {
                 let (response, created) = self.metadata(now, &r, version);
                 match created {

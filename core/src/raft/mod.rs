@@ -200,11 +200,15 @@ pub enum Message {
     BeginEpoch {
         epoch: Epoch,
     },
+    /// A follower's fetch: from its log's end, how far it is synced, and the high watermark
+    /// it knows (the leader answers at once if it knows a later one: a follower that
+    /// restarted, or lost an answer, must not wait at the leader for news it already missed).
     Fetch {
         epoch: Epoch,
         fetch_offset: Offset,
         last_fetched_epoch: Epoch,
         synced_offset: Offset,
+        high_watermark: Offset,
     },
     /// The answer to the fetch from `fetch_offset` with `last_fetched_epoch` (echoed: an
     /// answer to an earlier fetch, late or duplicated, must not act on a log that changed).
@@ -356,8 +360,6 @@ struct Progress {
     last_fetch_ms: Option<u64>,
     /// When a fetch of its last reached the leader's log end.
     caught_up_ms: Option<u64>,
-    /// The high watermark its last answer carried.
-    high_watermark_sent: Offset,
     /// It asked for a pre-vote, so it does not know this node leads: its next fetch is
     /// answered at once, not parked (it would wait there for news, and campaign in vain).
     owed_answer: bool,
@@ -766,13 +768,14 @@ impl Raft {
                 fetch_offset,
                 last_fetched_epoch,
                 synced_offset,
+                high_watermark,
             } => self.on_fetch(
                 now_ms,
                 from,
                 epoch,
-                fetch_offset,
-                last_fetched_epoch,
+                (fetch_offset, last_fetched_epoch),
                 synced_offset,
+                high_watermark,
                 out,
             ),
             Message::FetchResponse {
@@ -837,11 +840,13 @@ impl Raft {
                 fetch_offset,
                 last_fetched_epoch,
                 synced_offset,
+                high_watermark,
             } => {
                 epoch_ok(*epoch)
                     && epoch_ok(*last_fetched_epoch)
                     && offset_ok(*fetch_offset)
                     && offset_ok(*synced_offset)
+                    && offset_ok(*high_watermark)
             }
             Message::FetchResponse {
                 epoch,
@@ -1186,6 +1191,7 @@ impl Raft {
             fetch_offset: self.log.end,
             last_fetched_epoch: self.log.last_epoch(),
             synced_offset: self.log.synced,
+            high_watermark: self.high_watermark,
         }
     }
 
@@ -1195,9 +1201,9 @@ impl Raft {
         now_ms: u64,
         from: NodeId,
         epoch: Epoch,
-        fetch_offset: Offset,
-        last_fetched_epoch: Epoch,
+        (fetch_offset, last_fetched_epoch): (Offset, Epoch),
         synced_offset: Offset,
+        follower_high_watermark: Offset,
         out: &mut Vec<Command>,
     ) {
         if !self.config.voters.contains(&from) {
@@ -1249,9 +1255,8 @@ impl Raft {
         }
         self.advance_high_watermark(out);
         self.maybe_transfer(out);
-        let knows = self.progress[&from].high_watermark_sent;
-        let news =
-            knows < self.high_watermark.min(fetch_offset) || self.progress[&from].owed_answer;
+        let news = follower_high_watermark < self.high_watermark.min(fetch_offset)
+            || self.progress[&from].owed_answer;
         if fetch_offset < self.log.end || news {
             self.send_entries(from, fetch_offset, last_fetched_epoch, out);
         } else {
@@ -1272,7 +1277,6 @@ impl Raft {
     ) {
         self.parked.remove(&to);
         if let Some(progress) = self.progress.get_mut(&to) {
-            progress.high_watermark_sent = self.high_watermark;
             progress.owed_answer = false;
         }
         out.push(Command::SendEntries {

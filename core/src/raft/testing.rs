@@ -131,8 +131,9 @@ fn describe(message: &Message) -> String {
             fetch_offset,
             last_fetched_epoch,
             synced_offset,
+            high_watermark,
         } => format!(
-            "Fetch epoch={epoch} offset={fetch_offset} last_epoch={last_fetched_epoch} synced={synced_offset}"
+            "Fetch epoch={epoch} offset={fetch_offset} last_epoch={last_fetched_epoch} synced={synced_offset} hw={high_watermark}"
         ),
         Message::FetchResponse {
             epoch,

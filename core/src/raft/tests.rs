@@ -407,14 +407,24 @@ fn any_message() -> impl Strategy<Value = (NodeId, Message)> {
         epoch
             .clone()
             .prop_map(|epoch| Message::BeginEpoch { epoch }),
-        (epoch.clone(), offset.clone(), epoch.clone(), offset.clone()).prop_map(
-            |(epoch, fetch_offset, last_fetched_epoch, synced_offset)| Message::Fetch {
-                epoch,
-                fetch_offset,
-                last_fetched_epoch,
-                synced_offset,
-            }
-        ),
+        (
+            epoch.clone(),
+            offset.clone(),
+            epoch.clone(),
+            offset.clone(),
+            offset.clone()
+        )
+            .prop_map(
+                |(epoch, fetch_offset, last_fetched_epoch, synced_offset, high_watermark)| {
+                    Message::Fetch {
+                        epoch,
+                        fetch_offset,
+                        last_fetched_epoch,
+                        synced_offset,
+                        high_watermark,
+                    }
+                }
+            ),
         (epoch.clone(), offset.clone(), offset, epoch.clone(), reply).prop_map(
             |(epoch, high_watermark, fetch_offset, last_fetched_epoch, reply)| {
                 Message::FetchResponse {

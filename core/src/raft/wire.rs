@@ -26,7 +26,7 @@ use crate::limits::{
 };
 
 /// The body format this code writes and reads.
-pub const PEER_WIRE_VERSION: u8 = 3;
+pub const PEER_WIRE_VERSION: u8 = 4;
 
 /// Which Raft group a message belongs to: a partition of a topic (the metadata quorum has a
 /// group of its own, by convention the all-zero topic id and partition -1).
@@ -171,12 +171,14 @@ fn encode_message(out: &mut BytesMut, message: &Message) {
             fetch_offset,
             last_fetched_epoch,
             synced_offset,
+            high_watermark,
         } => {
             out.put_u8(TAG_FETCH);
             out.put_i32(*epoch);
             out.put_i64(*fetch_offset);
             out.put_i32(*last_fetched_epoch);
             out.put_i64(*synced_offset);
+            out.put_i64(*high_watermark);
         }
         Message::FetchResponse {
             epoch,
@@ -371,12 +373,13 @@ fn decode_message(buf: &mut Bytes) -> Result<Message, PeerWireError> {
             }
         }
         TAG_FETCH => {
-            need(buf, 4 + 8 + 4 + 8, "a fetch")?;
+            need(buf, 4 + 8 + 4 + 8 + 8, "a fetch")?;
             Message::Fetch {
                 epoch: buf.get_i32(),
                 fetch_offset: buf.get_i64(),
                 last_fetched_epoch: buf.get_i32(),
                 synced_offset: buf.get_i64(),
+                high_watermark: buf.get_i64(),
             }
         }
         TAG_FETCH_RESPONSE => {
@@ -510,14 +513,24 @@ mod tests {
             (any::<i32>(), any::<bool>())
                 .prop_map(|(epoch, granted)| Message::VoteResponse { epoch, granted }),
             any::<i32>().prop_map(|epoch| Message::BeginEpoch { epoch }),
-            (any::<i32>(), any::<i64>(), any::<i32>(), any::<i64>()).prop_map(
-                |(epoch, fetch_offset, last_fetched_epoch, synced_offset)| Message::Fetch {
-                    epoch,
-                    fetch_offset,
-                    last_fetched_epoch,
-                    synced_offset,
-                }
-            ),
+            (
+                any::<i32>(),
+                any::<i64>(),
+                any::<i32>(),
+                any::<i64>(),
+                any::<i64>()
+            )
+                .prop_map(
+                    |(epoch, fetch_offset, last_fetched_epoch, synced_offset, high_watermark)| {
+                        Message::Fetch {
+                            epoch,
+                            fetch_offset,
+                            last_fetched_epoch,
+                            synced_offset,
+                            high_watermark,
+                        }
+                    }
+                ),
             (
                 any::<i32>(),
                 any::<i64>(),

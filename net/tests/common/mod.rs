@@ -89,7 +89,10 @@ impl Broker {
             .args(["serve", "--listen", &self.addr, "--data-dir"])
             .arg(&self.data_dir)
             .args(&self.args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("KEEL_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -167,4 +170,99 @@ pub fn start_cluster(dir: &Path, n: i32) -> Vec<Broker> {
             Broker::start(&dir.join(format!("node-{id}")), &args)
         })
         .collect()
+}
+
+/// A TCP proxy on loopback that can be cut: every connection through it is closed and new
+/// ones are refused until it heals. It stands on a peer link to cut a node off its peers.
+pub struct Proxy {
+    pub addr: String,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Streams open through the proxy, to shut when it is cut.
+    open: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    /// Forwards connections on a free port to `upstream`.
+    pub fn start(upstream: String) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (cut2, open2) = (cut.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if cut2.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let mut copies = Vec::new();
+                let _ = &copies;
+                for (from, to) in [(&client, &server), (&server, &client)] {
+                    let (mut from, mut to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
+                    copies.push(std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    }));
+                }
+                let mut open = open2.lock().unwrap();
+                open.push(client);
+                open.push(server);
+            }
+        });
+        Proxy { addr, cut, open }
+    }
+
+    /// Closes every connection through the proxy and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    pub fn heal(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Three nodes whose peer links all pass through proxies, one per node pair, so that a node
+/// can be cut off from its peers while clients still reach it. Returns the nodes and the
+/// proxies by pair (lower id, higher id).
+pub fn start_cluster_behind_proxies(
+    dir: &Path,
+) -> (Vec<Broker>, std::collections::BTreeMap<(i32, i32), Proxy>) {
+    let peer_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut proxies = std::collections::BTreeMap::new();
+    for low in 1..=3 {
+        for high in low + 1..=3 {
+            // The lower id dials the higher: the proxy leads to the higher's listener.
+            let upstream = format!("127.0.0.1:{}", peer_ports[high as usize - 1]);
+            proxies.insert((low, high), Proxy::start(upstream));
+        }
+    }
+    let nodes = (1..=3)
+        .map(|id: i32| {
+            // Each node reaches each peer through the pair's proxy; its own entry is where it
+            // listens.
+            let voters: Vec<String> = (1..=3)
+                .map(|other: i32| {
+                    let addr = match other == id {
+                        true => format!("127.0.0.1:{}", peer_ports[id as usize - 1]),
+                        false => proxies[&(id.min(other), id.max(other))].addr.clone(),
+                    };
+                    format!("{other}@{addr}")
+                })
+                .collect();
+            let args =
+                ["--node-id", &id.to_string(), "--voters", &voters.join(",")].map(String::from);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            Broker::start(&dir.join(format!("node-{id}")), &args)
+        })
+        .collect();
+    (nodes, proxies)
 }

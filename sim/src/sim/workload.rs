@@ -683,6 +683,13 @@ impl Sim {
         }
         let bytes = match what {
             ToClient::Close => {
+                // The node closed the connection (one that has no metadata quorum in reach
+                // does, for a Metadata request): a client reconnects to the next broker of
+                // its bootstrap list, as librdkafka marks that broker down and uses another.
+                if self.machines.len() > 1 {
+                    let c = &mut self.clients[client];
+                    c.node = (c.node + 1) % self.machines.len();
+                }
                 self.conn_lost(client);
                 return;
             }
