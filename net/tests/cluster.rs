@@ -561,3 +561,69 @@ fn leader_of_topic(producer: &BaseProducer<AckLog>, topic: &str, partition: i32)
     let p = t.partitions().iter().find(|p| p.id() == partition)?;
     (p.leader() > 0).then_some(p.leader())
 }
+
+/// SIGTERM on a leader hands its leaderships over before the process exits: the moment it
+/// is gone, the other nodes already name a new leader (without the handover they would name
+/// the stopped node until they stop hearing from it, a second later), and writes go on.
+#[test]
+fn sigterm_hands_leadership_over_before_exiting() {
+    let dir = temp_dir("cluster-handover");
+    let mut nodes = start_cluster(&dir, 3);
+    let all: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let all = all.join(",");
+    let logs = |nodes: &[common::Broker]| -> String {
+        nodes
+            .iter()
+            .map(|n| n.log())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    };
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let producer: BaseProducer<AckLog> = ClientConfig::new()
+        .set("bootstrap.servers", &all)
+        .set("acks", "all")
+        .set("message.timeout.ms", "60000")
+        .create_with_context(AckLog(acked.clone()))
+        .expect("producer");
+    let started = Instant::now();
+    // The topic is auto-created (three replicas) by the first write.
+    let record = BaseRecord::<(), _>::to("handover")
+        .partition(0)
+        .payload("first");
+    producer.send(record).expect("queued");
+    producer
+        .flush(Duration::from_secs(60))
+        .expect("first write");
+    let leader = loop {
+        if let Some(leader) = leader_of_topic(&producer, "handover", 0) {
+            break leader;
+        }
+        assert!(started.elapsed() < TIMEOUT, "no leader\n{}", logs(&nodes));
+    };
+    println!("stopping node {leader}, the leader");
+    assert!(
+        nodes[leader as usize - 1].terminate().success(),
+        "{}",
+        logs(&nodes)
+    );
+    // Ask a survivor at once.
+    let survivor = (1..=3).find(|id| *id != leader).unwrap();
+    let probe: BaseProducer<AckLog> = ClientConfig::new()
+        .set("bootstrap.servers", &nodes[survivor as usize - 1].addr)
+        .create_with_context(AckLog(Arc::new(Mutex::new(Vec::new()))))
+        .expect("probe");
+    let named = leader_of_topic(&probe, "handover", 0);
+    assert!(
+        named.is_some_and(|n| n != leader),
+        "a new leader is named as the old one exits, not {named:?}\n{}",
+        logs(&nodes)
+    );
+    let record = BaseRecord::<(), _>::to("handover")
+        .partition(0)
+        .payload("second");
+    producer.send(record).expect("queued");
+    producer
+        .flush(Duration::from_secs(60))
+        .expect("writes go on");
+    assert_eq!(acked.lock().unwrap().len(), 2);
+}

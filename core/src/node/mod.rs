@@ -599,7 +599,12 @@ pub struct Node<D: Disk> {
     links: links::Links,
     /// Whether this start's registration and a controller are in the image (`joined`).
     joined: bool,
+    /// While shutting down: until when leaderships may take to move to other nodes.
+    handover_until: Option<Instant>,
 }
+
+/// How long a node that is shutting down waits for its leaderships to move to other nodes.
+pub const HANDOVER_TIMEOUT_MS: u64 = 5_000;
 
 impl<D: Disk> Node<D> {
     /// Opens the node on `disk`, recovering every partition log found there. Recovery events
@@ -672,6 +677,7 @@ impl<D: Disk> Node<D> {
             registration_due_ms: 0,
             links,
             joined: false,
+            handover_until: None,
         };
         if let Err(e) = node.ensure_metadata_log() {
             return Err(NodeError::Disk(match e {
@@ -867,15 +873,39 @@ impl<D: Disk> Node<D> {
     /// keeps stepping until [`Node::is_shut_down`].
     pub fn begin_shutdown(&mut self, now: Instant, out: &mut Vec<Output>) {
         self.shutting_down = true;
+        // Leaderships go to caught-up followers first, so that clients find a new leader at
+        // once rather than after an election timeout (bounded: a follower that does not catch
+        // up in time is left to elect itself after this node is gone).
+        self.handover_until = Some(now.plus_millis(HANDOVER_TIMEOUT_MS));
+        for log_id in self.topics.log_ids() {
+            let target = (self.topics.by_log_id(log_id))
+                .and_then(|p| p.replica.as_ref())
+                .and_then(|r| r.raft().transfer_target());
+            if let Some(to) = target {
+                self.drive_replica(now, log_id, |raft, _, out| {
+                    raft.transfer_leadership(to, out)
+                });
+            }
+        }
+        self.flush_peers(out);
         // Waiting fetches are answered now with what they have.
         self.complete_parked_fetches(now, true);
         self.maybe_start_round(now, out);
         self.flush(out);
     }
 
-    /// Shut down: nothing left to answer, nothing left to sync.
+    /// Shut down: nothing left to answer, nothing left to sync, no leadership left to hand
+    /// over (or no time left to).
     pub fn is_shut_down(&self) -> bool {
+        let handed_over = self.handover_until.is_some_and(|until| self.now >= until)
+            || !self.topics.by_name.values().any(|t| {
+                (t.partitions.values()).any(|p| {
+                    (p.replica.as_ref())
+                        .is_some_and(|r| r.is_leader() && r.raft().voters().len() > 1)
+                })
+            });
         self.shutting_down
+            && handed_over
             && self.round.is_none()
             && self.extra_dirty_files.is_empty()
             && !self.topics.needs_sync()

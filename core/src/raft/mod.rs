@@ -970,6 +970,22 @@ impl Raft {
         }
     }
 
+    /// The follower leadership is best handed to: one in touch, the furthest synced (ties to
+    /// the lowest id). `None` unless leading with another voter.
+    pub fn transfer_target(&self) -> Option<NodeId> {
+        if self.role != Role::Leader {
+            return None;
+        }
+        let unsynced = self.config.commit_unsynced;
+        (self.progress.iter())
+            .filter(|(id, _)| !self.unreachable.contains(id))
+            .max_by_key(|(id, p)| {
+                let at = if unsynced { p.matched } else { p.synced };
+                (at, std::cmp::Reverse(**id))
+            })
+            .map(|(id, _)| *id)
+    }
+
     /// Hand leadership to `to` once its log has caught up.
     pub fn transfer_leadership(&mut self, to: NodeId, out: &mut Vec<Command>) {
         if self.role == Role::Leader && to != self.config.id && self.config.voters.contains(&to) {
