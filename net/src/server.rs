@@ -154,7 +154,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         }
     }
     drop(inbound);
-    let mut peer_links: BTreeMap<NodeId, (u64, mpsc::Sender<Bytes>)> = BTreeMap::new();
+    // Every open link to each peer, the newest last (frames go on the newest): a second link
+    // (a peer's new process, or a stranger claiming its id before its hello is refused
+    // elsewhere) must not cut off the first when it ends.
+    let mut peer_links: BTreeMap<NodeId, Vec<(u64, mpsc::Sender<Bytes>)>> = BTreeMap::new();
 
     let mut connections: BTreeMap<ConnId, Connection> = BTreeMap::new();
     let mut out = Vec::new();
@@ -198,14 +201,14 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                         node.step(now(), Input::Synced { token, result }, &mut out);
                     }
                     Event::PeerUp { peer, link, writer } => {
-                        peer_links.insert(peer, (link, writer));
+                        peer_links.entry(peer).or_default().push((link, writer));
                     }
                     Event::PeerFrame { peer, frame } => {
                         node.step(now(), Input::PeerMessage { from: peer, bytes: &frame }, &mut out);
                     }
                     Event::PeerDown { peer, link } => {
-                        if peer_links.get(&peer).is_some_and(|(l, _)| *l == link) {
-                            peer_links.remove(&peer);
+                        if let Some(links) = peer_links.get_mut(&peer) {
+                            links.retain(|(l, _)| *l != link);
                         }
                     }
                 }
@@ -260,7 +263,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                     Output::PeerSend { to, bytes } => {
                         // No link, or a full queue: the frame is dropped, and the peer sees a
                         // gap in the frames' numbers when the next one arrives.
-                        if let Some((_, writer)) = peer_links.get(&to) {
+                        if let Some((_, writer)) = peer_links.get(&to).and_then(|l| l.last()) {
                             let _ = writer.try_send(bytes);
                         }
                     }

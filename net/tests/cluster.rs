@@ -627,3 +627,91 @@ fn sigterm_hands_leadership_over_before_exiting() {
         .expect("writes go on");
     assert_eq!(acked.lock().unwrap().len(), 2);
 }
+
+/// Strangers on the peer port are refused without harm to the cluster: garbage, a Kafka
+/// client's request, a hello from another cluster, and a flood of bytes after a hello that
+/// claims to be a member all lose their connection, and the cluster goes on taking writes.
+#[test]
+fn strangers_on_the_peer_port_are_refused_and_the_cluster_goes_on() {
+    use std::io::{Read, Write};
+    let dir = temp_dir("cluster-strangers");
+    let (nodes, peers) = common::start_cluster_with_peers(&dir, 3);
+    let all: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let all = all.join(",");
+    let logs = |nodes: &[common::Broker]| -> String {
+        nodes
+            .iter()
+            .map(|n| n.log())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    };
+    // Node 3 accepts links from nodes 1 and 2: knock on its door.
+    let target = &peers[2];
+    let closed = |mut stream: std::net::TcpStream| -> bool {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => continue,
+            }
+        }
+    };
+    let hello = |cluster: &str, from: i32, to: i32| -> Vec<u8> {
+        let mut out = b"KEELPEER".to_vec();
+        out.extend_from_slice(&1u16.to_be_bytes());
+        out.push(keel_core::raft::wire::PEER_WIRE_VERSION);
+        out.extend_from_slice(&from.to_be_bytes());
+        out.extend_from_slice(&to.to_be_bytes());
+        out.push(cluster.len() as u8);
+        out.extend_from_slice(cluster.as_bytes());
+        out
+    };
+    let mut garbage = std::net::TcpStream::connect(target).unwrap();
+    garbage.write_all(&[0xAB; 64]).unwrap();
+    assert!(closed(garbage), "garbage is refused");
+    let mut kafka = std::net::TcpStream::connect(target).unwrap();
+    kafka
+        .write_all(&[0, 0, 0, 10, 0, 18, 0, 0, 0, 0, 0, 1, 0, 0])
+        .unwrap();
+    assert!(closed(kafka), "a Kafka request on the peer port is refused");
+    let mut other = std::net::TcpStream::connect(target).unwrap();
+    other.write_all(&hello("another-cluster", 1, 3)).unwrap();
+    assert!(closed(other), "a node of another cluster is refused");
+    // A hello as node 1, then a frame that claims to be larger than any frame may be.
+    let mut flood = std::net::TcpStream::connect(target).unwrap();
+    flood.write_all(&hello("keel-cluster", 1, 3)).unwrap();
+    let mut reply = vec![0u8; 64];
+    let _ = flood.read(&mut reply);
+    flood.write_all(&u32::MAX.to_be_bytes()).unwrap();
+    let _ = flood.write_all(&[0u8; 65_536]);
+    assert!(
+        closed(flood),
+        "a peer that sends an impossible frame is cut off"
+    );
+    let log = nodes[2].log();
+    assert!(log.contains("peer connection refused"), "{log}");
+    assert!(
+        log.contains("another-cluster"),
+        "the mismatch is named: {log}"
+    );
+
+    // The cluster still takes writes.
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let producer: BaseProducer<AckLog> = ClientConfig::new()
+        .set("bootstrap.servers", &all)
+        .set("acks", "all")
+        .set("message.timeout.ms", "60000")
+        .create_with_context(AckLog(acked.clone()))
+        .expect("producer");
+    let record = BaseRecord::<(), _>::to("strangers")
+        .partition(0)
+        .payload("still here");
+    producer.send(record).expect("queued");
+    producer
+        .flush(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("the cluster takes writes: {e}\n{}", logs(&nodes)));
+    assert_eq!(acked.lock().unwrap().len(), 1);
+}

@@ -159,17 +159,26 @@ impl Drop for Broker {
 /// `n` nodes of one cluster on loopback (node ids 1..=n), each with its peer listener and
 /// every node as a voter, started in turn: node `i` is `nodes[i - 1]`.
 pub fn start_cluster(dir: &Path, n: i32) -> Vec<Broker> {
-    let voters: Vec<String> = (1..=n)
-        .map(|id| format!("{id}@127.0.0.1:{}", free_port()))
+    start_cluster_with_peers(dir, n).0
+}
+
+/// As [`start_cluster`], with each node's peer address (node `i` at index `i - 1`).
+pub fn start_cluster_with_peers(dir: &Path, n: i32) -> (Vec<Broker>, Vec<String>) {
+    let peers: Vec<String> = (1..=n)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let voters: Vec<String> = (peers.iter().enumerate())
+        .map(|(i, address)| format!("{}@{address}", i + 1))
         .collect();
     let voters = voters.join(",");
-    (1..=n)
+    let nodes = (1..=n)
         .map(|id| {
             let args = ["--node-id", &id.to_string(), "--voters", &voters].map(String::from);
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             Broker::start(&dir.join(format!("node-{id}")), &args)
         })
-        .collect()
+        .collect();
+    (nodes, peers)
 }
 
 /// A TCP proxy on loopback that can be cut: every connection through it is closed and new
