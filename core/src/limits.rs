@@ -80,6 +80,15 @@ pub const REPLICA_FETCH_MAX_BYTES: usize = 1024 * 1024;
 /// controller before it is written.
 pub const PEER_PROPOSALS_PER_FRAME_MAX: usize = 10_000;
 
+/// Frames queued in the adapter for one peer's link before new ones are dropped: each is at
+/// most a replication answer's size, so this bounds what a slow peer costs; a dropped frame
+/// is a gap in the link's numbers, which the receiver recovers from (its groups fetch again).
+pub const PEER_SEND_QUEUE_FRAMES_MAX: usize = 256;
+
+/// Bytes of a cluster id in a peer link's hello, at most (one length byte; Kafka's cluster
+/// ids are 22 characters).
+pub const PEER_CLUSTER_ID_MAX_BYTES: usize = 255;
+
 /// Replicas of one partition, at most (a metadata record's count past it is damage): each is
 /// a voter of the partition's Raft group, whose every commit waits on a majority of them.
 pub const REPLICATION_FACTOR_MAX: usize = 16;

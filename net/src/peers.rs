@@ -19,6 +19,7 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use keel_core::limits::{PEER_CLUSTER_ID_MAX_BYTES, PEER_SEND_QUEUE_FRAMES_MAX};
 use keel_core::raft::wire;
 use keel_core::raft::NodeId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,9 +28,6 @@ use tokio::sync::mpsc;
 
 use crate::server::Event;
 
-/// Frames queued for one peer before new ones are dropped (each is at most a replication
-/// answer's size; the core's link headers make a drop a gap the receiver recovers from).
-pub const PEER_SEND_QUEUE_FRAMES_MAX: usize = 256;
 /// The first dial again after a failure, and the most a backoff grows to.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -38,8 +36,6 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 const HELLO_MAGIC: &[u8; 8] = b"KEELPEER";
 /// The peer protocol's version: the hello's layout and the frames' (`wire::PEER_WIRE_VERSION`).
 const PEER_PROTOCOL_VERSION: u16 = 1;
-/// A hello's cluster id, at most (Kafka's cluster ids are 22 characters).
-const CLUSTER_ID_MAX_BYTES: usize = 255;
 
 /// What a node says of itself when a link opens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +53,8 @@ impl Hello {
         out.push(wire::PEER_WIRE_VERSION);
         out.extend_from_slice(&self.from.to_be_bytes());
         out.extend_from_slice(&self.to.to_be_bytes());
-        let id = &self.cluster_id.as_bytes()[..self.cluster_id.len().min(CLUSTER_ID_MAX_BYTES)];
+        let id =
+            &self.cluster_id.as_bytes()[..self.cluster_id.len().min(PEER_CLUSTER_ID_MAX_BYTES)];
         out.push(id.len() as u8);
         out.extend_from_slice(id);
         out
