@@ -45,15 +45,46 @@ impl ProducerContext for AckLog {
     }
 }
 
-/// The current leader of `partition`, as the cluster reports it (none while electing).
-fn leader_of(producer: &BaseProducer<AckLog>, partition: i32) -> Option<i32> {
-    let metadata = producer
-        .client()
-        .fetch_metadata(Some(TOPIC), Duration::from_secs(5))
-        .ok()?;
-    let topic = metadata.topics().iter().find(|t| t.name() == TOPIC)?;
-    let p = topic.partitions().iter().find(|p| p.id() == partition)?;
-    (p.leader() > 0).then_some(p.leader())
+/// The nodes' client addresses, as a bootstrap list.
+fn bootstrap_of(nodes: &[common::Broker]) -> String {
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    addrs.join(",")
+}
+
+/// Everything the nodes logged, for a failure's message.
+fn logs(nodes: &[common::Broker]) -> String {
+    let logs: Vec<String> = nodes.iter().map(|n| n.log()).collect();
+    logs.join("\n----\n")
+}
+
+/// Creates `topic` with three replicas, asking again while the cluster elects its first
+/// controller.
+fn create_topic(nodes: &[common::Broker], topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap_of(nodes))
+        .create()
+        .expect("admin client");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(3));
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let result = runtime
+            .block_on(admin.create_topics([&new], &options))
+            .map(|mut r| r.remove(0));
+        match result {
+            Ok(Ok(_)) | Ok(Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists))) => {
+                return
+            }
+            other => {
+                assert!(started.elapsed() < TIMEOUT, "{other:?}\n{}", logs(nodes));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
 }
 
 /// A producer with acks=all and idempotence writes while the leader of partition 0 is
@@ -63,41 +94,10 @@ fn leader_of(producer: &BaseProducer<AckLog>, partition: i32) -> Option<i32> {
 fn acknowledged_records_survive_a_leader_s_sigkill() {
     let dir = temp_dir("cluster-kill");
     let mut nodes = start_cluster(&dir, 3);
-    let bootstrap: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
-    let bootstrap = bootstrap.join(",");
-    let logs = |nodes: &[common::Broker]| -> String {
-        nodes
-            .iter()
-            .map(|n| n.log())
-            .collect::<Vec<_>>()
-            .join("\n----\n")
-    };
+    let bootstrap = bootstrap_of(&nodes);
 
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .create()
-        .expect("admin client");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let started = Instant::now();
-    loop {
-        // The first answers may come before the quorum has a controller: ask again.
-        let topic = NewTopic::new(TOPIC, PARTITIONS, TopicReplication::Fixed(3));
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        let result = runtime
-            .block_on(admin.create_topics([&topic], &options))
-            .map(|mut r| r.remove(0));
-        match result {
-            Ok(Ok(_)) => break,
-            Ok(Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists))) => break,
-            other => {
-                assert!(started.elapsed() < TIMEOUT, "{other:?}\n{}", logs(&nodes));
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-    }
+    create_topic(&nodes, TOPIC, PARTITIONS);
 
     let acked = Arc::new(Mutex::new(Vec::new()));
     let producer: BaseProducer<AckLog> = ClientConfig::new()
@@ -130,7 +130,7 @@ fn acknowledged_records_survive_a_leader_s_sigkill() {
         producer.poll(Duration::ZERO);
         if i == RECORDS / 3 {
             let _ = producer.flush(Duration::from_secs(30));
-            let leader = leader_of(&producer, 0).expect("partition 0 has a leader");
+            let leader = leader_of_topic(&producer, TOPIC, 0).expect("partition 0 has a leader");
             println!("killing node {leader}, the leader of partition 0");
             nodes[leader as usize - 1].kill();
             killed = Some(leader);
@@ -240,15 +240,7 @@ fn without_a_majority_writes_fail_retriably_and_resume_when_a_node_returns() {
     use rdkafka::error::{KafkaError, RDKafkaErrorCode};
     let dir = temp_dir("cluster-majority");
     let mut nodes = start_cluster(&dir, 3);
-    let bootstrap: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
-    let bootstrap = bootstrap.join(",");
-    let logs = |nodes: &[common::Broker]| -> String {
-        nodes
-            .iter()
-            .map(|n| n.log())
-            .collect::<Vec<_>>()
-            .join("\n----\n")
-    };
+    let bootstrap = bootstrap_of(&nodes);
     let producer = |timeout_ms: &str| -> rdkafka::producer::FutureProducer {
         ClientConfig::new()
             .set("bootstrap.servers", &bootstrap)
@@ -318,38 +310,9 @@ fn a_leader_cut_off_from_its_peers_is_replaced_and_its_tail_repaired() {
     let dir = temp_dir("cluster-cut");
     let (mut nodes, proxies) = common::start_cluster_behind_proxies(&dir);
     let addr = |id: i32, nodes: &[common::Broker]| nodes[id as usize - 1].addr.clone();
-    let logs = |nodes: &[common::Broker]| -> String {
-        nodes
-            .iter()
-            .map(|n| n.log())
-            .collect::<Vec<_>>()
-            .join("\n----\n")
-    };
-    let all: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
-    let all = all.join(",");
+    let all = bootstrap_of(&nodes);
     let started = Instant::now();
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &all)
-        .create()
-        .expect("admin client");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    loop {
-        let topic = NewTopic::new(CUT_TOPIC, 1, TopicReplication::Fixed(3));
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        let result = runtime
-            .block_on(admin.create_topics([&topic], &options))
-            .map(|mut r| r.remove(0));
-        match result {
-            Ok(Ok(_)) | Ok(Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists))) => break,
-            other => {
-                assert!(started.elapsed() < TIMEOUT, "{other:?}\n{}", logs(&nodes));
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-    }
+    create_topic(&nodes, CUT_TOPIC, 1);
     let producer = |bootstrap: &str, timeout_ms: &str, acked: &Arc<Mutex<Vec<_>>>| {
         let producer: BaseProducer<AckLog> = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
@@ -569,15 +532,7 @@ fn leader_of_topic(producer: &BaseProducer<AckLog>, topic: &str, partition: i32)
 fn sigterm_hands_leadership_over_before_exiting() {
     let dir = temp_dir("cluster-handover");
     let mut nodes = start_cluster(&dir, 3);
-    let all: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
-    let all = all.join(",");
-    let logs = |nodes: &[common::Broker]| -> String {
-        nodes
-            .iter()
-            .map(|n| n.log())
-            .collect::<Vec<_>>()
-            .join("\n----\n")
-    };
+    let all = bootstrap_of(&nodes);
     let acked = Arc::new(Mutex::new(Vec::new()));
     let producer: BaseProducer<AckLog> = ClientConfig::new()
         .set("bootstrap.servers", &all)
@@ -636,15 +591,7 @@ fn strangers_on_the_peer_port_are_refused_and_the_cluster_goes_on() {
     use std::io::{Read, Write};
     let dir = temp_dir("cluster-strangers");
     let (nodes, peers) = common::start_cluster_with_peers(&dir, 3);
-    let all: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
-    let all = all.join(",");
-    let logs = |nodes: &[common::Broker]| -> String {
-        nodes
-            .iter()
-            .map(|n| n.log())
-            .collect::<Vec<_>>()
-            .join("\n----\n")
-    };
+    let all = bootstrap_of(&nodes);
     // Node 3 accepts links from nodes 1 and 2: knock on its door.
     let target = &peers[2];
     let closed = |mut stream: std::net::TcpStream| -> bool {
