@@ -124,14 +124,8 @@ impl Hello {
 pub struct PeerSetup {
     pub cluster_id: String,
     pub node_id: NodeId,
-    /// Every voter's id and peer address (this node's included).
-    pub voters: Vec<(NodeId, String)>,
-}
-
-impl PeerSetup {
-    fn voter_ids(&self) -> Vec<NodeId> {
-        self.voters.iter().map(|(id, _)| *id).collect()
-    }
+    /// Every voter's id (this node's included).
+    pub voters: Vec<NodeId>,
 }
 
 /// Accepts links from the peers with lower ids, for as long as the node runs.
@@ -160,7 +154,7 @@ pub(crate) async fn accept_loop(
                 }
             };
             let checked = hello
-                .check(&setup.cluster_id, setup.node_id, &setup.voter_ids())
+                .check(&setup.cluster_id, setup.node_id, &setup.voters)
                 .and_then(|()| match hello.from < setup.node_id {
                     true => Ok(()),
                     false => Err(format!(
@@ -233,7 +227,7 @@ async fn dial(peer: NodeId, address: &str, setup: &PeerSetup) -> Result<TcpStrea
         .map_err(|e| e.to_string())?;
     let reply = Hello::read(&mut stream).await?;
     if let Err(reason) = reply
-        .check(&setup.cluster_id, setup.node_id, &setup.voter_ids())
+        .check(&setup.cluster_id, setup.node_id, &setup.voters)
         .and_then(|()| match reply.from == peer {
             true => Ok(()),
             false => Err(format!(

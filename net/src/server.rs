@@ -134,7 +134,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         let setup = crate::peers::PeerSetup {
             cluster_id: config.cluster_id.clone(),
             node_id: config.node_id,
-            voters: voters.iter().map(|v| (v.id, v.address())).collect(),
+            voters: voters.iter().map(|v| v.id).collect(),
         };
         let peer_listener = TcpListener::bind(&peer_listen).await?;
         tracing::info!(peer_listen = %peer_listener.local_addr()?, voters = ?config.voters, "listening for peers");

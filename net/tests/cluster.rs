@@ -23,14 +23,13 @@ const RECORDS: usize = 3_000;
 /// Bound on every wait in this test.
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Every acknowledged record: (partition, offset, value).
-struct AckLog(Arc<Mutex<Vec<(i32, i64, String)>>>);
+/// Acknowledged records: (partition, offset, value).
+type Acked = Arc<Mutex<Vec<(i32, i64, String)>>>;
 
-impl ClientContext for AckLog {
-    fn log(&self, _level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
-        let _ = (fac, log_message);
-    }
-}
+/// Logs every acknowledged record.
+struct AckLog(Acked);
+
+impl ClientContext for AckLog {}
 
 impl ProducerContext for AckLog {
     type DeliveryOpaque = ();
@@ -55,6 +54,16 @@ fn bootstrap_of(nodes: &[common::Broker]) -> String {
 fn logs(nodes: &[common::Broker]) -> String {
     let logs: Vec<String> = nodes.iter().map(|n| n.log()).collect();
     logs.join("\n----\n")
+}
+
+/// An acks=all producer that logs what is acknowledged into `acked`.
+fn acked_producer(bootstrap: &str, acked: &Acked) -> BaseProducer<AckLog> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("message.timeout.ms", "60000")
+        .create_with_context(AckLog(acked.clone()))
+        .expect("producer")
 }
 
 /// Creates `topic` with three replicas, asking again while the cluster elects its first
@@ -363,9 +372,6 @@ fn a_leader_cut_off_from_its_peers_is_replaced_and_its_tail_repaired() {
         .map(|id| addr(id, &nodes))
         .collect();
     let during = producer(&majority.join(","), "60000", &acked);
-    let _ = during
-        .client()
-        .fetch_metadata(Some(CUT_TOPIC), Duration::from_secs(5));
     write(&during, "during", 50);
     if let Err(e) = during.flush(Duration::from_secs(60)) {
         let mut views = String::new();
@@ -534,12 +540,7 @@ fn sigterm_hands_leadership_over_before_exiting() {
     let mut nodes = start_cluster(&dir, 3);
     let all = bootstrap_of(&nodes);
     let acked = Arc::new(Mutex::new(Vec::new()));
-    let producer: BaseProducer<AckLog> = ClientConfig::new()
-        .set("bootstrap.servers", &all)
-        .set("acks", "all")
-        .set("message.timeout.ms", "60000")
-        .create_with_context(AckLog(acked.clone()))
-        .expect("producer");
+    let producer = acked_producer(&all, &acked);
     let started = Instant::now();
     // The topic is auto-created (three replicas) by the first write.
     let record = BaseRecord::<(), _>::to("handover")
@@ -647,12 +648,7 @@ fn strangers_on_the_peer_port_are_refused_and_the_cluster_goes_on() {
 
     // The cluster still takes writes.
     let acked = Arc::new(Mutex::new(Vec::new()));
-    let producer: BaseProducer<AckLog> = ClientConfig::new()
-        .set("bootstrap.servers", &all)
-        .set("acks", "all")
-        .set("message.timeout.ms", "60000")
-        .create_with_context(AckLog(acked.clone()))
-        .expect("producer");
+    let producer = acked_producer(&all, &acked);
     let record = BaseRecord::<(), _>::to("strangers")
         .partition(0)
         .payload("still here");

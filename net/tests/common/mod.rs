@@ -208,15 +208,13 @@ impl Proxy {
                 let Ok(server) = TcpStream::connect(&upstream) else {
                     continue;
                 };
-                let mut copies = Vec::new();
-                let _ = &copies;
                 for (from, to) in [(&client, &server), (&server, &client)] {
                     let (mut from, mut to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
-                    copies.push(std::thread::spawn(move || {
+                    std::thread::spawn(move || {
                         let _ = std::io::copy(&mut from, &mut to);
                         let _ = to.shutdown(std::net::Shutdown::Both);
                         let _ = from.shutdown(std::net::Shutdown::Both);
-                    }));
+                    });
                 }
                 let mut open = open2.lock().unwrap();
                 open.push(client);
