@@ -49,6 +49,10 @@ pub struct ServeConfig {
     pub voters: Vec<String>,
     /// Address to listen on for the other nodes (default: this node's voter address).
     pub peer_listen: Option<String>,
+    /// The node's PRNG seed (topic ids, election timeouts). Not a setting: OS entropy at
+    /// every start, unless a test gives one to replay a run (under madsim).
+    #[serde(skip)]
+    pub seed: Option<u64>,
 }
 
 /// A cluster node: its id and its peer address.
@@ -107,6 +111,7 @@ impl Default for ServeConfig {
             producer_id_expiration_ms: core.log.producer_id_expiration_ms,
             voters: Vec::new(),
             peer_listen: None,
+            seed: None,
         }
     }
 }
@@ -176,7 +181,7 @@ impl ServeConfig {
             max_message_bytes: self.max_message_bytes,
             // Topic ids come from this seed: it must differ at every start, even in a
             // container where the pid and the port are always the same.
-            seed: os_random_seed(),
+            seed: self.seed.unwrap_or_else(os_random_seed),
             ..Config::default()
         };
         // The other nodes' client addresses are known once they register with the quorum

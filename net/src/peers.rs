@@ -33,6 +33,12 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A hello must arrive within this long of the connection.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// A link that brings nothing for this long is closed (and dialled again). A node sends each
+/// peer a frame at least every 100 ms (the core's heartbeats), so this is fifty missed: the
+/// peer's process is frozen or its machine gone without closing the connection (a crash
+/// during a partition leaves it half open for TCP's retransmission timeout, about fifteen
+/// minutes, and the peer's new process waits for a dial that would never come).
+const LINK_SILENCE_MAX: Duration = Duration::from_secs(5);
 const HELLO_MAGIC: &[u8; 8] = b"KEELPEER";
 /// The peer protocol's version: the hello's layout and the frames' (`wire::PEER_WIRE_VERSION`).
 const PEER_PROTOCOL_VERSION: u16 = 1;
@@ -171,7 +177,8 @@ pub(crate) async fn accept_loop(
                 from: setup.node_id,
                 to: hello.from,
             };
-            if stream.write_all(&reply.encode()).await.is_err() {
+            // Flushed: a buffered stream (madsim's) sends nothing until then.
+            if stream.write_all(&reply.encode()).await.is_err() || stream.flush().await.is_err() {
                 return;
             }
             run_link(hello.from, stream, inbound).await;
@@ -225,6 +232,7 @@ async fn dial(peer: NodeId, address: &str, setup: &PeerSetup) -> Result<TcpStrea
         .write_all(&hello.encode())
         .await
         .map_err(|e| e.to_string())?;
+    stream.flush().await.map_err(|e| e.to_string())?;
     let reply = Hello::read(&mut stream).await?;
     if let Err(reason) = reply
         .check(&setup.cluster_id, setup.node_id, &setup.voters)
@@ -245,7 +253,8 @@ async fn dial(peer: NodeId, address: &str, setup: &PeerSetup) -> Result<TcpStrea
 /// Moves frames both ways on an open link until it fails: frames read go to the owner as
 /// they are (the core decodes and checks them); frames the owner queues are written.
 async fn run_link(peer: NodeId, stream: TcpStream, inbound: mpsc::Sender<Event>) {
-    let (mut read_half, mut write_half) = stream.into_split();
+    // `io::split` rather than `into_split`: madsim's simulated stream has only the former.
+    let (mut read_half, mut write_half) = tokio::io::split(stream);
     let (writer, mut frames) = mpsc::channel::<Bytes>(PEER_SEND_QUEUE_FRAMES_MAX);
     let link = next_link_id();
     if inbound
@@ -257,7 +266,7 @@ async fn run_link(peer: NodeId, stream: TcpStream, inbound: mpsc::Sender<Event>)
     }
     let write = async {
         while let Some(frame) = frames.recv().await {
-            if write_half.write_all(&frame).await.is_err() {
+            if write_half.write_all(&frame).await.is_err() || write_half.flush().await.is_err() {
                 return;
             }
         }
@@ -289,13 +298,19 @@ async fn run_link(peer: NodeId, stream: TcpStream, inbound: mpsc::Sender<Event>)
                     }
                 }
             }
-            match read_half.read_buf(&mut buffer).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
+            match tokio::time::timeout(LINK_SILENCE_MAX, read_half.read_buf(&mut buffer)).await {
+                Ok(Ok(0) | Err(_)) => return,
+                Ok(Ok(_)) => {}
+                Err(_) => {
+                    tracing::warn!(peer, silent = ?LINK_SILENCE_MAX, "closing a peer link that went silent");
+                    return;
+                }
             }
         }
     };
+    // Biased: nothing drawn at random (see the owner's loop in `server.rs`).
     tokio::select! {
+        biased;
         () = write => {}
         () = read => {}
     }

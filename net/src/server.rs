@@ -6,6 +6,7 @@
 //! is bounded: a client that does not read its responses fills its own queue and is closed.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,7 +15,8 @@ use keel_core::disk::DiskError;
 use keel_core::node::{ConnId, Input, Instant, Node, Output, RecoveryEvent, SyncToken};
 use keel_core::raft::NodeId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -76,7 +78,28 @@ struct Connection {
 
 /// Runs the broker until SIGTERM or SIGINT (a graceful shutdown: answer what is in flight,
 /// sync, exit) or a fatal error.
+#[cfg(not(madsim))]
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let signalled = async move {
+        tokio::select! {
+            biased;
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        }
+    };
+    serve_until(config, signalled).await
+}
+
+/// Runs the broker until `shutdown` completes (a graceful shutdown: hand leaderships over,
+/// answer what is in flight, sync, exit; it names the cause in the log) or a fatal error.
+/// The process's signals in production; under madsim, the simulated ctrl-c of the test.
+pub async fn serve_until(
+    config: ServeConfig,
+    shutdown: impl Future<Output = &'static str>,
+) -> anyhow::Result<()> {
     crate::identity::check(&config.data_dir, &config.cluster_id, config.node_id)?;
     let disk = RealDisk::open(
         &config.data_dir,
@@ -112,21 +135,8 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     tracing::info!(listen = %local, data_dir = %config.data_dir.display(), "keel is serving");
 
     let (inbound, mut events) = mpsc::channel::<Event>(INBOUND_QUEUE_EVENTS_MAX);
-    let (sync_jobs, sync_receiver) = std::sync::mpsc::channel::<SyncJob>();
-    let fsync_events = inbound.clone();
-    let fsync_thread = std::thread::Builder::new()
-        .name("keel-fsync".into())
-        .spawn(move || {
-            while let Ok(job) = sync_receiver.recv() {
-                let (token, result) = job.run();
-                if fsync_events
-                    .blocking_send(Event::Synced { token, result })
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        })?;
+    let (sync_jobs, sync_receiver) = mpsc::unbounded_channel::<SyncJob>();
+    let fsync_worker = spawn_fsync_worker(sync_receiver, inbound.clone())?;
     let acceptor = tokio::spawn(accept_loop(listener, inbound.clone()));
     let mut peer_tasks = Vec::new();
     let voters = config.voters()?;
@@ -162,8 +172,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let mut connections: BTreeMap<ConnId, Connection> = BTreeMap::new();
     let mut out = Vec::new();
     let mut shutdown_deadline: Option<tokio::time::Instant> = None;
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut shutdown = std::pin::pin!(shutdown);
 
     let result = loop {
         if shutdown_deadline.is_some() && node.is_shut_down() {
@@ -183,7 +192,18 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             } else {
                 60_000
             }));
+        // Biased, in this order: a signal is never starved by a busy inbound queue, and
+        // nothing here is drawn at random (tokio's draw is seeded per process, so under
+        // madsim two runs of a seed in one process would differ). Timers cannot starve:
+        // every step, whatever its input, acts on every deadline that passed.
         tokio::select! {
+            biased;
+            signal = &mut shutdown, if shutdown_deadline.is_none() => {
+                tracing::info!(signal, "draining and syncing");
+                acceptor.abort();
+                shutdown_deadline = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
+                node.begin_shutdown(now(), &mut out);
+            }
             event = events.recv() => {
                 let Some(event) = event else { break Ok(()) };
                 match event {
@@ -214,17 +234,6 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                 }
             }
             _ = tokio::time::sleep(sleep_for) => node.step(now(), Input::Timeout, &mut out),
-            signal = async {
-                tokio::select! {
-                    _ = terminate.recv() => "SIGTERM",
-                    _ = interrupt.recv() => "SIGINT",
-                }
-            }, if shutdown_deadline.is_none() => {
-                tracing::info!(signal, "draining and syncing");
-                acceptor.abort();
-                shutdown_deadline = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
-                node.begin_shutdown(now(), &mut out);
-            }
         }
         let mut halted = None;
         let mut too_slow = Vec::new();
@@ -299,7 +308,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     drop(writers);
     tokio::time::sleep(Duration::from_millis(100)).await;
     drop(sync_jobs);
-    let _ = fsync_thread.join();
+    fsync_worker.finish().await;
     match &result {
         Ok(()) => tracing::info!("shut down cleanly"),
         Err(e) => tracing::error!(error = %e, "stopped"),
@@ -322,7 +331,8 @@ async fn accept_loop(listener: TcpListener, inbound: mpsc::Sender<Event>) {
         next_conn += 1;
         let conn = next_conn;
         tracing::debug!(conn, %peer, "connection opened");
-        let (read_half, write_half) = stream.into_split();
+        // `io::split` rather than `into_split`: madsim's simulated stream has only the former.
+        let (read_half, write_half) = tokio::io::split(stream);
         let (writer, responses) = mpsc::channel(CONN_SEND_QUEUE_RESPONSES_MAX);
         tokio::spawn(write_loop(write_half, responses));
         // The reader starts only after the owner knows the connection (Opened comes first).
@@ -345,7 +355,7 @@ async fn accept_loop(listener: TcpListener, inbound: mpsc::Sender<Event>) {
 
 async fn read_loop(
     conn: ConnId,
-    mut socket: tokio::net::tcp::OwnedReadHalf,
+    mut socket: ReadHalf<TcpStream>,
     inbound: mpsc::Sender<Event>,
     started: tokio::sync::oneshot::Receiver<()>,
 ) {
@@ -367,14 +377,71 @@ async fn read_loop(
     let _ = inbound.send(Event::Closed { conn }).await;
 }
 
-async fn write_loop(
-    mut socket: tokio::net::tcp::OwnedWriteHalf,
-    mut responses: mpsc::Receiver<Bytes>,
-) {
+async fn write_loop(mut socket: WriteHalf<TcpStream>, mut responses: mpsc::Receiver<Bytes>) {
     while let Some(bytes) = responses.recv().await {
-        if socket.write_all(&bytes).await.is_err() {
+        // Flushed after each answer: a no-op on a kernel socket, but a buffered stream
+        // (madsim's) sends nothing until then.
+        if socket.write_all(&bytes).await.is_err() || socket.flush().await.is_err() {
             return;
         }
     }
     let _ = socket.shutdown().await;
+}
+
+/// Where syncs run: a dedicated thread in production (an fsync can take milliseconds and
+/// must not stall the owner); under madsim, which forbids threads, a task of the simulated
+/// node (the fsync itself is real and takes no simulated time; the simulated delay before it
+/// lets other events interleave with syncs in flight, as they do in production).
+struct FsyncWorker {
+    #[cfg(not(madsim))]
+    thread: std::thread::JoinHandle<()>,
+    #[cfg(madsim)]
+    task: JoinHandle<()>,
+}
+
+impl FsyncWorker {
+    async fn finish(self) {
+        #[cfg(not(madsim))]
+        let _ = self.thread.join();
+        #[cfg(madsim)]
+        let _ = self.task.await;
+    }
+}
+
+fn spawn_fsync_worker(
+    mut jobs: mpsc::UnboundedReceiver<SyncJob>,
+    events: mpsc::Sender<Event>,
+) -> std::io::Result<FsyncWorker> {
+    #[cfg(not(madsim))]
+    {
+        let thread = std::thread::Builder::new()
+            .name("keel-fsync".into())
+            .spawn(move || {
+                while let Some(job) = jobs.blocking_recv() {
+                    let (token, result) = job.run();
+                    if events
+                        .blocking_send(Event::Synced { token, result })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            })?;
+        Ok(FsyncWorker { thread })
+    }
+    #[cfg(madsim)]
+    {
+        let task = tokio::spawn(async move {
+            while let Some(job) = jobs.recv().await {
+                use madsim::rand::Rng;
+                let delay_us = madsim::rand::thread_rng().gen_range(50..2_000);
+                tokio::time::sleep(Duration::from_micros(delay_us)).await;
+                let (token, result) = job.run();
+                if events.send(Event::Synced { token, result }).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(FsyncWorker { task })
+    }
 }

@@ -1,6 +1,8 @@
 //! librdkafka (through the `rdkafka` crate) against a real `keel serve`: every compression
 //! codec, a SIGKILL in the middle of acknowledged writes, torn and corrupted segment files,
 //! and hostile bytes on the wire.
+// Real processes and librdkafka: not built for madsim (`--cfg madsim`).
+#![cfg(not(madsim))]
 
 mod common;
 

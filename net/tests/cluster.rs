@@ -1,6 +1,8 @@
 //! Three real `keel` processes on loopback, replicating over their peer links: a topic with
 //! replication factor 3 keeps every acknowledged record through a SIGKILL of a leader, while
 //! an idempotent librdkafka producer carries on.
+// Real processes and librdkafka: not built for madsim (`--cfg madsim`).
+#![cfg(not(madsim))]
 
 mod common;
 

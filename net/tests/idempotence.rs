@@ -7,6 +7,8 @@
 //! keeps every write and this test would pass without a single fsync. Power loss (unsynced
 //! writes lost or torn, unsynced directory entries undone) is the simulator's to test
 //! (`sim/`, the `skip-fsync` planted bug).
+// Real processes and librdkafka: not built for madsim (`--cfg madsim`).
+#![cfg(not(madsim))]
 
 mod common;
 

@@ -216,7 +216,7 @@ impl<D: Disk> Node<D> {
     pub(super) fn peer_event(&mut self, now: Instant, peer: NodeId, event: LinkEvent) {
         for log_id in self.topics.log_ids() {
             self.drive_replica(now, log_id, |raft, ms, out| match event {
-                LinkEvent::Up => raft.handle_peer_up(ms, peer),
+                LinkEvent::Up => raft.handle_peer_up(ms, peer, out),
                 LinkEvent::Down => raft.handle_peer_down(ms, peer, out),
                 LinkEvent::Reset => raft.handle_peer_reset(ms, peer, out),
             });

@@ -363,6 +363,9 @@ struct Progress {
     /// It asked for a pre-vote, so it does not know this node leads: its next fetch is
     /// answered at once, not parked (it would wait there for news, and campaign in vain).
     owed_answer: bool,
+    /// When it was last sent `BeginEpoch` again (once per instant: a heal brings a peer's
+    /// return and its gaps at once).
+    announced_ms: Option<u64>,
 }
 
 /// A fetch the leader holds until it has something to answer.
@@ -617,15 +620,18 @@ impl Raft {
         }
     }
 
-    /// The host hears from node `peer` again.
-    pub fn handle_peer_up(&mut self, now_ms: u64, peer: NodeId) {
+    /// The host hears from node `peer` again: a leader `peer` has not fetched from yet tells
+    /// it again that it leads (`announce_again`).
+    pub fn handle_peer_up(&mut self, now_ms: u64, peer: NodeId, out: &mut Vec<Command>) {
         self.now_ms = now_ms;
         self.unreachable.remove(&peer);
+        self.announce_again(peer, out);
     }
 
     /// Messages between this node and `peer` may have been lost (the host saw a gap in what
     /// one sent the other, or `peer` started again): a follower of `peer` with a fetch out
-    /// sends it again, since its answer, or the fetch itself, may be what was lost.
+    /// sends it again, since its answer, or the fetch itself, may be what was lost; a leader
+    /// `peer` has not fetched from yet tells it again that it leads.
     pub fn handle_peer_reset(&mut self, now_ms: u64, peer: NodeId, out: &mut Vec<Command>) {
         self.now_ms = now_ms;
         if self.role == Role::Follower
@@ -633,6 +639,29 @@ impl Raft {
             && self.fetch_deadline_ms.is_some()
         {
             self.send_fetch(now_ms, out);
+        }
+        self.announce_again(peer, out);
+    }
+
+    /// A leader sends `BeginEpoch` again to a voter that has not fetched in its epoch: the
+    /// first may be what was lost. Without it, a voter that led an earlier epoch and missed
+    /// the news (its process frozen through the election, then its link broken and made
+    /// again) would go on believing it leads: it waits for fetches, nobody else writes to
+    /// it, and it answers clients as the leader, from a log that no longer moves.
+    fn announce_again(&mut self, peer: NodeId, out: &mut Vec<Command>) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let now_ms = self.now_ms;
+        let Some(progress) = self.progress.get_mut(&peer) else {
+            return;
+        };
+        if progress.last_fetch_ms.is_none() && progress.announced_ms != Some(now_ms) {
+            progress.announced_ms = Some(now_ms);
+            out.push(Command::Send {
+                to: peer,
+                message: Message::BeginEpoch { epoch: self.epoch },
+            });
         }
     }
 

@@ -457,7 +457,7 @@ impl Cluster {
                     if self.down.remove(&(observer, peer)) {
                         self.printed
                             .push(format!("n{observer}: hears n{peer} again"));
-                        raft.handle_peer_up(now, peer);
+                        raft.handle_peer_up(now, peer, &mut out);
                         self.lossy.insert((peer, observer));
                     }
                     if self.lossy.remove(&(peer, observer)) {

@@ -480,7 +480,7 @@ proptest! {
                 }
                 (None, code) => match (code / 4, code % 4) {
                     (peer, 1) => raft.handle_peer_down(now, peer, &mut out),
-                    (peer, 2) => raft.handle_peer_up(now, peer),
+                    (peer, 2) => raft.handle_peer_up(now, peer, &mut out),
                     (peer, _) => raft.handle_peer_reset(now, peer, &mut out),
                 },
             }

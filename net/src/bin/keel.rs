@@ -1,4 +1,6 @@
 //! `keel`: the broker (`keel serve`) and, later, its admin commands.
+// Built for madsim, `main` only says it cannot serve: the rest is unused there.
+#![cfg_attr(madsim, allow(dead_code, unused_imports))]
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -124,6 +126,14 @@ impl ServeArgs {
     }
 }
 
+/// Built for madsim (`--cfg madsim`), the adapter runs only inside its simulated runtime
+/// (`net/tests/madsim.rs`): there is no process to serve from.
+#[cfg(madsim)]
+fn main() -> anyhow::Result<()> {
+    anyhow::bail!("this keel was built with --cfg madsim: it runs only in madsim's tests")
+}
+
+#[cfg(not(madsim))]
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
