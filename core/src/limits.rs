@@ -85,6 +85,15 @@ pub const PEER_PROPOSALS_PER_FRAME_MAX: usize = 10_000;
 /// is a gap in the link's numbers, which the receiver recovers from (its groups fetch again).
 pub const PEER_SEND_QUEUE_FRAMES_MAX: usize = 256;
 
+/// The longest a peer's link may bring nothing before the adapter closes it (and the lower
+/// id dials again): a node sends every peer a frame at least every 100 ms, so this is fifty
+/// missed. A peer frozen, or its machine gone without closing the connection (a crash
+/// during a partition leaves it half open for TCP's retransmission timeout, about fifteen
+/// minutes), would otherwise hold the link, and the peer's new process would wait for a
+/// dial that never comes. Frames sent meanwhile are lost with the link; the simulator
+/// drops what it would have carried to a node frozen this long.
+pub const PEER_LINK_SILENCE_MAX_MS: u64 = 5_000;
+
 /// Bytes of a cluster id in a peer link's hello, at most (one length byte; Kafka's cluster
 /// ids are 22 characters).
 pub const PEER_CLUSTER_ID_MAX_BYTES: usize = 255;

@@ -19,7 +19,9 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use keel_core::limits::{PEER_CLUSTER_ID_MAX_BYTES, PEER_SEND_QUEUE_FRAMES_MAX};
+use keel_core::limits::{
+    PEER_CLUSTER_ID_MAX_BYTES, PEER_LINK_SILENCE_MAX_MS, PEER_SEND_QUEUE_FRAMES_MAX,
+};
 use keel_core::raft::wire;
 use keel_core::raft::NodeId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,12 +35,9 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A hello must arrive within this long of the connection.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
-/// A link that brings nothing for this long is closed (and dialled again). A node sends each
-/// peer a frame at least every 100 ms (the core's heartbeats), so this is fifty missed: the
-/// peer's process is frozen or its machine gone without closing the connection (a crash
-/// during a partition leaves it half open for TCP's retransmission timeout, about fifteen
-/// minutes, and the peer's new process waits for a dial that would never come).
-const LINK_SILENCE_MAX: Duration = Duration::from_secs(5);
+/// A link that brings nothing for this long is closed (and dialled again): the peer is
+/// frozen or gone without closing it (`limits::PEER_LINK_SILENCE_MAX_MS` says why).
+const LINK_SILENCE_MAX: Duration = Duration::from_millis(PEER_LINK_SILENCE_MAX_MS);
 const HELLO_MAGIC: &[u8; 8] = b"KEELPEER";
 /// The peer protocol's version: the hello's layout and the frames' (`wire::PEER_WIRE_VERSION`).
 const PEER_PROTOCOL_VERSION: u16 = 1;

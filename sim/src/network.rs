@@ -35,6 +35,9 @@ pub struct NetFaults {
     /// Mean time between two crashes of a majority of the machines at once (a power cut of
     /// a rack), if any: what only fsync durability survives.
     pub correlated_crash_interval_ms: Option<u64>,
+    /// Mean time between two freezes of a node's process (a long pause, a stopped VM: it
+    /// reads nothing, and wakes to what arrived meanwhile), if any.
+    pub pause_interval_ms: Option<u64>,
 }
 
 impl NetFaults {
@@ -63,6 +66,10 @@ impl NetFaults {
             correlated_crash_interval_ms: rng
                 .random_bool(0.3)
                 .then(|| rng.random_range(3_000..=20_000)),
+            // Drawn last: a knob added later, every earlier one keeps its draw.
+            pause_interval_ms: rng
+                .random_bool(0.4)
+                .then(|| rng.random_range(2_000..=15_000)),
         }
     }
 }

@@ -61,6 +61,11 @@ use keel_core::raft::{Message, Persisted};
 /// After the faults stop, every acknowledged record must be read back within this much
 /// simulated time.
 pub const LIVENESS_BOUND_NS: u64 = 30_000_000_000;
+
+/// How long a cluster runs without faults (and every node awake) before each partition must
+/// have one leader: a node that slept through an election hears of it within an election
+/// timeout (1 s) of waking; three leave room for a lost frame or two.
+const SETTLE_NS: u64 = 3_000_000_000;
 /// Runs do about a thousand events per simulated second; a hundred times that is a storm.
 const EVENTS_PER_SIMULATED_SECOND_MAX: u64 = 100_000;
 /// The simulated clock starts here (2023-11-14), so timestamps look like real ones.
@@ -214,6 +219,11 @@ enum Event {
     Bootstrap {
         node: usize,
     },
+    /// The nemesis freezes a node's process for a while.
+    Pause,
+    Resume {
+        node: usize,
+    },
 }
 
 impl Event {
@@ -233,6 +243,8 @@ impl Event {
             Event::Clog => 12,
             Event::CorrelatedCrash => 13,
             Event::Bootstrap { .. } => 14,
+            Event::Pause => 15,
+            Event::Resume { .. } => 16,
         }
     }
 }
@@ -409,6 +421,12 @@ struct Machine {
     bootstrapped: bool,
     /// The applied end of the metadata image last checked against the others.
     image_checked: Option<i64>,
+    /// The process is frozen until then: what arrives for it waits, in order.
+    paused_until_ns: Option<u64>,
+    /// Since when it is frozen.
+    paused_from_ns: u64,
+    /// When its process last started or woke.
+    awake_since_ns: u64,
 }
 
 /// The client id of the harness's own connections (a cluster's bootstrap).
@@ -629,6 +647,9 @@ impl Sim {
                     },
                     incarnation: 0,
                     deadline_scheduled_ns: None,
+                    paused_until_ns: None,
+                    paused_from_ns: 0,
+                    awake_since_ns: 0,
                     high_watermarks: BTreeMap::new(),
                     bootstrapped: false,
                     image_checked: None,
@@ -709,11 +730,12 @@ impl Sim {
                 tracing::debug!(event = ?queued.event);
             }
             self.handle(queued.event);
-            if self.quiet && self.caught_up() {
+            if self.quiet && self.caught_up() && self.settled() {
                 break;
             }
         }
         self.check_replicas();
+        self.check_one_leader_each();
         let positions = self.consumer_positions();
         if tracing::enabled!(tracing::Level::DEBUG) {
             for (i, m) in self.machines.iter().enumerate() {
@@ -730,6 +752,52 @@ impl Sim {
             tracing::debug!(?positions, acked_ends = ?self.checker.acked_ends(), "at the end");
         }
         self.checker.finish(self.now_ns, &positions);
+    }
+
+    /// A cluster has had time to settle since its last fault: nothing frozen, and every
+    /// node awake for a few election timeouts (a node that slept through an election learns
+    /// of it within one; clients, which follow leader epochs, may be done before that).
+    fn settled(&self) -> bool {
+        self.machines.len() == 1
+            || (self.machines.iter())
+                .all(|m| m.paused_until_ns.is_none() && self.now_ns >= m.awake_since_ns + SETTLE_NS)
+                && self.now_ns >= self.options.duration_ns + SETTLE_NS
+    }
+
+    /// Once settled, each partition (the metadata quorum's included) has one leader: a node
+    /// that still believes it leads an earlier epoch is stuck there (it waits for fetches
+    /// that go to the new leader, and tells clients without a leader epoch that it leads).
+    fn check_one_leader_each(&mut self) {
+        if self.machines.len() == 1 || !self.settled() {
+            return;
+        }
+        let mut leaders: BTreeMap<(&str, i32), Vec<(usize, i32)>> = BTreeMap::new();
+        for (i, m) in self.machines.iter().enumerate() {
+            let Some(node) = m.node.as_ref() else {
+                continue;
+            };
+            for topic in [TOPIC, keel_core::metadata::METADATA_TOPIC] {
+                for (partition, epoch) in node.leaderships(topic) {
+                    leaders
+                        .entry((topic, partition))
+                        .or_default()
+                        .push((i + 1, epoch));
+                }
+            }
+        }
+        let stale: Vec<String> = (leaders.iter())
+            .filter(|(_, led)| led.len() > 1)
+            .map(|((topic, partition), led)| {
+                format!("{topic}-{partition} led by (node, epoch) {led:?}")
+            })
+            .collect();
+        if !stale.is_empty() {
+            self.checker.violate(
+                ViolationKind::Liveness,
+                self.now_ns,
+                format!("after the cluster settled: {}", stale.join("; ")),
+            );
+        }
     }
 
     fn report(mut self) -> Report {
@@ -854,7 +922,40 @@ impl Sim {
             .all(|(p, end)| positions.get(p).is_some_and(|pos| pos >= end))
     }
 
+    /// The node an event steps, if it steps one.
+    fn stepped_node(&self, event: &Event) -> Option<usize> {
+        match event {
+            Event::ToNode { conn, .. } => self.links.get(conn).map(|l| l.node),
+            Event::Synced { node, .. } | Event::NodeTimeout { node, .. } => Some(*node),
+            Event::Peer { to, .. } => Some(*to),
+            _ => None,
+        }
+    }
+
     fn handle(&mut self, event: Event) {
+        // A frozen process reads nothing: what arrives for it waits until it wakes, then
+        // comes in the order it arrived, and only then its timers (the adapter reads what is
+        // ready before it looks at the clock): the order that lets a woken node take what it
+        // hears for news of now, before it notices how long it heard nothing.
+        if let Some(node) = self.stepped_node(&event) {
+            if let Some(until) = self.machines[node].paused_until_ns {
+                let frozen_ns = self.now_ns - self.machines[node].paused_from_ns;
+                match event {
+                    // `Resume` schedules the timers again, after what was held.
+                    Event::NodeTimeout { .. } => self.machines[node].deadline_scheduled_ns = None,
+                    // Its peers closed their links to it, silent too long: what they send
+                    // from then on is lost (what arrived before waits in its socket), and the
+                    // frames' numbers show the gap.
+                    Event::Peer { .. }
+                        if frozen_ns >= keel_core::limits::PEER_LINK_SILENCE_MAX_MS * MS =>
+                    {
+                        self.fault("peer-frame-link-closed");
+                    }
+                    _ => self.schedule(until, event),
+                }
+                return;
+            }
+        }
         match event {
             Event::ToNode { conn, what } => self.deliver_to_node(conn, what),
             Event::ToClient { conn, what } => self.deliver_to_client(conn, what),
@@ -1005,6 +1106,32 @@ impl Sim {
             Event::Bootstrap { node } => {
                 if !self.machines[node].bootstrapped {
                     self.bootstrap(node);
+                }
+            }
+            Event::Pause => {
+                if self.quiet {
+                    return;
+                }
+                let node = self.random_node();
+                let m = &mut self.machines[node];
+                if m.node.is_some() && m.paused_until_ns.is_none() {
+                    // Past the links' silence limit in some: the peers then close them.
+                    let until = self.now_ns + self.rng.random_range(200 * MS..=8_000 * MS);
+                    self.machines[node].paused_until_ns = Some(until);
+                    self.machines[node].paused_from_ns = self.now_ns;
+                    tracing::debug!(node, until = %format_ns(until), "process frozen");
+                    self.fault("pause");
+                    self.schedule(until, Event::Resume { node });
+                }
+                let interval = self.plan.net.pause_interval_ms.expect("planned");
+                let at = self.exponential_ns(interval);
+                self.schedule(at, Event::Pause);
+            }
+            Event::Resume { node } => {
+                self.machines[node].paused_until_ns = None;
+                self.machines[node].awake_since_ns = self.now_ns;
+                if self.machines[node].node.is_some() {
+                    self.schedule_deadline(node);
                 }
             }
             Event::Clog => {

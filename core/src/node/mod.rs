@@ -196,10 +196,12 @@ pub enum PlantedBug {
     VoteWithoutSync,
     /// Leaders never report divergence ([`crate::raft::RaftBug::NoTruncate`]).
     NoTruncate,
+    /// Leaders announce their epoch once only ([`crate::raft::RaftBug::NoReannounce`]).
+    NoReannounce,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 9] = [
+    pub const ALL: [PlantedBug; 10] = [
         PlantedBug::SkipFsync,
         PlantedBug::AckEarly,
         PlantedBug::NoDedup,
@@ -209,6 +211,7 @@ impl PlantedBug {
         PlantedBug::AckBeforeCommit,
         PlantedBug::VoteWithoutSync,
         PlantedBug::NoTruncate,
+        PlantedBug::NoReannounce,
     ];
 
     /// The bugs only a cluster can show (a node alone commits what it synced, votes for
@@ -216,7 +219,10 @@ impl PlantedBug {
     pub fn needs_cluster(self) -> bool {
         matches!(
             self,
-            PlantedBug::AckBeforeCommit | PlantedBug::VoteWithoutSync | PlantedBug::NoTruncate
+            PlantedBug::AckBeforeCommit
+                | PlantedBug::VoteWithoutSync
+                | PlantedBug::NoTruncate
+                | PlantedBug::NoReannounce
         )
     }
 
@@ -231,6 +237,7 @@ impl PlantedBug {
             PlantedBug::AckBeforeCommit => "ack-before-commit",
             PlantedBug::VoteWithoutSync => "vote-without-sync",
             PlantedBug::NoTruncate => "no-truncate",
+            PlantedBug::NoReannounce => "no-reannounce",
         }
     }
 

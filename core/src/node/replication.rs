@@ -60,6 +60,7 @@ impl<D: Disk> Node<D> {
             planted: match self.config.planted_bug {
                 Some(PlantedBug::VoteWithoutSync) => Some(RaftBug::VoteWithoutSync),
                 Some(PlantedBug::NoTruncate) => Some(RaftBug::NoTruncate),
+                Some(PlantedBug::NoReannounce) => Some(RaftBug::NoReannounce),
                 _ => None,
             },
         }

@@ -161,6 +161,9 @@ pub enum RaftBug {
     /// Leaders never report divergence: no follower truncates, and a follower keeps entries a
     /// new leader never had under the entries it appends after them.
     NoTruncate,
+    /// A leader announces its epoch only once, when elected: a voter that missed it and led
+    /// an earlier epoch goes on believing it leads.
+    NoReannounce,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -649,7 +652,7 @@ impl Raft {
     /// again) would go on believing it leads: it waits for fetches, nobody else writes to
     /// it, and it answers clients as the leader, from a log that no longer moves.
     fn announce_again(&mut self, peer: NodeId, out: &mut Vec<Command>) {
-        if self.role != Role::Leader {
+        if self.role != Role::Leader || self.config.planted == Some(RaftBug::NoReannounce) {
             return;
         }
         let now_ms = self.now_ms;

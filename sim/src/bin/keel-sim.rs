@@ -28,8 +28,9 @@ struct WorldArgs {
     /// Simulated length of the faulty phase (a quiet phase follows).
     #[arg(long, default_value = "60s", value_parser = parse_duration_ns)]
     duration: u64,
-    /// Plant a bug: skip-fsync, ack-early, no-dedup, fetch-past-hw, ack-wrong-round or
-    /// cut-synced.
+    /// Plant a bug: skip-fsync, ack-early, no-dedup, fetch-past-hw, ack-wrong-round,
+    /// cut-synced, or on clusters ack-before-commit, vote-without-sync, no-truncate,
+    /// no-reannounce.
     #[arg(long, value_parser = parse_bug)]
     bug: Option<PlantedBug>,
     /// Make every producer idempotent (true) or none (false), whatever the seed says.

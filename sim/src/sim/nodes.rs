@@ -97,6 +97,10 @@ impl Sim {
                 let at = self.exponential_ns(interval);
                 self.schedule(at, Event::CorrelatedCrash);
             }
+            if let Some(interval) = self.plan.net.pause_interval_ms {
+                let at = self.exponential_ns(interval);
+                self.schedule(at, Event::Pause);
+            }
         }
     }
 
@@ -123,6 +127,7 @@ impl Sim {
                     *self.faults.entry("restart").or_default() += 1;
                 }
                 self.machines[node].high_watermarks.clear();
+                self.machines[node].awake_since_ns = self.now_ns;
                 self.machines[node].image_checked = None;
                 let single = self.machines.len() == 1;
                 for p in started
@@ -203,6 +208,8 @@ impl Sim {
         let m = &mut self.machines[node];
         m.incarnation += 1;
         m.deadline_scheduled_ns = None;
+        // A frozen process can be killed; the next one starts awake.
+        m.paused_until_ns = None;
         if machine {
             m.disk.0.borrow_mut().crash();
         } else {
