@@ -49,6 +49,9 @@ pub struct ServeConfig {
     pub voters: Vec<String>,
     /// Address to listen on for the other nodes (default: this node's voter address).
     pub peer_listen: Option<String>,
+    /// Address to serve Prometheus's `/metrics` on (default: none, no endpoint; three nodes
+    /// on one machine would otherwise fight over one default port).
+    pub metrics_listen: Option<String>,
 }
 
 /// A cluster node: its id and its peer address.
@@ -107,6 +110,7 @@ impl Default for ServeConfig {
             producer_id_expiration_ms: core.log.producer_id_expiration_ms,
             voters: Vec::new(),
             peer_listen: None,
+            metrics_listen: None,
         }
     }
 }

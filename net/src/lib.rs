@@ -5,9 +5,11 @@
 //! - [`config`]: `keel serve`'s settings (defaults, TOML, flags).
 //! - [`identity`]: `keel.properties`, whose data directory this is.
 //! - [`peers`]: links to the other nodes of a cluster (TCP, a hello, frames both ways).
+//! - [`metrics`]: the Prometheus `/metrics` endpoint.
 
 pub mod config;
 pub mod disk;
 pub mod identity;
+pub mod metrics;
 pub mod peers;
 pub mod server;

@@ -21,7 +21,8 @@ struct Cli {
 enum Command {
     /// Run a broker. With no arguments: node 1 on 127.0.0.1:9092, data in ./keel-data,
     /// topics auto-created with 1 partition, every acknowledged write synced to disk.
-    Serve(ServeArgs),
+    // Boxed: its many settings would make every command as large.
+    Serve(Box<ServeArgs>),
 }
 
 #[derive(clap::Args)]
@@ -79,6 +80,10 @@ struct ServeArgs {
     /// Address to listen on for the other nodes [default: this node's voter address].
     #[arg(long, value_name = "ADDR")]
     peer_listen: Option<String>,
+    /// Address to serve Prometheus metrics on, at /metrics (for example 127.0.0.1:9644)
+    /// [default: none, no metrics endpoint].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
 }
 
 impl ServeArgs {
@@ -118,6 +123,9 @@ impl ServeArgs {
         }
         if let Some(listen) = self.peer_listen {
             config.peer_listen = Some(listen);
+        }
+        if let Some(listen) = self.metrics_listen {
+            config.metrics_listen = Some(listen);
         }
         config.voters()?;
         Ok(config)
