@@ -254,11 +254,12 @@ mod tests {
             assert_eq!(config.node_id, id);
             assert_eq!(config.voters().unwrap().len(), 3);
             let peer = config.peer_listen().unwrap().expect("a peer address");
-            listens.extend([config.listen.clone(), peer]);
+            let metrics = config.metrics_listen.clone().expect("a metrics address");
+            listens.extend([config.listen.clone(), peer, metrics]);
         }
         listens.sort();
         listens.dedup();
-        assert_eq!(listens.len(), 6, "every address distinct");
+        assert_eq!(listens.len(), 9, "every address distinct");
     }
 
     #[test]
