@@ -282,7 +282,7 @@ impl<D: Disk> Node<D> {
             counters: self.counters.clone(),
             client_connections: self.conns.len(),
             peers,
-            peers_in_touch: peers - self.links.down().len(),
+            peers_in_touch: peers.saturating_sub(self.links.down().len()),
             controller,
             partitions,
         }
