@@ -105,3 +105,15 @@ pub const REPLICATION_FACTOR_MAX: usize = 16;
 /// Topics the cluster may hold, at most (CreateTopics and auto-creation past it are refused):
 /// every node keeps each one in its metadata image.
 pub const TOPICS_MAX: usize = 100_000;
+
+/// Partitions one DescribeQuorum request may name, at most (a request past it closes its
+/// connection): each answer carries every voter's state, twenty times the bytes its name
+/// took, so a request of repeated names could make the node build an answer far larger
+/// than any frame it accepts. A node holds at most [`PARTITIONS_MAX`] partitions and the
+/// metadata quorum's: naming more can only repeat them.
+pub const DESCRIBE_QUORUM_PARTITIONS_MAX: usize = PARTITIONS_MAX + 1;
+
+/// Connections to the adapter's `/metrics` endpoint open at once, at most (more are closed
+/// at once): a scraper needs one, and each holds a task and a copy of the node's metrics
+/// while it is answered.
+pub const METRICS_CONNECTIONS_MAX: usize = 16;

@@ -53,6 +53,9 @@ pub struct ServeConfig {
     /// every start, unless a test gives one to replay a run (under madsim).
     #[serde(skip)]
     pub seed: Option<u64>,
+    /// Address to serve Prometheus's `/metrics` on (default: none, no endpoint; three nodes
+    /// on one machine would otherwise fight over one default port).
+    pub metrics_listen: Option<String>,
 }
 
 /// A cluster node: its id and its peer address.
@@ -112,6 +115,7 @@ impl Default for ServeConfig {
             voters: Vec::new(),
             peer_listen: None,
             seed: None,
+            metrics_listen: None,
         }
     }
 }
@@ -255,11 +259,12 @@ mod tests {
             assert_eq!(config.node_id, id);
             assert_eq!(config.voters().unwrap().len(), 3);
             let peer = config.peer_listen().unwrap().expect("a peer address");
-            listens.extend([config.listen.clone(), peer]);
+            let metrics = config.metrics_listen.clone().expect("a metrics address");
+            listens.extend([config.listen.clone(), peer, metrics]);
         }
         listens.sort();
         listens.dedup();
-        assert_eq!(listens.len(), 6, "every address distinct");
+        assert_eq!(listens.len(), 9, "every address distinct");
     }
 
     #[test]

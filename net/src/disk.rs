@@ -53,6 +53,8 @@ pub struct RealDisk {
     syncs: BTreeMap<SyncToken, (FileId, u64)>,
     /// A sync made here to close a file failed: nothing can be trusted durable any more.
     poisoned: Option<String>,
+    /// How long each fsync took, observed on the fsync thread (metrics).
+    fsync_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
 struct Handle {
@@ -86,7 +88,13 @@ impl RealDisk {
             descriptors_max: descriptors_max.max(2),
             syncs: BTreeMap::new(),
             poisoned: None,
+            fsync_seconds: crate::metrics::fsync_histogram(),
         })
+    }
+
+    /// Every fsync's duration so far (shared with the fsync thread, which observes them).
+    pub fn fsync_seconds(&self) -> &prometheus_client::metrics::histogram::Histogram {
+        &self.fsync_seconds
     }
 
     /// Files open now (for tests and metrics).
@@ -154,7 +162,10 @@ impl RealDisk {
                 (None, Some((used, id))) => {
                     let handle = self.files.get_mut(&id).expect("listed");
                     let file = handle.file.as_ref().expect("open");
-                    if let Err(e) = file.sync_data() {
+                    let started = std::time::Instant::now();
+                    let synced = file.sync_data();
+                    (self.fsync_seconds).observe(started.elapsed().as_secs_f64());
+                    if let Err(e) = synced {
                         let reason = format!("sync to close {} failed: {e}", handle.name);
                         self.poisoned = Some(reason.clone());
                         return Err(DiskError::Io(reason));
@@ -173,7 +184,11 @@ impl RealDisk {
     pub fn sync_job(&mut self, token: SyncToken, id: FileId) -> SyncJob {
         if let Some(reason) = &self.poisoned {
             let job = Err(DiskError::Io(reason.clone()));
-            return SyncJob { token, job };
+            return SyncJob {
+                token,
+                job,
+                timed: None,
+            };
         }
         let job = match self.files.get(&id) {
             None => Err(DiskError::UnknownFile(id)),
@@ -187,7 +202,9 @@ impl RealDisk {
                 Ok(Job::File(file))
             }
         };
-        SyncJob { token, job }
+        let timed =
+            matches!(job, Ok(Job::File(_) | Job::Dir(_))).then(|| self.fsync_seconds.clone());
+        SyncJob { token, job, timed }
     }
 
     /// The fsync thread finished the sync of `token`: if it succeeded, the writes it covered
@@ -354,6 +371,8 @@ impl Disk for RealDisk {
 pub struct SyncJob {
     pub token: SyncToken,
     job: Result<Job, DiskError>,
+    /// Where the sync's duration goes, if it makes one (a clean file needs none).
+    timed: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 enum Job {
@@ -369,6 +388,7 @@ enum Job {
 impl SyncJob {
     /// Performs the sync (on the fsync thread).
     pub fn run(self) -> (SyncToken, Result<(), DiskError>) {
+        let started = std::time::Instant::now();
         let result = self.job.and_then(|job| match job {
             Job::File(file) => file.sync_data().map_err(io_error),
             Job::Dir(path) => match File::open(&path) {
@@ -378,6 +398,9 @@ impl SyncJob {
             },
             Job::Nothing => Ok(()),
         });
+        if let Some(histogram) = self.timed {
+            histogram.observe(started.elapsed().as_secs_f64());
+        }
         (self.token, result)
     }
 }

@@ -62,6 +62,10 @@ pub(crate) enum Event {
         peer: NodeId,
         link: u64,
     },
+    /// `/metrics` was asked for: the node's snapshot and the adapter's own metrics.
+    Scrape {
+        reply: tokio::sync::oneshot::Sender<crate::metrics::Scraped>,
+    },
 }
 
 fn now() -> Instant {
@@ -138,6 +142,17 @@ pub async fn serve_until(
     let (sync_jobs, sync_receiver) = mpsc::unbounded_channel::<SyncJob>();
     let fsync_worker = spawn_fsync_worker(sync_receiver, inbound.clone())?;
     let acceptor = tokio::spawn(accept_loop(listener, inbound.clone()));
+    let metrics_task = match &config.metrics_listen {
+        Some(address) => {
+            let metrics_listener = TcpListener::bind(address).await?;
+            tracing::info!(metrics_listen = %metrics_listener.local_addr()?, "serving /metrics");
+            Some(tokio::spawn(crate::metrics::serve(
+                metrics_listener,
+                inbound.clone(),
+            )))
+        }
+        None => None,
+    };
     let mut peer_tasks = Vec::new();
     let voters = config.voters()?;
     if let Some(peer_listen) = config.peer_listen()? {
@@ -231,6 +246,13 @@ pub async fn serve_until(
                             links.retain(|(l, _)| *l != link);
                         }
                     }
+                    Event::Scrape { reply } => {
+                        let _ = reply.send(crate::metrics::Scraped {
+                            node: node.metrics(now()),
+                            fsync_seconds: node.disk().fsync_seconds().clone(),
+                            peer_links_up: peer_links.values().filter(|l| !l.is_empty()).count(),
+                        });
+                    }
                 }
             }
             _ = tokio::time::sleep(sleep_for) => node.step(now(), Input::Timeout, &mut out),
@@ -292,6 +314,9 @@ pub async fn serve_until(
     // Nothing reads events any more: close the channel so that the fsync thread, blocked
     // sending a completion, gives up instead of keeping the process alive forever.
     acceptor.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     for task in peer_tasks {
         task.abort();
     }

@@ -660,3 +660,130 @@ fn strangers_on_the_peer_port_are_refused_and_the_cluster_goes_on() {
         .unwrap_or_else(|e| panic!("the cluster takes writes: {e}\n{}", logs(&nodes)));
     assert_eq!(acked.lock().unwrap().len(), 1);
 }
+
+/// Runs `keel cluster status` against `bootstrap`; its exit status, stdout and stderr.
+fn cluster_status(bootstrap: &str) -> (bool, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args([
+            "cluster",
+            "status",
+            "--bootstrap",
+            bootstrap,
+            "--timeout-ms",
+            "2000",
+        ])
+        .output()
+        .expect("keel runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The whitespace-separated cells of the first line of `text` that starts with `first`.
+fn row<'a>(text: &'a str, first: &str) -> Option<Vec<&'a str>> {
+    (text.lines())
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|cells| cells.first() == Some(&first))
+}
+
+/// `keel cluster status` names the three nodes (all reachable, one the controller), and
+/// each partition's leader, its ISR of three and both followers' lag; a node that stops is
+/// shown unreachable; a bootstrap nobody listens on fails with a message.
+#[test]
+fn cluster_status_shows_nodes_the_controller_and_partitions() {
+    const STATUS_TOPIC: &str = "watched";
+    let dir = temp_dir("cluster-status");
+    let mut nodes = start_cluster(&dir, 3);
+    create_topic(&nodes, STATUS_TOPIC, 3);
+    let started = Instant::now();
+    // Until every partition has a leader and its three replicas in sync (bounded).
+    let text = loop {
+        let (ok, text, stderr) = cluster_status(&nodes[0].addr);
+        // TOPIC PARTITION LEADER EPOCH HIGH-WATERMARK REPLICAS ISR LAG (one cell per
+        // follower).
+        let complete = ok
+            && (0..3).all(|p| {
+                text.lines().any(|l| {
+                    let cells: Vec<&str> = l.split_whitespace().collect();
+                    cells.len() == 9
+                        && cells[0] == STATUS_TOPIC
+                        && cells[1] == p.to_string()
+                        && cells[6] == "1,2,3"
+                })
+            });
+        if complete {
+            break text;
+        }
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "status never complete:\n{text}\n{stderr}\n{}",
+            logs(&nodes)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    println!("{text}");
+    assert!(text.contains("3 nodes, 3 reachable"), "{text}");
+    for (id, node) in nodes.iter().enumerate() {
+        let cells = row(&text, &(id + 1).to_string()).expect("a row per node");
+        assert_eq!(cells[1], node.addr, "{text}");
+        assert_eq!(cells[3], "yes", "{text}");
+    }
+    let controller_line = (text.lines())
+        .find(|l| l.starts_with("Controller (metadata quorum leader): node "))
+        .unwrap_or_else(|| panic!("a controller: {text}"));
+    let controller: usize = controller_line["Controller (metadata quorum leader): node ".len()..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("a node id: {controller_line}"));
+    assert!((1..=3).contains(&controller));
+    let leader_role = row(&text, &controller.to_string()).expect("the controller's row");
+    assert_eq!(leader_role[4], "leader", "{text}");
+    for line in text.lines().filter(|l| l.starts_with(STATUS_TOPIC)) {
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        let leader: i32 = cells[2].parse().expect("a leader id");
+        assert!((1..=3).contains(&leader), "{line}");
+        let mut replicas: Vec<&str> = cells[5].split(',').collect();
+        replicas.sort_unstable();
+        assert_eq!(replicas, ["1", "2", "3"], "{line}");
+        assert_eq!(
+            cells[6], "1,2,3",
+            "the ISR, as the leader reports it: {line}"
+        );
+        // Each follower's lag: `id:records`.
+        let lags: Vec<&str> = cells[7..].to_vec();
+        assert_eq!(lags.len(), 2, "{line}");
+        for lag in lags {
+            let (id, records) = lag.split_once(':').expect("id:lag");
+            assert_ne!(id, leader.to_string(), "{line}");
+            assert!(records == "?" || records.parse::<i64>().is_ok(), "{line}");
+        }
+    }
+
+    // A node other than the one asked stops: it is shown out of reach.
+    nodes[2].kill();
+    let started = Instant::now();
+    loop {
+        let (ok, text, stderr) = cluster_status(&nodes[0].addr);
+        if ok && row(&text, "3").is_some_and(|cells| cells[3] == "no") {
+            assert!(text.contains("3 nodes, 2 reachable"), "{text}");
+            assert!(text.contains("node 3 not reached"), "{text}");
+            break;
+        }
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "node 3 never shown out of reach:\n{text}\n{stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    let nobody = format!("127.0.0.1:{}", common::free_port());
+    let (ok, _, stderr) = cluster_status(&nobody);
+    assert!(!ok, "an unreachable bootstrap is a failure");
+    assert!(
+        stderr.contains("no bootstrap server answered") && stderr.contains(&nobody),
+        "{stderr}"
+    );
+}

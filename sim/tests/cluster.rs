@@ -677,3 +677,98 @@ fn manual_replica_assignments_are_honoured() {
         assert_eq!(held, wanted, "n{id}");
     }
 }
+
+/// DescribeQuorum for t-0 asked of node `id`: its one partition's answer.
+fn describe_quorum(c: &mut Cluster, id: i32) -> describe_quorum_response::PartitionData {
+    let request = Request::DescribeQuorum(DescribeQuorumRequest {
+        topics: vec![describe_quorum_request::TopicData {
+            topic_name: "t".into(),
+            partitions: vec![describe_quorum_request::PartitionData {
+                partition_index: 0,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let Some(Response::DescribeQuorum(mut r)) = c.call(id, 2, request, 1_000) else {
+        panic!("n{id} answers DescribeQuorum")
+    };
+    r.topics.remove(0).partitions.remove(0)
+}
+
+/// t-0 as node `id` reports it in its metrics.
+fn t0_metrics(c: &Cluster, id: i32) -> keel_core::node::metrics::PartitionMetrics {
+    let metrics = c.nodes[&id].metrics(c.now);
+    (metrics.partitions.into_iter())
+        .find(|p| p.topic == "t")
+        .expect("t-0 is held")
+}
+
+/// A leader describes its quorum (DescribeQuorum) and counts its followers' lag (metrics):
+/// none while they fetch, as many records as were written since for one that crashed; a
+/// follower answers NOT_LEADER_OR_FOLLOWER and names the leader.
+#[test]
+fn a_leader_describes_its_followers_and_their_lag() {
+    let mut c = cluster();
+    c.create_topic_everywhere();
+    let leader = c.settled_leader();
+    for value in ["a", "b", "c"] {
+        assert_eq!(c.produce(leader, value).0, codes::NONE);
+    }
+    c.run(500);
+    let end = t0_metrics(&c, leader).log_end_offset.expect("online");
+    let q = describe_quorum(&mut c, leader);
+    assert_eq!((q.error_code, q.leader_id), (codes::NONE, leader));
+    assert_eq!(q.high_watermark, end, "every voter holds the log");
+    let mut voters: Vec<i32> = q.current_voters.iter().map(|v| v.replica_id).collect();
+    voters.sort_unstable();
+    assert_eq!(voters, NODES);
+    for v in &q.current_voters {
+        assert_eq!(v.log_end_offset, end, "{v:?}");
+        assert!(
+            v.last_fetch_timestamp > 0 && v.last_caught_up_timestamp > 0,
+            "{v:?}"
+        );
+    }
+    let metrics = t0_metrics(&c, leader);
+    assert!(metrics.is_leader);
+    assert_eq!(metrics.in_sync_replicas, Some(3));
+    assert_eq!(metrics.followers.len(), 2);
+    assert!(metrics.followers.iter().all(|f| f.lag_records == Some(0)));
+    assert!(metrics.counters.produce_bytes > 0);
+
+    let follower = NODES.into_iter().find(|id| *id != leader).unwrap();
+    let q = describe_quorum(&mut c, follower);
+    assert_eq!(
+        (q.error_code, q.leader_id),
+        (codes::NOT_LEADER_OR_FOLLOWER, leader)
+    );
+    let metrics = t0_metrics(&c, follower);
+    assert!(!metrics.is_leader && metrics.followers.is_empty());
+    assert_eq!(
+        metrics.in_sync_replicas, None,
+        "only a leader counts its ISR"
+    );
+
+    c.crash(follower);
+    for value in ["d", "e"] {
+        assert_eq!(c.produce(leader, value).0, codes::NONE);
+    }
+    c.run(500);
+    let metrics = t0_metrics(&c, leader);
+    let lag = |id: i32| {
+        (metrics.followers.iter())
+            .find(|f| f.node_id == id)
+            .and_then(|f| f.lag_records)
+    };
+    assert_eq!(
+        lag(follower),
+        Some(2),
+        "two records written since it crashed"
+    );
+    let other = NODES
+        .into_iter()
+        .find(|id| *id != leader && *id != follower);
+    assert_eq!(lag(other.unwrap()), Some(0));
+}

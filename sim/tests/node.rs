@@ -1685,3 +1685,135 @@ fn topic_configs_are_recorded_honoured_or_refused() {
     let p = h.produce(9, produce_request("u", 0, batch(&[&big]), 1));
     assert_eq!(p.error_code, codes::NONE);
 }
+
+/// The node counts what it served (requests and how long they took on the time it is given,
+/// bytes, each partition's offsets) and answers DescribeQuorum for a partition it leads and
+/// for the metadata quorum, and refuses partitions it does not hold.
+#[test]
+fn metrics_count_what_was_served_and_describe_quorum_names_the_leader() {
+    use keel_core::protocol::messages::describe_quorum_request::{PartitionData, TopicData};
+    let (mut h, _) = Harness::new(SimDisk::new());
+    h.create_topic("orders");
+    let before = h.node.metrics(h.now);
+    let records = batch(&["a", "b"]);
+    h.auto_sync = false;
+    h.send(1, 9, produce_request("orders", 0, records.clone(), -1));
+    h.now = h.now.plus_millis(3);
+    h.complete_syncs();
+    h.auto_sync = true;
+    let Some(Response::Produce(_)) = h.take_response(1, ApiKey::Produce, 9) else {
+        panic!("answered once synced")
+    };
+    assert_eq!(fetch_values(&mut h, "orders", 0).1, ["a", "b"]);
+    let after = h.node.metrics(h.now);
+
+    let produce = &after.counters.requests[&ApiKey::Produce];
+    let produced_before = before.counters.requests.get(&ApiKey::Produce);
+    assert_eq!(
+        produce.requests,
+        1 + produced_before.map_or(0, |r| r.requests)
+    );
+    assert_eq!(produce.duration.count(), produce.requests);
+    assert!(
+        produce.duration.sum_ns() >= 3_000_000,
+        "3 ms waiting for its sync"
+    );
+    assert_eq!(after.counters.requests[&ApiKey::Fetch].requests, 1);
+    assert!(after.counters.client_bytes_received > before.counters.client_bytes_received);
+    assert!(after.counters.client_bytes_sent > before.counters.client_bytes_sent);
+    assert!(
+        after.counters.sync_round_duration.count() > before.counters.sync_round_duration.count()
+    );
+    assert_eq!((after.client_connections, after.controller), (1, Some(1)));
+    let orders = (after.partitions.iter())
+        .find(|p| p.topic == "orders")
+        .unwrap();
+    assert_eq!(
+        (orders.log_end_offset, orders.high_watermark),
+        (Some(2), Some(2))
+    );
+    assert_eq!((orders.leader, orders.is_leader), (Some(1), true));
+    assert_eq!((orders.replicas, orders.in_sync_replicas), (1, Some(1)));
+    assert!(orders.followers.is_empty());
+    assert_eq!(orders.counters.produce_bytes, records.len() as u64);
+    assert_eq!(orders.counters.fetch_bytes, records.len() as u64);
+    assert_eq!(orders.counters.leaderships_won, 1);
+    assert!(after.partitions.iter().any(|p| p.topic == METADATA_TOPIC));
+
+    let ask = |topic: &str, partitions: &[i32]| TopicData {
+        topic_name: topic.into(),
+        partitions: (partitions.iter())
+            .map(|p| PartitionData {
+                partition_index: *p,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let request = Request::DescribeQuorum(DescribeQuorumRequest {
+        topics: vec![
+            ask("orders", &[0, 5]),
+            ask(METADATA_TOPIC, &[0]),
+            ask("nothing", &[0]),
+        ],
+        ..Default::default()
+    });
+    let Response::DescribeQuorum(r) = h.call(2, request) else {
+        panic!("a DescribeQuorum answer")
+    };
+    assert_eq!(r.error_code, codes::NONE);
+    let orders = &r.topics[0].partitions;
+    assert_eq!(
+        (orders[0].error_code, orders[0].leader_id),
+        (codes::NONE, 1)
+    );
+    assert_eq!(orders[0].high_watermark, 2);
+    let voter = &orders[0].current_voters[..];
+    assert_eq!(voter.len(), 1);
+    assert_eq!((voter[0].replica_id, voter[0].log_end_offset), (1, 2));
+    assert_eq!(
+        voter[0].last_fetch_timestamp,
+        h.now.as_millis(),
+        "a leader fetches now"
+    );
+    assert_eq!(orders[1].error_code, codes::UNKNOWN_TOPIC_OR_PARTITION);
+    assert!(orders[1].error_message.is_some());
+    let metadata = &r.topics[1].partitions[0];
+    assert_eq!((metadata.error_code, metadata.leader_id), (codes::NONE, 1));
+    assert_eq!(
+        r.topics[2].partitions[0].error_code,
+        codes::UNKNOWN_TOPIC_OR_PARTITION
+    );
+    // (v2) Where the leader is reached.
+    assert_eq!(r.nodes.len(), 1);
+    assert_eq!(r.nodes[0].node_id, 1);
+    assert_eq!(r.nodes[0].listeners[0].port, 9092);
+}
+
+/// A DescribeQuorum naming more partitions than a node can hold is refused (its answer
+/// would dwarf the request), and the connection closed.
+#[test]
+fn describe_quorum_past_the_maximum_closes_the_connection() {
+    use keel_core::protocol::messages::describe_quorum_request::{PartitionData, TopicData};
+    let (mut h, _) = Harness::new(SimDisk::new());
+    let partitions = (0..=keel_core::limits::DESCRIBE_QUORUM_PARTITIONS_MAX as i32)
+        .map(|p| PartitionData {
+            partition_index: p,
+            ..Default::default()
+        })
+        .collect();
+    h.send(
+        1,
+        2,
+        Request::DescribeQuorum(DescribeQuorumRequest {
+            topics: vec![TopicData {
+                topic_name: "t".into(),
+                partitions,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+    );
+    assert_eq!(h.closed, [1]);
+    assert!(h.take_response(1, ApiKey::DescribeQuorum, 2).is_none());
+}

@@ -467,6 +467,7 @@ impl<D: Disk> Node<D> {
         let mut base = None;
         let mut wait = None;
         let mut appended = Vec::new();
+        let mut appended_bytes = 0;
         for batch in &batches {
             match log
                 .producers()
@@ -496,8 +497,10 @@ impl<D: Disk> Node<D> {
                     base.get_or_insert(base_offset);
                     wait = Some((log_id, last_offset + 1, leader_epoch));
                     appended.push((base_offset, last_offset));
+                    appended_bytes += batch.as_bytes().len() as u64;
                 }
                 Err(e) => {
+                    p.counters.produce_bytes += appended_bytes;
                     // Batches appended before this one are the leader's to replicate still.
                     self.replica_appended(now, log_id, &appended);
                     return Err((codes::KAFKA_STORAGE_ERROR, e.to_string()));
@@ -505,6 +508,7 @@ impl<D: Disk> Node<D> {
             }
         }
         let log_start_offset = log.log_start_offset();
+        p.counters.produce_bytes += appended_bytes;
         self.replica_appended(now, log_id, &appended);
         Ok((base.expect("at least one batch"), log_start_offset, wait))
     }
@@ -587,6 +591,8 @@ impl<D: Disk> Node<D> {
         let mut total_bytes = 0usize;
         let mut any_error = false;
         let mut responses = Vec::new();
+        // Bytes read per partition, counted only if the answer goes out now.
+        let mut served: Vec<(String, i32, usize)> = Vec::new();
         for topic in &request.topics {
             let name = if version >= 13 {
                 (self.image.topic_by_id(&topic.topic_id)).map(|t| t.name.clone())
@@ -647,6 +653,10 @@ impl<D: Disk> Node<D> {
                                 at_least_one,
                             ) {
                                 Ok(records) => {
+                                    if !records.is_empty() {
+                                        let n = name.clone().unwrap_or_default();
+                                        served.push((n, p.partition, records.len()));
+                                    }
                                     total_bytes += records.len();
                                     bytes_left = bytes_left.saturating_sub(records.len());
                                     data.records = Some(records);
@@ -675,6 +685,11 @@ impl<D: Disk> Node<D> {
         let enough = total_bytes >= request.min_bytes.max(0) as usize;
         if !(expired || any_error || enough || request.max_wait_ms <= 0) {
             return None;
+        }
+        for (topic, partition, bytes) in served {
+            if let Some(p) = self.topics.get(&topic, partition) {
+                p.counters.fetch_bytes += bytes as u64;
+            }
         }
         Some(FetchResponse {
             responses,
@@ -1258,6 +1273,145 @@ impl<D: Disk> Node<D> {
                     ..Default::default()
                 })
                 .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// DescribeQuorum (KIP-595) for any partition this node holds: every partition is a Raft
+    /// group, and `__cluster_metadata` partition 0 is the metadata quorum (Kafka answers only
+    /// for that one). A leader answers its epoch, its high watermark and, for each voter, its
+    /// log end and when it last fetched and caught up (itself: now); any other node answers
+    /// NOT_LEADER_OR_FOLLOWER with the leader it knows of, as Kafka's controllers do.
+    pub(super) fn describe_quorum(
+        &mut self,
+        now: Instant,
+        request: &DescribeQuorumRequest,
+        version: i16,
+    ) -> DescribeQuorumResponse {
+        use crate::protocol::messages::describe_quorum_response::*;
+        let now_ms = now.as_millis();
+        let node_id = self.config.node_id;
+        let mut named = std::collections::BTreeSet::new();
+        let mut topics = Vec::new();
+        for topic in &request.topics {
+            let mut partitions = Vec::new();
+            for p in &topic.partitions {
+                let mut result = PartitionData {
+                    partition_index: p.partition_index,
+                    error_message: None,
+                    leader_id: -1,
+                    leader_epoch: -1,
+                    high_watermark: -1,
+                    ..Default::default()
+                };
+                let held = if topic.topic_name == METADATA_TOPIC && p.partition_index == 0 {
+                    self.topics
+                        .get(METADATA_TOPIC, 0)
+                        .ok_or(codes::UNKNOWN_TOPIC_OR_PARTITION)
+                } else {
+                    held_partition(
+                        &mut self.topics,
+                        &self.image,
+                        &topic.topic_name,
+                        p.partition_index,
+                    )
+                };
+                let outcome = match held {
+                    Err(code) => {
+                        // Held by other nodes only: the leader the image last recorded.
+                        let known = (self.image.topic(&topic.topic_name))
+                            .and_then(|t| t.leaders.get(p.partition_index.max(0) as usize));
+                        if let (codes::NOT_LEADER_OR_FOLLOWER, Some((leader, epoch))) =
+                            (code, known)
+                        {
+                            (result.leader_id, result.leader_epoch) = (*leader, *epoch);
+                        }
+                        Err((code, "this node holds no replica of the partition"))
+                    }
+                    Ok(held) => match (held.log.as_ref(), held.replica.as_ref()) {
+                        (Err(_), _) | (_, None) => {
+                            Err((codes::KAFKA_STORAGE_ERROR, "the partition is offline"))
+                        }
+                        (Ok(_), Some(replica)) if !replica.is_leader() => {
+                            if let Some(leader) = replica.leader() {
+                                result.leader_id = leader;
+                                result.leader_epoch = replica.leader_epoch();
+                            }
+                            Err((codes::NOT_LEADER_OR_FOLLOWER, "this node does not lead it"))
+                        }
+                        (Ok(log), Some(replica)) => {
+                            let raft = replica.raft();
+                            let followers = raft.followers(now_ms.max(0) as u64);
+                            let timestamp = |ms: Option<u64>| ms.map_or(-1, |ms| ms as i64);
+                            result.leader_id = node_id;
+                            result.leader_epoch = replica.leader_epoch();
+                            result.high_watermark = replica.high_watermark();
+                            result.current_voters = (raft.voters().iter())
+                                .map(|&id| match followers.iter().find(|f| f.id == id) {
+                                    _ if id == node_id => ReplicaState {
+                                        replica_id: id,
+                                        log_end_offset: log.log_end_offset(),
+                                        last_fetch_timestamp: now_ms,
+                                        last_caught_up_timestamp: now_ms,
+                                        ..Default::default()
+                                    },
+                                    Some(f) => ReplicaState {
+                                        replica_id: id,
+                                        log_end_offset: f.log_end.unwrap_or(-1),
+                                        last_fetch_timestamp: timestamp(f.last_fetch_ms),
+                                        last_caught_up_timestamp: timestamp(f.caught_up_ms),
+                                        ..Default::default()
+                                    },
+                                    None => ReplicaState {
+                                        replica_id: id,
+                                        log_end_offset: -1,
+                                        last_fetch_timestamp: -1,
+                                        last_caught_up_timestamp: -1,
+                                        ..Default::default()
+                                    },
+                                })
+                                .collect();
+                            named.extend(raft.voters().iter().copied());
+                            Ok(())
+                        }
+                    },
+                };
+                if let Err((code, message)) = outcome {
+                    result.error_code = code;
+                    if version >= 2 {
+                        result.error_message = Some(message.to_string());
+                    }
+                }
+                named.extend(Some(result.leader_id).filter(|id| *id >= 0));
+                partitions.push(result);
+            }
+            topics.push(TopicData {
+                topic_name: topic.topic_name.clone(),
+                partitions,
+                ..Default::default()
+            });
+        }
+        // (v2) Where the nodes named above are reached: the client listener each registered.
+        let nodes = match version >= 2 {
+            false => Vec::new(),
+            true => (self.listed_brokers().into_iter())
+                .filter(|b| named.contains(&b.node_id))
+                .map(|b| Node {
+                    node_id: b.node_id,
+                    listeners: vec![Listener {
+                        name: "PLAINTEXT".into(),
+                        host: b.host,
+                        port: u16::try_from(b.port).unwrap_or(0),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        DescribeQuorumResponse {
+            error_message: None,
+            topics,
+            nodes,
             ..Default::default()
         }
     }

@@ -88,6 +88,11 @@ impl Links {
     }
 
     /// The peers now down.
+    /// How many peers the node has links to.
+    pub(super) fn peers(&self) -> usize {
+        self.peers.len()
+    }
+
     pub(super) fn down(&self) -> Vec<NodeId> {
         (self.peers.iter())
             .filter(|(_, l)| !l.up)

@@ -16,6 +16,7 @@
 mod controller;
 mod handlers;
 mod links;
+pub mod metrics;
 mod producer_ids;
 pub mod replication;
 mod topics;
@@ -285,7 +286,7 @@ pub enum NodeError {
 }
 
 /// The APIs this node serves (and advertises in ApiVersions).
-pub const SERVED_APIS: [ApiKey; 12] = [
+pub const SERVED_APIS: [ApiKey; 13] = [
     ApiKey::Produce,
     ApiKey::Fetch,
     ApiKey::ListOffsets,
@@ -298,6 +299,7 @@ pub const SERVED_APIS: [ApiKey; 12] = [
     ApiKey::DescribeCluster,
     ApiKey::OffsetForLeaderEpoch,
     ApiKey::InitProducerId,
+    ApiKey::DescribeQuorum,
 ];
 
 /// A request's place in its connection's answer queue.
@@ -496,6 +498,9 @@ struct Conn {
     frames: FrameDecoder,
     slots: VecDeque<(u64, Slot)>,
     next_slot: u64,
+    /// Each request's slot, API and the time it was read, in slot order: its duration is
+    /// counted when its answer leaves (metrics).
+    read_at: VecDeque<(u64, ApiKey, Instant)>,
 }
 
 /// What an acks=all produce waits for in one partition.
@@ -534,6 +539,8 @@ struct Round {
     producer_ids_end: i64,
     /// The votes (epochs and votes of Raft groups) the round makes durable.
     votes: Vec<(GroupId, Persisted)>,
+    /// When its syncs were issued.
+    started: Instant,
 }
 
 pub struct Node<D: Disk> {
@@ -608,6 +615,8 @@ pub struct Node<D: Disk> {
     joined: bool,
     /// While shutting down: until when leaderships may take to move to other nodes.
     handover_until: Option<Instant>,
+    /// What the node counted for operators (`metrics`).
+    counters: metrics::NodeCounters,
 }
 
 /// How long a node that is shutting down waits for its leaderships to move to other nodes.
@@ -685,6 +694,7 @@ impl<D: Disk> Node<D> {
             links,
             joined: false,
             handover_until: None,
+            counters: Default::default(),
         };
         if let Err(e) = node.ensure_metadata_log() {
             return Err(NodeError::Disk(match e {
@@ -752,6 +762,11 @@ impl<D: Disk> Node<D> {
         &mut self.disk
     }
 
+    /// The disk, for the adapter's own metrics (its fsync times).
+    pub fn disk(&self) -> &D {
+        &self.disk
+    }
+
     pub fn into_disk(self) -> D {
         self.disk
     }
@@ -779,15 +794,22 @@ impl<D: Disk> Node<D> {
                         frames: FrameDecoder::new(self.config.max_frame_size_bytes),
                         slots: VecDeque::new(),
                         next_slot: 0,
+                        read_at: VecDeque::new(),
                     },
                 );
             }
-            Input::ConnBytes { conn, bytes } => self.handle_bytes(now, conn, bytes, out),
+            Input::ConnBytes { conn, bytes } => {
+                self.counters.client_bytes_received += bytes.len() as u64;
+                self.handle_bytes(now, conn, bytes, out);
+            }
             Input::ConnClosed { conn } => {
                 self.conns.remove(&conn);
                 self.parked.retain(|p| p.conn != conn);
             }
-            Input::PeerMessage { from, bytes } => self.handle_peer_bytes(now, from, bytes),
+            Input::PeerMessage { from, bytes } => {
+                self.counters.peer_bytes_received += bytes.len() as u64;
+                self.handle_peer_bytes(now, from, bytes);
+            }
             Input::Timeout => {}
             Input::Synced { token, result } => self.handle_synced(now, token, result, out),
         }
@@ -1087,6 +1109,7 @@ impl<D: Disk> Node<D> {
                     });
                 let bytes =
                     frame_response(header.correlation_id, ApiKey::ApiVersions, 0, &response)?;
+                self.request_read(now, conn, slot, ApiKey::ApiVersions);
                 self.fill(conn, slot, Slot::Ready(Some(bytes)));
                 return Ok(());
             }
@@ -1099,6 +1122,7 @@ impl<D: Disk> Node<D> {
         if !SERVED_APIS.contains(&api_key) {
             return Err(format!("{} is not served by this node", api_key.name()));
         }
+        self.request_read(now, conn, slot, api_key);
         let version = header.api_version;
         let reply =
             |response: Response| frame_response(header.correlation_id, api_key, version, &response);
@@ -1247,6 +1271,17 @@ impl<D: Disk> Node<D> {
                     Slot::Ready(response)
                 }
             }
+            Request::DescribeQuorum(r) => {
+                let partitions: usize = r.topics.iter().map(|t| t.partitions.len()).sum();
+                if partitions > limits::DESCRIBE_QUORUM_PARTITIONS_MAX {
+                    return Err(format!(
+                        "DescribeQuorum for {partitions} partitions, more than the {} answered",
+                        limits::DESCRIBE_QUORUM_PARTITIONS_MAX
+                    ));
+                }
+                let response = self.describe_quorum(now, &r, version);
+                Slot::Ready(Some(reply(Response::DescribeQuorum(response))?))
+            }
             Request::OffsetForLeaderEpoch(r) => Slot::Ready(Some(reply(
                 Response::OffsetForLeaderEpoch(self.offset_for_leader_epoch(&r)),
             )?)),
@@ -1300,6 +1335,14 @@ impl<D: Disk> Node<D> {
         }
     }
 
+    /// Counts a request read now into `slot` (its duration is counted when its answer leaves).
+    fn request_read(&mut self, now: Instant, conn: ConnId, slot: u64, api: ApiKey) {
+        self.counters.request_read(api);
+        if let Some(conn) = self.conns.get_mut(&conn) {
+            conn.read_at.push_back((slot, api, now));
+        }
+    }
+
     fn fill(&mut self, conn: ConnId, slot: u64, state: Slot) {
         if let Some(conn) = self.conns.get_mut(&conn) {
             if let Some((_, s)) = conn.slots.iter_mut().find(|(id, _)| *id == slot) {
@@ -1312,11 +1355,25 @@ impl<D: Disk> Node<D> {
     /// connections whose next answer could not be built.
     fn flush(&mut self, out: &mut Vec<Output>) {
         let mut closing = Vec::new();
+        let now = self.now;
         for (id, conn) in self.conns.iter_mut() {
             loop {
                 match conn.slots.front() {
                     Some((_, Slot::Ready(_))) => {
-                        if let Some((_, Slot::Ready(Some(bytes)))) = conn.slots.pop_front() {
+                        let Some((slot, Slot::Ready(bytes))) = conn.slots.pop_front() else {
+                            continue;
+                        };
+                        while let Some((read, api, at)) = conn.read_at.front().copied() {
+                            if read > slot {
+                                break;
+                            }
+                            conn.read_at.pop_front();
+                            if read == slot {
+                                self.counters.request_answered(api, at, now);
+                            }
+                        }
+                        if let Some(bytes) = bytes {
+                            self.counters.client_bytes_sent += bytes.len() as u64;
                             out.push(Output::ConnSend { conn: *id, bytes });
                         }
                     }
@@ -1448,6 +1505,7 @@ impl<D: Disk> Node<D> {
             ends,
             producer_ids_end: self.producer_ids.recorded_end(),
             votes,
+            started: now,
         });
     }
 
@@ -1479,6 +1537,7 @@ impl<D: Disk> Node<D> {
             return;
         }
         let round = self.round.take().expect("checked above");
+        (self.counters.sync_round_duration).observe(now.0.saturating_sub(round.started.0));
         self.serving = true;
         self.data_version += 1;
         if let Err(e) = self.topics.complete_sync(&mut self.disk, &round.ends) {

@@ -161,6 +161,15 @@ impl<D: Disk> Node<D> {
         let marker_wanted = (self.topics.by_log_id(log_id))
             .and_then(|p| p.replica.as_ref())
             .is_some_and(|r| r.marker_wanted);
+        if effects.campaigned {
+            self.counters.elections_started += 1;
+        }
+        if effects.became_leader {
+            self.counters.leaderships_won += 1;
+            if let Some(partition) = self.topics.by_log_id(log_id) {
+                partition.counters.leaderships_won += 1;
+            }
+        }
         if effects.became_leader && self.brokers().len() > 1 {
             self.leader_reports.insert(log_id, 0);
         }
@@ -368,10 +377,9 @@ impl<D: Disk> Node<D> {
                 messages,
                 proposals,
             };
-            out.push(Output::PeerSend {
-                to,
-                bytes: wire::encode(&frame),
-            });
+            let bytes = wire::encode(&frame);
+            self.counters.peer_bytes_sent += bytes.len() as u64;
+            out.push(Output::PeerSend { to, bytes });
         }
     }
 }

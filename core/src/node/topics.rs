@@ -59,6 +59,8 @@ pub(crate) struct Partition {
     /// The id in its own `partition.metadata`: a crash can bring back a directory of an
     /// earlier topic of the same name (a removal undone), beside the current one's.
     pub(crate) topic_id: Uuid,
+    /// What the node counted for it (metrics).
+    pub(crate) counters: super::metrics::PartitionCounters,
 }
 
 impl Partition {
@@ -286,6 +288,7 @@ impl Topics {
                     replica: None,
                     replicas: found.map(|(_, replicas)| replicas).unwrap_or_default(),
                     topic_id: id.unwrap_or_default(),
+                    counters: Default::default(),
                 },
             );
         }
@@ -398,6 +401,7 @@ impl Topics {
                     replica: None,
                     replicas: replicas.clone(),
                     topic_id: id,
+                    counters: Default::default(),
                 },
             );
         }

@@ -30,6 +30,8 @@ pub struct Effects {
     pub wrote: bool,
     /// The group became leader: if it may not know what is committed, it appends a marker.
     pub became_leader: bool,
+    /// The group started an election (a new epoch, as a candidate).
+    pub campaigned: bool,
 }
 
 #[derive(Debug)]
@@ -247,6 +249,7 @@ impl Replica {
                     tracing::debug!(group = ?self.group, ?role, epoch, ?leader, "role changed");
                     effects.changed = true;
                     effects.became_leader |= role == Role::Leader;
+                    effects.campaigned |= role == Role::Candidate;
                 }
             }
         }

@@ -371,6 +371,17 @@ struct Progress {
     announced_ms: Option<u64>,
 }
 
+/// A leader's view of one follower, for operators (metrics, DescribeQuorum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FollowerState {
+    pub id: NodeId,
+    /// Its log's end as its latest fetch in this epoch said (`None` before its first).
+    pub log_end: Option<Offset>,
+    /// When it last fetched, and when a fetch of its last reached the leader's end.
+    pub last_fetch_ms: Option<u64>,
+    pub caught_up_ms: Option<u64>,
+}
+
 /// A fetch the leader holds until it has something to answer.
 #[derive(Debug, Clone, Copy)]
 struct ParkedFetch {
@@ -497,6 +508,30 @@ impl Raft {
         );
         nodes.sort_unstable();
         nodes
+    }
+
+    /// What a leader knows of each other voter, in id order (nothing unless it leads). A
+    /// fetch held here counts as one at `now_ms`, at the leader's end, as it does for the ISR
+    /// and check-quorum (one from a node gone quiet was dropped).
+    pub fn followers(&self, now_ms: u64) -> Vec<FollowerState> {
+        if self.role != Role::Leader {
+            return Vec::new();
+        }
+        (self.progress.iter())
+            .map(|(id, p)| {
+                let parked = self.parked.contains_key(id);
+                FollowerState {
+                    id: *id,
+                    log_end: (parked || p.last_fetch_ms.is_some()).then_some(p.matched),
+                    last_fetch_ms: if parked {
+                        Some(now_ms)
+                    } else {
+                        p.last_fetch_ms
+                    },
+                    caught_up_ms: if parked { Some(now_ms) } else { p.caught_up_ms },
+                }
+            })
+            .collect()
     }
 
     /// When the engine next needs `handle_tick`. An idle group needs none, but for the

@@ -1,4 +1,4 @@
-//! `keel`: the broker (`keel serve`) and, later, its admin commands.
+//! `keel`: the broker (`keel serve`) and its admin commands (`keel cluster status`).
 // Built for madsim, `main` only says it cannot serve: the rest is unused there.
 #![cfg_attr(madsim, allow(dead_code, unused_imports))]
 
@@ -23,7 +23,33 @@ struct Cli {
 enum Command {
     /// Run a broker. With no arguments: node 1 on 127.0.0.1:9092, data in ./keel-data,
     /// topics auto-created with 1 partition, every acknowledged write synced to disk.
-    Serve(ServeArgs),
+    // Boxed: its many settings would make every command as large.
+    Serve(Box<ServeArgs>),
+    /// Look at a running cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// The nodes (which are reachable, which leads the metadata quorum) and each partition's
+    /// leader, ISR and followers' lag, as the cluster's nodes describe them.
+    Status(StatusArgs),
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    /// Any node(s) of the cluster, tried in turn.
+    #[arg(
+        long,
+        value_name = "HOST:PORT,...",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:9092"
+    )]
+    bootstrap: Vec<String>,
+    /// How long to wait for any one connection or answer, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 5_000)]
+    timeout_ms: u64,
 }
 
 #[derive(clap::Args)]
@@ -81,6 +107,10 @@ struct ServeArgs {
     /// Address to listen on for the other nodes [default: this node's voter address].
     #[arg(long, value_name = "ADDR")]
     peer_listen: Option<String>,
+    /// Address to serve Prometheus metrics on, at /metrics (for example 127.0.0.1:9644)
+    /// [default: none, no metrics endpoint].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
 }
 
 impl ServeArgs {
@@ -121,6 +151,9 @@ impl ServeArgs {
         if let Some(listen) = self.peer_listen {
             config.peer_listen = Some(listen);
         }
+        if let Some(listen) = self.metrics_listen {
+            config.metrics_listen = Some(listen);
+        }
         config.voters()?;
         Ok(config)
     }
@@ -151,6 +184,21 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(keel_net::server::serve(config))
+        }
+        Command::Cluster(ClusterCommand::Status(args)) => {
+            let timeout = std::time::Duration::from_millis(args.timeout_ms.max(1));
+            let status = match keel_net::status::gather(&args.bootstrap, timeout) {
+                Ok(status) => status,
+                Err(e) => {
+                    eprintln!("keel cluster status: {e}");
+                    std::process::exit(1);
+                }
+            };
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            print!("{}", keel_net::status::render(&status, now_ms));
+            Ok(())
         }
     }
 }
