@@ -221,8 +221,11 @@ enum Event {
     },
     /// The nemesis freezes a node's process for a while.
     Pause,
+    /// The freeze that ends at `until` ends (unless the process died meanwhile, and its
+    /// next one froze until another time).
     Resume {
         node: usize,
+        until_ns: u64,
     },
 }
 
@@ -1121,13 +1124,22 @@ impl Sim {
                     self.machines[node].paused_from_ns = self.now_ns;
                     tracing::debug!(node, until = %format_ns(until), "process frozen");
                     self.fault("pause");
-                    self.schedule(until, Event::Resume { node });
+                    self.schedule(
+                        until,
+                        Event::Resume {
+                            node,
+                            until_ns: until,
+                        },
+                    );
                 }
                 let interval = self.plan.net.pause_interval_ms.expect("planned");
                 let at = self.exponential_ns(interval);
                 self.schedule(at, Event::Pause);
             }
-            Event::Resume { node } => {
+            Event::Resume { node, until_ns } => {
+                if self.machines[node].paused_until_ns != Some(until_ns) {
+                    return;
+                }
                 self.machines[node].paused_until_ns = None;
                 self.machines[node].awake_since_ns = self.now_ns;
                 if self.machines[node].node.is_some() {

@@ -27,6 +27,9 @@ struct Args {
     topic: Option<String>,
     #[arg(long, default_value_t = 1)]
     partitions: i32,
+    /// Replicas of each partition (a cluster's nodes).
+    #[arg(long, default_value_t = 1)]
+    replication_factor: i32,
     #[arg(long, default_value_t = 1_000_000)]
     records: u64,
     #[arg(long, default_value_t = 100)]
@@ -72,7 +75,7 @@ fn main() -> anyhow::Result<()> {
         &[NewTopic::new(
             &topic,
             args.partitions,
-            TopicReplication::Fixed(1),
+            TopicReplication::Fixed(args.replication_factor),
         )],
         &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
     ))?;

@@ -180,8 +180,10 @@ impl<D: Disk> Node<D> {
         if link.their_session != Some(header.session) {
             // A new process of the peer (or a late frame of an older one): whatever it held
             // of this node's (parked fetches, answers on their way) is gone. Its first
-            // frame is where numbering starts.
-            reset = link.their_session.is_some();
+            // frame is where numbering starts. The first frame this process hears from the
+            // peer is a reset too: what was sent before it (a new leader's `BeginEpoch`
+            // while the peer was cut off or frozen) may never have arrived.
+            reset = true;
             link.their_session = Some(header.session);
             link.next_seq_in = header.seq + 1;
             link.gaps_in = 0;
