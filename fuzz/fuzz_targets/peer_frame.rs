@@ -65,7 +65,7 @@ fuzz_target!(|data: &[u8]| {
     match frame.link.gaps % 3 {
         0 => follower.handle_peer_reset(2_000, frame.from, &mut out),
         1 => follower.handle_peer_down(2_000, frame.from, &mut out),
-        _ => follower.handle_peer_up(2_000, frame.from),
+        _ => follower.handle_peer_up(2_000, frame.from, &mut out),
     }
     follower.handle_tick(3_000, &mut out);
 });
