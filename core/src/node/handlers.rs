@@ -591,8 +591,8 @@ impl<D: Disk> Node<D> {
         let mut total_bytes = 0usize;
         let mut any_error = false;
         let mut responses = Vec::new();
-        // Bytes read per partition, counted only if the answer goes out now.
-        let mut served: Vec<(String, i32, usize)> = Vec::new();
+        // Each answered topic's name (by id from v13), to count what the answer serves.
+        let mut names = Vec::with_capacity(request.topics.len());
         for topic in &request.topics {
             let name = if version >= 13 {
                 (self.image.topic_by_id(&topic.topic_id)).map(|t| t.name.clone())
@@ -653,10 +653,6 @@ impl<D: Disk> Node<D> {
                                 at_least_one,
                             ) {
                                 Ok(records) => {
-                                    if !records.is_empty() {
-                                        let n = name.clone().unwrap_or_default();
-                                        served.push((n, p.partition, records.len()));
-                                    }
                                     total_bytes += records.len();
                                     bytes_left = bytes_left.saturating_sub(records.len());
                                     data.records = Some(records);
@@ -681,14 +677,22 @@ impl<D: Disk> Node<D> {
                 partitions,
                 ..Default::default()
             });
+            names.push(name);
         }
         let enough = total_bytes >= request.min_bytes.max(0) as usize;
         if !(expired || any_error || enough || request.max_wait_ms <= 0) {
             return None;
         }
-        for (topic, partition, bytes) in served {
-            if let Some(p) = self.topics.get(&topic, partition) {
-                p.counters.fetch_bytes += bytes as u64;
+        // Bytes served are counted only once the answer goes out (a parked fetch reads again).
+        for (name, response) in names.iter().zip(&responses) {
+            let Some(name) = name else { continue };
+            for data in &response.partitions {
+                let bytes = data.records.as_ref().map_or(0, Bytes::len);
+                if bytes > 0 {
+                    if let Some(p) = self.topics.get(name, data.partition_index) {
+                        p.counters.fetch_bytes += bytes as u64;
+                    }
+                }
             }
         }
         Some(FetchResponse {
