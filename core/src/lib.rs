@@ -13,8 +13,10 @@
 //! - [`raft`]: the Raft engine (KRaft's pull model), knowing nothing of Kafka.
 //! - [`partition`]: a partition replica (its Raft group over its log) and the node's votes.
 //! - [`metadata`]: the metadata quorum's records and the image every node builds from them.
+//! - [`coordinator`]: the group coordinator (consumer groups and their committed offsets).
 //! - [`limits`]: every maximum a client can push against, with its reason.
 
+pub mod coordinator;
 pub mod disk;
 pub mod limits;
 pub mod log;

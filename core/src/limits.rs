@@ -117,3 +117,20 @@ pub const DESCRIBE_QUORUM_PARTITIONS_MAX: usize = PARTITIONS_MAX + 1;
 /// at once): a scraper needs one, and each holds a task and a copy of the node's metrics
 /// while it is answered.
 pub const METRICS_CONNECTIONS_MAX: usize = 16;
+
+/// Members of one consumer group (Kafka's `group.max.size`, unbounded there by default): each
+/// holds its protocols' metadata and its assignment, and the leader's JoinGroup answer lists
+/// every member's metadata. Past it JoinGroup answers GROUP_MAX_SIZE_REACHED.
+pub const GROUP_MEMBERS_MAX: usize = 1_000;
+
+/// Protocols (assignors) one member may offer in JoinGroup; clients offer one to three.
+pub const GROUP_PROTOCOLS_MAX: usize = 32;
+
+/// Groups one partition of `__consumer_offsets` holds (at most 50 partitions by default, so
+/// 500,000 groups per cluster): each costs memory on its coordinator and records its load
+/// replays. Past it a new group gets COORDINATOR_NOT_AVAILABLE.
+pub const GROUPS_PER_OFFSETS_PARTITION_MAX: usize = 10_000;
+
+/// Bytes of metadata one committed offset may carry (Kafka's `offset.metadata.max.bytes`):
+/// kept in memory and replayed on every load. Past it: OFFSET_METADATA_TOO_LARGE.
+pub const OFFSET_METADATA_MAX_BYTES: usize = 4_096;
