@@ -56,6 +56,17 @@ pub struct ServeConfig {
     /// Address to serve Prometheus's `/metrics` on (default: none, no endpoint; three nodes
     /// on one machine would otherwise fight over one default port).
     pub metrics_listen: Option<String>,
+    /// Partitions of `__consumer_offsets` (offsets.topic.num.partitions).
+    pub offsets_topic_partitions: i32,
+    /// Its replication factor, or every node of a smaller cluster.
+    pub offsets_topic_replication_factor: i16,
+    /// How long the first rebalance of an empty group waits for more members.
+    pub group_initial_rebalance_delay_ms: i32,
+    /// The session timeouts a group member may ask for.
+    pub group_min_session_timeout_ms: i32,
+    pub group_max_session_timeout_ms: i32,
+    /// How long an empty group's committed offsets are kept.
+    pub offsets_retention_ms: i64,
 }
 
 /// A cluster node: its id and its peer address.
@@ -116,6 +127,12 @@ impl Default for ServeConfig {
             peer_listen: None,
             seed: None,
             metrics_listen: None,
+            offsets_topic_partitions: core.offsets_topic_partitions,
+            offsets_topic_replication_factor: core.offsets_topic_replication_factor,
+            group_initial_rebalance_delay_ms: core.groups.initial_rebalance_delay_ms,
+            group_min_session_timeout_ms: core.groups.min_session_timeout_ms,
+            group_max_session_timeout_ms: core.groups.max_session_timeout_ms,
+            offsets_retention_ms: core.groups.offsets_retention_ms,
         }
     }
 }
@@ -207,6 +224,12 @@ impl ServeConfig {
                 false => b,
             })
             .collect();
+        config.offsets_topic_partitions = self.offsets_topic_partitions;
+        config.offsets_topic_replication_factor = self.offsets_topic_replication_factor;
+        config.groups.initial_rebalance_delay_ms = self.group_initial_rebalance_delay_ms;
+        config.groups.min_session_timeout_ms = self.group_min_session_timeout_ms;
+        config.groups.max_session_timeout_ms = self.group_max_session_timeout_ms;
+        config.groups.offsets_retention_ms = self.offsets_retention_ms;
         config.log.segment_size_bytes = self.segment_bytes;
         config.log.producer_id_expiration_ms = self.producer_id_expiration_ms;
         config

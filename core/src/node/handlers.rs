@@ -264,6 +264,7 @@ impl<D: Disk> Node<D> {
             }
             topics.push(MetadataResponseTopic {
                 error_code: codes::NONE,
+                is_internal: Self::internal_topic(&name),
                 name: Some(name),
                 topic_id: topic.id,
                 partitions,
@@ -430,6 +431,12 @@ impl<D: Disk> Node<D> {
             .and_then(|t| t.configs.get("max.message.bytes"))
             .and_then(|v| v.parse::<usize>().ok())
             .unwrap_or(self.config.max_message_bytes);
+        if Self::internal_topic(topic) {
+            return Err((
+                codes::INVALID_TOPIC_EXCEPTION,
+                format!("{topic} is internal: only its group coordinators write it"),
+            ));
+        }
         let expiry_ms = self.config.log.producer_id_expiration_ms;
         let no_dedup = self.config.planted_bug == Some(PlantedBug::NoDedup);
         let p = match held_partition(&mut self.topics, &self.image, topic, partition) {

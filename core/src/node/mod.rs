@@ -14,6 +14,7 @@
 //! - A failed sync is fatal: the node halts (`Output::Halt`) rather than pretend.
 
 mod controller;
+mod groups;
 mod handlers;
 mod links;
 pub mod metrics;
@@ -145,6 +146,14 @@ pub struct Config {
     /// (every partition a Raft group over them all). Empty: this node alone (a group of one).
     /// The metadata quorum will replace it with assignments per partition.
     pub cluster: Vec<Broker>,
+    /// Partitions of `__consumer_offsets` (Kafka's `offsets.topic.num.partitions`), fixed
+    /// when the topic is created (on the first FindCoordinator).
+    pub offsets_topic_partitions: i32,
+    /// Its replication factor (`offsets.topic.replication.factor`), or every node of a
+    /// smaller cluster.
+    pub offsets_topic_replication_factor: i16,
+    /// Consumer groups' timeouts and retention.
+    pub groups: crate::coordinator::GroupConfig,
     /// A bug planted on purpose, so the simulator can prove its checkers catch it. Only the
     /// simulator sets it: the `keel` binary builds its config from `..Config::default()` and
     /// has no flag or key that reaches it (`tests/tests/purity.rs` checks that `net/` never
@@ -199,10 +208,13 @@ pub enum PlantedBug {
     NoTruncate,
     /// Leaders announce their epoch once only ([`crate::raft::RaftBug::NoReannounce`]).
     NoReannounce,
+    /// Group coordinators accept offset commits from any generation of a member (a zombie's
+    /// commit, made before a rebalance, lands after it).
+    StaleCommit,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 10] = [
+    pub const ALL: [PlantedBug; 11] = [
         PlantedBug::SkipFsync,
         PlantedBug::AckEarly,
         PlantedBug::NoDedup,
@@ -213,6 +225,7 @@ impl PlantedBug {
         PlantedBug::VoteWithoutSync,
         PlantedBug::NoTruncate,
         PlantedBug::NoReannounce,
+        PlantedBug::StaleCommit,
     ];
 
     /// The bugs only a cluster can show (a node alone commits what it synced, votes for
@@ -239,6 +252,7 @@ impl PlantedBug {
             PlantedBug::VoteWithoutSync => "vote-without-sync",
             PlantedBug::NoTruncate => "no-truncate",
             PlantedBug::NoReannounce => "no-reannounce",
+            PlantedBug::StaleCommit => "stale-commit",
         }
     }
 
@@ -274,6 +288,9 @@ impl Default for Config {
             log: LogConfig::default(),
             seed: 0,
             cluster: Vec::new(),
+            offsets_topic_partitions: 50,
+            offsets_topic_replication_factor: 3,
+            groups: Default::default(),
             planted_bug: None,
         }
     }
@@ -286,7 +303,7 @@ pub enum NodeError {
 }
 
 /// The APIs this node serves (and advertises in ApiVersions).
-pub const SERVED_APIS: [ApiKey; 13] = [
+pub const SERVED_APIS: [ApiKey; 23] = [
     ApiKey::Produce,
     ApiKey::Fetch,
     ApiKey::ListOffsets,
@@ -300,6 +317,16 @@ pub const SERVED_APIS: [ApiKey; 13] = [
     ApiKey::OffsetForLeaderEpoch,
     ApiKey::InitProducerId,
     ApiKey::DescribeQuorum,
+    ApiKey::FindCoordinator,
+    ApiKey::JoinGroup,
+    ApiKey::SyncGroup,
+    ApiKey::Heartbeat,
+    ApiKey::LeaveGroup,
+    ApiKey::OffsetCommit,
+    ApiKey::OffsetFetch,
+    ApiKey::DescribeGroups,
+    ApiKey::ListGroups,
+    ApiKey::DeleteGroups,
 ];
 
 /// A request's place in its connection's answer queue.
@@ -320,6 +347,16 @@ enum Slot {
     },
     /// A Fetch waiting for data or its deadline.
     AwaitFetch,
+    /// A group request a coordinator holds (a JoinGroup until the join phase completes, a
+    /// write until it commits), answered by `parts_left` coordinators (DeleteGroups may span
+    /// several; their results are gathered).
+    AwaitGroup {
+        correlation_id: i32,
+        version: i16,
+        api: ApiKey,
+        parts_left: usize,
+        gathered: Option<Response>,
+    },
     /// A change written to the metadata log, answered from the image once it is applied
     /// there (up to `offset`), or refused if this node stops leading the quorum in `epoch`
     /// before that (the change may still be committed: clients ask again and see).
@@ -617,6 +654,8 @@ pub struct Node<D: Disk> {
     handover_until: Option<Instant>,
     /// What the node counted for operators (`metrics`).
     counters: metrics::NodeCounters,
+    /// The group coordinators of the `__consumer_offsets` partitions this node leads.
+    coordinators: BTreeMap<i32, groups::Loaded>,
 }
 
 /// How long a node that is shutting down waits for its leaderships to move to other nodes.
@@ -626,7 +665,8 @@ impl<D: Disk> Node<D> {
     /// Opens the node on `disk`, recovering every partition log found there. Recovery events
     /// (partitions recovered, torn tails cut, partitions taken offline) are returned for the
     /// operator's log.
-    pub fn new(config: Config, mut disk: D) -> Result<(Node<D>, Vec<RecoveryEvent>), NodeError> {
+    pub fn new(mut config: Config, mut disk: D) -> Result<(Node<D>, Vec<RecoveryEvent>), NodeError> {
+        config.groups.planted_stale_commit = config.planted_bug == Some(PlantedBug::StaleCommit);
         let log_config = LogConfig {
             planted_cut_synced: config.planted_bug == Some(PlantedBug::CutSynced),
             ..config.log
@@ -695,6 +735,7 @@ impl<D: Disk> Node<D> {
             joined: false,
             handover_until: None,
             counters: Default::default(),
+            coordinators: BTreeMap::new(),
         };
         if let Err(e) = node.ensure_metadata_log() {
             return Err(NodeError::Disk(match e {
@@ -818,6 +859,7 @@ impl<D: Disk> Node<D> {
         }
         self.settle_replicas(now);
         self.settle_metadata(now);
+        self.settle_groups(now);
         self.expire_producers(now);
         self.complete_commit_waiters();
         self.complete_parked_fetches(now, false);
@@ -834,6 +876,7 @@ impl<D: Disk> Node<D> {
             }
             self.settle_replicas(now);
             self.settle_metadata(now);
+            self.settle_groups(now);
             self.complete_commit_waiters();
             self.complete_parked_fetches(now, false);
             self.maybe_start_round(now, out);
@@ -892,6 +935,7 @@ impl<D: Disk> Node<D> {
             self.recovery_point_due,
             self.next_raft_deadline(),
             links,
+            self.next_group_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -917,6 +961,8 @@ impl<D: Disk> Node<D> {
             }
         }
         self.flush_peers(out);
+        // Groups move with the leaderships; what their coordinators hold is answered now.
+        self.drop_coordinators(crate::protocol::codes::NOT_COORDINATOR);
         // Waiting fetches are answered now with what they have.
         self.complete_parked_fetches(now, true);
         self.maybe_start_round(now, out);
@@ -1000,6 +1046,7 @@ impl<D: Disk> Node<D> {
             );
         }
         self.topics.check_invariants();
+        self.check_coordinators();
         // Every group knows which peers are down, as the node's links say: a group that took
         // a peer in touch for down would campaign against a live leader, and one that took a
         // silent peer for in touch would count a fetch it parked long ago as a quorum.
@@ -1281,6 +1328,43 @@ impl<D: Disk> Node<D> {
                 }
                 let response = self.describe_quorum(now, &r, version);
                 Slot::Ready(Some(reply(Response::DescribeQuorum(response))?))
+            }
+            Request::FindCoordinator(r) => Slot::Ready(Some(reply(Response::FindCoordinator(
+                self.find_coordinator(now, &r, version),
+            ))?)),
+            Request::OffsetFetch(r) => Slot::Ready(Some(reply(Response::OffsetFetch(
+                self.offset_fetch(&r, version),
+            ))?)),
+            Request::DescribeGroups(r) => Slot::Ready(Some(reply(Response::DescribeGroups(
+                self.describe_groups(&r),
+            ))?)),
+            Request::ListGroups(r) => {
+                Slot::Ready(Some(reply(Response::ListGroups(self.list_groups(&r)))?))
+            }
+            Request::DeleteGroups(r) => {
+                let (response, waiting) = self.delete_groups(conn, slot, &r);
+                if waiting == 0 {
+                    Slot::Ready(Some(reply(Response::DeleteGroups(response))?))
+                } else {
+                    self.group_slot(
+                        header.correlation_id,
+                        version,
+                        api_key,
+                        waiting,
+                        Some(Response::DeleteGroups(response)),
+                    )
+                }
+            }
+            request @ (Request::JoinGroup(_)
+            | Request::SyncGroup(_)
+            | Request::Heartbeat(_)
+            | Request::LeaveGroup(_)
+            | Request::OffsetCommit(_)) => {
+                let client_id = header.client_id.clone();
+                match self.group_request(now, conn, slot, client_id.as_deref(), version, &request) {
+                    Some(response) => Slot::Ready(Some(reply(response)?)),
+                    None => self.group_slot(header.correlation_id, version, api_key, 1, None),
+                }
             }
             Request::OffsetForLeaderEpoch(r) => Slot::Ready(Some(reply(
                 Response::OffsetForLeaderEpoch(self.offset_for_leader_epoch(&r)),

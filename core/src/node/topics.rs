@@ -532,6 +532,11 @@ impl Topics {
         topic.partitions.get_mut(&partition)
     }
 
+    /// A partition, to look at.
+    pub(crate) fn peek(&self, topic: &str, partition: i32) -> Option<&Partition> {
+        self.by_name.get(topic)?.partitions.get(&partition)
+    }
+
     pub(crate) fn name_of(&self, id: &Uuid) -> Option<&str> {
         self.by_name
             .iter()

@@ -97,6 +97,30 @@ struct ServeArgs {
     /// The cluster id reported to clients [default: keel-cluster].
     #[arg(long)]
     cluster_id: Option<String>,
+    /// Partitions of __consumer_offsets, fixed when it is created
+    /// (offsets.topic.num.partitions) [default: 50].
+    #[arg(long, value_name = "N")]
+    offsets_topic_partitions: Option<i32>,
+    /// Replication factor of __consumer_offsets, or every node of a smaller cluster
+    /// (offsets.topic.replication.factor) [default: 3].
+    #[arg(long, value_name = "N")]
+    offsets_topic_replication_factor: Option<i16>,
+    /// How long the first rebalance of an empty group waits for more members
+    /// (group.initial.rebalance.delay.ms) [default: 3000].
+    #[arg(long, value_name = "MS")]
+    group_initial_rebalance_delay_ms: Option<i32>,
+    /// Smallest session timeout a group member may ask for
+    /// (group.min.session.timeout.ms) [default: 6000].
+    #[arg(long, value_name = "MS")]
+    group_min_session_timeout_ms: Option<i32>,
+    /// Largest session timeout a group member may ask for
+    /// (group.max.session.timeout.ms) [default: 1800000].
+    #[arg(long, value_name = "MS")]
+    group_max_session_timeout_ms: Option<i32>,
+    /// How long an empty group's committed offsets are kept (offsets.retention.ms)
+    /// [default: 604800000].
+    #[arg(long, value_name = "MS")]
+    offsets_retention_ms: Option<i64>,
     /// This broker's rack (broker.rack), reported to clients; replicas are spread over racks.
     #[arg(long)]
     rack: Option<String>,
@@ -134,7 +158,13 @@ impl ServeArgs {
             max_request_bytes,
             max_message_bytes,
             producer_id_expiration_ms,
-            cluster_id
+            cluster_id,
+            offsets_topic_partitions,
+            offsets_topic_replication_factor,
+            group_initial_rebalance_delay_ms,
+            group_min_session_timeout_ms,
+            group_max_session_timeout_ms,
+            offsets_retention_ms
         );
         if let Some(host) = self.advertised_host {
             config.advertised_host = Some(host);
@@ -155,6 +185,13 @@ impl ServeArgs {
             config.metrics_listen = Some(listen);
         }
         config.voters()?;
+        if !(1..=keel_core::limits::PARTITIONS_PER_TOPIC_MAX).contains(&config.offsets_topic_partitions) {
+            anyhow::bail!(
+                "offsets_topic_partitions {}: must be 1 to {}",
+                config.offsets_topic_partitions,
+                keel_core::limits::PARTITIONS_PER_TOPIC_MAX
+            );
+        }
         Ok(config)
     }
 }

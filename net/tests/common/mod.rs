@@ -164,6 +164,19 @@ pub fn start_cluster(dir: &Path, n: i32) -> Vec<Broker> {
 
 /// As [`start_cluster`], with each node's peer address (node `i` at index `i - 1`).
 pub fn start_cluster_with_peers(dir: &Path, n: i32) -> (Vec<Broker>, Vec<String>) {
+    start_cluster_with_peers_and_args(dir, n, &[])
+}
+
+/// As [`start_cluster`], every node given `extra` flags too.
+pub fn start_cluster_with_args(dir: &Path, n: i32, extra: &[&str]) -> Vec<Broker> {
+    start_cluster_with_peers_and_args(dir, n, extra).0
+}
+
+fn start_cluster_with_peers_and_args(
+    dir: &Path,
+    n: i32,
+    extra: &[&str],
+) -> (Vec<Broker>, Vec<String>) {
     let peers: Vec<String> = (1..=n)
         .map(|_| format!("127.0.0.1:{}", free_port()))
         .collect();
@@ -174,7 +187,8 @@ pub fn start_cluster_with_peers(dir: &Path, n: i32) -> (Vec<Broker>, Vec<String>
     let nodes = (1..=n)
         .map(|id| {
             let args = ["--node-id", &id.to_string(), "--voters", &voters].map(String::from);
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+            args.extend_from_slice(extra);
             Broker::start(&dir.join(format!("node-{id}")), &args)
         })
         .collect();
