@@ -83,7 +83,9 @@ fn group_member() {
                 Err(e) => eprintln!("consume error: {e}"),
             }
         }
-        if uncommitted > 0 && (uncommitted >= 500 || last_commit.elapsed() > Duration::from_millis(200)) {
+        if uncommitted > 0
+            && (uncommitted >= 500 || last_commit.elapsed() > Duration::from_millis(200))
+        {
             last_commit = Instant::now();
             let Ok(positions) = consumer.position() else {
                 continue;
@@ -130,7 +132,13 @@ struct Member {
 impl Member {
     fn start(index: usize, bootstrap: &str, topic: &str, reports: &Arc<Mutex<Reports>>) -> Member {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "group_member", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "group_member",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("KEEL_GROUP_MEMBER", bootstrap)
             .env("KEEL_GROUP_TOPIC", topic)
             .stdin(Stdio::piped())
@@ -167,7 +175,10 @@ impl Member {
         drop(self.child.stdin.take());
         let started = Instant::now();
         while self.child.try_wait().unwrap().is_none() {
-            assert!(started.elapsed() < Duration::from_secs(60), "member did not close");
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "member did not close"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -196,7 +207,9 @@ impl ProducerContext for Acks {
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         if let Ok(message) = result {
             let mut acks = self.0.lock().unwrap();
-            acks.entry(message.partition()).or_default().insert(message.offset());
+            acks.entry(message.partition())
+                .or_default()
+                .insert(message.offset());
         }
     }
 }
@@ -221,7 +234,11 @@ fn coordinator(producer: &BaseProducer<Acks>) -> i32 {
     let topic = &metadata.topics()[0];
     let partitions = topic.partitions().len() as i32;
     let partition = keel_core::coordinator::records::partition_for(GROUP, partitions);
-    let p = topic.partitions().iter().find(|p| p.id() == partition).unwrap();
+    let p = topic
+        .partitions()
+        .iter()
+        .find(|p| p.id() == partition)
+        .unwrap();
     p.leader()
 }
 
@@ -231,7 +248,10 @@ fn check(reports: &Reports, acknowledged: &BTreeMap<i32, BTreeSet<i64>>) {
     let consumed: BTreeSet<(i32, i64)> = reports.consumed.iter().map(|c| (c.2, c.3)).collect();
     let mut missing = 0;
     for (p, offsets) in acknowledged {
-        missing += offsets.iter().filter(|o| !consumed.contains(&(*p, **o))).count();
+        missing += offsets
+            .iter()
+            .filter(|o| !consumed.contains(&(*p, **o)))
+            .count();
     }
     assert_eq!(missing, 0, "acknowledged records never consumed");
     let mut commits: Vec<&(u128, usize, i32, i64)> = reports.committed.iter().collect();
@@ -283,7 +303,9 @@ fn produce(
             }
         }
     }
-    producer.flush(Duration::from_secs(120)).expect("every record delivered");
+    producer
+        .flush(Duration::from_secs(120))
+        .expect("every record delivered");
 }
 
 /// Waits until members have consumed every acknowledged offset.
@@ -306,7 +328,9 @@ fn wait_consumed(reports: &Arc<Mutex<Reports>>, acknowledged: &BTreeMap<i32, BTr
             }
             let summary: Vec<String> = (acknowledged.iter())
                 .map(|(p, os)| {
-                    let got = seen.get(p).map_or(0, |s| s.iter().filter(|o| os.contains(o)).count());
+                    let got = seen
+                        .get(p)
+                        .map_or(0, |s| s.iter().filter(|o| os.contains(o)).count());
                     let missing: Vec<&i64> = (os.iter())
                         .filter(|o| !seen.get(p).is_some_and(|s| s.contains(o)))
                         .take(5)
@@ -316,10 +340,16 @@ fn wait_consumed(reports: &Arc<Mutex<Reports>>, acknowledged: &BTreeMap<i32, BTr
                         .map(|c| (c.1, c.3))
                         .collect();
                     let last = &commits[commits.len().saturating_sub(4)..];
-                    format!("partition {p}: {got} of {} (missing {missing:?}; last commits {last:?})", os.len())
+                    format!(
+                        "partition {p}: {got} of {} (missing {missing:?}; last commits {last:?})",
+                        os.len()
+                    )
                 })
                 .collect();
-            panic!("members did not consume everything in time: {}", summary.join(", "));
+            panic!(
+                "members did not consume everything in time: {}",
+                summary.join(", ")
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -332,9 +362,17 @@ fn a_group_carries_on_through_members_leaving_dying_and_its_coordinator_killed()
     let mut nodes = start_cluster_with_args(
         &dir,
         3,
-        &["--num-partitions", "12", "--group-initial-rebalance-delay-ms", "500"],
+        &[
+            "--num-partitions",
+            "12",
+            "--group-initial-rebalance-delay-ms",
+            "500",
+        ],
     );
-    let bootstrap: String = (nodes.iter()).map(|n| n.addr.clone()).collect::<Vec<_>>().join(",");
+    let bootstrap: String = (nodes.iter())
+        .map(|n| n.addr.clone())
+        .collect::<Vec<_>>()
+        .join(",");
     let topic = "grouped";
     let acks = Acks::default();
     let producer = producer(&bootstrap, &acks);
@@ -412,6 +450,9 @@ fn a_group_on_one_node_shares_partitions_and_resumes_from_its_commits() {
     third.close();
     let r = reports.lock().unwrap();
     let fresh = r.consumed.len() - before;
-    assert!(fresh >= 1_000 && fresh < 1_500, "the new member read {fresh} records, not the 1,000 new ones");
+    assert!(
+        fresh >= 1_000 && fresh < 1_500,
+        "the new member read {fresh} records, not the 1,000 new ones"
+    );
     check(&r, &acknowledged);
 }

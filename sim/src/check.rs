@@ -57,6 +57,13 @@ pub enum ViolationKind {
     ReplicasDiverge,
     ImagesDiverge,
     Liveness,
+    /// A group's acknowledged commit for a partition below one acknowledged before it, or
+    /// committed offsets read back below one acknowledged before the read.
+    GroupCommitBack,
+    /// Two members own a partition in one generation.
+    TwoOwners,
+    /// A group committed an offset past anything committed in the partition.
+    CommitPastEnd,
 }
 
 impl ViolationKind {
@@ -78,6 +85,9 @@ impl ViolationKind {
             ViolationKind::ReplicasDiverge => "replicas-diverge",
             ViolationKind::ImagesDiverge => "images-diverge",
             ViolationKind::Liveness => "liveness",
+            ViolationKind::GroupCommitBack => "group-commit-back",
+            ViolationKind::TwoOwners => "two-owners",
+            ViolationKind::CommitPastEnd => "commit-past-end",
         }
     }
 
@@ -128,6 +138,10 @@ pub struct Checker {
     /// the node refused to serve them or could not have known (see the module docs).
     retired: BTreeMap<i32, String>,
     violations: Vec<Violation>,
+    /// (generation, partition) -> the member assigned it.
+    owners: BTreeMap<(i32, i32), String>,
+    /// partition -> every acknowledged group commit: (time, offset), in time order.
+    group_commits: BTreeMap<i32, Vec<(u64, i64)>>,
 }
 
 /// What the simulated disk says of a partition at a restart: lasting damage struck its files,
@@ -395,5 +409,110 @@ impl Checker {
                 ),
             );
         }
+    }
+
+    /// A member was assigned `partitions` in `generation`.
+    pub fn on_assignment(&mut self, at_ns: u64, generation: i32, member: &str, partitions: &[i32]) {
+        for p in partitions {
+            match self.owners.get(&(generation, *p)) {
+                Some(other) if other != member => {
+                    let detail = format!(
+                        "partition {p} assigned to {other} and to {member} in generation {generation}"
+                    );
+                    self.violate(ViolationKind::TwoOwners, at_ns, detail);
+                }
+                _ => {
+                    self.owners.insert((generation, *p), member.to_string());
+                }
+            }
+        }
+    }
+
+    /// The group's commit of `offset` for `partition` was acknowledged. `durable`: the nodes
+    /// sync what they acknowledge (under replicated durability a crash of a majority may
+    /// take acknowledged commits back, as it may records).
+    pub fn on_commit_acked(&mut self, at_ns: u64, partition: i32, offset: i64, durable: bool) {
+        if self.retired.contains_key(&partition) {
+            return;
+        }
+        // Past what any client saw committed: acknowledged or read records, or a high
+        // watermark a fetch was answered with (a consumer steps over a leader's marker
+        // without reading a record there).
+        let high_watermark = (self.high_watermark_seen.iter())
+            .filter(|((_, p), _)| *p == partition)
+            .map(|(_, hw)| *hw)
+            .max();
+        let seen = self
+            .seen_end
+            .get(&partition)
+            .copied()
+            .unwrap_or(0)
+            .max(high_watermark.unwrap_or(0));
+        if offset > seen {
+            self.violate(
+                ViolationKind::CommitPastEnd,
+                at_ns,
+                format!("offset {offset} committed for partition {partition}, past its committed end {seen}"),
+            );
+        }
+        let commits = self.group_commits.entry(partition).or_default();
+        let last = commits.last().map(|(_, o)| *o);
+        commits.push((at_ns, offset));
+        if durable && last.is_some_and(|l| offset < l) {
+            let last = last.expect("checked");
+            self.violate(
+                ViolationKind::GroupCommitBack,
+                at_ns,
+                format!("partition {partition}'s committed offset went from {last} to {offset}"),
+            );
+        }
+    }
+
+    /// A member sent OffsetFetch at `sent_ns` and was told `offset` (-1: none) is committed.
+    pub fn on_offset_fetched(&mut self, at_ns: u64, sent_ns: u64, partition: i32, offset: i64) {
+        if self.retired.contains_key(&partition) {
+            return;
+        }
+        let acked_before = (self.group_commits.get(&partition).into_iter().flatten())
+            .filter(|(at, _)| *at < sent_ns)
+            .map(|(_, o)| *o)
+            .max();
+        if let Some(acked) = acked_before.filter(|a| offset < *a) {
+            self.violate(
+                ViolationKind::GroupCommitBack,
+                at_ns,
+                format!("partition {partition}: offset {offset} read back as committed after {acked} was acknowledged"),
+            );
+        }
+    }
+
+    /// Whether the group's acknowledged commits reach every acknowledged record.
+    pub fn group_committed_to_ends(&self) -> bool {
+        self.acked_end.iter().all(|(p, end)| {
+            self.retired.contains_key(p)
+                || (self.group_commits.get(p))
+                    .and_then(|c| c.iter().map(|(_, o)| *o).max())
+                    .is_some_and(|o| o >= *end)
+        })
+    }
+
+    /// At the end of a run with a group: its commits reached the end of every partition.
+    pub fn finish_group(&mut self, at_ns: u64) {
+        if self.group_committed_to_ends() {
+            return;
+        }
+        let short: Vec<String> = (self.acked_end.iter())
+            .filter(|(p, _)| !self.retired.contains_key(p))
+            .map(|(p, end)| {
+                let committed =
+                    (self.group_commits.get(p)).and_then(|c| c.iter().map(|(_, o)| *o).max());
+                format!("partition {p}: committed {committed:?} of {end}")
+            })
+            .collect();
+        self.violate(
+            ViolationKind::Liveness,
+            at_ns,
+            format!("the group's commits fall short: {}", short.join(", ")),
+        );
     }
 }

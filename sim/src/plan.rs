@@ -71,6 +71,45 @@ pub struct Plan {
     pub nodes: usize,
     /// The network between nodes (drawn for every seed, used when there are several).
     pub net: NetFaults,
+    /// The group workload (none unless asked for: `--groups`).
+    pub group: GroupPlan,
+}
+
+/// Members of one consumer group and their faults (`sim/src/sim/group.rs`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GroupPlan {
+    /// Members (each with a fetcher of its own); 0: no group workload.
+    pub members: usize,
+    pub commit_interval_ms: u64,
+    /// At each of its steps in the stable phase, the chance that a member crashes, freezes
+    /// past its session timeout, or leaves.
+    pub crash_probability: f64,
+    pub stall_probability: f64,
+    pub leave_probability: f64,
+    /// The chance that a member that gives up its partitions keeps their commit and sends it
+    /// once it is in the next generation (a zombie's commit, which must be refused).
+    pub stale_commit_probability: f64,
+    /// Partitions of `__consumer_offsets`.
+    pub offsets_partitions: i32,
+    pub initial_rebalance_delay_ms: i32,
+}
+
+impl GroupPlan {
+    /// Drawn from a stream of its own, so that turning groups on leaves the rest of a seed's
+    /// plan as it was.
+    pub fn draw(seed: u64) -> GroupPlan {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x6772_6f75_705f_6b6c);
+        GroupPlan {
+            members: rng.random_range(2..=4),
+            commit_interval_ms: rng.random_range(50..=1_000),
+            crash_probability: maybe(&mut rng, 0.002, 0.02),
+            stall_probability: maybe(&mut rng, 0.002, 0.01),
+            leave_probability: maybe(&mut rng, 0.002, 0.02),
+            stale_commit_probability: rng.random_range(0.2..0.8),
+            offsets_partitions: rng.random_range(1..=4),
+            initial_rebalance_delay_ms: [0, 300, 3_000][rng.random_range(0..3)],
+        }
+    }
 }
 
 fn maybe(rng: &mut Xoshiro256PlusPlus, low: f64, high: f64) -> f64 {
@@ -125,6 +164,7 @@ impl Plan {
         let mut net = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x6e65_7477_6f72_6b21);
         Plan {
             nodes: 1,
+            group: GroupPlan::default(),
             net: NetFaults::draw(&mut net),
             partitions: rng.random_range(1..=4),
             segment_size_bytes: [16 << 10, 256 << 10, 1 << 30][rng.random_range(0..3)],

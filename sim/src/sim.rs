@@ -45,6 +45,7 @@ use keel_core::record::{self, BatchOptions, NewRecord, RecordBatch};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
+mod group;
 mod nodes;
 mod workload;
 
@@ -90,6 +91,8 @@ pub struct Options {
     pub nodes: usize,
     /// The nodes' durability: `Replicated` acknowledges what a majority holds in memory.
     pub durability: Durability,
+    /// Members of a consumer group consume, instead of plain consumers (`sim/group.rs`).
+    pub groups: bool,
 }
 
 /// What a run did and found.
@@ -294,6 +297,7 @@ enum PendingKind {
     Produce { op: usize },
     Fetch,
     Admin(AdminRequest),
+    Group(group::GroupCall),
 }
 
 #[derive(Debug)]
@@ -348,6 +352,8 @@ enum Role {
         fetching: bool,
     },
     Admin(Box<AdminState>),
+    /// A member of the workload's consumer group (`group.rs`).
+    Member(Box<group::Member>),
 }
 
 impl Client {
@@ -535,6 +541,11 @@ impl Sim {
         if let Some(idempotent) = options.idempotent {
             plan.idempotent = idempotent;
         }
+        if options.groups {
+            plan.group = crate::plan::GroupPlan::draw(options.seed);
+            // The group's members are the only consumers: what they miss, nobody reads.
+            plan.consumers = 0;
+        }
         let first_disk_seed = rng.random();
         let cluster = (1..=nodes as i32)
             .map(|n| Broker {
@@ -561,6 +572,11 @@ impl Sim {
             seed: rng.random(),
             planted_bug: options.bug,
             durability: options.durability,
+            offsets_topic_partitions: plan.group.offsets_partitions.max(1),
+            groups: keel_core::coordinator::GroupConfig {
+                initial_rebalance_delay_ms: plan.group.initial_rebalance_delay_ms,
+                ..Default::default()
+            },
             ..Config::default()
         };
         let mut clients = Vec::new();
@@ -591,6 +607,19 @@ impl Sim {
         }
         if plan.admin {
             clients.push(Role::Admin(Box::new(AdminState::new())));
+        }
+        for _ in 0..plan.group.members {
+            // A fetcher with nothing to fetch until its member is assigned partitions.
+            clients.push(Role::Consumer {
+                positions: BTreeMap::new(),
+                next_poll_at_ns: 0,
+                fetching: false,
+            });
+            let fetcher = clients.len() - 1;
+            let interval = plan.group.commit_interval_ms * MS;
+            clients.push(Role::Member(Box::new(group::Member::new(
+                fetcher, interval,
+            ))));
         }
         let clients = clients
             .into_iter()
@@ -755,6 +784,9 @@ impl Sim {
             tracing::debug!(?positions, acked_ends = ?self.checker.acked_ends(), "at the end");
         }
         self.checker.finish(self.now_ns, &positions);
+        if self.plan.group.members > 0 {
+            self.checker.finish_group(self.now_ns);
+        }
     }
 
     /// A cluster has had time to settle since its last fault: nothing frozen, and every
@@ -851,6 +883,10 @@ impl Sim {
             plan.partitions,
             plan.segment_size_bytes
         );
+        let workload = match plan.group.members {
+            0 => workload,
+            n => format!("{workload}, a group of {n} members"),
+        };
         Report {
             seed: self.options.seed,
             workload,
@@ -919,10 +955,12 @@ impl Sim {
             return false;
         }
         let positions = self.consumer_positions();
-        self.checker
+        let read = self
+            .checker
             .acked_ends()
             .iter()
-            .all(|(p, end)| positions.get(p).is_some_and(|pos| pos >= end))
+            .all(|(p, end)| positions.get(p).is_some_and(|pos| pos >= end));
+        read && (self.plan.group.members == 0 || self.checker.group_committed_to_ends())
     }
 
     /// The node an event steps, if it steps one.

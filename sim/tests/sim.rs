@@ -26,6 +26,7 @@ fn options(
         idempotent,
         nodes,
         durability: Durability::Fsync,
+        groups: false,
     }
 }
 
@@ -60,6 +61,8 @@ struct Regression {
     idempotent: Option<bool>,
     /// Nodes in the cluster (`nodes=3` on the line; 1 if absent).
     nodes: usize,
+    /// A consumer group's members consume (`groups` on the line).
+    groups: bool,
 }
 
 fn regressions() -> Vec<Regression> {
@@ -76,11 +79,14 @@ fn regressions() -> Vec<Regression> {
         let mut bug = None;
         let mut idempotent = None;
         let mut nodes = 1;
+        let mut groups = false;
         for word in words {
             if let Some(n) = word.strip_prefix("nodes=") {
                 nodes = n.parse().expect("a node count");
             } else if word == "idempotent" {
                 idempotent = Some(true);
+            } else if word == "groups" {
+                groups = true;
             } else {
                 bug = Some(PlantedBug::from_name(word).expect("a known bug or `idempotent`"));
             }
@@ -91,6 +97,7 @@ fn regressions() -> Vec<Regression> {
             bug,
             idempotent,
             nodes,
+            groups,
         });
     }
     seeds
@@ -109,6 +116,7 @@ fn every_regression_seed_passes() {
             idempotent: r.idempotent,
             nodes: r.nodes,
             durability: Durability::Fsync,
+            groups: r.groups,
         });
         if result.exit_code() != 0 {
             failures.push(describe(&result, r.duration_ns, r.bug, r.nodes));
@@ -331,6 +339,7 @@ fn a_seed_replays_to_the_same_trace_hash() {
         idempotent: None,
         nodes: 1,
         durability: Durability::Fsync,
+        groups: false,
     });
     let b = run_seed(Options {
         seed: 2,
@@ -339,6 +348,7 @@ fn a_seed_replays_to_the_same_trace_hash() {
         idempotent: None,
         nodes: 1,
         durability: Durability::Fsync,
+        groups: false,
     });
     assert_ne!(a.report.unwrap().trace_hash, b.report.unwrap().trace_hash);
 }

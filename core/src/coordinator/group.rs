@@ -178,7 +178,9 @@ impl Group {
         let assigned = value.members.iter().all(|m| !m.assignment.is_empty());
         for m in value.members {
             if let Some(instance) = &m.group_instance_id {
-                group.instances.insert(instance.clone(), m.member_id.clone());
+                group
+                    .instances
+                    .insert(instance.clone(), m.member_id.clone());
             }
             let protocols = match &group.protocol {
                 Some(p) => vec![(p.clone(), m.subscription)],
@@ -328,7 +330,9 @@ impl Group {
         let candidates = self.candidates();
         let mut votes: BTreeMap<&str, usize> = BTreeMap::new();
         for m in self.members.values() {
-            if let Some((name, _)) = (m.protocols.iter()).find(|(n, _)| candidates.contains(&n.as_str())) {
+            if let Some((name, _)) =
+                (m.protocols.iter()).find(|(n, _)| candidates.contains(&n.as_str()))
+            {
                 *votes.entry(name).or_default() += 1;
             }
         }
@@ -365,7 +369,9 @@ impl Group {
         if !self.members.is_empty() {
             let same_type = self.protocol_type.as_deref() == Some(request.protocol_type.as_str());
             let candidates = self.candidates();
-            let shared = protocols.iter().any(|(n, _)| candidates.contains(&n.as_str()));
+            let shared = protocols
+                .iter()
+                .any(|(n, _)| candidates.contains(&n.as_str()));
             if !same_type || !shared {
                 return refuse(codes::INCONSISTENT_GROUP_PROTOCOL);
             }
@@ -394,7 +400,14 @@ impl Group {
                 if let Some(old) = self.instances.get(instance).cloned() {
                     return self.replace_static(now_ms, &old, new_member_id, joining, effects);
                 }
-                self.add_member(now_ms, config, new_member_id, Some(instance), joining, effects);
+                self.add_member(
+                    now_ms,
+                    config,
+                    new_member_id,
+                    Some(instance),
+                    joining,
+                    effects,
+                );
                 return None;
             }
             if version >= 4 {
@@ -562,7 +575,8 @@ impl Group {
         self.members.insert(id, member);
         match self.state {
             GroupState::PreparingRebalance => {
-                if let (Some(until), Some(deadline)) = (self.initial_until_ms, self.join_deadline_ms)
+                if let (Some(until), Some(deadline)) =
+                    (self.initial_until_ms, self.join_deadline_ms)
                 {
                     // The first rebalance waits a little longer for each member that comes.
                     let extended = now_ms + config.initial_rebalance_delay_ms.max(0) as u64;
@@ -578,7 +592,12 @@ impl Group {
         self.prepare_rebalance_with(now_ms, config.initial_rebalance_delay_ms, effects);
     }
 
-    fn prepare_rebalance_with(&mut self, now_ms: u64, initial_delay_ms: i32, effects: &mut Effects) {
+    fn prepare_rebalance_with(
+        &mut self,
+        now_ms: u64,
+        initial_delay_ms: i32,
+        effects: &mut Effects,
+    ) {
         if self.state == GroupState::CompletingRebalance {
             for member in self.members.values_mut() {
                 if let Some(to) = member.awaiting_sync.take() {
@@ -659,7 +678,9 @@ impl Group {
                 continue;
             };
             let answer = self.join_answer(&id, version);
-            effects.persist_answers.push((to, Response::JoinGroup(answer)));
+            effects
+                .persist_answers
+                .push((to, Response::JoinGroup(answer)));
         }
     }
 
@@ -811,7 +832,10 @@ impl Group {
                 effects.assignment = true;
                 let ids: Vec<String> = self.members.keys().cloned().collect();
                 for id in ids {
-                    let to = self.members.get_mut(&id).and_then(|m| m.awaiting_sync.take());
+                    let to = self
+                        .members
+                        .get_mut(&id)
+                        .and_then(|m| m.awaiting_sync.take());
                     if let Some(to) = to {
                         let response = answer(self, &id);
                         effects
@@ -909,10 +933,15 @@ impl Group {
             .map(|m| m.session_deadline_ms)
             .min();
         let pending = self.pending.values().copied().min();
-        [sessions, pending, self.join_deadline_ms, self.sync_deadline_ms]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            sessions,
+            pending,
+            self.join_deadline_ms,
+            self.sync_deadline_ms,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     pub(super) fn tick(&mut self, now_ms: u64, effects: &mut Effects) {

@@ -272,8 +272,15 @@ impl Coordinator {
 
     /// When the coordinator next needs [`Coordinator::tick`].
     pub fn next_deadline_ms(&self) -> Option<u64> {
-        let groups = self.groups.values().filter_map(Group::next_deadline_ms).min();
-        [groups, Some(self.next_expiry_ms)].into_iter().flatten().min()
+        let groups = self
+            .groups
+            .values()
+            .filter_map(Group::next_deadline_ms)
+            .min();
+        [groups, Some(self.next_expiry_ms)]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Session and rebalance timeouts, and expired offsets.
@@ -478,7 +485,9 @@ impl Coordinator {
 
     pub fn heartbeat(&mut self, now_ms: u64, request: &HeartbeatRequest) -> HeartbeatResponse {
         let error_code = self
-            .with_group(&request.group_id, |group, _| group.heartbeat(now_ms, request))
+            .with_group(&request.group_id, |group, _| {
+                group.heartbeat(now_ms, request)
+            })
             .unwrap_or(codes::UNKNOWN_MEMBER_ID);
         HeartbeatResponse {
             error_code,
@@ -673,7 +682,9 @@ impl Coordinator {
                 Some(g) if g.state() != GroupState::Empty => codes::NON_EMPTY_GROUP,
                 _ => {
                     self.groups.remove(id);
-                    for (topic, partition) in self.offsets.get(id).into_iter().flatten().map(|e| e.0) {
+                    for (topic, partition) in
+                        self.offsets.get(id).into_iter().flatten().map(|e| e.0)
+                    {
                         let key = Key::Offset {
                             group: id.clone(),
                             topic: topic.clone(),

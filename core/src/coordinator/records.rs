@@ -183,10 +183,7 @@ pub fn decode_group(mut bytes: Bytes) -> Result<GroupValue, RecordError> {
     let leader = wire::read_nullable_string(&mut bytes, false)?;
     let state_timestamp_ms = wire::read_i64(&mut bytes)?;
     let count = wire::read_array_len(&mut bytes, false)?.unwrap_or(0);
-    let mut members = Vec::with_capacity(wire::prealloc_count::<MemberValue>(
-        count,
-        bytes.len(),
-    ));
+    let mut members = Vec::with_capacity(wire::prealloc_count::<MemberValue>(count, bytes.len()));
     for _ in 0..count {
         members.push(MemberValue {
             member_id: wire::read_string(&mut bytes, false)?,

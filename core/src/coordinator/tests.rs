@@ -50,7 +50,11 @@ impl Harness {
         self.c.take_answers()
     }
 
-    fn join(&mut self, member_id: &str, protocols: &[&str]) -> (ReplyTo, Option<JoinGroupResponse>) {
+    fn join(
+        &mut self,
+        member_id: &str,
+        protocols: &[&str],
+    ) -> (ReplyTo, Option<JoinGroupResponse>) {
         let to = self.to();
         let request = JoinGroupRequest {
             group_id: "g".into(),
@@ -72,7 +76,12 @@ impl Harness {
         (to, self.c.join(self.now, to, 5, &client, &request, fresh))
     }
 
-    fn sync(&mut self, member: &str, generation: i32, assign: &[(&str, &str)]) -> (ReplyTo, Option<SyncGroupResponse>) {
+    fn sync(
+        &mut self,
+        member: &str,
+        generation: i32,
+        assign: &[(&str, &str)],
+    ) -> (ReplyTo, Option<SyncGroupResponse>) {
         let to = self.to();
         let request = SyncGroupRequest {
             group_id: "g".into(),
@@ -100,7 +109,12 @@ impl Harness {
         self.c.heartbeat(self.now, &request).error_code
     }
 
-    fn commit(&mut self, member: &str, generation: i32, offset: i64) -> Option<OffsetCommitResponse> {
+    fn commit(
+        &mut self,
+        member: &str,
+        generation: i32,
+        offset: i64,
+    ) -> Option<OffsetCommitResponse> {
         let to = self.to();
         let request = OffsetCommitRequest {
             group_id: "g".into(),
@@ -140,7 +154,9 @@ impl Harness {
         let answers = self.commit_all();
         assert_eq!(answers.len(), 2);
         for (_, answer) in &answers {
-            let Response::JoinGroup(r) = answer else { panic!() };
+            let Response::JoinGroup(r) = answer else {
+                panic!()
+            };
             assert_eq!((r.error_code, r.generation_id), (0, 1));
             assert_eq!(r.protocol_name.as_deref(), Some("range"));
             assert_eq!(r.leader, a);
@@ -193,11 +209,17 @@ fn a_new_member_starts_a_rebalance_and_stale_generations_are_refused() {
     assert_eq!(answers.len(), 3, "every member hears of generation 2");
     assert_eq!(h.heartbeat(&a, 1), codes::ILLEGAL_GENERATION);
     let refused = h.commit(&b, 1, 7).expect("refused at once");
-    assert_eq!(refused.topics[0].partitions[0].error_code, codes::REBALANCE_IN_PROGRESS);
+    assert_eq!(
+        refused.topics[0].partitions[0].error_code,
+        codes::REBALANCE_IN_PROGRESS
+    );
     h.sync(&a, 2, &[(&a, "A"), (&b, "B"), (&c, "C")]);
     h.commit_all();
     let refused = h.commit(&b, 1, 7).expect("refused at once");
-    assert_eq!(refused.topics[0].partitions[0].error_code, codes::ILLEGAL_GENERATION);
+    assert_eq!(
+        refused.topics[0].partitions[0].error_code,
+        codes::ILLEGAL_GENERATION
+    );
     assert_eq!(h.committed_offset(), Some(5));
 }
 
@@ -223,12 +245,17 @@ fn a_silent_member_is_dropped_after_its_session() {
     h.now += SESSION_MS as u64 / 2 + 1;
     assert!(h.c.next_deadline_ms().unwrap() <= h.now);
     h.c.tick(h.now);
-    assert_eq!(h.c.group("g").unwrap().state(), GroupState::PreparingRebalance);
+    assert_eq!(
+        h.c.group("g").unwrap().state(),
+        GroupState::PreparingRebalance
+    );
     assert_eq!(h.heartbeat(&b, 1), codes::UNKNOWN_MEMBER_ID);
     let (_, held) = h.join(&a, &["range"]);
     assert!(held.is_none());
     let answers = h.commit_all();
-    let Response::JoinGroup(r) = &answers[0].1 else { panic!() };
+    let Response::JoinGroup(r) = &answers[0].1 else {
+        panic!()
+    };
     assert_eq!((r.generation_id, r.members.len()), (2, 1));
 }
 
@@ -282,7 +309,10 @@ fn a_generation_never_assigned_is_completed_again_after_a_failover() {
         next.replay(h.now, Some(key), value, false);
     }
     next.loaded(h.now);
-    assert_eq!(next.group("g").unwrap().state(), GroupState::CompletingRebalance);
+    assert_eq!(
+        next.group("g").unwrap().state(),
+        GroupState::CompletingRebalance
+    );
     h.c = next;
     h.sync(&a, 1, &[(&a, "A")]);
     let answers = h.commit_all();
@@ -297,7 +327,9 @@ fn abandoning_answers_everything_held() {
     h.join(&a, &["range"]);
     let answers = h.c.abandon(codes::NOT_COORDINATOR);
     assert_eq!(answers.len(), 1);
-    let Response::JoinGroup(r) = &answers[0].1 else { panic!() };
+    let Response::JoinGroup(r) = &answers[0].1 else {
+        panic!()
+    };
     assert_eq!(r.error_code, codes::NOT_COORDINATOR);
 }
 
@@ -319,19 +351,29 @@ fn a_static_member_takes_its_place_back_without_a_rebalance() {
         ..Default::default()
     };
     let client = Client::default();
-    assert!(h.c.join(h.now, to, 5, &client, &request, "s1".into()).is_none());
+    assert!(h
+        .c
+        .join(h.now, to, 5, &client, &request, "s1".into())
+        .is_none());
     h.commit_all();
     h.sync("s1", 1, &[("s1", "A")]);
     h.commit_all();
     // The same instance, restarted: a new member id, the same place and generation.
     let to = h.to();
-    assert!(h.c.join(h.now, to, 5, &client, &request, "s2".into()).is_none());
+    assert!(h
+        .c
+        .join(h.now, to, 5, &client, &request, "s2".into())
+        .is_none());
     let answers = h.commit_all();
-    let Response::JoinGroup(r) = &answers[0].1 else { panic!() };
+    let Response::JoinGroup(r) = &answers[0].1 else {
+        panic!()
+    };
     assert_eq!((r.generation_id, r.member_id.as_str()), (1, "s2"));
     assert_eq!(h.heartbeat("s1", 1), codes::UNKNOWN_MEMBER_ID);
     request.member_id = "s1".into();
     let to = h.to();
-    let fenced = h.c.join(h.now, to, 5, &client, &request, "x".into()).unwrap();
+    let fenced =
+        h.c.join(h.now, to, 5, &client, &request, "x".into())
+            .unwrap();
     assert_eq!(fenced.error_code, codes::FENCED_INSTANCE_ID);
 }

@@ -17,7 +17,9 @@ use crate::disk::Disk;
 use crate::protocol::codes;
 use crate::protocol::messages::*;
 use crate::protocol::ApiKey;
-use crate::record::{self, BatchOptions, NewRecord, RecordBatch, DECOMPRESSED_BATCH_SIZE_MAX_BYTES};
+use crate::record::{
+    self, BatchOptions, NewRecord, RecordBatch, DECOMPRESSED_BATCH_SIZE_MAX_BYTES,
+};
 
 /// The internal topic holding groups and their committed offsets (Kafka's name).
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -68,12 +70,15 @@ impl<D: Disk> Node<D> {
 
     /// Asks the controller for `__consumer_offsets` (it is being created: clients ask again).
     fn create_offsets_topic(&mut self, now: Instant) {
-        if self.image.topic(OFFSETS_TOPIC).is_some() || self.proposed.contains_key(OFFSETS_TOPIC)
-        {
+        if self.image.topic(OFFSETS_TOPIC).is_some() || self.proposed.contains_key(OFFSETS_TOPIC) {
             return;
         }
         let brokers = self.brokers().len() as i16;
-        let factor = self.config.offsets_topic_replication_factor.min(brokers).max(1);
+        let factor = self
+            .config
+            .offsets_topic_replication_factor
+            .min(brokers)
+            .max(1);
         let partitions = self.config.offsets_topic_partitions;
         match self.new_topic(OFFSETS_TOPIC, partitions, factor, Vec::new()) {
             Ok(record) => {
@@ -170,7 +175,9 @@ impl<D: Disk> Node<D> {
                 _ => return None,
             },
         };
-        self.listed_brokers().into_iter().find(|b| b.node_id == leader)
+        self.listed_brokers()
+            .into_iter()
+            .find(|b| b.node_id == leader)
     }
 
     /// A group request this node's coordinators serve. `Ok(None)`: the answer is held.
@@ -235,9 +242,8 @@ impl<D: Disk> Node<D> {
             Request::LeaveGroup(r) => Some(Response::LeaveGroup(coordinator.leave(now_ms, r))),
             Request::OffsetCommit(r) => {
                 let known = |topic: &str, partition: i32| {
-                    (image.topic(topic)).is_some_and(|t| {
-                        partition >= 0 && (partition as usize) < t.replicas.len()
-                    })
+                    (image.topic(topic))
+                        .is_some_and(|t| partition >= 0 && (partition as usize) < t.replicas.len())
                 };
                 coordinator
                     .commit(now_ms, to, r, known)
@@ -249,7 +255,11 @@ impl<D: Disk> Node<D> {
     }
 
     /// OffsetFetch, from the coordinators of this node (v8+ for several groups at once).
-    pub(super) fn offset_fetch(&self, request: &OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
+    pub(super) fn offset_fetch(
+        &self,
+        request: &OffsetFetchRequest,
+        version: i16,
+    ) -> OffsetFetchResponse {
         use crate::protocol::messages::offset_fetch_response::*;
         if version >= 8 {
             let groups = (request.groups.iter())
@@ -259,7 +269,8 @@ impl<D: Disk> Node<D> {
                             .map(|t| (t.name.clone(), t.partition_indexes.clone()))
                             .collect::<Vec<_>>()
                     });
-                    let (error_code, found) = self.fetch_group_offsets(&g.group_id, asked.as_deref());
+                    let (error_code, found) =
+                        self.fetch_group_offsets(&g.group_id, asked.as_deref());
                     OffsetFetchResponseGroup {
                         group_id: g.group_id.clone(),
                         error_code,
@@ -299,7 +310,15 @@ impl<D: Disk> Node<D> {
         let partition_code = if version < 2 { error_code } else { codes::NONE };
         let topics = match (&asked, error_code) {
             (Some(asked), code) if code != codes::NONE => (asked.iter())
-                .map(|(name, partitions)| (name.clone(), partitions.iter().map(|p| (*p, -1, -1, String::new())).collect()))
+                .map(|(name, partitions)| {
+                    (
+                        name.clone(),
+                        partitions
+                            .iter()
+                            .map(|p| (*p, -1, -1, String::new()))
+                            .collect(),
+                    )
+                })
                 .collect(),
             _ => found,
         };
@@ -356,7 +375,10 @@ impl<D: Disk> Node<D> {
 
     /// DescribeGroups: each group from its coordinator here (an unknown group is "Dead", as
     /// Kafka answers).
-    pub(super) fn describe_groups(&self, request: &DescribeGroupsRequest) -> DescribeGroupsResponse {
+    pub(super) fn describe_groups(
+        &self,
+        request: &DescribeGroupsRequest,
+    ) -> DescribeGroupsResponse {
         use crate::protocol::messages::describe_groups_response::*;
         let groups = (request.groups.iter())
             .map(|id| {
@@ -460,7 +482,11 @@ impl<D: Disk> Node<D> {
         }
         let mut waiting = 0;
         for (partition, groups) in by_partition {
-            let coordinator = &mut self.coordinators.get_mut(&partition).expect("routed").coordinator;
+            let coordinator = &mut self
+                .coordinators
+                .get_mut(&partition)
+                .expect("routed")
+                .coordinator;
             match coordinator.delete(ReplyTo { conn, slot }, &groups) {
                 Some(now) => results.extend(now),
                 None => waiting += 1,
@@ -517,7 +543,11 @@ impl<D: Disk> Node<D> {
             let Some(loaded) = self.coordinators.get_mut(&partition) else {
                 continue;
             };
-            if loaded.coordinator.next_deadline_ms().is_some_and(|d| d <= now_ms) {
+            if loaded
+                .coordinator
+                .next_deadline_ms()
+                .is_some_and(|d| d <= now_ms)
+            {
                 loaded.coordinator.tick(now_ms);
             }
             if !self.append_group_writes(now, partition) {
@@ -563,7 +593,13 @@ impl<D: Disk> Node<D> {
         let p = self.topics.get(OFFSETS_TOPIC, partition).expect("found");
         let Ok(log) = p.log.as_mut() else { return };
         while offset < high_watermark {
-            let bytes = match log.read(&mut self.disk, offset, high_watermark, LOAD_READ_BYTES, true) {
+            let bytes = match log.read(
+                &mut self.disk,
+                offset,
+                high_watermark,
+                LOAD_READ_BYTES,
+                true,
+            ) {
                 Ok(bytes) if !bytes.is_empty() => bytes,
                 Ok(_) => break,
                 Err(e) => {
@@ -589,7 +625,12 @@ impl<D: Disk> Node<D> {
             }
         }
         coordinator.loaded(now_ms);
-        tracing::info!(partition, epoch, groups = coordinator.groups().count(), "group coordinator loaded");
+        tracing::info!(
+            partition,
+            epoch,
+            groups = coordinator.groups().count(),
+            "group coordinator loaded"
+        );
         self.coordinators.insert(
             partition,
             Loaded {

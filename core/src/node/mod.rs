@@ -665,7 +665,10 @@ impl<D: Disk> Node<D> {
     /// Opens the node on `disk`, recovering every partition log found there. Recovery events
     /// (partitions recovered, torn tails cut, partitions taken offline) are returned for the
     /// operator's log.
-    pub fn new(mut config: Config, mut disk: D) -> Result<(Node<D>, Vec<RecoveryEvent>), NodeError> {
+    pub fn new(
+        mut config: Config,
+        mut disk: D,
+    ) -> Result<(Node<D>, Vec<RecoveryEvent>), NodeError> {
         config.groups.planted_stale_commit = config.planted_bug == Some(PlantedBug::StaleCommit);
         let log_config = LogConfig {
             planted_cut_synced: config.planted_bug == Some(PlantedBug::CutSynced),

@@ -185,7 +185,9 @@ impl ServeArgs {
             config.metrics_listen = Some(listen);
         }
         config.voters()?;
-        if !(1..=keel_core::limits::PARTITIONS_PER_TOPIC_MAX).contains(&config.offsets_topic_partitions) {
+        if !(1..=keel_core::limits::PARTITIONS_PER_TOPIC_MAX)
+            .contains(&config.offsets_topic_partitions)
+        {
             anyhow::bail!(
                 "offsets_topic_partitions {}: must be 1 to {}",
                 config.offsets_topic_partitions,

@@ -29,8 +29,8 @@ struct WorldArgs {
     #[arg(long, default_value = "60s", value_parser = parse_duration_ns)]
     duration: u64,
     /// Plant a bug: skip-fsync, ack-early, no-dedup, fetch-past-hw, ack-wrong-round,
-    /// cut-synced, or on clusters ack-before-commit, vote-without-sync, no-truncate,
-    /// no-reannounce.
+    /// cut-synced, stale-commit (with --groups), or on clusters ack-before-commit,
+    /// vote-without-sync, no-truncate, no-reannounce.
     #[arg(long, value_parser = parse_bug)]
     bug: Option<PlantedBug>,
     /// Make every producer idempotent (true) or none (false), whatever the seed says.
@@ -43,6 +43,10 @@ struct WorldArgs {
     /// what a majority holds in memory, as Kafka does by default).
     #[arg(long, default_value = "fsync", value_parser = parse_durability)]
     durability: Durability,
+    /// Members of a consumer group consume (joining, syncing, committing, crashing, stalling
+    /// and leaving), instead of plain consumers.
+    #[arg(long)]
+    groups: bool,
 }
 
 fn parse_durability(s: &str) -> Result<Durability, String> {
@@ -62,6 +66,7 @@ impl WorldArgs {
             idempotent: self.idempotent,
             nodes: self.nodes,
             durability: self.durability,
+            groups: self.groups,
         }
     }
 }
@@ -255,6 +260,9 @@ fn repro(seed: u64, world: WorldArgs) -> String {
     }
     if world.durability == Durability::Replicated {
         flags.push_str(" --durability replicated");
+    }
+    if world.groups {
+        flags.push_str(" --groups");
     }
     format!(
         "keel-sim run --seed {seed} --duration {}{flags}",

@@ -35,6 +35,7 @@ impl Sim {
             Produce,
             Fetch,
             Admin,
+            Group,
             Move(usize),
             Sleep(Option<u64>),
         }
@@ -117,6 +118,15 @@ impl Sim {
                                     Action::Sleep(next)
                                 }
                             }
+                            Role::Member(m) if conn.ready && !m.in_flight => {
+                                let due = m.due_ns();
+                                if due <= now {
+                                    Action::Group
+                                } else {
+                                    soonest(due);
+                                    Action::Sleep(next)
+                                }
+                            }
                             Role::Consumer {
                                 next_poll_at_ns,
                                 fetching: false,
@@ -173,6 +183,18 @@ impl Sim {
                     self.fetch(client);
                 }
                 Action::Admin => self.admin_act(client),
+                Action::Group => {
+                    self.group_act(client);
+                    let Role::Member(m) = &self.clients[client].role else {
+                        unreachable!("a member acted")
+                    };
+                    if !m.in_flight {
+                        // Nothing was due after all: sleep until something is.
+                        let at = m.due_ns().max(self.now_ns + MS);
+                        self.schedule_wake(client, at);
+                        return;
+                    }
+                }
                 Action::Move(target) => {
                     tracing::debug!(client, to = target + 1, "client moves");
                     self.count("client:move");
@@ -243,6 +265,8 @@ impl Sim {
             // The admin client sent its step to a node that is not the controller or not the
             // leader: the next node in turn (as a client walks its bootstrap list).
             Role::Admin(admin) if admin.misdirected => Some(next),
+            // A member talks to its coordinator.
+            Role::Member(m) => m.coordinator.filter(|c| *c != here),
             Role::Consumer { .. } | Role::Admin(_) => None,
         }
     }
@@ -324,6 +348,7 @@ impl Sim {
                     }
                 }
                 PendingKind::Metadata => {}
+                PendingKind::Group(call) => self.group_conn_lost(client, call),
                 PendingKind::Admin(request) => {
                     let Role::Admin(admin) = &mut self.clients[client].role else {
                         continue;
@@ -620,6 +645,20 @@ impl Sim {
         let Role::Consumer { positions, .. } = &c.role else {
             unreachable!("only consumers fetch");
         };
+        if positions.is_empty() {
+            // A group member's fetcher with nothing assigned.
+            let at = self.now_ns + 50 * MS;
+            if let Role::Consumer {
+                fetching,
+                next_poll_at_ns,
+                ..
+            } = &mut self.clients[client].role
+            {
+                *fetching = false;
+                *next_poll_at_ns = at;
+            }
+            return;
+        }
         let cluster = self.machines.len() > 1;
         let partitions: Vec<FetchPartition> = positions
             .iter()
@@ -911,6 +950,7 @@ impl Sim {
                 }
             }
             (PendingKind::Fetch, Response::Fetch(f)) => self.on_fetch(client, f),
+            (PendingKind::Group(call), response) => self.on_group_response(client, call, response),
             (PendingKind::Admin(request), response) => {
                 let conn = self.clients[client].conn.as_ref().map_or(0, |c| c.id);
                 let stale = self.stale_answers.remove(&(conn, pending.correlation_id));
