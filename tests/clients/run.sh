@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts `keel serve` on a free loopback port with a fresh data directory, runs each client's
-# round-trip script against it, then stops it with SIGTERM and checks it exits cleanly; then
+# round-trip and consumer-group scripts against it, then stops it with SIGTERM and checks it exits cleanly; then
 # the same against a three-node cluster.
 set -euo pipefail
 keel="${1:?usage: run.sh path/to/keel}"
@@ -18,6 +18,8 @@ bootstrap="127.0.0.1:$port"
 timeout 120 bash "$here/kcat_roundtrip.sh" "$bootstrap"
 timeout 120 python3 "$here/kafka_python_roundtrip.py" "$bootstrap"
 timeout 120 python3 "$here/confluent_kafka_roundtrip.py" "$bootstrap"
+timeout 120 bash "$here/kcat_group.sh" "$bootstrap"
+timeout 180 python3 "$here/group_clients.py" "$bootstrap"
 kill -TERM $pid
 wait $pid
 echo "keel exited cleanly after SIGTERM"
@@ -46,6 +48,8 @@ done
 timeout 120 bash "$here/kcat_roundtrip.sh" "$bootstrap"
 timeout 120 python3 "$here/kafka_python_roundtrip.py" "$bootstrap"
 timeout 120 python3 "$here/confluent_kafka_roundtrip.py" "$bootstrap"
+timeout 120 bash "$here/kcat_group.sh" "$bootstrap"
+timeout 180 python3 "$here/group_clients.py" "$bootstrap"
 kill -TERM "${pids[@]}"
 for pid in "${pids[@]}"; do wait "$pid"; done
 echo "the three-node cluster exited cleanly after SIGTERM"
