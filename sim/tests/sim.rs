@@ -42,7 +42,11 @@ fn describe(
     if nodes != 1 {
         bug.push_str(&format!(" --nodes {nodes}"));
     }
-    if result.report.as_ref().is_some_and(|r| r.workload.contains("a group of")) {
+    if result
+        .report
+        .as_ref()
+        .is_some_and(|r| r.workload.contains("a group of"))
+    {
         bug.push_str(" --groups");
     }
     let what = match (&result.report, &result.panic) {

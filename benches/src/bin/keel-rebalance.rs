@@ -123,7 +123,10 @@ fn main() -> anyhow::Result<()> {
         nodes.push(
             Command::new(&args.keel)
                 .args(["serve", "--node-id", &id.to_string(), "--voters", &voters])
-                .args(["--listen", &format!("127.0.0.1:{}", args.base_port + id as u16 - 1)])
+                .args([
+                    "--listen",
+                    &format!("127.0.0.1:{}", args.base_port + id as u16 - 1),
+                ])
                 .arg("--data-dir")
                 .arg(args.data_dir.join(format!("n{id}")))
                 .env("RUST_LOG", "error")
@@ -139,7 +142,9 @@ fn main() -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .create()?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let started = Instant::now();
     loop {
         let topic = NewTopic::new(TOPIC, PARTITIONS, TopicReplication::Fixed(3));
@@ -147,12 +152,16 @@ fn main() -> anyhow::Result<()> {
         if matches!(created.as_deref(), Ok([Ok(_)])) {
             break;
         }
-        anyhow::ensure!(started.elapsed() < WAIT, "could not create the topic: {created:?}");
+        anyhow::ensure!(
+            started.elapsed() < WAIT,
+            "could not create the topic: {created:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let held: Held = Arc::new(Mutex::new(vec![0; 3]));
-    let mut members: Vec<Option<(Arc<AtomicBool>, JoinHandle<()>)>> =
-        (0..3).map(|i| Some(start_member(&bootstrap, i, &held))).collect();
+    let mut members: Vec<Option<(Arc<AtomicBool>, JoinHandle<()>)>> = (0..3)
+        .map(|i| Some(start_member(&bootstrap, i, &held)))
+        .collect();
     wait_settled(&held, &[0, 1, 2]);
     let mut leave = Histogram::<u64>::new(3)?;
     let mut join = Histogram::<u64>::new(3)?;

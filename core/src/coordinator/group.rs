@@ -483,9 +483,7 @@ impl Group {
         joining: Joining<'_>,
         effects: &mut Effects,
     ) -> Option<JoinGroupResponse> {
-        let Some(mut member) = self.members.remove(old_id) else {
-            return None;
-        };
+        let mut member = self.members.remove(old_id)?;
         let fenced = |to: ReplyTo| {
             (
                 to,

@@ -76,6 +76,12 @@ impl Default for GroupConfig {
     }
 }
 
+/// Records as keys and values (`None`: a tombstone).
+pub type Records = Vec<(Bytes, Option<Bytes>)>;
+
+/// A group's committed offsets by topic: each partition asked for, with its offset if any.
+pub type FoundOffsets<'a> = Vec<(String, Vec<(i32, Option<&'a OffsetValue>)>)>;
+
 /// Records to append, and what waits for them to commit.
 #[derive(Debug)]
 struct Write {
@@ -208,7 +214,7 @@ impl Coordinator {
     }
 
     /// Records waiting to be appended, each with its write id, in the order they must go.
-    pub fn take_writes(&mut self) -> Vec<(u64, Vec<(Bytes, Option<Bytes>)>)> {
+    pub fn take_writes(&mut self) -> Vec<(u64, Records)> {
         (self.writes.iter_mut())
             .filter(|w| w.end_offset.is_none() && !w.records.is_empty())
             .map(|w| (w.id, std::mem::take(&mut w.records)))
@@ -216,7 +222,7 @@ impl Coordinator {
     }
 
     /// A write was appended: it commits once the high watermark reaches `end_offset`.
-    pub fn appended(&mut self, id: u64, end_offset: i64, records: Vec<(Bytes, Option<Bytes>)>) {
+    pub fn appended(&mut self, id: u64, end_offset: i64, records: Records) {
         if let Some(write) = self.writes.iter_mut().find(|w| w.id == id) {
             write.end_offset = Some(end_offset);
             write.records = records;
@@ -636,7 +642,7 @@ impl Coordinator {
         &self,
         group: &str,
         topics: Option<&[(String, Vec<i32>)]>,
-    ) -> Vec<(String, Vec<(i32, Option<&OffsetValue>)>)> {
+    ) -> FoundOffsets<'_> {
         let offsets = self.offsets.get(group);
         match topics {
             Some(topics) => (topics.iter())

@@ -52,6 +52,9 @@ pub(super) enum GroupCall {
     Leave,
 }
 
+/// A commit kept to be sent later: its generation, member id and (partition, offset)s.
+type StaleCommit = (i32, String, Vec<(i32, i64)>);
+
 pub(super) struct Member {
     /// The consumer client that fetches the member's partitions.
     pub fetcher: usize,
@@ -70,7 +73,7 @@ pub(super) struct Member {
     /// Frozen (a long GC pause): nothing is sent until then.
     stalled_until_ns: Option<u64>,
     /// A commit of an earlier generation, to send once in a later one (a zombie's).
-    stale: Option<(i32, String, Vec<(i32, i64)>)>,
+    stale: Option<StaleCommit>,
     /// What to commit before joining again (eager revocation).
     revoking: Option<Vec<(i32, i64)>>,
     /// Its fetcher's positions while it is frozen.
