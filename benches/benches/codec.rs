@@ -60,11 +60,10 @@ fn produce_frame(batch: Bytes) -> Bytes {
 
 /// Decodes a Produce frame and validates every batch in it (header, CRC), returning records.
 fn decode_and_validate(frame: Bytes, iterate_records: bool) -> usize {
-    let ParsedRequest::Request {
-        request: Request::Produce(produce),
-        ..
-    } = parse_request(frame).expect("decodes")
-    else {
+    let ParsedRequest::Request { request, .. } = parse_request(frame).expect("decodes") else {
+        panic!("not a produce request");
+    };
+    let Request::Produce(produce) = *request else {
         panic!("not a produce request");
     };
     let mut records = 0;

@@ -67,6 +67,9 @@ pub struct ServeConfig {
     pub group_max_session_timeout_ms: i32,
     /// How long an empty group's committed offsets are kept.
     pub offsets_retention_ms: i64,
+    /// KIP-848 groups: how often members heartbeat, and how long one may stay silent.
+    pub group_consumer_heartbeat_interval_ms: i32,
+    pub group_consumer_session_timeout_ms: i32,
 }
 
 /// A cluster node: its id and its peer address.
@@ -133,6 +136,8 @@ impl Default for ServeConfig {
             group_min_session_timeout_ms: core.groups.min_session_timeout_ms,
             group_max_session_timeout_ms: core.groups.max_session_timeout_ms,
             offsets_retention_ms: core.groups.offsets_retention_ms,
+            group_consumer_heartbeat_interval_ms: core.groups.consumer_heartbeat_interval_ms,
+            group_consumer_session_timeout_ms: core.groups.consumer_session_timeout_ms,
         }
     }
 }
@@ -230,6 +235,8 @@ impl ServeConfig {
         config.groups.min_session_timeout_ms = self.group_min_session_timeout_ms;
         config.groups.max_session_timeout_ms = self.group_max_session_timeout_ms;
         config.groups.offsets_retention_ms = self.offsets_retention_ms;
+        config.groups.consumer_heartbeat_interval_ms = self.group_consumer_heartbeat_interval_ms;
+        config.groups.consumer_session_timeout_ms = self.group_consumer_session_timeout_ms;
         config.log.segment_size_bytes = self.segment_bytes;
         config.log.producer_id_expiration_ms = self.producer_id_expiration_ms;
         config

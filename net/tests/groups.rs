@@ -47,6 +47,13 @@ fn group_member() {
     };
     let topic = std::env::var("KEEL_GROUP_TOPIC").unwrap();
     let mut config = ClientConfig::new();
+    let protocol = std::env::var("KEEL_GROUP_PROTOCOL").unwrap_or_else(|_| "classic".into());
+    config.set("group.protocol", &protocol);
+    if protocol == "classic" {
+        config
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "500");
+    }
     if let Ok(debug) = std::env::var("KEEL_GROUP_DEBUG") {
         // librdkafka's own trace (for example `cgrp`), on stderr.
         config.set("debug", debug);
@@ -56,8 +63,6 @@ fn group_member() {
         .set("group.id", GROUP)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "500")
         .set("topic.metadata.refresh.interval.ms", "1000")
         .create()
         .expect("consumer");
@@ -131,6 +136,17 @@ struct Member {
 
 impl Member {
     fn start(index: usize, bootstrap: &str, topic: &str, reports: &Arc<Mutex<Reports>>) -> Member {
+        Member::start_with(index, bootstrap, topic, reports, "classic")
+    }
+
+    /// A member speaking `protocol` (`classic`, or KIP-848's `consumer`).
+    fn start_with(
+        index: usize,
+        bootstrap: &str,
+        topic: &str,
+        reports: &Arc<Mutex<Reports>>,
+        protocol: &str,
+    ) -> Member {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
@@ -141,6 +157,7 @@ impl Member {
             ])
             .env("KEEL_GROUP_MEMBER", bootstrap)
             .env("KEEL_GROUP_TOPIC", topic)
+            .env("KEEL_GROUP_PROTOCOL", protocol)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -417,21 +434,44 @@ fn a_group_carries_on_through_members_leaving_dying_and_its_coordinator_killed()
 
 #[test]
 fn a_group_on_one_node_shares_partitions_and_resumes_from_its_commits() {
+    one_node_group("classic");
+}
+
+/// The same with KIP-848's protocol (`group.protocol=consumer`): the coordinator assigns.
+#[test]
+fn a_consumer_protocol_group_shares_partitions_and_resumes_from_its_commits() {
+    one_node_group("consumer");
+}
+
+fn one_node_group(protocol: &str) {
     const PARTITIONS: i32 = 4;
-    let dir = temp_dir("groups-one");
+    let dir = temp_dir(&format!("groups-one-{protocol}"));
     let broker = Broker::start(
         &dir.join("node"),
-        &["--num-partitions", "4", "--offsets-topic-partitions", "5"],
+        &[
+            "--num-partitions",
+            "4",
+            "--offsets-topic-partitions",
+            "5",
+            "--group-consumer-heartbeat-interval-ms",
+            "500",
+        ],
     );
     let topic = "shared";
     let acks = Acks::default();
     let producer = producer(&broker.addr, &acks);
     let reports = Arc::new(Mutex::new(Reports::default()));
-    let first = Member::start(0, &broker.addr, topic, &reports);
-    let second = Member::start(1, &broker.addr, topic, &reports);
-    produce(&producer, topic, 20_000, |_| {});
+    let first = Member::start_with(0, &broker.addr, topic, &reports, protocol);
+    let second = Member::start_with(1, &broker.addr, topic, &reports, protocol);
+    produce(&producer, topic, 10_000, |_| {});
     let acknowledged = acks.0.lock().unwrap().clone();
     assert_eq!(acknowledged.len() as i32, PARTITIONS);
+    wait_consumed(&reports, &acknowledged);
+    // The first member may have been given every partition and read them all before the
+    // second joined (KIP-848 assigns at once): by now the group has settled on both.
+    std::thread::sleep(Duration::from_secs(3));
+    produce(&producer, topic, 10_000, |_| {});
+    let acknowledged = acks.0.lock().unwrap().clone();
     wait_consumed(&reports, &acknowledged);
     first.close();
     second.close();
@@ -445,7 +485,7 @@ fn a_group_on_one_node_shares_partitions_and_resumes_from_its_commits() {
     let before = reports.lock().unwrap().consumed.len();
     produce(&producer, topic, 1_000, |_| {});
     let acknowledged = acks.0.lock().unwrap().clone();
-    let third = Member::start(2, &broker.addr, topic, &reports);
+    let third = Member::start_with(2, &broker.addr, topic, &reports, protocol);
     wait_consumed(&reports, &acknowledged);
     third.close();
     let r = reports.lock().unwrap();

@@ -1,6 +1,7 @@
 """Consumer groups from Python: confluent-kafka's subscribe() with two members sharing a
-topic's partitions, and kafka-python's KafkaConsumer(group_id=...); each commits, and the
-group started again resumes from its commits."""
+topic's partitions (with the classic protocol, and with KIP-848's, group.protocol=consumer),
+and kafka-python's KafkaConsumer(group_id=...); each commits, and the group started again
+resumes from its commits."""
 import sys
 import time
 import uuid
@@ -29,18 +30,19 @@ def new_topic(partitions):
     return topic
 
 
-def confluent_members():
+def confluent_members(protocol):
     topic = new_topic(4)
-    group = "confluent-" + uuid.uuid4().hex[:8]
+    group = "confluent-%s-%s" % (protocol, uuid.uuid4().hex[:8])
     produce(topic, RECORDS)
     config = {
         "bootstrap.servers": bootstrap,
         "group.id": group,
+        "group.protocol": protocol,
         "auto.offset.reset": "earliest",
         "enable.auto.commit": False,
-        "session.timeout.ms": 6000,
-        "heartbeat.interval.ms": 500,
     }
+    if protocol == "classic":
+        config.update({"session.timeout.ms": 6000, "heartbeat.interval.ms": 500})
     members = [Consumer(config), Consumer(config)]
     for m in members:
         m.subscribe([topic])
@@ -74,7 +76,7 @@ def confluent_members():
             got.add(int(msg.value()))
     again.close()
     assert got == set(range(RECORDS, RECORDS + 10)), "resumed with %s" % sorted(got)[:20]
-    print("confluent-kafka subscribe(): %d records over two members of %s, resumed at its commits" % (RECORDS, group))
+    print("confluent-kafka subscribe() (group.protocol=%s): %d records over two members of %s, resumed at its commits" % (protocol, RECORDS, group))
 
 
 def kafka_python_group():
@@ -115,5 +117,6 @@ def kafka_python_group():
     print("kafka-python KafkaConsumer(group_id=%s): %d records, committed, resumed" % (group, RECORDS))
 
 
-confluent_members()
+confluent_members("classic")
+confluent_members("consumer")
 kafka_python_group()

@@ -27,6 +27,7 @@
 //! their writes commit ([`Coordinator::take_answers`]) and records to append
 //! ([`Coordinator::take_writes`]).
 
+pub mod consumer;
 mod group;
 pub mod records;
 
@@ -60,6 +61,10 @@ pub struct GroupConfig {
     pub initial_rebalance_delay_ms: i32,
     /// `offsets.retention.ms`: how long an empty group's offsets are kept.
     pub offsets_retention_ms: i64,
+    /// `group.consumer.session.timeout.ms`: a KIP-848 member silent this long is dropped.
+    pub consumer_session_timeout_ms: i32,
+    /// `group.consumer.heartbeat.interval.ms`: how often KIP-848 members heartbeat.
+    pub consumer_heartbeat_interval_ms: i32,
     /// The planted bug `stale-commit`: offset commits from any generation are accepted.
     pub planted_stale_commit: bool,
 }
@@ -71,6 +76,8 @@ impl Default for GroupConfig {
             max_session_timeout_ms: 1_800_000,
             initial_rebalance_delay_ms: 3_000,
             offsets_retention_ms: 7 * 24 * 3_600 * 1_000,
+            consumer_session_timeout_ms: 45_000,
+            consumer_heartbeat_interval_ms: 5_000,
             planted_stale_commit: false,
         }
     }
@@ -105,6 +112,8 @@ pub struct Coordinator {
     partition: i32,
     config: GroupConfig,
     groups: BTreeMap<String, Group>,
+    /// Groups of KIP-848's consumer protocol (a group id is in one map or the other).
+    consumer_groups: BTreeMap<String, consumer::ConsumerGroup>,
     /// Committed offsets: group, then (topic, partition).
     offsets: BTreeMap<String, BTreeMap<(String, i32), OffsetValue>>,
     /// Writes in log order: not yet appended ones (no end offset) after appended ones.
@@ -127,6 +136,7 @@ impl Coordinator {
             partition,
             config,
             groups: BTreeMap::new(),
+            consumer_groups: BTreeMap::new(),
             offsets: BTreeMap::new(),
             writes: VecDeque::new(),
             next_write_id: 0,
@@ -184,6 +194,21 @@ impl Coordinator {
                 }
                 Some(Err(e)) => {
                     tracing::warn!(partition = self.partition, %e, "unreadable offset skipped")
+                }
+            },
+            Key::ConsumerGroup { group } if live => {
+                let _ = group;
+            }
+            Key::ConsumerGroup { group } => match value.map(records::decode_consumer_group) {
+                None => {
+                    self.consumer_groups.remove(&group);
+                }
+                Some(Ok(epoch)) => {
+                    self.consumer_groups
+                        .insert(group, consumer::ConsumerGroup::loaded(epoch));
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(partition = self.partition, %e, "unreadable consumer group skipped")
                 }
             },
             Key::Group { group } if live => {
@@ -276,6 +301,14 @@ impl Coordinator {
         answers
     }
 
+    /// Checks what must hold after every step: no partition given to two members of a
+    /// consumer-protocol group.
+    pub fn check_invariants(&self) {
+        for group in self.consumer_groups.values() {
+            group.check_invariants();
+        }
+    }
+
     /// When the coordinator next needs [`Coordinator::tick`].
     pub fn next_deadline_ms(&self) -> Option<u64> {
         let groups = self
@@ -298,6 +331,11 @@ impl Coordinator {
         for id in due {
             self.with_group(&id, |group, effects| group.tick(now_ms, effects));
         }
+        for group in self.consumer_groups.values_mut() {
+            if group.next_deadline_ms().is_some_and(|d| d <= now_ms) {
+                group.tick(now_ms);
+            }
+        }
         if now_ms >= self.next_expiry_ms {
             self.next_expiry_ms = now_ms + OFFSETS_RETENTION_CHECK_INTERVAL_MS;
             self.expire_offsets(now_ms);
@@ -310,6 +348,13 @@ impl Coordinator {
         let retention_ms = self.config.offsets_retention_ms;
         let mut records = Vec::new();
         for (group, offsets) in &self.offsets {
+            if self
+                .consumer_groups
+                .get(group)
+                .is_some_and(|g| !g.is_empty())
+            {
+                continue;
+            }
             let empty_since = match self.groups.get(group) {
                 Some(g) if g.state() != GroupState::Empty => continue,
                 Some(g) => g.state_since_ms(),
@@ -430,6 +475,10 @@ impl Coordinator {
         if request.protocols.len() > limits::GROUP_PROTOCOLS_MAX {
             return refuse(codes::INCONSISTENT_GROUP_PROTOCOL);
         }
+        if self.consumer_groups.contains_key(&request.group_id) {
+            // A group of the consumer protocol: classic members may not join it.
+            return refuse(codes::INCONSISTENT_GROUP_PROTOCOL);
+        }
         if !self.groups.contains_key(&request.group_id) {
             if !request.member_id.is_empty() {
                 return refuse(codes::UNKNOWN_MEMBER_ID);
@@ -456,6 +505,78 @@ impl Coordinator {
             )
         })
         .flatten()
+    }
+
+    /// The consumer-protocol groups (KIP-848).
+    pub fn consumer_groups(&self) -> impl Iterator<Item = (&String, &consumer::ConsumerGroup)> {
+        self.consumer_groups.iter()
+    }
+
+    /// ConsumerGroupHeartbeat (KIP-848). The answer comes now, or (`None`) once a record of
+    /// the epoch it names is committed.
+    pub fn consumer_heartbeat(
+        &mut self,
+        now_ms: u64,
+        to: ReplyTo,
+        request: &ConsumerGroupHeartbeatRequest,
+        topics: consumer::TopicInfo<'_>,
+        new_member_id: String,
+    ) -> Option<ConsumerGroupHeartbeatResponse> {
+        let refuse = |code: i16, message: &str| {
+            Some(ConsumerGroupHeartbeatResponse {
+                error_code: code,
+                error_message: Some(message.into()),
+                member_epoch: request.member_epoch,
+                ..Default::default()
+            })
+        };
+        if request.group_id.is_empty() {
+            return refuse(codes::INVALID_GROUP_ID, "empty group id");
+        }
+        if let Some(classic) = self.groups.get(&request.group_id) {
+            if classic.state() != GroupState::Empty {
+                return refuse(
+                    codes::INCONSISTENT_GROUP_PROTOCOL,
+                    "a classic group with members: its members use JoinGroup",
+                );
+            }
+            self.groups.remove(&request.group_id);
+        }
+        if !self.consumer_groups.contains_key(&request.group_id) {
+            if request.member_epoch != 0 {
+                return refuse(codes::UNKNOWN_MEMBER_ID, "no such group: join again");
+            }
+            if self.groups.len() + self.consumer_groups.len()
+                >= limits::GROUPS_PER_OFFSETS_PARTITION_MAX
+            {
+                return refuse(codes::COORDINATOR_NOT_AVAILABLE, "too many groups here");
+            }
+            self.consumer_groups
+                .insert(request.group_id.clone(), Default::default());
+        }
+        let settings = consumer::ConsumerSettings {
+            session_timeout_ms: self.config.consumer_session_timeout_ms,
+            heartbeat_interval_ms: self.config.consumer_heartbeat_interval_ms,
+        };
+        let group = self
+            .consumer_groups
+            .get_mut(&request.group_id)
+            .expect("made above");
+        let response = group.heartbeat(now_ms, settings, request, topics, new_member_id);
+        if response.error_code != codes::NONE || group.epoch() <= group.persisted_epoch {
+            return Some(response);
+        }
+        // A new epoch: written before anyone hears of it.
+        group.persisted_epoch = group.epoch();
+        let key = Key::ConsumerGroup {
+            group: request.group_id.clone(),
+        };
+        let value = records::encode_consumer_group(group.epoch());
+        self.write(
+            vec![(records::encode_key(&key), Some(value))],
+            vec![(to, Response::ConsumerGroupHeartbeat(response))],
+        );
+        None
     }
 
     /// SyncGroup: the leader's assignments, or a member's wait for its share.
@@ -618,6 +739,9 @@ impl Coordinator {
         }
         let generation = request.generation_id_or_member_epoch;
         let stale_ok = self.config.planted_stale_commit;
+        if let Some(group) = self.consumer_groups.get(&request.group_id) {
+            return group.commit_allowed(&request.member_id, generation);
+        }
         match self.groups.get_mut(&request.group_id) {
             None if generation < 0 => {
                 if self.groups.len() >= limits::GROUPS_PER_OFFSETS_PARTITION_MAX {
@@ -683,8 +807,23 @@ impl Coordinator {
         let mut results = Vec::new();
         let mut records = Vec::new();
         for id in groups {
+            if let Some(group) = self.consumer_groups.get(id) {
+                if !group.is_empty() {
+                    results.push(DeletableGroupResult {
+                        group_id: id.clone(),
+                        error_code: codes::NON_EMPTY_GROUP,
+                        ..Default::default()
+                    });
+                    continue;
+                }
+                self.consumer_groups.remove(id);
+                let key = Key::ConsumerGroup { group: id.clone() };
+                records.push((records::encode_key(&key), None));
+            }
             let error_code = match self.groups.get(id) {
-                None if !self.offsets.contains_key(id) => codes::GROUP_ID_NOT_FOUND,
+                None if !self.offsets.contains_key(id) && records.is_empty() => {
+                    codes::GROUP_ID_NOT_FOUND
+                }
                 Some(g) if g.state() != GroupState::Empty => codes::NON_EMPTY_GROUP,
                 _ => {
                     self.groups.remove(id);
@@ -730,6 +869,10 @@ pub fn refuse(response: &mut Response, code: i16) {
             r.assignment = Bytes::new();
         }
         Response::Heartbeat(r) => r.error_code = code,
+        Response::ConsumerGroupHeartbeat(r) => {
+            r.error_code = code;
+            r.assignment = None;
+        }
         Response::LeaveGroup(r) => r.error_code = code,
         Response::OffsetCommit(r) => {
             for p in r.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {

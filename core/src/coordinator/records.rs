@@ -18,6 +18,9 @@ use crate::protocol::WireError;
 const OFFSET_KEY_V1: i16 = 1;
 const OFFSET_KEY_V0: i16 = 0;
 const GROUP_KEY_V2: i16 = 2;
+/// KIP-848's ConsumerGroupMetadata record (Kafka's key type 3).
+const CONSUMER_GROUP_KEY_V3: i16 = 3;
+const CONSUMER_GROUP_VALUE_V0: i16 = 0;
 const OFFSET_VALUE_V3: i16 = 3;
 const GROUP_VALUE_V3: i16 = 3;
 
@@ -30,6 +33,10 @@ pub enum Key {
         partition: i32,
     },
     Group {
+        group: String,
+    },
+    /// A consumer-protocol group's epoch.
+    ConsumerGroup {
         group: String,
     },
 }
@@ -99,6 +106,12 @@ pub fn encode_key(key: &Key) -> Bytes {
             wire::write_i16(&mut buf, GROUP_KEY_V2);
             put_string(&mut buf, group);
         }
+        Key::ConsumerGroup { group } => {
+            // Flexible, as Kafka's: a compact string and no tagged fields.
+            wire::write_i16(&mut buf, CONSUMER_GROUP_KEY_V3);
+            wire::write_string(&mut buf, group, true).expect("a group id from a request fits");
+            wire::write_uvarint(&mut buf, 0);
+        }
     }
     buf.freeze()
 }
@@ -113,6 +126,9 @@ pub fn decode_key(mut bytes: Bytes) -> Result<Key, RecordError> {
         }),
         GROUP_KEY_V2 => Ok(Key::Group {
             group: wire::read_string(&mut bytes, false)?,
+        }),
+        CONSUMER_GROUP_KEY_V3 => Ok(Key::ConsumerGroup {
+            group: wire::read_string(&mut bytes, true)?,
         }),
         other => Err(RecordError::KeyVersion(other)),
     }
@@ -204,6 +220,24 @@ pub fn decode_group(mut bytes: Bytes) -> Result<GroupValue, RecordError> {
         state_timestamp_ms,
         members,
     })
+}
+
+/// A consumer-protocol group's epoch (Kafka's ConsumerGroupMetadataValue v0: the epoch, no
+/// tagged fields).
+pub fn encode_consumer_group(epoch: i32) -> Bytes {
+    let mut buf = BytesMut::new();
+    wire::write_i16(&mut buf, CONSUMER_GROUP_VALUE_V0);
+    wire::write_i32(&mut buf, epoch);
+    wire::write_uvarint(&mut buf, 0);
+    buf.freeze()
+}
+
+pub fn decode_consumer_group(mut bytes: Bytes) -> Result<i32, RecordError> {
+    let version = wire::read_i16(&mut bytes)?;
+    if version != CONSUMER_GROUP_VALUE_V0 {
+        return Err(RecordError::ValueVersion(version));
+    }
+    Ok(wire::read_i32(&mut bytes)?)
 }
 
 // Strings the coordinator writes came from requests, where they were at most i16::MAX

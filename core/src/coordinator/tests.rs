@@ -377,3 +377,140 @@ fn a_static_member_takes_its_place_back_without_a_rebalance() {
             .unwrap();
     assert_eq!(fenced.error_code, codes::FENCED_INSTANCE_ID);
 }
+
+mod consumer_protocol {
+    use super::*;
+    use crate::protocol::messages::consumer_group_heartbeat_request::TopicPartitions;
+    use crate::protocol::wire::Uuid;
+
+    const TOPIC_ID: Uuid = Uuid([7; 16]);
+
+    fn topics(name: &str) -> Option<(Uuid, i32)> {
+        (name == "t").then_some((TOPIC_ID, 4))
+    }
+
+    fn heartbeat(
+        h: &mut Harness,
+        member: &str,
+        epoch: i32,
+        owned: Option<&[i32]>,
+    ) -> ConsumerGroupHeartbeatResponse {
+        let to = h.to();
+        let request = ConsumerGroupHeartbeatRequest {
+            group_id: "cg".into(),
+            member_id: member.into(),
+            member_epoch: epoch,
+            rebalance_timeout_ms: 30_000,
+            subscribed_topic_names: (epoch == 0).then(|| vec!["t".to_string()]),
+            topic_partitions: owned.map(|ps| {
+                vec![TopicPartitions {
+                    topic_id: TOPIC_ID,
+                    partitions: ps.to_vec(),
+                    ..Default::default()
+                }]
+            }),
+            ..Default::default()
+        };
+        let now = h.now;
+        match h
+            .c
+            .consumer_heartbeat(now, to, &request, &topics, String::new())
+        {
+            Some(r) => r,
+            None => {
+                let answers = h.commit_all();
+                let Some((_, Response::ConsumerGroupHeartbeat(r))) = answers.into_iter().last()
+                else {
+                    panic!("a held heartbeat is answered once its epoch is written")
+                };
+                r
+            }
+        }
+    }
+
+    fn partitions(r: &ConsumerGroupHeartbeatResponse) -> Option<Vec<i32>> {
+        r.assignment.as_ref().map(|a| {
+            (a.topic_partitions.iter())
+                .flat_map(|t| t.partitions.clone())
+                .collect()
+        })
+    }
+
+    #[test]
+    fn members_are_assigned_and_partitions_move_only_once_released() {
+        let mut h = Harness::new();
+        let a = heartbeat(&mut h, "a", 0, None);
+        assert_eq!((a.error_code, a.member_epoch), (codes::NONE, 1));
+        assert_eq!(partitions(&a), Some(vec![0, 1, 2, 3]));
+        // b joins: the group moves to epoch 2; b gets nothing a still holds.
+        let b = heartbeat(&mut h, "b", 0, None);
+        assert_eq!(b.member_epoch, 2);
+        assert_eq!(partitions(&b), Some(vec![]));
+        // a is asked to give up two partitions, at its epoch.
+        let a = heartbeat(&mut h, "a", 1, Some(&[0, 1, 2, 3]));
+        assert_eq!(a.member_epoch, 1);
+        let kept = partitions(&a).unwrap();
+        assert_eq!(kept.len(), 2);
+        // Until a says it let go, b still gets nothing.
+        let b = heartbeat(&mut h, "b", 2, Some(&[]));
+        assert_eq!(partitions(&b), None);
+        let a = heartbeat(&mut h, "a", 1, Some(&kept));
+        assert_eq!(a.member_epoch, 2);
+        let b = heartbeat(&mut h, "b", 2, Some(&[]));
+        let got = partitions(&b).unwrap();
+        assert_eq!(got.len(), 2);
+        assert!(got.iter().all(|p| !kept.contains(p)));
+        // Commits: the member's epoch, no other.
+        let commit = |h: &mut Harness, epoch: i32| {
+            let to = h.to();
+            let request = OffsetCommitRequest {
+                group_id: "cg".into(),
+                generation_id_or_member_epoch: epoch,
+                member_id: "b".into(),
+                topics: vec![OffsetCommitRequestTopic {
+                    name: "t".into(),
+                    partitions: vec![OffsetCommitRequestPartition {
+                        partition_index: got[0],
+                        committed_offset: 5,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            h.c.commit(h.now, to, &request, |_, _| true)
+        };
+        let stale = commit(&mut h, 1).expect("refused at once");
+        assert_eq!(
+            stale.topics[0].partitions[0].error_code,
+            codes::STALE_MEMBER_EPOCH
+        );
+        assert!(commit(&mut h, 2).is_none(), "taken, answered once written");
+        // a leaves: b is given everything.
+        let left = heartbeat(&mut h, "a", -1, None);
+        assert_eq!(left.member_epoch, -1);
+        let b = heartbeat(&mut h, "b", 2, Some(&got));
+        assert_eq!(partitions(&b).map(|p| p.len()), Some(4));
+        assert_eq!(b.member_epoch, 3);
+        // A member the coordinator does not know joins again.
+        let lost = heartbeat(&mut h, "zombie", 3, Some(&[]));
+        assert_eq!(lost.error_code, codes::UNKNOWN_MEMBER_ID);
+    }
+
+    #[test]
+    fn a_new_coordinator_carries_on_from_the_written_epoch() {
+        let mut h = Harness::new();
+        heartbeat(&mut h, "a", 0, None);
+        heartbeat(&mut h, "b", 0, None);
+        let mut next = Coordinator::new(0, h.c.config);
+        for (key, value) in h.log.clone() {
+            next.replay(h.now, Some(key), value, false);
+        }
+        next.loaded(h.now);
+        h.c = next;
+        let a = heartbeat(&mut h, "a", 1, Some(&[0, 1, 2, 3]));
+        assert_eq!(a.error_code, codes::UNKNOWN_MEMBER_ID, "members join again");
+        let a = heartbeat(&mut h, "a", 0, None);
+        assert_eq!(a.member_epoch, 3, "epochs go on past the written one");
+    }
+}

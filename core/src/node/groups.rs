@@ -202,6 +202,13 @@ impl<D: Disk> Node<D> {
                 Request::Heartbeat(_) => Response::Heartbeat(Default::default()),
                 Request::LeaveGroup(_) => Response::LeaveGroup(Default::default()),
                 Request::OffsetCommit(r) => Response::OffsetCommit(commit_refused(r)),
+                Request::ConsumerGroupHeartbeat(r) => {
+                    Response::ConsumerGroupHeartbeat(ConsumerGroupHeartbeatResponse {
+                        member_id: Some(r.member_id.clone()),
+                        member_epoch: r.member_epoch,
+                        ..Default::default()
+                    })
+                }
                 _ => return None,
             };
             crate::coordinator::refuse(&mut response, code);
@@ -213,6 +220,7 @@ impl<D: Disk> Node<D> {
             Request::Heartbeat(r) => &r.group_id,
             Request::LeaveGroup(r) => &r.group_id,
             Request::OffsetCommit(r) => &r.group_id,
+            Request::ConsumerGroupHeartbeat(r) => &r.group_id,
             _ => return None,
         };
         let partition = match self.route(group_id) {
@@ -223,6 +231,10 @@ impl<D: Disk> Node<D> {
             Request::JoinGroup(r) if r.member_id.is_empty() => {
                 let uuid = self.random_uuid();
                 format!("{}-{uuid:?}", client_id.unwrap_or(""))
+            }
+            // KIP-848 v0: the coordinator names the member (v1 clients name themselves).
+            Request::ConsumerGroupHeartbeat(r) if r.member_id.is_empty() => {
+                format!("{:?}", self.random_uuid())
             }
             _ => String::new(),
         };
@@ -238,6 +250,12 @@ impl<D: Disk> Node<D> {
                     .map(Response::JoinGroup)
             }
             Request::SyncGroup(r) => coordinator.sync(now_ms, to, r).map(Response::SyncGroup),
+            Request::ConsumerGroupHeartbeat(r) => {
+                let topics =
+                    |name: &str| (image.topic(name)).map(|t| (t.id, t.replicas.len() as i32));
+                (coordinator.consumer_heartbeat(now_ms, to, r, &topics, new_member_id))
+                    .map(Response::ConsumerGroupHeartbeat)
+            }
             Request::Heartbeat(r) => Some(Response::Heartbeat(coordinator.heartbeat(now_ms, r))),
             Request::LeaveGroup(r) => Some(Response::LeaveGroup(coordinator.leave(now_ms, r))),
             Request::OffsetCommit(r) => {
@@ -393,6 +411,21 @@ impl<D: Disk> Node<D> {
                     }
                 };
                 let coordinator = &self.coordinators[&partition].coordinator;
+                if let Some((_, group)) = coordinator.consumer_groups().find(|(g, _)| *g == id) {
+                    return DescribedGroup {
+                        group_id: id.clone(),
+                        group_state: group.state_name().into(),
+                        protocol_type: "consumer".into(),
+                        members: (group.members())
+                            .map(|m| DescribedGroupMember {
+                                member_id: m.id().into(),
+                                group_instance_id: m.instance_id().map(str::to_string),
+                                ..Default::default()
+                            })
+                            .collect(),
+                        ..Default::default()
+                    };
+                }
                 let Some(group) = coordinator.group(id) else {
                     return DescribedGroup {
                         group_id: id.clone(),
@@ -441,7 +474,9 @@ impl<D: Disk> Node<D> {
         };
         let wanted_type = request.types_filter.is_empty()
             || (request.types_filter.iter()).any(|t| t.eq_ignore_ascii_case("classic"));
-        let groups = (self.coordinators.values())
+        let wanted_consumer = request.types_filter.is_empty()
+            || (request.types_filter.iter()).any(|t| t.eq_ignore_ascii_case("consumer"));
+        let mut groups: Vec<ListedGroup> = (self.coordinators.values())
             .flat_map(|l| l.coordinator.groups())
             .filter(|g| wanted_type && wanted_state(g.state().name()))
             .map(|g| ListedGroup {
@@ -452,6 +487,18 @@ impl<D: Disk> Node<D> {
                 ..Default::default()
             })
             .collect();
+        groups.extend(
+            (self.coordinators.values())
+                .flat_map(|l| l.coordinator.consumer_groups())
+                .filter(|(_, g)| wanted_consumer && wanted_state(g.state_name()))
+                .map(|(id, g)| ListedGroup {
+                    group_id: id.clone(),
+                    protocol_type: "consumer".into(),
+                    group_state: g.state_name().into(),
+                    group_type: "consumer".into(),
+                    ..Default::default()
+                }),
+        );
         ListGroupsResponse {
             groups,
             ..Default::default()
@@ -761,6 +808,7 @@ impl<D: Disk> Node<D> {
                 replica.is_some_and(|r| r.is_leader() && r.leader_epoch() == loaded.epoch),
                 "a coordinator serves only while its node leads its partition in its epoch"
             );
+            loaded.coordinator.check_invariants();
         }
     }
 

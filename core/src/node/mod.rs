@@ -303,7 +303,7 @@ pub enum NodeError {
 }
 
 /// The APIs this node serves (and advertises in ApiVersions).
-pub const SERVED_APIS: [ApiKey; 23] = [
+pub const SERVED_APIS: [ApiKey; 24] = [
     ApiKey::Produce,
     ApiKey::Fetch,
     ApiKey::ListOffsets,
@@ -327,6 +327,7 @@ pub const SERVED_APIS: [ApiKey; 23] = [
     ApiKey::DescribeGroups,
     ApiKey::ListGroups,
     ApiKey::DeleteGroups,
+    ApiKey::ConsumerGroupHeartbeat,
 ];
 
 /// A request's place in its connection's answer queue.
@@ -1167,7 +1168,7 @@ impl<D: Disk> Node<D> {
                 header,
                 api_key,
                 request,
-            } => (header, api_key, request),
+            } => (header, api_key, *request),
         };
         if !SERVED_APIS.contains(&api_key) {
             return Err(format!("{} is not served by this node", api_key.name()));
@@ -1362,7 +1363,8 @@ impl<D: Disk> Node<D> {
             | Request::SyncGroup(_)
             | Request::Heartbeat(_)
             | Request::LeaveGroup(_)
-            | Request::OffsetCommit(_)) => {
+            | Request::OffsetCommit(_)
+            | Request::ConsumerGroupHeartbeat(_)) => {
                 let client_id = header.client_id.clone();
                 match self.group_request(now, conn, slot, client_id.as_deref(), version, &request) {
                     Some(response) => Slot::Ready(Some(reply(response)?)),

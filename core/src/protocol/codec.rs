@@ -12,11 +12,11 @@ use super::negotiate::{negotiate, Negotiation};
 /// A request frame, parsed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ParsedRequest {
-    /// A request we serve.
+    /// A request we serve (boxed: the largest request is far larger than the fallback).
     Request {
         header: RequestHeader,
         api_key: ApiKey,
-        request: Request,
+        request: Box<Request>,
     },
     /// ApiVersions at a version we do not know: answer `negotiate::api_versions_fallback()`
     /// at version 0 with this header's correlation id.
@@ -48,7 +48,7 @@ pub fn parse_request(mut frame: Bytes) -> Result<ParsedRequest, RequestError> {
         Negotiation::Supported(key) => {
             let header =
                 RequestHeader::decode(&mut frame, key.request_header_version(api_version))?;
-            let request = Request::decode(key, api_version, &mut frame)?;
+            let request = Box::new(Request::decode(key, api_version, &mut frame)?);
             Ok(ParsedRequest::Request {
                 header,
                 api_key: key,

@@ -121,6 +121,14 @@ struct ServeArgs {
     /// [default: 604800000].
     #[arg(long, value_name = "MS")]
     offsets_retention_ms: Option<i64>,
+    /// How often members of consumer-protocol groups (KIP-848) heartbeat
+    /// (group.consumer.heartbeat.interval.ms) [default: 5000].
+    #[arg(long, value_name = "MS")]
+    group_consumer_heartbeat_interval_ms: Option<i32>,
+    /// How long such a member may stay silent before it is dropped
+    /// (group.consumer.session.timeout.ms) [default: 45000].
+    #[arg(long, value_name = "MS")]
+    group_consumer_session_timeout_ms: Option<i32>,
     /// This broker's rack (broker.rack), reported to clients; replicas are spread over racks.
     #[arg(long)]
     rack: Option<String>,
@@ -164,7 +172,9 @@ impl ServeArgs {
             group_initial_rebalance_delay_ms,
             group_min_session_timeout_ms,
             group_max_session_timeout_ms,
-            offsets_retention_ms
+            offsets_retention_ms,
+            group_consumer_heartbeat_interval_ms,
+            group_consumer_session_timeout_ms
         );
         if let Some(host) = self.advertised_host {
             config.advertised_host = Some(host);
