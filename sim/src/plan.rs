@@ -92,6 +92,9 @@ pub struct GroupPlan {
     /// Partitions of `__consumer_offsets`.
     pub offsets_partitions: i32,
     pub initial_rebalance_delay_ms: i32,
+    /// Members speak KIP-848's protocol (ConsumerGroupHeartbeat, at this version) instead
+    /// of the classic one, in about half the seeds.
+    pub kip848: Option<i16>,
 }
 
 impl GroupPlan {
@@ -108,6 +111,8 @@ impl GroupPlan {
             stale_commit_probability: rng.random_range(0.2..0.8),
             offsets_partitions: rng.random_range(1..=4),
             initial_rebalance_delay_ms: [0, 300, 3_000][rng.random_range(0..3)],
+            // Drawn last: the fields above stay what they were for seeds drawn before.
+            kip848: rng.random_bool(0.5).then(|| rng.random_range(0..=1)),
         }
     }
 }

@@ -575,6 +575,9 @@ impl Sim {
             offsets_topic_partitions: plan.group.offsets_partitions.max(1),
             groups: keel_core::coordinator::GroupConfig {
                 initial_rebalance_delay_ms: plan.group.initial_rebalance_delay_ms,
+                // As the classic members' timeouts (`group.rs`): a run sees members dropped.
+                consumer_session_timeout_ms: 6_000,
+                consumer_heartbeat_interval_ms: 1_000,
                 ..Default::default()
             },
             ..Config::default()
@@ -617,8 +620,9 @@ impl Sim {
             });
             let fetcher = clients.len() - 1;
             let interval = plan.group.commit_interval_ms * MS;
+            let kip848 = plan.group.kip848;
             clients.push(Role::Member(Box::new(group::Member::new(
-                fetcher, interval,
+                fetcher, interval, kip848,
             ))));
         }
         let clients = clients
@@ -883,9 +887,10 @@ impl Sim {
             plan.partitions,
             plan.segment_size_bytes
         );
-        let workload = match plan.group.members {
-            0 => workload,
-            n => format!("{workload}, a group of {n} members"),
+        let workload = match (plan.group.members, plan.group.kip848) {
+            (0, _) => workload,
+            (n, None) => format!("{workload}, a group of {n} members"),
+            (n, Some(v)) => format!("{workload}, a group of {n} members (KIP-848 v{v})"),
         };
         Report {
             seed: self.options.seed,

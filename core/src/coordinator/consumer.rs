@@ -76,8 +76,10 @@ pub struct ConsumerGroup {
     epoch: i32,
     /// The group epoch the target assignment was computed for.
     assignment_epoch: i32,
-    /// The highest epoch written to the log: members hear of no higher one before it is.
-    pub(super) persisted_epoch: i32,
+    /// The highest epoch the log holds committed: members hear of no higher one before then.
+    pub(super) committed_epoch: i32,
+    /// The epoch being written, and the write (answers naming epochs up to it wait for it).
+    pub(super) epoch_write: Option<(i32, u64)>,
     members: BTreeMap<String, ConsumerMember>,
     /// The subscribed topics' ids and partition counts, as the assignment last saw them.
     topics_seen: BTreeMap<String, (Uuid, i32)>,
@@ -98,7 +100,7 @@ impl ConsumerGroup {
         ConsumerGroup {
             epoch,
             assignment_epoch: epoch,
-            persisted_epoch: epoch,
+            committed_epoch: epoch,
             ..Default::default()
         }
     }
@@ -313,6 +315,7 @@ impl ConsumerGroup {
         let group_epoch = self.epoch;
         let member = self.members.get_mut(id).expect("reconciled members exist");
         member.session_deadline_ms = now_ms + settings.session_timeout_ms.max(0) as u64;
+        let reported = owned.is_some();
         if let Some(owned) = owned {
             member.owned = owned;
         }
@@ -334,7 +337,20 @@ impl ConsumerGroup {
                 .get_or_insert(now_ms + member.rebalance_timeout_ms.max(0) as u64);
             member.owned.intersection(&member.target).copied().collect()
         };
-        let changed = member.given.as_ref() != Some(&next);
+        // Told again what it lacks of its assignment, by its own word: an answer lost with
+        // its connection must not leave partitions with nobody.
+        let lacks = reported && !next.is_subset(&member.owned);
+        let changed = member.given.as_ref() != Some(&next) || lacks;
+        tracing::debug!(
+            member = %member.id,
+            epoch = member.epoch,
+            group_epoch,
+            target = ?member.target,
+            owned = ?member.owned,
+            ?next,
+            held = ?held_by_others,
+            "consumer group member reconciled"
+        );
         let assignment = changed.then(|| {
             let mut by_topic: BTreeMap<Uuid, Vec<i32>> = BTreeMap::new();
             for (topic, p) in &next {

@@ -197,7 +197,16 @@ impl Coordinator {
                 }
             },
             Key::ConsumerGroup { group } if live => {
-                let _ = group;
+                // Ours, committed now: members may hear of epochs up to it.
+                if let (Some(g), Some(Ok(epoch))) = (
+                    self.consumer_groups.get_mut(&group),
+                    value.map(records::decode_consumer_group),
+                ) {
+                    g.committed_epoch = g.committed_epoch.max(epoch);
+                    if g.epoch_write.is_some_and(|(e, _)| e <= epoch) {
+                        g.epoch_write = None;
+                    }
+                }
             }
             Key::ConsumerGroup { group } => match value.map(records::decode_consumer_group) {
                 None => {
@@ -311,12 +320,13 @@ impl Coordinator {
 
     /// When the coordinator next needs [`Coordinator::tick`].
     pub fn next_deadline_ms(&self) -> Option<u64> {
-        let groups = self
-            .groups
-            .values()
+        let groups = (self.groups.values())
             .filter_map(Group::next_deadline_ms)
             .min();
-        [groups, Some(self.next_expiry_ms)]
+        let consumers = (self.consumer_groups.values())
+            .filter_map(consumer::ConsumerGroup::next_deadline_ms)
+            .min();
+        [groups, consumers, Some(self.next_expiry_ms)]
             .into_iter()
             .flatten()
             .min()
@@ -563,19 +573,29 @@ impl Coordinator {
             .get_mut(&request.group_id)
             .expect("made above");
         let response = group.heartbeat(now_ms, settings, request, topics, new_member_id);
-        if response.error_code != codes::NONE || group.epoch() <= group.persisted_epoch {
+        if response.error_code != codes::NONE || response.member_epoch <= group.committed_epoch {
             return Some(response);
         }
-        // A new epoch: written before anyone hears of it.
-        group.persisted_epoch = group.epoch();
-        let key = Key::ConsumerGroup {
-            group: request.group_id.clone(),
-        };
-        let value = records::encode_consumer_group(group.epoch());
-        self.write(
-            vec![(records::encode_key(&key), Some(value))],
-            vec![(to, Response::ConsumerGroupHeartbeat(response))],
-        );
+        // An epoch not committed yet: the answer waits for the record that writes it (one
+        // already on its way, or a new one), so no member hears of an epoch a failover could
+        // hand out again.
+        let answer = (to, Response::ConsumerGroupHeartbeat(response));
+        let epoch = group.epoch();
+        match group.epoch_write {
+            Some((written, write)) if written >= answer_epoch(&answer.1) => {
+                self.attach(write, answer);
+            }
+            _ => {
+                let key = Key::ConsumerGroup {
+                    group: request.group_id.clone(),
+                };
+                let value = records::encode_consumer_group(epoch);
+                let write =
+                    self.write(vec![(records::encode_key(&key), Some(value))], vec![answer]);
+                let group = (self.consumer_groups.get_mut(&request.group_id)).expect("found above");
+                group.epoch_write = Some((epoch, write));
+            }
+        }
         None
     }
 
@@ -857,6 +877,14 @@ impl Coordinator {
         };
         self.write(records, vec![(to, Response::DeleteGroups(response))]);
         None
+    }
+}
+
+/// The member epoch a held ConsumerGroupHeartbeat answer names.
+fn answer_epoch(response: &Response) -> i32 {
+    match response {
+        Response::ConsumerGroupHeartbeat(r) => r.member_epoch,
+        _ => i32::MAX,
     }
 }
 

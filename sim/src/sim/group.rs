@@ -6,13 +6,15 @@
 //! a commit of an earlier generation once they are in a later one.
 
 use super::*;
+use keel_core::protocol::messages::consumer_group_heartbeat_request::TopicPartitions as ConsumerTopicPartitions;
 use keel_core::protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use keel_core::protocol::messages::offset_commit_request::*;
 use keel_core::protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use keel_core::protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use keel_core::protocol::messages::{
-    FindCoordinatorRequest, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest,
-    OffsetCommitRequest, OffsetFetchRequest, SyncGroupRequest,
+    ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse, FindCoordinatorRequest,
+    HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, OffsetCommitRequest, OffsetFetchRequest,
+    SyncGroupRequest,
 };
 
 /// The workload's group.
@@ -50,6 +52,8 @@ pub(super) enum GroupCall {
         stale: bool,
     },
     Leave,
+    /// KIP-848's heartbeat (joining at epoch 0, or in the group).
+    ConsumerHeartbeat,
 }
 
 /// A commit kept to be sent later: its generation, member id and (partition, offset)s.
@@ -78,10 +82,18 @@ pub(super) struct Member {
     revoking: Option<Vec<(i32, i64)>>,
     /// Its fetcher's positions while it is frozen.
     frozen_positions: Option<BTreeMap<i32, i64>>,
+    /// KIP-848's protocol (ConsumerGroupHeartbeat, at this version) instead of the classic.
+    kip848: Option<i16>,
+    /// Partitions whose committed offsets are fetched next (newly assigned).
+    pending_offsets: Vec<i32>,
+    /// Member ids made so far (KIP-848 v1 members name themselves).
+    names: u64,
+    /// The workload topic's id, as assignments name it (KIP-848).
+    topic_id: keel_core::protocol::wire::Uuid,
 }
 
 impl Member {
-    pub(super) fn new(fetcher: usize, commit_interval_ns: u64) -> Member {
+    pub(super) fn new(fetcher: usize, commit_interval_ns: u64, kip848: Option<i16>) -> Member {
         Member {
             fetcher,
             member_id: String::new(),
@@ -98,6 +110,10 @@ impl Member {
             stale: None,
             revoking: None,
             frozen_positions: None,
+            kip848,
+            pending_offsets: Vec::new(),
+            names: 0,
+            topic_id: Default::default(),
         }
     }
 
@@ -204,6 +220,20 @@ impl Sim {
                 return self.member_crash(client);
             } else if roll < crash + stall {
                 return self.member_stall(client);
+            } else if roll < crash + stall + leave
+                && member(&mut self.clients[client].role).kip848.is_some()
+            {
+                let m = member(&mut self.clients[client].role);
+                let version = m.kip848.expect("checked");
+                let request = Request::ConsumerGroupHeartbeat(ConsumerGroupHeartbeatRequest {
+                    group_id: GROUP.into(),
+                    member_id: m.member_id.clone(),
+                    member_epoch: -1,
+                    ..Default::default()
+                });
+                self.count("member:leave");
+                self.group_send(client, version, request, GroupCall::Leave);
+                return;
             } else if roll < crash + stall + leave {
                 let m = member(&mut self.clients[client].role);
                 let request = Request::LeaveGroup(LeaveGroupRequest {
@@ -232,6 +262,27 @@ impl Sim {
         }
         match m.phase.clone() {
             Phase::Left => {}
+            Phase::Join if m.kip848.is_some() => {
+                if m.next_at_ns > now {
+                    return;
+                }
+                let version = m.kip848.expect("checked");
+                if m.member_id.is_empty() && version >= 1 {
+                    // KIP-1082: the member names itself, once for its whole life.
+                    m.names += 1;
+                    m.member_id = format!("sim-{client}-{}", m.names);
+                }
+                let request = Request::ConsumerGroupHeartbeat(ConsumerGroupHeartbeatRequest {
+                    group_id: GROUP.into(),
+                    member_id: m.member_id.clone(),
+                    member_epoch: 0,
+                    rebalance_timeout_ms: REBALANCE_TIMEOUT_MS,
+                    subscribed_topic_names: Some(vec![TOPIC.into()]),
+                    topic_partitions: Some(Vec::new()),
+                    ..Default::default()
+                });
+                self.group_send(client, version, request, GroupCall::ConsumerHeartbeat);
+            }
             Phase::Join => {
                 if m.next_at_ns > now {
                     return;
@@ -274,7 +325,7 @@ impl Sim {
                     group_id: GROUP.into(),
                     topics: Some(vec![OffsetFetchRequestTopic {
                         name: TOPIC.into(),
-                        partition_indexes: m.owned.clone(),
+                        partition_indexes: m.pending_offsets.clone(),
                         ..Default::default()
                     }]),
                     ..Default::default()
@@ -292,6 +343,20 @@ impl Sim {
                         // nothing new hears of the current one): nothing stale to send.
                         self.count("member:stale-dropped");
                     }
+                } else if m.next_heartbeat_ns <= now && m.kip848.is_some() {
+                    let version = m.kip848.expect("checked");
+                    let request = Request::ConsumerGroupHeartbeat(ConsumerGroupHeartbeatRequest {
+                        group_id: GROUP.into(),
+                        member_id,
+                        member_epoch: generation,
+                        topic_partitions: Some(vec![ConsumerTopicPartitions {
+                            topic_id: m.topic_id,
+                            partitions: m.owned.clone(),
+                            ..Default::default()
+                        }]),
+                        ..Default::default()
+                    });
+                    self.group_send(client, version, request, GroupCall::ConsumerHeartbeat);
                 } else if m.next_heartbeat_ns <= now {
                     let request = Request::Heartbeat(HeartbeatRequest {
                         group_id: GROUP.into(),
@@ -422,7 +487,8 @@ impl Sim {
         let m = member(&mut self.clients[client].role);
         let fetcher = m.fetcher;
         let commit_interval_ns = m.commit_interval_ns;
-        *m = Member::new(fetcher, commit_interval_ns);
+        let kip848 = m.kip848;
+        *m = Member::new(fetcher, commit_interval_ns, kip848);
         m.next_at_ns = self.now_ns + delay;
         self.client_close(client);
     }
@@ -518,6 +584,7 @@ impl Sim {
                     let m = member(&mut self.clients[client].role);
                     let (generation, id) = (m.generation, m.member_id.clone());
                     m.owned = owned.clone();
+                    m.pending_offsets = owned.clone();
                     m.phase = Phase::FetchOffsets;
                     self.count("group:sync:ok");
                     self.checker.on_assignment(now, generation, &id, &owned);
@@ -539,9 +606,13 @@ impl Sim {
                     return;
                 }
                 let m = member(&mut self.clients[client].role);
+                let pending = std::mem::take(&mut m.pending_offsets);
                 let owned = m.owned.clone();
-                let mut positions = BTreeMap::new();
-                for p in owned {
+                // Partitions it kept go on from where it is; new ones from their commits.
+                let mut positions: BTreeMap<i32, i64> = (self.member_positions(client).into_iter())
+                    .filter(|(p, _)| owned.contains(p))
+                    .collect();
+                for p in pending.into_iter().filter(|p| owned.contains(p)) {
                     let found = (r.topics.iter())
                         .filter(|t| t.name == TOPIC)
                         .flat_map(|t| &t.partitions)
@@ -615,6 +686,8 @@ impl Sim {
                 }
                 if coordinator_gone(code) {
                     self.lost_coordinator(client);
+                } else if code == codes::STALE_MEMBER_EPOCH {
+                    // KIP-848: its next heartbeat brings its new epoch.
                 } else if matches!(
                     code,
                     codes::REBALANCE_IN_PROGRESS | codes::ILLEGAL_GENERATION
@@ -626,7 +699,7 @@ impl Sim {
                     self.rejoin(client, true, 0);
                 }
             }
-            (GroupCall::Leave, Response::LeaveGroup(_)) => {
+            (GroupCall::Leave, Response::LeaveGroup(_) | Response::ConsumerGroupHeartbeat(_)) => {
                 self.revoke(client, false);
                 let delay = self.rng.random_range(500 * MS..3_000 * MS);
                 let m = member(&mut self.clients[client].role);
@@ -635,10 +708,101 @@ impl Sim {
                 m.generation = -1;
                 m.next_at_ns = now + delay;
             }
+            (GroupCall::ConsumerHeartbeat, Response::ConsumerGroupHeartbeat(r)) => {
+                self.on_consumer_heartbeat(client, r)
+            }
             (call, response) => self.protocol_violation(
                 client,
                 format!("{call:?} answered by {}", response.api_key().name()),
             ),
+        }
+    }
+
+    /// KIP-848: the heartbeat's answer brings the member's epoch and, when it changed, its
+    /// assignment: it gives up what left it (committing what it read there first) and
+    /// fetches the committed offsets of what it gained.
+    fn on_consumer_heartbeat(&mut self, client: usize, r: ConsumerGroupHeartbeatResponse) {
+        let now = self.now_ns;
+        let coordinator_gone = matches!(
+            r.error_code,
+            codes::NOT_COORDINATOR
+                | codes::COORDINATOR_NOT_AVAILABLE
+                | codes::COORDINATOR_LOAD_IN_PROGRESS
+        );
+        if coordinator_gone {
+            return self.lost_coordinator(client);
+        }
+        if matches!(
+            r.error_code,
+            codes::UNKNOWN_MEMBER_ID | codes::FENCED_MEMBER_EPOCH
+        ) {
+            // Dropped by the group: what it held is lost (not committed), and it joins
+            // again at epoch 0 (under the same id, as KIP-1082 members do).
+            self.count("group:consumer:fenced");
+            self.revoke(client, false);
+            let m = member(&mut self.clients[client].role);
+            m.phase = Phase::Join;
+            m.generation = -1;
+            m.next_at_ns = now + 50 * MS;
+            return;
+        }
+        if r.error_code != codes::NONE {
+            self.count("group:consumer:retry");
+            member(&mut self.clients[client].role).next_at_ns = now + 100 * MS;
+            return;
+        }
+        let interval_ns = (r.heartbeat_interval_ms.max(100) as u64) * MS;
+        let m = member(&mut self.clients[client].role);
+        if let Some(id) = r.member_id.clone().filter(|id| !id.is_empty()) {
+            m.member_id = id;
+        }
+        m.generation = r.member_epoch;
+        m.next_heartbeat_ns = now + interval_ns;
+        if m.phase == Phase::Join {
+            m.phase = Phase::Stable;
+            m.next_commit_ns = now + m.commit_interval_ns;
+            self.count("group:consumer:joined");
+        }
+        let Some(assignment) = r.assignment else {
+            return;
+        };
+        let m = member(&mut self.clients[client].role);
+        if let Some(t) = assignment.topic_partitions.first() {
+            m.topic_id = t.topic_id;
+        }
+        let mut next: Vec<i32> = (assignment.topic_partitions.iter())
+            .flat_map(|t| t.partitions.iter().copied())
+            .collect();
+        next.sort_unstable();
+        next.dedup();
+        let (epoch, id) = (m.generation, m.member_id.clone());
+        let owned = m.owned.clone();
+        let revoked: Vec<i32> = owned
+            .iter()
+            .copied()
+            .filter(|p| !next.contains(p))
+            .collect();
+        let added: Vec<i32> = next
+            .iter()
+            .copied()
+            .filter(|p| !owned.contains(p))
+            .collect();
+        self.checker.on_assignment(now, epoch, &id, &next);
+        if !revoked.is_empty() {
+            let positions = self.member_positions(client);
+            let (gone, kept): (Vec<(i32, i64)>, Vec<(i32, i64)>) = positions
+                .into_iter()
+                .partition(|(p, _)| revoked.contains(p));
+            self.set_fetcher_positions(client, kept.into_iter().collect());
+            if !gone.is_empty() {
+                member(&mut self.clients[client].role).revoking = Some(gone);
+            }
+        }
+        let m = member(&mut self.clients[client].role);
+        m.owned = next;
+        if !added.is_empty() {
+            m.pending_offsets = added;
+            m.phase = Phase::FetchOffsets;
         }
     }
 
