@@ -343,8 +343,7 @@ impl Sim {
                         // nothing new hears of the current one): nothing stale to send.
                         self.count("member:stale-dropped");
                     }
-                } else if m.next_heartbeat_ns <= now && m.kip848.is_some() {
-                    let version = m.kip848.expect("checked");
+                } else if let (true, Some(version)) = (m.next_heartbeat_ns <= now, m.kip848) {
                     let request = Request::ConsumerGroupHeartbeat(ConsumerGroupHeartbeatRequest {
                         group_id: GROUP.into(),
                         member_id,
@@ -790,7 +789,8 @@ impl Sim {
         self.checker.on_assignment(now, epoch, &id, &next);
         if !revoked.is_empty() {
             let positions = self.member_positions(client);
-            let (gone, kept): (Vec<(i32, i64)>, Vec<(i32, i64)>) = positions
+            type Positions = Vec<(i32, i64)>;
+            let (gone, kept): (Positions, Positions) = positions
                 .into_iter()
                 .partition(|(p, _)| revoked.contains(p));
             self.set_fetcher_positions(client, kept.into_iter().collect());
