@@ -545,6 +545,10 @@ impl Sim {
             plan.group = crate::plan::GroupPlan::draw(options.seed);
             // The group's members are the only consumers: what they miss, nobody reads.
             plan.consumers = 0;
+            if options.bug == Some(PlantedBug::StaleCommit) {
+                // The planted bug lives in the classic protocol's commit check.
+                plan.group.kip848 = None;
+            }
         }
         let first_disk_seed = rng.random();
         let cluster = (1..=nodes as i32)

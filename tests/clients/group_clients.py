@@ -9,6 +9,8 @@ import uuid
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from kafka import KafkaConsumer
+from kafka import TopicPartition as KafkaTopicPartition
+from kafka.admin import KafkaAdminClient
 
 bootstrap = sys.argv[1]
 DEADLINE_S = 60
@@ -115,6 +117,21 @@ def kafka_python_group():
     c.close()
     assert more == set(range(RECORDS, RECORDS + 5)), "resumed with %s" % sorted(more)[:20]
     print("kafka-python KafkaConsumer(group_id=%s): %d records, committed, resumed" % (group, RECORDS))
+    # The group is empty now: kafka-python's admin client lists and describes it, deletes
+    # its offsets of one partition (OffsetDelete, KIP-496), then the group (DeleteGroups).
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    listed = admin.list_groups()
+    assert any(group in str(g) for g in listed), "%s not listed: %s" % (group, listed)
+    described = admin.describe_groups([group])
+    assert "Empty" in str(described), "described as %s" % described
+    admin.delete_group_offsets(group, [KafkaTopicPartition(topic, 0)])
+    left = admin.list_group_offsets({group: None})
+    assert "partition=0" not in str(left) and "partition=1" in str(left), "after OffsetDelete: %s" % left
+    admin.delete_groups([group])
+    gone = admin.list_group_offsets({group: None})
+    assert "partition=1" not in str(gone), "after DeleteGroups: %s" % gone
+    admin.close()
+    print("kafka-python admin: %s listed, described, its offsets and then itself deleted" % group)
 
 
 confluent_members("classic")

@@ -65,6 +65,10 @@ impl ConsumerMember {
         self.instance_id.as_deref()
     }
 
+    pub fn subscribed_to(&self, topic: &str) -> bool {
+        self.subscribed.iter().any(|t| t == topic)
+    }
+
     /// Partitions it holds or was given: nobody else may be given them.
     fn holds(&self) -> impl Iterator<Item = &Partition> {
         self.owned.iter().chain(self.given.iter().flatten())

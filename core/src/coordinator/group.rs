@@ -297,6 +297,27 @@ impl Group {
         })
     }
 
+    /// Whether a member of a consumer group (protocol type `consumer`) subscribes to
+    /// `topic`, as its subscription metadata says (Kafka's ConsumerProtocolSubscription: a
+    /// version, then the topics). Metadata that does not parse subscribes to nothing.
+    pub(super) fn subscribed_to(&self, topic: &str) -> bool {
+        if self.protocol_type.as_deref() != Some("consumer") {
+            return false;
+        }
+        (self.members.values()).any(|m| {
+            let mut metadata = m.metadata(self.protocol.as_deref());
+            let topics = (|| -> Result<Vec<String>, crate::protocol::WireError> {
+                crate::protocol::wire::read_i16(&mut metadata)?;
+                let count =
+                    crate::protocol::wire::read_array_len(&mut metadata, false)?.unwrap_or(0);
+                (0..count)
+                    .map(|_| crate::protocol::wire::read_string(&mut metadata, false))
+                    .collect()
+            })();
+            topics.is_ok_and(|t| t.iter().any(|t| t == topic))
+        })
+    }
+
     fn rebalance_timeout_ms(&self) -> u64 {
         (self.members.values())
             .map(|m| m.rebalance_timeout_ms.max(0) as u64)

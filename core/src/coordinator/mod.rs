@@ -880,6 +880,74 @@ impl Coordinator {
     }
 }
 
+impl Coordinator {
+    /// OffsetDelete (KIP-496): a group's committed offsets go, except for topics a member
+    /// of it is subscribed to (GROUP_SUBSCRIBED_TO_TOPIC). Answered once the tombstones
+    /// commit (`None`), or now.
+    pub fn delete_offsets(
+        &mut self,
+        to: ReplyTo,
+        request: &OffsetDeleteRequest,
+    ) -> Option<OffsetDeleteResponse> {
+        use crate::protocol::messages::offset_delete_response::*;
+        let id = &request.group_id;
+        let known = self.groups.contains_key(id)
+            || self.consumer_groups.contains_key(id)
+            || self.offsets.contains_key(id);
+        if !known {
+            return Some(OffsetDeleteResponse {
+                error_code: codes::GROUP_ID_NOT_FOUND,
+                ..Default::default()
+            });
+        }
+        let subscribed = |topic: &str| {
+            self.groups.get(id).is_some_and(|g| g.subscribed_to(topic))
+                || (self.consumer_groups.get(id))
+                    .is_some_and(|g| g.members().any(|m| m.subscribed_to(topic)))
+        };
+        let mut records = Vec::new();
+        let topics = (request.topics.iter())
+            .map(|t| {
+                let busy = subscribed(&t.name);
+                let partitions = (t.partitions.iter())
+                    .map(|p| {
+                        let error_code = if busy {
+                            codes::GROUP_SUBSCRIBED_TO_TOPIC
+                        } else {
+                            let key = Key::Offset {
+                                group: id.clone(),
+                                topic: t.name.clone(),
+                                partition: p.partition_index,
+                            };
+                            records.push((records::encode_key(&key), None));
+                            codes::NONE
+                        };
+                        OffsetDeleteResponsePartition {
+                            partition_index: p.partition_index,
+                            error_code,
+                            ..Default::default()
+                        }
+                    })
+                    .collect();
+                OffsetDeleteResponseTopic {
+                    name: t.name.clone(),
+                    partitions,
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let response = OffsetDeleteResponse {
+            topics,
+            ..Default::default()
+        };
+        if records.is_empty() {
+            return Some(response);
+        }
+        self.write(records, vec![(to, Response::OffsetDelete(response))]);
+        None
+    }
+}
+
 /// The member epoch a held ConsumerGroupHeartbeat answer names.
 fn answer_epoch(response: &Response) -> i32 {
     match response {
@@ -909,6 +977,7 @@ pub fn refuse(response: &mut Response, code: i16) {
                 }
             }
         }
+        Response::OffsetDelete(r) => r.error_code = code,
         Response::DeleteGroups(r) => {
             for g in r.results.iter_mut() {
                 if g.error_code == codes::NONE {

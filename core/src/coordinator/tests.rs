@@ -514,3 +514,58 @@ mod consumer_protocol {
         assert_eq!(a.member_epoch, 3, "epochs go on past the written one");
     }
 }
+
+#[test]
+fn offsets_of_topics_nobody_subscribes_to_can_be_deleted() {
+    use crate::protocol::messages::offset_delete_request::*;
+    let mut h = Harness::new();
+    // A simple group (assign() and commit): generation -1, no members.
+    let to = h.to();
+    let request = OffsetCommitRequest {
+        group_id: "g".into(),
+        generation_id_or_member_epoch: -1,
+        topics: vec![OffsetCommitRequestTopic {
+            name: "t".into(),
+            partitions: vec![OffsetCommitRequestPartition {
+                partition_index: 0,
+                committed_offset: 9,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    assert!(h.c.commit(h.now, to, &request, |_, _| true).is_none());
+    h.commit_all();
+    assert_eq!(h.committed_offset(), Some(9));
+    let to = h.to();
+    let delete = OffsetDeleteRequest {
+        group_id: "g".into(),
+        topics: vec![OffsetDeleteRequestTopic {
+            name: "t".into(),
+            partitions: vec![OffsetDeleteRequestPartition {
+                partition_index: 0,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    assert!(
+        h.c.delete_offsets(to, &delete).is_none(),
+        "answered once written"
+    );
+    let answers = h.commit_all();
+    let Response::OffsetDelete(r) = &answers[0].1 else {
+        panic!()
+    };
+    assert_eq!(r.topics[0].partitions[0].error_code, codes::NONE);
+    assert_eq!(h.committed_offset(), None);
+    let unknown = OffsetDeleteRequest {
+        group_id: "nobody".into(),
+        ..Default::default()
+    };
+    let to = h.to();
+    let r = h.c.delete_offsets(to, &unknown).unwrap();
+    assert_eq!(r.error_code, codes::GROUP_ID_NOT_FOUND);
+}

@@ -202,6 +202,7 @@ impl<D: Disk> Node<D> {
                 Request::Heartbeat(_) => Response::Heartbeat(Default::default()),
                 Request::LeaveGroup(_) => Response::LeaveGroup(Default::default()),
                 Request::OffsetCommit(r) => Response::OffsetCommit(commit_refused(r)),
+                Request::OffsetDelete(_) => Response::OffsetDelete(Default::default()),
                 Request::ConsumerGroupHeartbeat(r) => {
                     Response::ConsumerGroupHeartbeat(ConsumerGroupHeartbeatResponse {
                         member_id: Some(r.member_id.clone()),
@@ -221,6 +222,7 @@ impl<D: Disk> Node<D> {
             Request::LeaveGroup(r) => &r.group_id,
             Request::OffsetCommit(r) => &r.group_id,
             Request::ConsumerGroupHeartbeat(r) => &r.group_id,
+            Request::OffsetDelete(r) => &r.group_id,
             _ => return None,
         };
         let partition = match self.route(group_id) {
@@ -250,6 +252,9 @@ impl<D: Disk> Node<D> {
                     .map(Response::JoinGroup)
             }
             Request::SyncGroup(r) => coordinator.sync(now_ms, to, r).map(Response::SyncGroup),
+            Request::OffsetDelete(r) => coordinator
+                .delete_offsets(to, r)
+                .map(Response::OffsetDelete),
             Request::ConsumerGroupHeartbeat(r) => {
                 let topics =
                     |name: &str| (image.topic(name)).map(|t| (t.id, t.replicas.len() as i32));

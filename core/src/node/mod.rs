@@ -303,7 +303,7 @@ pub enum NodeError {
 }
 
 /// The APIs this node serves (and advertises in ApiVersions).
-pub const SERVED_APIS: [ApiKey; 24] = [
+pub const SERVED_APIS: [ApiKey; 25] = [
     ApiKey::Produce,
     ApiKey::Fetch,
     ApiKey::ListOffsets,
@@ -328,6 +328,7 @@ pub const SERVED_APIS: [ApiKey; 24] = [
     ApiKey::ListGroups,
     ApiKey::DeleteGroups,
     ApiKey::ConsumerGroupHeartbeat,
+    ApiKey::OffsetDelete,
 ];
 
 /// A request's place in its connection's answer queue.
@@ -1364,6 +1365,7 @@ impl<D: Disk> Node<D> {
             | Request::Heartbeat(_)
             | Request::LeaveGroup(_)
             | Request::OffsetCommit(_)
+            | Request::OffsetDelete(_)
             | Request::ConsumerGroupHeartbeat(_)) => {
                 let client_id = header.client_id.clone();
                 match self.group_request(now, conn, slot, client_id.as_deref(), version, &request) {
