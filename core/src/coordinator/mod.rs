@@ -925,14 +925,12 @@ impl Coordinator {
                         OffsetDeleteResponsePartition {
                             partition_index: p.partition_index,
                             error_code,
-                            ..Default::default()
                         }
                     })
                     .collect();
                 OffsetDeleteResponseTopic {
                     name: t.name.clone(),
                     partitions,
-                    ..Default::default()
                 }
             })
             .collect();

@@ -543,13 +543,8 @@ fn offsets_of_topics_nobody_subscribes_to_can_be_deleted() {
         group_id: "g".into(),
         topics: vec![OffsetDeleteRequestTopic {
             name: "t".into(),
-            partitions: vec![OffsetDeleteRequestPartition {
-                partition_index: 0,
-                ..Default::default()
-            }],
-            ..Default::default()
+            partitions: vec![OffsetDeleteRequestPartition { partition_index: 0 }],
         }],
-        ..Default::default()
     };
     assert!(
         h.c.delete_offsets(to, &delete).is_none(),
