@@ -134,3 +134,7 @@ pub const GROUPS_PER_OFFSETS_PARTITION_MAX: usize = 10_000;
 /// Bytes of metadata one committed offset may carry (Kafka's `offset.metadata.max.bytes`):
 /// kept in memory and replayed on every load. Past it: OFFSET_METADATA_TOO_LARGE.
 pub const OFFSET_METADATA_MAX_BYTES: usize = 4_096;
+
+/// Topics one member of a consumer-protocol group (KIP-848) may subscribe to: each name is
+/// kept with the member and looked up at every assignment. Past it: INVALID_REQUEST.
+pub const GROUP_SUBSCRIBED_TOPICS_MAX: usize = 1_000;

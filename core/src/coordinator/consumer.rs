@@ -203,6 +203,9 @@ impl ConsumerGroup {
             let Some(subscribed) = request.subscribed_topic_names.clone() else {
                 return refuse(codes::INVALID_REQUEST, "a joining member names its topics");
             };
+            if subscribed.len() > crate::limits::GROUP_SUBSCRIBED_TOPICS_MAX {
+                return refuse(codes::INVALID_REQUEST, "too many subscribed topics");
+            }
             if request
                 .subscribed_topic_regex
                 .as_deref()
@@ -267,6 +270,9 @@ impl ConsumerGroup {
             );
         }
         if let Some(subscribed) = &request.subscribed_topic_names {
+            if subscribed.len() > crate::limits::GROUP_SUBSCRIBED_TOPICS_MAX {
+                return refuse(codes::INVALID_REQUEST, "too many subscribed topics");
+            }
             if *subscribed != member.subscribed {
                 member.subscribed = subscribed.clone();
                 self.changed = true;

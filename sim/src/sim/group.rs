@@ -79,7 +79,7 @@ pub(super) struct Member {
     /// A commit of an earlier generation, to send once in a later one (a zombie's).
     stale: Option<StaleCommit>,
     /// What to commit before joining again (eager revocation).
-    revoking: Option<Vec<(i32, i64)>>,
+    revoking: Option<StaleCommit>,
     /// Its fetcher's positions while it is frozen.
     frozen_positions: Option<BTreeMap<i32, i64>>,
     /// KIP-848's protocol (ConsumerGroupHeartbeat, at this version) instead of the classic.
@@ -256,8 +256,9 @@ impl Sim {
         let m = member(&mut self.clients[client].role);
         let generation = m.generation;
         let member_id = m.member_id.clone();
-        if let Some(offsets) = m.revoking.clone() {
-            self.send_commit(client, generation, &member_id, offsets, false);
+        if let Some((held_in, held_by, offsets)) = m.revoking.clone() {
+            // Under the generation and member id it read them in, whatever it is now.
+            self.send_commit(client, held_in, &held_by, offsets, false);
             return;
         }
         match m.phase.clone() {
@@ -462,7 +463,7 @@ impl Sim {
         if zombie {
             m.stale = Some((m.generation, m.member_id.clone(), offsets));
         } else if commit {
-            m.revoking = Some(offsets);
+            m.revoking = Some((m.generation, m.member_id.clone(), offsets));
         }
     }
 
@@ -795,7 +796,8 @@ impl Sim {
                 .partition(|(p, _)| revoked.contains(p));
             self.set_fetcher_positions(client, kept.into_iter().collect());
             if !gone.is_empty() {
-                member(&mut self.clients[client].role).revoking = Some(gone);
+                let m = member(&mut self.clients[client].role);
+                m.revoking = Some((m.generation, m.member_id.clone(), gone));
             }
         }
         let m = member(&mut self.clients[client].role);
