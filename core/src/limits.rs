@@ -138,3 +138,8 @@ pub const OFFSET_METADATA_MAX_BYTES: usize = 4_096;
 /// Topics one member of a consumer-protocol group (KIP-848) may subscribe to: each name is
 /// kept with the member and looked up at every assignment. Past it: INVALID_REQUEST.
 pub const GROUP_SUBSCRIBED_TOPICS_MAX: usize = 1_000;
+
+/// Bytes of records one OffsetCommit may write to `__consumer_offsets` (Kafka's default
+/// `max.message.bytes`): its batch must cross a peer link (`PEER_FRAME_SIZE_MAX_BYTES`) and
+/// be replayed whole at every load. Past it: INVALID_COMMIT_OFFSET_SIZE.
+pub const GROUP_WRITE_MAX_BYTES: usize = 1_048_588;

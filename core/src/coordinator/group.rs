@@ -141,6 +141,10 @@ pub struct Group {
     sync_deadline_ms: Option<u64>,
     /// The write holding the leader's assignment, until it commits.
     pub(super) assignment_write: Option<u64>,
+    /// The latest write of the group's record, until it commits: a JoinGroup answered at
+    /// once (a member that joined again with nothing new) waits for it too, since it names
+    /// the generation that record holds.
+    pub(super) record_write: Option<u64>,
     next_seq: u64,
 }
 
@@ -161,6 +165,7 @@ impl Group {
             initial_until_ms: None,
             sync_deadline_ms: None,
             assignment_write: None,
+            record_write: None,
             next_seq: 0,
         }
     }

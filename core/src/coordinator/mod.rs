@@ -279,6 +279,9 @@ impl Coordinator {
                 if group.assignment_write == Some(write.id) {
                     group.assignment_write = None;
                 }
+                if group.record_write == Some(write.id) {
+                    group.record_write = None;
+                }
             }
             self.answers.extend(write.answers);
         }
@@ -356,6 +359,8 @@ impl Coordinator {
     /// removed (Kafka 2.1's rule: a group's offsets expire once it is empty).
     fn expire_offsets(&mut self, now_ms: u64) {
         let retention_ms = self.config.offsets_retention_ms;
+        // An offset still being written is fresh: its older value must not take it along.
+        let pending = self.pending_offset_keys();
         let mut records = Vec::new();
         for (group, offsets) in &self.offsets {
             if self
@@ -372,7 +377,8 @@ impl Coordinator {
             };
             for ((topic, partition), value) in offsets {
                 let since = value.commit_timestamp_ms.max(empty_since);
-                if since.saturating_add(retention_ms) <= now_ms as i64 {
+                let writing = pending.contains(&(group.clone(), topic.clone(), *partition));
+                if !writing && since.saturating_add(retention_ms) <= now_ms as i64 {
                     let key = Key::Offset {
                         group: group.clone(),
                         topic: topic.clone(),
@@ -385,6 +391,21 @@ impl Coordinator {
         if !records.is_empty() {
             self.write(records, Vec::new());
         }
+    }
+
+    /// The offsets (group, topic, partition) that writes not yet committed hold.
+    fn pending_offset_keys(&self) -> std::collections::BTreeSet<(String, String, i32)> {
+        (self.writes.iter())
+            .flat_map(|w| w.records.iter())
+            .filter_map(|(key, _)| match records::decode_key(key.clone()) {
+                Ok(Key::Offset {
+                    group,
+                    topic,
+                    partition,
+                }) => Some((group, topic, partition)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Queues records to append, with the answers that wait for them; returns the write's id.
@@ -432,8 +453,9 @@ impl Coordinator {
             let key = records::encode_key(&Key::Group { group: id.into() });
             let value = records::encode_group(&group.to_value());
             let write = self.write(vec![(key, Some(value))], persist_answers);
-            if assignment {
-                if let Some(group) = self.groups.get_mut(id) {
+            if let Some(group) = self.groups.get_mut(id) {
+                group.record_write = Some(write);
+                if assignment {
                     group.assignment_write = Some(write);
                 }
             }
@@ -502,19 +524,29 @@ impl Coordinator {
             );
         }
         let config = self.config;
-        self.with_group(&request.group_id, |group, effects| {
-            group.join(
-                now_ms,
-                &config,
-                to,
-                version,
-                client,
-                request,
-                new_member_id,
-                effects,
-            )
-        })
-        .flatten()
+        let answer = self
+            .with_group(&request.group_id, |group, effects| {
+                group.join(
+                    now_ms,
+                    &config,
+                    to,
+                    version,
+                    client,
+                    request,
+                    new_member_id,
+                    effects,
+                )
+            })
+            .flatten()?;
+        let pending = (self.groups.get(&request.group_id)).and_then(|g| g.record_write);
+        match pending {
+            // It names the generation a record not yet committed holds: it waits for it.
+            Some(write) if answer.error_code == codes::NONE => {
+                self.attach(write, (to, Response::JoinGroup(answer)));
+                None
+            }
+            _ => Some(answer),
+        }
     }
 
     /// The consumer-protocol groups (KIP-848).
@@ -550,7 +582,6 @@ impl Coordinator {
                     "a classic group with members: its members use JoinGroup",
                 );
             }
-            self.groups.remove(&request.group_id);
         }
         if !self.consumer_groups.contains_key(&request.group_id) {
             if request.member_epoch != 0 {
@@ -560,6 +591,13 @@ impl Coordinator {
                 >= limits::GROUPS_PER_OFFSETS_PARTITION_MAX
             {
                 return refuse(codes::COORDINATOR_NOT_AVAILABLE, "too many groups here");
+            }
+            if self.groups.remove(&request.group_id).is_some() {
+                // An empty classic group becomes a consumer group: its record goes.
+                let key = Key::Group {
+                    group: request.group_id.clone(),
+                };
+                self.write(vec![(records::encode_key(&key), None)], Vec::new());
             }
             self.consumer_groups
                 .insert(request.group_id.clone(), Default::default());
@@ -740,7 +778,27 @@ impl Coordinator {
         if records.is_empty() {
             return Some(response);
         }
-        if !self.groups.contains_key(&request.group_id) {
+        let size: usize = (records.iter())
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.len()))
+            .sum();
+        if size > limits::GROUP_WRITE_MAX_BYTES {
+            // One batch must cross a peer link and load whole: Kafka's answer to a commit
+            // past its segment's size.
+            let mut response = response;
+            for p in response
+                .topics
+                .iter_mut()
+                .flat_map(|t| t.partitions.iter_mut())
+            {
+                if p.error_code == codes::NONE {
+                    p.error_code = codes::INVALID_COMMIT_OFFSET_SIZE;
+                }
+            }
+            return Some(response);
+        }
+        if !self.groups.contains_key(&request.group_id)
+            && !self.consumer_groups.contains_key(&request.group_id)
+        {
             // A group that only commits (generation -1: `assign()` and commit): it exists,
             // empty, so that it is listed and its offsets can expire.
             self.groups.insert(
@@ -827,6 +885,7 @@ impl Coordinator {
         let mut results = Vec::new();
         let mut records = Vec::new();
         for id in groups {
+            let mut was_consumer_group = false;
             if let Some(group) = self.consumer_groups.get(id) {
                 if !group.is_empty() {
                     results.push(DeletableGroupResult {
@@ -839,14 +898,25 @@ impl Coordinator {
                 self.consumer_groups.remove(id);
                 let key = Key::ConsumerGroup { group: id.clone() };
                 records.push((records::encode_key(&key), None));
+                was_consumer_group = true;
             }
             let error_code = match self.groups.get(id) {
-                None if !self.offsets.contains_key(id) && records.is_empty() => {
+                None if !self.offsets.contains_key(id) && !was_consumer_group => {
                     codes::GROUP_ID_NOT_FOUND
                 }
                 Some(g) if g.state() != GroupState::Empty => codes::NON_EMPTY_GROUP,
                 _ => {
                     self.groups.remove(id);
+                    // Offsets still being written go too (their tombstones come after them).
+                    let pending = self.pending_offset_keys();
+                    for (_, topic, partition) in pending.iter().filter(|(g, _, _)| g == id) {
+                        let key = Key::Offset {
+                            group: id.clone(),
+                            topic: topic.clone(),
+                            partition: *partition,
+                        };
+                        records.push((records::encode_key(&key), None));
+                    }
                     for (topic, partition) in
                         self.offsets.get(id).into_iter().flatten().map(|e| e.0)
                     {

@@ -564,3 +564,22 @@ fn offsets_of_topics_nobody_subscribes_to_can_be_deleted() {
     let r = h.c.delete_offsets(to, &unknown).unwrap();
     assert_eq!(r.error_code, codes::GROUP_ID_NOT_FOUND);
 }
+
+#[test]
+fn a_member_joining_again_hears_of_its_generation_only_once_it_is_written() {
+    let mut h = Harness::new();
+    let (_, a) = h.join("", &["range"]);
+    let a = a.unwrap().member_id;
+    let (_, b) = h.join("", &["range"]);
+    let b = b.unwrap().member_id;
+    h.join(&a, &["range"]);
+    h.join(&b, &["range"]);
+    // Generation 1 is written, not committed; b's answer was lost and b asks again.
+    let (_, again) = h.join(&b, &["range"]);
+    assert!(
+        again.is_none(),
+        "no generation named before its record commits"
+    );
+    let answers = h.commit_all();
+    assert_eq!(answers.len(), 3);
+}

@@ -977,6 +977,11 @@ impl<D: Disk> Node<D> {
                     result.error_code = *code;
                     result.error_message = Some(message.clone());
                 }
+                (Ok(()), Some(_)) if name.as_deref().is_some_and(Self::internal_topic) => {
+                    result.error_code = codes::INVALID_TOPIC_EXCEPTION;
+                    result.error_message =
+                        Some("an internal topic: deleting it would lose every group".into());
+                }
                 (Ok(()), Some(id)) => {
                     result.topic_id = id;
                     if !deleted.iter().any(|(_, d)| *d == id) {
@@ -1025,6 +1030,11 @@ impl<D: Disk> Node<D> {
                 (Ok(()), None) => Err((
                     codes::UNKNOWN_TOPIC_OR_PARTITION,
                     format!("no topic {}", topic.name),
+                )),
+                // Its partition count places every group: more would move them all.
+                (Ok(()), Some(_)) if Self::internal_topic(&topic.name) => Err((
+                    codes::INVALID_PARTITIONS,
+                    format!("{} is internal: its partitions are fixed", topic.name),
                 )),
                 (Ok(()), Some(t)) if topic.count <= t.replicas.len() as i32 => Err((
                     codes::INVALID_PARTITIONS,
