@@ -108,6 +108,23 @@ pub(super) enum SyncOutcome {
     AfterWrite(u64, SyncGroupResponse),
 }
 
+/// A JoinGroup answered with `code` for `member_id`.
+fn join_refused(member_id: &str, code: i16) -> Response {
+    Response::JoinGroup(JoinGroupResponse {
+        error_code: code,
+        member_id: member_id.to_string(),
+        ..Default::default()
+    })
+}
+
+/// A SyncGroup answered with `code`.
+fn sync_refused(code: i16) -> Response {
+    Response::SyncGroup(SyncGroupResponse {
+        error_code: code,
+        ..Default::default()
+    })
+}
+
 /// A member as DescribeGroups shows it.
 pub struct MemberView<'a> {
     pub member_id: &'a str,
@@ -471,14 +488,9 @@ impl Group {
                 member.protocols = joining.protocols;
                 if let Some((old, _)) = member.awaiting_join.replace((to, version)) {
                     // A second join of the same member: the first is answered as superseded.
-                    effects.answers.push((
-                        old,
-                        Response::JoinGroup(JoinGroupResponse {
-                            error_code: codes::UNKNOWN_MEMBER_ID,
-                            member_id: member_id.clone(),
-                            ..Default::default()
-                        }),
-                    ));
+                    effects
+                        .answers
+                        .push((old, join_refused(&member_id, codes::UNKNOWN_MEMBER_ID)));
                 }
                 self.try_complete_join(now_ms, effects);
                 None
@@ -488,7 +500,7 @@ impl Group {
             {
                 // A member joining again with nothing new (its answer was lost): it hears of
                 // the current generation.
-                Some(self.join_answer(&member_id, version))
+                Some(self.join_answer(&member_id))
             }
             GroupState::CompletingRebalance | GroupState::Stable => {
                 member.protocols = joining.protocols;
@@ -510,27 +522,14 @@ impl Group {
         effects: &mut Effects,
     ) -> Option<JoinGroupResponse> {
         let mut member = self.members.remove(old_id)?;
-        let fenced = |to: ReplyTo| {
-            (
-                to,
-                Response::JoinGroup(JoinGroupResponse {
-                    error_code: codes::FENCED_INSTANCE_ID,
-                    member_id: old_id.to_string(),
-                    ..Default::default()
-                }),
-            )
-        };
+        let fenced = |to: ReplyTo| (to, join_refused(old_id, codes::FENCED_INSTANCE_ID));
         if let Some((to, _)) = member.awaiting_join.take() {
             effects.answers.push(fenced(to));
         }
         if let Some(to) = member.awaiting_sync.take() {
-            effects.answers.push((
-                to,
-                Response::SyncGroup(SyncGroupResponse {
-                    error_code: codes::FENCED_INSTANCE_ID,
-                    ..Default::default()
-                }),
-            ));
+            effects
+                .answers
+                .push((to, sync_refused(codes::FENCED_INSTANCE_ID)));
         }
         member.id = new_id.clone();
         member.client = joining.client.clone();
@@ -550,7 +549,7 @@ impl Group {
             // Nothing changes but the id (the group would choose the same protocol): written
             // (so the old id stays fenced after a failover), then answered with the current
             // generation, no rebalance (KIP-345, as Kafka does for the leader too).
-            let answer = self.join_answer(&new_id, joining.version);
+            let answer = self.join_answer(&new_id);
             effects.persist = true;
             effects
                 .persist_answers
@@ -625,13 +624,9 @@ impl Group {
         if self.state == GroupState::CompletingRebalance {
             for member in self.members.values_mut() {
                 if let Some(to) = member.awaiting_sync.take() {
-                    effects.answers.push((
-                        to,
-                        Response::SyncGroup(SyncGroupResponse {
-                            error_code: codes::REBALANCE_IN_PROGRESS,
-                            ..Default::default()
-                        }),
-                    ));
+                    effects
+                        .answers
+                        .push((to, sync_refused(codes::REBALANCE_IN_PROGRESS)));
                 }
             }
         }
@@ -698,10 +693,10 @@ impl Group {
             let member = self.members.get_mut(&id).expect("listed");
             member.assignment = Bytes::new();
             member.session_deadline_ms = now_ms + member.session_timeout_ms.max(0) as u64;
-            let Some((to, version)) = member.awaiting_join.take() else {
+            let Some((to, _)) = member.awaiting_join.take() else {
                 continue;
             };
-            let answer = self.join_answer(&id, version);
+            let answer = self.join_answer(&id);
             effects
                 .persist_answers
                 .push((to, Response::JoinGroup(answer)));
@@ -710,7 +705,7 @@ impl Group {
 
     /// The current generation, as a JoinGroup answer to `member_id` (the leader's lists every
     /// member with its metadata for the chosen protocol).
-    fn join_answer(&self, member_id: &str, version: i16) -> JoinGroupResponse {
+    fn join_answer(&self, member_id: &str) -> JoinGroupResponse {
         let is_leader = self.leader.as_deref() == Some(member_id);
         let members = if is_leader {
             (self.members.values())
@@ -724,7 +719,6 @@ impl Group {
         } else {
             Vec::new()
         };
-        let _ = version;
         JoinGroupResponse {
             error_code: codes::NONE,
             generation_id: self.generation,
@@ -747,23 +741,14 @@ impl Group {
             }
         }
         if let Some((to, _)) = member.awaiting_join.take() {
-            effects.answers.push((
-                to,
-                Response::JoinGroup(JoinGroupResponse {
-                    error_code: codes::UNKNOWN_MEMBER_ID,
-                    member_id: id.to_string(),
-                    ..Default::default()
-                }),
-            ));
+            effects
+                .answers
+                .push((to, join_refused(id, codes::UNKNOWN_MEMBER_ID)));
         }
         if let Some(to) = member.awaiting_sync.take() {
-            effects.answers.push((
-                to,
-                Response::SyncGroup(SyncGroupResponse {
-                    error_code: codes::UNKNOWN_MEMBER_ID,
-                    ..Default::default()
-                }),
-            ));
+            effects
+                .answers
+                .push((to, sync_refused(codes::UNKNOWN_MEMBER_ID)));
         }
     }
 
@@ -832,13 +817,9 @@ impl Group {
                 let member = self.members.get_mut(member_id).expect("checked");
                 member.session_deadline_ms = now_ms + member.session_timeout_ms.max(0) as u64;
                 if let Some(old) = member.awaiting_sync.replace(to) {
-                    effects.answers.push((
-                        old,
-                        Response::SyncGroup(SyncGroupResponse {
-                            error_code: codes::REBALANCE_IN_PROGRESS,
-                            ..Default::default()
-                        }),
-                    ));
+                    effects
+                        .answers
+                        .push((old, sync_refused(codes::REBALANCE_IN_PROGRESS)));
                 }
                 if self.leader.as_deref() != Some(member_id) {
                     return SyncOutcome::Held;
@@ -1011,23 +992,10 @@ impl Group {
         let mut answers = Vec::new();
         for member in self.members.values_mut() {
             if let Some((to, _)) = member.awaiting_join.take() {
-                answers.push((
-                    to,
-                    Response::JoinGroup(JoinGroupResponse {
-                        error_code: code,
-                        member_id: member.id.clone(),
-                        ..Default::default()
-                    }),
-                ));
+                answers.push((to, join_refused(&member.id, code)));
             }
             if let Some(to) = member.awaiting_sync.take() {
-                answers.push((
-                    to,
-                    Response::SyncGroup(SyncGroupResponse {
-                        error_code: code,
-                        ..Default::default()
-                    }),
-                ));
+                answers.push((to, sync_refused(code)));
             }
         }
         answers
