@@ -32,11 +32,24 @@ const BATCH_LENGTH_PREFIX_BYTES: i64 = crate::record::batch::BATCH_LENGTH_PREFIX
 const SEGMENT_SUFFIX: &str = ".log";
 const RECOVERY_POINT_FILE: &str = "recovery-point";
 const RECOVERY_POINT_BYTES: usize = 12;
+/// The log start offset and the leader epoch in force there, with a CRC: written when
+/// retention, DeleteRecords or a follower's reset moves the start (one sector, written whole).
+const LOG_START_FILE: &str = "log-start-offset";
+const LOG_START_BYTES: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogConfig {
     /// A new segment starts once the active one would pass this size.
     pub segment_size_bytes: u64,
+    /// The active segment rolls once its first batch is this old (segment.ms), so that
+    /// retention can reach it.
+    pub segment_ms: i64,
+    /// Whole segments below the high watermark whose newest batch is older than this are
+    /// deleted (retention.ms; negative: never).
+    pub retention_ms: i64,
+    /// The oldest segments below the high watermark are deleted while the log would still
+    /// hold this many bytes without them (retention.bytes; negative: no limit).
+    pub retention_bytes: i64,
     /// Log bytes between two offset-index entries.
     pub index_interval_bytes: u64,
     /// A producer id is forgotten by a partition once its last batch is this old (Kafka's
@@ -54,6 +67,9 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             segment_size_bytes: 1 << 30,
+            segment_ms: 604_800_000,
+            retention_ms: -1,
+            retention_bytes: -1,
             index_interval_bytes: 4096,
             producer_id_expiration_ms: 86_400_000,
             planted_cut_synced: false,
@@ -110,11 +126,27 @@ struct Segment {
     next_offset: i64,
     size_bytes: u64,
     max_timestamp: i64,
+    /// The max timestamp of its first batch (segment.ms counts from it, as Kafka's does).
+    first_timestamp: i64,
     index: Vec<IndexEntry>,
     bytes_since_index_entry: u64,
 }
 
 impl Segment {
+    fn empty(name: String, file: FileId, base_offset: i64) -> Segment {
+        Segment {
+            name,
+            file,
+            base_offset,
+            next_offset: base_offset,
+            size_bytes: 0,
+            max_timestamp: -1,
+            first_timestamp: -1,
+            index: Vec::new(),
+            bytes_since_index_entry: 0,
+        }
+    }
+
     fn note_batch(
         &mut self,
         header: &BatchHeader,
@@ -123,6 +155,9 @@ impl Segment {
         index_interval_bytes: u64,
     ) {
         self.max_timestamp = self.max_timestamp.max(header.max_timestamp);
+        if self.index.is_empty() {
+            self.first_timestamp = header.max_timestamp;
+        }
         if self.index.is_empty() || self.bytes_since_index_entry >= index_interval_bytes {
             self.index.push(IndexEntry {
                 base_offset: header.base_offset,
@@ -212,6 +247,23 @@ pub struct PartitionLog {
     /// point still on the disk, which recovery must take for lost data.
     deferred_cuts: Vec<DeferredCut>,
     deferred_armed: bool,
+    /// Offsets below this are gone (retention, DeleteRecords, a follower's reset): never
+    /// served. At or above the first segment's base.
+    log_start_offset: i64,
+    /// The leader epoch in force at the log start (what an empty log claims as its last).
+    log_start_epoch: i32,
+    log_start_file: Option<FileId>,
+    /// The log start moved since it was last written: the next round writes it.
+    log_start_dirty: bool,
+    /// Segments wholly below the log start, removed once a round that carries the start
+    /// completes (`armed`): removed first, and a crash could keep the removal and lose the
+    /// start, which recovery would take for a lost segment.
+    doomed: Vec<(String, FileId)>,
+    /// How many of `doomed` the round in flight covers (those doomed before it began).
+    doomed_armed: usize,
+    /// DeleteRecords markers in the log not yet committed: (the marker's offset, the start
+    /// it moves to), applied when the high watermark passes them.
+    pending_starts: Vec<(i64, i64)>,
 }
 
 #[derive(Debug)]
@@ -276,16 +328,7 @@ impl PartitionLog {
         let mut log = PartitionLog {
             dir: dir.to_string(),
             config,
-            segments: vec![Segment {
-                name,
-                file,
-                base_offset: 0,
-                next_offset: 0,
-                size_bytes: 0,
-                max_timestamp: -1,
-                index: Vec::new(),
-                bytes_since_index_entry: 0,
-            }],
+            segments: vec![Segment::empty(name, file, 0)],
             durable_end_offset: 0,
             recovery_point_file,
             recovery_point: -1,
@@ -296,6 +339,13 @@ impl PartitionLog {
             epochs: Vec::new(),
             deferred_cuts: Vec::new(),
             deferred_armed: false,
+            log_start_offset: 0,
+            log_start_epoch: -1,
+            log_start_file: None,
+            log_start_dirty: false,
+            doomed: Vec::new(),
+            doomed_armed: 0,
+            pending_starts: Vec::new(),
         };
         log.write_recovery_point(disk, 0)?;
         Ok(log)
@@ -326,6 +376,20 @@ impl PartitionLog {
             })
             .collect();
         bases.sort_unstable();
+        // The start file, if the start ever moved: segments wholly below it (a removal the
+        // crash undid, or never made) go now.
+        let start_name = format!("{dir}/{LOG_START_FILE}");
+        let (log_start_file, (log_start_offset, log_start_epoch)) =
+            match names.iter().any(|n| *n == start_name) {
+                true => {
+                    let file = disk.create(&start_name)?;
+                    (Some(file), Self::read_log_start(disk, file)?)
+                }
+                false => (None, (0, -1)),
+            };
+        while bases.len() > 1 && bases[1] <= log_start_offset {
+            disk.remove(&segment_name(dir, bases.remove(0)))?;
+        }
         if bases.is_empty() && known_recovery_point.is_none() {
             // A recovery point was written, so a segment was created with it: all were lost.
             return Err(LogError::Corrupt {
@@ -342,10 +406,14 @@ impl PartitionLog {
         let mut producers = ProducerStates::default();
         let mut epochs: Vec<(i32, i64)> = Vec::new();
         let mut segments: Vec<Segment> = Vec::new();
-        // Nothing removes a log's first offsets yet (retention will, and will record the log
-        // start offset durably): the first segment starts at 0, and a missing one is a gap.
-        let log_start_offset = 0;
-        let mut expected_offset = log_start_offset;
+        // DeleteRecords markers: applied again once the high watermark passes them (one
+        // applied before the crash changes nothing: the start never goes back).
+        let mut pending_starts = Vec::new();
+        // The first segment holds the log start (a missing one is a gap).
+        let mut expected_offset = match bases.first() {
+            Some(base) if *base <= log_start_offset => *base,
+            _ => log_start_offset,
+        };
         let mut cut = false;
         // Where the batches at or past the recovery point start: (segment index, position).
         let mut unsynced_from: Option<(usize, u64)> = None;
@@ -358,16 +426,7 @@ impl PartitionLog {
             }
             let file = disk.create(&name)?;
             let len_bytes = disk.len(file)?;
-            let mut segment = Segment {
-                name: name.clone(),
-                file,
-                base_offset: *base,
-                next_offset: *base,
-                size_bytes: 0,
-                max_timestamp: -1,
-                index: Vec::new(),
-                bytes_since_index_entry: 0,
-            };
+            let mut segment = Segment::empty(name.clone(), file, *base);
             if *base != expected_offset && expected_offset >= recovery_point {
                 // The previous segment lost an unsynced tail (or, for the first, the whole
                 // unsynced file) while this one, synced by its own fsync, kept its data: all
@@ -421,6 +480,19 @@ impl PartitionLog {
                     Ok((header, size_bytes)) => {
                         if last_epoch != Some(header.partition_leader_epoch) {
                             epochs.push((header.partition_leader_epoch, header.base_offset));
+                        }
+                        if header.is_control() {
+                            let batch = Self::read_verified_batch(
+                                disk,
+                                &name,
+                                file,
+                                position,
+                                header.base_offset,
+                                len_bytes - position,
+                            )?;
+                            if let Some(start) = log_start_of(&batch) {
+                                pending_starts.push((header.base_offset, start));
+                            }
                         }
                         producers.record(
                             &header,
@@ -492,18 +564,23 @@ impl PartitionLog {
             let name = segment_name(dir, log_start_offset);
             let file = disk.create(&name)?;
             disk.truncate(file, 0)?;
-            segments.push(Segment {
-                name,
-                file,
-                base_offset: log_start_offset,
-                next_offset: log_start_offset,
-                size_bytes: 0,
-                max_timestamp: -1,
-                index: Vec::new(),
-                bytes_since_index_entry: 0,
-            });
+            segments.push(Segment::empty(name, file, log_start_offset));
         }
-        if known_recovery_point.is_some_and(|rp| expected_offset < rp) && !cut {
+        if expected_offset < log_start_offset {
+            // Everything left ends below the start (a follower's reset whose new segment the
+            // crash lost): the log is empty from its start.
+            for segment in segments.drain(..) {
+                disk.remove(&segment.name)?;
+            }
+            let name = segment_name(dir, log_start_offset);
+            let file = disk.create(&name)?;
+            disk.truncate(file, 0)?;
+            segments.push(Segment::empty(name, file, log_start_offset));
+            epochs.clear();
+            producers = ProducerStates::default();
+            pending_starts.clear();
+            expected_offset = log_start_offset;
+        } else if known_recovery_point.is_some_and(|rp| expected_offset < rp) && !cut {
             return Err(LogError::Corrupt {
                 file: segment_name(dir, bases[bases.len() - 1]),
                 position: segments.last().map_or(0, |s| s.size_bytes),
@@ -511,12 +588,22 @@ impl PartitionLog {
                 reason: format!("the log ends at {expected_offset}, before its recovery point"),
             });
         }
+        // Epochs start at the log start at the earliest.
+        let below = epochs.partition_point(|(_, start)| *start <= log_start_offset);
+        if below > 0 {
+            let (epoch, _) = epochs[below - 1];
+            epochs.drain(..below);
+            epochs.insert(0, (epoch, log_start_offset));
+        } else if epochs.is_empty() && log_start_epoch >= 0 {
+            epochs.push((log_start_epoch, log_start_offset));
+        }
         let dirty_files = segments.iter().map(|s| s.file).collect();
         let log = PartitionLog {
             dir: dir.to_string(),
             config,
             segments,
-            durable_end_offset: expected_offset.min(known_recovery_point.unwrap_or(0)),
+            durable_end_offset: (expected_offset.min(known_recovery_point.unwrap_or(0)))
+                .max(log_start_offset),
             recovery_point_file,
             recovery_point: known_recovery_point.unwrap_or(-1),
             dirty_files,
@@ -528,6 +615,13 @@ impl PartitionLog {
             epochs,
             deferred_cuts: Vec::new(),
             deferred_armed: false,
+            log_start_offset,
+            log_start_epoch,
+            log_start_file,
+            log_start_dirty: false,
+            doomed: Vec::new(),
+            doomed_armed: 0,
+            pending_starts,
         };
         Ok((log, report))
     }
@@ -769,6 +863,48 @@ impl PartitionLog {
         Ok(None)
     }
 
+    /// The log start on disk and the epoch in force there, read until its CRC passes. One
+    /// that never passes (damaged: one sector, written whole), or was never written whole,
+    /// says nothing: the start is then the first segment's base, as before any was written.
+    fn read_log_start(disk: &mut dyn Disk, file: FileId) -> Result<(i64, i32), LogError> {
+        if disk.len(file)? < LOG_START_BYTES as u64 {
+            return Ok((0, -1));
+        }
+        for _ in 0..RECOVERY_READ_ATTEMPTS_MAX {
+            let mut raw = [0u8; LOG_START_BYTES];
+            if disk.read_at(file, 0, &mut raw).is_err() {
+                continue;
+            }
+            let offset = i64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
+            let epoch = i32::from_be_bytes(raw[8..12].try_into().expect("4 bytes"));
+            let crc = u32::from_be_bytes(raw[12..].try_into().expect("4 bytes"));
+            if crc32c::crc32c(&raw[..12]) == crc && offset >= 0 {
+                return Ok((offset, epoch));
+            }
+        }
+        tracing::warn!("the log start is unreadable; the log starts at its first segment");
+        Ok((0, -1))
+    }
+
+    fn write_log_start(&mut self, disk: &mut dyn Disk) -> Result<FileId, DiskError> {
+        let file = match self.log_start_file {
+            Some(file) => file,
+            None => {
+                let file = disk.create(&format!("{}/{LOG_START_FILE}", self.dir))?;
+                self.log_start_file = Some(file);
+                self.dir_dirty = true;
+                file
+            }
+        };
+        let mut raw = [0u8; LOG_START_BYTES];
+        raw[..8].copy_from_slice(&self.log_start_offset.to_be_bytes());
+        raw[8..12].copy_from_slice(&self.log_start_epoch.to_be_bytes());
+        let crc = crc32c::crc32c(&raw[..12]);
+        raw[12..].copy_from_slice(&crc.to_be_bytes());
+        disk.write_at(file, 0, &raw)?;
+        Ok(file)
+    }
+
     fn write_recovery_point(&mut self, disk: &mut dyn Disk, offset: i64) -> Result<(), DiskError> {
         self.recovery_point = offset;
         let mut raw = [0u8; RECOVERY_POINT_BYTES];
@@ -800,6 +936,7 @@ impl PartitionLog {
             epochs: self.epochs.clone(),
             end: self.log_end_offset(),
             synced: self.durable_end_offset,
+            start: self.log_start_offset,
         }
     }
 
@@ -817,7 +954,7 @@ impl PartitionLog {
     }
 
     pub fn log_start_offset(&self) -> i64 {
-        self.segments.first().map_or(0, |s| s.base_offset)
+        self.log_start_offset
     }
 
     pub fn log_end_offset(&self) -> i64 {
@@ -864,6 +1001,11 @@ impl PartitionLog {
         if !self.dirty_files.contains(&active.file) {
             self.dirty_files.push(active.file);
         }
+        if header.is_control() {
+            if let Some(start) = log_start_of(batch) {
+                self.pending_starts.push((base_offset, start));
+            }
+        }
         Ok((base_offset, header.last_offset()))
     }
 
@@ -892,19 +1034,169 @@ impl PartitionLog {
         self.append(disk, batch, epoch)
     }
 
+    /// Moves the log start forward to `offset` (at most the log end): reads below it are
+    /// refused at once, and segments wholly below it are removed once a round has made the
+    /// new start durable. Returns whether the start moved.
+    pub fn advance_start(&mut self, offset: i64) -> bool {
+        if offset <= self.log_start_offset {
+            return false;
+        }
+        assert!(
+            offset <= self.log_end_offset(),
+            "the log start {offset} passes the log end {}",
+            self.log_end_offset()
+        );
+        self.log_start_offset = offset;
+        let below = self.epochs.partition_point(|(_, start)| *start <= offset);
+        if below > 0 {
+            let (epoch, _) = self.epochs[below - 1];
+            self.epochs.drain(..below);
+            self.epochs.insert(0, (epoch, offset));
+        }
+        if let Some((epoch, _)) = self.epochs.first() {
+            self.log_start_epoch = *epoch;
+        }
+        while self.segments.len() > 1 && self.segments[1].base_offset <= offset {
+            let segment = self.segments.remove(0);
+            self.doomed.push((segment.name, segment.file));
+        }
+        self.log_start_dirty = true;
+        true
+    }
+
+    /// Retention (cleanup.policy delete) at `now_ms`, below `high_watermark`: the active
+    /// segment rolls once its first batch is `segment_ms` old, and the start moves past every
+    /// whole segment, oldest first, whose newest batch is older than `retention_ms` or without
+    /// which the log still holds `retention_bytes`. Returns whether the start moved.
+    pub fn apply_retention(
+        &mut self,
+        disk: &mut dyn Disk,
+        now_ms: i64,
+        high_watermark: i64,
+    ) -> Result<bool, LogError> {
+        let config = self.config;
+        let active = self.segments.last().expect("a log has a segment");
+        let due = active.first_timestamp >= 0
+            && now_ms.saturating_sub(active.first_timestamp) >= config.segment_ms;
+        if active.size_bytes > 0 && due && self.deferred_cuts.is_empty() {
+            self.roll(disk, self.log_end_offset())?;
+        }
+        let mut size_bytes: u64 = self.segments.iter().map(|s| s.size_bytes).sum();
+        let mut new_start = None;
+        for pair in self.segments.windows(2) {
+            let (segment, next) = (&pair[0], &pair[1]);
+            if segment.next_offset > high_watermark {
+                break;
+            }
+            let by_time = config.retention_ms >= 0
+                && segment.max_timestamp >= 0
+                && now_ms.saturating_sub(segment.max_timestamp) > config.retention_ms;
+            let by_size = config.retention_bytes >= 0
+                && size_bytes - segment.size_bytes >= config.retention_bytes as u64;
+            if !by_time && !by_size {
+                break;
+            }
+            size_bytes -= segment.size_bytes;
+            new_start = Some(next.base_offset);
+        }
+        Ok(new_start.is_some_and(|start| self.advance_start(start)))
+    }
+
+    /// Empties the log and starts it at `offset`, with `epoch` in force there: a follower
+    /// whose leader's log starts past this log's end (what it lacks is gone there). The old
+    /// segments are removed once a round has made the new start durable; until then a crash
+    /// brings back the old log, which fetches from the leader again.
+    pub fn reset_to(
+        &mut self,
+        disk: &mut dyn Disk,
+        offset: i64,
+        epoch: i32,
+    ) -> Result<(), LogError> {
+        if !self.deferred_cuts.is_empty() {
+            return Err(LogError::TruncationPending);
+        }
+        assert!(
+            offset >= self.log_end_offset() && offset > self.log_start_offset,
+            "a reset to {offset} goes back (the log is [{}, {}))",
+            self.log_start_offset,
+            self.log_end_offset()
+        );
+        // An empty active segment already at `offset` (rolled there) is the new log's.
+        let reuse = self
+            .segments
+            .last()
+            .is_some_and(|s| s.base_offset == offset);
+        let kept = if reuse { self.segments.pop() } else { None };
+        for segment in self.segments.drain(..) {
+            self.doomed.push((segment.name, segment.file));
+        }
+        let segment = match kept {
+            Some(segment) => segment,
+            None => {
+                let name = segment_name(&self.dir, offset);
+                let file = disk.create(&name)?;
+                disk.truncate(file, 0)?;
+                self.dirty_files.push(file);
+                Segment::empty(name, file, offset)
+            }
+        };
+        self.segments.push(segment);
+        self.dir_dirty = true;
+        self.log_start_offset = offset;
+        self.log_start_epoch = epoch;
+        self.log_start_dirty = true;
+        self.epochs = vec![(epoch, offset)];
+        self.pending_starts.clear();
+        // What it knew of producers came from batches it no longer has.
+        self.producers = ProducerStates::default();
+        Ok(())
+    }
+
+    /// Applies the DeleteRecords markers below `high_watermark` (committed). Returns whether
+    /// the start moved.
+    pub fn apply_committed_starts(&mut self, high_watermark: i64) -> bool {
+        if self
+            .pending_starts
+            .first()
+            .is_none_or(|(at, _)| *at >= high_watermark)
+        {
+            return false;
+        }
+        let mut moved = false;
+        let pending = std::mem::take(&mut self.pending_starts);
+        for (at, start) in pending {
+            if at < high_watermark {
+                moved |= self.advance_start(start.min(at));
+            } else {
+                self.pending_starts.push((at, start));
+            }
+        }
+        moved
+    }
+
+    /// The segments' total size, for retention.bytes and operators.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.size_bytes).sum()
+    }
+
+    /// This log's retention and segment settings (a topic's configs changed).
+    pub fn set_policy(
+        &mut self,
+        segment_size_bytes: u64,
+        segment_ms: i64,
+        retention_ms: i64,
+        retention_bytes: i64,
+    ) {
+        self.config.segment_size_bytes = segment_size_bytes;
+        self.config.segment_ms = segment_ms;
+        self.config.retention_ms = retention_ms;
+        self.config.retention_bytes = retention_bytes;
+    }
+
     fn roll(&mut self, disk: &mut dyn Disk, base_offset: i64) -> Result<(), LogError> {
         let name = segment_name(&self.dir, base_offset);
         let file = disk.create(&name)?;
-        self.segments.push(Segment {
-            name,
-            file,
-            base_offset,
-            next_offset: base_offset,
-            size_bytes: 0,
-            max_timestamp: -1,
-            index: Vec::new(),
-            bytes_since_index_entry: 0,
-        });
+        self.segments.push(Segment::empty(name, file, base_offset));
         self.dirty_files.push(file);
         self.dir_dirty = true;
         Ok(())
@@ -917,6 +1209,11 @@ impl PartitionLog {
         // This round carries a recovery point at or below any pending truncation.
         self.deferred_armed = !self.deferred_cuts.is_empty();
         let mut files = std::mem::take(&mut self.dirty_files);
+        if std::mem::take(&mut self.log_start_dirty) {
+            files.push(self.write_log_start(disk)?);
+        }
+        // And the log start that the doomed segments lie below (written now or before).
+        self.doomed_armed = self.doomed.len();
         files.push(self.recovery_point_file);
         if std::mem::take(&mut self.dir_dirty) {
             files.push(self.dir_file);
@@ -932,11 +1229,17 @@ impl PartitionLog {
         !self.dirty_files.is_empty()
             || self.dir_dirty
             || self.recovery_point != self.durable_end_offset
+            || self.log_start_dirty
+            || !self.doomed.is_empty()
     }
 
     /// Whether data or directory entries were written since the last sync began.
     pub fn needs_data_sync(&self) -> bool {
-        !self.dirty_files.is_empty() || self.dir_dirty || !self.deferred_cuts.is_empty()
+        !self.dirty_files.is_empty()
+            || self.dir_dirty
+            || !self.deferred_cuts.is_empty()
+            || self.log_start_dirty
+            || !self.doomed.is_empty()
     }
 
     /// A sync begun at `end_offset` completed. If it carried the recovery point of a pending
@@ -945,6 +1248,15 @@ impl PartitionLog {
         self.durable_end_offset = self
             .durable_end_offset
             .max(end_offset.min(self.log_end_offset()));
+        let armed = std::mem::take(&mut self.doomed_armed).min(self.doomed.len());
+        if armed > 0 {
+            // The start they lie below is durable: removing them cannot look like a loss.
+            for (name, file) in self.doomed.drain(..armed).collect::<Vec<_>>() {
+                disk.remove(&name)?;
+                self.dirty_files.retain(|f| *f != file);
+                self.dir_dirty = true;
+            }
+        }
         if std::mem::take(&mut self.deferred_armed) {
             for cut in std::mem::take(&mut self.deferred_cuts) {
                 match cut {
@@ -1002,6 +1314,7 @@ impl PartitionLog {
         // then reads a little further than it must; it never misses a batch).
         self.epochs.retain(|(_, start)| *start < offset);
         self.producers.truncate(offset);
+        self.pending_starts.retain(|(at, _)| *at < offset);
         self.durable_end_offset = self.durable_end_offset.min(offset);
         self.deferred_armed = false;
         Ok(())
@@ -1214,6 +1527,7 @@ impl PartitionLog {
         timestamp: i64,
         upper_offset: i64,
     ) -> Result<Option<(i64, i64)>, LogError> {
+        let log_start_offset = self.log_start_offset;
         for segment in &self.segments {
             if segment.max_timestamp < timestamp {
                 continue;
@@ -1258,11 +1572,9 @@ impl PartitionLog {
                         } else {
                             header.base_timestamp + record.timestamp_delta
                         };
-                        if record_timestamp >= timestamp {
-                            return Ok(Some((
-                                header.base_offset + i64::from(record.offset_delta),
-                                record_timestamp,
-                            )));
+                        let offset = header.base_offset + i64::from(record.offset_delta);
+                        if record_timestamp >= timestamp && offset >= log_start_offset {
+                            return Ok(Some((offset, record_timestamp)));
                         }
                     }
                 }
@@ -1335,7 +1647,57 @@ impl PartitionLog {
         for segment in &self.segments {
             disk.remove(&segment.name)?;
         }
+        for (name, _) in &self.doomed {
+            disk.remove(name)?;
+        }
+        if self.log_start_file.is_some() {
+            disk.remove(&format!("{}/{LOG_START_FILE}", self.dir))?;
+        }
         disk.remove(&format!("{}/{RECOVERY_POINT_FILE}", self.dir))?;
         Ok(())
     }
+}
+
+/// Keel's control record type for a log start moved by DeleteRecords. Kafka's control types
+/// are small numbers (0 to 6 so far); clients skip control batches whatever their type.
+pub const LOG_START_CONTROL_TYPE: i16 = 0x4b45;
+
+/// A control batch that moves the log start to `log_start_offset` once it commits: every
+/// replica applies it when its high watermark passes it, so a DeleteRecords answered at its
+/// commit holds on whichever replica leads next (a majority has the batch). Key: version 0,
+/// type [`LOG_START_CONTROL_TYPE`]; value: version 0, the new start.
+pub fn log_start_batch(log_start_offset: i64, timestamp_ms: i64) -> Bytes {
+    let mut key = Vec::with_capacity(4);
+    key.extend_from_slice(&0i16.to_be_bytes());
+    key.extend_from_slice(&LOG_START_CONTROL_TYPE.to_be_bytes());
+    let mut value = Vec::with_capacity(10);
+    value.extend_from_slice(&0i16.to_be_bytes());
+    value.extend_from_slice(&log_start_offset.to_be_bytes());
+    let marker = crate::record::NewRecord {
+        key: Some(Bytes::from(key)),
+        value: Some(Bytes::from(value)),
+        ..Default::default()
+    };
+    let options = crate::record::BatchOptions {
+        base_timestamp: timestamp_ms,
+        control: true,
+        ..Default::default()
+    };
+    crate::record::build(&[marker], &options).expect("a one-record batch builds")
+}
+
+/// The log start a batch moves the log to, if it is a [`log_start_batch`].
+pub fn log_start_of(batch: &RecordBatch) -> Option<i64> {
+    if !batch.header().is_control() {
+        return None;
+    }
+    let records = batch.records(DECOMPRESSED_BATCH_SIZE_MAX_BYTES).ok()?;
+    let record = records.first()?;
+    let key = record.key.as_ref()?;
+    if key.len() != 4 || key[2..4] != LOG_START_CONTROL_TYPE.to_be_bytes() {
+        return None;
+    }
+    let value = record.value.as_ref()?;
+    let start = i64::from_be_bytes(value.get(2..10)?.try_into().ok()?);
+    (start >= 0).then_some(start)
 }

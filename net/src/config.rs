@@ -37,7 +37,18 @@ pub struct ServeConfig {
     /// Partitions of a topic created without a count.
     pub num_partitions: i32,
     pub durability: DurabilitySetting,
+    /// Segment files roll at this size (log.segment.bytes; a topic's segment.bytes).
     pub segment_bytes: u64,
+    /// A segment rolls once its first batch is this old (log.roll.ms; segment.ms).
+    pub segment_ms: i64,
+    /// Segments whose newest record is this old are deleted (log.retention.ms;
+    /// retention.ms; -1: never).
+    pub retention_ms: i64,
+    /// The oldest segments are deleted while a partition holds more (log.retention.bytes;
+    /// retention.bytes; -1: no limit).
+    pub retention_bytes: i64,
+    /// How often retention is applied (log.retention.check.interval.ms).
+    pub retention_check_interval_ms: u64,
     /// Largest request frame accepted (Kafka's socket.request.max.bytes).
     pub max_request_bytes: usize,
     /// Largest batch a producer may send (Kafka's max.message.bytes).
@@ -122,9 +133,13 @@ impl Default for ServeConfig {
             auto_create_topics: core.auto_create_topics,
             num_partitions: core.default_partitions,
             durability: DurabilitySetting::Fsync,
-            segment_bytes: core.log.segment_size_bytes,
+            segment_bytes: core.topic_defaults.segment_bytes as u64,
+            segment_ms: core.topic_defaults.segment_ms,
+            retention_ms: core.topic_defaults.retention_ms,
+            retention_bytes: core.topic_defaults.retention_bytes,
+            retention_check_interval_ms: core.retention_check_interval_ms,
             max_request_bytes: core.max_frame_size_bytes,
-            max_message_bytes: core.max_message_bytes,
+            max_message_bytes: core.topic_defaults.max_message_bytes as usize,
             producer_id_expiration_ms: core.log.producer_id_expiration_ms,
             voters: Vec::new(),
             peer_listen: None,
@@ -204,7 +219,7 @@ impl ServeConfig {
                 DurabilitySetting::Replicated => Durability::Replicated,
             },
             max_frame_size_bytes: self.max_request_bytes,
-            max_message_bytes: self.max_message_bytes,
+            retention_check_interval_ms: self.retention_check_interval_ms,
             // Topic ids come from this seed: it must differ at every start, even in a
             // container where the pid and the port are always the same.
             seed: self.seed.unwrap_or_else(os_random_seed),
@@ -237,7 +252,11 @@ impl ServeConfig {
         config.groups.offsets_retention_ms = self.offsets_retention_ms;
         config.groups.consumer_heartbeat_interval_ms = self.group_consumer_heartbeat_interval_ms;
         config.groups.consumer_session_timeout_ms = self.group_consumer_session_timeout_ms;
-        config.log.segment_size_bytes = self.segment_bytes;
+        config.topic_defaults.segment_bytes = self.segment_bytes as i64;
+        config.topic_defaults.segment_ms = self.segment_ms;
+        config.topic_defaults.retention_ms = self.retention_ms;
+        config.topic_defaults.retention_bytes = self.retention_bytes;
+        config.topic_defaults.max_message_bytes = self.max_message_bytes as i64;
         config.log.producer_id_expiration_ms = self.producer_id_expiration_ms;
         config
     }

@@ -567,11 +567,14 @@ impl Sim {
             advertised_port: 9092,
             default_partitions: plan.partitions,
             log: LogConfig {
-                segment_size_bytes: plan.segment_size_bytes,
                 producer_id_expiration_ms: plan
                     .producer_id_expiration_ms
                     .unwrap_or(LogConfig::default().producer_id_expiration_ms),
                 ..LogConfig::default()
+            },
+            topic_defaults: keel_core::metadata::configs::TopicConfig {
+                segment_bytes: plan.segment_size_bytes as i64,
+                ..Default::default()
             },
             seed: rng.random(),
             planted_bug: options.bug,

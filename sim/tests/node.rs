@@ -263,6 +263,10 @@ fn values_in(records: &Bytes) -> Vec<String> {
     let mut values = Vec::new();
     for batch in record::split_batches(records.clone()) {
         let batch = RecordBatch::parse(batch.unwrap()).unwrap();
+        if batch.header().is_control() {
+            // Clients skip control batches (leader changes, DeleteRecords markers).
+            continue;
+        }
         for r in batch.records(1 << 20).unwrap() {
             values.push(String::from_utf8(r.value.unwrap().to_vec()).unwrap());
         }
@@ -369,7 +373,11 @@ fn recovery_points_catch_up_once_writes_stop_not_after_every_round() {
     assert!(!h.pending_syncs.is_empty(), "the recovery points' round");
     h.complete_one_round();
     assert!(h.pending_syncs.is_empty());
-    assert_eq!(h.node.next_deadline(), None);
+    let next = h.node.next_deadline();
+    assert!(
+        next.is_none_or(|d| d >= h.now.plus_millis(60_000)),
+        "nothing due but the retention check, minutes away: {next:?}"
+    );
     assert_eq!(recovery_point(&mut h), 3);
 }
 
@@ -879,7 +887,7 @@ fn a_damaged_length_in_synced_data_is_corruption_not_a_torn_tail() {
 /// and "three", one per segment, all acknowledged.
 fn one_batch_per_segment_in_topic_t() -> (Config, SimDisk) {
     let mut config = Config::default();
-    config.log.segment_size_bytes = 64;
+    config.topic_defaults.segment_bytes = 64;
     let (mut h, _) = Harness::with(config.clone(), SimDisk::new(), true);
     h.create_topic("t");
     for v in ["one", "two", "three"] {
@@ -1266,7 +1274,7 @@ fn a_log_whose_every_segment_was_a_torn_tail_starts_over_empty() {
 #[test]
 fn directory_entries_are_durable_before_answers_depend_on_them() {
     let mut config = Config::default();
-    config.log.segment_size_bytes = 64;
+    config.topic_defaults.segment_bytes = 64;
     let (mut h, _) = Harness::with(config.clone(), SimDisk::new(), true);
     h.create_topic("gone");
     h.call(9, produce_request("gone", 0, batch(&["old"]), -1));
@@ -1638,7 +1646,10 @@ fn topic_configs_are_recorded_honoured_or_refused() {
         ]
     );
     for (configs, why) in [
-        (vec![("cleanup.policy", "compact")], "compaction"),
+        (
+            vec![("cleanup.policy", "compact,shred")],
+            "an unknown policy",
+        ),
         (vec![("no.such.config", "1")], "unknown"),
         (
             vec![("min.insync.replicas", "2")],
@@ -1816,4 +1827,316 @@ fn describe_quorum_past_the_maximum_closes_the_connection() {
     );
     assert_eq!(h.closed, [1]);
     assert!(h.take_response(1, ApiKey::DescribeQuorum, 2).is_none());
+}
+
+fn alter_incrementally(
+    h: &mut Harness,
+    topic: &str,
+    ops: &[(&str, i8, Option<&str>)],
+    validate_only: bool,
+) -> (i16, Option<String>) {
+    use keel_core::protocol::messages::incremental_alter_configs_request::*;
+    let Response::IncrementalAlterConfigs(r) = h.call(
+        1,
+        Request::IncrementalAlterConfigs(IncrementalAlterConfigsRequest {
+            resources: vec![AlterConfigsResource {
+                resource_type: 2,
+                resource_name: topic.into(),
+                configs: (ops.iter())
+                    .map(|(name, op, value)| AlterableConfig {
+                        name: name.to_string(),
+                        config_operation: *op,
+                        value: value.map(str::to_string),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            validate_only,
+            ..Default::default()
+        }),
+    ) else {
+        panic!()
+    };
+    let result = &r.responses[0];
+    (result.error_code, result.error_message.clone())
+}
+
+/// (value, source, synonyms as (name, source)) of `key` for `topic`.
+fn described(h: &mut Harness, topic: &str, key: &str) -> (Option<String>, i8, Vec<(String, i8)>) {
+    use keel_core::protocol::messages::describe_configs_request::DescribeConfigsResource;
+    let Response::DescribeConfigs(d) = h.call(
+        4,
+        Request::DescribeConfigs(DescribeConfigsRequest {
+            resources: vec![DescribeConfigsResource {
+                resource_type: 2,
+                resource_name: topic.into(),
+                configuration_keys: Some(vec![key.into()]),
+                ..Default::default()
+            }],
+            include_synonyms: true,
+            ..Default::default()
+        }),
+    ) else {
+        panic!()
+    };
+    let entry = &d.results[0].configs[0];
+    let synonyms = (entry.synonyms.iter())
+        .map(|s| (s.name.clone(), s.source))
+        .collect();
+    (entry.value.clone(), entry.config_source, synonyms)
+}
+
+/// IncrementalAlterConfigs sets, deletes, appends to and subtracts from a topic's configs,
+/// which DescribeConfigs then reports with their sources and synonyms; bad values, unknown
+/// keys and list operations on plain values are refused with INVALID_CONFIG naming the key;
+/// validate_only changes nothing; AlterConfigs replaces the whole set.
+#[test]
+fn topic_configs_change_incrementally_and_describe_with_synonyms() {
+    const SET: i8 = 0;
+    const DELETE: i8 = 1;
+    const APPEND: i8 = 2;
+    const SUBTRACT: i8 = 3;
+    let (mut h, _) = Harness::new(SimDisk::new());
+    h.create_topic("t");
+    let ok = (codes::NONE, None);
+    let set = [
+        ("retention.ms", SET, Some("1000")),
+        ("cleanup.policy", APPEND, Some("compact")),
+    ];
+    assert_eq!(alter_incrementally(&mut h, "t", &set, false), ok);
+    assert_eq!(
+        described(&mut h, "t", "retention.ms"),
+        (
+            Some("1000".into()),
+            1,
+            vec![("retention.ms".into(), 1), ("log.retention.ms".into(), 5)]
+        )
+    );
+    assert_eq!(
+        described(&mut h, "t", "cleanup.policy").0.as_deref(),
+        Some("compact,delete")
+    );
+    let subtract = [("cleanup.policy", SUBTRACT, Some("delete"))];
+    assert_eq!(alter_incrementally(&mut h, "t", &subtract, false), ok);
+    assert_eq!(
+        described(&mut h, "t", "cleanup.policy").0.as_deref(),
+        Some("compact")
+    );
+    let delete = [("retention.ms", DELETE, None)];
+    assert_eq!(alter_incrementally(&mut h, "t", &delete, false), ok);
+    assert_eq!(
+        described(&mut h, "t", "retention.ms"),
+        (
+            Some("604800000".into()),
+            5,
+            vec![("log.retention.ms".into(), 5)]
+        )
+    );
+    for (ops, key) in [
+        (vec![("retention.ms", SET, Some("soon"))], "retention.ms"),
+        (vec![("retention.msx", SET, Some("1"))], "retention.msx"),
+        (vec![("retention.ms", APPEND, Some("1"))], "retention.ms"),
+        (
+            vec![("cleanup.policy", SUBTRACT, Some("compact"))],
+            "cleanup.policy",
+        ),
+    ] {
+        let (code, message) = alter_incrementally(&mut h, "t", &ops, false);
+        assert_eq!(code, codes::INVALID_CONFIG, "{ops:?}");
+        assert!(message.unwrap_or_default().contains(key), "{ops:?}");
+    }
+    let dry = [("segment.ms", SET, Some("5000"))];
+    assert_eq!(alter_incrementally(&mut h, "t", &dry, true), ok);
+    assert_eq!(
+        described(&mut h, "t", "segment.ms").0.as_deref(),
+        Some("604800000"),
+        "validate_only changes nothing"
+    );
+    assert_eq!(
+        alter_incrementally(&mut h, "nope", &dry, false).0,
+        codes::UNKNOWN_TOPIC_OR_PARTITION
+    );
+    {
+        use keel_core::protocol::messages::alter_configs_request::*;
+        let Response::AlterConfigs(r) = h.call(
+            1,
+            Request::AlterConfigs(AlterConfigsRequest {
+                resources: vec![AlterConfigsResource {
+                    resource_type: 2,
+                    resource_name: "t".into(),
+                    configs: vec![AlterableConfig {
+                        name: "max.message.bytes".into(),
+                        value: Some("5000".into()),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        ) else {
+            panic!()
+        };
+        assert_eq!(r.responses[0].error_code, codes::NONE);
+    }
+    assert_eq!(
+        described(&mut h, "t", "cleanup.policy").0.as_deref(),
+        Some("delete"),
+        "AlterConfigs replaces the whole set"
+    );
+    assert_eq!(
+        described(&mut h, "t", "max.message.bytes").0.as_deref(),
+        Some("5000")
+    );
+}
+
+fn delete_records(h: &mut Harness, topic: &str, offset: i64) -> (i64, i16) {
+    use keel_core::protocol::messages::delete_records_request::*;
+    let Response::DeleteRecords(r) = h.call(
+        2,
+        Request::DeleteRecords(DeleteRecordsRequest {
+            topics: vec![DeleteRecordsTopic {
+                name: topic.into(),
+                partitions: vec![DeleteRecordsPartition {
+                    partition_index: 0,
+                    offset,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            timeout_ms: 1_000,
+            ..Default::default()
+        }),
+    ) else {
+        panic!()
+    };
+    let p = &r.topics[0].partitions[0];
+    (p.low_watermark, p.error_code)
+}
+
+/// Retention deletes whole segments whose newest record is past retention.ms, below the high
+/// watermark and never the active one; the log start moves, survives a restart, and reads
+/// below it are OFFSET_OUT_OF_RANGE while ListOffsets earliest names it.
+#[test]
+fn retention_deletes_old_segments_and_the_start_survives_a_restart() {
+    let mut config = Config::default();
+    config.topic_defaults.segment_bytes = 64;
+    config.retention_check_interval_ms = 1_000;
+    let (mut h, _) = Harness::with(config.clone(), SimDisk::new(), true);
+    h.create_topic("t");
+    let now_ms = h.now.as_millis();
+    for (i, age_ms) in [10_000_000, 10_000_000, 10_000_000, 0, 0]
+        .into_iter()
+        .enumerate()
+    {
+        let options = BatchOptions {
+            base_timestamp: now_ms - age_ms,
+            ..Default::default()
+        };
+        let p = h.produce(
+            9,
+            produce_request("t", 0, batch_with(&[&format!("v{i}")], &options), -1),
+        );
+        assert_eq!(p.error_code, codes::NONE);
+    }
+    let set = [("retention.ms", 0, Some("3600000"))];
+    assert_eq!(alter_incrementally(&mut h, "t", &set, false).0, codes::NONE);
+    assert_eq!(list_offset(&mut h, "t", -2).offset, 0);
+    h.now = h.now.plus_millis(1_500);
+    h.step(Input::Timeout);
+    assert_eq!(
+        list_offset(&mut h, "t", -2).offset,
+        3,
+        "three old segments gone"
+    );
+    assert_eq!(fetch_values(&mut h, "t", 2).0, codes::OFFSET_OUT_OF_RANGE);
+    assert_eq!(
+        fetch_values(&mut h, "t", 3),
+        (codes::NONE, vec!["v3".into()])
+    );
+    // The files go once the start is durable.
+    h.now = h.now.plus_millis(1_500);
+    h.step(Input::Timeout);
+    let segments = |disk: &SimDisk| -> Vec<String> {
+        (disk.names().into_iter())
+            .filter(|n| n.starts_with("t-0/") && n.ends_with(".log"))
+            .collect()
+    };
+    let disk = h.node.into_disk();
+    assert_eq!(segments(&disk).len(), 2, "{:?}", segments(&disk));
+    let (mut h, _) = Harness::with(config, disk, true);
+    h.now = h.now.plus_millis(3_000);
+    h.step(Input::Timeout);
+    assert_eq!(list_offset(&mut h, "t", -2).offset, 3);
+    assert_eq!(fetch_values(&mut h, "t", 1).0, codes::OFFSET_OUT_OF_RANGE);
+}
+
+/// retention.bytes keeps the newest segments that fit, dropping whole segments oldest first.
+#[test]
+fn retention_bytes_keeps_the_newest_segments() {
+    let mut config = Config::default();
+    config.topic_defaults.segment_bytes = 64;
+    config.topic_defaults.retention_bytes = 200;
+    config.retention_check_interval_ms = 1_000;
+    let (mut h, _) = Harness::with(config, SimDisk::new(), true);
+    h.create_topic("t");
+    let options = BatchOptions {
+        base_timestamp: h.now.as_millis(),
+        ..Default::default()
+    };
+    for i in 0..10 {
+        let records = batch_with(&[&format!("v{i}")], &options);
+        h.produce(9, produce_request("t", 0, records, -1));
+    }
+    h.now = h.now.plus_millis(1_500);
+    h.step(Input::Timeout);
+    let start = list_offset(&mut h, "t", -2).offset;
+    // Each one-record batch is 70 bytes: 200 bytes hold the active segment and two more.
+    assert_eq!(start, 7, "segments whose loss leaves at least 200 bytes go");
+    assert_eq!(fetch_values(&mut h, "t", 7).1, vec!["v7"]);
+    assert_eq!(fetch_values(&mut h, "t", 6).0, codes::OFFSET_OUT_OF_RANGE);
+}
+
+/// DeleteRecords moves the start to an offset at or below the high watermark (-1: the high
+/// watermark), once its marker commits; reads below it are refused; the start survives a
+/// restart; offsets past the high watermark are OFFSET_OUT_OF_RANGE; a compacted topic
+/// refuses it.
+#[test]
+fn delete_records_moves_the_start_durably() {
+    let (mut h, _) = Harness::new(SimDisk::new());
+    h.create_topic("t");
+    for i in 0..4 {
+        h.produce(9, produce_request("t", 0, batch(&[&format!("v{i}")]), -1));
+    }
+    assert_eq!(delete_records(&mut h, "t", 2), (2, codes::NONE));
+    assert_eq!(list_offset(&mut h, "t", -2).offset, 2);
+    assert_eq!(fetch_values(&mut h, "t", 1).0, codes::OFFSET_OUT_OF_RANGE);
+    assert_eq!(
+        fetch_values(&mut h, "t", 2).1,
+        vec!["v2", "v3"],
+        "the marker is skipped"
+    );
+    assert_eq!(
+        delete_records(&mut h, "t", 99).1,
+        codes::OFFSET_OUT_OF_RANGE
+    );
+    assert_eq!(
+        delete_records(&mut h, "t", 1),
+        (2, codes::NONE),
+        "never back"
+    );
+    let disk = h.node.into_disk();
+    let (mut h, _) = Harness::with(Config::default(), disk, true);
+    assert_eq!(list_offset(&mut h, "t", -2).offset, 2);
+    let (end, code) = delete_records(&mut h, "t", -1);
+    assert_eq!(code, codes::NONE);
+    assert_eq!(
+        end,
+        list_offset(&mut h, "t", -1).offset - 1,
+        "the high watermark (before the marker)"
+    );
+    assert_eq!(fetch_values(&mut h, "t", end).1, Vec::<String>::new());
+    let set = [("cleanup.policy", 0, Some("compact"))];
+    assert_eq!(alter_incrementally(&mut h, "t", &set, false).0, codes::NONE);
+    assert_eq!(delete_records(&mut h, "t", 0).1, codes::POLICY_VIOLATION);
 }

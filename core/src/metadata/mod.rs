@@ -21,6 +21,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use crate::limits;
 use crate::protocol::wire::Uuid;
 
+pub mod configs;
+
 /// The metadata log's topic name and id (Kafka's, `Uuid.METADATA_TOPIC_ID`): hidden from
 /// clients, refused to CreateTopics, Produce and Fetch.
 pub const METADATA_TOPIC: &str = "__cluster_metadata";
@@ -320,6 +322,8 @@ pub struct ImageChanges {
     pub grown: BTreeSet<Uuid>,
     /// Topics deleted (by id).
     pub removed: BTreeSet<Uuid>,
+    /// Topics whose configs changed (by id): their logs take the new settings.
+    pub configured: BTreeSet<Uuid>,
 }
 
 /// The metadata every node builds from the committed metadata log.
@@ -433,6 +437,7 @@ impl MetadataImage {
                 if let Some(name) = self.names.remove(id) {
                     self.topics.remove(&name);
                     changes.grown.remove(id);
+                    changes.configured.remove(id);
                     changes.removed.insert(*id);
                 }
             }
@@ -445,6 +450,7 @@ impl MetadataImage {
                     Some(value) => topic.configs.insert(key.clone(), value.clone()),
                     None => topic.configs.remove(key),
                 };
+                changes.configured.insert(*id);
             }
             MetadataRecord::Broker {
                 id,
@@ -512,45 +518,6 @@ impl MetadataImage {
             }
         }
         crc32c::crc32c(&buf)
-    }
-}
-
-/// A topic config a client may set, checked: Kafka's name, a value Keel honours. Returns why
-/// not otherwise (the answer's INVALID_CONFIG message). `replication_factor` bounds
-/// `min.insync.replicas`: an acks=all write waits for a majority of the replicas, so any
-/// minimum up to a majority holds.
-pub fn check_topic_config(key: &str, value: &str, replication_factor: usize) -> Result<(), String> {
-    let int = |min: i64| match value.parse::<i64>() {
-        Ok(v) if v >= min => Ok(v),
-        _ => Err(format!(
-            "{key} must be an integer of at least {min}, not {value:?}"
-        )),
-    };
-    match key {
-        "cleanup.policy" if value == "delete" => Ok(()),
-        "cleanup.policy" => Err(format!(
-            "cleanup.policy {value:?}: only \"delete\" (no compaction yet)"
-        )),
-        "compression.type" if value == "producer" => Ok(()),
-        "compression.type" => Err(format!(
-            "compression.type {value:?}: only \"producer\" (batches are stored as sent)"
-        )),
-        "message.timestamp.type" if value == "CreateTime" => Ok(()),
-        "message.timestamp.type" => Err(format!(
-            "message.timestamp.type {value:?}: only \"CreateTime\""
-        )),
-        "max.message.bytes" => int(0).map(drop),
-        "retention.ms" | "retention.bytes" => int(-1).map(drop),
-        "min.insync.replicas" => {
-            let majority = replication_factor / 2 + 1;
-            match int(1)? {
-                v if v as usize <= majority => Ok(()),
-                v => Err(format!(
-                    "min.insync.replicas {v}: an acks=all write waits for a majority ({majority} of {replication_factor} replicas), no more"
-                )),
-            }
-        }
-        _ => Err(format!("{key} is not a topic config Keel knows")),
     }
 }
 

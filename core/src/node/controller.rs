@@ -258,7 +258,7 @@ impl<D: Disk> Node<D> {
                 };
                 let factor = topic.replicas.first().map_or(1, Vec::len);
                 return match value {
-                    Some(value) => crate::metadata::check_topic_config(key, value, factor)
+                    Some(value) => crate::metadata::configs::check(key, value, factor)
                         .map_err(|message| (codes::INVALID_CONFIG, message)),
                     None => Ok(()),
                 };
@@ -346,7 +346,11 @@ impl<D: Disk> Node<D> {
         let mut records = Vec::new();
         for bytes in proposals {
             match MetadataRecord::decode(bytes) {
-                Ok(record @ (MetadataRecord::Leader { .. } | MetadataRecord::Broker { .. })) => {
+                Ok(
+                    record @ (MetadataRecord::Leader { .. }
+                    | MetadataRecord::Broker { .. }
+                    | MetadataRecord::Config { .. }),
+                ) => {
                     if self.check_record(&record).is_ok() && !records.contains(&record) {
                         records.push(record);
                     }
@@ -364,7 +368,7 @@ impl<D: Disk> Node<D> {
                     tracing::warn!(
                         from,
                         ?other,
-                        "forwarded record refused: only topics, leaders and registrations are"
+                        "forwarded record refused: only topics, leaders, registrations and configs are"
                     );
                 }
                 Err(e) => tracing::warn!(from, error = %e, "undecodable forwarded record"),
@@ -436,7 +440,11 @@ impl<D: Disk> Node<D> {
     /// Writes `records` if this node is the active controller, or forwards them to the
     /// controller it knows of. Returns whether they went anywhere (nowhere while no
     /// controller is known: the caller tries again at its next chance).
-    fn send_to_controller(&mut self, now: Instant, mut records: Vec<MetadataRecord>) -> bool {
+    pub(super) fn send_to_controller(
+        &mut self,
+        now: Instant,
+        mut records: Vec<MetadataRecord>,
+    ) -> bool {
         if self.active_controller().is_some() {
             records.retain(|r| self.check_record(r).is_ok());
             if !records.is_empty() {
@@ -594,6 +602,18 @@ impl<D: Disk> Node<D> {
     /// from the disk; partitions assigned to this node are created.
     fn reconcile(&mut self, _now: Instant, changes: &ImageChanges) {
         let me = self.config.node_id;
+        self.reconcile_disk(changes, me);
+        // Logs take their topic's settings (new ones, and those whose configs changed).
+        for id in changes.grown.iter().chain(&changes.configured) {
+            if let Some(topic) = self.image.topic_by_id(id) {
+                let name = topic.name.clone();
+                let config = self.topic_config(&name);
+                self.topics.set_policy(&name, &config);
+            }
+        }
+    }
+
+    fn reconcile_disk(&mut self, changes: &ImageChanges, me: i32) {
         for id in &changes.removed {
             match self.topics.delete_id(&mut self.disk, *id) {
                 Ok(false) => {}

@@ -82,12 +82,29 @@ impl<D: Disk> Node<D> {
         let partitions = self.config.offsets_topic_partitions;
         match self.new_topic(OFFSETS_TOPIC, partitions, factor, Vec::new()) {
             Ok(record) => {
+                let crate::metadata::MetadataRecord::Topic { id, .. } = &record else {
+                    unreachable!("new_topic makes topics")
+                };
+                // Kafka's settings for it: compacted (the last commit of each key is what
+                // counts), in smaller segments than a data topic's.
+                let configs = [
+                    ("cleanup.policy", "compact"),
+                    ("segment.bytes", "104857600"),
+                ]
+                .map(|(key, value)| crate::metadata::MetadataRecord::Config {
+                    id: *id,
+                    key: key.into(),
+                    value: Some(value.into()),
+                });
+                let records = [vec![record], configs.to_vec()].concat();
                 if self.check_controller().is_ok() {
-                    if let Err((code, message)) = self.propose(now, &[record]) {
+                    if let Err((code, message)) = self.propose(now, &records) {
                         tracing::warn!(code, %message, "offsets topic not written");
                     }
                 } else {
-                    self.forward(&record);
+                    for record in &records {
+                        self.forward(record);
+                    }
                 }
             }
             Err((code, message)) if code != codes::TOPIC_ALREADY_EXISTS => {

@@ -4,7 +4,7 @@ use bytes::Bytes;
 
 use super::topics::valid_topic_name;
 use super::topics::Topics;
-use super::{Instant, Node, ParkedFetch, PendingChange, PlantedBug};
+use super::{AdminWait, Instant, Node, ParkedFetch, PendingChange, PlantedBug};
 use crate::disk::Disk;
 use crate::limits;
 use crate::log::{LogError, PartitionLog};
@@ -21,11 +21,6 @@ use crate::record::{
 const LATEST_TIMESTAMP: i64 = -1;
 const EARLIEST_TIMESTAMP: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
-const CONFIG_SOURCE_DEFAULT: i8 = 5;
-/// Kafka's DYNAMIC_TOPIC_CONFIG: set for the topic (at its creation).
-const CONFIG_SOURCE_TOPIC: i8 = 1;
-const RESOURCE_TYPE_TOPIC: i8 = 2;
-const RESOURCE_TYPE_BROKER: i8 = 4;
 
 fn batch_error_code(error: &BatchError) -> i16 {
     match error {
@@ -126,7 +121,7 @@ fn led_partition<'a>(
 /// A partition of a topic the image names, as this node holds it: UNKNOWN_TOPIC_OR_PARTITION
 /// for a topic or partition the image does not name (the metadata log's own among them),
 /// NOT_LEADER_OR_FOLLOWER for one held by other nodes only.
-fn held_partition<'a>(
+pub(super) fn held_partition<'a>(
     topics: &'a mut Topics,
     image: &MetadataImage,
     topic: &str,
@@ -427,10 +422,7 @@ impl<D: Disk> Node<D> {
         partition: i32,
         records: Option<&Bytes>,
     ) -> Result<Appended, (i16, String)> {
-        let max_message_bytes = (self.image.topic(topic))
-            .and_then(|t| t.configs.get("max.message.bytes"))
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(self.config.max_message_bytes);
+        let max_message_bytes = self.topic_config(topic).max_message_bytes as usize;
         if Self::internal_topic(topic) {
             return Err((
                 codes::INVALID_TOPIC_EXCEPTION,
@@ -781,7 +773,7 @@ impl<D: Disk> Node<D> {
         now: Instant,
         request: &CreateTopicsRequest,
         version: i16,
-    ) -> (PendingChange, Option<(i64, i32)>) {
+    ) -> (PendingChange, Option<AdminWait>) {
         use crate::protocol::messages::create_topics_response::*;
         let controller = self.check_controller();
         let mut records = Vec::new();
@@ -851,7 +843,7 @@ impl<D: Disk> Node<D> {
                     let bad = (topic.configs.iter())
                         .filter_map(|c| Some((c.name.as_str(), c.value.as_deref()?)))
                         .find_map(|(key, value)| {
-                            crate::metadata::check_topic_config(key, value, factor).err()
+                            crate::metadata::configs::check(key, value, factor).err()
                         });
                     match bad {
                         Some(message) => {
@@ -872,7 +864,7 @@ impl<D: Disk> Node<D> {
                     let configs: Result<Vec<MetadataRecord>, String> = (topic.configs.iter())
                         .filter_map(|c| Some((c.name.clone(), c.value.clone()?)))
                         .map(|(key, value)| {
-                            crate::metadata::check_topic_config(&key, &value, factor)?;
+                            crate::metadata::configs::check(&key, &value, factor)?;
                             Ok(MetadataRecord::Config {
                                 id: *id,
                                 key,
@@ -914,17 +906,17 @@ impl<D: Disk> Node<D> {
 
     /// Writes an admin request's records, if it has any: its answer waits for them to reach
     /// the image; if they cannot be written, every entry that waited says why.
-    fn write_change(
+    pub(super) fn write_change(
         &mut self,
         now: Instant,
         records: &[MetadataRecord],
         mut pending: PendingChange,
-    ) -> (PendingChange, Option<(i64, i32)>) {
+    ) -> (PendingChange, Option<AdminWait>) {
         if records.is_empty() {
             return (pending, None);
         }
         match self.propose(now, records) {
-            Ok(at) => (pending, Some(at)),
+            Ok((offset, epoch)) => (pending, Some(AdminWait::Written { offset, epoch })),
             Err((code, message)) => {
                 pending.refuse(code, &message);
                 (pending, None)
@@ -937,7 +929,7 @@ impl<D: Disk> Node<D> {
         now: Instant,
         request: &DeleteTopicsRequest,
         version: i16,
-    ) -> (PendingChange, Option<(i64, i32)>) {
+    ) -> (PendingChange, Option<AdminWait>) {
         use crate::protocol::messages::delete_topics_response::*;
         let controller = self.check_controller();
         let targets: Vec<(Option<String>, Uuid)> = if version >= 6 {
@@ -1016,7 +1008,7 @@ impl<D: Disk> Node<D> {
         &mut self,
         now: Instant,
         request: &CreatePartitionsRequest,
-    ) -> (PendingChange, Option<(i64, i32)>) {
+    ) -> (PendingChange, Option<AdminWait>) {
         use crate::protocol::messages::create_partitions_response::*;
         let controller = self.check_controller();
         let brokers: Vec<i32> = self.brokers().iter().map(|b| b.node_id).collect();
@@ -1118,166 +1110,6 @@ impl<D: Disk> Node<D> {
             grown,
         };
         self.write_change(now, &records, pending)
-    }
-
-    /// A topic's configs: (name, value, config type, documentation, whether the topic sets
-    /// it rather than taking the default).
-    pub(super) fn topic_configs(
-        &self,
-        topic: &str,
-    ) -> Vec<(&'static str, String, i8, &'static str, bool)> {
-        let set = self.image.topic(topic).map(|t| &t.configs);
-        (self.default_topic_configs().into_iter())
-            .map(|(name, default, config_type, documentation)| {
-                match set.and_then(|s| s.get(name)) {
-                    Some(value) => (name, value.clone(), config_type, documentation, true),
-                    None => (name, default, config_type, documentation, false),
-                }
-            })
-            .collect()
-    }
-
-    fn default_topic_configs(&self) -> Vec<(&'static str, String, i8, &'static str)> {
-        // (name, value, config type, documentation); types: 2 string, 3 int, 5 long.
-        vec![
-            (
-                "cleanup.policy",
-                "delete".into(),
-                7,
-                "Only deletion-based logs exist (no compaction yet).",
-            ),
-            (
-                "compression.type",
-                "producer".into(),
-                2,
-                "Batches are stored as producers compressed them.",
-            ),
-            (
-                "max.message.bytes",
-                self.config.max_message_bytes.to_string(),
-                3,
-                "The largest batch a producer may send.",
-            ),
-            (
-                "message.timestamp.type",
-                "CreateTime".into(),
-                2,
-                "Record timestamps are the producer's.",
-            ),
-            (
-                "min.insync.replicas",
-                "1".into(),
-                3,
-                "An acks=all write waits for a majority of the replicas, which meets any minimum up to a majority.",
-            ),
-            (
-                "retention.bytes",
-                "-1".into(),
-                5,
-                "Recorded; retention is not enforced yet: nothing is deleted.",
-            ),
-            (
-                "retention.ms",
-                "-1".into(),
-                5,
-                "Recorded; retention is not enforced yet: nothing is deleted.",
-            ),
-            (
-                "segment.bytes",
-                self.config.log.segment_size_bytes.to_string(),
-                3,
-                "Segment files roll at this size.",
-            ),
-        ]
-    }
-
-    pub(super) fn describe_configs(
-        &mut self,
-        request: &DescribeConfigsRequest,
-        version: i16,
-    ) -> DescribeConfigsResponse {
-        use crate::protocol::messages::describe_configs_response::*;
-        let mut results = Vec::new();
-        for resource in &request.resources {
-            let mut result = DescribeConfigsResult {
-                resource_type: resource.resource_type,
-                resource_name: resource.resource_name.clone(),
-                error_message: None,
-                ..Default::default()
-            };
-            let entries = match resource.resource_type {
-                RESOURCE_TYPE_TOPIC if self.image.topic(&resource.resource_name).is_some() => {
-                    self.topic_configs(&resource.resource_name)
-                }
-                RESOURCE_TYPE_TOPIC => {
-                    result.error_code = codes::UNKNOWN_TOPIC_OR_PARTITION;
-                    result.error_message = Some(format!("no topic {}", resource.resource_name));
-                    Vec::new()
-                }
-                RESOURCE_TYPE_BROKER => vec![
-                    (
-                        "auto.create.topics.enable",
-                        self.config.auto_create_topics.to_string(),
-                        1,
-                        "Metadata requests create unknown topics.",
-                        false,
-                    ),
-                    (
-                        "num.partitions",
-                        self.config.default_partitions.to_string(),
-                        3,
-                        "Partitions of an auto-created topic.",
-                        false,
-                    ),
-                    (
-                        "socket.request.max.bytes",
-                        self.config.max_frame_size_bytes.to_string(),
-                        3,
-                        "The largest request accepted.",
-                        false,
-                    ),
-                ],
-                other => {
-                    result.error_code = codes::INVALID_REQUEST;
-                    result.error_message = Some(format!("resource type {other} is not supported"));
-                    Vec::new()
-                }
-            };
-            result.configs = entries
-                .into_iter()
-                .filter(|(name, ..)| {
-                    resource
-                        .configuration_keys
-                        .as_ref()
-                        .is_none_or(|keys| keys.iter().any(|k| k == name))
-                })
-                .map(|(name, value, config_type, documentation, set)| {
-                    DescribeConfigsResourceResult {
-                        name: name.to_string(),
-                        value: Some(value),
-                        read_only: true,
-                        config_source: if set {
-                            CONFIG_SOURCE_TOPIC
-                        } else {
-                            CONFIG_SOURCE_DEFAULT
-                        },
-                        is_sensitive: false,
-                        config_type: if version >= 3 { config_type } else { 0 },
-                        documentation: if request.include_documentation {
-                            Some(documentation.to_string())
-                        } else {
-                            None
-                        },
-                        ..Default::default()
-                    }
-                })
-                .collect();
-            results.push(result);
-        }
-        DescribeConfigsResponse {
-            results,
-            ..Default::default()
-        }
     }
 
     pub(super) fn describe_cluster(&mut self) -> DescribeClusterResponse {

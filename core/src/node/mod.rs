@@ -13,7 +13,9 @@
 //!   durability, its end). Nothing a crash could take back is ever served.
 //! - A failed sync is fatal: the node halts (`Output::Halt`) rather than pretend.
 
+mod configs;
 mod controller;
+mod delete_records;
 mod groups;
 mod handlers;
 mod links;
@@ -134,8 +136,12 @@ pub struct Config {
     pub default_partitions: i32,
     pub durability: Durability,
     pub max_frame_size_bytes: usize,
-    /// Largest batch a producer may send (Kafka's `max.message.bytes`).
-    pub max_message_bytes: usize,
+    /// Topic configs of topics that do not set their own (Kafka's broker-wide `log.*`
+    /// settings): retention, segments, cleanup policy, `max.message.bytes`.
+    pub topic_defaults: crate::metadata::configs::TopicConfig,
+    /// How often retention looks for segments to delete (Kafka's
+    /// `log.retention.check.interval.ms`).
+    pub retention_check_interval_ms: u64,
     /// Partitions the node may hold: [`crate::limits::PARTITIONS_MAX`], or fewer when the
     /// process may open fewer files (the adapter sets it from its descriptor limit).
     pub partitions_max: usize,
@@ -283,7 +289,8 @@ impl Default for Config {
             default_partitions: 1,
             durability: Durability::Fsync,
             max_frame_size_bytes: crate::protocol::DEFAULT_MAX_FRAME_SIZE_BYTES,
-            max_message_bytes: 1_048_588,
+            topic_defaults: Default::default(),
+            retention_check_interval_ms: 300_000,
             partitions_max: crate::limits::PARTITIONS_MAX,
             log: LogConfig::default(),
             seed: 0,
@@ -303,7 +310,7 @@ pub enum NodeError {
 }
 
 /// The APIs this node serves (and advertises in ApiVersions).
-pub const SERVED_APIS: [ApiKey; 25] = [
+pub const SERVED_APIS: [ApiKey; 28] = [
     ApiKey::Produce,
     ApiKey::Fetch,
     ApiKey::ListOffsets,
@@ -329,6 +336,9 @@ pub const SERVED_APIS: [ApiKey; 25] = [
     ApiKey::DeleteGroups,
     ApiKey::ConsumerGroupHeartbeat,
     ApiKey::OffsetDelete,
+    ApiKey::AlterConfigs,
+    ApiKey::IncrementalAlterConfigs,
+    ApiKey::DeleteRecords,
 ];
 
 /// A request's place in its connection's answer queue.
@@ -345,7 +355,7 @@ enum Slot {
         waits: Vec<CommitWait>,
         correlation_id: i32,
         version: i16,
-        response: crate::protocol::messages::ProduceResponse,
+        response: CommitAnswer,
     },
     /// A Fetch waiting for data or its deadline.
     AwaitFetch,
@@ -363,8 +373,7 @@ enum Slot {
     /// there (up to `offset`), or refused if this node stops leading the quorum in `epoch`
     /// before that (the change may still be committed: clients ask again and see).
     AwaitMetadata {
-        offset: i64,
-        epoch: i32,
+        wait: AdminWait,
         correlation_id: i32,
         version: i16,
         pending: PendingChange,
@@ -380,6 +389,20 @@ enum Slot {
     /// The answer could not be built: once everything before it is sent, the connection is
     /// closed (a client waiting for an answer that never comes would wait forever).
     Close(String),
+}
+
+/// What an admin request's answer waits for.
+#[derive(Debug)]
+enum AdminWait {
+    /// This node, the controller, wrote its change at `offset` in `epoch`: the image must
+    /// reach that offset, unless the node stops leading the quorum in that epoch first.
+    Written { offset: i64, epoch: i32 },
+    /// The change was forwarded to the controller: the image must show these topic configs,
+    /// or the deadline passes.
+    Forwarded {
+        deadline: Instant,
+        expected: configs::Expected,
+    },
 }
 
 /// An admin request's answer, waiting for its change to reach the image: each names the
@@ -401,18 +424,29 @@ enum PendingChange {
     Metadata {
         request: crate::protocol::messages::MetadataRequest,
     },
+    /// AlterConfigs or IncrementalAlterConfigs (`incremental`): each resource's result, and
+    /// the topics whose changes were written.
+    AlterConfigs {
+        incremental: bool,
+        results: Vec<configs::AlterResult>,
+        altered: Vec<(usize, crate::protocol::wire::Uuid)>,
+    },
 }
 
 impl PendingChange {
-    /// Fills in the entries that waited: from the image if the change was `applied`, or
-    /// NOT_CONTROLLER if the controller lost its leadership first.
-    fn complete(&mut self, image: &crate::metadata::MetadataImage, applied: bool) {
+    /// Fills in the entries that waited: from the image if the change was applied, or with
+    /// the error that ended the wait: NOT_CONTROLLER if the controller lost its leadership
+    /// first, REQUEST_TIMED_OUT if a forwarded change did not show in time.
+    fn complete(&mut self, image: &crate::metadata::MetadataImage, outcome: Result<(), i16>) {
         use crate::protocol::codes;
-        if !applied {
-            self.refuse(
-                codes::NOT_CONTROLLER,
-                "the controller lost its leadership before the change committed; it may still",
-            );
+        if let Err(code) = outcome {
+            let message = match code {
+                codes::NOT_CONTROLLER => {
+                    "the controller lost its leadership before the change committed; it may still"
+                }
+                _ => "the change was forwarded to the controller and has not been applied yet; it may still be",
+            };
+            self.refuse(code, message);
             return;
         }
         match self {
@@ -479,6 +513,17 @@ impl PendingChange {
                     }
                 }
             }
+            PendingChange::AlterConfigs {
+                results, altered, ..
+            } => {
+                for (index, id) in altered.drain(..) {
+                    if image.topic_by_id(&id).is_none() {
+                        results[index].error_code = codes::UNKNOWN_TOPIC_OR_PARTITION;
+                        results[index].error_message =
+                            Some("the topic was deleted meanwhile".into());
+                    }
+                }
+            }
             PendingChange::Metadata { .. } => {}
         }
     }
@@ -508,6 +553,14 @@ impl PendingChange {
                     response.results[index].error_message = Some(message.to_string());
                 }
             }
+            PendingChange::AlterConfigs {
+                results, altered, ..
+            } => {
+                for (index, _) in altered.drain(..) {
+                    results[index].error_code = code;
+                    results[index].error_message = Some(message.to_string());
+                }
+            }
             PendingChange::Metadata { .. } => {}
         }
     }
@@ -526,6 +579,17 @@ impl PendingChange {
                 ApiKey::CreatePartitions,
                 Response::CreatePartitions(response.clone()),
             ),
+            PendingChange::AlterConfigs {
+                incremental,
+                results,
+                ..
+            } => {
+                let api = match incremental {
+                    true => ApiKey::IncrementalAlterConfigs,
+                    false => ApiKey::AlterConfigs,
+                };
+                (api, configs::alter_response(*incremental, results))
+            }
             PendingChange::Metadata { .. } => unreachable!("answered by MetadataAfterRound"),
         };
         frame_response(correlation_id, api, version, &response)
@@ -540,6 +604,44 @@ struct Conn {
     /// Each request's slot, API and the time it was read, in slot order: its duration is
     /// counted when its answer leaves (metrics).
     read_at: VecDeque<(u64, ApiKey, Instant)>,
+}
+
+/// An answer that waits for commits: an acks=all Produce, or DeleteRecords (its markers).
+#[derive(Debug)]
+enum CommitAnswer {
+    Produce(crate::protocol::messages::ProduceResponse),
+    DeleteRecords(crate::protocol::messages::DeleteRecordsResponse),
+}
+
+impl CommitAnswer {
+    /// The partition at `at` failed: its write may be lost.
+    fn fail(&mut self, at: (usize, usize), code: i16, message: &str) {
+        let (t, p) = at;
+        match self {
+            CommitAnswer::Produce(response) => {
+                let answer = &mut response.responses[t].partition_responses[p];
+                answer.error_code = code;
+                answer.error_message = Some(message.into());
+                answer.base_offset = -1;
+            }
+            CommitAnswer::DeleteRecords(response) => {
+                let answer = &mut response.topics[t].partitions[p];
+                answer.error_code = code;
+                answer.low_watermark = -1;
+            }
+        }
+    }
+
+    fn frame(&mut self, correlation_id: i32, version: i16) -> Result<Bytes, String> {
+        let (api, response) = match self {
+            CommitAnswer::Produce(r) => (ApiKey::Produce, Response::Produce(std::mem::take(r))),
+            CommitAnswer::DeleteRecords(r) => (
+                ApiKey::DeleteRecords,
+                Response::DeleteRecords(std::mem::take(r)),
+            ),
+        };
+        frame_response(correlation_id, api, version, &response)
+    }
 }
 
 /// What an acks=all produce waits for in one partition.
@@ -611,6 +713,8 @@ pub struct Node<D: Disk> {
     requests_held: bool,
     /// When idle producers are next expired.
     next_producer_expiry: Instant,
+    /// When retention next runs (`None` before the first step: then one interval on).
+    next_retention: Option<Instant>,
     /// When a round that only writes recovery points is due (none is pending if `None`).
     recovery_point_due: Option<Instant>,
     /// Moves whenever what a parked fetch may wait for can have changed: a high watermark (a
@@ -672,6 +776,9 @@ impl<D: Disk> Node<D> {
         mut disk: D,
     ) -> Result<(Node<D>, Vec<RecoveryEvent>), NodeError> {
         config.groups.planted_stale_commit = config.planted_bug == Some(PlantedBug::StaleCommit);
+        // Topics' logs take their own segment size once the image names their configs; the
+        // metadata log, and recovery, take the default.
+        config.log.segment_size_bytes = config.topic_defaults.segment_bytes as u64;
         let log_config = LogConfig {
             planted_cut_synced: config.planted_bug == Some(PlantedBug::CutSynced),
             ..config.log
@@ -718,6 +825,7 @@ impl<D: Disk> Node<D> {
             serving,
             requests_held: false,
             next_producer_expiry: Instant(0),
+            next_retention: None,
             recovery_point_due: None,
             data_version: 0,
             rng_state,
@@ -866,6 +974,7 @@ impl<D: Disk> Node<D> {
         self.settle_metadata(now);
         self.settle_groups(now);
         self.expire_producers(now);
+        self.apply_retention(now);
         self.complete_commit_waiters();
         self.complete_parked_fetches(now, false);
         self.maybe_start_round(now, out);
@@ -923,6 +1032,24 @@ impl<D: Disk> Node<D> {
             .expire_producers(now.as_millis(), self.config.log.producer_id_expiration_ms);
     }
 
+    /// Retention, every `retention_check_interval_ms`: whole segments past their topic's
+    /// retention.ms or retention.bytes go, below each partition's high watermark (each
+    /// replica on its own, as in Kafka; a follower whose leader's log starts past its own end
+    /// starts over there, `FetchReply::StartAt`).
+    fn apply_retention(&mut self, now: Instant) {
+        let interval = self.config.retention_check_interval_ms;
+        let due = *self.next_retention.get_or_insert(now.plus_millis(interval));
+        if now < due || !self.serving {
+            return;
+        }
+        self.next_retention = Some(now.plus_millis(interval));
+        let moved = self.topics.apply_retention(&mut self.disk, now.as_millis());
+        if !moved.is_empty() {
+            // Fetches parked below a new start are answered OFFSET_OUT_OF_RANGE.
+            self.data_version += 1;
+        }
+    }
+
     /// When the node next needs a `Timeout` input.
     pub fn next_deadline(&self) -> Option<Instant> {
         if !self.serving && self.round.is_none() && self.halted.is_none() {
@@ -935,12 +1062,27 @@ impl<D: Disk> Node<D> {
         }
         let parked = self.parked.iter().map(|p| p.deadline).min();
         let links = self.links.next_deadline();
+        let forwarded = (self.admin_waiting > 0)
+            .then(|| {
+                (self.conns.values().flat_map(|c| c.slots.iter()))
+                    .filter_map(|(_, slot)| match slot {
+                        Slot::AwaitMetadata {
+                            wait: AdminWait::Forwarded { deadline, .. },
+                            ..
+                        } => Some(*deadline),
+                        _ => None,
+                    })
+                    .min()
+            })
+            .flatten();
         [
             parked,
             self.recovery_point_due,
             self.next_raft_deadline(),
             links,
             self.next_group_deadline(),
+            forwarded,
+            self.next_retention,
         ]
         .into_iter()
         .flatten()
@@ -1202,8 +1344,7 @@ impl<D: Disk> Node<D> {
                     Some((offset, epoch)) => {
                         self.admin_waiting += 1;
                         Slot::AwaitMetadata {
-                            offset,
-                            epoch,
+                            wait: AdminWait::Written { offset, epoch },
                             correlation_id: header.correlation_id,
                             version,
                             pending: PendingChange::Metadata { request: r },
@@ -1250,7 +1391,7 @@ impl<D: Disk> Node<D> {
                         waits: commits,
                         correlation_id: header.correlation_id,
                         version,
-                        response,
+                        response: CommitAnswer::Produce(response),
                     }
                 } else {
                     let bytes = if acks == 0 {
@@ -1301,6 +1442,27 @@ impl<D: Disk> Node<D> {
             }
             Request::CreatePartitions(r) => {
                 let (pending, wait) = self.create_partitions(now, &r);
+                self.admin_slot(header.correlation_id, version, pending, wait)?
+            }
+            Request::DeleteRecords(r) => {
+                let (response, waits) = self.delete_records(now, &r);
+                if waits.is_empty() {
+                    Slot::Ready(Some(reply(Response::DeleteRecords(response))?))
+                } else {
+                    Slot::AwaitCommit {
+                        waits,
+                        correlation_id: header.correlation_id,
+                        version,
+                        response: CommitAnswer::DeleteRecords(response),
+                    }
+                }
+            }
+            Request::AlterConfigs(r) => {
+                let (pending, wait) = self.alter_configs(now, &r);
+                self.admin_slot(header.correlation_id, version, pending, wait)?
+            }
+            Request::IncrementalAlterConfigs(r) => {
+                let (pending, wait) = self.incremental_alter_configs(now, &r);
                 self.admin_slot(header.correlation_id, version, pending, wait)?
             }
             Request::DescribeConfigs(r) => Slot::Ready(Some(reply(Response::DescribeConfigs(
@@ -1394,15 +1556,14 @@ impl<D: Disk> Node<D> {
         correlation_id: i32,
         version: i16,
         pending: PendingChange,
-        wait: Option<(i64, i32)>,
+        wait: Option<AdminWait>,
     ) -> Result<Slot, String> {
         Ok(match wait {
             None => Slot::Ready(Some(pending.frame(correlation_id, version)?)),
-            Some((offset, epoch)) => {
+            Some(wait) => {
                 self.admin_waiting += 1;
                 Slot::AwaitMetadata {
-                    offset,
-                    epoch,
+                    wait,
                     correlation_id,
                     version,
                     pending,
@@ -1673,22 +1834,21 @@ impl<D: Disk> Node<D> {
                     continue;
                 };
                 waits.retain(|wait| {
-                    let (t, p) = wait.at;
-                    let answer = &mut response.responses[t].partition_responses[p];
+                    use crate::protocol::codes;
                     let Some(partition) = self.topics.by_log_id(wait.log_id) else {
                         // Its topic was deleted before the write committed: it is gone with
                         // the topic (never acknowledged as written).
-                        answer.error_code = crate::protocol::codes::UNKNOWN_TOPIC_OR_PARTITION;
-                        answer.error_message =
-                            Some("the topic was deleted before the write committed".into());
-                        answer.base_offset = -1;
+                        response.fail(
+                            wait.at,
+                            codes::UNKNOWN_TOPIC_OR_PARTITION,
+                            "the topic was deleted before the write committed",
+                        );
                         return false;
                     };
                     let Some(replica) = partition.replica.as_ref() else {
                         // Offline before the write committed: it may be lost.
-                        answer.error_code = crate::protocol::codes::KAFKA_STORAGE_ERROR;
-                        answer.error_message = Some("the partition went offline".into());
-                        answer.base_offset = -1;
+                        let offline = "the partition went offline";
+                        response.fail(wait.at, codes::KAFKA_STORAGE_ERROR, offline);
                         return false;
                     };
                     if replica.high_watermark() >= wait.offset {
@@ -1697,18 +1857,17 @@ impl<D: Disk> Node<D> {
                     if replica.leader_epoch() != wait.epoch || !replica.is_leader() {
                         // Leadership moved before the write committed: a new leader may have
                         // cut it, and a later commit at the same offset would be another write.
-                        answer.error_code = crate::protocol::codes::NOT_LEADER_OR_FOLLOWER;
-                        answer.error_message =
-                            Some("leadership moved before the write committed".into());
-                        answer.base_offset = -1;
+                        response.fail(
+                            wait.at,
+                            codes::NOT_LEADER_OR_FOLLOWER,
+                            "leadership moved before the write committed",
+                        );
                         return false;
                     }
                     true
                 });
                 if waits.is_empty() {
-                    let response = Response::Produce(std::mem::take(response));
-                    let framed =
-                        frame_response(*correlation_id, ApiKey::Produce, *version, &response);
+                    let framed = response.frame(*correlation_id, *version);
                     *slot = match framed {
                         Ok(bytes) => Slot::Ready(Some(bytes)),
                         Err(reason) => Slot::Close(reason),
@@ -1735,19 +1894,46 @@ impl<D: Disk> Node<D> {
         let mut waiting = 0;
         for (conn_id, conn) in &self.conns {
             for (slot_id, slot) in &conn.slots {
-                if let Slot::AwaitMetadata { offset, epoch, .. } = slot {
-                    if applied >= *offset {
-                        done.push((*conn_id, *slot_id, true));
-                    } else if leading != Some(*epoch) {
-                        done.push((*conn_id, *slot_id, false));
-                    } else {
-                        waiting += 1;
+                match slot {
+                    Slot::AwaitMetadata {
+                        wait: AdminWait::Written { offset, epoch },
+                        ..
+                    } => {
+                        if applied >= *offset {
+                            done.push((*conn_id, *slot_id, Ok(())));
+                        } else if leading != Some(*epoch) {
+                            done.push((
+                                *conn_id,
+                                *slot_id,
+                                Err(crate::protocol::codes::NOT_CONTROLLER),
+                            ));
+                        } else {
+                            waiting += 1;
+                        }
                     }
+                    Slot::AwaitMetadata {
+                        wait: AdminWait::Forwarded { deadline, expected },
+                        ..
+                    } => {
+                        if self.image_shows(expected) {
+                            done.push((*conn_id, *slot_id, Ok(())));
+                        } else if self.now >= *deadline {
+                            done.push((
+                                *conn_id,
+                                *slot_id,
+                                Err(crate::protocol::codes::REQUEST_TIMED_OUT),
+                            ));
+                        } else {
+                            waiting += 1;
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
         self.admin_waiting = waiting;
-        for (conn, slot_id, applied) in done {
+        for (conn, slot_id, outcome) in done {
+            let applied = outcome.is_ok();
             let Some(c) = self.conns.get_mut(&conn) else {
                 continue;
             };
@@ -1771,7 +1957,7 @@ impl<D: Disk> Node<D> {
                     request,
                 }
             } else {
-                pending.complete(&self.image, applied);
+                pending.complete(&self.image, outcome);
                 match pending.frame(correlation_id, version) {
                     Ok(bytes) if applied => Slot::AwaitSync {
                         round: self.next_round,

@@ -555,6 +555,65 @@ impl Topics {
         }
     }
 
+    /// Gives each log of `topic` held here its topic's segment and retention settings.
+    pub(crate) fn set_policy(
+        &mut self,
+        topic: &str,
+        config: &crate::metadata::configs::TopicConfig,
+    ) {
+        let Some(t) = self.by_name.get_mut(topic) else {
+            return;
+        };
+        // Retention applies only to cleanup.policy delete (compaction keeps every key's last
+        // record however old).
+        let (retention_ms, retention_bytes) = match config.delete {
+            true => (config.retention_ms, config.retention_bytes),
+            false => (-1, -1),
+        };
+        for partition in t.partitions.values_mut() {
+            if let Ok(log) = partition.log.as_mut() {
+                log.set_policy(
+                    config.segment_bytes as u64,
+                    config.segment_ms,
+                    retention_ms,
+                    retention_bytes,
+                );
+            }
+        }
+    }
+
+    /// Retention at `now_ms` on every log held here, below each one's high watermark: the
+    /// logs whose start moved (their Raft groups are told, their next round writes it).
+    pub(crate) fn apply_retention(
+        &mut self,
+        disk: &mut dyn crate::disk::Disk,
+        now_ms: i64,
+    ) -> Vec<u64> {
+        let mut moved = Vec::new();
+        for topic in self.by_name.values_mut() {
+            for partition in topic.partitions.values_mut() {
+                let (Ok(log), Some(replica)) = (partition.log.as_mut(), partition.replica.as_mut())
+                else {
+                    continue;
+                };
+                match log.apply_retention(disk, now_ms, replica.high_watermark()) {
+                    Ok(true) => {
+                        replica.raft_mut().handle_log_start(log.log_start_offset());
+                        moved.push(partition.log_id);
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(dir = %log.dir(), error = %e, "retention failed; tried again at the next check")
+                    }
+                }
+            }
+        }
+        for log_id in &moved {
+            self.touched.insert(*log_id);
+        }
+        moved
+    }
+
     /// `log_id`'s log was written (or its replica wants a sync): the next round looks at it.
     pub(crate) fn touch(&mut self, log_id: u64) {
         self.touched.insert(log_id);

@@ -218,6 +218,10 @@ impl Replica {
                             .record(&header, seen_ms, producer_expiry_ms);
                     }
                 }
+                Command::Reset { offset, epoch } => {
+                    effects.wrote = true;
+                    log.reset_to(disk, offset, epoch)?;
+                }
                 Command::Truncate { offset } => {
                     effects.wrote = true;
                     log.truncate_to(disk, offset)?;
@@ -238,6 +242,12 @@ impl Replica {
                     // anew from below what it had shown: what it showed stays.
                     if high_watermark > self.high_watermark {
                         self.high_watermark = high_watermark;
+                        effects.changed = true;
+                    }
+                    // DeleteRecords markers that just committed move the log start.
+                    if log.apply_committed_starts(high_watermark) {
+                        self.raft.handle_log_start(log.log_start_offset());
+                        effects.wrote = true;
                         effects.changed = true;
                     }
                 }

@@ -237,6 +237,10 @@ pub enum FetchReply {
     Diverging { epoch: Epoch, end_offset: Offset },
     /// The fetch named an older epoch than the leader's, or this node does not lead.
     NotLeader,
+    /// The leader's log starts at `offset` (retention, DeleteRecords), past where the
+    /// follower's log agrees with it as far as the leader can tell: the follower starts its
+    /// log over, empty, at `offset`, with `epoch` in force there.
+    StartAt { offset: Offset, epoch: Epoch },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -264,6 +268,12 @@ pub enum Command {
     /// Append these entries (they continue the log).
     Append {
         entries: Vec<Entry>,
+    },
+    /// Empty the log and start it at `offset`, with `epoch` in force there (past the log's
+    /// end). A `SyncLog` follows, as for a truncation.
+    Reset {
+        offset: Offset,
+        epoch: Epoch,
     },
     /// Remove every entry at or past `offset`. A `SyncLog` follows: the follower fetches
     /// again only once it completed (a partition log cuts its files in that round).
@@ -303,6 +313,9 @@ pub struct LogShape {
     pub epochs: Vec<(Epoch, Offset)>,
     pub end: Offset,
     pub synced: Offset,
+    /// Entries below this are gone (retention, DeleteRecords): all committed. The first
+    /// epoch starts here at the earliest.
+    pub start: Offset,
 }
 
 /// In a log whose epochs start at `epochs` (ascending) and which ends at `end`: the largest
@@ -341,6 +354,25 @@ impl LogShape {
             self.epochs.push((epoch, base_offset));
         }
         self.end = last_offset + 1;
+    }
+
+    /// Entries below `start` are gone: the epoch in force there now starts there.
+    fn trim(&mut self, start: Offset) {
+        if start <= self.start {
+            return;
+        }
+        self.start = start;
+        let below = self.epochs.partition_point(|(_, s)| *s <= start);
+        if below > 0 {
+            let (epoch, _) = self.epochs[below - 1];
+            self.epochs.drain(..below);
+            self.epochs.insert(0, (epoch, start));
+        }
+    }
+
+    /// The epoch in force at the log start.
+    fn start_epoch(&self) -> Epoch {
+        self.epochs.first().map_or(0, |(e, _)| *e)
     }
 
     fn truncate(&mut self, offset: Offset) {
@@ -929,6 +961,10 @@ impl Raft {
                 header
                     && match reply {
                         FetchReply::NotLeader => true,
+                        FetchReply::StartAt {
+                            offset,
+                            epoch: start_epoch,
+                        } => epoch_ok(*start_epoch) && start_epoch <= epoch && offset_ok(*offset),
                         FetchReply::Diverging {
                             epoch: diverging,
                             end_offset,
@@ -1010,6 +1046,12 @@ impl Raft {
             _ if self.fetch_deadline_ms.is_none() => self.send_fetch(now_ms, out),
             _ => {}
         }
+    }
+
+    /// The log's start moved to `start` (retention or DeleteRecords, below the high
+    /// watermark): entries below it are gone.
+    pub fn handle_log_start(&mut self, start: Offset) {
+        self.log.trim(start.min(self.log.end));
     }
 
     /// The epoch and vote of `persisted` are durable.
@@ -1316,6 +1358,16 @@ impl Raft {
             return;
         };
         progress.last_fetch_ms = Some(now_ms);
+        let start = self.log.start;
+        let start_at = FetchReply::StartAt {
+            offset: start,
+            epoch: self.log.start_epoch(),
+        };
+        if fetch_offset < start {
+            // What the follower needs next is gone here (all of it committed).
+            out.push(answer(start_at));
+            return;
+        }
         if fetch_offset > 0 {
             let agrees = self
                 .log
@@ -1324,6 +1376,11 @@ impl Raft {
             let agrees = agrees || self.config.planted == Some(RaftBug::NoTruncate);
             if !agrees || fetch_offset > self.log.end {
                 let (epoch, end_offset) = self.log.epoch_end(last_fetched_epoch).unwrap_or((0, 0));
+                if start > 0 && end_offset.min(fetch_offset) < start {
+                    // Where the logs part is below what this log still holds.
+                    out.push(answer(start_at));
+                    return;
+                }
                 out.push(answer(FetchReply::Diverging {
                     epoch,
                     end_offset: end_offset.min(fetch_offset),
@@ -1434,6 +1491,37 @@ impl Raft {
         self.reset_election_timer(now_ms);
         match reply {
             FetchReply::NotLeader => unreachable!("handled above"),
+            FetchReply::StartAt { offset, epoch } => {
+                if offset < self.high_watermark || offset <= self.log.start {
+                    // Not for this log (it holds what it saw committed there): ask again.
+                    self.fetch_deadline_ms = Some(now_ms + self.config.fetch_retry_ms);
+                    return;
+                }
+                if offset < self.log.end {
+                    // Its entries past the leader's start cannot be checked there: cut back
+                    // to what it saw committed (agreed), then fetch again.
+                    let offset = self.high_watermark.max(self.log.start);
+                    self.log.truncate(offset);
+                    self.truncations += 1;
+                    out.push(Command::Truncate { offset });
+                    out.push(Command::SyncLog {
+                        generation: self.truncations,
+                    });
+                    return;
+                }
+                self.log = LogShape {
+                    epochs: vec![(epoch, offset)],
+                    end: offset,
+                    synced: self.log.synced.min(offset),
+                    start: offset,
+                };
+                self.truncations += 1;
+                out.push(Command::Reset { offset, epoch });
+                out.push(Command::SyncLog {
+                    generation: self.truncations,
+                });
+                return;
+            }
             FetchReply::Diverging { epoch, end_offset } => {
                 let own_end = self.log.epoch_end(epoch).map_or(0, |(_, end)| end);
                 let offset = end_offset.min(own_end);

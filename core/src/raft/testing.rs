@@ -147,6 +147,7 @@ fn describe(message: &Message) -> String {
                     format!("diverging={epoch}@{end_offset}")
                 }
                 FetchReply::NotLeader => "not-leader".into(),
+                FetchReply::StartAt { offset, epoch } => format!("start-at={epoch}@{offset}"),
             };
             format!("FetchResponse epoch={epoch} hw={high_watermark} {reply}")
         }
@@ -272,6 +273,10 @@ impl Cluster {
                     let end = host.log.last().map_or(0, |e| e.last_offset + 1);
                     assert_eq!(entries[0].base_offset, end, "appends continue the log");
                     host.log.extend(entries);
+                }
+                Command::Reset { offset, epoch } => {
+                    // The test cluster never moves a log start, so no leader asks for this.
+                    unreachable!("reset to {offset} in epoch {epoch}: no log start moves here");
                 }
                 Command::Truncate { offset } => {
                     let host = self.hosts.get_mut(&id).expect("node");

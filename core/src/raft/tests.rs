@@ -151,6 +151,8 @@ fn a_voter_alone_leads_at_once_and_commits_what_it_recovered() {
         epochs: vec![(1, 0), (3, 5)],
         end: 9,
         synced: 7,
+
+        start: 0,
     };
     let mut raft = Raft::new(config, persisted, log, 100);
     assert_eq!(raft.next_deadline_ms(), 100, "nobody to wait for");
@@ -199,6 +201,8 @@ fn epoch_end_answers_as_offset_for_leader_epoch() {
         epochs: vec![(1, 0), (3, 5), (4, 9)],
         end: 12,
         synced: 12,
+
+        start: 0,
     };
     assert_eq!(shape.epoch_end(0), None);
     assert_eq!(shape.epoch_end(1), Some((1, 5)));
@@ -233,6 +237,8 @@ fn follower(id: NodeId, epochs: Vec<(Epoch, Offset)>, end: Offset) -> Raft {
         epochs,
         end,
         synced: end,
+
+        start: 0,
     };
     Raft::new(config, persisted, shape, 0)
 }

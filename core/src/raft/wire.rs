@@ -90,6 +90,7 @@ const TAG_TIMEOUT_NOW: u8 = 8;
 const REPLY_ENTRIES: u8 = 0;
 const REPLY_DIVERGING: u8 = 1;
 const REPLY_NOT_LEADER: u8 = 2;
+const REPLY_START_AT: u8 = 3;
 
 /// The smallest encoding of a group and a message: counts are checked against it.
 const GROUP_AND_MESSAGE_BYTES_MIN: usize = 16 + 4 + 1 + 4;
@@ -210,6 +211,11 @@ fn encode_message(out: &mut BytesMut, message: &Message) {
                     out.put_i64(*end_offset);
                 }
                 FetchReply::NotLeader => out.put_u8(REPLY_NOT_LEADER),
+                FetchReply::StartAt { offset, epoch } => {
+                    out.put_u8(REPLY_START_AT);
+                    out.put_i64(*offset);
+                    out.put_i32(*epoch);
+                }
             }
         }
         Message::TimeoutNow { epoch } => {
@@ -424,6 +430,13 @@ fn decode_message(buf: &mut Bytes) -> Result<Message, PeerWireError> {
                     }
                 }
                 REPLY_NOT_LEADER => FetchReply::NotLeader,
+                REPLY_START_AT => {
+                    need(buf, 8 + 4, "a log start")?;
+                    FetchReply::StartAt {
+                        offset: buf.get_i64(),
+                        epoch: buf.get_i32(),
+                    }
+                }
                 tag => {
                     return Err(PeerWireError::UnknownTag {
                         what: "fetch reply",
@@ -476,6 +489,8 @@ mod tests {
             (any::<i32>(), any::<i64>())
                 .prop_map(|(epoch, end_offset)| FetchReply::Diverging { epoch, end_offset }),
             Just(FetchReply::NotLeader),
+            (0..i64::MAX, 0..i32::MAX)
+                .prop_map(|(offset, epoch)| FetchReply::StartAt { offset, epoch }),
         ];
         prop_oneof![
             (any::<i32>(), any::<i32>(), any::<i64>()).prop_map(

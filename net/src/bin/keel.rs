@@ -84,6 +84,21 @@ struct ServeArgs {
     /// Segment files roll at this size [default: 1073741824].
     #[arg(long, value_name = "BYTES")]
     segment_bytes: Option<u64>,
+    /// A segment rolls once its first batch is this old (log.roll.ms; a topic's segment.ms)
+    /// [default: 604800000].
+    #[arg(long, value_name = "MS")]
+    segment_ms: Option<i64>,
+    /// Segments whose newest record is this old are deleted (log.retention.ms; a topic's
+    /// retention.ms; -1 keeps them) [default: 604800000].
+    #[arg(long, value_name = "MS", allow_negative_numbers = true)]
+    retention_ms: Option<i64>,
+    /// The oldest segments are deleted while a partition holds more than this
+    /// (log.retention.bytes; a topic's retention.bytes; -1: no limit) [default: -1].
+    #[arg(long, value_name = "BYTES", allow_negative_numbers = true)]
+    retention_bytes: Option<i64>,
+    /// How often retention runs (log.retention.check.interval.ms) [default: 300000].
+    #[arg(long, value_name = "MS")]
+    retention_check_interval_ms: Option<u64>,
     /// Largest request accepted (socket.request.max.bytes) [default: 104857600].
     #[arg(long, value_name = "BYTES")]
     max_request_bytes: Option<usize>,
@@ -163,6 +178,10 @@ impl ServeArgs {
             num_partitions,
             durability,
             segment_bytes,
+            segment_ms,
+            retention_ms,
+            retention_bytes,
+            retention_check_interval_ms,
             max_request_bytes,
             max_message_bytes,
             producer_id_expiration_ms,
@@ -195,6 +214,15 @@ impl ServeArgs {
             config.metrics_listen = Some(listen);
         }
         config.voters()?;
+        for (key, value) in [
+            ("segment.bytes", config.segment_bytes.to_string()),
+            ("segment.ms", config.segment_ms.to_string()),
+            ("retention.ms", config.retention_ms.to_string()),
+            ("retention.bytes", config.retention_bytes.to_string()),
+            ("max.message.bytes", config.max_message_bytes.to_string()),
+        ] {
+            keel_core::metadata::configs::check(key, &value, 1).map_err(anyhow::Error::msg)?;
+        }
         if !(1..=keel_core::limits::PARTITIONS_PER_TOPIC_MAX)
             .contains(&config.offsets_topic_partitions)
         {
