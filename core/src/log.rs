@@ -58,6 +58,8 @@ pub struct LogConfig {
     /// The planted bug `cut-synced` (`node::PlantedBug::CutSynced`); only the simulator
     /// sets it.
     pub planted_cut_synced: bool,
+    /// The planted bug `retention-early` (`node::PlantedBug::RetentionEarly`).
+    pub planted_retention_early: bool,
     /// The latest leader epoch this node knows: a stored batch with a later one is damaged
     /// (its epoch is outside the CRC).
     pub leader_epoch_max: i32,
@@ -73,6 +75,7 @@ impl Default for LogConfig {
             index_interval_bytes: 4096,
             producer_id_expiration_ms: 86_400_000,
             planted_cut_synced: false,
+            planted_retention_early: false,
             leader_epoch_max: i32::MAX,
         }
     }
@@ -387,8 +390,13 @@ impl PartitionLog {
                 }
                 false => (None, (0, -1)),
             };
+        // Removed only once the first round has written the start again: after a failed
+        // fsync, what reads back here may be pages that never reached the disk.
+        let mut doomed = Vec::new();
         while bases.len() > 1 && bases[1] <= log_start_offset {
-            disk.remove(&segment_name(dir, bases.remove(0)))?;
+            let name = segment_name(dir, bases.remove(0));
+            let file = disk.create(&name)?;
+            doomed.push((name, file));
         }
         if bases.is_empty() && known_recovery_point.is_none() {
             // A recovery point was written, so a segment was created with it: all were lost.
@@ -400,7 +408,7 @@ impl PartitionLog {
             });
         }
         if bases.is_empty() {
-            bases.push(0);
+            bases.push(log_start_offset);
         }
         let mut report = RecoveryReport::default();
         let mut producers = ProducerStates::default();
@@ -566,11 +574,30 @@ impl PartitionLog {
             disk.truncate(file, 0)?;
             segments.push(Segment::empty(name, file, log_start_offset));
         }
+        if known_recovery_point.is_some_and(|rp| expected_offset < rp) && !cut {
+            return Err(LogError::Corrupt {
+                file: segment_name(dir, bases[bases.len() - 1]),
+                position: segments.last().map_or(0, |s| s.size_bytes),
+                recovery_point,
+                reason: format!("the log ends at {expected_offset}, before its recovery point"),
+            });
+        }
+        if expected_offset < log_start_offset && known_recovery_point.is_none() {
+            return Err(LogError::Corrupt {
+                file: segment_name(dir, bases[bases.len() - 1]),
+                position: segments.last().map_or(0, |s| s.size_bytes),
+                recovery_point,
+                reason: format!(
+                    "the log ends at {expected_offset}, before its start {log_start_offset}, and its recovery point is unreadable"
+                ),
+            });
+        }
         if expected_offset < log_start_offset {
-            // Everything left ends below the start (a follower's reset whose new segment the
-            // crash lost): the log is empty from its start.
+            // Everything left ends below the start, and below no recovery point (a follower's
+            // reset whose new segment the crash lost: that round's recovery point was the old
+            // log's): the log is empty from its start.
             for segment in segments.drain(..) {
-                disk.remove(&segment.name)?;
+                doomed.push((segment.name, segment.file));
             }
             let name = segment_name(dir, log_start_offset);
             let file = disk.create(&name)?;
@@ -580,13 +607,6 @@ impl PartitionLog {
             producers = ProducerStates::default();
             pending_starts.clear();
             expected_offset = log_start_offset;
-        } else if known_recovery_point.is_some_and(|rp| expected_offset < rp) && !cut {
-            return Err(LogError::Corrupt {
-                file: segment_name(dir, bases[bases.len() - 1]),
-                position: segments.last().map_or(0, |s| s.size_bytes),
-                recovery_point,
-                reason: format!("the log ends at {expected_offset}, before its recovery point"),
-            });
         }
         // Epochs start at the log start at the earliest.
         let below = epochs.partition_point(|(_, start)| *start <= log_start_offset);
@@ -618,8 +638,9 @@ impl PartitionLog {
             log_start_offset,
             log_start_epoch,
             log_start_file,
-            log_start_dirty: false,
-            doomed: Vec::new(),
+            // Written again by the first round (see `rewrite`: the same holds for it).
+            log_start_dirty: log_start_file.is_some(),
+            doomed,
             doomed_armed: 0,
             pending_starts,
         };
@@ -1088,9 +1109,10 @@ impl PartitionLog {
             if segment.next_offset > high_watermark {
                 break;
             }
-            let by_time = config.retention_ms >= 0
-                && segment.max_timestamp >= 0
-                && now_ms.saturating_sub(segment.max_timestamp) > config.retention_ms;
+            let by_time = (config.retention_ms >= 0 && config.planted_retention_early)
+                || config.retention_ms >= 0
+                    && segment.max_timestamp >= 0
+                    && now_ms.saturating_sub(segment.max_timestamp) > config.retention_ms;
             let by_size = config.retention_bytes >= 0
                 && size_bytes - segment.size_bytes >= config.retention_bytes as u64;
             if !by_time && !by_size {

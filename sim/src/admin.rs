@@ -29,6 +29,9 @@ pub(crate) enum AdminStep {
     CreatePartitions,
     /// A long-polling fetch, then the delete behind it on the same connection.
     LongPollAndDelete,
+    /// With the lifecycle on (`LifecyclePlan`), on the workload's topic: 0 sets its
+    /// retention.ms and segment.ms, 1 moves a partition's start (DeleteRecords).
+    Lifecycle(u8),
 }
 
 /// A request of the admin client in flight.
@@ -50,6 +53,10 @@ pub(crate) enum AdminRequest {
     },
     CreatePartitions,
     Delete,
+    AlterRetention,
+    DeleteRecords {
+        partition: i32,
+    },
 }
 
 #[derive(Debug)]

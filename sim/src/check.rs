@@ -64,6 +64,11 @@ pub enum ViolationKind {
     TwoOwners,
     /// A group committed an offset past anything committed in the partition.
     CommitPastEnd,
+    /// An acknowledged record gone from the log before retention or DeleteRecords allowed
+    /// it (a consumer below the log start found it moved past the record).
+    RemovedEarly,
+    /// A record below an acknowledged DeleteRecords' start served by a fetch sent after it.
+    ServedBelowStart,
 }
 
 impl ViolationKind {
@@ -88,6 +93,8 @@ impl ViolationKind {
             ViolationKind::GroupCommitBack => "group-commit-back",
             ViolationKind::TwoOwners => "two-owners",
             ViolationKind::CommitPastEnd => "commit-past-end",
+            ViolationKind::RemovedEarly => "removed-early",
+            ViolationKind::ServedBelowStart => "served-below-start",
         }
     }
 
@@ -112,6 +119,8 @@ pub struct Write {
     pub partition: i32,
     pub send_seq: u64,
     pub values: Vec<u64>,
+    /// The batch's timestamp (retention counts from it).
+    pub timestamp_ms: i64,
 }
 
 #[derive(Debug, Default)]
@@ -142,6 +151,17 @@ pub struct Checker {
     owners: BTreeMap<(i32, i32), String>,
     /// partition -> every acknowledged group commit: (time, offset), in time order.
     group_commits: BTreeMap<i32, Vec<(u64, i64)>>,
+    /// value -> the timestamp of its acknowledged batch.
+    timestamp_of: BTreeMap<u64, i64>,
+    /// The smallest retention.ms any client asked for (it may be in force from then on).
+    retention_ms_min: Option<i64>,
+    /// partition -> the highest offset a DeleteRecords asked for (acknowledged or not).
+    delete_asked: BTreeMap<i32, i64>,
+    /// partition -> DeleteRecords acknowledged: (time, new start).
+    delete_acked: BTreeMap<i32, Vec<(u64, i64)>>,
+    /// partition -> the highest start a consumer jumped to: acknowledged records below it
+    /// that nobody read were checked as removed then.
+    removed_below: BTreeMap<i32, i64>,
 }
 
 /// What the simulated disk says of a partition at a restart: lasting damage struck its files,
@@ -216,6 +236,7 @@ impl Checker {
             let offset = base_offset + i as i64;
             self.observe(at_ns, write.partition, offset, *value, "acknowledged");
             self.acked.insert(*value, (write.partition, offset));
+            self.timestamp_of.insert(*value, write.timestamp_ms);
             let end = self.acked_end.entry(write.partition).or_insert(0);
             *end = (*end).max(offset + 1);
         }
@@ -386,8 +407,14 @@ impl Checker {
                 continue;
             }
             let reached = positions.get(partition).is_some_and(|p| p > offset);
+            let removed = self
+                .removed_below
+                .get(partition)
+                .is_some_and(|b| offset < b);
             match self.read.get(&(*partition, *offset)) {
                 Some(v) if v == value => {}
+                // Checked when a consumer found the log start past it.
+                _ if removed => {}
                 _ if reached => lost.push((*value, *partition, *offset)),
                 _ => unread.push((*value, *partition, *offset)),
             }
@@ -409,6 +436,83 @@ impl Checker {
                 ),
             );
         }
+    }
+
+    /// A client asked for retention.ms of the workload's topic to be `retention_ms`.
+    pub fn on_retention_asked(&mut self, retention_ms: i64) {
+        if retention_ms >= 0 {
+            let min = self.retention_ms_min.get_or_insert(retention_ms);
+            *min = (*min).min(retention_ms);
+        }
+    }
+
+    /// A client asked for `partition`'s records below `offset` to be deleted.
+    pub fn on_delete_records_asked(&mut self, partition: i32, offset: i64) {
+        let asked = self.delete_asked.entry(partition).or_insert(offset);
+        *asked = (*asked).max(offset);
+    }
+
+    /// DeleteRecords of `partition` acknowledged with its new start. `durable`: as for group
+    /// commits (a crash of a majority under replicated durability may take it back).
+    pub fn on_delete_records_acked(
+        &mut self,
+        at_ns: u64,
+        partition: i32,
+        low_watermark: i64,
+        durable: bool,
+    ) {
+        if durable {
+            (self.delete_acked.entry(partition).or_default()).push((at_ns, low_watermark));
+        }
+    }
+
+    /// A fetch sent at `sent_ns` returned `partition`'s record at `offset`: it must not lie
+    /// below a start that a DeleteRecords acknowledged before the fetch was sent.
+    pub fn check_above_start(&mut self, at_ns: u64, sent_ns: u64, partition: i32, offset: i64) {
+        let start = (self.delete_acked.get(&partition).into_iter().flatten())
+            .filter(|(at, _)| *at < sent_ns)
+            .map(|(_, start)| *start)
+            .max();
+        if let Some(start) = start.filter(|s| offset < *s) {
+            self.violate(
+                ViolationKind::ServedBelowStart,
+                at_ns,
+                format!("partition {partition} offset {offset} served after DeleteRecords moved its start to {start}"),
+            );
+        }
+    }
+
+    /// A consumer at `from` found `partition`'s log starting at `to` (at `now_ms` on the
+    /// nodes' clock): every acknowledged record in between was removed, read before or not,
+    /// which only DeleteRecords (an offset asked for past it) or retention (its batch older
+    /// than the smallest retention.ms asked for) allows.
+    pub fn on_start_moved(&mut self, at_ns: u64, now_ms: i64, partition: i32, from: i64, to: i64) {
+        if self.retired.contains_key(&partition) || to <= from {
+            return;
+        }
+        let asked = self.delete_asked.get(&partition).copied().unwrap_or(0);
+        let mut early = Vec::new();
+        for ((_, offset), value) in self.value_at.range((partition, from)..(partition, to)) {
+            if self.acked.get(value) != Some(&(partition, *offset)) || *offset < asked {
+                continue;
+            }
+            let timestamp = self.timestamp_of.get(value).copied().unwrap_or(i64::MAX);
+            let expired =
+                (self.retention_ms_min).is_some_and(|r| now_ms.saturating_sub(timestamp) > r);
+            if !expired {
+                early.push((*offset, *value, timestamp));
+            }
+        }
+        if let Some((offset, value, timestamp)) = early.first() {
+            let detail = format!(
+                "partition {partition} starts at {to}: {} acknowledged records below it were removed early, first {value:#x} at offset {offset} (written at {timestamp}, now {now_ms}, retention.ms at least {:?}, DeleteRecords asked below {asked})",
+                early.len(),
+                self.retention_ms_min
+            );
+            self.violate(ViolationKind::RemovedEarly, at_ns, detail);
+        }
+        let below = self.removed_below.entry(partition).or_insert(to);
+        *below = (*below).max(to);
     }
 
     /// A member was assigned `partitions` in `generation`.

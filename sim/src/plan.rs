@@ -73,6 +73,40 @@ pub struct Plan {
     pub net: NetFaults,
     /// The group workload (none unless asked for: `--groups`).
     pub group: GroupPlan,
+    /// The log's lifecycle in the workload (none unless asked for: `--lifecycle`).
+    pub lifecycle: LifecyclePlan,
+}
+
+/// The log's lifecycle in the workload topic: the admin client sets its retention.ms and
+/// segment.ms (IncrementalAlterConfigs) and moves its partitions' starts (DeleteRecords);
+/// the nodes apply retention every `retention_check_ms`; consumers that fall below a
+/// partition's start jump to it, as `auto.offset.reset=earliest` does.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LifecyclePlan {
+    pub on: bool,
+    /// The values the admin client sets retention.ms to, in turn.
+    pub retention_ms: Vec<i64>,
+    pub segment_ms: i64,
+    /// The nodes' `log.retention.check.interval.ms`.
+    pub retention_check_ms: u64,
+    /// The chance that an admin cycle sends DeleteRecords.
+    pub delete_records_probability: f64,
+}
+
+impl LifecyclePlan {
+    /// Drawn from a stream of its own, as [`GroupPlan::draw`].
+    pub fn draw(seed: u64) -> LifecyclePlan {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x6c69_6665_6379_636c);
+        LifecyclePlan {
+            on: true,
+            retention_ms: (0..rng.random_range(1..=3))
+                .map(|_| rng.random_range(1_000..=20_000))
+                .collect(),
+            segment_ms: rng.random_range(200..=5_000),
+            retention_check_ms: rng.random_range(100..=2_000),
+            delete_records_probability: rng.random_range(0.2..=1.0),
+        }
+    }
 }
 
 /// Members of one consumer group and their faults (`sim/src/sim/group.rs`).
@@ -170,6 +204,7 @@ impl Plan {
         Plan {
             nodes: 1,
             group: GroupPlan::default(),
+            lifecycle: LifecyclePlan::default(),
             net: NetFaults::draw(&mut net),
             partitions: rng.random_range(1..=4),
             segment_size_bytes: [16 << 10, 256 << 10, 1 << 30][rng.random_range(0..3)],

@@ -93,6 +93,9 @@ pub struct Options {
     pub durability: Durability,
     /// Members of a consumer group consume, instead of plain consumers (`sim/group.rs`).
     pub groups: bool,
+    /// Retention, segment rolls, DeleteRecords and config changes run on the workload's
+    /// topic (`LifecyclePlan`).
+    pub lifecycle: bool,
 }
 
 /// What a run did and found.
@@ -350,6 +353,8 @@ enum Role {
         positions: BTreeMap<i32, i64>,
         next_poll_at_ns: u64,
         fetching: bool,
+        /// When its fetch in flight was sent.
+        fetch_sent_ns: u64,
     },
     Admin(Box<AdminState>),
     /// A member of the workload's consumer group (`group.rs`).
@@ -550,6 +555,14 @@ impl Sim {
                 plan.group.kip848 = None;
             }
         }
+        if options.lifecycle {
+            plan.lifecycle = crate::plan::LifecyclePlan::draw(options.seed);
+            // The admin client makes the changes.
+            plan.admin = true;
+            // Consumers learn a partition's start from Fetch (v5+), where older ones would ask
+            // ListOffsets.
+            plan.fetch_version = plan.fetch_version.max(5);
+        }
         let first_disk_seed = rng.random();
         let cluster = (1..=nodes as i32)
             .map(|n| Broker {
@@ -571,6 +584,11 @@ impl Sim {
                     .producer_id_expiration_ms
                     .unwrap_or(LogConfig::default().producer_id_expiration_ms),
                 ..LogConfig::default()
+            },
+            retention_check_interval_ms: if plan.lifecycle.on {
+                plan.lifecycle.retention_check_ms
+            } else {
+                Config::default().retention_check_interval_ms
             },
             topic_defaults: keel_core::metadata::configs::TopicConfig {
                 segment_bytes: plan.segment_size_bytes as i64,
@@ -613,6 +631,7 @@ impl Sim {
                 positions: (0..plan.partitions).map(|p| (p, 0)).collect(),
                 next_poll_at_ns: 0,
                 fetching: false,
+                fetch_sent_ns: 0,
             });
         }
         if plan.admin {
@@ -624,6 +643,7 @@ impl Sim {
                 positions: BTreeMap::new(),
                 next_poll_at_ns: 0,
                 fetching: false,
+                fetch_sent_ns: 0,
             });
             let fetcher = clients.len() - 1;
             let interval = plan.group.commit_interval_ms * MS;

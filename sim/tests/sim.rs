@@ -27,6 +27,7 @@ fn options(
         nodes,
         durability: Durability::Fsync,
         groups: false,
+        lifecycle: false,
     }
 }
 
@@ -70,6 +71,8 @@ struct Regression {
     nodes: usize,
     /// A consumer group's members consume (`groups` on the line).
     groups: bool,
+    /// The log's lifecycle runs (`lifecycle` on the line).
+    lifecycle: bool,
 }
 
 fn regressions() -> Vec<Regression> {
@@ -87,6 +90,7 @@ fn regressions() -> Vec<Regression> {
         let mut idempotent = None;
         let mut nodes = 1;
         let mut groups = false;
+        let mut lifecycle = false;
         for word in words {
             if let Some(n) = word.strip_prefix("nodes=") {
                 nodes = n.parse().expect("a node count");
@@ -94,6 +98,8 @@ fn regressions() -> Vec<Regression> {
                 idempotent = Some(true);
             } else if word == "groups" {
                 groups = true;
+            } else if word == "lifecycle" {
+                lifecycle = true;
             } else {
                 bug = Some(PlantedBug::from_name(word).expect("a known bug or `idempotent`"));
             }
@@ -105,6 +111,7 @@ fn regressions() -> Vec<Regression> {
             idempotent,
             nodes,
             groups,
+            lifecycle,
         });
     }
     seeds
@@ -124,6 +131,7 @@ fn every_regression_seed_passes() {
             nodes: r.nodes,
             durability: Durability::Fsync,
             groups: r.groups,
+            lifecycle: r.lifecycle,
         });
         if result.exit_code() != 0 {
             failures.push(describe(&result, r.duration_ns, r.bug, r.nodes));
@@ -252,6 +260,9 @@ fn planted_bugs_are_caught() {
             // goes back (with `--groups`; only members that sent one in a later generation,
             // while the partition moved on, show it).
             PlantedBug::StaleCommit => (ViolationKind::GroupCommitBack, 0.03, None),
+            // Retention that ignores retention.ms (with `--lifecycle`): a consumer below the
+            // new start finds acknowledged records gone too young.
+            PlantedBug::RetentionEarly => (ViolationKind::RemovedEarly, 0.1, None),
             PlantedBug::NoReannounce => unreachable!("skipped above"),
         };
         // A bug that shows in few seeds gets three times as many: its share is measured, not
@@ -263,6 +274,7 @@ fn planted_bugs_are_caught() {
             jobs,
             &Options {
                 groups: bug == PlantedBug::StaleCommit,
+                lifecycle: bug == PlantedBug::RetentionEarly,
                 ..options(duration_ns, Some(bug), idempotent, nodes)
             },
             &|_| {},
@@ -366,6 +378,7 @@ fn a_seed_replays_to_the_same_trace_hash() {
         nodes: 1,
         durability: Durability::Fsync,
         groups: false,
+        lifecycle: false,
     });
     let b = run_seed(Options {
         seed: 2,
@@ -375,6 +388,7 @@ fn a_seed_replays_to_the_same_trace_hash() {
         nodes: 1,
         durability: Durability::Fsync,
         groups: false,
+        lifecycle: false,
     });
     assert_ne!(a.report.unwrap().trace_hash, b.report.unwrap().trace_hash);
 }

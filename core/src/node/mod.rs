@@ -217,10 +217,13 @@ pub enum PlantedBug {
     /// Group coordinators accept offset commits from any generation of a member (a zombie's
     /// commit, made before a rebalance, lands after it).
     StaleCommit,
+    /// Retention deletes every whole segment below the high watermark, however young:
+    /// acknowledged records go before retention.ms allows.
+    RetentionEarly,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 11] = [
+    pub const ALL: [PlantedBug; 12] = [
         PlantedBug::SkipFsync,
         PlantedBug::AckEarly,
         PlantedBug::NoDedup,
@@ -232,6 +235,7 @@ impl PlantedBug {
         PlantedBug::NoTruncate,
         PlantedBug::NoReannounce,
         PlantedBug::StaleCommit,
+        PlantedBug::RetentionEarly,
     ];
 
     /// The bugs only a cluster can show (a node alone commits what it synced, votes for
@@ -259,6 +263,7 @@ impl PlantedBug {
             PlantedBug::NoTruncate => "no-truncate",
             PlantedBug::NoReannounce => "no-reannounce",
             PlantedBug::StaleCommit => "stale-commit",
+            PlantedBug::RetentionEarly => "retention-early",
         }
     }
 
@@ -273,6 +278,7 @@ pub struct PartitionOffsets {
     pub topic: String,
     pub partition: i32,
     /// `None` for a partition that is offline.
+    pub log_start_offset: Option<i64>,
     pub log_end_offset: Option<i64>,
     pub high_watermark: Option<i64>,
 }
@@ -779,6 +785,7 @@ impl<D: Disk> Node<D> {
         // Topics' logs take their own segment size once the image names their configs; the
         // metadata log, and recovery, take the default.
         config.log.segment_size_bytes = config.topic_defaults.segment_bytes as u64;
+        config.log.planted_retention_early = config.planted_bug == Some(PlantedBug::RetentionEarly);
         let log_config = LogConfig {
             planted_cut_synced: config.planted_bug == Some(PlantedBug::CutSynced),
             ..config.log
@@ -1039,10 +1046,13 @@ impl<D: Disk> Node<D> {
     fn apply_retention(&mut self, now: Instant) {
         let interval = self.config.retention_check_interval_ms;
         let due = *self.next_retention.get_or_insert(now.plus_millis(interval));
-        if now < due || !self.serving {
+        if now < due {
             return;
         }
         self.next_retention = Some(now.plus_millis(interval));
+        if !self.serving {
+            return;
+        }
         let moved = self.topics.apply_retention(&mut self.disk, now.as_millis());
         if !moved.is_empty() {
             // Fetches parked below a new start are answered OFFSET_OUT_OF_RANGE.

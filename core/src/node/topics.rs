@@ -659,6 +659,7 @@ impl Topics {
                 offsets.push(super::PartitionOffsets {
                     topic: name.clone(),
                     partition: *i,
+                    log_start_offset: log.map(PartitionLog::log_start_offset),
                     log_end_offset: log.map(PartitionLog::log_end_offset),
                     high_watermark: p.replica.as_ref().map(Replica::high_watermark),
                 });

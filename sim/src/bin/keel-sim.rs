@@ -29,7 +29,8 @@ struct WorldArgs {
     #[arg(long, default_value = "60s", value_parser = parse_duration_ns)]
     duration: u64,
     /// Plant a bug: skip-fsync, ack-early, no-dedup, fetch-past-hw, ack-wrong-round,
-    /// cut-synced, stale-commit (with --groups), or on clusters ack-before-commit,
+    /// cut-synced, stale-commit (with --groups), retention-early (with --lifecycle), or on
+    /// clusters ack-before-commit,
     /// vote-without-sync, no-truncate, no-reannounce.
     #[arg(long, value_parser = parse_bug)]
     bug: Option<PlantedBug>,
@@ -47,6 +48,10 @@ struct WorldArgs {
     /// and leaving), instead of plain consumers.
     #[arg(long)]
     groups: bool,
+    /// The log's lifecycle runs on the workload's topic: retention.ms and segment.ms changed
+    /// by the admin client, retention applied, DeleteRecords.
+    #[arg(long)]
+    lifecycle: bool,
 }
 
 fn parse_durability(s: &str) -> Result<Durability, String> {
@@ -67,6 +72,7 @@ impl WorldArgs {
             nodes: self.nodes,
             durability: self.durability,
             groups: self.groups,
+            lifecycle: self.lifecycle,
         }
     }
 }
@@ -263,6 +269,9 @@ fn repro(seed: u64, world: WorldArgs) -> String {
     }
     if world.groups {
         flags.push_str(" --groups");
+    }
+    if world.lifecycle {
+        flags.push_str(" --lifecycle");
     }
     format!(
         "keel-sim run --seed {seed} --duration {}{flags}",

@@ -458,23 +458,33 @@ impl Sim {
         }
         for partition in 0..self.plan.partitions {
             let dir = format!("{TOPIC}-{partition}/");
-            let views: Vec<(usize, i64, Vec<replicas::StoredBatch>)> = (self.machines.iter())
+            type View = (usize, i64, i64, Vec<replicas::StoredBatch>);
+            let views: Vec<View> = (self.machines.iter())
                 .enumerate()
                 .filter_map(|(i, m)| {
                     let node = m.node.as_ref()?;
-                    let hw = (node.partition_offsets().into_iter())
-                        .find(|p| p.topic == TOPIC && p.partition == partition)?
-                        .high_watermark?;
-                    Some((i, hw, replicas::cached_batches(&m.disk.0.borrow(), &dir)))
+                    let offsets = (node.partition_offsets().into_iter())
+                        .find(|p| p.topic == TOPIC && p.partition == partition)?;
+                    let (start, hw) = (offsets.log_start_offset?, offsets.high_watermark?);
+                    Some((
+                        i,
+                        start,
+                        hw,
+                        replicas::cached_batches(&m.disk.0.borrow(), &dir),
+                    ))
                 })
                 .collect();
-            for (a, (node_a, hw_a, batches_a)) in views.iter().enumerate() {
-                for (node_b, hw_b, batches_b) in &views[a + 1..] {
+            for (a, (node_a, start_a, hw_a, batches_a)) in views.iter().enumerate() {
+                for (node_b, start_b, hw_b, batches_b) in &views[a + 1..] {
+                    // Between both logs' starts (retention runs on each replica alone; what
+                    // lies below a start, removed or not yet, is no longer the log's) and
+                    // both high watermarks.
                     let bound = (*hw_a).min(*hw_b);
+                    let start = (*start_a).max(*start_b);
                     let below = |batches: &[replicas::StoredBatch]| {
                         batches
                             .iter()
-                            .filter(|b| b.last_offset < bound)
+                            .filter(|b| b.last_offset < bound && b.last_offset >= start)
                             .copied()
                             .collect::<Vec<_>>()
                     };

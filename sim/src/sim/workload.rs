@@ -177,8 +177,14 @@ impl Sim {
                     }
                 }
                 Action::Fetch => {
-                    if let Role::Consumer { fetching, .. } = &mut self.clients[client].role {
+                    if let Role::Consumer {
+                        fetching,
+                        fetch_sent_ns,
+                        ..
+                    } = &mut self.clients[client].role
+                    {
                         *fetching = true;
+                        *fetch_sent_ns = now;
                     }
                     self.fetch(client);
                 }
@@ -503,6 +509,7 @@ impl Sim {
             partition,
             send_seq,
             values,
+            timestamp_ms: options.base_timestamp,
         };
         let op = self.new_op(write, padding, &options, generation);
         self.send_produce(client, op, acks);
@@ -566,6 +573,7 @@ impl Sim {
             partition,
             send_seq,
             values: vec![value],
+            timestamp_ms: options.base_timestamp,
         };
         let op = self.new_op(write, 0, &options, u64::MAX);
         self.send_produce(client, op, acks);
@@ -1006,6 +1014,7 @@ impl Sim {
         let single_node = self.machines.len() == 1;
         let mut markers = Vec::new();
         let mut reads = Vec::new();
+        let mut jumps = Vec::new();
         let mut outcome = "fetch:ok";
         for topic in response.responses.iter().filter(|t| t.topic == TOPIC) {
             for data in topic
@@ -1022,16 +1031,41 @@ impl Sim {
             }
         }
         {
-            let Role::Consumer { positions, .. } = &mut self.clients[client].role else {
+            let Role::Consumer {
+                positions,
+                fetch_sent_ns,
+                ..
+            } = &mut self.clients[client].role
+            else {
                 unreachable!("only consumers fetch");
             };
+            let sent_ns = *fetch_sent_ns;
             for topic in response.responses.iter().filter(|t| t.topic == TOPIC) {
                 for data in &topic.partitions {
                     let Some(position) = positions.get_mut(&data.partition_index) else {
                         continue;
                     };
+                    if data.error_code == codes::OFFSET_OUT_OF_RANGE
+                        && data.log_start_offset > *position
+                    {
+                        // Below the log start (retention, DeleteRecords): on from the start,
+                        // as auto.offset.reset=earliest does.
+                        outcome = "fetch:below-start";
+                        jumps.push((data.partition_index, *position, data.log_start_offset));
+                        *position = data.log_start_offset;
+                        read_any = true;
+                        continue;
+                    }
                     if data.error_code != codes::NONE {
                         outcome = "fetch:partition-error";
+                        tracing::debug!(
+                            client,
+                            partition = data.partition_index,
+                            code = data.error_code,
+                            position = *position,
+                            start = data.log_start_offset,
+                            "fetch error"
+                        );
                         stale = true;
                         continue;
                     }
@@ -1049,8 +1083,9 @@ impl Sim {
                         };
                         if batch.header().is_control() {
                             // A leader's marker: clients skip it, and read on after it. A node
-                            // alone knows what is committed and never needs one.
-                            if single_node {
+                            // alone knows what is committed and never needs one (a
+                            // DeleteRecords marker is another matter).
+                            if single_node && keel_core::log::log_start_of(&batch).is_none() {
                                 markers.push(batch.header().base_offset);
                             }
                             let next = batch.header().last_offset() + 1;
@@ -1074,7 +1109,7 @@ impl Sim {
                                 r.value.as_ref().filter(|v| v.len() >= 8).map(|v| {
                                     u64::from_be_bytes(v[..8].try_into().expect("8 bytes"))
                                 });
-                            reads.push((data.partition_index, *position, offset, value));
+                            reads.push((data.partition_index, *position, offset, value, sent_ns));
                             *position = offset + 1;
                             read_any = true;
                         }
@@ -1090,7 +1125,14 @@ impl Sim {
                 format!("a node alone wrote a leader-change marker at offset {offset}"),
             );
         }
-        for (partition, position, offset, value) in reads {
+        let now_ms = ((EPOCH_NS + self.now_ns) / MS) as i64;
+        for (partition, from, to) in jumps {
+            self.checker
+                .on_start_moved(self.now_ns, now_ms, partition, from, to);
+        }
+        for (partition, position, offset, value, sent_ns) in reads {
+            self.checker
+                .check_above_start(self.now_ns, sent_ns, partition, offset);
             if offset != position {
                 self.checker.violate(
                     ViolationKind::PollSkip,
@@ -1113,6 +1155,17 @@ impl Sim {
             }
             // On to the next leader (each leader serves only its own partitions).
             self.clients[client].rotate = stale || self.rng.random_bool(0.5);
+        }
+        if self.plan.lifecycle.on && self.rng.random_bool(0.02) {
+            // A seek to the beginning, as an application replaying a topic does: it finds
+            // the log start, and what retention and DeleteRecords removed below it.
+            let Role::Consumer { positions, .. } = &mut self.clients[client].role else {
+                unreachable!("only consumers fetch");
+            };
+            if let Some(position) = positions.values_mut().next() {
+                *position = 0;
+                self.count("fetch:rewind");
+            }
         }
         let backoff = if read_any {
             0
@@ -1264,6 +1317,64 @@ impl Sim {
                 });
                 self.admin_send(client, 3, request, AdminRequest::CreatePartitions);
             }
+            AdminStep::Lifecycle(0) => {
+                let lifecycle = &self.plan.lifecycle;
+                let choices = &lifecycle.retention_ms;
+                let retention_ms = choices[self.rng.random_range(0..choices.len())];
+                let segment_ms = lifecycle.segment_ms;
+                self.checker.on_retention_asked(retention_ms);
+                use keel_core::protocol::messages::incremental_alter_configs_request::*;
+                let set = |name: &str, value: i64| AlterableConfig {
+                    name: name.into(),
+                    config_operation: 0,
+                    value: Some(value.to_string()),
+                    ..Default::default()
+                };
+                let request = Request::IncrementalAlterConfigs(IncrementalAlterConfigsRequest {
+                    resources: vec![AlterConfigsResource {
+                        resource_type: 2,
+                        resource_name: TOPIC.into(),
+                        configs: vec![
+                            set("retention.ms", retention_ms),
+                            set("segment.ms", segment_ms),
+                        ],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                });
+                self.admin_send(client, 1, request, AdminRequest::AlterRetention);
+            }
+            AdminStep::Lifecycle(_) => {
+                let partition = self.rng.random_range(0..self.plan.partitions);
+                let end = self
+                    .checker
+                    .acked_ends()
+                    .get(&partition)
+                    .copied()
+                    .unwrap_or(0);
+                let offset = self.rng.random_range(0..=end);
+                self.checker.on_delete_records_asked(partition, offset);
+                use keel_core::protocol::messages::delete_records_request::*;
+                let request = Request::DeleteRecords(DeleteRecordsRequest {
+                    topics: vec![DeleteRecordsTopic {
+                        name: TOPIC.into(),
+                        partitions: vec![DeleteRecordsPartition {
+                            partition_index: partition,
+                            offset,
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }],
+                    timeout_ms: 5_000,
+                    ..Default::default()
+                });
+                self.admin_send(
+                    client,
+                    2,
+                    request,
+                    AdminRequest::DeleteRecords { partition },
+                );
+            }
             AdminStep::LongPollAndDelete => {
                 let admin = self.admin(client);
                 let from = admin
@@ -1363,6 +1474,9 @@ impl Sim {
             self.count("admin:stale-broker");
             return;
         }
+        let lifecycle = self.plan.lifecycle.on;
+        let delete_records =
+            lifecycle && (self.rng).random_bool(self.plan.lifecycle.delete_records_probability);
         let admin = self.admin(client);
         match (request, response) {
             (AdminRequest::Create, Response::CreateTopics(r)) => {
@@ -1558,6 +1672,7 @@ impl Sim {
                     0 => AdminStep::ListOffsets(1),
                     1 if admin.first_acked.is_some() => AdminStep::ListOffsets(2),
                     _ if admin.partitions < 4 => AdminStep::CreatePartitions,
+                    _ if lifecycle => AdminStep::Lifecycle(0),
                     _ => AdminStep::LongPollAndDelete,
                 };
             }
@@ -1568,7 +1683,28 @@ impl Sim {
                 {
                     admin.partitions += 1;
                 }
-                admin.step = AdminStep::LongPollAndDelete;
+                admin.step = match lifecycle {
+                    true => AdminStep::Lifecycle(0),
+                    false => AdminStep::LongPollAndDelete,
+                };
+            }
+            (AdminRequest::AlterRetention, Response::IncrementalAlterConfigs(_)) => {
+                // Refused or not, its effect is possible from now on (the checker took the
+                // value when it was sent).
+                admin.step = match delete_records {
+                    true => AdminStep::Lifecycle(1),
+                    false => AdminStep::LongPollAndDelete,
+                };
+            }
+            (AdminRequest::DeleteRecords { partition }, Response::DeleteRecords(r)) => {
+                let answer = (r.topics.first()).and_then(|t| t.partitions.first());
+                if let Some(p) = answer.filter(|p| p.error_code == codes::NONE) {
+                    let durable = self.options.durability == Durability::Fsync;
+                    self.checker
+                        .on_delete_records_acked(now, partition, p.low_watermark, durable);
+                    self.count("admin:delete-records");
+                }
+                self.admin(client).step = AdminStep::LongPollAndDelete;
             }
             (AdminRequest::Delete, Response::DeleteTopics(_)) => {
                 admin.next_cycle();
@@ -1613,6 +1749,10 @@ fn misdirected(response: &Response) -> bool {
         Response::ListOffsets(r) => (r.topics.iter())
             .flat_map(|t| &t.partitions)
             .any(|p| wrong(p.error_code)),
+        Response::DeleteRecords(r) => (r.topics.iter())
+            .flat_map(|t| &t.partitions)
+            .any(|p| wrong(p.error_code)),
+        Response::IncrementalAlterConfigs(r) => r.responses.iter().any(|t| wrong(t.error_code)),
         _ => false,
     }
 }
