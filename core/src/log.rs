@@ -390,6 +390,13 @@ impl PartitionLog {
                 }
                 false => (None, (0, -1)),
             };
+        tracing::debug!(
+            dir,
+            ?bases,
+            log_start_offset,
+            ?known_recovery_point,
+            "recovering"
+        );
         // Removed only once the first round has written the start again: after a failed
         // fsync, what reads back here may be pages that never reached the disk.
         let mut doomed = Vec::new();
@@ -1024,6 +1031,7 @@ impl PartitionLog {
         }
         if header.is_control() {
             if let Some(start) = log_start_of(batch) {
+                tracing::debug!(dir = %self.dir, at = base_offset, start, "a log start marker");
                 self.pending_starts.push((base_offset, start));
             }
         }
@@ -1062,6 +1070,7 @@ impl PartitionLog {
         if offset <= self.log_start_offset {
             return false;
         }
+        tracing::debug!(dir = %self.dir, offset, start = self.log_start_offset, end = self.log_end_offset(), segments = self.segments.len(), "log start moves");
         assert!(
             offset <= self.log_end_offset(),
             "the log start {offset} passes the log end {}",
@@ -1134,6 +1143,7 @@ impl PartitionLog {
         offset: i64,
         epoch: i32,
     ) -> Result<(), LogError> {
+        tracing::debug!(dir = %self.dir, offset, epoch, start = self.log_start_offset, end = self.log_end_offset(), "log reset");
         if !self.deferred_cuts.is_empty() {
             return Err(LogError::TruncationPending);
         }
@@ -1144,17 +1154,11 @@ impl PartitionLog {
             self.log_end_offset()
         );
         // An empty active segment already at `offset` (rolled there) is the new log's.
-        let reuse = self
-            .segments
-            .last()
-            .is_some_and(|s| s.base_offset == offset);
-        let kept = if reuse { self.segments.pop() } else { None };
-        for segment in self.segments.drain(..) {
-            self.doomed.push((segment.name, segment.file));
-        }
-        let segment = match kept {
-            Some(segment) => segment,
-            None => {
+        // Otherwise the new segment is made first: a full disk leaves the log as it was.
+        let reuse = (self.segments.last()).is_some_and(|s| s.base_offset == offset);
+        let segment = match reuse {
+            true => self.segments.pop().expect("checked"),
+            false => {
                 let name = segment_name(&self.dir, offset);
                 let file = disk.create(&name)?;
                 disk.truncate(file, 0)?;
@@ -1162,6 +1166,9 @@ impl PartitionLog {
                 Segment::empty(name, file, offset)
             }
         };
+        for segment in self.segments.drain(..) {
+            self.doomed.push((segment.name, segment.file));
+        }
         self.segments.push(segment);
         self.dir_dirty = true;
         self.log_start_offset = offset;
@@ -1306,6 +1313,7 @@ impl PartitionLog {
     /// the cut leaves the removed batches on the disk, past the recovery point: whatever of
     /// them survives is read back as if never removed.
     pub fn truncate_to(&mut self, disk: &mut dyn Disk, offset: i64) -> Result<(), LogError> {
+        tracing::debug!(dir = %self.dir, offset, start = self.log_start_offset, end = self.log_end_offset(), "log truncated");
         if offset >= self.log_end_offset() {
             return Ok(());
         }

@@ -56,6 +56,7 @@ pub(crate) enum AdminRequest {
     AlterRetention,
     DeleteRecords {
         partition: i32,
+        offset: i64,
     },
 }
 

@@ -94,3 +94,10 @@ pub fn durable_batch_at(disk: &SimDisk, dir: &str, base_offset: i64) -> Option<S
     parse_segment(disk.durable_contents(name)?, &mut batches);
     batches.into_iter().find(|b| b.base_offset == base_offset)
 }
+
+/// The log start of the partition in `dir` that a crash of the machine now would keep (its
+/// `log-start-offset` file, durable), if its start ever moved.
+pub fn durable_log_start(disk: &SimDisk, dir: &str) -> Option<i64> {
+    let raw = disk.durable_contents(&format!("{dir}log-start-offset"))?;
+    Some(i64::from_be_bytes(raw.get(..8)?.try_into().ok()?))
+}

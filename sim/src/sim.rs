@@ -919,6 +919,15 @@ impl Sim {
             (n, None) => format!("{workload}, a group of {n} members"),
             (n, Some(v)) => format!("{workload}, a group of {n} members (KIP-848 v{v})"),
         };
+        let workload = match &plan.lifecycle {
+            l if l.on => format!(
+                "{workload}, a lifecycle (retention.ms {:?}, segment.ms {}, DeleteRecords in {:.0}% of admin cycles)",
+                l.retention_ms,
+                l.segment_ms,
+                l.delete_records_probability * 100.0
+            ),
+            _ => workload,
+        };
         Report {
             seed: self.options.seed,
             workload,

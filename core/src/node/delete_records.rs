@@ -86,19 +86,22 @@ impl<D: Disk> Node<D> {
             offset if (0..=high_watermark).contains(&offset) => offset,
             _ => return Err(codes::OFFSET_OUT_OF_RANGE),
         };
-        if offset <= log.log_start_offset() {
+        if offset == 0 {
             return Ok((log.log_start_offset(), None));
         }
+        // Written even when this log already starts past `offset` (its own retention): other
+        // replicas may not, and the marker holds them all to it.
         let batch = RecordBatch::parse(log_start_batch(offset, now.as_millis()))
             .expect("a built batch parses");
         let (base, last) = log
             .append(&mut self.disk, &batch, epoch)
             .map_err(|_| codes::KAFKA_STORAGE_ERROR)?;
+        let low_watermark = offset.max(log.log_start_offset());
         self.replica_appended(now, log_id, &[(base, last)]);
         // Checked at the end of this step: it may be committed already.
         self.commit_checked_version = self.data_version.wrapping_sub(1);
         Ok((
-            offset,
+            low_watermark,
             Some(CommitWait {
                 log_id,
                 offset: last + 1,

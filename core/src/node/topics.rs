@@ -728,7 +728,11 @@ impl Topics {
         for (_, _, log) in self.logs() {
             assert!(
                 log.durable_end_offset() <= log.log_end_offset(),
-                "durable offset within the log"
+                "durable offset within the log: {} durable to {}, [{}, {})",
+                log.dir(),
+                log.durable_end_offset(),
+                log.log_start_offset(),
+                log.log_end_offset()
             );
             assert!(log.log_start_offset() <= log.log_end_offset());
         }

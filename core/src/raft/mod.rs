@@ -343,7 +343,15 @@ impl LogShape {
         let at = self
             .epochs
             .partition_point(|(_, start)| *start < self.synced);
-        let epoch = at.checked_sub(1).map_or(0, |i| self.epochs[i].0);
+        let epoch = match at.checked_sub(1) {
+            Some(i) => self.epochs[i].0,
+            // Everything below the start is gone (and was committed): the epoch in force
+            // there stands for it. It may claim more than the gone batch before the start
+            // had, but committed entries past the start carry that epoch or a later one, so
+            // no candidate that lacks them wins by it.
+            None if self.start > 0 && self.synced >= self.start => self.start_epoch(),
+            None => 0,
+        };
         (epoch, self.synced)
     }
 

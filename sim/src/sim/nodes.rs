@@ -175,9 +175,16 @@ impl Sim {
                 let crc = u32::from_be_bytes(raw[8..].try_into().expect("4 bytes"));
                 (crc32c::crc32c(&raw[..8]) == crc).then_some(offset)
             });
+        // A segment lost whole is cut too, though recovery could not know it existed (the
+        // last one, say, with the recovery point lost as well).
+        let lost_segment = (disk.damaged()).any(|n| {
+            n.starts_with(&dir)
+                && n.ends_with(".log")
+                && disk.contents(n).is_none_or(<[u8]>::is_empty)
+        });
         Some(Damage {
             recovery_point,
-            cut,
+            cut: cut || lost_segment,
         })
     }
 
@@ -423,8 +430,11 @@ impl Sim {
         let dir = format!("{TOPIC}-{partition}/");
         let holders: Vec<usize> = (self.machines.iter().enumerate())
             .filter(|(_, m)| {
-                replicas::durable_batch_at(&m.disk.0.borrow(), &dir, base_offset)
-                    .is_some_and(|b| b.crc == crc)
+                let disk = m.disk.0.borrow();
+                // Or durably past it: retention or DeleteRecords took it, as they may (a
+                // retried batch keeps its first send's timestamp, and can be old at once).
+                replicas::durable_batch_at(&disk, &dir, base_offset).is_some_and(|b| b.crc == crc)
+                    || replicas::durable_log_start(&disk, &dir).is_some_and(|s| s > base_offset)
             })
             .map(|(i, _)| i + 1)
             .collect();

@@ -1372,7 +1372,7 @@ impl Sim {
                     client,
                     2,
                     request,
-                    AdminRequest::DeleteRecords { partition },
+                    AdminRequest::DeleteRecords { partition, offset },
                 );
             }
             AdminStep::LongPollAndDelete => {
@@ -1696,12 +1696,18 @@ impl Sim {
                     false => AdminStep::LongPollAndDelete,
                 };
             }
-            (AdminRequest::DeleteRecords { partition }, Response::DeleteRecords(r)) => {
+            (AdminRequest::DeleteRecords { partition, offset }, Response::DeleteRecords(r)) => {
                 let answer = (r.topics.first()).and_then(|t| t.partitions.first());
                 if let Some(p) = answer.filter(|p| p.error_code == codes::NONE) {
+                    if p.low_watermark < offset {
+                        let detail = format!("DeleteRecords to {offset} of partition {partition} answered with low watermark {}", p.low_watermark);
+                        self.checker.violate(ViolationKind::Protocol, now, detail);
+                    }
+                    // The promise is the offset asked for (the answer's low watermark may be
+                    // the leader's own retention's start, which other replicas need not share).
                     let durable = self.options.durability == Durability::Fsync;
                     self.checker
-                        .on_delete_records_acked(now, partition, p.low_watermark, durable);
+                        .on_delete_records_acked(now, partition, offset, durable);
                     self.count("admin:delete-records");
                 }
                 self.admin(client).step = AdminStep::LongPollAndDelete;
