@@ -2140,3 +2140,44 @@ fn delete_records_moves_the_start_durably() {
     assert_eq!(alter_incrementally(&mut h, "t", &set, false).0, codes::NONE);
     assert_eq!(delete_records(&mut h, "t", 0).1, codes::POLICY_VIOLATION);
 }
+
+/// message.timestamp.type=LogAppendTime: the leader stamps each batch with its clock (the
+/// produce answer says when); Metadata reports every operation as authorized when asked, as
+/// a broker without an authorizer does.
+#[test]
+fn log_append_time_is_the_leader_s_and_every_operation_is_authorized() {
+    let (mut h, _) = Harness::new(SimDisk::new());
+    h.create_topic("t");
+    let set = [("message.timestamp.type", 0, Some("LogAppendTime"))];
+    assert_eq!(alter_incrementally(&mut h, "t", &set, false).0, codes::NONE);
+    let options = BatchOptions {
+        base_timestamp: 1_000,
+        ..Default::default()
+    };
+    let p = h.produce(9, produce_request("t", 0, batch_with(&["a"], &options), -1));
+    assert_eq!(p.error_code, codes::NONE);
+    assert_eq!(p.log_append_time_ms, h.now.as_millis());
+    let Response::Fetch(fetch) = h.call(11, fetch_request("t", 0, 0)) else {
+        panic!()
+    };
+    let records = fetch.responses[0].partitions[0].records.clone().unwrap();
+    let batch =
+        RecordBatch::parse(record::split_batches(records).next().unwrap().unwrap()).unwrap();
+    assert!(batch.header().is_log_append_time());
+    assert_eq!(batch.header().max_timestamp, h.now.as_millis());
+    let Response::Metadata(m) = h.call(
+        12,
+        Request::Metadata(MetadataRequest {
+            topics: Some(vec![MetadataRequestTopic {
+                name: Some("t".into()),
+                ..Default::default()
+            }]),
+            include_topic_authorized_operations: true,
+            ..Default::default()
+        }),
+    ) else {
+        panic!()
+    };
+    // Read, write, create, delete, alter, describe, describe and alter configs.
+    assert_eq!(m.topics[0].topic_authorized_operations, 0b1101_1111_1000);
+}

@@ -330,7 +330,8 @@ fn planted_bugs_are_caught() {
 /// must be caught, and without it, which must pass.
 #[test]
 fn a_node_that_slept_through_an_election_hears_of_it() {
-    for seed in [370u64, 680, 687, 1126] {
+    // (Seed 370 showed it until the lifecycle's timers moved its schedule; 469 does now.)
+    for seed in [469u64, 680, 687, 1126] {
         let run = |bug| {
             let options = Options {
                 seed,

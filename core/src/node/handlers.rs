@@ -17,6 +17,23 @@ use crate::record::{
     split_batches, BatchError, CompressionError, RecordBatch, DECOMPRESSED_BATCH_SIZE_MAX_BYTES,
 };
 
+/// Every topic operation Kafka's ACLs name (read, write, create, delete, alter, describe,
+/// describe configs, alter configs), as a bit set: what a broker without an authorizer
+/// reports when asked.
+const TOPIC_OPERATIONS_ALL: i32 =
+    (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 11);
+/// Every cluster operation (create, alter, describe, cluster action, describe configs, alter
+/// configs, idempotent write, create tokens, describe tokens), likewise.
+pub(super) const CLUSTER_OPERATIONS_ALL: i32 = (1 << 5)
+    | (1 << 7)
+    | (1 << 8)
+    | (1 << 9)
+    | (1 << 10)
+    | (1 << 11)
+    | (1 << 12)
+    | (1 << 13)
+    | (1 << 14);
+
 /// ListOffsets special timestamps.
 const LATEST_TIMESTAMP: i64 = -1;
 const EARLIEST_TIMESTAMP: i64 = -2;
@@ -263,6 +280,11 @@ impl<D: Disk> Node<D> {
                 name: Some(name),
                 topic_id: topic.id,
                 partitions,
+                // No authorizer: every operation is allowed (Kafka answers the same).
+                topic_authorized_operations: match request.include_topic_authorized_operations {
+                    true => TOPIC_OPERATIONS_ALL,
+                    false => i32::MIN,
+                },
                 ..Default::default()
             });
         }
@@ -297,6 +319,10 @@ impl<D: Disk> Node<D> {
             cluster_id: Some(self.config.cluster_id.clone()),
             controller_id: self.listed_controller_id(),
             topics,
+            cluster_authorized_operations: match request.include_cluster_authorized_operations {
+                true => CLUSTER_OPERATIONS_ALL,
+                false => i32::MIN,
+            },
             ..Default::default()
         };
         (response, wait)
@@ -356,6 +382,9 @@ impl<D: Disk> Node<D> {
                         }
                         response.base_offset = base_offset;
                         response.log_start_offset = log_start_offset;
+                        if self.topic_config(&topic.name).log_append_time {
+                            response.log_append_time_ms = now.as_millis();
+                        }
                     }
                     Err((error_code, message)) => {
                         tracing::debug!(topic = %topic.name, partition = data.index, error_code, %message, "produce refused");
@@ -422,7 +451,8 @@ impl<D: Disk> Node<D> {
         partition: i32,
         records: Option<&Bytes>,
     ) -> Result<Appended, (i16, String)> {
-        let max_message_bytes = self.topic_config(topic).max_message_bytes as usize;
+        let config = self.topic_config(topic);
+        let max_message_bytes = config.max_message_bytes as usize;
         if Self::internal_topic(topic) {
             return Err((
                 codes::INVALID_TOPIC_EXCEPTION,
@@ -455,7 +485,15 @@ impl<D: Disk> Node<D> {
             ));
         };
         let (leader_epoch, high_watermark) = (replica.leader_epoch(), replica.high_watermark());
-        let batches = validate_records(records, max_message_bytes)?;
+        let mut batches = validate_records(records, max_message_bytes)?;
+        if config.log_append_time {
+            // The leader's clock stamps the batch (message.timestamp.type=LogAppendTime).
+            for batch in &mut batches {
+                let mut bytes = bytes::BytesMut::from(&batch.as_bytes()[..]);
+                crate::record::set_log_append_time(&mut bytes, now.as_millis());
+                *batch = RecordBatch::parse(bytes.freeze()).expect("a stamped batch parses");
+            }
+        }
         if batches.len() > 1 && batches.iter().any(|b| b.header().has_producer_id()) {
             // One batch per request keeps an idempotent append all or nothing.
             return Err((
@@ -1112,9 +1150,17 @@ impl<D: Disk> Node<D> {
         self.write_change(now, &records, pending)
     }
 
-    pub(super) fn describe_cluster(&mut self) -> DescribeClusterResponse {
+    pub(super) fn describe_cluster(
+        &mut self,
+        request: &DescribeClusterRequest,
+    ) -> DescribeClusterResponse {
         use crate::protocol::messages::describe_cluster_response::*;
         DescribeClusterResponse {
+            // No authorizer: every operation is allowed (Kafka answers the same).
+            cluster_authorized_operations: match request.include_cluster_authorized_operations {
+                true => CLUSTER_OPERATIONS_ALL,
+                false => i32::MIN,
+            },
             cluster_id: self.config.cluster_id.clone(),
             controller_id: self.listed_controller_id(),
             brokers: (self.listed_brokers().into_iter())

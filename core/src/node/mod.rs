@@ -1478,8 +1478,8 @@ impl<D: Disk> Node<D> {
             Request::DescribeConfigs(r) => Slot::Ready(Some(reply(Response::DescribeConfigs(
                 self.describe_configs(&r, version),
             ))?)),
-            Request::DescribeCluster(_) => Slot::Ready(Some(reply(Response::DescribeCluster(
-                self.describe_cluster(),
+            Request::DescribeCluster(r) => Slot::Ready(Some(reply(Response::DescribeCluster(
+                self.describe_cluster(&r),
             ))?)),
             Request::InitProducerId(r) => {
                 let (response, wait) = self.init_producer_id(&r);

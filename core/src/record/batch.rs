@@ -253,6 +253,25 @@ pub fn stamp(batch: &mut [u8], base_offset: i64, partition_leader_epoch: i32) {
     batch[12..16].copy_from_slice(&partition_leader_epoch.to_be_bytes());
 }
 
+/// Marks a batch's timestamps as the broker's (LogAppendTime) and sets its max timestamp to
+/// `timestamp_ms`, as a leader does for a topic with `message.timestamp.type=LogAppendTime`;
+/// both lie under the CRC, which is computed again.
+pub fn set_log_append_time(batch: &mut [u8], timestamp_ms: i64) {
+    assert!(
+        batch.len() >= BATCH_HEADER_BYTES,
+        "a timestamp needs a whole batch header"
+    );
+    // Attributes (2), last offset delta (4), base timestamp (8), then the max timestamp.
+    const MAX_TIMESTAMP_OFFSET: usize = ATTRIBUTES_OFFSET + 2 + 4 + 8;
+    let at = ATTRIBUTES_OFFSET;
+    let attributes = i16::from_be_bytes([batch[at], batch[at + 1]]) | ATTRIBUTE_LOG_APPEND_TIME;
+    batch[at..at + 2].copy_from_slice(&attributes.to_be_bytes());
+    batch[MAX_TIMESTAMP_OFFSET..MAX_TIMESTAMP_OFFSET + 8]
+        .copy_from_slice(&timestamp_ms.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[ATTRIBUTES_OFFSET..]);
+    batch[CRC_OFFSET..ATTRIBUTES_OFFSET].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// Splits a records field (several batches back to back) into whole batches, zero-copy.
 /// A partial batch at the end is an error: a producer must send whole batches.
 pub fn split_batches(mut records: Bytes) -> impl Iterator<Item = Result<Bytes, BatchError>> {
@@ -536,6 +555,16 @@ mod tests {
         assert_eq!(batch.header().base_offset, 1234);
         assert_eq!(batch.header().partition_leader_epoch, 7);
         assert_eq!(batch.header().last_offset(), 1236);
+    }
+
+    #[test]
+    fn log_append_time_is_stamped_under_a_valid_crc() {
+        let bytes = build(&sample_records(2), &BatchOptions::default()).unwrap();
+        let mut copy = BytesMut::from(&bytes[..]);
+        set_log_append_time(&mut copy, 1_700_000_000_123);
+        let batch = RecordBatch::parse(copy.freeze()).unwrap();
+        assert!(batch.header().is_log_append_time());
+        assert_eq!(batch.header().max_timestamp, 1_700_000_000_123);
     }
 
     #[test]
