@@ -383,7 +383,7 @@ impl PartitionLog {
         // crash undid, or never made) go now.
         let start_name = format!("{dir}/{LOG_START_FILE}");
         let (log_start_file, (log_start_offset, log_start_epoch)) =
-            match names.iter().any(|n| *n == start_name) {
+            match names.contains(&start_name) {
                 true => {
                     let file = disk.create(&start_name)?;
                     (Some(file), Self::read_log_start(disk, file)?)
