@@ -36,6 +36,10 @@ const RECOVERY_POINT_BYTES: usize = 12;
 /// retention, DeleteRecords or a follower's reset moves the start (one sector, written whole).
 const LOG_START_FILE: &str = "log-start-offset";
 const LOG_START_BYTES: usize = 16;
+/// What was known of idempotent producers from the batches below the log start (which
+/// recovery can no longer read), written with the start: its length and CRC, then
+/// `ProducerStates::encode_below`.
+const PRODUCER_SNAPSHOT_FILE: &str = "producer-snapshot";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogConfig {
@@ -253,9 +257,13 @@ pub struct PartitionLog {
     /// Offsets below this are gone (retention, DeleteRecords, a follower's reset): never
     /// served. At or above the first segment's base.
     log_start_offset: i64,
-    /// The leader epoch in force at the log start (what an empty log claims as its last).
+    /// Where the batch holding the log start begins (the log start itself if none does).
+    log_start_base: i64,
+    /// The leader epoch of the batch before `log_start_base` (what an empty log claims as
+    /// its last).
     log_start_epoch: i32,
     log_start_file: Option<FileId>,
+    producer_snapshot_file: Option<FileId>,
     /// The log start moved since it was last written: the next round writes it.
     log_start_dirty: bool,
     /// Segments wholly below the log start, removed once a round that carries the start
@@ -343,8 +351,10 @@ impl PartitionLog {
             deferred_cuts: Vec::new(),
             deferred_armed: false,
             log_start_offset: 0,
+            log_start_base: 0,
             log_start_epoch: -1,
             log_start_file: None,
+            producer_snapshot_file: None,
             log_start_dirty: false,
             doomed: Vec::new(),
             doomed_armed: 0,
@@ -382,14 +392,28 @@ impl PartitionLog {
         // The start file, if the start ever moved: segments wholly below it (a removal the
         // crash undid, or never made) go now.
         let start_name = format!("{dir}/{LOG_START_FILE}");
-        let (log_start_file, (log_start_offset, log_start_epoch)) =
-            match names.contains(&start_name) {
-                true => {
-                    let file = disk.create(&start_name)?;
-                    (Some(file), Self::read_log_start(disk, file)?)
-                }
-                false => (None, (0, -1)),
-            };
+        let (log_start_file, known_start) = match names.contains(&start_name) {
+            true => {
+                let file = disk.create(&start_name)?;
+                (Some(file), Self::read_log_start(disk, file)?)
+            }
+            false => (None, None),
+        };
+        // Never moved: 0 (a missing first segment is then a gap). Unreadable (a damaged
+        // sector): the first segment's base, the best left to go by.
+        let (log_start_offset, log_start_epoch) = match (log_start_file, known_start) {
+            (_, Some(known)) => known,
+            (Some(_), None) => (bases.first().copied().unwrap_or(0), -1),
+            (None, None) => (0, -1),
+        };
+        let snapshot_name = format!("{dir}/{PRODUCER_SNAPSHOT_FILE}");
+        let (producer_snapshot_file, snapshot) = match names.contains(&snapshot_name) {
+            true => {
+                let file = disk.create(&snapshot_name)?;
+                (Some(file), Self::read_producer_snapshot(disk, file)?)
+            }
+            false => (None, None),
+        };
         tracing::debug!(
             dir,
             ?bases,
@@ -418,7 +442,13 @@ impl PartitionLog {
             bases.push(log_start_offset);
         }
         let mut report = RecoveryReport::default();
-        let mut producers = ProducerStates::default();
+        // With a snapshot of what lay below the start, only the batches from the start on
+        // are replayed into it (those below are in it already).
+        let replay_from = match snapshot {
+            Some(_) => log_start_offset,
+            None => 0,
+        };
+        let mut producers = snapshot.clone().unwrap_or_default();
         let mut epochs: Vec<(i32, i64)> = Vec::new();
         let mut segments: Vec<Segment> = Vec::new();
         // DeleteRecords markers: applied again once the high watermark passes them (one
@@ -509,11 +539,13 @@ impl PartitionLog {
                                 pending_starts.push((header.base_offset, start));
                             }
                         }
-                        producers.record(
-                            &header,
-                            header.max_timestamp,
-                            config.producer_id_expiration_ms,
-                        );
+                        if header.last_offset() >= replay_from {
+                            producers.record(
+                                &header,
+                                header.max_timestamp,
+                                config.producer_id_expiration_ms,
+                            );
+                        }
                         segment.note_batch(
                             &header,
                             position,
@@ -611,17 +643,13 @@ impl PartitionLog {
             disk.truncate(file, 0)?;
             segments.push(Segment::empty(name, file, log_start_offset));
             epochs.clear();
-            producers = ProducerStates::default();
+            producers = snapshot.unwrap_or_default();
             pending_starts.clear();
             expected_offset = log_start_offset;
         }
-        // Epochs start at the log start at the earliest.
-        let below = epochs.partition_point(|(_, start)| *start <= log_start_offset);
-        if below > 0 {
-            let (epoch, _) = epochs[below - 1];
-            epochs.drain(..below);
-            epochs.insert(0, (epoch, log_start_offset));
-        } else if epochs.is_empty() && log_start_epoch >= 0 {
+        // Epochs start at the log start's batch at the earliest (trimmed below, once its base
+        // is known).
+        if epochs.is_empty() && log_start_epoch >= 0 {
             epochs.push((log_start_epoch, log_start_offset));
         }
         let dirty_files = segments.iter().map(|s| s.file).collect();
@@ -643,14 +671,22 @@ impl PartitionLog {
             deferred_cuts: Vec::new(),
             deferred_armed: false,
             log_start_offset,
+            log_start_base: log_start_offset,
             log_start_epoch,
             log_start_file,
+            producer_snapshot_file,
             // Written again by the first round (see `rewrite`: the same holds for it).
             log_start_dirty: log_start_file.is_some(),
             doomed,
             doomed_armed: 0,
             pending_starts,
         };
+        let mut log = log;
+        log.log_start_base = log.batch_base_holding(disk, log_start_offset);
+        trim_epochs(&mut log.epochs, log.log_start_base);
+        if let Some((epoch, _)) = log.epochs.first() {
+            log.log_start_epoch = *epoch;
+        }
         Ok((log, report))
     }
 
@@ -894,9 +930,9 @@ impl PartitionLog {
     /// The log start on disk and the epoch in force there, read until its CRC passes. One
     /// that never passes (damaged: one sector, written whole), or was never written whole,
     /// says nothing: the start is then the first segment's base, as before any was written.
-    fn read_log_start(disk: &mut dyn Disk, file: FileId) -> Result<(i64, i32), LogError> {
+    fn read_log_start(disk: &mut dyn Disk, file: FileId) -> Result<Option<(i64, i32)>, LogError> {
         if disk.len(file)? < LOG_START_BYTES as u64 {
-            return Ok((0, -1));
+            return Ok(None);
         }
         for _ in 0..RECOVERY_READ_ATTEMPTS_MAX {
             let mut raw = [0u8; LOG_START_BYTES];
@@ -907,11 +943,11 @@ impl PartitionLog {
             let epoch = i32::from_be_bytes(raw[8..12].try_into().expect("4 bytes"));
             let crc = u32::from_be_bytes(raw[12..].try_into().expect("4 bytes"));
             if crc32c::crc32c(&raw[..12]) == crc && offset >= 0 {
-                return Ok((offset, epoch));
+                return Ok(Some((offset, epoch)));
             }
         }
         tracing::warn!("the log start is unreadable; the log starts at its first segment");
-        Ok((0, -1))
+        Ok(None)
     }
 
     fn write_log_start(&mut self, disk: &mut dyn Disk) -> Result<FileId, DiskError> {
@@ -930,6 +966,54 @@ impl PartitionLog {
         let crc = crc32c::crc32c(&raw[..12]);
         raw[12..].copy_from_slice(&crc.to_be_bytes());
         disk.write_at(file, 0, &raw)?;
+        Ok(file)
+    }
+
+    /// The producer snapshot written with the log start; `None` if it does not read back
+    /// whole (a torn or damaged write: what lay below the start is then forgotten, and those
+    /// producers start over, as after an expiry).
+    fn read_producer_snapshot(
+        disk: &mut dyn Disk,
+        file: FileId,
+    ) -> Result<Option<ProducerStates>, LogError> {
+        let len = disk.len(file)?;
+        for _ in 0..RECOVERY_READ_ATTEMPTS {
+            let mut head = [0u8; 8];
+            if len < 8 || disk.read_at(file, 0, &mut head).is_err() {
+                continue;
+            }
+            let size = u32::from_be_bytes(head[..4].try_into().expect("4 bytes")) as u64;
+            let crc = u32::from_be_bytes(head[4..].try_into().expect("4 bytes"));
+            if 8 + size > len {
+                continue;
+            }
+            let mut payload = vec![0u8; size as usize];
+            if disk.read_at(file, 8, &mut payload).is_err() || crc32c::crc32c(&payload) != crc {
+                continue;
+            }
+            return Ok(ProducerStates::decode(Bytes::from(payload)));
+        }
+        tracing::warn!("the producer snapshot does not read back whole; producers below the log start are forgotten");
+        Ok(None)
+    }
+
+    fn write_producer_snapshot(&mut self, disk: &mut dyn Disk) -> Result<FileId, DiskError> {
+        let file = match self.producer_snapshot_file {
+            Some(file) => file,
+            None => {
+                let file = disk.create(&format!("{}/{PRODUCER_SNAPSHOT_FILE}", self.dir))?;
+                self.producer_snapshot_file = Some(file);
+                self.dir_dirty = true;
+                file
+            }
+        };
+        let payload = self.producers.encode_below(self.log_start_base);
+        let mut raw = Vec::with_capacity(8 + payload.len());
+        raw.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        raw.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
+        raw.extend_from_slice(&payload);
+        disk.write_at(file, 0, &raw)?;
+        disk.truncate(file, raw.len() as u64)?;
         Ok(file)
     }
 
@@ -964,7 +1048,7 @@ impl PartitionLog {
             epochs: self.epochs.clone(),
             end: self.log_end_offset(),
             synced: self.durable_end_offset,
-            start: self.log_start_offset,
+            start: self.log_start_base,
         }
     }
 
@@ -1066,7 +1150,7 @@ impl PartitionLog {
     /// Moves the log start forward to `offset` (at most the log end): reads below it are
     /// refused at once, and segments wholly below it are removed once a round has made the
     /// new start durable. Returns whether the start moved.
-    pub fn advance_start(&mut self, offset: i64) -> bool {
+    pub fn advance_start(&mut self, disk: &mut dyn Disk, offset: i64) -> bool {
         if offset <= self.log_start_offset {
             return false;
         }
@@ -1077,21 +1161,52 @@ impl PartitionLog {
             self.log_end_offset()
         );
         self.log_start_offset = offset;
-        let below = self.epochs.partition_point(|(_, start)| *start <= offset);
-        if below > 0 {
-            let (epoch, _) = self.epochs[below - 1];
-            self.epochs.drain(..below);
-            self.epochs.insert(0, (epoch, offset));
-        }
+        self.log_start_base = self.batch_base_holding(disk, offset);
+        trim_epochs(&mut self.epochs, self.log_start_base);
         if let Some((epoch, _)) = self.epochs.first() {
             self.log_start_epoch = *epoch;
         }
-        while self.segments.len() > 1 && self.segments[1].base_offset <= offset {
+        while self.segments.len() > 1 && self.segments[1].base_offset <= self.log_start_base {
             let segment = self.segments.remove(0);
             self.doomed.push((segment.name, segment.file));
         }
         self.log_start_dirty = true;
         true
+    }
+
+    /// Where the batch that holds `offset` starts (`offset` itself past the last batch): the
+    /// log keeps that whole batch, and replication starts there. A read that fails gives the
+    /// segment's base, a boundary too (only less tight).
+    fn batch_base_holding(&self, disk: &mut dyn Disk, offset: i64) -> i64 {
+        let at = self.segments.partition_point(|s| s.base_offset <= offset);
+        let Some(segment) = at.checked_sub(1).map(|i| &self.segments[i]) else {
+            return offset;
+        };
+        if offset >= segment.next_offset {
+            return offset;
+        }
+        let (mut base, mut position) = segment.index_entry(offset);
+        while position < segment.size_bytes {
+            let Ok(raw) = read_header(disk, segment.file, position) else {
+                return segment.base_offset;
+            };
+            let header = RecordBatch::header_of(&raw);
+            if check_stored_header(&header, base, segment.size_bytes - position).is_err() {
+                return segment.base_offset;
+            }
+            if header.last_offset() >= offset {
+                return header.base_offset;
+            }
+            position += header.size_bytes() as u64;
+            base = header.last_offset() + 1;
+        }
+        segment.base_offset
+    }
+
+    /// Where the batch that holds the log start begins: the log keeps it whole, and
+    /// replication (the Raft engine's view) starts there.
+    pub fn log_start_base(&self) -> i64 {
+        self.log_start_base
     }
 
     /// Retention (cleanup.policy delete) at `now_ms`, below `high_watermark`: the active
@@ -1130,7 +1245,7 @@ impl PartitionLog {
             size_bytes -= segment.size_bytes;
             new_start = Some(next.base_offset);
         }
-        Ok(new_start.is_some_and(|start| self.advance_start(start)))
+        Ok(new_start.is_some_and(|start| self.advance_start(disk, start)))
     }
 
     /// Empties the log and starts it at `offset`, with `epoch` in force there: a follower
@@ -1142,13 +1257,14 @@ impl PartitionLog {
         disk: &mut dyn Disk,
         offset: i64,
         epoch: i32,
+        producers: ProducerStates,
     ) -> Result<(), LogError> {
         tracing::debug!(dir = %self.dir, offset, epoch, start = self.log_start_offset, end = self.log_end_offset(), "log reset");
         if !self.deferred_cuts.is_empty() {
             return Err(LogError::TruncationPending);
         }
         assert!(
-            offset >= self.log_end_offset() && offset > self.log_start_offset,
+            offset >= self.log_end_offset() && offset >= self.log_start_offset,
             "a reset to {offset} goes back (the log is [{}, {}))",
             self.log_start_offset,
             self.log_end_offset()
@@ -1172,18 +1288,21 @@ impl PartitionLog {
         self.segments.push(segment);
         self.dir_dirty = true;
         self.log_start_offset = offset;
+        self.log_start_base = offset;
         self.log_start_epoch = epoch;
         self.log_start_dirty = true;
         self.epochs = vec![(epoch, offset)];
         self.pending_starts.clear();
-        // What it knew of producers came from batches it no longer has.
-        self.producers = ProducerStates::default();
+        // What the leader knew of producers as of the new start: what this log knew came from
+        // batches it no longer has, and a retried batch from before the start must still be
+        // recognised if this replica leads next.
+        self.producers = producers;
         Ok(())
     }
 
     /// Applies the DeleteRecords markers below `high_watermark` (committed). Returns whether
     /// the start moved.
-    pub fn apply_committed_starts(&mut self, high_watermark: i64) -> bool {
+    pub fn apply_committed_starts(&mut self, disk: &mut dyn Disk, high_watermark: i64) -> bool {
         if self
             .pending_starts
             .first()
@@ -1195,7 +1314,7 @@ impl PartitionLog {
         let pending = std::mem::take(&mut self.pending_starts);
         for (at, start) in pending {
             if at < high_watermark {
-                moved |= self.advance_start(start.min(at));
+                moved |= self.advance_start(disk, start.min(at));
             } else {
                 self.pending_starts.push((at, start));
             }
@@ -1240,6 +1359,7 @@ impl PartitionLog {
         let mut files = std::mem::take(&mut self.dirty_files);
         if std::mem::take(&mut self.log_start_dirty) {
             files.push(self.write_log_start(disk)?);
+            files.push(self.write_producer_snapshot(disk)?);
         }
         // And the log start that the doomed segments lie below (written now or before).
         self.doomed_armed = self.doomed.len();
@@ -1342,7 +1462,14 @@ impl PartitionLog {
         segment.index.retain(|e| e.base_offset < offset);
         // The time index may now overstate the segment's largest timestamp (a lookup by time
         // then reads a little further than it must; it never misses a batch).
+        let first = self.epochs.first().copied();
         self.epochs.retain(|(_, start)| *start < offset);
+        if let Some((epoch, start)) = first.filter(|_| self.epochs.is_empty()) {
+            // Cut back to the log start: the epoch before it still stands for what is gone.
+            if start <= offset && self.log_start_base > 0 {
+                self.epochs.push((epoch, start));
+            }
+        }
         self.producers.truncate(offset);
         self.pending_starts.retain(|(at, _)| *at < offset);
         self.durable_end_offset = self.durable_end_offset.min(offset);
@@ -1683,6 +1810,9 @@ impl PartitionLog {
         if self.log_start_file.is_some() {
             disk.remove(&format!("{}/{LOG_START_FILE}", self.dir))?;
         }
+        if self.producer_snapshot_file.is_some() {
+            disk.remove(&format!("{}/{PRODUCER_SNAPSHOT_FILE}", self.dir))?;
+        }
         disk.remove(&format!("{}/{RECOVERY_POINT_FILE}", self.dir))?;
         Ok(())
     }
@@ -1730,4 +1860,17 @@ pub fn log_start_of(batch: &RecordBatch) -> Option<i64> {
     let value = record.value.as_ref()?;
     let start = i64::from_be_bytes(value.get(2..10)?.try_into().ok()?);
     (start >= 0).then_some(start)
+}
+
+/// Drops the epochs of batches below `base` (the first batch the log keeps): the last epoch
+/// that started before it now starts there, so that the epoch of the batch before the log
+/// (what an empty log claims in elections, and what a follower's last fetched epoch is
+/// checked against) stays known. Kafka's leader-epoch cache is trimmed the same way.
+pub fn trim_epochs(epochs: &mut Vec<(i32, i64)>, base: i64) {
+    let below = epochs.partition_point(|(_, start)| *start < base);
+    if below > 0 {
+        let (epoch, _) = epochs[below - 1];
+        epochs.drain(..below);
+        epochs.insert(0, (epoch, base));
+    }
 }

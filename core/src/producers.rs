@@ -183,6 +183,74 @@ impl ProducerStates {
         self.entries.retain(|_, e| !e.batches.is_empty());
     }
 
+    /// What was known of producers as of `offset` (their batches below it), encoded for a
+    /// follower that starts its log over there (`raft::FetchReply::StartAt`): it replays
+    /// what follows from the log itself. Producers whose batches all lie at or past `offset`
+    /// are left out (the replay brings them).
+    pub fn encode_below(&self, offset: i64) -> bytes::Bytes {
+        use bytes::BufMut;
+        let mut below = self.clone();
+        below.truncate(offset);
+        let mut out = bytes::BytesMut::new();
+        out.put_u32(below.entries.len() as u32);
+        for (id, entry) in &below.entries {
+            out.put_i64(*id);
+            out.put_i16(entry.epoch);
+            out.put_i64(entry.last_timestamp_ms);
+            out.put_u8(entry.batches.len() as u8);
+            for b in &entry.batches {
+                out.put_i32(b.first_sequence);
+                out.put_i32(b.last_sequence);
+                out.put_i64(b.base_offset);
+            }
+        }
+        out.freeze()
+    }
+
+    /// The state [`ProducerStates::encode_below`] encoded; `None` if the bytes do not make
+    /// sense (every count is checked against what remains first).
+    pub fn decode(mut buf: bytes::Bytes) -> Option<ProducerStates> {
+        use bytes::Buf;
+        const ENTRY_BYTES: usize = 8 + 2 + 8 + 1;
+        const BATCH_BYTES: usize = 4 + 4 + 8;
+        if buf.remaining() < 4 {
+            return None;
+        }
+        let count = buf.get_u32() as usize;
+        if count > buf.remaining() / ENTRY_BYTES {
+            return None;
+        }
+        let mut states = ProducerStates::default();
+        for _ in 0..count {
+            if buf.remaining() < ENTRY_BYTES {
+                return None;
+            }
+            let id = buf.get_i64();
+            let epoch = buf.get_i16();
+            let last_timestamp_ms = buf.get_i64();
+            let batches = buf.get_u8() as usize;
+            if batches > BATCHES_KEPT || buf.remaining() < batches * BATCH_BYTES {
+                return None;
+            }
+            let batches = (0..batches)
+                .map(|_| KeptBatch {
+                    first_sequence: buf.get_i32(),
+                    last_sequence: buf.get_i32(),
+                    base_offset: buf.get_i64(),
+                })
+                .collect();
+            states.entries.insert(
+                id,
+                ProducerEntry {
+                    epoch,
+                    batches,
+                    last_timestamp_ms,
+                },
+            );
+        }
+        Some(states)
+    }
+
     /// Forgets producers idle for `expiry_ms` or more.
     pub fn expire(&mut self, now_ms: i64, expiry_ms: i64) {
         self.entries
@@ -345,5 +413,57 @@ mod tests {
             fresh.record(&appended, later_ms, HOUR_MS);
         }
         assert_eq!(states, fresh);
+    }
+}
+
+#[cfg(test)]
+mod snapshot_tests {
+    use super::*;
+
+    fn header(producer_id: i64, base_sequence: i32, base_offset: i64) -> BatchHeader {
+        BatchHeader {
+            base_offset,
+            batch_length: 0,
+            partition_leader_epoch: 0,
+            magic: 2,
+            crc: 0,
+            attributes: 0,
+            last_offset_delta: 1,
+            base_timestamp: 0,
+            max_timestamp: 0,
+            producer_id,
+            producer_epoch: 2,
+            base_sequence,
+            records_count: 2,
+        }
+    }
+
+    /// A follower that starts its log over, or a restart whose first segments are gone, gets
+    /// the state as of the start back, and a retry of a batch from before it is still
+    /// recognised.
+    #[test]
+    fn the_state_below_a_start_round_trips_and_lying_counts_are_refused() {
+        let mut states = ProducerStates::default();
+        states.record(&header(7, 0, 10), 1_000, 60_000);
+        states.record(&header(7, 2, 12), 1_000, 60_000);
+        states.record(&header(9, 0, 14), 1_000, 60_000);
+        let below = ProducerStates::decode(states.encode_below(14)).expect("decodes");
+        assert_eq!(
+            below.check(&header(7, 2, 99), 2_000, 60_000),
+            Ok(Verdict::Duplicate { base_offset: 12 })
+        );
+        assert!(
+            below.entries.get(&9).is_none(),
+            "its batch lies past the start"
+        );
+        let bytes = states.encode_below(i64::MAX);
+        for cut in 0..bytes.len() {
+            assert!(
+                ProducerStates::decode(bytes.slice(..cut)).is_none(),
+                "cut at {cut}"
+            );
+        }
+        let lying = bytes::Bytes::from_static(&[0xff, 0xff, 0xff, 0xff]);
+        assert!(ProducerStates::decode(lying).is_none());
     }
 }

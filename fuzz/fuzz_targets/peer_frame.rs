@@ -29,6 +29,7 @@ fn engine(id: i32) -> Raft {
         epochs: vec![(1, 0), (3, 4)],
         end: 9,
         synced: 9,
+        start: 0,
     };
     let persisted = Persisted {
         epoch: 3,

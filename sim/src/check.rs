@@ -162,6 +162,9 @@ pub struct Checker {
     /// partition -> the highest start a consumer jumped to: acknowledged records below it
     /// that nobody read were checked as removed then.
     removed_below: BTreeMap<i32, i64>,
+    /// partition -> every jump past a moved start, in time order: (the new start, the nodes'
+    /// clock then), for acknowledgements that arrive after the jump that removed them.
+    jumps: BTreeMap<i32, Vec<(i64, i64)>>,
 }
 
 /// What the simulated disk says of a partition at a restart: lasting damage struck its files,
@@ -237,6 +240,19 @@ impl Checker {
             self.observe(at_ns, write.partition, offset, *value, "acknowledged");
             self.acked.insert(*value, (write.partition, offset));
             self.timestamp_of.insert(*value, write.timestamp_ms);
+            // Acknowledged after a consumer found it gone: it had to be allowed to go then.
+            let jump = (self.jumps.get(&write.partition).into_iter().flatten())
+                .find(|(to, _)| offset < *to)
+                .copied();
+            if let Some((to, now_ms)) = jump {
+                if !self.removal_allowed(write.partition, offset, *value, now_ms) {
+                    let detail = format!(
+                        "partition {} offset {offset} ({value:#x}) acknowledged after a consumer found the log starting at {to}, before retention or DeleteRecords allowed it to go",
+                        write.partition
+                    );
+                    self.violate(ViolationKind::RemovedEarly, at_ns, detail);
+                }
+            }
             let end = self.acked_end.entry(write.partition).or_insert(0);
             *end = (*end).max(offset + 1);
         }
@@ -493,16 +509,15 @@ impl Checker {
         let asked = self.delete_asked.get(&partition).copied().unwrap_or(0);
         let mut early = Vec::new();
         for ((_, offset), value) in self.value_at.range((partition, from)..(partition, to)) {
-            if self.acked.get(value) != Some(&(partition, *offset)) || *offset < asked {
+            if self.acked.get(value) != Some(&(partition, *offset)) {
                 continue;
             }
-            let timestamp = self.timestamp_of.get(value).copied().unwrap_or(i64::MAX);
-            let expired =
-                (self.retention_ms_min).is_some_and(|r| now_ms.saturating_sub(timestamp) > r);
-            if !expired {
+            if !self.removal_allowed(partition, *offset, *value, now_ms) {
+                let timestamp = self.timestamp_of.get(value).copied().unwrap_or(i64::MAX);
                 early.push((*offset, *value, timestamp));
             }
         }
+        (self.jumps.entry(partition).or_default()).push((to, now_ms));
         if let Some((offset, value, timestamp)) = early.first() {
             let detail = format!(
                 "partition {partition} starts at {to}: {} acknowledged records below it were removed early, first {value:#x} at offset {offset} (written at {timestamp}, now {now_ms}, retention.ms at least {:?}, DeleteRecords asked below {asked})",
@@ -513,6 +528,16 @@ impl Checker {
         }
         let below = self.removed_below.entry(partition).or_insert(to);
         *below = (*below).max(to);
+    }
+
+    /// Whether `partition`'s record `value` at `offset` may be gone at `now_ms` on the nodes'
+    /// clock: a DeleteRecords asked past it, or its batch is older than the smallest
+    /// retention.ms asked for.
+    fn removal_allowed(&self, partition: i32, offset: i64, value: u64, now_ms: i64) -> bool {
+        let asked = self.delete_asked.get(&partition).copied().unwrap_or(0);
+        let timestamp = self.timestamp_of.get(&value).copied().unwrap_or(i64::MAX);
+        offset < asked
+            || (self.retention_ms_min).is_some_and(|r| now_ms.saturating_sub(timestamp) > r)
     }
 
     /// A member was assigned `partitions` in `generation`.

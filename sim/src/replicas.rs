@@ -99,5 +99,8 @@ pub fn durable_batch_at(disk: &SimDisk, dir: &str, base_offset: i64) -> Option<S
 /// `log-start-offset` file, durable), if its start ever moved.
 pub fn durable_log_start(disk: &SimDisk, dir: &str) -> Option<i64> {
     let raw = disk.durable_contents(&format!("{dir}log-start-offset"))?;
-    Some(i64::from_be_bytes(raw.get(..8)?.try_into().ok()?))
+    let raw = raw.first_chunk::<16>()?;
+    let crc = u32::from_be_bytes(raw[12..].try_into().ok()?);
+    (crc32c::crc32c(&raw[..12]) == crc)
+        .then(|| i64::from_be_bytes(raw[..8].try_into().expect("8 bytes")))
 }

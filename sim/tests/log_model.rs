@@ -103,9 +103,14 @@ fn read_batches(
     loop {
         // A read may fail on a faulty disk (after the log's own retries); a client retries.
         let end = log.log_end_offset();
+        let mut last_error = None;
         let bytes = (0..10)
-            .find_map(|_| log.read(disk, offset, end, 1000, true).ok())
-            .expect("a read succeeds within ten tries");
+            .find_map(|_| {
+                (log.read(disk, offset, end, 1000, true))
+                    .map_err(|e| last_error = Some(e))
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("a read succeeds within ten tries: {last_error:?}"));
         if bytes.is_empty() {
             return (out, bases);
         }

@@ -170,7 +170,10 @@ fn fill(
     }
     producer.flush(Duration::from_secs(600))?;
     let acked = producer.context().0.load(Ordering::Relaxed);
-    anyhow::ensure!(acked >= records, "{acked} of {records} records acknowledged");
+    anyhow::ensure!(
+        acked >= records,
+        "{acked} of {records} records acknowledged"
+    );
     Ok(records)
 }
 
@@ -200,7 +203,14 @@ fn restart(args: &Args, gigabytes: &[u64]) -> anyhow::Result<()> {
         create_topic(&bootstrap, topic, args.partitions)?;
         let started = Instant::now();
         let p = producer(&bootstrap)?;
-        let records = fill(&p, topic, args.partitions, args.record_bytes, size << 30, || {})?;
+        let records = fill(
+            &p,
+            topic,
+            args.partitions,
+            args.record_bytes,
+            size << 30,
+            || {},
+        )?;
         let secs = started.elapsed().as_secs_f64();
         drop(p);
         keel.kill()?;
@@ -212,12 +222,19 @@ fn restart(args: &Args, gigabytes: &[u64]) -> anyhow::Result<()> {
         let listening = started.elapsed();
         let p = producer(&bootstrap)?;
         for partition in 0..args.partitions {
-            p.send(BaseRecord::<[u8], [u8]>::to(topic).partition(partition).payload(b"after"))
-                .map_err(|(e, _)| e)?;
+            p.send(
+                BaseRecord::<[u8], [u8]>::to(topic)
+                    .partition(partition)
+                    .payload(b"after"),
+            )
+            .map_err(|(e, _)| e)?;
         }
         let deadline = Instant::now() + Duration::from_secs(600);
         while p.context().1.lock().unwrap().len() < args.partitions as usize {
-            anyhow::ensure!(Instant::now() < deadline, "no acknowledgement after restart");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "no acknowledgement after restart"
+            );
             p.poll(Duration::from_millis(1));
         }
         let serving = started.elapsed();

@@ -41,7 +41,9 @@ pub const KEYS: [ConfigKey; 11] = [
         config_type: TYPE_LIST,
         list: true,
         documentation: "delete: old segments go by retention.ms and retention.bytes; compact: \
-                        the cleaner keeps the latest record of every key; or both.",
+                        every key's latest record is to be kept (no cleaner runs yet: a \
+                        compacted topic keeps everything, and retention leaves it alone); or \
+                        both.",
     },
     ConfigKey {
         name: "compression.type",

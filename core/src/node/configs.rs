@@ -326,6 +326,12 @@ impl<D: Disk> Node<D> {
                 format!("no topic {name}"),
             ));
         };
+        if Self::internal_topic(name) {
+            return Err((
+                codes::INVALID_REQUEST,
+                format!("{name} is internal: its configs are Keel's"),
+            ));
+        }
         let factor = topic.replicas.first().map_or(1, Vec::len);
         let mut set: BTreeMap<String, String> = match alteration.replace {
             true => BTreeMap::new(),
@@ -426,9 +432,11 @@ impl<D: Disk> Node<D> {
         Ok((topic.id, changes))
     }
 
-    /// Whether the image shows every key and value a forwarded change set.
+    /// Whether the image shows every key and value a forwarded change set, or a topic it
+    /// changed is gone (the answer then says so).
     pub(super) fn image_shows(&self, expected: &Expected) -> bool {
-        expected.iter().all(|(id, key, value)| {
+        let gone = (expected.iter()).any(|(id, ..)| self.image.topic_by_id(id).is_none());
+        gone || expected.iter().all(|(id, key, value)| {
             (self.image.topic_by_id(id)).is_some_and(|t| t.configs.get(key) == value.as_ref())
         })
     }

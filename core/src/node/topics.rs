@@ -565,8 +565,11 @@ impl Topics {
             return;
         };
         // Retention applies only to cleanup.policy delete (compaction keeps every key's last
-        // record however old).
-        let (retention_ms, retention_bytes) = match config.delete {
+        // record however old), and never to internal topics: their coordinators replay them
+        // whole (a cluster made before configs existed has `__consumer_offsets` without its
+        // cleanup.policy).
+        let internal = topic.starts_with("__");
+        let (retention_ms, retention_bytes) = match config.delete && !internal {
             true => (config.retention_ms, config.retention_bytes),
             false => (-1, -1),
         };
@@ -598,7 +601,7 @@ impl Topics {
                 };
                 match log.apply_retention(disk, now_ms, replica.high_watermark()) {
                     Ok(true) => {
-                        replica.raft_mut().handle_log_start(log.log_start_offset());
+                        replica.raft_mut().handle_log_start(log.log_start_base());
                         moved.push(partition.log_id);
                     }
                     Ok(false) => {}

@@ -218,9 +218,41 @@ impl Replica {
                             .record(&header, seen_ms, producer_expiry_ms);
                     }
                 }
-                Command::Reset { offset, epoch } => {
+                Command::Reset {
+                    offset,
+                    epoch,
+                    state,
+                } => {
                     effects.wrote = true;
-                    log.reset_to(disk, offset, epoch)?;
+                    // State that does not decode (a damaged or buggy peer) leaves nothing known
+                    // of producers: their next batches start over.
+                    let producers = crate::producers::ProducerStates::decode(state);
+                    if producers.is_none() {
+                        tracing::warn!(group = ?self.group, "a log start's producer state does not decode");
+                    }
+                    log.reset_to(disk, offset, epoch, producers.unwrap_or_default())?;
+                }
+                Command::SendStartAt {
+                    to,
+                    epoch,
+                    high_watermark,
+                    fetch_offset,
+                    last_fetched_epoch,
+                    start,
+                    start_epoch,
+                } => {
+                    let message = Message::FetchResponse {
+                        epoch,
+                        high_watermark,
+                        fetch_offset,
+                        last_fetched_epoch,
+                        reply: FetchReply::StartAt {
+                            offset: start,
+                            epoch: start_epoch,
+                            state: log.producers().encode_below(start),
+                        },
+                    };
+                    effects.sends.push((to, self.group, message));
                 }
                 Command::Truncate { offset } => {
                     effects.wrote = true;
@@ -245,8 +277,8 @@ impl Replica {
                         effects.changed = true;
                     }
                     // DeleteRecords markers that just committed move the log start.
-                    if log.apply_committed_starts(high_watermark) {
-                        self.raft.handle_log_start(log.log_start_offset());
+                    if log.apply_committed_starts(disk, high_watermark) {
+                        self.raft.handle_log_start(log.log_start_base());
                         effects.wrote = true;
                         effects.changed = true;
                     }

@@ -239,8 +239,13 @@ pub enum FetchReply {
     NotLeader,
     /// The leader's log starts at `offset` (retention, DeleteRecords), past where the
     /// follower's log agrees with it as far as the leader can tell: the follower starts its
-    /// log over, empty, at `offset`, with `epoch` in force there.
-    StartAt { offset: Offset, epoch: Epoch },
+    /// log over, empty, at `offset`, `epoch` being the epoch of the entry before it, with
+    /// `state` (opaque to the engine: the partition's producer state as of `offset`).
+    StartAt {
+        offset: Offset,
+        epoch: Epoch,
+        state: bytes::Bytes,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -270,10 +275,23 @@ pub enum Command {
         entries: Vec<Entry>,
     },
     /// Empty the log and start it at `offset`, with `epoch` in force there (past the log's
-    /// end). A `SyncLog` follows, as for a truncation.
+    /// end), and the leader's `state` as of there. A `SyncLog` follows, as for a truncation.
     Reset {
         offset: Offset,
         epoch: Epoch,
+        state: bytes::Bytes,
+    },
+    /// Answer `to`'s fetch with `StartAt { offset: start, epoch: start_epoch, state }`, the
+    /// state filled in by the host (`FetchResponse { epoch, high_watermark, fetch_offset,
+    /// last_fetched_epoch, .. }`).
+    SendStartAt {
+        to: NodeId,
+        epoch: Epoch,
+        high_watermark: Offset,
+        fetch_offset: Offset,
+        last_fetched_epoch: Epoch,
+        start: Offset,
+        start_epoch: Epoch,
     },
     /// Remove every entry at or past `offset`. A `SyncLog` follows: the follower fetches
     /// again only once it completed (a partition log cuts its files in that round).
@@ -364,21 +382,17 @@ impl LogShape {
         self.end = last_offset + 1;
     }
 
-    /// Entries below `start` are gone: the epoch in force there now starts there.
+    /// Entries below `start` are gone (a batch boundary): the last epoch that started before
+    /// it now starts there, so that the epoch of the entry before the log stays known.
     fn trim(&mut self, start: Offset) {
         if start <= self.start {
             return;
         }
         self.start = start;
-        let below = self.epochs.partition_point(|(_, s)| *s <= start);
-        if below > 0 {
-            let (epoch, _) = self.epochs[below - 1];
-            self.epochs.drain(..below);
-            self.epochs.insert(0, (epoch, start));
-        }
+        crate::log::trim_epochs(&mut self.epochs, start);
     }
 
-    /// The epoch in force at the log start.
+    /// The epoch of the entry before the log start (or of the first entry).
     fn start_epoch(&self) -> Epoch {
         self.epochs.first().map_or(0, |(e, _)| *e)
     }
@@ -389,7 +403,14 @@ impl LogShape {
         }
         self.end = offset;
         self.synced = self.synced.min(offset);
+        let first = self.epochs.first().copied();
         self.epochs.retain(|(_, start)| *start < offset);
+        if let Some((epoch, start)) = first.filter(|_| self.epochs.is_empty()) {
+            // Cut back to the log start: the epoch before it still stands for what is gone.
+            if start <= offset && self.start > 0 {
+                self.epochs.push((epoch, start));
+            }
+        }
     }
 }
 
@@ -972,6 +993,7 @@ impl Raft {
                         FetchReply::StartAt {
                             offset,
                             epoch: start_epoch,
+                            ..
                         } => epoch_ok(*start_epoch) && start_epoch <= epoch && offset_ok(*offset),
                         FetchReply::Diverging {
                             epoch: diverging,
@@ -1367,13 +1389,18 @@ impl Raft {
         };
         progress.last_fetch_ms = Some(now_ms);
         let start = self.log.start;
-        let start_at = FetchReply::StartAt {
-            offset: start,
-            epoch: self.log.start_epoch(),
+        let start_at = Command::SendStartAt {
+            to: from,
+            epoch: self.epoch,
+            high_watermark: self.high_watermark,
+            fetch_offset,
+            last_fetched_epoch,
+            start,
+            start_epoch: self.log.start_epoch(),
         };
         if fetch_offset < start {
             // What the follower needs next is gone here (all of it committed).
-            out.push(answer(start_at));
+            out.push(start_at);
             return;
         }
         if fetch_offset > 0 {
@@ -1386,7 +1413,7 @@ impl Raft {
                 let (epoch, end_offset) = self.log.epoch_end(last_fetched_epoch).unwrap_or((0, 0));
                 if start > 0 && end_offset.min(fetch_offset) < start {
                     // Where the logs part is below what this log still holds.
-                    out.push(answer(start_at));
+                    out.push(start_at);
                     return;
                 }
                 out.push(answer(FetchReply::Diverging {
@@ -1499,8 +1526,13 @@ impl Raft {
         self.reset_election_timer(now_ms);
         match reply {
             FetchReply::NotLeader => unreachable!("handled above"),
-            FetchReply::StartAt { offset, epoch } => {
-                if offset < self.high_watermark || offset <= self.log.start {
+            FetchReply::StartAt {
+                offset,
+                epoch,
+                state,
+            } => {
+                let empty_there = offset == self.log.start && offset >= self.log.end;
+                if offset < self.high_watermark || (offset <= self.log.start && !empty_there) {
                     // Not for this log (it holds what it saw committed there): ask again.
                     self.fetch_deadline_ms = Some(now_ms + self.config.fetch_retry_ms);
                     return;
@@ -1524,7 +1556,11 @@ impl Raft {
                     start: offset,
                 };
                 self.truncations += 1;
-                out.push(Command::Reset { offset, epoch });
+                out.push(Command::Reset {
+                    offset,
+                    epoch,
+                    state,
+                });
                 out.push(Command::SyncLog {
                     generation: self.truncations,
                 });
@@ -1533,6 +1569,12 @@ impl Raft {
             FetchReply::Diverging { epoch, end_offset } => {
                 let own_end = self.log.epoch_end(epoch).map_or(0, |(_, end)| end);
                 let offset = end_offset.min(own_end);
+                if offset < self.log.start {
+                    // Below what this log still holds: only a leader that lost committed
+                    // entries (replicated durability) says so. Asked again, not cut.
+                    self.fetch_deadline_ms = Some(now_ms + self.config.fetch_retry_ms);
+                    return;
+                }
                 if offset < self.high_watermark && !self.config.commit_unsynced {
                     // Never below what this node saw committed: a leader that says so is
                     // wrong, or the answer is not for this log. Ask again when a lost fetch

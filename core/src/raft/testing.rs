@@ -147,7 +147,7 @@ fn describe(message: &Message) -> String {
                     format!("diverging={epoch}@{end_offset}")
                 }
                 FetchReply::NotLeader => "not-leader".into(),
-                FetchReply::StartAt { offset, epoch } => format!("start-at={epoch}@{offset}"),
+                FetchReply::StartAt { offset, epoch, .. } => format!("start-at={epoch}@{offset}"),
             };
             format!("FetchResponse epoch={epoch} hw={high_watermark} {reply}")
         }
@@ -274,9 +274,12 @@ impl Cluster {
                     assert_eq!(entries[0].base_offset, end, "appends continue the log");
                     host.log.extend(entries);
                 }
-                Command::Reset { offset, epoch } => {
+                Command::Reset { offset, epoch, .. } => {
                     // The test cluster never moves a log start, so no leader asks for this.
                     unreachable!("reset to {offset} in epoch {epoch}: no log start moves here");
+                }
+                Command::SendStartAt { start, .. } => {
+                    unreachable!("a log start at {start}: no log start moves here");
                 }
                 Command::Truncate { offset } => {
                     let host = self.hosts.get_mut(&id).expect("node");

@@ -211,10 +211,16 @@ fn encode_message(out: &mut BytesMut, message: &Message) {
                     out.put_i64(*end_offset);
                 }
                 FetchReply::NotLeader => out.put_u8(REPLY_NOT_LEADER),
-                FetchReply::StartAt { offset, epoch } => {
+                FetchReply::StartAt {
+                    offset,
+                    epoch,
+                    state,
+                } => {
                     out.put_u8(REPLY_START_AT);
                     out.put_i64(*offset);
                     out.put_i32(*epoch);
+                    out.put_u32(state.len() as u32);
+                    out.put_slice(state);
                 }
             }
         }
@@ -431,10 +437,15 @@ fn decode_message(buf: &mut Bytes) -> Result<Message, PeerWireError> {
                 }
                 REPLY_NOT_LEADER => FetchReply::NotLeader,
                 REPLY_START_AT => {
-                    need(buf, 8 + 4, "a log start")?;
+                    need(buf, 8 + 4 + 4, "a log start")?;
+                    let offset = buf.get_i64();
+                    let epoch = buf.get_i32();
+                    let size = buf.get_u32() as usize;
+                    need(buf, size, "a log start's state")?;
                     FetchReply::StartAt {
-                        offset: buf.get_i64(),
-                        epoch: buf.get_i32(),
+                        offset,
+                        epoch,
+                        state: buf.split_to(size),
                     }
                 }
                 tag => {
@@ -489,8 +500,16 @@ mod tests {
             (any::<i32>(), any::<i64>())
                 .prop_map(|(epoch, end_offset)| FetchReply::Diverging { epoch, end_offset }),
             Just(FetchReply::NotLeader),
-            (0..i64::MAX, 0..i32::MAX)
-                .prop_map(|(offset, epoch)| FetchReply::StartAt { offset, epoch }),
+            (
+                0..i64::MAX,
+                0..i32::MAX,
+                proptest::collection::vec(any::<u8>(), 0..64)
+            )
+                .prop_map(|(offset, epoch, state)| FetchReply::StartAt {
+                    offset,
+                    epoch,
+                    state: Bytes::from(state),
+                }),
         ];
         prop_oneof![
             (any::<i32>(), any::<i32>(), any::<i64>()).prop_map(

@@ -427,6 +427,7 @@ impl Sim {
             return;
         };
         let partition = self.ops[op].write.partition;
+        let last_offset = base_offset + self.ops[op].write.values.len() as i64 - 1;
         let dir = format!("{TOPIC}-{partition}/");
         let holders: Vec<usize> = (self.machines.iter().enumerate())
             .filter(|(_, m)| {
@@ -434,7 +435,7 @@ impl Sim {
                 // Or durably past it: retention or DeleteRecords took it, as they may (a
                 // retried batch keeps its first send's timestamp, and can be old at once).
                 replicas::durable_batch_at(&disk, &dir, base_offset).is_some_and(|b| b.crc == crc)
-                    || replicas::durable_log_start(&disk, &dir).is_some_and(|s| s > base_offset)
+                    || replicas::durable_log_start(&disk, &dir).is_some_and(|s| s > last_offset)
             })
             .map(|(i, _)| i + 1)
             .collect();
