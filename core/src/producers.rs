@@ -453,7 +453,7 @@ mod snapshot_tests {
             Ok(Verdict::Duplicate { base_offset: 12 })
         );
         assert!(
-            below.entries.get(&9).is_none(),
+            !below.entries.contains_key(&9),
             "its batch lies past the start"
         );
         let bytes = states.encode_below(i64::MAX);
