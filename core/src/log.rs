@@ -1542,7 +1542,33 @@ impl PartitionLog {
         max_bytes: usize,
         at_least_one: bool,
     ) -> Result<Bytes, LogError> {
-        if offset < self.log_start_offset() || offset > self.log_end_offset() {
+        let start = self.log_start_offset;
+        self.read_from(disk, start, offset, upper_offset, max_bytes, at_least_one)
+    }
+
+    /// [`PartitionLog::read`] for a follower: from the batch that holds the log start on
+    /// (its replication starts there, [`PartitionLog::log_start_base`]).
+    pub fn read_for_replica(
+        &mut self,
+        disk: &mut dyn Disk,
+        offset: i64,
+        upper_offset: i64,
+        max_bytes: usize,
+    ) -> Result<Bytes, LogError> {
+        let base = self.log_start_base;
+        self.read_from(disk, base, offset, upper_offset, max_bytes, true)
+    }
+
+    fn read_from(
+        &mut self,
+        disk: &mut dyn Disk,
+        lowest: i64,
+        offset: i64,
+        upper_offset: i64,
+        max_bytes: usize,
+        at_least_one: bool,
+    ) -> Result<Bytes, LogError> {
+        if offset < lowest || offset > self.log_end_offset() {
             return Err(LogError::OffsetOutOfRange {
                 offset,
                 log_start_offset: self.log_start_offset(),

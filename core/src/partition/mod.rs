@@ -307,7 +307,7 @@ fn read_entries(
     max_bytes: usize,
 ) -> Result<Vec<Entry>, LogError> {
     let end = log.log_end_offset();
-    let bytes: Bytes = log.read(disk, from, end, max_bytes, true)?;
+    let bytes: Bytes = log.read_for_replica(disk, from, end, max_bytes)?;
     let mut entries = Vec::new();
     for batch in split_batches(bytes) {
         let batch = batch.map_err(|e| LogError::Replicated(e.to_string()))?;
