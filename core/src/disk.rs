@@ -55,6 +55,11 @@ pub trait Disk {
     fn truncate(&mut self, file: FileId, len_bytes: u64) -> Result<(), DiskError>;
     /// Removes a file (closing it if open). Durable once its directory is synced.
     fn remove(&mut self, name: &str) -> Result<(), DiskError>;
+    /// Renames file `from` to `to` in the same directory, replacing `to` if it exists
+    /// (atomically: a crash leaves `to` old or new, never neither). Handles of `from` now
+    /// name `to`; handles of the replaced `to` are closed. Durable once the directory is
+    /// synced; until then a crash may also bring `from` back.
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), DiskError>;
     /// Opens a directory, creating it if needed, as a handle to sync: a sync of it makes the
     /// entries created and removed in it durable. `""` is the data directory.
     fn open_dir(&mut self, name: &str) -> Result<FileId, DiskError>;

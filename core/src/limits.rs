@@ -143,3 +143,18 @@ pub const GROUP_SUBSCRIBED_TOPICS_MAX: usize = 1_000;
 /// `max.message.bytes`): its batch must cross a peer link (`PEER_FRAME_SIZE_MAX_BYTES`) and
 /// be replayed whole at every load. Past it: INVALID_COMMIT_OFFSET_SIZE.
 pub const GROUP_WRITE_MAX_BYTES: usize = 1_048_588;
+
+/// Per-record errors one Produce answer lists (a keyless record in a compacted topic): the
+/// first ones say what is wrong; a batch of a million bad records must not make a
+/// million-entry answer.
+pub const RECORD_ERRORS_MAX: usize = 100;
+
+/// Bytes of keys (and their offsets) the cleaner holds while it maps a compacted log: a
+/// pass cleans the segments whose keys fit, and the next pass goes on from there. Producers
+/// choose the keys, so the map is bounded; Kafka's `log.cleaner.dedupe.buffer.size` is
+/// 128 MiB across its cleaner threads.
+pub const CLEANER_MAP_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Bytes the cleaner reads in one step (whole batches, at least one): a step runs on the
+/// node's loop between requests, so this bounds the pause a request can meet.
+pub const CLEANER_STEP_BYTES_MAX: usize = 1024 * 1024;

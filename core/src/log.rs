@@ -27,6 +27,8 @@ use crate::disk::{Disk, DiskError, FileId};
 use crate::producers::ProducerStates;
 use crate::record::{BatchHeader, RecordBatch, DECOMPRESSED_BATCH_SIZE_MAX_BYTES};
 
+mod cleaner;
+
 const BATCH_HEADER_BYTES: usize = crate::record::batch::BATCH_HEADER_BYTES;
 const BATCH_LENGTH_PREFIX_BYTES: i64 = crate::record::batch::BATCH_LENGTH_PREFIX_BYTES as i64;
 const SEGMENT_SUFFIX: &str = ".log";
@@ -64,6 +66,15 @@ pub struct LogConfig {
     pub planted_cut_synced: bool,
     /// The planted bug `retention-early` (`node::PlantedBug::RetentionEarly`).
     pub planted_retention_early: bool,
+    /// cleanup.policy contains compact: the cleaner keeps each key's last record.
+    pub compact: bool,
+    /// A segment is cleaned once its newest batch is this old (min.compaction.lag.ms).
+    pub min_compaction_lag_ms: i64,
+    /// A tombstone that is its key's last record is kept until its segment's newest batch
+    /// is this old (delete.retention.ms).
+    pub delete_retention_ms: i64,
+    /// The planted bug `cleaner-drops-newest` (`node::PlantedBug::CleanerDropsNewest`).
+    pub planted_cleaner_drops_newest: bool,
     /// The latest leader epoch this node knows: a stored batch with a later one is damaged
     /// (its epoch is outside the CRC).
     pub leader_epoch_max: i32,
@@ -80,9 +91,26 @@ impl Default for LogConfig {
             producer_id_expiration_ms: 86_400_000,
             planted_cut_synced: false,
             planted_retention_early: false,
+            compact: false,
+            min_compaction_lag_ms: 0,
+            delete_retention_ms: 86_400_000,
+            planted_cleaner_drops_newest: false,
             leader_epoch_max: i32::MAX,
         }
     }
+}
+
+/// A log's share of its topic's configs ([`PartitionLog::set_policy`]); the fields are
+/// [`LogConfig`]'s of the same names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogPolicy {
+    pub segment_size_bytes: u64,
+    pub segment_ms: i64,
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub compact: bool,
+    pub min_compaction_lag_ms: i64,
+    pub delete_retention_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -275,6 +303,13 @@ pub struct PartitionLog {
     /// DeleteRecords markers in the log not yet committed: (the marker's offset, the start
     /// it moves to), applied when the high watermark passes them.
     pending_starts: Vec<(i64, i64)>,
+    /// The cleaning pass under way (cleanup.policy compact), if any.
+    cleaning: Option<cleaner::Cleaning>,
+    /// The last pass cleaned the segments below this (nothing since a start: the first
+    /// pass after a restart cleans again).
+    cleaned_to: i64,
+    /// When a tombstone the last pass kept may go: a pass is due then.
+    tombstones_due: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -359,6 +394,9 @@ impl PartitionLog {
             doomed: Vec::new(),
             doomed_armed: 0,
             pending_starts: Vec::new(),
+            cleaning: None,
+            cleaned_to: 0,
+            tombstones_due: None,
         };
         log.write_recovery_point(disk, 0)?;
         Ok(log)
@@ -389,6 +427,16 @@ impl PartitionLog {
             })
             .collect();
         bases.sort_unstable();
+        // A cleaned copy never renamed over its segment (a crash came first): the segment
+        // is whole, the copy goes.
+        for name in names {
+            let copy = name.strip_prefix(&prefix).is_some_and(|n| {
+                n.ends_with(cleaner::CLEANED_SUFFIX) && !n.contains('/')
+            });
+            if copy {
+                disk.remove(name)?;
+            }
+        }
         // The start file, if the start ever moved: segments wholly below it (a removal the
         // crash undid, or never made) go now.
         let start_name = format!("{dir}/{LOG_START_FILE}");
@@ -680,6 +728,9 @@ impl PartitionLog {
             doomed,
             doomed_armed: 0,
             pending_starts,
+            cleaning: None,
+            cleaned_to: 0,
+            tombstones_due: None,
         };
         let mut log = log;
         log.log_start_base = log.batch_base_holding(disk, log_start_offset);
@@ -1263,6 +1314,7 @@ impl PartitionLog {
         if !self.deferred_cuts.is_empty() {
             return Err(LogError::TruncationPending);
         }
+        self.abandon_cleaning(disk);
         assert!(
             offset >= self.log_end_offset() && offset >= self.log_start_offset,
             "a reset to {offset} goes back (the log is [{}, {}))",
@@ -1327,18 +1379,15 @@ impl PartitionLog {
         self.segments.iter().map(|s| s.size_bytes).sum()
     }
 
-    /// This log's retention and segment settings (a topic's configs changed).
-    pub fn set_policy(
-        &mut self,
-        segment_size_bytes: u64,
-        segment_ms: i64,
-        retention_ms: i64,
-        retention_bytes: i64,
-    ) {
-        self.config.segment_size_bytes = segment_size_bytes;
-        self.config.segment_ms = segment_ms;
-        self.config.retention_ms = retention_ms;
-        self.config.retention_bytes = retention_bytes;
+    /// This log's retention, compaction and segment settings (a topic's configs changed).
+    pub fn set_policy(&mut self, policy: LogPolicy) {
+        self.config.segment_size_bytes = policy.segment_size_bytes;
+        self.config.segment_ms = policy.segment_ms;
+        self.config.retention_ms = policy.retention_ms;
+        self.config.retention_bytes = policy.retention_bytes;
+        self.config.compact = policy.compact;
+        self.config.min_compaction_lag_ms = policy.min_compaction_lag_ms;
+        self.config.delete_retention_ms = policy.delete_retention_ms;
     }
 
     fn roll(&mut self, disk: &mut dyn Disk, base_offset: i64) -> Result<(), LogError> {
@@ -1363,6 +1412,7 @@ impl PartitionLog {
         }
         // And the log start that the doomed segments lie below (written now or before).
         self.doomed_armed = self.doomed.len();
+        self.arm_cleaned_copy();
         files.push(self.recovery_point_file);
         if std::mem::take(&mut self.dir_dirty) {
             files.push(self.dir_file);
@@ -1406,6 +1456,7 @@ impl PartitionLog {
                 self.dir_dirty = true;
             }
         }
+        self.install_cleaned_copy(disk)?;
         if std::mem::take(&mut self.deferred_armed) {
             for cut in std::mem::take(&mut self.deferred_cuts) {
                 match cut {
@@ -1444,6 +1495,7 @@ impl PartitionLog {
                 log_end_offset: self.log_end_offset(),
             });
         }
+        self.abandon_cleaning(disk);
         let at = self.segments.partition_point(|s| s.base_offset <= offset) - 1;
         let position = self.batch_position(disk, at, offset)?;
         for segment in self.segments.drain(at + 1..) {
@@ -1826,7 +1878,8 @@ impl PartitionLog {
 
     /// Removes every file of the log (its directory's removal is the caller's: other files
     /// live there too).
-    pub fn delete(self, disk: &mut dyn Disk) -> Result<(), LogError> {
+    pub fn delete(mut self, disk: &mut dyn Disk) -> Result<(), LogError> {
+        self.abandon_cleaning(disk);
         for segment in &self.segments {
             disk.remove(&segment.name)?;
         }

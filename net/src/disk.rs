@@ -348,6 +348,22 @@ impl Disk for RealDisk {
         }
     }
 
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), DiskError> {
+        for name in [from, to] {
+            if name.contains("..") || name.starts_with('/') {
+                return Err(DiskError::Io(format!("refusing path {name}")));
+            }
+        }
+        std::fs::rename(self.path(from), self.path(to)).map_err(io_error)?;
+        self.forget(to, false);
+        for handle in self.files.values_mut() {
+            if !handle.is_dir && handle.name == from {
+                handle.name = to.to_string();
+            }
+        }
+        Ok(())
+    }
+
     fn open_dir(&mut self, name: &str) -> Result<FileId, DiskError> {
         if name.contains("..") || name.starts_with('/') {
             return Err(DiskError::Io(format!("refusing path {name}")));

@@ -69,6 +69,10 @@ pub enum ViolationKind {
     RemovedEarly,
     /// A record below an acknowledged DeleteRecords' start served by a fetch sent after it.
     ServedBelowStart,
+    /// A compacted topic's acknowledged record gone from the log although no newer record of
+    /// its key was committed when a consumer found it gone: compaction lost a key's latest
+    /// value.
+    CompactedLatest,
 }
 
 impl ViolationKind {
@@ -95,6 +99,7 @@ impl ViolationKind {
             ViolationKind::CommitPastEnd => "commit-past-end",
             ViolationKind::RemovedEarly => "removed-early",
             ViolationKind::ServedBelowStart => "served-below-start",
+            ViolationKind::CompactedLatest => "compacted-latest",
         }
     }
 
@@ -165,6 +170,19 @@ pub struct Checker {
     /// partition -> every jump past a moved start, in time order: (the new start, the nodes'
     /// clock then), for acknowledgements that arrive after the jump that removed them.
     jumps: BTreeMap<i32, Vec<(i64, i64)>>,
+    /// Keys of a compacted topic (`crate::plan::compaction_key`), if it is one.
+    compaction_keys: Option<u32>,
+    /// (partition, key) -> offsets of its records known committed (acknowledged or read).
+    key_offsets: BTreeMap<(i32, u32), BTreeSet<i64>>,
+    /// partition -> offset ranges a consumer found without records (the cleaner removed
+    /// them), each with the high watermark of the fetch that showed it and when it came:
+    /// (from, to, hw, at_ns).
+    gaps: BTreeMap<i32, Vec<(i64, i64, i64, u64)>>,
+    /// (partition, key) -> the writes sent with it: (when, value). One whose outcome never
+    /// came may be committed, at an offset nobody saw before the cleaner removed it.
+    key_sends: BTreeMap<(i32, u32), Vec<(u64, u64)>>,
+    /// value -> when its acknowledgement came (compacted topics only).
+    acked_ns: BTreeMap<u64, u64>,
 }
 
 /// What the simulated disk says of a partition at a restart: lasting damage struck its files,
@@ -179,6 +197,82 @@ pub struct Damage {
 impl Checker {
     pub fn violations(&self) -> &[Violation] {
         &self.violations
+    }
+
+    /// The workload's topic is compacted, its records keyed over `keys`.
+    pub fn set_compaction_keys(&mut self, keys: u32) {
+        self.compaction_keys = Some(keys);
+    }
+
+    fn note_key(&mut self, partition: i32, offset: i64, value: u64) {
+        if let Some(keys) = self.compaction_keys {
+            let key = crate::plan::compaction_key(value, keys);
+            (self.key_offsets.entry((partition, key)).or_default()).insert(offset);
+        }
+    }
+
+    /// A consumer of the compacted topic found no record in `[from, to)` of `partition`, in
+    /// a fetch answered with `high_watermark`: the cleaner may only have removed a record
+    /// that a newer one of its key, committed by then, replaced. Judged at the end
+    /// ([`Checker::finish`]), when every record acknowledged or read is known.
+    pub fn on_compacted_gap(
+        &mut self,
+        at_ns: u64,
+        partition: i32,
+        from: i64,
+        to: i64,
+        high_watermark: i64,
+    ) {
+        if to > from {
+            (self.gaps.entry(partition).or_default()).push((from, to, high_watermark, at_ns));
+        }
+    }
+
+    /// A produce was sent (compacted topics: its keys may replace older records).
+    pub fn on_send(&mut self, at_ns: u64, write: &Write) {
+        let Some(keys) = self.compaction_keys else {
+            return;
+        };
+        for value in &write.values {
+            let key = crate::plan::compaction_key(*value, keys);
+            (self.key_sends.entry((write.partition, key)).or_default()).push((at_ns, *value));
+        }
+    }
+
+    /// Whether the acknowledged `value` at `partition`'s `offset` lies in a gap a consumer
+    /// found: `Some(true)` if a newer record of its key was committed below the gap's high
+    /// watermark (the cleaner could remove it), `Some(false)` if none was.
+    fn compacted_away(&self, partition: i32, offset: i64, value: u64) -> Option<bool> {
+        let keys = self.compaction_keys?;
+        let gaps = self.gaps.get(&partition)?;
+        let key = crate::plan::compaction_key(value, keys);
+        let newer = self.key_offsets.get(&(partition, key));
+        let acked_ns = self.acked_ns.get(&value).copied().unwrap_or(u64::MAX);
+        let sends = self.key_sends.get(&(partition, key));
+        let mut found = None;
+        for (from, to, high_watermark, at_ns) in gaps {
+            if offset < *from || offset >= *to {
+                continue;
+            }
+            // A newer record of the key committed below the high watermark the gap was seen
+            // with: one acknowledged or read there, or one sent after this record's
+            // acknowledgement (so at a higher offset) and before the gap was seen, whose
+            // outcome never came (it may be committed, and cleaned before anyone read it).
+            let replaced = newer.is_some_and(|o| o.range(offset + 1..*high_watermark).next().is_some())
+                || sends.is_some_and(|s| {
+                    s.iter().any(|(sent_ns, v)| {
+                        *sent_ns > acked_ns
+                            && sent_ns < at_ns
+                            && !self.failed.contains(v)
+                            && !self.acked.contains_key(v)
+                    })
+                });
+            if !replaced {
+                return Some(false);
+            }
+            found = Some(true);
+        }
+        found
     }
 
     pub fn violate(&mut self, kind: ViolationKind, at_ns: u64, detail: String) {
@@ -238,6 +332,10 @@ impl Checker {
         for (i, value) in write.values.iter().enumerate() {
             let offset = base_offset + i as i64;
             self.observe(at_ns, write.partition, offset, *value, "acknowledged");
+            self.note_key(write.partition, offset, *value);
+            if self.compaction_keys.is_some() {
+                self.acked_ns.insert(*value, at_ns);
+            }
             self.acked.insert(*value, (write.partition, offset));
             self.timestamp_of.insert(*value, write.timestamp_ms);
             // Acknowledged after a consumer found it gone: it had to be allowed to go then.
@@ -307,6 +405,7 @@ impl Checker {
             return;
         }
         self.observe(at_ns, partition, offset, value, "read");
+        self.note_key(partition, offset, value);
         self.read.insert((partition, offset), value);
         if self.failed.contains(&value) {
             self.violate(
@@ -418,9 +517,18 @@ impl Checker {
     pub fn finish(&mut self, at_ns: u64, positions: &BTreeMap<i32, i64>) {
         let mut lost = Vec::new();
         let mut unread = Vec::new();
+        let mut compacted_latest = Vec::new();
         for (value, (partition, offset)) in &self.acked {
             if self.retired.contains_key(partition) {
                 continue;
+            }
+            match self.compacted_away(*partition, *offset, *value) {
+                Some(true) => continue,
+                Some(false) => {
+                    compacted_latest.push((*value, *partition, *offset));
+                    continue;
+                }
+                None => {}
             }
             let reached = positions.get(partition).is_some_and(|p| p > offset);
             let removed = self
@@ -434,6 +542,16 @@ impl Checker {
                 _ if reached => lost.push((*value, *partition, *offset)),
                 _ => unread.push((*value, *partition, *offset)),
             }
+        }
+        if let Some((value, partition, offset)) = compacted_latest.first() {
+            self.violate(
+                ViolationKind::CompactedLatest,
+                at_ns,
+                format!(
+                    "{} acknowledged records gone with no newer record of their key committed, first {value:#x} at partition {partition} offset {offset}",
+                    compacted_latest.len()
+                ),
+            );
         }
         for (value, partition, offset) in lost {
             self.violate(

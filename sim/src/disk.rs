@@ -119,6 +119,9 @@ struct SimFile {
     /// A lost or misdirected write left the durable image different from the cache outside
     /// the dirty range: a crash must not keep the cache.
     durable_differs: bool,
+    /// The entry came by a rename over a file of the same name: until the directory is
+    /// synced a crash keeps either this one or the one it replaced, never neither.
+    replaces: bool,
 }
 
 /// What a handle refers to.
@@ -260,8 +263,11 @@ impl SimDisk {
 
     /// What of `name` would survive a crash of the machine now: its durable image, if its
     /// entry in its directory is durable too (the directory's own entry is not looked at).
+    /// A file renamed over a durable one whose rename is not durable yet gives its own image:
+    /// a crash keeps it or the one it replaced (whose bytes the rename's caller took for the
+    /// same, as a cleaned segment is for its original).
     pub fn durable_contents(&self, name: &str) -> Option<&[u8]> {
-        let file = self.files.get(name).filter(|f| f.entry_durable)?;
+        let file = self.files.get(name).filter(|f| f.entry_durable || f.replaces)?;
         file.durable.as_deref()
     }
 
@@ -579,7 +585,14 @@ impl SimDisk {
                 continue;
             }
             if !file.entry_durable {
-                if !lucky(&mut self.rng) || returning.iter().any(|(n, _)| n == name) {
+                let replaced_one_returns = returning.iter().any(|(n, _)| n == name);
+                // A rename's new entry survives when the entry it replaced did not come
+                // back (the two are one directory change).
+                let kept = match std::mem::take(&mut file.replaces) {
+                    true => !replaced_one_returns,
+                    false => lucky(&mut self.rng) && !replaced_one_returns,
+                };
+                if !kept {
                     self.counts.lost_entry_changes += 1;
                     lost.push(name.clone());
                     continue;
@@ -800,6 +813,35 @@ impl Disk for SimDisk {
         }
         self.open
             .retain(|_, h| *h != Handle::File(name.to_string()));
+        Ok(())
+    }
+
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), DiskError> {
+        assert_eq!(parent(from), parent(to), "a rename stays in its directory");
+        let Some(mut file) = self.files.remove(from) else {
+            return Err(DiskError::NotFound(from.to_string()));
+        };
+        if file.entry_durable {
+            // Until the directory is synced, a crash may bring the old name back.
+            self.removed_files
+                .insert(from.to_string(), file.durable.clone().unwrap_or_default());
+        }
+        let replaced = self.files.get(to).is_some_and(|f| f.entry_durable);
+        self.remove(to)?;
+        // The new entry replaces a durable old one at once on the disk: a crash keeps one of
+        // them. One that replaces nothing durable is new, and survives a crash only by luck.
+        file.entry_durable = false;
+        file.replaces = replaced;
+        self.unreadable = std::mem::take(&mut self.unreadable)
+            .into_iter()
+            .map(|(n, s)| if n == from { (to.to_string(), s) } else { (n, s) })
+            .collect();
+        self.files.insert(to.to_string(), file);
+        for handle in self.open.values_mut() {
+            if *handle == Handle::File(from.to_string()) {
+                *handle = Handle::File(to.to_string());
+            }
+        }
         Ok(())
     }
 

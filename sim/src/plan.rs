@@ -91,6 +91,67 @@ pub struct LifecyclePlan {
     pub retention_check_ms: u64,
     /// The chance that an admin cycle sends DeleteRecords.
     pub delete_records_probability: f64,
+    /// The topic is compacted (`--compaction`).
+    pub compaction: Option<CompactionPlan>,
+}
+
+/// A compacted workload topic: the admin client sets its cleanup.policy with the lifecycle's
+/// other configs; producers key every record (`compaction_key`), over few keys (each written
+/// often: the cleaner removes much) or many (a key's newest record lasts: a cleaner that drops
+/// it is seen).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompactionPlan {
+    pub keys: u32,
+    /// cleanup.policy is `compact,delete` (retention and DeleteRecords too), else `compact`.
+    pub delete_too: bool,
+    pub min_compaction_lag_ms: i64,
+}
+
+impl CompactionPlan {
+    /// Drawn from a stream of its own, as [`LifecyclePlan::draw`].
+    pub fn draw(seed: u64) -> CompactionPlan {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x636f_6d70_6163_7421);
+        CompactionPlan {
+            keys: match rng.random_bool(0.5) {
+                true => rng.random_range(3..=30),
+                false => rng.random_range(200..=2_000),
+            },
+            delete_too: rng.random_bool(0.3),
+            min_compaction_lag_ms: match rng.random_bool(0.5) {
+                true => 0,
+                false => rng.random_range(100..=5_000),
+            },
+        }
+    }
+
+    /// cleanup.policy's value.
+    pub fn policy(&self) -> &'static str {
+        match self.delete_too {
+            true => "compact,delete",
+            false => "compact",
+        }
+    }
+}
+
+impl LifecyclePlan {
+    /// Keys of a compacted topic's records, if it is one.
+    pub fn compaction_keys(&self) -> Option<u32> {
+        self.compaction.as_ref().map(|c| c.keys)
+    }
+}
+
+/// The key of the record holding `value`, one of `keys` (the checker knows it from the value).
+pub fn compaction_key(value: u64, keys: u32) -> u32 {
+    // splitmix64's finaliser: values that differ in one bit land on unrelated keys.
+    let mut z = value.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    ((z ^ (z >> 31)) % u64::from(keys)) as u32
+}
+
+/// A key's bytes in a record.
+pub fn key_bytes(key: u32) -> bytes::Bytes {
+    bytes::Bytes::from(format!("key-{key}"))
 }
 
 impl LifecyclePlan {
@@ -105,6 +166,7 @@ impl LifecyclePlan {
             segment_ms: rng.random_range(200..=5_000),
             retention_check_ms: rng.random_range(100..=2_000),
             delete_records_probability: rng.random_range(0.2..=1.0),
+            compaction: None,
         }
     }
 }

@@ -96,6 +96,8 @@ pub struct Options {
     /// Retention, segment rolls, DeleteRecords and config changes run on the workload's
     /// topic (`LifecyclePlan`).
     pub lifecycle: bool,
+    /// The lifecycle's topic is compacted (`CompactionPlan`); implies `lifecycle`.
+    pub compaction: bool,
 }
 
 /// What a run did and found.
@@ -152,6 +154,9 @@ impl Disk for SharedDisk {
     }
     fn remove(&mut self, name: &str) -> Result<(), DiskError> {
         self.0.borrow_mut().remove(name)
+    }
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), DiskError> {
+        self.0.borrow_mut().rename(from, to)
     }
     fn open_dir(&mut self, name: &str) -> Result<FileId, DiskError> {
         self.0.borrow_mut().open_dir(name)
@@ -518,13 +523,15 @@ pub fn produce_request(topic: &str, partition: i32, batch: Bytes, acks: i16) -> 
     })
 }
 
-/// One record per value, a millisecond apart.
-fn batch_records(values: &[u64], padding_bytes: usize) -> Vec<NewRecord> {
+/// One record per value, a millisecond apart; keyed (`crate::plan::compaction_key`) when
+/// the topic is compacted.
+fn batch_records(values: &[u64], padding_bytes: usize, keys: Option<u32>) -> Vec<NewRecord> {
     values
         .iter()
         .enumerate()
         .map(|(i, v)| NewRecord {
             timestamp_delta: i as i64,
+            key: keys.map(|keys| crate::plan::key_bytes(crate::plan::compaction_key(*v, keys))),
             value: Some(value_bytes(*v, padding_bytes)),
             ..Default::default()
         })
@@ -555,8 +562,11 @@ impl Sim {
                 plan.group.kip848 = None;
             }
         }
-        if options.lifecycle {
+        if options.lifecycle || options.compaction {
             plan.lifecycle = crate::plan::LifecyclePlan::draw(options.seed);
+            if options.compaction {
+                plan.lifecycle.compaction = Some(crate::plan::CompactionPlan::draw(options.seed));
+            }
             // The admin client makes the changes.
             plan.admin = true;
             // Consumers learn a partition's start from Fetch (v5+), where older ones would ask
@@ -720,6 +730,10 @@ impl Sim {
             })
             .collect();
         let network = Network::new(nodes, plan.net);
+        let mut checker = Checker::default();
+        if let Some(keys) = plan.lifecycle.compaction_keys() {
+            checker.set_compaction_keys(keys);
+        }
         Sim {
             options,
             plan,
@@ -738,7 +752,7 @@ impl Sim {
             next_conn: 1,
             clients,
             ops: Vec::new(),
-            checker: Checker::default(),
+            checker,
             faults: BTreeMap::new(),
             operations: BTreeMap::new(),
             quiet: false,
@@ -927,6 +941,15 @@ impl Sim {
                 l.delete_records_probability * 100.0
             ),
             _ => workload,
+        };
+        let workload = match &plan.lifecycle.compaction {
+            Some(c) => format!(
+                "{workload}, compacted ({}, {} keys, min.compaction.lag.ms {})",
+                c.policy(),
+                c.keys,
+                c.min_compaction_lag_ms
+            ),
+            None => workload,
         };
         Report {
             seed: self.options.seed,

@@ -1018,6 +1018,9 @@ impl keel_core::disk::Disk for WatchedDisk {
     fn remove(&mut self, name: &str) -> Result<(), keel_core::disk::DiskError> {
         self.disk.remove(name)
     }
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), keel_core::disk::DiskError> {
+        self.disk.rename(from, to)
+    }
     fn open_dir(&mut self, name: &str) -> Result<u64, keel_core::disk::DiskError> {
         self.disk.open_dir(name)
     }

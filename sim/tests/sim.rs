@@ -28,6 +28,7 @@ fn options(
         durability: Durability::Fsync,
         groups: false,
         lifecycle: false,
+        compaction: false,
     }
 }
 
@@ -53,6 +54,9 @@ fn describe(
     if (result.report.as_ref()).is_some_and(|r| r.workload.contains("a lifecycle")) {
         bug.push_str(" --lifecycle");
     }
+    if (result.report.as_ref()).is_some_and(|r| r.workload.contains("compacted (")) {
+        bug.push_str(" --compaction");
+    }
     let what = match (&result.report, &result.panic) {
         (Some(report), _) => format!("{:#?}", report.violations),
         (None, panic) => format!("panic: {}", panic.as_deref().unwrap_or("")),
@@ -76,6 +80,8 @@ struct Regression {
     groups: bool,
     /// The log's lifecycle runs (`lifecycle` on the line).
     lifecycle: bool,
+    /// The lifecycle's topic is compacted (`compaction` on the line).
+    compaction: bool,
 }
 
 fn regressions() -> Vec<Regression> {
@@ -94,6 +100,7 @@ fn regressions() -> Vec<Regression> {
         let mut nodes = 1;
         let mut groups = false;
         let mut lifecycle = false;
+        let mut compaction = false;
         for word in words {
             if let Some(n) = word.strip_prefix("nodes=") {
                 nodes = n.parse().expect("a node count");
@@ -103,6 +110,8 @@ fn regressions() -> Vec<Regression> {
                 groups = true;
             } else if word == "lifecycle" {
                 lifecycle = true;
+            } else if word == "compaction" {
+                compaction = true;
             } else {
                 bug = Some(PlantedBug::from_name(word).expect("a known bug or `idempotent`"));
             }
@@ -115,6 +124,7 @@ fn regressions() -> Vec<Regression> {
             nodes,
             groups,
             lifecycle,
+            compaction,
         });
     }
     seeds
@@ -135,6 +145,7 @@ fn every_regression_seed_passes() {
             durability: Durability::Fsync,
             groups: r.groups,
             lifecycle: r.lifecycle,
+            compaction: r.compaction,
         });
         if result.exit_code() != 0 {
             failures.push(describe(&result, r.duration_ns, r.bug, r.nodes));
@@ -153,7 +164,7 @@ fn every_regression_seed_passes() {
 /// (Simulation).
 #[test]
 fn fresh_seeds_pass() {
-    fresh_seeds(1, "KEEL_SIM_FRESH_SECONDS", 120, false, false);
+    fresh_seeds(1, "KEEL_SIM_FRESH_SECONDS", 120, false, Lifecycle::Off);
 }
 
 /// Fresh seeds on clusters of three and five nodes, for `KEEL_SIM_FRESH_CLUSTER_SECONDS`
@@ -161,16 +172,16 @@ fn fresh_seeds_pass() {
 /// fault the network model has.
 #[test]
 fn fresh_cluster_seeds_pass() {
-    fresh_seeds(3, "KEEL_SIM_FRESH_CLUSTER_SECONDS", 40, false, false);
-    fresh_seeds(5, "KEEL_SIM_FRESH_CLUSTER_SECONDS", 20, false, false);
+    fresh_seeds(3, "KEEL_SIM_FRESH_CLUSTER_SECONDS", 40, false, Lifecycle::Off);
+    fresh_seeds(5, "KEEL_SIM_FRESH_CLUSTER_SECONDS", 20, false, Lifecycle::Off);
 }
 
 /// Fresh seeds with a consumer group's members as the consumers (`--groups`), on one node
 /// and on three, for `KEEL_SIM_FRESH_GROUP_SECONDS` (default 40) of wall time.
 #[test]
 fn fresh_group_seeds_pass() {
-    fresh_seeds(1, "KEEL_SIM_FRESH_GROUP_SECONDS", 20, true, false);
-    fresh_seeds(3, "KEEL_SIM_FRESH_GROUP_SECONDS", 20, true, false);
+    fresh_seeds(1, "KEEL_SIM_FRESH_GROUP_SECONDS", 20, true, Lifecycle::Off);
+    fresh_seeds(3, "KEEL_SIM_FRESH_GROUP_SECONDS", 20, true, Lifecycle::Off);
 }
 
 /// Fresh seeds with the log's lifecycle on the workload's topic (`--lifecycle`: retention,
@@ -178,8 +189,18 @@ fn fresh_group_seeds_pass() {
 /// `KEEL_SIM_FRESH_LIFECYCLE_SECONDS` (default 40) of wall time.
 #[test]
 fn fresh_lifecycle_seeds_pass() {
-    fresh_seeds(1, "KEEL_SIM_FRESH_LIFECYCLE_SECONDS", 20, false, true);
-    fresh_seeds(3, "KEEL_SIM_FRESH_LIFECYCLE_SECONDS", 20, false, true);
+    fresh_seeds(1, "KEEL_SIM_FRESH_LIFECYCLE_SECONDS", 12, false, Lifecycle::Delete);
+    fresh_seeds(3, "KEEL_SIM_FRESH_LIFECYCLE_SECONDS", 12, false, Lifecycle::Delete);
+    fresh_seeds(1, "KEEL_SIM_FRESH_LIFECYCLE_SECONDS", 8, false, Lifecycle::Compact);
+    fresh_seeds(3, "KEEL_SIM_FRESH_LIFECYCLE_SECONDS", 8, false, Lifecycle::Compact);
+}
+
+/// The log's lifecycle in fresh seeds: none, `--lifecycle`, or `--compaction`.
+#[derive(Clone, Copy, PartialEq)]
+enum Lifecycle {
+    Off,
+    Delete,
+    Compact,
 }
 
 fn fresh_seeds(
@@ -187,14 +208,14 @@ fn fresh_seeds(
     budget_var: &str,
     default_seconds: u64,
     groups: bool,
-    lifecycle: bool,
+    lifecycle: Lifecycle,
 ) {
     let budget = Duration::from_secs(
         std::env::var(budget_var)
             .ok()
             .and_then(|s| s.parse::<u64>().ok())
             .map_or(default_seconds, |s| {
-                let whole = match (groups || lifecycle, nodes) {
+                let whole = match (groups || lifecycle != Lifecycle::Off, nodes) {
                     (true, _) => 40,
                     (false, 1) => 120,
                     (false, _) => 60,
@@ -216,7 +237,8 @@ fn fresh_seeds(
         jobs,
         &Options {
             groups,
-            lifecycle,
+            lifecycle: lifecycle == Lifecycle::Delete,
+            compaction: lifecycle == Lifecycle::Compact,
             ..options(duration_ns, None, None, nodes)
         },
         &|_| {},
@@ -282,6 +304,9 @@ fn planted_bugs_are_caught() {
             // Retention that ignores retention.ms (with `--lifecycle`): a consumer below the
             // new start finds acknowledged records gone too young.
             PlantedBug::RetentionEarly => (ViolationKind::RemovedEarly, 0.3, None),
+            // A cleaner that drops a key's newest record (with `--compaction`): a consumer
+            // that reads the cleaned log finds it gone with nothing newer of its key.
+            PlantedBug::CleanerDropsNewest => (ViolationKind::CompactedLatest, 0.3, None),
             PlantedBug::NoReannounce => unreachable!("skipped above"),
         };
         // A bug that shows in few seeds gets three times as many: its share is measured, not
@@ -294,6 +319,7 @@ fn planted_bugs_are_caught() {
             &Options {
                 groups: bug == PlantedBug::StaleCommit,
                 lifecycle: bug == PlantedBug::RetentionEarly,
+                compaction: bug == PlantedBug::CleanerDropsNewest,
                 ..options(duration_ns, Some(bug), idempotent, nodes)
             },
             &|_| {},
@@ -399,6 +425,7 @@ fn a_seed_replays_to_the_same_trace_hash() {
         durability: Durability::Fsync,
         groups: false,
         lifecycle: false,
+        compaction: false,
     });
     let b = run_seed(Options {
         seed: 2,
@@ -409,6 +436,7 @@ fn a_seed_replays_to_the_same_trace_hash() {
         durability: Durability::Fsync,
         groups: false,
         lifecycle: false,
+        compaction: false,
     });
     assert_ne!(a.report.unwrap().trace_hash, b.report.unwrap().trace_hash);
 }

@@ -54,12 +54,39 @@ fn batch_error_code(error: &BatchError) -> i16 {
 
 /// Validates a partition's records field: whole, valid batches, none from a client that only
 /// the broker may write. Nothing is appended unless every batch passes.
+/// Kafka's words for a keyless record in a compacted topic.
+const KEYLESS_IN_COMPACTED: &str = "Compacted topic cannot accept message without key";
+
+/// Why a partition's produce was refused: the error code and message, and for INVALID_RECORD
+/// the batch indexes at fault with what is wrong with each (Kafka's `record_errors`).
+struct Refusal {
+    code: i16,
+    message: String,
+    record_errors: Vec<(i32, String)>,
+}
+
+impl From<(i16, String)> for Refusal {
+    fn from((code, message): (i16, String)) -> Refusal {
+        Refusal {
+            code,
+            message,
+            record_errors: Vec::new(),
+        }
+    }
+}
+
+/// Validates a partition's records field: whole, valid batches, none from a client that only
+/// the broker may write, and in a `compacted` topic every record with a key (compaction keeps
+/// a key's last record; one without a key has none), which is refused as Kafka refuses it:
+/// INVALID_RECORD with each keyless record's index. Nothing is appended unless every batch
+/// passes.
 fn validate_records(
     records: Option<&Bytes>,
     max_message_bytes: usize,
-) -> Result<Vec<RecordBatch>, (i16, String)> {
+    compacted: bool,
+) -> Result<Vec<RecordBatch>, Refusal> {
     let Some(records) = records else {
-        return Err((codes::CORRUPT_MESSAGE, "null records".into()));
+        return Err((codes::CORRUPT_MESSAGE, "null records".into()).into());
     };
     let mut batches = Vec::new();
     for batch in split_batches(records.clone()) {
@@ -71,28 +98,45 @@ fn validate_records(
                     "batch of {} bytes exceeds max.message.bytes {max_message_bytes}",
                     batch.len()
                 ),
-            ));
+            ).into());
         }
         let batch = RecordBatch::parse(batch).map_err(|e| (batch_error_code(&e), e.to_string()))?;
+        batch
+            .check_dense()
+            .map_err(|e| (batch_error_code(&e), e.to_string()))?;
         if batch.header().is_control() {
             return Err((
                 codes::INVALID_RECORD,
                 "control batches are written by the broker only".into(),
-            ));
+            ).into());
         }
         if batch.header().is_transactional() {
             return Err((
                 codes::INVALID_TXN_STATE,
                 "transactions are not supported yet".into(),
-            ));
+            ).into());
         }
-        batch
+        let records = batch
             .records(DECOMPRESSED_BATCH_SIZE_MAX_BYTES)
             .map_err(|e| (batch_error_code(&e), e.to_string()))?;
+        if compacted {
+            let keyless: Vec<(i32, String)> = (records.iter().enumerate())
+                .filter(|(_, r)| r.key.is_none())
+                .take(limits::RECORD_ERRORS_MAX)
+                .map(|(at, _)| (at as i32, KEYLESS_IN_COMPACTED.to_string()))
+                .collect();
+            if !keyless.is_empty() {
+                return Err(Refusal {
+                    code: codes::INVALID_RECORD,
+                    message: KEYLESS_IN_COMPACTED.into(),
+                    record_errors: keyless,
+                });
+            }
+        }
         batches.push(batch);
     }
     if batches.is_empty() {
-        return Err((codes::CORRUPT_MESSAGE, "no record batch".into()));
+        return Err((codes::CORRUPT_MESSAGE, "no record batch".into()).into());
     }
     Ok(batches)
 }
@@ -351,20 +395,20 @@ impl<D: Disk> Node<D> {
                 };
                 let result = if version < 3 {
                     // Removed in Kafka 4, as here: advertised so old clients enable compression.
-                    Err((
+                    Err(Refusal::from((
                         codes::UNSUPPORTED_VERSION,
                         "Produce v0-v2 are not supported; use v3 or later".into(),
-                    ))
+                    )))
                 } else if !matches!(request.acks, -1..=1) {
-                    Err((
+                    Err(Refusal::from((
                         codes::INVALID_REQUIRED_ACKS,
                         format!("acks must be -1, 0 or 1, not {}", request.acks),
-                    ))
+                    )))
                 } else if self.shutting_down {
-                    Err((
+                    Err(Refusal::from((
                         codes::NOT_LEADER_OR_FOLLOWER,
                         "the node is shutting down".into(),
-                    ))
+                    )))
                 } else {
                     self.append_partition(now, &topic.name, data.index, data.records.as_ref())
                 };
@@ -386,10 +430,22 @@ impl<D: Disk> Node<D> {
                             response.log_append_time_ms = now.as_millis();
                         }
                     }
-                    Err((error_code, message)) => {
-                        tracing::debug!(topic = %topic.name, partition = data.index, error_code, %message, "produce refused");
-                        response.error_code = error_code;
+                    Err(Refusal {
+                        code,
+                        message,
+                        record_errors,
+                    }) => {
+                        tracing::debug!(topic = %topic.name, partition = data.index, code, %message, "produce refused");
+                        response.error_code = code;
                         response.error_message = Some(message);
+                        response.record_errors = record_errors
+                            .into_iter()
+                            .map(|(batch_index, message)| BatchIndexAndErrorMessage {
+                                batch_index,
+                                batch_index_error_message: Some(message),
+                                ..Default::default()
+                            })
+                            .collect();
                     }
                 }
                 partition_responses.push(response);
@@ -450,26 +506,26 @@ impl<D: Disk> Node<D> {
         topic: &str,
         partition: i32,
         records: Option<&Bytes>,
-    ) -> Result<Appended, (i16, String)> {
+    ) -> Result<Appended, Refusal> {
         let config = self.topic_config(topic);
         let max_message_bytes = config.max_message_bytes as usize;
         if Self::internal_topic(topic) {
-            return Err((
+            return Err(Refusal::from((
                 codes::INVALID_TOPIC_EXCEPTION,
                 format!("{topic} is internal: only its group coordinators write it"),
-            ));
+            )));
         }
         let expiry_ms = self.config.log.producer_id_expiration_ms;
         let no_dedup = self.config.planted_bug == Some(PlantedBug::NoDedup);
         let p = match held_partition(&mut self.topics, &self.image, topic, partition) {
             Ok(p) => p,
             Err(code) if code == codes::NOT_LEADER_OR_FOLLOWER => {
-                return Err((
+                return Err(Refusal::from((
                     code,
                     format!("this node holds no replica of {topic}-{partition}"),
-                ))
+                )))
             }
-            Err(code) => return Err((code, format!("no partition {topic}-{partition}"))),
+            Err(code) => return Err(Refusal::from((code, format!("no partition {topic}-{partition}")))),
         };
         let log_id = p.log_id;
         let log = p.log.as_mut().map_err(|reason| {
@@ -479,13 +535,13 @@ impl<D: Disk> Node<D> {
             )
         })?;
         let Some(replica) = p.replica.as_ref().filter(|r| r.is_leader()) else {
-            return Err((
+            return Err(Refusal::from((
                 codes::NOT_LEADER_OR_FOLLOWER,
                 format!("this node does not lead {topic}-{partition}"),
-            ));
+            )));
         };
         let (leader_epoch, high_watermark) = (replica.leader_epoch(), replica.high_watermark());
-        let mut batches = validate_records(records, max_message_bytes)?;
+        let mut batches = validate_records(records, max_message_bytes, config.compact)?;
         if config.log_append_time {
             // The leader's clock stamps the batch (message.timestamp.type=LogAppendTime).
             for batch in &mut batches {
@@ -496,10 +552,10 @@ impl<D: Disk> Node<D> {
         }
         if batches.len() > 1 && batches.iter().any(|b| b.header().has_producer_id()) {
             // One batch per request keeps an idempotent append all or nothing.
-            return Err((
+            return Err(Refusal::from((
                 codes::INVALID_RECORD,
                 "an idempotent produce carries one batch per partition".into(),
-            ));
+            )));
         }
         let mut base = None;
         let mut wait = None;
@@ -540,7 +596,7 @@ impl<D: Disk> Node<D> {
                     p.counters.produce_bytes += appended_bytes;
                     // Batches appended before this one are the leader's to replicate still.
                     self.replica_appended(now, log_id, &appended);
-                    return Err((codes::KAFKA_STORAGE_ERROR, e.to_string()));
+                    return Err(Refusal::from((codes::KAFKA_STORAGE_ERROR, e.to_string())));
                 }
             }
         }

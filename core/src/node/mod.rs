@@ -142,6 +142,10 @@ pub struct Config {
     /// How often retention looks for segments to delete (Kafka's
     /// `log.retention.check.interval.ms`).
     pub retention_check_interval_ms: u64,
+    /// Bytes per second the cleaner (compaction) reads at most, across every log (Kafka's
+    /// `log.cleaner.io.max.bytes.per.second`): it runs between requests, in steps of
+    /// [`CLEANER_STEP_INTERVAL_MS`]. Passes begin at retention checks.
+    pub log_cleaner_io_bytes_per_sec: u64,
     /// Partitions the node may hold: [`crate::limits::PARTITIONS_MAX`], or fewer when the
     /// process may open fewer files (the adapter sets it from its descriptor limit).
     pub partitions_max: usize,
@@ -220,10 +224,13 @@ pub enum PlantedBug {
     /// Retention deletes every whole segment below the high watermark, however young:
     /// acknowledged records go before retention.ms allows.
     RetentionEarly,
+    /// The cleaner drops a key's newest record (the first it meets in each pass): compaction
+    /// loses the value a compacted topic exists to keep.
+    CleanerDropsNewest,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 12] = [
+    pub const ALL: [PlantedBug; 13] = [
         PlantedBug::SkipFsync,
         PlantedBug::AckEarly,
         PlantedBug::NoDedup,
@@ -236,6 +243,7 @@ impl PlantedBug {
         PlantedBug::NoReannounce,
         PlantedBug::StaleCommit,
         PlantedBug::RetentionEarly,
+        PlantedBug::CleanerDropsNewest,
     ];
 
     /// The bugs only a cluster can show (a node alone commits what it synced, votes for
@@ -264,6 +272,7 @@ impl PlantedBug {
             PlantedBug::NoReannounce => "no-reannounce",
             PlantedBug::StaleCommit => "stale-commit",
             PlantedBug::RetentionEarly => "retention-early",
+            PlantedBug::CleanerDropsNewest => "cleaner-drops-newest",
         }
     }
 
@@ -297,6 +306,7 @@ impl Default for Config {
             max_frame_size_bytes: crate::protocol::DEFAULT_MAX_FRAME_SIZE_BYTES,
             topic_defaults: Default::default(),
             retention_check_interval_ms: 300_000,
+            log_cleaner_io_bytes_per_sec: 100 * 1024 * 1024,
             partitions_max: crate::limits::PARTITIONS_MAX,
             log: LogConfig::default(),
             seed: 0,
@@ -721,6 +731,8 @@ pub struct Node<D: Disk> {
     next_producer_expiry: Instant,
     /// When retention next runs (`None` before the first step: then one interval on).
     next_retention: Option<Instant>,
+    /// When the cleaner's next step is due, while a pass is under way.
+    next_clean: Option<Instant>,
     /// When a round that only writes recovery points is due (none is pending if `None`).
     recovery_point_due: Option<Instant>,
     /// Moves whenever what a parked fetch may wait for can have changed: a high watermark (a
@@ -773,6 +785,11 @@ pub struct Node<D: Disk> {
 /// How long a node that is shutting down waits for its leaderships to move to other nodes.
 pub const HANDOVER_TIMEOUT_MS: u64 = 5_000;
 
+/// How often the cleaner steps while a compaction pass is under way: each step reads at most
+/// this interval's share of `Config::log_cleaner_io_bytes_per_sec` (and
+/// [`crate::limits::CLEANER_STEP_BYTES_MAX`]), so no step holds requests up for long.
+pub const CLEANER_STEP_INTERVAL_MS: u64 = 10;
+
 impl<D: Disk> Node<D> {
     /// Opens the node on `disk`, recovering every partition log found there. Recovery events
     /// (partitions recovered, torn tails cut, partitions taken offline) are returned for the
@@ -786,6 +803,8 @@ impl<D: Disk> Node<D> {
         // metadata log, and recovery, take the default.
         config.log.segment_size_bytes = config.topic_defaults.segment_bytes as u64;
         config.log.planted_retention_early = config.planted_bug == Some(PlantedBug::RetentionEarly);
+        config.log.planted_cleaner_drops_newest =
+            config.planted_bug == Some(PlantedBug::CleanerDropsNewest);
         let log_config = LogConfig {
             planted_cut_synced: config.planted_bug == Some(PlantedBug::CutSynced),
             ..config.log
@@ -833,6 +852,7 @@ impl<D: Disk> Node<D> {
             requests_held: false,
             next_producer_expiry: Instant(0),
             next_retention: None,
+            next_clean: None,
             recovery_point_due: None,
             data_version: 0,
             rng_state,
@@ -982,6 +1002,7 @@ impl<D: Disk> Node<D> {
         self.settle_groups(now);
         self.expire_producers(now);
         self.apply_retention(now);
+        self.clean_logs(now);
         self.complete_commit_waiters();
         self.complete_parked_fetches(now, false);
         self.maybe_start_round(now, out);
@@ -1058,6 +1079,24 @@ impl<D: Disk> Node<D> {
             // Fetches parked below a new start are answered OFFSET_OUT_OF_RANGE.
             self.data_version += 1;
         }
+        // Compaction passes begin here too.
+        self.next_clean.get_or_insert(now);
+    }
+
+    /// A step of compaction, every [`CLEANER_STEP_INTERVAL_MS`] while a pass is under way on
+    /// some log, reading at most what `log_cleaner_io_bytes_per_sec` allows in one interval.
+    fn clean_logs(&mut self, now: Instant) {
+        if self.next_clean.is_none_or(|at| now < at) {
+            return;
+        }
+        self.next_clean = None;
+        if !self.serving {
+            return;
+        }
+        let budget = (self.config.log_cleaner_io_bytes_per_sec * CLEANER_STEP_INTERVAL_MS / 1000).max(1);
+        if self.topics.clean_step(&mut self.disk, now.as_millis(), budget) {
+            self.next_clean = Some(now.plus_millis(CLEANER_STEP_INTERVAL_MS));
+        }
     }
 
     /// When the node next needs a `Timeout` input.
@@ -1093,6 +1132,7 @@ impl<D: Disk> Node<D> {
             self.next_group_deadline(),
             forwarded,
             self.next_retention,
+            self.next_clean,
         ]
         .into_iter()
         .flatten()

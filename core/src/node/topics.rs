@@ -575,14 +575,54 @@ impl Topics {
         };
         for partition in t.partitions.values_mut() {
             if let Ok(log) = partition.log.as_mut() {
-                log.set_policy(
-                    config.segment_bytes as u64,
-                    config.segment_ms,
+                log.set_policy(crate::log::LogPolicy {
+                    segment_size_bytes: config.segment_bytes as u64,
+                    segment_ms: config.segment_ms,
                     retention_ms,
                     retention_bytes,
-                );
+                    compact: config.compact,
+                    min_compaction_lag_ms: config.min_compaction_lag_ms,
+                    delete_retention_ms: config.delete_retention_ms,
+                });
             }
         }
+    }
+
+    /// One step of compaction at `now_ms` on the compacted logs held here, reading at most
+    /// `budget_bytes` in all (each replica cleans its own log, below its high watermark, as
+    /// in Kafka). Returns whether a pass is still under way on any of them.
+    pub(crate) fn clean_step(
+        &mut self,
+        disk: &mut dyn crate::disk::Disk,
+        now_ms: i64,
+        budget_bytes: u64,
+    ) -> bool {
+        let mut left = budget_bytes;
+        let mut under_way = false;
+        for topic in self.by_name.values_mut() {
+            for partition in topic.partitions.values_mut() {
+                let (Ok(log), Some(replica)) = (partition.log.as_mut(), partition.replica.as_mut())
+                else {
+                    continue;
+                };
+                if left == 0 {
+                    under_way |= log.cleaning();
+                    continue;
+                }
+                match log.clean_step(disk, now_ms, replica.high_watermark(), left) {
+                    Ok(read) => left = left.saturating_sub(read),
+                    Err(e) => {
+                        tracing::warn!(dir = %log.dir(), error = %e, "cleaning failed; tried again at the next check")
+                    }
+                }
+                under_way |= log.cleaning();
+                if log.cleaning() || log.needs_data_sync() {
+                    // A copy waiting for its sync round needs one, and a rename the next.
+                    self.touched.insert(partition.log_id);
+                }
+            }
+        }
+        under_way
     }
 
     /// Retention at `now_ms` on every log held here, below each one's high watermark: the

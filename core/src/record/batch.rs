@@ -178,7 +178,12 @@ impl RecordBatch {
             });
         }
         header.compression()?;
-        if header.records_count < 1 || header.last_offset_delta != header.records_count - 1 {
+        // A compacted batch keeps its offsets with fewer records (none, once every one is
+        // gone); a producer's batch is dense ([`RecordBatch::check_dense`]).
+        if header.records_count < 0
+            || header.last_offset_delta < 0
+            || i64::from(header.records_count) > i64::from(header.last_offset_delta) + 1
+        {
             return Err(BatchError::CountMismatch {
                 records_count: header.records_count,
                 last_offset_delta: header.last_offset_delta,
@@ -206,6 +211,19 @@ impl RecordBatch {
         &self.header
     }
 
+    /// Checks that a batch holds a record at every offset it spans, as a producer's must
+    /// (only compaction leaves gaps).
+    pub fn check_dense(&self) -> Result<(), BatchError> {
+        let header = &self.header;
+        if header.records_count < 1 || header.last_offset_delta != header.records_count - 1 {
+            return Err(BatchError::CountMismatch {
+                records_count: header.records_count,
+                last_offset_delta: header.last_offset_delta,
+            });
+        }
+        Ok(())
+    }
+
     /// Decodes the header fields of a batch without checking anything (for stored batches,
     /// which were validated when they were written and are verified again on recovery).
     pub fn header_of(raw: &[u8; BATCH_HEADER_BYTES]) -> BatchHeader {
@@ -222,16 +240,23 @@ impl RecordBatch {
     }
 
     /// The records, decompressed (at most `decompressed_size_max_bytes`, against zip bombs)
-    /// and checked: each record's length, its offset delta equal to its index, the count.
+    /// and checked: each record's length, offset deltas rising within the batch's span (each
+    /// one its index in a dense batch), the count.
     pub fn records(&self, decompressed_size_max_bytes: usize) -> Result<Vec<Record>, BatchError> {
+        if self.header.records_count == 0 {
+            return Ok(Vec::new());
+        }
         let payload = self.bytes.slice(BATCH_HEADER_BYTES..);
         let compression = self.header.compression()?;
         let mut data = compression::decompress(compression, payload, decompressed_size_max_bytes)?;
         let count = self.header.records_count;
         // Each record takes at least 7 bytes; never reserve more than the data could hold.
         let mut records = Vec::with_capacity((count as usize).min(data.len() / 7 + 1));
+        let mut lowest = 0;
         for index in 0..count {
-            records.push(Record::read(&mut data, index)?);
+            let record = Record::read(&mut data, index, lowest, self.header.last_offset_delta)?;
+            lowest = record.offset_delta + 1;
+            records.push(record);
         }
         if !data.is_empty() {
             return Err(BatchError::TrailingBytes {
@@ -328,7 +353,8 @@ fn read_varbytes(buf: &mut Bytes) -> Result<Option<Bytes>, WireError> {
 }
 
 impl Record {
-    fn read(data: &mut Bytes, index: i32) -> Result<Record, BatchError> {
+    /// Reads the record at `index`, whose offset delta lies in `lowest..=highest`.
+    fn read(data: &mut Bytes, index: i32, lowest: i32, highest: i32) -> Result<Record, BatchError> {
         let wire_err = |source| BatchError::RecordWire { index, source };
         let length = wire::read_varint(data).map_err(wire_err)?;
         if length < 0 {
@@ -341,10 +367,10 @@ impl Record {
         let attributes = wire::read_i8(&mut body).map_err(wire_err)?;
         let timestamp_delta = wire::read_varlong(&mut body).map_err(wire_err)?;
         let offset_delta = wire::read_varint(&mut body).map_err(wire_err)?;
-        if offset_delta != index {
+        if offset_delta < lowest || offset_delta > highest {
             return Err(BatchError::InvalidRecord {
                 index,
-                reason: "offset delta does not follow the record's position",
+                reason: "offset delta does not follow the record before it",
             });
         }
         let key = read_varbytes(&mut body).map_err(wire_err)?;
@@ -439,6 +465,55 @@ fn write_varbytes(buf: &mut BytesMut, value: Option<&[u8]>) {
             buf.put_slice(bytes);
         }
     }
+}
+
+/// The batch `batch` with only the records `kept` (some of its own, in order): every header
+/// field stays (base offset, last offset delta, leader epoch, timestamps, producer fields,
+/// attributes) but the count and the CRC, and each record keeps its offset and timestamp
+/// deltas, so offsets, batch boundaries and a producer's sequences read as before
+/// (compaction, as Kafka's cleaner rewrites a batch). With no record left it is a header
+/// alone, uncompressed.
+pub fn rebuild(batch: &RecordBatch, kept: &[Record]) -> Result<Bytes, BatchError> {
+    let header = batch.header();
+    let mut payload = BytesMut::new();
+    let mut record_buf = BytesMut::new();
+    for record in kept {
+        record_buf.clear();
+        wire::write_i8(&mut record_buf, record.attributes);
+        wire::write_varlong(&mut record_buf, record.timestamp_delta);
+        wire::write_varint(&mut record_buf, record.offset_delta);
+        write_varbytes(&mut record_buf, record.key.as_deref());
+        write_varbytes(&mut record_buf, record.value.as_deref());
+        wire::write_varint(&mut record_buf, record.headers_count as i32);
+        record_buf.put_slice(&record.headers_bytes);
+        wire::write_varint(&mut payload, record_buf.len() as i32);
+        payload.put_slice(&record_buf);
+    }
+    let mut attributes = header.attributes;
+    let payload = if kept.is_empty() {
+        attributes &= !ATTRIBUTE_COMPRESSION_MASK;
+        Bytes::new()
+    } else {
+        compression::compress(header.compression()?, &payload)?
+    };
+    let mut out = BytesMut::with_capacity(BATCH_HEADER_BYTES + payload.len());
+    out.put_i64(header.base_offset);
+    out.put_i32((BATCH_HEADER_BYTES - BATCH_LENGTH_PREFIX_BYTES + payload.len()) as i32);
+    out.put_i32(header.partition_leader_epoch);
+    out.put_i8(MAGIC_V2);
+    out.put_u32(0); // the CRC, patched below
+    out.put_i16(attributes);
+    out.put_i32(header.last_offset_delta);
+    out.put_i64(header.base_timestamp);
+    out.put_i64(header.max_timestamp);
+    out.put_i64(header.producer_id);
+    out.put_i16(header.producer_epoch);
+    out.put_i32(header.base_sequence);
+    out.put_i32(kept.len() as i32);
+    out.put_slice(&payload);
+    let crc = crc32c::crc32c(&out[ATTRIBUTES_OFFSET..]);
+    out[CRC_OFFSET..ATTRIBUTES_OFFSET].copy_from_slice(&crc.to_be_bytes());
+    Ok(out.freeze())
 }
 
 /// Encodes a batch with base offset 0 and leader epoch -1, as a producer sends it.

@@ -4,7 +4,7 @@ pub mod batch;
 pub mod compression;
 
 pub use batch::{
-    build, set_log_append_time, split_batches, stamp, BatchError, BatchHeader, BatchOptions,
+    build, rebuild, set_log_append_time, split_batches, stamp, BatchError, BatchHeader, BatchOptions,
     NewRecord, Record, RecordBatch,
 };
 pub use compression::{Compression, CompressionError};

@@ -52,6 +52,10 @@ struct WorldArgs {
     /// by the admin client, retention applied, DeleteRecords.
     #[arg(long)]
     lifecycle: bool,
+    /// The workload's topic is compacted (with the lifecycle): keyed records, the cleaner at
+    /// work, consumers that find records gone only where a newer one of the key is.
+    #[arg(long)]
+    compaction: bool,
 }
 
 fn parse_durability(s: &str) -> Result<Durability, String> {
@@ -73,6 +77,7 @@ impl WorldArgs {
             durability: self.durability,
             groups: self.groups,
             lifecycle: self.lifecycle,
+            compaction: self.compaction,
         }
     }
 }
@@ -272,6 +277,9 @@ fn repro(seed: u64, world: WorldArgs) -> String {
     }
     if world.lifecycle {
         flags.push_str(" --lifecycle");
+    }
+    if world.compaction {
+        flags.push_str(" --compaction");
     }
     format!(
         "keel-sim run --seed {seed} --duration {}{flags}",

@@ -429,12 +429,16 @@ impl Sim {
         let partition = self.ops[op].write.partition;
         let last_offset = base_offset + self.ops[op].write.values.len() as i64 - 1;
         let dir = format!("{TOPIC}-{partition}/");
+        // The cleaner rewrites batches (same offsets, fewer records, a new CRC).
+        let compacted = self.plan.lifecycle.compaction.is_some();
         let holders: Vec<usize> = (self.machines.iter().enumerate())
             .filter(|(_, m)| {
                 let disk = m.disk.0.borrow();
                 // Or durably past it: retention or DeleteRecords took it, as they may (a
                 // retried batch keeps its first send's timestamp, and can be old at once).
-                replicas::durable_batch_at(&disk, &dir, base_offset).is_some_and(|b| b.crc == crc)
+                replicas::durable_batch_at(&disk, &dir, base_offset).is_some_and(|b| {
+                    b.crc == crc || (compacted && b.last_offset == last_offset)
+                })
                     || replicas::durable_log_start(&disk, &dir).is_some_and(|s| s > last_offset)
             })
             .map(|(i, _)| i + 1)
@@ -467,6 +471,9 @@ impl Sim {
         if self.machines.len() == 1 || self.options.durability == Durability::Replicated {
             return;
         }
+        // Each replica cleans its own log (as in Kafka): a compacted topic's replicas agree on
+        // batches' offsets and epochs, not their records.
+        let compacted = self.plan.lifecycle.compaction.is_some();
         for partition in 0..self.plan.partitions {
             let dir = format!("{TOPIC}-{partition}/");
             type View = (usize, i64, i64, Vec<replicas::StoredBatch>);
@@ -496,7 +503,10 @@ impl Sim {
                         batches
                             .iter()
                             .filter(|b| b.last_offset < bound && b.last_offset >= start)
-                            .copied()
+                            .map(|b| replicas::StoredBatch {
+                                crc: if compacted { 0 } else { b.crc },
+                                ..*b
+                            })
                             .collect::<Vec<_>>()
                     };
                     let (left, right) = (below(batches_a), below(batches_b));

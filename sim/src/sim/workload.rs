@@ -511,6 +511,7 @@ impl Sim {
             values,
             timestamp_ms: options.base_timestamp,
         };
+        self.checker.on_send(self.now_ns, &write);
         let op = self.new_op(write, padding, &options, generation);
         self.send_produce(client, op, acks);
     }
@@ -524,7 +525,7 @@ impl Sim {
         options: &BatchOptions,
         generation: u64,
     ) -> usize {
-        let batch = record::build(&batch_records(&write.values, padding), options)
+        let batch = record::build(&batch_records(&write.values, padding, self.plan.lifecycle.compaction_keys()), options)
             .expect("the simulator's batches build");
         self.ops.push(Op {
             write,
@@ -1015,6 +1016,9 @@ impl Sim {
         let mut markers = Vec::new();
         let mut reads = Vec::new();
         let mut jumps = Vec::new();
+        let mut gaps = Vec::new();
+        let mut key_errors = Vec::new();
+        let compaction_keys = self.plan.lifecycle.compaction_keys();
         let mut outcome = "fetch:ok";
         for topic in response.responses.iter().filter(|t| t.topic == TOPIC) {
             for data in topic
@@ -1109,8 +1113,30 @@ impl Sim {
                                 r.value.as_ref().filter(|v| v.len() >= 8).map(|v| {
                                     u64::from_be_bytes(v[..8].try_into().expect("8 bytes"))
                                 });
+                            if let (Some(keys), Some(value)) = (compaction_keys, value) {
+                                let written = crate::plan::key_bytes(crate::plan::compaction_key(value, keys));
+                                if r.key.as_ref() != Some(&written) {
+                                    let detail = format!("partition {} offset {offset} holds {value:#x} with key {:?}, written with {written:?}", data.partition_index, r.key);
+                                    key_errors.push(detail);
+                                }
+                            }
+                            if offset > *position && compaction_keys.is_some() {
+                                // Records the cleaner removed: only where a newer one of their
+                                // key was committed (checked at the end, when every such
+                                // record is known).
+                                gaps.push((data.partition_index, *position, offset, data.high_watermark));
+                                *position = offset;
+                            }
                             reads.push((data.partition_index, *position, offset, value, sent_ns));
                             *position = offset + 1;
+                            read_any = true;
+                        }
+                        // A batch whose last records (or all) the cleaner removed: the
+                        // consumer goes on after it, as clients do.
+                        let next = batch.header().last_offset() + 1;
+                        if next > *position && compaction_keys.is_some() {
+                            gaps.push((data.partition_index, *position, next, data.high_watermark));
+                            *position = next;
                             read_any = true;
                         }
                     }
@@ -1129,6 +1155,14 @@ impl Sim {
         for (partition, from, to) in jumps {
             self.checker
                 .on_start_moved(self.now_ns, now_ms, partition, from, to);
+        }
+        for detail in key_errors {
+            self.checker
+                .violate(ViolationKind::Protocol, self.now_ns, detail);
+        }
+        for (partition, from, to, high_watermark) in gaps {
+            self.checker
+                .on_compacted_gap(self.now_ns, partition, from, to, high_watermark);
         }
         for (partition, position, offset, value, sent_ns) in reads {
             self.checker
@@ -1330,14 +1364,27 @@ impl Sim {
                     value: Some(value.to_string()),
                     ..Default::default()
                 };
+                let mut configs = vec![
+                    set("retention.ms", retention_ms),
+                    set("segment.ms", segment_ms),
+                ];
+                if let Some(compaction) = &lifecycle.compaction {
+                    configs.push(AlterableConfig {
+                        name: "cleanup.policy".into(),
+                        config_operation: 0,
+                        value: Some(compaction.policy().into()),
+                        ..Default::default()
+                    });
+                    configs.push(set(
+                        "min.compaction.lag.ms",
+                        compaction.min_compaction_lag_ms,
+                    ));
+                }
                 let request = Request::IncrementalAlterConfigs(IncrementalAlterConfigsRequest {
                     resources: vec![AlterConfigsResource {
                         resource_type: 2,
                         resource_name: TOPIC.into(),
-                        configs: vec![
-                            set("retention.ms", retention_ms),
-                            set("segment.ms", segment_ms),
-                        ],
+                        configs,
                         ..Default::default()
                     }],
                     ..Default::default()
