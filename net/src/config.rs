@@ -47,8 +47,11 @@ pub struct ServeConfig {
     /// The oldest segments are deleted while a partition holds more (log.retention.bytes;
     /// retention.bytes; -1: no limit).
     pub retention_bytes: i64,
-    /// How often retention is applied (log.retention.check.interval.ms).
+    /// How often retention is applied (log.retention.check.interval.ms); compaction passes
+    /// begin then too.
     pub retention_check_interval_ms: u64,
+    /// Bytes per second the cleaner reads at most (log.cleaner.io.max.bytes.per.second).
+    pub log_cleaner_io_bytes_per_sec: u64,
     /// Largest request frame accepted (Kafka's socket.request.max.bytes).
     pub max_request_bytes: usize,
     /// Largest batch a producer may send (Kafka's max.message.bytes).
@@ -138,6 +141,7 @@ impl Default for ServeConfig {
             retention_ms: core.topic_defaults.retention_ms,
             retention_bytes: core.topic_defaults.retention_bytes,
             retention_check_interval_ms: core.retention_check_interval_ms,
+            log_cleaner_io_bytes_per_sec: core.log_cleaner_io_bytes_per_sec,
             max_request_bytes: core.max_frame_size_bytes,
             max_message_bytes: core.topic_defaults.max_message_bytes as usize,
             producer_id_expiration_ms: core.log.producer_id_expiration_ms,
@@ -220,6 +224,7 @@ impl ServeConfig {
             },
             max_frame_size_bytes: self.max_request_bytes,
             retention_check_interval_ms: self.retention_check_interval_ms,
+            log_cleaner_io_bytes_per_sec: self.log_cleaner_io_bytes_per_sec,
             // Topic ids come from this seed: it must differ at every start, even in a
             // container where the pid and the port are always the same.
             seed: self.seed.unwrap_or_else(os_random_seed),

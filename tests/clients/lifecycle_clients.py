@@ -7,6 +7,9 @@
   is set below their age; ListOffsets earliest moves; a consumer told to start at offset 0
   gets OFFSET_OUT_OF_RANGE and resets to the new start (auto.offset.reset=earliest).
 - DeleteRecords moves a partition's start; a consumer from the beginning starts there.
+- Compaction: a topic with cleanup.policy=compact keeps each key's last value once the
+  cleaner has run (a consumer from offset 0 reads fewer records, each at the offset it was
+  written, and the last one of each key); a record without a key is refused (INVALID_RECORD).
 
 The broker must apply retention often (run.sh starts it with
 --retention-check-interval-ms 500).
@@ -167,3 +170,71 @@ records = consume_from(topic, 0, 4)
 assert [offset for offset, _ in records] == [6, 7, 8, 9], records
 assert records[0][1] == b"v6", records
 print("delete records: the start moved to 6, and consumers start there")
+
+# Compaction: the cleaner keeps each key's last record; a keyless record is refused.
+topic = f"compacted-{run}"
+create(topic, {"cleanup.policy": "compact", "segment.bytes": "2048"})
+written = {}
+delivered = []
+
+
+def on_delivery(error, message):
+    delivered.append((error, message))
+
+
+keys = [b"key-%d" % k for k in range(8)]
+for round_ in range(25):
+    for key in keys:
+        value = key + b"=%02d" % round_ + b"." * 60
+        producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
+    producer.flush(30)
+for error, message in delivered:
+    assert error is None, error
+    written[message.offset()] = (message.key(), message.value())
+last_of = {}
+for offset in sorted(written):
+    key, value = written[offset]
+    last_of[key] = (offset, value)
+delivered.clear()
+producer.produce(topic, value=b"no key", on_delivery=on_delivery)
+producer.flush(30)
+error = delivered[0][0]
+assert error is not None and error.name() == "INVALID_RECORD", error
+end = max(written) + 1
+
+
+def read_compacted():
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"lifecycle-{run}-{topic}-{time.time()}",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    got = []
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        message = consumer.poll(0.5)
+        if message is None or message.error():
+            continue
+        got.append((message.offset(), message.key(), message.value()))
+        if message.offset() == end - 1:
+            break
+    consumer.close()
+    return got
+
+
+def cleaned():
+    got = read_compacted()
+    return got if len(got) < len(written) // 2 else None
+
+
+got = wait_for(f"{topic} to be cleaned", cleaned, seconds=60)
+offsets = [offset for offset, _, _ in got]
+assert offsets == sorted(set(offsets)), offsets
+for offset, key, value in got:
+    assert written[offset] == (key, value), (offset, key, value)
+for key, (offset, value) in last_of.items():
+    assert (offset, key, value) in got, (key, offset)
+print(f"compaction: {len(written)} records written over {len(keys)} keys, {len(got)} left; each key's last kept; a keyless record refused")

@@ -99,6 +99,10 @@ struct ServeArgs {
     /// How often retention runs (log.retention.check.interval.ms) [default: 300000].
     #[arg(long, value_name = "MS")]
     retention_check_interval_ms: Option<u64>,
+    /// Bytes per second the compaction cleaner reads at most, across every log
+    /// (log.cleaner.io.max.bytes.per.second) [default: 104857600].
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    log_cleaner_io_bytes_per_sec: Option<u64>,
     /// Largest request accepted (socket.request.max.bytes) [default: 104857600].
     #[arg(long, value_name = "BYTES")]
     max_request_bytes: Option<usize>,
@@ -182,6 +186,7 @@ impl ServeArgs {
             retention_ms,
             retention_bytes,
             retention_check_interval_ms,
+            log_cleaner_io_bytes_per_sec,
             max_request_bytes,
             max_message_bytes,
             producer_id_expiration_ms,
