@@ -28,6 +28,7 @@ use crate::producers::ProducerStates;
 use crate::record::{BatchHeader, RecordBatch, DECOMPRESSED_BATCH_SIZE_MAX_BYTES};
 
 mod cleaner;
+mod summary;
 
 const BATCH_HEADER_BYTES: usize = crate::record::batch::BATCH_HEADER_BYTES;
 const BATCH_LENGTH_PREFIX_BYTES: i64 = crate::record::batch::BATCH_LENGTH_PREFIX_BYTES as i64;
@@ -165,6 +166,13 @@ struct Segment {
     first_timestamp: i64,
     index: Vec<IndexEntry>,
     bytes_since_index_entry: u64,
+    /// Each leader epoch that starts in the segment, with its first offset here.
+    epochs: Vec<(i32, i64)>,
+    /// DeleteRecords markers in the segment: (offset, the start it names).
+    markers: Vec<(i64, i64)>,
+    /// Where its last batch starts and the CRC in that batch's header (`None` after a
+    /// truncation: then no summary is written for it).
+    last_batch: Option<(u64, u32, u32)>,
 }
 
 impl Segment {
@@ -179,6 +187,9 @@ impl Segment {
             first_timestamp: -1,
             index: Vec::new(),
             bytes_since_index_entry: 0,
+            epochs: Vec::new(),
+            markers: Vec::new(),
+            last_batch: None,
         }
     }
 
@@ -204,6 +215,51 @@ impl Segment {
         self.bytes_since_index_entry += size_bytes;
         self.next_offset = header.last_offset() + 1;
         self.size_bytes = position + size_bytes;
+        if self.epochs.last().map(|(e, _)| *e) != Some(header.partition_leader_epoch) {
+            self.epochs
+                .push((header.partition_leader_epoch, header.base_offset));
+        }
+        self.last_batch = Some((position, header.crc, batch_identity(header)));
+    }
+
+    /// What recovery needs of it once it is closed, if it can be told.
+    fn summary(&self) -> Option<summary::Summary> {
+        let (last_batch_position, last_batch_crc, last_batch_id) = self.last_batch?;
+        Some(summary::Summary {
+            base_offset: self.base_offset,
+            next_offset: self.next_offset,
+            size_bytes: self.size_bytes,
+            max_timestamp: self.max_timestamp,
+            first_timestamp: self.first_timestamp,
+            last_batch_position,
+            last_batch_crc,
+            last_batch_id,
+            epochs: self.epochs.clone(),
+            markers: self.markers.clone(),
+            index: self.index.clone(),
+        })
+    }
+
+    /// The segment a summary describes.
+    fn from_summary(name: String, file: FileId, summary: summary::Summary) -> Segment {
+        Segment {
+            name,
+            file,
+            base_offset: summary.base_offset,
+            next_offset: summary.next_offset,
+            size_bytes: summary.size_bytes,
+            max_timestamp: summary.max_timestamp,
+            first_timestamp: summary.first_timestamp,
+            index: summary.index,
+            bytes_since_index_entry: 0,
+            epochs: summary.epochs,
+            markers: summary.markers,
+            last_batch: Some((
+                summary.last_batch_position,
+                summary.last_batch_crc,
+                summary.last_batch_id,
+            )),
+        }
     }
 
     /// The base offset and position of the last indexed batch starting at or before `offset`.
@@ -246,10 +302,18 @@ const PARTITION_LEADER_EPOCH_AT: u64 = 12;
 /// takes the batch for unreadable (the partition goes offline).
 const RECOVERY_READ_ATTEMPTS_MAX: usize = 8;
 
+/// Reads of one offset that failed every attempt ([`RECOVERY_READ_ATTEMPTS_MAX`] each), one
+/// after the other, before a read takes it for a latent sector error (the partition goes
+/// offline): a disk that fails reads at random fails eight in a row often enough over a long
+/// run (seed 20420 of `--lifecycle` met it), three times eight far less.
+const UNREADABLE_STREAK_MAX: usize = 3;
+
 /// What recovery found, for the operator's log.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RecoveryReport {
     pub segments: usize,
+    /// Segments taken from their summaries without reading them.
+    pub segments_unread: usize,
     pub batches: u64,
     /// Bytes cut from a torn tail, if any.
     pub truncated_bytes: u64,
@@ -310,6 +374,73 @@ pub struct PartitionLog {
     cleaned_to: i64,
     /// When a tombstone the last pass kept may go: a pass is due then.
     tombstones_due: Option<i64>,
+    /// Where the producer checkpoint on the disk stands, if one does.
+    checkpoint_offset: Option<i64>,
+    /// Cleaned segments whose summaries are written once their renames are durable: (base,
+    /// whether the round in flight carries the rename).
+    summaries_due: Vec<(i64, bool)>,
+    /// The summaries and the producer checkpoint this log has opened, by name.
+    aux_files: std::collections::BTreeMap<String, FileId>,
+    /// Reads of this offset failed every attempt, this many times in a row.
+    unreadable_streak: Option<(i64, usize)>,
+}
+
+/// Why a recovery attempt stopped.
+#[derive(Debug)]
+enum Recovery {
+    Failed(LogError),
+    /// The producer checkpoint belongs to another log (recovery starts again without it).
+    CheckpointStale,
+}
+
+impl From<LogError> for Recovery {
+    fn from(e: LogError) -> Recovery {
+        Recovery::Failed(e)
+    }
+}
+
+impl From<DiskError> for Recovery {
+    fn from(e: DiskError) -> Recovery {
+        Recovery::Failed(LogError::Disk(e))
+    }
+}
+
+/// What tells a batch from another at the same place in another history of the log (a
+/// truncation and a new leader's batches): its offsets, leader epoch and producer fields.
+/// The cleaner keeps all of them (not the CRC, nor the records), so a checkpoint outlives it.
+fn batch_identity(header: &BatchHeader) -> u32 {
+    let mut bytes = [0u8; 30];
+    bytes[..8].copy_from_slice(&header.base_offset.to_be_bytes());
+    bytes[8..12].copy_from_slice(&header.last_offset_delta.to_be_bytes());
+    bytes[12..16].copy_from_slice(&header.partition_leader_epoch.to_be_bytes());
+    bytes[16..24].copy_from_slice(&header.producer_id.to_be_bytes());
+    bytes[24..26].copy_from_slice(&header.producer_epoch.to_be_bytes());
+    bytes[26..30].copy_from_slice(&header.base_sequence.to_be_bytes());
+    crc32c::crc32c(&bytes)
+}
+
+/// A small file's whole contents, if it reads.
+fn read_whole(disk: &mut dyn Disk, file: FileId) -> Option<Vec<u8>> {
+    let len = disk.len(file).ok()?;
+    let mut bytes = vec![0u8; usize::try_from(len).ok()?];
+    disk.read_at(file, 0, &mut bytes).ok()?;
+    Some(bytes)
+}
+
+/// The summary of the segment at `base`, if there is one and it decodes.
+fn read_summary(
+    disk: &mut dyn Disk,
+    dir: &str,
+    names: &[String],
+    base: i64,
+) -> Option<summary::Summary> {
+    let name = summary_name(dir, base);
+    if !names.contains(&name) {
+        return None;
+    }
+    let file = disk.open(&name).ok()?;
+    let summary = read_whole(disk, file).and_then(|bytes| summary::Summary::decode(&bytes));
+    summary.filter(|s| s.base_offset == base)
 }
 
 #[derive(Debug)]
@@ -320,6 +451,16 @@ enum DeferredCut {
 
 fn segment_name(dir: &str, base_offset: i64) -> String {
     format!("{dir}/{base_offset:020}{SEGMENT_SUFFIX}")
+}
+
+fn summary_name(dir: &str, base_offset: i64) -> String {
+    format!("{dir}/{base_offset:020}{}", summary::SUMMARY_SUFFIX)
+}
+
+/// The summary's name beside a segment's.
+fn summary_of(segment_name: &str) -> String {
+    let stem = segment_name.strip_suffix(SEGMENT_SUFFIX).unwrap_or(segment_name);
+    format!("{stem}{}", summary::SUMMARY_SUFFIX)
 }
 
 fn read_header(
@@ -397,6 +538,10 @@ impl PartitionLog {
             cleaning: None,
             cleaned_to: 0,
             tombstones_due: None,
+            checkpoint_offset: None,
+            summaries_due: Vec::new(),
+            aux_files: Default::default(),
+            unreadable_streak: None,
         };
         log.write_recovery_point(disk, 0)?;
         Ok(log)
@@ -410,6 +555,30 @@ impl PartitionLog {
         names: &[String],
         config: LogConfig,
     ) -> Result<(PartitionLog, RecoveryReport), LogError> {
+        match Self::recover_with(disk, dir, names, config, true) {
+            Err(Recovery::CheckpointStale) => {
+                tracing::warn!(dir, "the producer checkpoint does not match the log; reading it whole");
+                let name = format!("{dir}/{}", summary::PRODUCER_CHECKPOINT_FILE);
+                disk.remove(&name)?;
+                Self::recover_with(disk, dir, names, config, false).map_err(|e| match e {
+                    Recovery::Failed(e) => e,
+                    Recovery::CheckpointStale => unreachable!("no checkpoint was used"),
+                })
+            }
+            Err(Recovery::Failed(e)) => Err(e),
+            Ok(recovered) => Ok(recovered),
+        }
+    }
+
+    /// [`PartitionLog::recover`], starting from the producer checkpoint if `use_checkpoint`
+    /// and it is good: then the segments below it whose summaries are good are not read.
+    fn recover_with(
+        disk: &mut dyn Disk,
+        dir: &str,
+        names: &[String],
+        config: LogConfig,
+        use_checkpoint: bool,
+    ) -> Result<(PartitionLog, RecoveryReport), Recovery> {
         let dir_file = disk.open_dir(dir)?;
         let recovery_point_file = disk.create(&format!("{dir}/{RECOVERY_POINT_FILE}"))?;
         // An unreadable recovery point (damaged: it is one sector, written whole) says
@@ -479,12 +648,12 @@ impl PartitionLog {
         }
         if bases.is_empty() && known_recovery_point.is_none() {
             // A recovery point was written, so a segment was created with it: all were lost.
-            return Err(LogError::Corrupt {
+            return Err(Recovery::Failed(LogError::Corrupt {
                 file: segment_name(dir, 0),
                 position: 0,
                 recovery_point: -1,
                 reason: "no segment left, and the recovery point is unreadable".into(),
-            });
+            }));
         }
         if bases.is_empty() {
             bases.push(log_start_offset);
@@ -497,6 +666,38 @@ impl PartitionLog {
             None => 0,
         };
         let mut producers = snapshot.clone().unwrap_or_default();
+        // The producer checkpoint, where recovery may start instead (`summary`): at a segment
+        // boundary below the recovery point and at or past the start, naming the last batch
+        // below it as the summary of the segment that ends there does. Segments below it
+        // with good summaries are then not read.
+        let checkpoint_name = format!("{dir}/{}", summary::PRODUCER_CHECKPOINT_FILE);
+        let mut checkpoint = None;
+        if use_checkpoint && names.contains(&checkpoint_name) {
+            let found = (disk.open(&checkpoint_name).ok())
+                .and_then(|file| read_whole(disk, file))
+                .and_then(|bytes| summary::Checkpoint::decode(&bytes))
+                .filter(|c| {
+                    use_checkpoint
+                        && known_recovery_point.is_some_and(|rp| c.offset <= rp)
+                        && c.offset >= replay_from
+                        && c.offset >= log_start_offset
+                });
+            let before = found.as_ref().and_then(|c| {
+                let at = bases.iter().position(|b| *b == c.offset)?;
+                let previous = *bases.get(at.checked_sub(1)?)?;
+                read_summary(disk, dir, names, previous)
+            });
+            match (found, before) {
+                (Some(c), Some(s)) if s.last_batch_id == c.last_batch_id && s.next_offset == c.offset => {
+                    checkpoint = Some((c.offset, c.last_batch_id));
+                    producers = c.producers;
+                }
+                _ => disk.remove(&checkpoint_name)?,
+            }
+        }
+        let replay_from = checkpoint.map_or(replay_from, |(offset, _)| offset);
+        // Segments recovery did not read (their summaries were good).
+        let mut trusted = Vec::new();
         let mut epochs: Vec<(i32, i64)> = Vec::new();
         let mut segments: Vec<Segment> = Vec::new();
         // DeleteRecords markers: applied again once the high watermark passes them (one
@@ -537,12 +738,35 @@ impl PartitionLog {
                 } else {
                     format!("the previous one ended at {expected_offset}")
                 };
-                return Err(LogError::Corrupt {
+                return Err(Recovery::Failed(LogError::Corrupt {
                     file: name,
                     position: 0,
                     recovery_point,
                     reason: format!("segment starts at {base}, {previous}"),
-                });
+                }));
+            }
+            // Below the checkpoint, a segment whose summary holds need not be read.
+            let summary = match checkpoint {
+                Some((offset, _)) if bases.get(i + 1).is_some_and(|next| *next <= offset) => {
+                    read_summary(disk, dir, names, *base).filter(|s| {
+                        Self::summary_holds(disk, file, s, len_bytes, bases[i + 1], &epochs, &config)
+                    })
+                }
+                _ => None,
+            };
+            if let Some(summary) = summary {
+                for (epoch, start) in &summary.epochs {
+                    if epochs.last().map(|(e, _)| *e) != Some(*epoch) {
+                        epochs.push((*epoch, *start));
+                    }
+                }
+                pending_starts.extend(summary.markers.iter().copied());
+                expected_offset = summary.next_offset;
+                trusted.push(segments.len());
+                segments.push(Segment::from_summary(name, file, summary));
+                report.segments += 1;
+                report.segments_unread += 1;
+                continue;
             }
             let mut position = 0u64;
             while position < len_bytes {
@@ -585,6 +809,7 @@ impl PartitionLog {
                             )?;
                             if let Some(start) = log_start_of(&batch) {
                                 pending_starts.push((header.base_offset, start));
+                                segment.markers.push((header.base_offset, start));
                             }
                         }
                         if header.last_offset() >= replay_from {
@@ -611,33 +836,41 @@ impl PartitionLog {
                     }) => {
                         // Every read of this batch failed (a latent sector error): the
                         // partition stays offline, untouched, until a start reads it.
-                        return Err(LogError::Unreadable {
+                        return Err(Recovery::Failed(LogError::Unreadable {
                             file: name,
                             position,
                             reason: e.to_string(),
-                        });
+                        }));
                     }
                     Err(BadBatch {
                         read_error: Some(e),
                         ..
-                    }) => return Err(LogError::Disk(e)),
+                    }) => return Err(Recovery::Failed(LogError::Disk(e))),
                     Err(bad) => {
                         if expected_offset < recovery_point && !config.planted_cut_synced {
                             // Synced data is damaged, whatever the damage looks like: a batch
                             // that seems to run past the end of the file may only have a
                             // damaged length (outside the CRC). Nothing synced is ever cut.
-                            return Err(LogError::Corrupt {
+                            return Err(Recovery::Failed(LogError::Corrupt {
                                 file: name,
                                 position,
                                 recovery_point,
                                 reason: bad.reason,
-                            });
+                            }));
                         }
                         report.truncated_bytes += len_bytes - position;
                         disk.truncate(file, position)?;
                         cut = true;
                         break;
                     }
+                }
+            }
+            if let Some((offset, crc)) = checkpoint {
+                if bases.get(i + 1) == Some(&offset) && segment.last_batch.map(|(_, _, id)| id) != Some(crc) {
+                    // The segment the checkpoint ends with was read (its summary did not
+                    // hold): it must end as the checkpoint says, or the checkpoint is of
+                    // another log.
+                    return Err(Recovery::CheckpointStale);
                 }
             }
             report.segments += 1;
@@ -662,22 +895,22 @@ impl PartitionLog {
             segments.push(Segment::empty(name, file, log_start_offset));
         }
         if known_recovery_point.is_some_and(|rp| expected_offset < rp) && !cut {
-            return Err(LogError::Corrupt {
+            return Err(Recovery::Failed(LogError::Corrupt {
                 file: segment_name(dir, bases[bases.len() - 1]),
                 position: segments.last().map_or(0, |s| s.size_bytes),
                 recovery_point,
                 reason: format!("the log ends at {expected_offset}, before its recovery point"),
-            });
+            }));
         }
         if expected_offset < log_start_offset && known_recovery_point.is_none() {
-            return Err(LogError::Corrupt {
+            return Err(Recovery::Failed(LogError::Corrupt {
                 file: segment_name(dir, bases[bases.len() - 1]),
                 position: segments.last().map_or(0, |s| s.size_bytes),
                 recovery_point,
                 reason: format!(
                     "the log ends at {expected_offset}, before its start {log_start_offset}, and its recovery point is unreadable"
                 ),
-            });
+            }));
         }
         if expected_offset < log_start_offset {
             // Everything left ends below the start, and below no recovery point (a follower's
@@ -731,6 +964,10 @@ impl PartitionLog {
             cleaning: None,
             cleaned_to: 0,
             tombstones_due: None,
+            checkpoint_offset: None,
+            summaries_due: Vec::new(),
+            aux_files: Default::default(),
+            unreadable_streak: None,
         };
         let mut log = log;
         log.log_start_base = log.batch_base_holding(disk, log_start_offset);
@@ -738,7 +975,83 @@ impl PartitionLog {
         if let Some((epoch, _)) = log.epochs.first() {
             log.log_start_epoch = *epoch;
         }
+        // Summaries for the closed segments read whole (the next start need not read them),
+        // none for the active one nor for segments gone; and a producer checkpoint at the
+        // active segment's base.
+        let last = log.segments.len() - 1;
+        for at in 0..last {
+            if !trusted.contains(&at) {
+                log.write_summary(disk, at)?;
+            }
+        }
+        let keep: Vec<String> = (log.segments[..last].iter())
+            .map(|s| summary_of(&s.name))
+            .collect();
+        for name in names {
+            if name.starts_with(&prefix)
+                && name.ends_with(summary::SUMMARY_SUFFIX)
+                && !keep.contains(name)
+            {
+                disk.remove(name)?;
+            }
+        }
+        match checkpoint {
+            Some((offset, _)) if offset == log.segments[last].base_offset => {
+                log.checkpoint_offset = Some(offset);
+            }
+            _ if last > 0 => log.write_checkpoint(disk, last - 1)?,
+            _ => {}
+        }
         Ok((log, report))
+    }
+
+    /// Whether a summary describes the segment in `file` (of `len_bytes`) as it is: its
+    /// length, its end at the next segment's base, leader epochs that go on from `epochs`
+    /// and that the node can know, an index within the file, and its last batch header as
+    /// recorded (one read).
+    fn summary_holds(
+        disk: &mut dyn Disk,
+        file: FileId,
+        summary: &summary::Summary,
+        len_bytes: u64,
+        next_base: i64,
+        epochs: &[(i32, i64)],
+        config: &LogConfig,
+    ) -> bool {
+        if summary.size_bytes != len_bytes
+            || len_bytes == 0
+            || summary.next_offset != next_base
+            || summary.next_offset <= summary.base_offset
+            || summary.last_batch_position >= len_bytes
+            || summary.epochs.first().map(|(_, o)| *o) != Some(summary.base_offset)
+        {
+            return false;
+        }
+        let mut last = epochs.last().copied();
+        for (epoch, start) in &summary.epochs {
+            let follows = last.is_none_or(|(e, s)| *epoch >= e && *start >= s);
+            if !follows || *epoch > config.leader_epoch_max || *start >= summary.next_offset {
+                return false;
+            }
+            last = Some((*epoch, *start));
+        }
+        let index_inside = summary.index.iter().all(|e| {
+            e.position < len_bytes
+                && e.base_offset >= summary.base_offset
+                && e.base_offset < summary.next_offset
+        });
+        if !index_inside {
+            return false;
+        }
+        let Ok(raw) = read_header(disk, file, summary.last_batch_position) else {
+            return false;
+        };
+        let header = RecordBatch::header_of(&raw);
+        header.crc == summary.last_batch_crc
+            && batch_identity(&header) == summary.last_batch_id
+            && header.last_offset() + 1 == summary.next_offset
+            && summary.last_batch_position + header.size_bytes() as u64 == len_bytes
+            && Some(header.partition_leader_epoch) == summary.epochs.last().map(|(e, _)| *e)
     }
 
     /// Reads and verifies the batch at `position`: its size, its CRC, its records, and that it
@@ -1168,6 +1481,8 @@ impl PartitionLog {
             if let Some(start) = log_start_of(batch) {
                 tracing::debug!(dir = %self.dir, at = base_offset, start, "a log start marker");
                 self.pending_starts.push((base_offset, start));
+                let active = self.segments.last_mut().expect("a log has a segment");
+                active.markers.push((base_offset, start));
             }
         }
         Ok((base_offset, header.last_offset()))
@@ -1321,6 +1636,10 @@ impl PartitionLog {
             self.log_start_offset,
             self.log_end_offset()
         );
+        if self.checkpoint_offset.take().is_some() {
+            let name = format!("{}/{}", self.dir, summary::PRODUCER_CHECKPOINT_FILE);
+            self.write_aux(disk, &name, &[])?;
+        }
         // An empty active segment already at `offset` (rolled there) is the new log's.
         // Otherwise the new segment is made first: a full disk leaves the log as it was.
         let reuse = (self.segments.last()).is_some_and(|s| s.base_offset == offset);
@@ -1391,12 +1710,74 @@ impl PartitionLog {
     }
 
     fn roll(&mut self, disk: &mut dyn Disk, base_offset: i64) -> Result<(), LogError> {
+        // The segment that closes gets its summary, and producers a checkpoint at its end,
+        // for a restart that need not read it (`summary`).
+        let closing = self.segments.len() - 1;
+        if self.segments[closing].size_bytes > 0 {
+            self.write_summary(disk, closing)?;
+            self.write_checkpoint(disk, closing)?;
+        }
         let name = segment_name(&self.dir, base_offset);
         let file = disk.create(&name)?;
         self.segments.push(Segment::empty(name, file, base_offset));
         self.dirty_files.push(file);
         self.dir_dirty = true;
         Ok(())
+    }
+
+    /// Writes segment `at`'s summary (an empty one, which recovery ignores, for a segment
+    /// truncated since it was read).
+    fn write_summary(&mut self, disk: &mut dyn Disk, at: usize) -> Result<(), DiskError> {
+        let segment = &self.segments[at];
+        let name = summary_name(&self.dir, segment.base_offset);
+        let bytes = segment.summary().map(|s| s.encode()).unwrap_or_default();
+        self.write_aux(disk, &name, &bytes)
+    }
+
+    /// Writes the producer checkpoint at the end of segment `at`.
+    fn write_checkpoint(&mut self, disk: &mut dyn Disk, at: usize) -> Result<(), DiskError> {
+        let segment = &self.segments[at];
+        let name = format!("{}/{}", self.dir, summary::PRODUCER_CHECKPOINT_FILE);
+        let Some((_, _, last_batch_id)) = segment.last_batch else {
+            self.checkpoint_offset = None;
+            return self.write_aux(disk, &name, &[]);
+        };
+        let offset = segment.next_offset;
+        let bytes = summary::Checkpoint::encode(offset, last_batch_id, &self.producers);
+        self.write_aux(disk, &name, &bytes)?;
+        self.checkpoint_offset = Some(offset);
+        Ok(())
+    }
+
+    /// Writes a summary or the checkpoint whole (empty: void, as a torn one is). Such a file
+    /// is voided, not removed, while the log lives (a sync round in flight may hold it);
+    /// it goes with its segment ([`PartitionLog::remove_aux`]).
+    fn write_aux(&mut self, disk: &mut dyn Disk, name: &str, bytes: &[u8]) -> Result<(), DiskError> {
+        let file = match self.aux_files.get(name) {
+            Some(file) => *file,
+            None => {
+                let file = disk.create(name)?;
+                self.aux_files.insert(name.to_string(), file);
+                self.dir_dirty = true;
+                file
+            }
+        };
+        disk.truncate(file, 0)?;
+        if !bytes.is_empty() {
+            disk.write_at(file, 0, bytes)?;
+        }
+        if !self.dirty_files.contains(&file) {
+            self.dirty_files.push(file);
+        }
+        Ok(())
+    }
+
+    /// Removes a summary with its segment, when no sync round is in flight.
+    fn remove_aux(&mut self, disk: &mut dyn Disk, name: &str) -> Result<(), DiskError> {
+        if let Some(file) = self.aux_files.remove(name) {
+            self.dirty_files.retain(|f| *f != file);
+        }
+        disk.remove(name)
     }
 
     /// Starts a sync: records the durable offset reached so far in the recovery point and
@@ -1413,6 +1794,9 @@ impl PartitionLog {
         // And the log start that the doomed segments lie below (written now or before).
         self.doomed_armed = self.doomed.len();
         self.arm_cleaned_copy();
+        for (_, armed) in &mut self.summaries_due {
+            *armed = true;
+        }
         files.push(self.recovery_point_file);
         if std::mem::take(&mut self.dir_dirty) {
             files.push(self.dir_file);
@@ -1452,8 +1836,22 @@ impl PartitionLog {
             // The start they lie below is durable: removing them cannot look like a loss.
             for (name, file) in self.doomed.drain(..armed).collect::<Vec<_>>() {
                 disk.remove(&name)?;
+                self.remove_aux(disk, &summary_of(&name))?;
                 self.dirty_files.retain(|f| *f != file);
                 self.dir_dirty = true;
+            }
+        }
+        // Cleaned segments whose renames this round made durable get their summaries (one
+        // that changed since, or is gone, gets none: recovery reads it).
+        let due = std::mem::take(&mut self.summaries_due);
+        for (base, armed) in due {
+            if !armed {
+                self.summaries_due.push((base, armed));
+                continue;
+            }
+            let closed = &self.segments[..self.segments.len() - 1];
+            if let Some(at) = closed.iter().position(|s| s.base_offset == base) {
+                self.write_summary(disk, at)?;
             }
         }
         self.install_cleaned_copy(disk)?;
@@ -1468,6 +1866,7 @@ impl PartitionLog {
                     }
                     DeferredCut::Remove { name, file } => {
                         disk.remove(&name)?;
+                        self.remove_aux(disk, &summary_of(&name))?;
                         self.dirty_files.retain(|f| *f != file);
                         self.dir_dirty = true;
                     }
@@ -1504,6 +1903,18 @@ impl PartitionLog {
                 file: segment.file,
             });
         }
+        // Summaries of what is cut are voided at once (a crash that keeps one keeps its
+        // segment whole too, or recovery finds the length changed), and so is a producer
+        // checkpoint past the cut.
+        let bases: Vec<i64> = self.segments[at..].iter().map(|s| s.base_offset).collect();
+        for base in bases {
+            self.write_aux(disk, &summary_name(&self.dir, base), &[])?;
+        }
+        if self.checkpoint_offset.is_some_and(|c| c > offset) {
+            let name = format!("{}/{}", self.dir, summary::PRODUCER_CHECKPOINT_FILE);
+            self.write_aux(disk, &name, &[])?;
+            self.checkpoint_offset = None;
+        }
         let segment = &mut self.segments[at];
         self.deferred_cuts.push(DeferredCut::Truncate {
             file: segment.file,
@@ -1512,6 +1923,9 @@ impl PartitionLog {
         segment.size_bytes = position;
         segment.next_offset = offset;
         segment.index.retain(|e| e.base_offset < offset);
+        segment.epochs.retain(|(_, start)| *start < offset);
+        segment.markers.retain(|(at, _)| *at < offset);
+        segment.last_batch = None;
         // The time index may now overstate the segment's largest timestamp (a lookup by time
         // then reads a little further than it must; it never misses a batch).
         let first = self.epochs.first().copied();
@@ -1630,31 +2044,75 @@ impl PartitionLog {
         if offset >= upper_offset {
             return Ok(Bytes::new());
         }
-        let mut attempt = 1;
-        loop {
-            // A failed read is tried again like a bad-looking one: both are often transient.
-            let result = match self.read_once(disk, offset, upper_offset, max_bytes, at_least_one) {
-                Ok(result) => result,
-                Err(LogError::Disk(e)) => Err((0, format!("read failed: {e}"))),
+        // A failed read is tried again like a bad-looking one: both are often transient. The
+        // same bad bytes read back [`RECOVERY_READ_AGREEMENT`] times, or every read failing,
+        // is damage on the disk (recovery reads only what the summaries do not vouch for, so
+        // reads meet damage too): [`LogError::Corrupt`], and the partition goes offline.
+        let mut seen: Vec<((u64, String), usize)> = Vec::new();
+        let mut read_errors = 0;
+        let mut last = (0, String::new());
+        for attempt in 1..=RECOVERY_READ_ATTEMPTS_MAX {
+            let failure = match self.read_once(disk, offset, upper_offset, max_bytes, at_least_one) {
+                Ok(Ok(bytes)) => {
+                    self.unreadable_streak = None;
+                    return Ok(bytes);
+                }
+                Ok(Err(failure)) => failure,
+                Err(LogError::Disk(e)) => {
+                    read_errors += 1;
+                    last = (0, format!("read failed: {e}"));
+                    continue;
+                }
                 Err(e) => return Err(e),
             };
-            match result {
-                Ok(bytes) => return Ok(bytes),
-                Err((position, reason)) if attempt < RECOVERY_READ_ATTEMPTS => {
-                    tracing::warn!(dir = %self.dir, position, attempt, %reason, "read looks corrupt; reading again");
-                    attempt += 1;
+            tracing::warn!(dir = %self.dir, position = failure.0, attempt, reason = %failure.1, "read looks corrupt; reading again");
+            let count = match seen.iter_mut().find(|(f, _)| *f == failure) {
+                Some((_, count)) => {
+                    *count += 1;
+                    *count
                 }
-                Err((position, reason)) => {
-                    let at = self.segments.partition_point(|s| s.base_offset <= offset);
-                    let file = self.segments[at.saturating_sub(1)].name.clone();
-                    return Err(LogError::Unreadable {
-                        file,
-                        position,
-                        reason,
-                    });
+                None => {
+                    seen.push((failure.clone(), 1));
+                    1
                 }
+            };
+            if count >= RECOVERY_READ_AGREEMENT {
+                return Err(LogError::Corrupt {
+                    file: self.segment_holding(offset),
+                    position: failure.0,
+                    recovery_point: self.recovery_point,
+                    reason: failure.1,
+                });
             }
+            last = failure;
         }
+        let (position, reason) = last;
+        let file = self.segment_holding(offset);
+        let streak = match self.unreadable_streak {
+            Some((at, n)) if at == offset && read_errors == RECOVERY_READ_ATTEMPTS_MAX => n + 1,
+            _ if read_errors == RECOVERY_READ_ATTEMPTS_MAX => 1,
+            _ => 0,
+        };
+        self.unreadable_streak = (streak > 0).then_some((offset, streak));
+        if streak >= UNREADABLE_STREAK_MAX {
+            // A latent sector error: no read gets past it, read after read.
+            return Err(LogError::Corrupt {
+                file,
+                position,
+                recovery_point: self.recovery_point,
+                reason,
+            });
+        }
+        Err(LogError::Unreadable {
+            file,
+            position,
+            reason,
+        })
+    }
+
+    fn segment_holding(&self, offset: i64) -> String {
+        let at = self.segments.partition_point(|s| s.base_offset <= offset);
+        self.segments[at.saturating_sub(1)].name.clone()
     }
 
     /// One attempt at [`PartitionLog::read`]. Nothing read from the disk is trusted: the walk
@@ -1882,10 +2340,13 @@ impl PartitionLog {
         self.abandon_cleaning(disk);
         for segment in &self.segments {
             disk.remove(&segment.name)?;
+            disk.remove(&summary_of(&segment.name))?;
         }
         for (name, _) in &self.doomed {
             disk.remove(name)?;
+            disk.remove(&summary_of(name))?;
         }
+        disk.remove(&format!("{}/{}", self.dir, summary::PRODUCER_CHECKPOINT_FILE))?;
         if self.log_start_file.is_some() {
             disk.remove(&format!("{}/{LOG_START_FILE}", self.dir))?;
         }

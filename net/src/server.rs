@@ -119,10 +119,11 @@ pub async fn serve_until(
                 topic,
                 partition,
                 segments,
+                segments_unread,
                 batches,
                 truncated_bytes,
             } => {
-                tracing::info!(%topic, partition, segments, batches, truncated_bytes, "recovered partition");
+                tracing::info!(%topic, partition, segments, segments_unread, batches, truncated_bytes, "recovered partition");
             }
             RecoveryEvent::Offline {
                 topic,

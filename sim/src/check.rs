@@ -292,6 +292,14 @@ impl Checker {
         &self.retired
     }
 
+    /// A partition whose files lasting damage struck went offline while its node ran (a read
+    /// found the damage): it leaves the check, as one found damaged at a restart does.
+    pub fn on_found_damaged(&mut self, partition: i32) {
+        if !self.retired.contains_key(&partition) {
+            self.retire(partition, "damaged, and offline (found by a read)".into());
+        }
+    }
+
     fn retire(&mut self, partition: i32, reason: String) {
         tracing::debug!(partition, %reason, "partition retired from the check");
         self.acked_end.remove(&partition);

@@ -351,7 +351,11 @@ impl PartitionLog {
             return self.next_copy(disk, copy.base);
         }
         self.dirty_files.push(copy.written.file);
+        let void = summary_name(&self.dir, copy.base);
         cleaning.phase = Phase::Syncing { copy, armed: false };
+        // The segment's summary is voided in the round that syncs the copy, before the
+        // rename (see `install_cleaned_copy`).
+        self.write_aux(disk, &void, &[])?;
         Ok(())
     }
 
@@ -389,15 +393,20 @@ impl PartitionLog {
                 self.dirty_files.retain(|f| *f != copy.written.file);
             }
             Some(at) => {
+                // The old summary was voided with the copy's sync round; the copy's is
+                // written once the rename is durable (`summaries_due`): no crash pairs a
+                // summary with the other version of the segment.
                 let old = &self.segments[at];
                 disk.rename(&copy.written.name, &old.name)?;
                 tracing::debug!(dir = %self.dir, base, removed = copy.removed_records, from = old.size_bytes, to = copy.written.size_bytes, "a segment cleaned");
-                let (old_file, name) = (old.file, old.name.clone());
+                let (old_file, name, markers) = (old.file, old.name.clone(), old.markers.clone());
                 self.dirty_files.retain(|f| *f != old_file);
                 let mut cleaned = copy.written;
                 cleaned.name = name;
+                cleaned.markers = markers;
                 self.segments[at] = cleaned;
                 self.dir_dirty = true;
+                self.summaries_due.push((base, false));
             }
         }
         self.next_copy(disk, base)

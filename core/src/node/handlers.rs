@@ -714,6 +714,7 @@ impl<D: Disk> Node<D> {
                     ),
                     None => Err(codes::UNKNOWN_TOPIC_OR_PARTITION),
                 };
+                let mut damaged = None;
                 match led {
                     Err(codes::UNKNOWN_TOPIC_OR_PARTITION) => {
                         data.error_code = if version >= 13 {
@@ -753,6 +754,11 @@ impl<D: Disk> Node<D> {
                                 Err(LogError::OffsetOutOfRange { .. }) => {
                                     data.error_code = codes::OFFSET_OUT_OF_RANGE
                                 }
+                                Err(e @ LogError::Corrupt { .. }) => {
+                                    tracing::error!(error = %e, "fetch read found damage; partition offline");
+                                    data.error_code = codes::KAFKA_STORAGE_ERROR;
+                                    damaged = Some(e.to_string());
+                                }
                                 Err(e) => {
                                     tracing::error!(error = %e, "fetch read failed");
                                     data.error_code = codes::KAFKA_STORAGE_ERROR;
@@ -760,6 +766,16 @@ impl<D: Disk> Node<D> {
                             }
                         }
                     }
+                }
+                if let (Some(reason), Some(name)) = (damaged, name.as_deref()) {
+                    // Damage on the disk, found by a read (recovery reads only what segment
+                    // summaries do not vouch for): the partition goes offline, as a Kafka log
+                    // directory that failed does, until a restart reads it again.
+                    if let Some(partition) = self.topics.get(name, p.partition) {
+                        partition.log = Err(reason);
+                        partition.replica = None;
+                    }
+                    self.data_version += 1;
                 }
                 any_error |= data.error_code != codes::NONE;
                 partitions.push(data);

@@ -25,6 +25,8 @@ pub enum RecoveryEvent {
         topic: String,
         partition: i32,
         segments: usize,
+        /// Segments taken from their summaries, unread.
+        segments_unread: usize,
         batches: u64,
         truncated_bytes: u64,
     },
@@ -264,6 +266,7 @@ impl Topics {
                         topic: topic_name.clone(),
                         partition,
                         segments: report.segments,
+                        segments_unread: report.segments_unread,
                         batches: report.batches,
                         truncated_bytes: report.truncated_bytes,
                     });

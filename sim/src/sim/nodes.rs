@@ -327,7 +327,33 @@ impl Sim {
             if self.machines.len() > 1 {
                 self.check_leaders(node);
                 self.check_image(node);
+            } else {
+                self.check_found_damage(node);
             }
+        }
+    }
+
+    /// A partition of a node alone that went offline while it ran, with lasting damage in
+    /// its files: a read found the damage that recovery left to reads (segments its
+    /// summaries vouched for). The node refused it, as it must: the check retires it.
+    fn check_found_damage(&mut self, node: usize) {
+        let dir_of = |p: i32| format!("{TOPIC}-{p}/");
+        let damaged: Vec<i32> = {
+            let disk = self.machines[node].disk.0.borrow();
+            let Some(process) = self.machines[node].node.as_ref() else {
+                return;
+            };
+            if disk.damaged().next().is_none() {
+                return;
+            }
+            (process.partition_offsets().into_iter())
+                .filter(|p| p.topic == TOPIC && p.log_end_offset.is_none())
+                .map(|p| p.partition)
+                .filter(|p| disk.damaged().any(|name| name.starts_with(&dir_of(*p))))
+                .collect()
+        };
+        for partition in damaged {
+            self.checker.on_found_damaged(partition);
         }
     }
 
