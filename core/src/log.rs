@@ -459,7 +459,9 @@ fn summary_name(dir: &str, base_offset: i64) -> String {
 
 /// The summary's name beside a segment's.
 fn summary_of(segment_name: &str) -> String {
-    let stem = segment_name.strip_suffix(SEGMENT_SUFFIX).unwrap_or(segment_name);
+    let stem = segment_name
+        .strip_suffix(SEGMENT_SUFFIX)
+        .unwrap_or(segment_name);
     format!("{stem}{}", summary::SUMMARY_SUFFIX)
 }
 
@@ -557,7 +559,10 @@ impl PartitionLog {
     ) -> Result<(PartitionLog, RecoveryReport), LogError> {
         match Self::recover_with(disk, dir, names, config, true) {
             Err(Recovery::CheckpointStale) => {
-                tracing::warn!(dir, "the producer checkpoint does not match the log; reading it whole");
+                tracing::warn!(
+                    dir,
+                    "the producer checkpoint does not match the log; reading it whole"
+                );
                 let name = format!("{dir}/{}", summary::PRODUCER_CHECKPOINT_FILE);
                 disk.remove(&name)?;
                 Self::recover_with(disk, dir, names, config, false).map_err(|e| match e {
@@ -599,9 +604,9 @@ impl PartitionLog {
         // A cleaned copy never renamed over its segment (a crash came first): the segment
         // is whole, the copy goes.
         for name in names {
-            let copy = name.strip_prefix(&prefix).is_some_and(|n| {
-                n.ends_with(cleaner::CLEANED_SUFFIX) && !n.contains('/')
-            });
+            let copy = name
+                .strip_prefix(&prefix)
+                .is_some_and(|n| n.ends_with(cleaner::CLEANED_SUFFIX) && !n.contains('/'));
             if copy {
                 disk.remove(name)?;
             }
@@ -688,7 +693,9 @@ impl PartitionLog {
                 read_summary(disk, dir, names, previous)
             });
             match (found, before) {
-                (Some(c), Some(s)) if s.last_batch_id == c.last_batch_id && s.next_offset == c.offset => {
+                (Some(c), Some(s))
+                    if s.last_batch_id == c.last_batch_id && s.next_offset == c.offset =>
+                {
                     checkpoint = Some((c.offset, c.last_batch_id));
                     producers = c.producers;
                 }
@@ -749,7 +756,15 @@ impl PartitionLog {
             let summary = match checkpoint {
                 Some((offset, _)) if bases.get(i + 1).is_some_and(|next| *next <= offset) => {
                     read_summary(disk, dir, names, *base).filter(|s| {
-                        Self::summary_holds(disk, file, s, len_bytes, bases[i + 1], &epochs, &config)
+                        Self::summary_holds(
+                            disk,
+                            file,
+                            s,
+                            len_bytes,
+                            bases[i + 1],
+                            &epochs,
+                            &config,
+                        )
                     })
                 }
                 _ => None,
@@ -866,7 +881,9 @@ impl PartitionLog {
                 }
             }
             if let Some((offset, crc)) = checkpoint {
-                if bases.get(i + 1) == Some(&offset) && segment.last_batch.map(|(_, _, id)| id) != Some(crc) {
+                if bases.get(i + 1) == Some(&offset)
+                    && segment.last_batch.map(|(_, _, id)| id) != Some(crc)
+                {
                     // The segment the checkpoint ends with was read (its summary did not
                     // hold): it must end as the checkpoint says, or the checkpoint is of
                     // another log.
@@ -1752,7 +1769,12 @@ impl PartitionLog {
     /// Writes a summary or the checkpoint whole (empty: void, as a torn one is). Such a file
     /// is voided, not removed, while the log lives (a sync round in flight may hold it);
     /// it goes with its segment ([`PartitionLog::remove_aux`]).
-    fn write_aux(&mut self, disk: &mut dyn Disk, name: &str, bytes: &[u8]) -> Result<(), DiskError> {
+    fn write_aux(
+        &mut self,
+        disk: &mut dyn Disk,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<(), DiskError> {
         let file = match self.aux_files.get(name) {
             Some(file) => *file,
             None => {
@@ -2052,7 +2074,8 @@ impl PartitionLog {
         let mut read_errors = 0;
         let mut last = (0, String::new());
         for attempt in 1..=RECOVERY_READ_ATTEMPTS_MAX {
-            let failure = match self.read_once(disk, offset, upper_offset, max_bytes, at_least_one) {
+            let failure = match self.read_once(disk, offset, upper_offset, max_bytes, at_least_one)
+            {
                 Ok(Ok(bytes)) => {
                     self.unreadable_streak = None;
                     return Ok(bytes);
@@ -2346,7 +2369,11 @@ impl PartitionLog {
             disk.remove(name)?;
             disk.remove(&summary_of(name))?;
         }
-        disk.remove(&format!("{}/{}", self.dir, summary::PRODUCER_CHECKPOINT_FILE))?;
+        disk.remove(&format!(
+            "{}/{}",
+            self.dir,
+            summary::PRODUCER_CHECKPOINT_FILE
+        ))?;
         if self.log_start_file.is_some() {
             disk.remove(&format!("{}/{LOG_START_FILE}", self.dir))?;
         }

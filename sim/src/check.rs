@@ -258,7 +258,8 @@ impl Checker {
             // with: one acknowledged or read there, or one sent after this record's
             // acknowledgement (so at a higher offset) and before the gap was seen, whose
             // outcome never came (it may be committed, and cleaned before anyone read it).
-            let replaced = newer.is_some_and(|o| o.range(offset + 1..*high_watermark).next().is_some())
+            let replaced = newer
+                .is_some_and(|o| o.range(offset + 1..*high_watermark).next().is_some())
                 || sends.is_some_and(|s| {
                     s.iter().any(|(sent_ns, v)| {
                         *sent_ns > acked_ns

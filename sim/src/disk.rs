@@ -267,7 +267,10 @@ impl SimDisk {
     /// a crash keeps it or the one it replaced (whose bytes the rename's caller took for the
     /// same, as a cleaned segment is for its original).
     pub fn durable_contents(&self, name: &str) -> Option<&[u8]> {
-        let file = self.files.get(name).filter(|f| f.entry_durable || f.replaces)?;
+        let file = self
+            .files
+            .get(name)
+            .filter(|f| f.entry_durable || f.replaces)?;
         file.durable.as_deref()
     }
 
@@ -834,7 +837,13 @@ impl Disk for SimDisk {
         file.replaces = replaced;
         self.unreadable = std::mem::take(&mut self.unreadable)
             .into_iter()
-            .map(|(n, s)| if n == from { (to.to_string(), s) } else { (n, s) })
+            .map(|(n, s)| {
+                if n == from {
+                    (to.to_string(), s)
+                } else {
+                    (n, s)
+                }
+            })
             .collect();
         self.files.insert(to.to_string(), file);
         for handle in self.open.values_mut() {

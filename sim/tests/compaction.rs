@@ -88,13 +88,19 @@ fn reopen(disk: &mut SimDisk) -> PartitionLog {
 }
 
 /// Every record in the log, in order, and the end of each batch read.
-fn read_all(log: &mut PartitionLog, disk: &mut SimDisk) -> Vec<(i64, Option<Bytes>, Option<Bytes>)> {
+fn read_all(
+    log: &mut PartitionLog,
+    disk: &mut SimDisk,
+) -> Vec<(i64, Option<Bytes>, Option<Bytes>)> {
     let mut out = Vec::new();
     let mut offset = log.log_start_offset();
     let end = log.log_end_offset();
     while offset < end {
         let bytes = log.read(disk, offset, end, 700, true).unwrap();
-        assert!(!bytes.is_empty(), "a read below the end at {offset} found nothing");
+        assert!(
+            !bytes.is_empty(),
+            "a read below the end at {offset} found nothing"
+        );
         for batch in record::split_batches(bytes) {
             let batch = RecordBatch::parse(batch.unwrap()).unwrap();
             let header = *batch.header();
@@ -119,7 +125,11 @@ fn check(log: &mut PartitionLog, disk: &mut SimDisk, model: &BTreeMap<i64, Writt
         assert!(*offset > previous, "offsets go {previous} then {offset}");
         previous = *offset;
         let written = &model[offset];
-        assert_eq!((&written.key, &written.value), (key, value), "offset {offset}");
+        assert_eq!(
+            (&written.key, &written.value),
+            (key, value),
+            "offset {offset}"
+        );
         present.insert(*offset, ());
     }
     let mut newest: BTreeMap<&Bytes, i64> = BTreeMap::new();
@@ -237,7 +247,10 @@ fn cleaning_shrinks_a_log_of_few_keys() {
                 ..Default::default()
             })
             .collect();
-        let options = BatchOptions { base_timestamp: 1_000, ..Default::default() };
+        let options = BatchOptions {
+            base_timestamp: 1_000,
+            ..Default::default()
+        };
         let batch = RecordBatch::parse(record::build(&records, &options).unwrap()).unwrap();
         log.append(&mut disk, &batch, 0).unwrap();
     }
@@ -250,14 +263,20 @@ fn cleaning_shrinks_a_log_of_few_keys() {
         log.cleaning()
     } {}
     let after = log.size_bytes();
-    assert!(after * 3 < before, "{before} bytes before cleaning, {after} after");
+    assert!(
+        after * 3 < before,
+        "{before} bytes before cleaning, {after} after"
+    );
     let read = read_all(&mut log, &mut disk);
     let values: Vec<String> = (read.iter())
         .map(|(_, _, v)| String::from_utf8(v.as_ref().unwrap().to_vec()).unwrap())
         .collect();
     // Each key's last record, and every record of the active segment.
     for key in 0..4 {
-        assert!(values.contains(&format!("value-{}", 396 + key)), "{values:?}");
+        assert!(
+            values.contains(&format!("value-{}", 396 + key)),
+            "{values:?}"
+        );
     }
     // Cleaning again finds nothing new to do.
     log.clean_step(&mut disk, 3_000, end, 1 << 20).unwrap();

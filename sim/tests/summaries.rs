@@ -93,12 +93,24 @@ fn a_restart_reads_only_the_active_segment_and_keeps_producers() {
     // The producer's last batches are known from the checkpoint and the active segment: a
     // retry of the last one is recognised, and the next sequence goes on.
     let retried = batch(7, 199, &written[199]);
-    let verdict = log.producers().check(retried.header(), 1_000, i64::MAX).unwrap();
-    assert!(matches!(verdict, Verdict::Duplicate { base_offset: 199 }), "{verdict:?}");
+    let verdict = log
+        .producers()
+        .check(retried.header(), 1_000, i64::MAX)
+        .unwrap();
+    assert!(
+        matches!(verdict, Verdict::Duplicate { base_offset: 199 }),
+        "{verdict:?}"
+    );
     let next = batch(7, 200, "next");
-    assert_eq!(log.producers().check(next.header(), 1_000, i64::MAX), Ok(Verdict::Append));
+    assert_eq!(
+        log.producers().check(next.header(), 1_000, i64::MAX),
+        Ok(Verdict::Append)
+    );
     let gap = batch(7, 202, "gap");
-    assert!(log.producers().check(gap.header(), 1_000, i64::MAX).is_err());
+    assert!(log
+        .producers()
+        .check(gap.header(), 1_000, i64::MAX)
+        .is_err());
 
     // A second restart reads no more.
     disk.crash();

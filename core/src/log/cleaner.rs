@@ -122,8 +122,7 @@ impl PartitionLog {
         if self.cleaning.is_none() {
             let end = self.cleanable_end(now_ms, high_watermark);
             let tombstones_due = self.tombstones_due.is_some_and(|due| now_ms >= due);
-            if end <= self.segments[0].base_offset || (end <= self.cleaned_to && !tombstones_due)
-            {
+            if end <= self.segments[0].base_offset || (end <= self.cleaned_to && !tombstones_due) {
                 return Ok(0);
             }
             tracing::debug!(dir = %self.dir, end, cleaned_to = self.cleaned_to, "a cleaning pass begins");
@@ -163,7 +162,12 @@ impl PartitionLog {
     }
 
     /// Maps the keys of the batches from `next` on, up to `step_bytes`.
-    fn map_keys(&mut self, disk: &mut dyn Disk, next: i64, step_bytes: u64) -> Result<u64, LogError> {
+    fn map_keys(
+        &mut self,
+        disk: &mut dyn Disk,
+        next: i64,
+        step_bytes: u64,
+    ) -> Result<u64, LogError> {
         let lowest = self.segments[0].base_offset;
         let end = self.cleaning.as_ref().expect("mapping").end;
         let bytes = self.read_from(disk, lowest, next, end, step_bytes as usize, true)?;
@@ -196,7 +200,9 @@ impl PartitionLog {
         if cleaning.map_bytes > limits::CLEANER_MAP_BYTES_MAX {
             // The map is full: this pass cleans the segments below the one mapped last (the
             // keys mapped past them only make it keep less, never drop a key's last record).
-            let at = self.segments.partition_point(|s| s.base_offset < next_offset);
+            let at = self
+                .segments
+                .partition_point(|s| s.base_offset < next_offset);
             let cut = self.segments[at.saturating_sub(1)].base_offset;
             tracing::warn!(dir = %self.dir, keys = cleaning.latest.len(), cut, "the cleaner's map is full; this pass cleans below {cut}");
             cleaning.end = cleaning.end.min(cut);
@@ -237,15 +243,22 @@ impl PartitionLog {
 
     /// Whether the segment a copy was begun from is still in the log, as it was.
     fn copy_source(&self, copy: &Copy) -> Option<usize> {
-        self.segments[..self.segments.len() - 1].iter().position(|s| {
-            s.base_offset == copy.base
-                && s.size_bytes == copy.size_bytes
-                && s.next_offset == copy.next_offset
-        })
+        self.segments[..self.segments.len() - 1]
+            .iter()
+            .position(|s| {
+                s.base_offset == copy.base
+                    && s.size_bytes == copy.size_bytes
+                    && s.next_offset == copy.next_offset
+            })
     }
 
     /// Writes the cleaned copy of up to `step_bytes` more of the segment.
-    fn write_copy(&mut self, disk: &mut dyn Disk, now_ms: i64, step_bytes: u64) -> Result<u64, LogError> {
+    fn write_copy(
+        &mut self,
+        disk: &mut dyn Disk,
+        now_ms: i64,
+        step_bytes: u64,
+    ) -> Result<u64, LogError> {
         let Some(Cleaning {
             phase: Phase::Writing(copy),
             ..
@@ -280,7 +293,8 @@ impl PartitionLog {
         else {
             unreachable!("writing a copy");
         };
-        let tombstones_expired = now_ms.saturating_sub(segment_max_timestamp) >= delete_retention_ms;
+        let tombstones_expired =
+            now_ms.saturating_sub(segment_max_timestamp) >= delete_retention_ms;
         for raw in split_batches(bytes.clone()) {
             let batch = RecordBatch::parse(raw.map_err(|e| self_unreadable(&dir, e))?)
                 .map_err(|e| self_unreadable(&dir, e))?;
@@ -308,7 +322,9 @@ impl PartitionLog {
                                 *tombstone_due = Some(tombstone_due.map_or(due, |d| d.min(due)));
                                 true
                             }
-                            (true, false) if planted && record.key.is_some() && !*planted_dropped => {
+                            (true, false)
+                                if planted && record.key.is_some() && !*planted_dropped =>
+                            {
                                 *planted_dropped = true;
                                 false
                             }
@@ -332,7 +348,8 @@ impl PartitionLog {
             let position = copy.written.size_bytes;
             disk.write_at(copy.written.file, position, out.as_bytes())?;
             let size = out.as_bytes().len() as u64;
-            copy.written.note_batch(out.header(), position, size, interval);
+            copy.written
+                .note_batch(out.header(), position, size, interval);
             copy.next = header.last_offset() + 1;
         }
         Ok(bytes.len() as u64)
@@ -342,7 +359,8 @@ impl PartitionLog {
     /// round.
     fn finish_copy(&mut self, disk: &mut dyn Disk) -> Result<(), LogError> {
         let cleaning = self.cleaning.as_mut().expect("a pass is under way");
-        let Phase::Writing(copy) = std::mem::replace(&mut cleaning.phase, Phase::Mapping { next: 0 })
+        let Phase::Writing(copy) =
+            std::mem::replace(&mut cleaning.phase, Phase::Mapping { next: 0 })
         else {
             unreachable!("finishing a copy");
         };

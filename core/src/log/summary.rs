@@ -155,8 +155,7 @@ impl Checkpoint {
             return None;
         }
         let mut buf = body;
-        if buf.remaining() < 18 || buf.get_u32() != CHECKPOINT_MAGIC || buf.get_u16() != VERSION
-        {
+        if buf.remaining() < 18 || buf.get_u32() != CHECKPOINT_MAGIC || buf.get_u16() != VERSION {
             return None;
         }
         let offset = buf.get_i64();

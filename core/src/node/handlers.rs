@@ -98,7 +98,8 @@ fn validate_records(
                     "batch of {} bytes exceeds max.message.bytes {max_message_bytes}",
                     batch.len()
                 ),
-            ).into());
+            )
+                .into());
         }
         let batch = RecordBatch::parse(batch).map_err(|e| (batch_error_code(&e), e.to_string()))?;
         batch
@@ -108,13 +109,15 @@ fn validate_records(
             return Err((
                 codes::INVALID_RECORD,
                 "control batches are written by the broker only".into(),
-            ).into());
+            )
+                .into());
         }
         if batch.header().is_transactional() {
             return Err((
                 codes::INVALID_TXN_STATE,
                 "transactions are not supported yet".into(),
-            ).into());
+            )
+                .into());
         }
         let records = batch
             .records(DECOMPRESSED_BATCH_SIZE_MAX_BYTES)
@@ -525,7 +528,12 @@ impl<D: Disk> Node<D> {
                     format!("this node holds no replica of {topic}-{partition}"),
                 )))
             }
-            Err(code) => return Err(Refusal::from((code, format!("no partition {topic}-{partition}")))),
+            Err(code) => {
+                return Err(Refusal::from((
+                    code,
+                    format!("no partition {topic}-{partition}"),
+                )))
+            }
         };
         let log_id = p.log_id;
         let log = p.log.as_mut().map_err(|reason| {

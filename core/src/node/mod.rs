@@ -1093,8 +1093,12 @@ impl<D: Disk> Node<D> {
         if !self.serving {
             return;
         }
-        let budget = (self.config.log_cleaner_io_bytes_per_sec * CLEANER_STEP_INTERVAL_MS / 1000).max(1);
-        if self.topics.clean_step(&mut self.disk, now.as_millis(), budget) {
+        let budget =
+            (self.config.log_cleaner_io_bytes_per_sec * CLEANER_STEP_INTERVAL_MS / 1000).max(1);
+        if self
+            .topics
+            .clean_step(&mut self.disk, now.as_millis(), budget)
+        {
             self.next_clean = Some(now.plus_millis(CLEANER_STEP_INTERVAL_MS));
         }
     }

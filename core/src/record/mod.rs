@@ -4,8 +4,8 @@ pub mod batch;
 pub mod compression;
 
 pub use batch::{
-    build, rebuild, set_log_append_time, split_batches, stamp, BatchError, BatchHeader, BatchOptions,
-    NewRecord, Record, RecordBatch,
+    build, rebuild, set_log_append_time, split_batches, stamp, BatchError, BatchHeader,
+    BatchOptions, NewRecord, Record, RecordBatch,
 };
 pub use compression::{Compression, CompressionError};
 

@@ -462,9 +462,8 @@ impl Sim {
                 let disk = m.disk.0.borrow();
                 // Or durably past it: retention or DeleteRecords took it, as they may (a
                 // retried batch keeps its first send's timestamp, and can be old at once).
-                replicas::durable_batch_at(&disk, &dir, base_offset).is_some_and(|b| {
-                    b.crc == crc || (compacted && b.last_offset == last_offset)
-                })
+                replicas::durable_batch_at(&disk, &dir, base_offset)
+                    .is_some_and(|b| b.crc == crc || (compacted && b.last_offset == last_offset))
                     || replicas::durable_log_start(&disk, &dir).is_some_and(|s| s > last_offset)
             })
             .map(|(i, _)| i + 1)

@@ -525,8 +525,15 @@ impl Sim {
         options: &BatchOptions,
         generation: u64,
     ) -> usize {
-        let batch = record::build(&batch_records(&write.values, padding, self.plan.lifecycle.compaction_keys()), options)
-            .expect("the simulator's batches build");
+        let batch = record::build(
+            &batch_records(
+                &write.values,
+                padding,
+                self.plan.lifecycle.compaction_keys(),
+            ),
+            options,
+        )
+        .expect("the simulator's batches build");
         self.ops.push(Op {
             write,
             batch,
@@ -1114,7 +1121,9 @@ impl Sim {
                                     u64::from_be_bytes(v[..8].try_into().expect("8 bytes"))
                                 });
                             if let (Some(keys), Some(value)) = (compaction_keys, value) {
-                                let written = crate::plan::key_bytes(crate::plan::compaction_key(value, keys));
+                                let written = crate::plan::key_bytes(crate::plan::compaction_key(
+                                    value, keys,
+                                ));
                                 if r.key.as_ref() != Some(&written) {
                                     let detail = format!("partition {} offset {offset} holds {value:#x} with key {:?}, written with {written:?}", data.partition_index, r.key);
                                     key_errors.push(detail);
@@ -1124,7 +1133,12 @@ impl Sim {
                                 // Records the cleaner removed: only where a newer one of their
                                 // key was committed (checked at the end, when every such
                                 // record is known).
-                                gaps.push((data.partition_index, *position, offset, data.high_watermark));
+                                gaps.push((
+                                    data.partition_index,
+                                    *position,
+                                    offset,
+                                    data.high_watermark,
+                                ));
                                 *position = offset;
                             }
                             reads.push((data.partition_index, *position, offset, value, sent_ns));
