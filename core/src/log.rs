@@ -383,6 +383,9 @@ pub struct PartitionLog {
     aux_files: std::collections::BTreeMap<String, FileId>,
     /// Reads of this offset failed every attempt, this many times in a row.
     unreadable_streak: Option<(i64, usize)>,
+    /// A segment rolled since [`PartitionLog::take_rolled`] was last asked: retention by
+    /// size looks at once, not at the next check.
+    rolled: bool,
 }
 
 /// Why a recovery attempt stopped.
@@ -544,6 +547,7 @@ impl PartitionLog {
             summaries_due: Vec::new(),
             aux_files: Default::default(),
             unreadable_streak: None,
+            rolled: false,
         };
         log.write_recovery_point(disk, 0)?;
         Ok(log)
@@ -985,6 +989,7 @@ impl PartitionLog {
             summaries_due: Vec::new(),
             aux_files: Default::default(),
             unreadable_streak: None,
+            rolled: false,
         };
         let mut log = log;
         log.log_start_base = log.batch_base_holding(disk, log_start_offset);
@@ -1710,6 +1715,12 @@ impl PartitionLog {
         moved
     }
 
+    /// Whether a segment rolled since the last time this was asked, when retention.bytes is
+    /// set (retention by size then runs at once).
+    pub fn take_rolled(&mut self) -> bool {
+        std::mem::take(&mut self.rolled) && self.config.retention_bytes >= 0
+    }
+
     /// The segments' total size, for retention.bytes and operators.
     pub fn size_bytes(&self) -> u64 {
         self.segments.iter().map(|s| s.size_bytes).sum()
@@ -1736,6 +1747,7 @@ impl PartitionLog {
         }
         let name = segment_name(&self.dir, base_offset);
         let file = disk.create(&name)?;
+        self.rolled = true;
         self.segments.push(Segment::empty(name, file, base_offset));
         self.dirty_files.push(file);
         self.dir_dirty = true;

@@ -1068,13 +1068,25 @@ impl<D: Disk> Node<D> {
         let interval = self.config.retention_check_interval_ms;
         let due = *self.next_retention.get_or_insert(now.plus_millis(interval));
         if now < due {
+            // A log that rolled a segment with retention.bytes set looks at once: its disk
+            // use stays within a segment of the limit while it is written, not only at checks.
+            if self.serving {
+                let moved = self
+                    .topics
+                    .apply_retention(&mut self.disk, now.as_millis(), true);
+                if !moved.is_empty() {
+                    self.data_version += 1;
+                }
+            }
             return;
         }
         self.next_retention = Some(now.plus_millis(interval));
         if !self.serving {
             return;
         }
-        let moved = self.topics.apply_retention(&mut self.disk, now.as_millis());
+        let moved = self
+            .topics
+            .apply_retention(&mut self.disk, now.as_millis(), false);
         if !moved.is_empty() {
             // Fetches parked below a new start are answered OFFSET_OUT_OF_RANGE.
             self.data_version += 1;

@@ -628,29 +628,47 @@ impl Topics {
         under_way
     }
 
-    /// Retention at `now_ms` on every log held here, below each one's high watermark: the
-    /// logs whose start moved (their Raft groups are told, their next round writes it).
+    /// Retention at `now_ms` on every log held here (or, `rolled_only`, on the logs written
+    /// since the last round began that rolled a segment with retention.bytes set), below each
+    /// one's high watermark: the logs whose start moved (their Raft groups are told, their
+    /// next round writes it).
     pub(crate) fn apply_retention(
         &mut self,
         disk: &mut dyn crate::disk::Disk,
         now_ms: i64,
+        rolled_only: bool,
     ) -> Vec<u64> {
         let mut moved = Vec::new();
-        for topic in self.by_name.values_mut() {
-            for partition in topic.partitions.values_mut() {
-                let (Ok(log), Some(replica)) = (partition.log.as_mut(), partition.replica.as_mut())
-                else {
-                    continue;
-                };
-                match log.apply_retention(disk, now_ms, replica.high_watermark()) {
-                    Ok(true) => {
-                        replica.raft_mut().handle_log_start(log.log_start_base());
-                        moved.push(partition.log_id);
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::warn!(dir = %log.dir(), error = %e, "retention failed; tried again at the next check")
-                    }
+        // Only the logs written since the last round began can have rolled.
+        let places: Vec<(String, i32)> = match rolled_only {
+            true => (self.touched.iter())
+                .filter_map(|id| self.by_log_id.get(id).cloned())
+                .collect(),
+            false => (self.by_name.iter())
+                .flat_map(|(name, t)| t.partitions.keys().map(|i| (name.clone(), *i)))
+                .collect(),
+        };
+        for (name, index) in places {
+            let Some(partition) =
+                (self.by_name.get_mut(&name)).and_then(|t| t.partitions.get_mut(&index))
+            else {
+                continue;
+            };
+            let (Ok(log), Some(replica)) = (partition.log.as_mut(), partition.replica.as_mut())
+            else {
+                continue;
+            };
+            if rolled_only && !log.take_rolled() {
+                continue;
+            }
+            match log.apply_retention(disk, now_ms, replica.high_watermark()) {
+                Ok(true) => {
+                    replica.raft_mut().handle_log_start(log.log_start_base());
+                    moved.push(partition.log_id);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(dir = %log.dir(), error = %e, "retention failed; tried again at the next check")
                 }
             }
         }
