@@ -24,7 +24,7 @@
 //! step (`Config::log_cleaner_io_bytes_per_sec` sets the rate), and the map holds at most
 //! [`limits::CLEANER_MAP_BYTES_MAX`] of keys (a pass then cleans the segments whose keys fit).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
@@ -44,7 +44,7 @@ pub(super) struct Cleaning {
     /// Segments wholly below this offset are cleaned in this pass.
     end: i64,
     /// Each key's last offset below `end` (as far as mapped).
-    latest: HashMap<Bytes, i64>,
+    latest: BTreeMap<Bytes, i64>,
     map_bytes: usize,
     /// When a tombstone this pass keeps may go (its segment's newest batch plus
     /// `delete.retention.ms`): a pass is due then even without new data.
@@ -129,7 +129,7 @@ impl PartitionLog {
             self.tombstones_due = None;
             self.cleaning = Some(Cleaning {
                 end,
-                latest: HashMap::new(),
+                latest: BTreeMap::new(),
                 map_bytes: 0,
                 tombstone_due: None,
                 planted_dropped: false,

@@ -244,6 +244,11 @@ impl RecordBatch {
     /// one its index in a dense batch), the count.
     pub fn records(&self, decompressed_size_max_bytes: usize) -> Result<Vec<Record>, BatchError> {
         if self.header.records_count == 0 {
+            // A batch the cleaner emptied is a header alone.
+            let trailing_bytes = self.bytes.len() - BATCH_HEADER_BYTES;
+            if trailing_bytes > 0 {
+                return Err(BatchError::TrailingBytes { trailing_bytes });
+            }
             return Ok(Vec::new());
         }
         let payload = self.bytes.slice(BATCH_HEADER_BYTES..);
