@@ -1204,9 +1204,12 @@ impl Sim {
             // On to the next leader (each leader serves only its own partitions).
             self.clients[client].rotate = stale || self.rng.random_bool(0.5);
         }
-        if self.plan.lifecycle.on && self.rng.random_bool(0.02) {
+        if self.plan.lifecycle.on && !self.quiet && self.rng.random_bool(0.02) {
             // A seek to the beginning, as an application replaying a topic does: it finds
-            // the log start, and what retention and DeleteRecords removed below it.
+            // the log start, and what retention and DeleteRecords removed below it. Not in
+            // the quiet phase, where consumers must catch up: a compacted log is never cut
+            // short, and a consumer sent back to 0 every fiftieth fetch never reached the end
+            // of one read a segment per fetch (seed 50029, three minutes on three nodes).
             let Role::Consumer { positions, .. } = &mut self.clients[client].role else {
                 unreachable!("only consumers fetch");
             };
