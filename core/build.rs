@@ -285,6 +285,37 @@ fn parse_range(text: &str, within: Option<Range>) -> Result<Range, String> {
     })
 }
 
+/// A struct used again in more versions than where it was defined (Kafka's
+/// AddPartitionsToTxn names one struct in its v0-3 and v4+ forms): it and the fields that
+/// took its versions (no range of their own) exist in the wider range too, and so do the
+/// structs of those fields.
+fn widen_struct(structs: &mut [StructDef], name: &str, wider: Range) {
+    let Some(at) = structs.iter().position(|s| s.name == name) else {
+        return;
+    };
+    let old = structs[at].versions;
+    if old == wider {
+        return;
+    }
+    structs[at].versions = wider;
+    let mut nested = Vec::new();
+    for field in &mut structs[at].fields {
+        if field.versions == old {
+            field.versions = wider;
+            let mut ty = &field.ty;
+            while let Ty::Array(inner) = ty {
+                ty = inner;
+            }
+            if let Ty::Struct(inner) = ty {
+                nested.push(inner.clone());
+            }
+        }
+    }
+    for inner in nested {
+        widen_struct(structs, &inner, wider);
+    }
+}
+
 fn parse_prim(word: &str) -> Option<Prim> {
     Some(match word {
         "bool" => Prim::Bool,
@@ -411,10 +442,11 @@ fn parse_fields(
                         format!("struct {struct_name} used before it is defined"),
                     ));
                 };
-                existing.versions = Range {
+                let wider = Range {
                     lo: existing.versions.lo.min(versions.lo),
                     hi: existing.versions.hi.max(versions.hi),
                 };
+                widen_struct(structs, &struct_name, wider);
             }
         } else if has_children {
             return Err((

@@ -158,3 +158,9 @@ pub const CLEANER_MAP_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Bytes the cleaner reads in one step (whole batches, at least one): a step runs on the
 /// node's loop between requests, so this bounds the pause a request can meet.
 pub const CLEANER_STEP_BYTES_MAX: usize = 1024 * 1024;
+
+/// Aborted transactions one partition of a read_committed Fetch answer lists (16 bytes
+/// each): producers choose how many transactions they abort, and a fetch over a stretch of
+/// tiny aborted ones must not make an unbounded answer. Past it the read stops where the
+/// first transaction left out begins; the client fetches again from there.
+pub const FETCH_ABORTED_TXNS_MAX: usize = 10_000;

@@ -24,7 +24,7 @@
 use bytes::{Bytes, BytesMut};
 
 use crate::disk::{Disk, DiskError, FileId};
-use crate::producers::ProducerStates;
+use crate::producers::{txn_marker_of, AbortedTxn, ProducerStates};
 use crate::record::{BatchHeader, RecordBatch, DECOMPRESSED_BATCH_SIZE_MAX_BYTES};
 
 mod cleaner;
@@ -170,6 +170,9 @@ struct Segment {
     epochs: Vec<(i32, i64)>,
     /// DeleteRecords markers in the segment: (offset, the start it names).
     markers: Vec<(i64, i64)>,
+    /// The transactions whose abort markers lie in the segment, in offset order (Kafka's
+    /// per-segment aborted-transaction index).
+    aborted: Vec<AbortedTxn>,
     /// Where its last batch starts and the CRC in that batch's header (`None` after a
     /// truncation: then no summary is written for it).
     last_batch: Option<(u64, u32, u32)>,
@@ -189,6 +192,7 @@ impl Segment {
             bytes_since_index_entry: 0,
             epochs: Vec::new(),
             markers: Vec::new(),
+            aborted: Vec::new(),
             last_batch: None,
         }
     }
@@ -236,6 +240,7 @@ impl Segment {
             last_batch_id,
             epochs: self.epochs.clone(),
             markers: self.markers.clone(),
+            aborted: self.aborted.clone(),
             index: self.index.clone(),
         })
     }
@@ -254,6 +259,7 @@ impl Segment {
             bytes_since_index_entry: 0,
             epochs: summary.epochs,
             markers: summary.markers,
+            aborted: summary.aborted,
             last_batch: Some((
                 summary.last_batch_position,
                 summary.last_batch_crc,
@@ -829,6 +835,20 @@ impl PartitionLog {
                             if let Some(start) = log_start_of(&batch) {
                                 pending_starts.push((header.base_offset, start));
                                 segment.markers.push((header.base_offset, start));
+                            }
+                            if let Some(marker) = txn_marker_of(&batch) {
+                                if header.base_offset >= replay_from {
+                                    let ended =
+                                        producers.end_txn(&header, marker, header.max_timestamp);
+                                    if let Some(aborted) = aborted_txn(&producers, &header, ended) {
+                                        segment.aborted.push(aborted);
+                                    }
+                                } else if checkpoint.is_some() {
+                                    // A marker in a segment below the checkpoint whose summary
+                                    // did not hold: where its transaction began is known only
+                                    // to a replay from the start.
+                                    return Err(Recovery::CheckpointStale);
+                                }
                             }
                         }
                         if header.last_offset() >= replay_from {
@@ -1447,6 +1467,52 @@ impl PartitionLog {
         &mut self.producers
     }
 
+    /// The last stable offset under `high_watermark`: no transaction open below it (Kafka's
+    /// LSO), what read_committed consumers may read up to.
+    pub fn last_stable_offset(&self, high_watermark: i64) -> i64 {
+        (self.producers.first_unstable_offset()).map_or(high_watermark, |f| f.min(high_watermark))
+    }
+
+    /// The aborted transactions with records in `[from, upper)`, in the order their markers
+    /// lie in the log: what a read_committed fetch lists so that the client drops their
+    /// records. The walk starts at the segment holding `from` and stops at the first entry
+    /// at or past `from` whose last stable offset reaches `upper` (every transaction begun
+    /// below `upper` has ended by then), as Kafka's does. Past `max` entries, the offset
+    /// where the earliest one left out begins: a read must stop there.
+    pub fn aborted_txns(
+        &self,
+        from: i64,
+        upper: i64,
+        max: usize,
+    ) -> (Vec<AbortedTxn>, Option<i64>) {
+        let mut found = Vec::new();
+        let mut cut: Option<i64> = None;
+        let at = self.segments.partition_point(|s| s.next_offset <= from);
+        'walk: for segment in &self.segments[at..] {
+            for aborted in &segment.aborted {
+                if aborted.last_offset < from {
+                    continue;
+                }
+                if aborted.first_offset < upper {
+                    if found.len() < max {
+                        found.push(*aborted);
+                    } else {
+                        let first = aborted.first_offset.max(from);
+                        cut = Some(cut.map_or(first, |c| c.min(first)));
+                    }
+                }
+                if aborted.last_stable_offset >= upper {
+                    break 'walk;
+                }
+            }
+        }
+        if let Some(cut) = cut {
+            // Listed ones that begin at or past the cut are not served either.
+            found.retain(|a| a.first_offset < cut);
+        }
+        (found, cut)
+    }
+
     pub fn dir(&self) -> &str {
         &self.dir
     }
@@ -1505,6 +1571,15 @@ impl PartitionLog {
                 self.pending_starts.push((base_offset, start));
                 let active = self.segments.last_mut().expect("a log has a segment");
                 active.markers.push((base_offset, start));
+            }
+            if let Some(marker) = txn_marker_of(batch) {
+                let ended = self
+                    .producers
+                    .end_txn(&header, marker, header.max_timestamp);
+                if let Some(aborted) = aborted_txn(&self.producers, &header, ended) {
+                    let active = self.segments.last_mut().expect("a log has a segment");
+                    active.aborted.push(aborted);
+                }
             }
         }
         Ok((base_offset, header.last_offset()))
@@ -1959,6 +2034,7 @@ impl PartitionLog {
         segment.index.retain(|e| e.base_offset < offset);
         segment.epochs.retain(|(_, start)| *start < offset);
         segment.markers.retain(|(at, _)| *at < offset);
+        segment.aborted.retain(|a| a.last_offset < offset);
         segment.last_batch = None;
         // The time index may now overstate the segment's largest timestamp (a lookup by time
         // then reads a little further than it must; it never misses a batch).
@@ -2395,6 +2471,27 @@ impl PartitionLog {
         disk.remove(&format!("{}/{RECOVERY_POINT_FILE}", self.dir))?;
         Ok(())
     }
+}
+
+/// The index entry of a transaction a marker (`header`, stamped) just ended, if it aborted:
+/// the last stable offset it records is the partition's once the marker applied.
+fn aborted_txn(
+    producers: &ProducerStates,
+    header: &BatchHeader,
+    ended: Option<(i64, bool)>,
+) -> Option<AbortedTxn> {
+    let (first_offset, true) = ended? else {
+        return None;
+    };
+    let after = header.base_offset + 1;
+    Some(AbortedTxn {
+        producer_id: header.producer_id,
+        first_offset,
+        last_offset: header.base_offset,
+        last_stable_offset: producers
+            .first_unstable_offset()
+            .map_or(after, |f| f.min(after)),
+    })
 }
 
 /// Keel's control record type for a log start moved by DeleteRecords. Kafka's control types

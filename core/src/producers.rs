@@ -13,6 +13,11 @@
 //! - a producer the partition does not know (never seen, or expired) must start at 0, else
 //!   UNKNOWN_PRODUCER_ID (the client then bumps its epoch and starts over).
 //!
+//! Transactions: a transactional batch opens its producer's transaction in the partition (if
+//! none is open); a marker (a control batch the coordinator has the leader write) ends it. The
+//! earliest open transaction bounds the last stable offset, below which read_committed
+//! consumers read; an aborted one becomes an [`AbortedTxn`] the log indexes for them.
+//!
 //! The state is rebuilt from the log by recovery: it already reads every batch header.
 //! A producer is forgotten once its last batch is older than the expiry (Kafka's
 //! `producer.id.expiration.ms`): the time of its append, or, for batches found by recovery,
@@ -20,11 +25,22 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use bytes::Bytes;
+
 use crate::protocol::codes;
-use crate::record::BatchHeader;
+use crate::record::{BatchHeader, RecordBatch, DECOMPRESSED_BATCH_SIZE_MAX_BYTES};
 
 /// Batches remembered per producer and partition.
 pub const BATCHES_KEPT: usize = 5;
+
+/// Markers a producer's state can be taken back through (a truncation that cuts them). A
+/// marker that ended a transaction commits before the coordinator lets the next transaction
+/// begin, so only retried markers pile up above the high watermark: a few suffice.
+const MARKERS_UNDONE_MAX: usize = 4;
+
+/// Kafka's control record types for transaction markers.
+const CONTROL_TYPE_ABORT: i16 = 0;
+const CONTROL_TYPE_COMMIT: i16 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct KeptBatch {
@@ -33,12 +49,26 @@ struct KeptBatch {
     base_offset: i64,
 }
 
+/// What a partition knows of one producer at one point of its log.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct ProducerEntry {
+struct ProducerState {
     epoch: i16,
     batches: VecDeque<KeptBatch>,
     /// The max timestamp of its last batch, in milliseconds.
     last_timestamp_ms: i64,
+    /// Where its open transaction begins in this partition, if one is open.
+    txn_first_offset: Option<i64>,
+    /// The coordinator epoch of the last marker written for it (-1: none yet): a marker from
+    /// an older coordinator is refused.
+    coordinator_epoch: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ProducerEntry {
+    state: ProducerState,
+    /// The state before each of its last markers, with the marker's offset: a truncation
+    /// below a marker takes the producer back to what it was (its transaction open again).
+    undo: VecDeque<(i64, ProducerState)>,
 }
 
 /// What to do with a batch that passed the checks.
@@ -51,6 +81,89 @@ pub enum Verdict {
     },
 }
 
+/// A transaction marker: how the transaction ended, and the epoch of the coordinator that
+/// wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxnMarker {
+    pub commit: bool,
+    pub coordinator_epoch: i32,
+}
+
+/// A transaction that ended with an abort: read_committed consumers drop the producer's
+/// records from `first_offset` up to the marker at `last_offset`. `last_stable_offset` is the
+/// partition's last stable offset once the marker applied: a reader that looks for aborted
+/// transactions touching offsets below some bound can stop at the first entry whose
+/// `last_stable_offset` reaches it (every transaction begun below it has ended by then).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbortedTxn {
+    pub producer_id: i64,
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub last_stable_offset: i64,
+}
+
+/// The control batch that ends producer `producer_id`'s transaction in a partition (Kafka's
+/// format: key version 0 and type, 0 abort or 1 commit; value version 0 and the coordinator
+/// epoch), as the partition's leader appends it.
+pub fn txn_marker_batch(
+    producer_id: i64,
+    producer_epoch: i16,
+    marker: TxnMarker,
+    timestamp_ms: i64,
+) -> Bytes {
+    let kind = if marker.commit {
+        CONTROL_TYPE_COMMIT
+    } else {
+        CONTROL_TYPE_ABORT
+    };
+    let mut key = Vec::with_capacity(4);
+    key.extend_from_slice(&0i16.to_be_bytes());
+    key.extend_from_slice(&kind.to_be_bytes());
+    let mut value = Vec::with_capacity(6);
+    value.extend_from_slice(&0i16.to_be_bytes());
+    value.extend_from_slice(&marker.coordinator_epoch.to_be_bytes());
+    let record = crate::record::NewRecord {
+        key: Some(Bytes::from(key)),
+        value: Some(Bytes::from(value)),
+        ..Default::default()
+    };
+    let options = crate::record::BatchOptions {
+        base_timestamp: timestamp_ms,
+        producer_id,
+        producer_epoch,
+        transactional: true,
+        control: true,
+        ..Default::default()
+    };
+    crate::record::build(&[record], &options).expect("a one-record batch builds")
+}
+
+/// The transaction marker a batch is, if it is one: a transactional control batch whose
+/// record's key names commit or abort.
+pub fn txn_marker_of(batch: &RecordBatch) -> Option<TxnMarker> {
+    let header = batch.header();
+    if !header.is_control() || !header.is_transactional() || !header.has_producer_id() {
+        return None;
+    }
+    let records = batch.records(DECOMPRESSED_BATCH_SIZE_MAX_BYTES).ok()?;
+    let record = records.first()?;
+    let key = record.key.as_ref()?;
+    if key.len() != 4 {
+        return None;
+    }
+    let commit = match i16::from_be_bytes([key[2], key[3]]) {
+        CONTROL_TYPE_ABORT => false,
+        CONTROL_TYPE_COMMIT => true,
+        _ => return None,
+    };
+    let value = record.value.as_ref()?;
+    let coordinator_epoch = i32::from_be_bytes(value.get(2..6)?.try_into().ok()?);
+    Some(TxnMarker {
+        commit,
+        coordinator_epoch,
+    })
+}
+
 /// The last sequence number of a batch: Kafka's sequences wrap from i32::MAX to 0.
 pub fn last_sequence(first_sequence: i32, last_offset_delta: i32) -> i32 {
     ((i64::from(first_sequence) + i64::from(last_offset_delta)) % (i64::from(i32::MAX) + 1)) as i32
@@ -61,16 +174,38 @@ fn follows(last_sequence: i32, next_sequence: i32) -> bool {
         || (last_sequence == i32::MAX && next_sequence == 0)
 }
 
+impl ProducerState {
+    fn new(epoch: i16, seen_ms: i64) -> ProducerState {
+        ProducerState {
+            epoch,
+            batches: VecDeque::new(),
+            last_timestamp_ms: seen_ms,
+            txn_first_offset: None,
+            coordinator_epoch: -1,
+        }
+    }
+
+    /// Whether anything of it is worth keeping: batches to recognise retries by, an open
+    /// transaction, or a marker's epochs (which fence zombies and old coordinators).
+    fn worth_keeping(&self) -> bool {
+        !self.batches.is_empty() || self.txn_first_offset.is_some() || self.coordinator_epoch >= 0
+    }
+}
+
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ProducerStates {
     entries: BTreeMap<i64, ProducerEntry>,
 }
 
 impl ProducerStates {
-    fn live(&self, producer_id: i64, now_ms: i64, expiry_ms: i64) -> Option<&ProducerEntry> {
+    fn live(&self, producer_id: i64, now_ms: i64, expiry_ms: i64) -> Option<&ProducerState> {
         self.entries
             .get(&producer_id)
-            .filter(|e| now_ms.saturating_sub(e.last_timestamp_ms) < expiry_ms)
+            .map(|e| &e.state)
+            .filter(|s| {
+                s.txn_first_offset.is_some()
+                    || now_ms.saturating_sub(s.last_timestamp_ms) < expiry_ms
+            })
     }
 
     /// Checks a batch against what is known of its producer. Batches without a producer id
@@ -82,6 +217,12 @@ impl ProducerStates {
         expiry_ms: i64,
     ) -> Result<Verdict, (i16, String)> {
         if !header.has_producer_id() {
+            if header.is_transactional() {
+                return Err((
+                    codes::INVALID_RECORD,
+                    "a transactional batch without a producer id".into(),
+                ));
+            }
             return Ok(Verdict::Append);
         }
         let id = header.producer_id;
@@ -106,7 +247,15 @@ impl ProducerStates {
                 ),
             ));
         }
-        if epoch > entry.epoch {
+        if entry.txn_first_offset.is_some() && !header.is_transactional() {
+            return Err((
+                codes::INVALID_TXN_STATE,
+                format!(
+                    "producer {id} has a transaction open here; its batch is not transactional"
+                ),
+            ));
+        }
+        if epoch > entry.epoch || entry.batches.is_empty() {
             if first == 0 {
                 return Ok(Verdict::Append);
             }
@@ -136,51 +285,147 @@ impl ProducerStates {
         }
     }
 
+    /// Checks a transaction marker for producer `producer_id` at `producer_epoch` from a
+    /// coordinator in `coordinator_epoch`: an older producer epoch than the partition knows
+    /// is a zombie's (INVALID_PRODUCER_EPOCH), an older coordinator a deposed one
+    /// (TRANSACTION_COORDINATOR_FENCED).
+    pub fn check_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        coordinator_epoch: i32,
+    ) -> Result<(), (i16, String)> {
+        let Some(entry) = self.entries.get(&producer_id).map(|e| &e.state) else {
+            return Ok(());
+        };
+        if coordinator_epoch < entry.coordinator_epoch {
+            return Err((
+                codes::TRANSACTION_COORDINATOR_FENCED,
+                format!(
+                    "a marker for producer {producer_id} from coordinator epoch {coordinator_epoch}; epoch {} wrote here",
+                    entry.coordinator_epoch
+                ),
+            ));
+        }
+        if producer_epoch < entry.epoch {
+            return Err((
+                codes::INVALID_PRODUCER_EPOCH,
+                format!(
+                    "a marker for producer {producer_id} epoch {producer_epoch}, older than its epoch {}",
+                    entry.epoch
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Remembers a batch now in the log (stamped with its base offset), seen at `seen_ms`:
     /// the time of its append, or on recovery its max timestamp. A producer whose entry had
     /// expired by then starts over with nothing of its past: `check` treated it as unknown,
-    /// so a stale batch must never make a later one pass for a retry.
+    /// so a stale batch must never make a later one pass for a retry. A transactional batch
+    /// opens its producer's transaction here if none is open. Control batches are not
+    /// recorded here (a marker goes through [`ProducerStates::end_txn`]).
     pub fn record(&mut self, header: &BatchHeader, seen_ms: i64, expiry_ms: i64) {
-        if !header.has_producer_id() {
+        if !header.has_producer_id() || header.is_control() {
             return;
         }
-        if self
-            .entries
-            .get(&header.producer_id)
-            .is_some_and(|e| seen_ms.saturating_sub(e.last_timestamp_ms) >= expiry_ms)
-        {
+        if self.entries.get(&header.producer_id).is_some_and(|e| {
+            e.state.txn_first_offset.is_none()
+                && seen_ms.saturating_sub(e.state.last_timestamp_ms) >= expiry_ms
+        }) {
             self.entries.remove(&header.producer_id);
         }
         let entry = self
             .entries
             .entry(header.producer_id)
             .or_insert_with(|| ProducerEntry {
-                epoch: header.producer_epoch,
-                batches: VecDeque::new(),
-                last_timestamp_ms: seen_ms,
+                state: ProducerState::new(header.producer_epoch, seen_ms),
+                undo: VecDeque::new(),
             });
-        if header.producer_epoch != entry.epoch {
-            entry.epoch = header.producer_epoch;
-            entry.batches.clear();
+        let state = &mut entry.state;
+        if header.producer_epoch != state.epoch {
+            state.epoch = header.producer_epoch;
+            state.batches.clear();
         }
-        if entry.batches.len() == BATCHES_KEPT {
-            entry.batches.pop_front();
+        if state.batches.len() == BATCHES_KEPT {
+            state.batches.pop_front();
         }
-        entry.batches.push_back(KeptBatch {
+        state.batches.push_back(KeptBatch {
             first_sequence: header.base_sequence,
             last_sequence: last_sequence(header.base_sequence, header.last_offset_delta),
             base_offset: header.base_offset,
         });
-        entry.last_timestamp_ms = entry.last_timestamp_ms.max(seen_ms);
+        state.last_timestamp_ms = state.last_timestamp_ms.max(seen_ms);
+        if header.is_transactional() && state.txn_first_offset.is_none() {
+            state.txn_first_offset = Some(header.base_offset);
+        }
     }
 
-    /// Forgets every batch at or past `offset` (the log was truncated there). A producer left
-    /// with no batch is forgotten: its next batch starts over, as after an expiry.
+    /// Applies a transaction marker now in the log (`header` stamped with its offset): the
+    /// producer's open transaction here ends, and its epoch and coordinator epoch become the
+    /// marker's (a marker from a coordinator that bumped the epoch fences the producer's older
+    /// epoch: its batches must start over at sequence 0). Returns the transaction, if one was
+    /// open, with whether it aborted.
+    pub fn end_txn(
+        &mut self,
+        header: &BatchHeader,
+        marker: TxnMarker,
+        seen_ms: i64,
+    ) -> Option<(i64, bool)> {
+        let entry = self
+            .entries
+            .entry(header.producer_id)
+            .or_insert_with(|| ProducerEntry {
+                state: ProducerState::new(header.producer_epoch, seen_ms),
+                undo: VecDeque::new(),
+            });
+        if entry.undo.len() == MARKERS_UNDONE_MAX {
+            entry.undo.pop_front();
+        }
+        entry
+            .undo
+            .push_back((header.base_offset, entry.state.clone()));
+        let state = &mut entry.state;
+        if header.producer_epoch > state.epoch {
+            state.epoch = header.producer_epoch;
+            state.batches.clear();
+        }
+        state.coordinator_epoch = state.coordinator_epoch.max(marker.coordinator_epoch);
+        state.last_timestamp_ms = state.last_timestamp_ms.max(seen_ms);
+        let first = state.txn_first_offset.take()?;
+        Some((first, !marker.commit))
+    }
+
+    /// The first offset of the earliest transaction still open here: the last stable offset
+    /// cannot pass it.
+    pub fn first_unstable_offset(&self) -> Option<i64> {
+        (self.entries.values())
+            .filter_map(|e| e.state.txn_first_offset)
+            .min()
+    }
+
+    /// The producers with a transaction open here, with where each began.
+    pub fn open_txns(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
+        (self.entries.iter()).filter_map(|(id, e)| e.state.txn_first_offset.map(|f| (*id, f)))
+    }
+
+    /// Forgets every batch at or past `offset` (the log was truncated there); a marker cut
+    /// takes its producer back to its state before it (the transaction open again). A
+    /// producer left with nothing worth keeping is forgotten: its next batch starts over, as
+    /// after an expiry.
     pub fn truncate(&mut self, offset: i64) {
         for entry in self.entries.values_mut() {
-            entry.batches.retain(|b| b.base_offset < offset);
+            if let Some(at) = entry.undo.iter().position(|(marker, _)| *marker >= offset) {
+                entry.state = entry.undo[at].1.clone();
+                entry.undo.truncate(at);
+            }
+            let state = &mut entry.state;
+            state.batches.retain(|b| b.base_offset < offset);
+            if state.txn_first_offset.is_some_and(|f| f >= offset) {
+                state.txn_first_offset = None;
+            }
         }
-        self.entries.retain(|_, e| !e.batches.is_empty());
+        self.entries.retain(|_, e| e.state.worth_keeping());
     }
 
     /// What was known of producers as of `offset` (their batches below it), encoded for a
@@ -192,16 +437,15 @@ impl ProducerStates {
         let mut below = self.clone();
         below.truncate(offset);
         let mut out = bytes::BytesMut::new();
+        out.put_u32(STATES_MAGIC);
         out.put_u32(below.entries.len() as u32);
         for (id, entry) in &below.entries {
             out.put_i64(*id);
-            out.put_i16(entry.epoch);
-            out.put_i64(entry.last_timestamp_ms);
-            out.put_u8(entry.batches.len() as u8);
-            for b in &entry.batches {
-                out.put_i32(b.first_sequence);
-                out.put_i32(b.last_sequence);
-                out.put_i64(b.base_offset);
+            encode_state(&mut out, &entry.state);
+            out.put_u8(entry.undo.len() as u8);
+            for (marker, state) in &entry.undo {
+                out.put_i64(*marker);
+                encode_state(&mut out, state);
             }
         }
         out.freeze()
@@ -211,50 +455,46 @@ impl ProducerStates {
     /// sense (every count is checked against what remains first).
     pub fn decode(mut buf: bytes::Bytes) -> Option<ProducerStates> {
         use bytes::Buf;
-        const ENTRY_BYTES: usize = 8 + 2 + 8 + 1;
-        const BATCH_BYTES: usize = 4 + 4 + 8;
-        if buf.remaining() < 4 {
+        if buf.remaining() < 8 || buf.get_u32() != STATES_MAGIC {
             return None;
         }
         let count = buf.get_u32() as usize;
-        if count > buf.remaining() / ENTRY_BYTES {
+        if count > buf.remaining() / (8 + STATE_BYTES_MIN + 1) {
             return None;
         }
         let mut states = ProducerStates::default();
         for _ in 0..count {
-            if buf.remaining() < ENTRY_BYTES {
+            if buf.remaining() < 8 {
                 return None;
             }
             let id = buf.get_i64();
-            let epoch = buf.get_i16();
-            let last_timestamp_ms = buf.get_i64();
-            let batches = buf.get_u8() as usize;
-            if batches > BATCHES_KEPT || buf.remaining() < batches * BATCH_BYTES {
+            let state = decode_state(&mut buf)?;
+            if buf.remaining() < 1 {
                 return None;
             }
-            let batches = (0..batches)
-                .map(|_| KeptBatch {
-                    first_sequence: buf.get_i32(),
-                    last_sequence: buf.get_i32(),
-                    base_offset: buf.get_i64(),
-                })
-                .collect();
-            states.entries.insert(
-                id,
-                ProducerEntry {
-                    epoch,
-                    batches,
-                    last_timestamp_ms,
-                },
-            );
+            let undone = buf.get_u8() as usize;
+            if undone > MARKERS_UNDONE_MAX {
+                return None;
+            }
+            let mut undo = VecDeque::with_capacity(undone);
+            for _ in 0..undone {
+                if buf.remaining() < 8 {
+                    return None;
+                }
+                let marker = buf.get_i64();
+                undo.push_back((marker, decode_state(&mut buf)?));
+            }
+            states.entries.insert(id, ProducerEntry { state, undo });
         }
-        Some(states)
+        buf.is_empty().then_some(states)
     }
 
-    /// Forgets producers idle for `expiry_ms` or more.
+    /// Forgets producers idle for `expiry_ms` or more (never one with a transaction open).
     pub fn expire(&mut self, now_ms: i64, expiry_ms: i64) {
-        self.entries
-            .retain(|_, e| now_ms.saturating_sub(e.last_timestamp_ms) < expiry_ms);
+        self.entries.retain(|_, e| {
+            e.state.txn_first_offset.is_some()
+                || now_ms.saturating_sub(e.state.last_timestamp_ms) < expiry_ms
+        });
     }
 
     pub fn len(&self) -> usize {
@@ -269,6 +509,54 @@ impl ProducerStates {
     pub fn max_producer_id(&self) -> Option<i64> {
         self.entries.keys().next_back().copied()
     }
+}
+
+/// Marks the encoding of [`ProducerStates::encode_below`] (its second form: transactions).
+const STATES_MAGIC: u32 = 0x4b50_5332; // "KPS2"
+const BATCH_BYTES: usize = 4 + 4 + 8;
+const STATE_BYTES_MIN: usize = 2 + 8 + 8 + 4 + 1;
+
+fn encode_state(out: &mut bytes::BytesMut, state: &ProducerState) {
+    use bytes::BufMut;
+    out.put_i16(state.epoch);
+    out.put_i64(state.last_timestamp_ms);
+    out.put_i64(state.txn_first_offset.unwrap_or(-1));
+    out.put_i32(state.coordinator_epoch);
+    out.put_u8(state.batches.len() as u8);
+    for b in &state.batches {
+        out.put_i32(b.first_sequence);
+        out.put_i32(b.last_sequence);
+        out.put_i64(b.base_offset);
+    }
+}
+
+fn decode_state(buf: &mut Bytes) -> Option<ProducerState> {
+    use bytes::Buf;
+    if buf.remaining() < STATE_BYTES_MIN {
+        return None;
+    }
+    let epoch = buf.get_i16();
+    let last_timestamp_ms = buf.get_i64();
+    let txn_first_offset = Some(buf.get_i64()).filter(|f| *f >= 0);
+    let coordinator_epoch = buf.get_i32();
+    let batches = buf.get_u8() as usize;
+    if batches > BATCHES_KEPT || buf.remaining() < batches * BATCH_BYTES {
+        return None;
+    }
+    let batches = (0..batches)
+        .map(|_| KeptBatch {
+            first_sequence: buf.get_i32(),
+            last_sequence: buf.get_i32(),
+            base_offset: buf.get_i64(),
+        })
+        .collect();
+    Some(ProducerState {
+        epoch,
+        batches,
+        last_timestamp_ms,
+        txn_first_offset,
+        coordinator_epoch,
+    })
 }
 
 #[cfg(test)]

@@ -45,6 +45,10 @@ pub(super) struct Cleaning {
     end: i64,
     /// Each key's last offset below `end` (as far as mapped).
     latest: BTreeMap<Bytes, i64>,
+    /// The aborted transactions begun below `end`, by producer: (first offset, marker).
+    /// Their records never count as a key's last (read_committed consumers never see them,
+    /// so they must not make a committed record go) and are dropped from copies.
+    aborted: BTreeMap<i64, Vec<(i64, i64)>>,
     map_bytes: usize,
     /// When a tombstone this pass keeps may go (its segment's newest batch plus
     /// `delete.retention.ms`): a pass is due then even without new data.
@@ -120,17 +124,29 @@ impl PartitionLog {
             return Ok(0);
         }
         if self.cleaning.is_none() {
-            let end = self.cleanable_end(now_ms, high_watermark);
+            // Never past an open transaction: whether its records count is not known yet.
+            let stable = self.last_stable_offset(high_watermark);
+            let end = self.cleanable_end(now_ms, stable);
             let tombstones_due = self.tombstones_due.is_some_and(|due| now_ms >= due);
             if end <= self.segments[0].base_offset || (end <= self.cleaned_to && !tombstones_due) {
                 return Ok(0);
             }
             tracing::debug!(dir = %self.dir, end, cleaned_to = self.cleaned_to, "a cleaning pass begins");
             self.tombstones_due = None;
+            let mut aborted: BTreeMap<i64, Vec<(i64, i64)>> = BTreeMap::new();
+            let mut map_bytes = 0;
+            for a in self.segments.iter().flat_map(|s| &s.aborted) {
+                if a.first_offset < end {
+                    let ranges = aborted.entry(a.producer_id).or_default();
+                    ranges.push((a.first_offset, a.last_offset));
+                    map_bytes += MAP_ENTRY_OVERHEAD_BYTES;
+                }
+            }
             self.cleaning = Some(Cleaning {
                 end,
                 latest: BTreeMap::new(),
-                map_bytes: 0,
+                aborted,
+                map_bytes,
                 tombstone_due: None,
                 planted_dropped: false,
                 phase: Phase::Mapping {
@@ -178,7 +194,7 @@ impl PartitionLog {
                 .map_err(|e| self_unreadable(&self.dir, e))?;
             let header = *batch.header();
             next_offset = header.last_offset() + 1;
-            if header.is_control() {
+            if header.is_control() || in_aborted(&cleaning.aborted, &header) {
                 continue;
             }
             let records = batch
@@ -286,6 +302,7 @@ impl PartitionLog {
         let Some(Cleaning {
             phase: Phase::Writing(copy),
             latest,
+            aborted,
             tombstone_due,
             planted_dropped,
             ..
@@ -307,7 +324,11 @@ impl PartitionLog {
                         .map_err(|e| self_unreadable(&dir, e))?;
                     let count = records.len();
                     let mut kept = Vec::with_capacity(count);
+                    let aborted = in_aborted(aborted, &header);
                     for record in records {
+                        if aborted {
+                            continue;
+                        }
                         let offset = header.base_offset + i64::from(record.offset_delta);
                         let newest = match &record.key {
                             None => true,
@@ -417,11 +438,13 @@ impl PartitionLog {
                 let old = &self.segments[at];
                 disk.rename(&copy.written.name, &old.name)?;
                 tracing::debug!(dir = %self.dir, base, removed = copy.removed_records, from = old.size_bytes, to = copy.written.size_bytes, "a segment cleaned");
-                let (old_file, name, markers) = (old.file, old.name.clone(), old.markers.clone());
+                let (old_file, name) = (old.file, old.name.clone());
+                let (markers, aborted) = (old.markers.clone(), old.aborted.clone());
                 self.dirty_files.retain(|f| *f != old_file);
                 let mut cleaned = copy.written;
                 cleaned.name = name;
                 cleaned.markers = markers;
+                cleaned.aborted = aborted;
                 self.segments[at] = cleaned;
                 self.dir_dirty = true;
                 self.summaries_due.push((base, false));
@@ -446,6 +469,14 @@ impl PartitionLog {
 }
 
 /// A batch the cleaner read (verified by the read) that does not decode: the log is damaged.
+/// Whether a transactional batch belongs to an aborted transaction.
+fn in_aborted(aborted: &BTreeMap<i64, Vec<(i64, i64)>>, header: &BatchHeader) -> bool {
+    header.is_transactional()
+        && (aborted.get(&header.producer_id)).is_some_and(|ranges| {
+            (ranges.iter()).any(|(first, last)| (*first..=*last).contains(&header.base_offset))
+        })
+}
+
 fn self_unreadable(dir: &str, e: impl std::fmt::Display) -> LogError {
     LogError::Unreadable {
         file: dir.to_string(),

@@ -17,14 +17,15 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::IndexEntry;
-use crate::producers::ProducerStates;
+use crate::producers::{AbortedTxn, ProducerStates};
 
 pub(super) const SUMMARY_SUFFIX: &str = ".summary";
 pub(super) const PRODUCER_CHECKPOINT_FILE: &str = "producer-checkpoint";
 
 const SUMMARY_MAGIC: u32 = 0x4b53_554d; // "KSUM"
 const CHECKPOINT_MAGIC: u32 = 0x4b50_434b; // "KPCK"
-const VERSION: u16 = 0;
+/// 1: summaries list the segment's aborted transactions; checkpoints hold open ones.
+const VERSION: u16 = 1;
 
 /// A closed segment, as recovery would find it by reading it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +44,8 @@ pub(super) struct Summary {
     pub epochs: Vec<(i32, i64)>,
     /// DeleteRecords markers: (offset, the start it names).
     pub markers: Vec<(i64, i64)>,
+    /// Aborted transactions whose markers lie in the segment.
+    pub aborted: Vec<AbortedTxn>,
     pub index: Vec<IndexEntry>,
 }
 
@@ -68,6 +71,13 @@ impl Summary {
         for (offset, start) in &self.markers {
             out.put_i64(*offset);
             out.put_i64(*start);
+        }
+        out.put_u32(self.aborted.len() as u32);
+        for a in &self.aborted {
+            out.put_i64(a.producer_id);
+            out.put_i64(a.first_offset);
+            out.put_i64(a.last_offset);
+            out.put_i64(a.last_stable_offset);
         }
         out.put_u32(self.index.len() as u32);
         for entry in &self.index {
@@ -103,6 +113,7 @@ impl Summary {
             last_batch_id: buf.get_u32(),
             epochs: Vec::new(),
             markers: Vec::new(),
+            aborted: Vec::new(),
             index: Vec::new(),
         };
         let count = buf.get_u32() as usize;
@@ -112,6 +123,17 @@ impl Summary {
         let count = buf.get_u32() as usize;
         need(buf, count.checked_mul(16)?)?;
         summary.markers = (0..count).map(|_| (buf.get_i64(), buf.get_i64())).collect();
+        need(buf, 4)?;
+        let count = buf.get_u32() as usize;
+        need(buf, count.checked_mul(32)?)?;
+        summary.aborted = (0..count)
+            .map(|_| AbortedTxn {
+                producer_id: buf.get_i64(),
+                first_offset: buf.get_i64(),
+                last_offset: buf.get_i64(),
+                last_stable_offset: buf.get_i64(),
+            })
+            .collect();
         need(buf, 4)?;
         let count = buf.get_u32() as usize;
         need(buf, count.checked_mul(24)?)?;
@@ -186,6 +208,12 @@ mod tests {
             last_batch_id: 0x1234_5678,
             epochs: vec![(3, 100), (4, 180)],
             markers: vec![(190, 150)],
+            aborted: vec![AbortedTxn {
+                producer_id: 9,
+                first_offset: 120,
+                last_offset: 200,
+                last_stable_offset: 150,
+            }],
             index: vec![
                 IndexEntry {
                     base_offset: 100,

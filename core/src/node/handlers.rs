@@ -34,6 +34,9 @@ pub(super) const CLUSTER_OPERATIONS_ALL: i32 = (1 << 5)
     | (1 << 13)
     | (1 << 14);
 
+/// The isolation level of a consumer that reads only committed transactions.
+const READ_COMMITTED: i8 = 1;
+
 /// ListOffsets special timestamps.
 const LATEST_TIMESTAMP: i64 = -1;
 const EARLIEST_TIMESTAMP: i64 = -2;
@@ -109,13 +112,6 @@ fn validate_records(
             return Err((
                 codes::INVALID_RECORD,
                 "control batches are written by the broker only".into(),
-            )
-                .into());
-        }
-        if batch.header().is_transactional() {
-            return Err((
-                codes::INVALID_TXN_STATE,
-                "transactions are not supported yet".into(),
             )
                 .into());
         }
@@ -733,9 +729,11 @@ impl<D: Disk> Node<D> {
                     }
                     Err(code) => data.error_code = code,
                     Ok((log, high_watermark, _)) => {
+                        let last_stable_offset = log.last_stable_offset(high_watermark);
                         data.high_watermark = high_watermark;
-                        data.last_stable_offset = high_watermark;
+                        data.last_stable_offset = last_stable_offset;
                         data.log_start_offset = log.log_start_offset();
+                        let read_committed = request.isolation_level == READ_COMMITTED;
                         {
                             let max_bytes = (p.partition_max_bytes.max(0) as usize).min(bytes_left);
                             // KIP-74: the first partition with data returns at least one batch.
@@ -744,9 +742,32 @@ impl<D: Disk> Node<D> {
                                 == Some(PlantedBug::FetchPastHighWatermark)
                             {
                                 log.log_end_offset()
+                            } else if read_committed {
+                                last_stable_offset
                             } else {
                                 high_watermark
                             };
+                            let mut upper_offset = upper_offset;
+                            if read_committed && version >= 4 {
+                                // The aborted transactions among what is served: the client
+                                // drops their records. Past the most one answer lists, the
+                                // read stops where the first one left out begins.
+                                let (aborted, cut) = log.aborted_txns(
+                                    p.fetch_offset,
+                                    upper_offset,
+                                    limits::FETCH_ABORTED_TXNS_MAX,
+                                );
+                                upper_offset = cut.unwrap_or(upper_offset);
+                                data.aborted_transactions = Some(
+                                    (aborted.into_iter())
+                                        .map(|a| AbortedTransaction {
+                                            producer_id: a.producer_id,
+                                            first_offset: a.first_offset,
+                                            ..Default::default()
+                                        })
+                                        .collect(),
+                                );
+                            }
                             match log.read(
                                 &mut self.disk,
                                 p.fetch_offset,
@@ -849,6 +870,10 @@ impl<D: Disk> Node<D> {
                             codes::KAFKA_STORAGE_ERROR
                         };
                         let found: Result<Option<(i64, i64)>, i16> = match p.timestamp {
+                            // read_committed reads up to the last stable offset.
+                            LATEST_TIMESTAMP if request.isolation_level == READ_COMMITTED => {
+                                Ok(Some((log.last_stable_offset(high_watermark), -1)))
+                            }
                             LATEST_TIMESTAMP => Ok(Some((high_watermark, -1))),
                             EARLIEST_TIMESTAMP => Ok(Some((log.log_start_offset(), -1))),
                             MAX_TIMESTAMP if version >= 7 => match log.max_timestamp() {
