@@ -164,3 +164,11 @@ pub const CLEANER_STEP_BYTES_MAX: usize = 1024 * 1024;
 /// tiny aborted ones must not make an unbounded answer. Past it the read stops where the
 /// first transaction left out begins; the client fetches again from there.
 pub const FETCH_ABORTED_TXNS_MAX: usize = 10_000;
+
+/// Transactional ids one `__transaction_state` partition holds: each is kept in memory by its
+/// coordinator and replayed at every load. Past it a new id gets COORDINATOR_NOT_AVAILABLE.
+pub const TRANSACTIONAL_IDS_PER_PARTITION_MAX: usize = 100_000;
+
+/// Partitions one transaction may span: each is kept in its record (written at every step
+/// of the transaction) and gets a marker at its end. Past it: INVALID_REQUEST.
+pub const TXN_PARTITIONS_MAX: usize = 10_000;

@@ -30,6 +30,7 @@
 pub mod consumer;
 mod group;
 pub mod records;
+pub mod txn;
 
 use std::collections::{BTreeMap, VecDeque};
 
