@@ -80,6 +80,11 @@ pub const REPLICA_FETCH_MAX_BYTES: usize = 1024 * 1024;
 /// controller before it is written.
 pub const PEER_PROPOSALS_PER_FRAME_MAX: usize = 10_000;
 
+/// Calls (Kafka requests and responses between nodes: transaction markers, transaction
+/// checks) in one peer frame, at most: a node sends at most one marker request per
+/// transaction and partition leader per step, and each is answered once.
+pub const PEER_CALLS_PER_FRAME_MAX: usize = 100_000;
+
 /// Frames queued in the adapter for one peer's link before new ones are dropped: each is at
 /// most a replication answer's size, so this bounds what a slow peer costs; a dropped frame
 /// is a gap in the link's numbers, which the receiver recovers from (its groups fetch again).

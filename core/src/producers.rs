@@ -319,6 +319,22 @@ impl ProducerStates {
         Ok(())
     }
 
+    /// Checks a coordinator's transactional write for producer `producer_id` at
+    /// `producer_epoch` (offsets committed in its transaction): an older epoch than the
+    /// partition knows is a zombie's.
+    pub fn check_epoch(&self, producer_id: i64, producer_epoch: i16) -> Result<(), (i16, String)> {
+        match self.entries.get(&producer_id) {
+            Some(e) if producer_epoch < e.state.epoch => Err((
+                codes::PRODUCER_FENCED,
+                format!(
+                    "producer {producer_id} epoch {producer_epoch} is older than its current epoch {}",
+                    e.state.epoch
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Remembers a batch now in the log (stamped with its base offset), seen at `seen_ms`:
     /// the time of its append, or on recovery its max timestamp. A producer whose entry had
     /// expired by then starts over with nothing of its past: `check` treated it as unknown,
@@ -753,5 +769,91 @@ mod snapshot_tests {
         }
         let lying = bytes::Bytes::from_static(&[0xff, 0xff, 0xff, 0xff]);
         assert!(ProducerStates::decode(lying).is_none());
+    }
+}
+
+#[cfg(test)]
+mod txn_tests {
+    use super::*;
+
+    fn data(id: i64, epoch: i16, first: i32, base_offset: i64) -> BatchHeader {
+        BatchHeader {
+            base_offset,
+            batch_length: 100,
+            partition_leader_epoch: 0,
+            magic: 2,
+            crc: 0,
+            attributes: 0x10,
+            last_offset_delta: 0,
+            base_timestamp: 1_000,
+            max_timestamp: 1_000,
+            producer_id: id,
+            producer_epoch: epoch,
+            base_sequence: first,
+            records_count: 1,
+        }
+    }
+
+    #[test]
+    fn a_marker_batch_parses_back() {
+        let marker = TxnMarker {
+            commit: true,
+            coordinator_epoch: 7,
+        };
+        let batch = RecordBatch::parse(txn_marker_batch(5, 2, marker, 1_000)).expect("parses");
+        assert_eq!(txn_marker_of(&batch), Some(marker));
+        assert!(batch.header().is_control() && batch.header().is_transactional());
+    }
+
+    /// A transaction opens with its first batch, ends with its marker, and a truncation of
+    /// the marker opens it again; the last stable offset follows.
+    #[test]
+    fn markers_end_transactions_and_truncation_undoes_them() {
+        let mut states = ProducerStates::default();
+        states.record(&data(1, 0, 0, 10), 1_000, 60_000);
+        states.record(&data(2, 0, 0, 12), 1_000, 60_000);
+        states.record(&data(1, 0, 1, 14), 1_000, 60_000);
+        assert_eq!(states.first_unstable_offset(), Some(10));
+        let mut marker = data(1, 1, -1, 20);
+        marker.attributes = 0x30;
+        let abort = TxnMarker {
+            commit: false,
+            coordinator_epoch: 3,
+        };
+        assert_eq!(states.end_txn(&marker, abort, 1_000), Some((10, true)));
+        assert_eq!(states.first_unstable_offset(), Some(12));
+        // The marker bumped the epoch: the old epoch is fenced, the new starts at 0.
+        assert_eq!(
+            states
+                .check(&data(1, 0, 2, -1), 2_000, 60_000)
+                .map_err(|e| e.0),
+            Err(codes::INVALID_PRODUCER_EPOCH)
+        );
+        assert_eq!(
+            states
+                .check(&data(1, 1, 2, -1), 2_000, 60_000)
+                .map_err(|e| e.0),
+            Err(codes::OUT_OF_ORDER_SEQUENCE_NUMBER)
+        );
+        assert_eq!(
+            states.check(&data(1, 1, 0, -1), 2_000, 60_000),
+            Ok(Verdict::Append)
+        );
+        assert_eq!(
+            states.check_marker(1, 1, 2).map_err(|e| e.0),
+            Err(codes::TRANSACTION_COORDINATOR_FENCED)
+        );
+        let encoded = ProducerStates::decode(states.encode_below(i64::MAX)).expect("decodes");
+        assert_eq!(encoded, states);
+        states.truncate(20);
+        assert_eq!(states.first_unstable_offset(), Some(10));
+        assert_eq!(
+            states.check(&data(1, 0, 2, -1), 2_000, 60_000),
+            Ok(Verdict::Append)
+        );
+        states.truncate(11);
+        assert_eq!(states.first_unstable_offset(), Some(10));
+        states.truncate(10);
+        assert_eq!(states.first_unstable_offset(), None);
     }
 }

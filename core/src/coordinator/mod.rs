@@ -98,7 +98,16 @@ struct Write {
     /// The log end once appended (the high watermark must reach it).
     end_offset: Option<i64>,
     answers: Vec<(ReplyTo, Response)>,
+    /// The producer (id, epoch) of a transactional offset commit: its records go in a
+    /// transactional batch and count only once a commit marker follows them.
+    txn: Option<(i64, i16)>,
+    /// A transaction marker the partition's leader appended: (producer id, commit), applied
+    /// when it commits.
+    marker: Option<(i64, bool)>,
 }
+
+/// A write to append: its id, records, and the producer of a transactional one.
+pub type WriteOut = (u64, Records, Option<(i64, i16)>);
 
 /// The client a request came from, as Kafka records it for members.
 #[derive(Debug, Clone, Default)]
@@ -124,6 +133,9 @@ pub struct Coordinator {
     answers: Vec<(ReplyTo, Response)>,
     /// When empty groups' offsets are next checked for expiry.
     next_expiry_ms: u64,
+    /// Offsets committed in transactions still open, by producer id: they count once the
+    /// producer's commit marker commits, and go with its abort marker.
+    pending_txn: BTreeMap<i64, Records>,
 }
 
 /// How often empty groups are looked at for expired offsets
@@ -143,6 +155,7 @@ impl Coordinator {
             next_write_id: 0,
             answers: Vec::new(),
             next_expiry_ms: 0,
+            pending_txn: BTreeMap::new(),
         }
     }
 
@@ -249,11 +262,77 @@ impl Coordinator {
     }
 
     /// Records waiting to be appended, each with its write id, in the order they must go.
-    pub fn take_writes(&mut self) -> Vec<(u64, Records)> {
+    pub fn take_writes(&mut self) -> Vec<WriteOut> {
         (self.writes.iter_mut())
             .filter(|w| w.end_offset.is_none() && !w.records.is_empty())
-            .map(|w| (w.id, std::mem::take(&mut w.records)))
+            .map(|w| (w.id, std::mem::take(&mut w.records), w.txn))
             .collect()
+    }
+
+    /// A write could not be appended for a reason of its own (a fenced producer's
+    /// transactional commit): its answers carry `code`, and nothing of it applies.
+    pub fn refuse_write(&mut self, id: u64, code: i16) {
+        if let Some(at) = self.writes.iter().position(|w| w.id == id) {
+            let write = self.writes.remove(at).expect("found");
+            for (to, mut response) in write.answers {
+                refuse(&mut response, code);
+                self.answers.push((to, response));
+            }
+        }
+    }
+
+    /// The partition's leader appended a transaction marker for producer `producer_id`,
+    /// ending at `end_offset`: the producer's pending offsets apply (commit) or go (abort)
+    /// when it commits, in log order with this coordinator's own writes.
+    pub fn marker_appended(&mut self, producer_id: i64, commit: bool, end_offset: i64) {
+        let at = (self.writes.iter())
+            .position(|w| w.end_offset.is_none())
+            .unwrap_or(self.writes.len());
+        let id = self.next_write_id;
+        self.next_write_id += 1;
+        self.writes.insert(
+            at,
+            Write {
+                id,
+                records: Vec::new(),
+                end_offset: Some(end_offset),
+                answers: Vec::new(),
+                txn: None,
+                marker: Some((producer_id, commit)),
+            },
+        );
+    }
+
+    /// A transactional offset commit of `producer_id` in the log (the load, or a write of
+    /// ours that committed): pending until its marker.
+    pub fn replay_txn(&mut self, producer_id: i64, key: Bytes, value: Option<Bytes>) {
+        self.pending_txn
+            .entry(producer_id)
+            .or_default()
+            .push((key, value));
+    }
+
+    /// A transaction marker of `producer_id` in the committed log: its pending offsets apply
+    /// or go.
+    pub fn apply_marker(&mut self, now_ms: u64, producer_id: i64, commit: bool) {
+        let Some(records) = self.pending_txn.remove(&producer_id) else {
+            return;
+        };
+        if commit {
+            for (key, value) in records {
+                self.replay(now_ms, Some(key), value, false);
+            }
+        }
+    }
+
+    /// Whether a transaction still open holds an offset of `group` for (`topic`,
+    /// `partition`): a consumer that asks for stable offsets waits (UNSTABLE_OFFSET_COMMIT).
+    pub fn unstable_offset(&self, group: &str, topic: &str, partition: i32) -> bool {
+        (self.pending_txn.values().flatten()).any(|(key, _)| {
+            matches!(records::decode_key(key.clone()),
+                Ok(Key::Offset { group: g, topic: t, partition: p })
+                    if g == group && t == topic && p == partition)
+        })
     }
 
     /// A write was appended: it commits once the high watermark reaches `end_offset`.
@@ -273,8 +352,14 @@ impl Coordinator {
                 _ => break,
             }
             let write = self.writes.pop_front().expect("looked at");
+            if let Some((producer_id, commit)) = write.marker {
+                self.apply_marker(now_ms, producer_id, commit);
+            }
             for (key, value) in write.records {
-                self.replay(now_ms, Some(key), value, true);
+                match write.txn {
+                    Some((producer_id, _)) => self.replay_txn(producer_id, key, value),
+                    None => self.replay(now_ms, Some(key), value, true),
+                }
             }
             for group in self.groups.values_mut() {
                 if group.assignment_write == Some(write.id) {
@@ -422,6 +507,8 @@ impl Coordinator {
             records,
             end_offset: None,
             answers,
+            txn: None,
+            marker: None,
         });
         id
     }
@@ -811,6 +898,101 @@ impl Coordinator {
         None
     }
 
+    /// TxnOffsetCommit: offsets committed in producer `producer_id`'s transaction, written in
+    /// a transactional batch (the partition's producer state fences an older epoch) and
+    /// counted only once the transaction's commit marker commits. `None`: answered once the
+    /// write commits.
+    pub fn txn_commit(
+        &mut self,
+        now_ms: u64,
+        to: ReplyTo,
+        request: &TxnOffsetCommitRequest,
+        known: impl Fn(&str, i32) -> bool,
+    ) -> Option<TxnOffsetCommitResponse> {
+        use crate::protocol::messages::txn_offset_commit_response::*;
+        let as_commit = OffsetCommitRequest {
+            group_id: request.group_id.clone(),
+            generation_id_or_member_epoch: request.generation_id,
+            member_id: request.member_id.clone(),
+            group_instance_id: request.group_instance_id.clone(),
+            ..Default::default()
+        };
+        let group_code = self.commit_allowed(now_ms, &as_commit);
+        let mut records = Vec::new();
+        let mut topics = Vec::new();
+        for topic in &request.topics {
+            let mut partitions = Vec::new();
+            for p in &topic.partitions {
+                let metadata = p.committed_metadata.clone().unwrap_or_default();
+                let error_code = if group_code != codes::NONE {
+                    group_code
+                } else if !known(&topic.name, p.partition_index) {
+                    codes::UNKNOWN_TOPIC_OR_PARTITION
+                } else if metadata.len() > limits::OFFSET_METADATA_MAX_BYTES {
+                    codes::OFFSET_METADATA_TOO_LARGE
+                } else {
+                    let key = Key::Offset {
+                        group: request.group_id.clone(),
+                        topic: topic.name.clone(),
+                        partition: p.partition_index,
+                    };
+                    let value = OffsetValue {
+                        offset: p.committed_offset,
+                        leader_epoch: p.committed_leader_epoch,
+                        metadata,
+                        commit_timestamp_ms: now_ms as i64,
+                    };
+                    records.push((
+                        records::encode_key(&key),
+                        Some(records::encode_offset(&value)),
+                    ));
+                    codes::NONE
+                };
+                partitions.push(TxnOffsetCommitResponsePartition {
+                    partition_index: p.partition_index,
+                    error_code,
+                    ..Default::default()
+                });
+            }
+            topics.push(TxnOffsetCommitResponseTopic {
+                name: topic.name.clone(),
+                partitions,
+                ..Default::default()
+            });
+        }
+        let mut response = TxnOffsetCommitResponse {
+            topics,
+            ..Default::default()
+        };
+        if records.is_empty() {
+            return Some(response);
+        }
+        let size: usize = (records.iter())
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.len()))
+            .sum();
+        if size > limits::GROUP_WRITE_MAX_BYTES {
+            for p in (response.topics.iter_mut()).flat_map(|t| t.partitions.iter_mut()) {
+                if p.error_code == codes::NONE {
+                    p.error_code = codes::INVALID_COMMIT_OFFSET_SIZE;
+                }
+            }
+            return Some(response);
+        }
+        if !self.groups.contains_key(&request.group_id)
+            && !self.consumer_groups.contains_key(&request.group_id)
+        {
+            self.groups.insert(
+                request.group_id.clone(),
+                Group::new(&request.group_id, now_ms),
+            );
+        }
+        let id = self.write(records, vec![(to, Response::TxnOffsetCommit(response))]);
+        if let Some(write) = self.writes.iter_mut().find(|w| w.id == id) {
+            write.txn = Some((request.producer_id, request.producer_epoch));
+        }
+        None
+    }
+
     /// Whether a commit may go in: Kafka's checks, in Kafka's order.
     fn commit_allowed(&mut self, now_ms: u64, request: &OffsetCommitRequest) -> i16 {
         if request.group_id.is_empty() {
@@ -1040,6 +1222,13 @@ pub fn refuse(response: &mut Response, code: i16) {
         }
         Response::LeaveGroup(r) => r.error_code = code,
         Response::OffsetCommit(r) => {
+            for p in r.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
+                if p.error_code == codes::NONE {
+                    p.error_code = code;
+                }
+            }
+        }
+        Response::TxnOffsetCommit(r) => {
             for p in r.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
                 if p.error_code == codes::NONE {
                     p.error_code = code;

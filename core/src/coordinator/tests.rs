@@ -41,7 +41,7 @@ impl Harness {
 
     /// Appends and commits every write: the answers they held come out.
     fn commit_all(&mut self) -> Vec<(ReplyTo, Response)> {
-        for (id, records) in self.c.take_writes() {
+        for (id, records, _) in self.c.take_writes() {
             self.log.extend(records.iter().cloned());
             let end = self.log.len() as i64;
             self.c.appended(id, end, records);

@@ -63,6 +63,9 @@ pub struct TxnConfig {
     /// The planted bug `no-epoch-bump`: EndTxn v5 answers the epoch it was given, and markers
     /// carry it, so nothing fences the transaction's late writes.
     pub planted_no_epoch_bump: bool,
+    /// The planted bug `marker-before-append`: EndTxn's markers go out before its prepared
+    /// state is in the committed log.
+    pub planted_marker_before_append: bool,
 }
 
 impl Default for TxnConfig {
@@ -70,6 +73,7 @@ impl Default for TxnConfig {
         TxnConfig {
             max_timeout_ms: 900_000,
             planted_no_epoch_bump: false,
+            planted_marker_before_append: false,
         }
     }
 }
@@ -728,7 +732,14 @@ impl TxnCoordinator {
                     producer_epoch: next.producer_epoch,
                     ..Default::default()
                 };
-                self.write(id, next, Vec::new());
+                if self.config.planted_marker_before_append {
+                    // The planted bug: the outcome acts before its record is durable.
+                    self.txns.insert(id.to_string(), next.clone());
+                    self.write(id, next, Vec::new());
+                    self.begin_markers(id, now_ms);
+                } else {
+                    self.write(id, next, Vec::new());
+                }
                 (self.ending.entry(id.to_string()).or_default())
                     .push((to, Response::EndTxn(response)));
                 None

@@ -26,6 +26,7 @@ pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
 /// FindCoordinator's key types.
 const KEY_TYPE_GROUP: i8 = 0;
+const KEY_TYPE_TRANSACTION: i8 = 1;
 
 /// Bytes read at a time while a coordinator loads its partition.
 const LOAD_READ_BYTES: usize = 1024 * 1024;
@@ -129,10 +130,23 @@ impl<D: Disk> Node<D> {
         };
         let mut found = Vec::with_capacity(keys.len());
         for key in keys {
-            let (error_code, message, node) = if request.key_type != KEY_TYPE_GROUP {
+            let (error_code, message, node) = if request.key_type == KEY_TYPE_TRANSACTION {
+                if key.is_empty() {
+                    (
+                        codes::INVALID_REQUEST,
+                        Some("empty transactional id".into()),
+                        None,
+                    )
+                } else {
+                    match self.txn_coordinator_node(now, &key) {
+                        Some(node) => (codes::NONE, None, Some(node)),
+                        None => (codes::COORDINATOR_NOT_AVAILABLE, None, None),
+                    }
+                }
+            } else if request.key_type != KEY_TYPE_GROUP {
                 (
                     codes::INVALID_REQUEST,
-                    Some("transactions are not supported yet".to_string()),
+                    Some(format!("key type {} is not served", request.key_type)),
                     None,
                 )
             } else if key.is_empty() {
@@ -219,6 +233,7 @@ impl<D: Disk> Node<D> {
                 Request::Heartbeat(_) => Response::Heartbeat(Default::default()),
                 Request::LeaveGroup(_) => Response::LeaveGroup(Default::default()),
                 Request::OffsetCommit(r) => Response::OffsetCommit(commit_refused(r)),
+                Request::TxnOffsetCommit(r) => Response::TxnOffsetCommit(txn_commit_refused(r)),
                 Request::OffsetDelete(_) => Response::OffsetDelete(Default::default()),
                 Request::ConsumerGroupHeartbeat(r) => {
                     Response::ConsumerGroupHeartbeat(ConsumerGroupHeartbeatResponse {
@@ -238,6 +253,7 @@ impl<D: Disk> Node<D> {
             Request::Heartbeat(r) => &r.group_id,
             Request::LeaveGroup(r) => &r.group_id,
             Request::OffsetCommit(r) => &r.group_id,
+            Request::TxnOffsetCommit(r) => &r.group_id,
             Request::ConsumerGroupHeartbeat(r) => &r.group_id,
             Request::OffsetDelete(r) => &r.group_id,
             _ => return None,
@@ -289,6 +305,15 @@ impl<D: Disk> Node<D> {
                     .commit(now_ms, to, r, known)
                     .map(Response::OffsetCommit)
             }
+            Request::TxnOffsetCommit(r) => {
+                let known = |topic: &str, partition: i32| {
+                    (image.topic(topic))
+                        .is_some_and(|t| partition >= 0 && (partition as usize) < t.replicas.len())
+                };
+                coordinator
+                    .txn_commit(now_ms, to, r, known)
+                    .map(Response::TxnOffsetCommit)
+            }
             _ => None,
         };
         answer
@@ -309,8 +334,11 @@ impl<D: Disk> Node<D> {
                             .map(|t| (t.name.clone(), t.partition_indexes.clone()))
                             .collect::<Vec<_>>()
                     });
-                    let (error_code, found) =
-                        self.fetch_group_offsets(&g.group_id, asked.as_deref());
+                    let (error_code, found) = self.fetch_group_offsets(
+                        &g.group_id,
+                        asked.as_deref(),
+                        request.require_stable,
+                    );
                     OffsetFetchResponseGroup {
                         group_id: g.group_id.clone(),
                         error_code,
@@ -318,12 +346,13 @@ impl<D: Disk> Node<D> {
                             .map(|(name, partitions)| OffsetFetchResponseTopics {
                                 name,
                                 partitions: (partitions.into_iter())
-                                    .map(|(partition_index, offset, epoch, metadata)| {
+                                    .map(|(partition_index, offset, epoch, metadata, code)| {
                                         OffsetFetchResponsePartitions {
                                             partition_index,
                                             committed_offset: offset,
                                             committed_leader_epoch: epoch,
                                             metadata: Some(metadata),
+                                            error_code: code,
                                             ..Default::default()
                                         }
                                     })
@@ -345,7 +374,11 @@ impl<D: Disk> Node<D> {
                 .map(|t| (t.name.clone(), t.partition_indexes.clone()))
                 .collect::<Vec<_>>()
         });
-        let (error_code, found) = self.fetch_group_offsets(&request.group_id, asked.as_deref());
+        let (error_code, found) = self.fetch_group_offsets(
+            &request.group_id,
+            asked.as_deref(),
+            version >= 7 && request.require_stable,
+        );
         // v1 has no request-level error: it goes on every partition asked for.
         let partition_code = if version < 2 { error_code } else { codes::NONE };
         let topics = match (&asked, error_code) {
@@ -355,7 +388,7 @@ impl<D: Disk> Node<D> {
                         name.clone(),
                         partitions
                             .iter()
-                            .map(|p| (*p, -1, -1, String::new()))
+                            .map(|p| (*p, -1, -1, String::new(), 0))
                             .collect(),
                     )
                 })
@@ -368,13 +401,17 @@ impl<D: Disk> Node<D> {
                 .map(|(name, partitions)| OffsetFetchResponseTopic {
                     name,
                     partitions: (partitions.into_iter())
-                        .map(|(partition_index, offset, epoch, metadata)| {
+                        .map(|(partition_index, offset, epoch, metadata, code)| {
                             OffsetFetchResponsePartition {
                                 partition_index,
                                 committed_offset: offset,
                                 committed_leader_epoch: epoch,
                                 metadata: Some(metadata),
-                                error_code: partition_code,
+                                error_code: if code != codes::NONE {
+                                    code
+                                } else {
+                                    partition_code
+                                },
                                 ..Default::default()
                             }
                         })
@@ -393,7 +430,8 @@ impl<D: Disk> Node<D> {
         &self,
         group: &str,
         asked: Option<&[(String, Vec<i32>)]>,
-    ) -> (i16, Vec<(String, Vec<(i32, i64, i32, String)>)>) {
+        require_stable: bool,
+    ) -> (i16, Vec<(String, Vec<(i32, i64, i32, String, i16)>)>) {
         let partition = match self.route(group) {
             Route::Here(p) => p,
             Route::Refused(code) => return (code, Vec::new()),
@@ -402,9 +440,16 @@ impl<D: Disk> Node<D> {
         let found = (coordinator.fetch_offsets(group, asked).into_iter())
             .map(|(topic, partitions)| {
                 let partitions = (partitions.into_iter())
-                    .map(|(p, value)| match value {
-                        Some(v) => (p, v.offset, v.leader_epoch, v.metadata.clone()),
-                        None => (p, -1, -1, String::new()),
+                    .map(|(p, value)| {
+                        if require_stable && coordinator.unstable_offset(group, &topic, p) {
+                            // A transaction still open holds an offset of it: the consumer
+                            // asks again once it ends (KIP-447).
+                            return (p, -1, -1, String::new(), codes::UNSTABLE_OFFSET_COMMIT);
+                        }
+                        match value {
+                            Some(v) => (p, v.offset, v.leader_epoch, v.metadata.clone(), 0),
+                            None => (p, -1, -1, String::new(), 0),
+                        }
                     })
                     .collect();
                 (topic, partitions)
@@ -681,15 +726,24 @@ impl<D: Disk> Node<D> {
                     tracing::warn!(partition, offset, "unreadable batch while loading groups");
                     return;
                 };
-                offset = batch.header().last_offset() + 1;
-                if batch.header().is_control() {
+                let header = *batch.header();
+                offset = header.last_offset() + 1;
+                if header.is_control() {
+                    if let Some(marker) = crate::producers::txn_marker_of(&batch) {
+                        coordinator.apply_marker(now_ms, header.producer_id, marker.commit);
+                    }
                     continue;
                 }
                 let Ok(batch_records) = batch.records(DECOMPRESSED_BATCH_SIZE_MAX_BYTES) else {
                     continue;
                 };
                 for r in batch_records {
-                    coordinator.replay(now_ms, r.key.clone(), r.value.clone(), false);
+                    match (header.is_transactional(), r.key.clone()) {
+                        (true, Some(key)) => {
+                            coordinator.replay_txn(header.producer_id, key, r.value.clone())
+                        }
+                        _ => coordinator.replay(now_ms, r.key.clone(), r.value.clone(), false),
+                    }
                 }
             }
         }
@@ -721,7 +775,8 @@ impl<D: Disk> Node<D> {
             return true;
         }
         let (log_id, epoch) = (loaded.log_id, loaded.epoch);
-        for (id, recs) in writes {
+        let expiry_ms = self.config.log.producer_id_expiration_ms;
+        for (id, recs, txn) in writes {
             let news: Vec<NewRecord> = (recs.iter())
                 .map(|(key, value)| NewRecord {
                     key: Some(key.clone()),
@@ -729,10 +784,32 @@ impl<D: Disk> Node<D> {
                     ..Default::default()
                 })
                 .collect();
-            let options = BatchOptions {
+            let mut options = BatchOptions {
                 base_timestamp: now.as_millis(),
                 ..Default::default()
             };
+            if let Some((producer_id, producer_epoch)) = txn {
+                // Offsets in a transaction: the producer's epoch is checked as its data's is
+                // (a zombie's commit is fenced), and its marker decides whether they count.
+                options.producer_id = producer_id;
+                options.producer_epoch = producer_epoch;
+                options.transactional = true;
+                let fenced = (self.topics.get(OFFSETS_TOPIC, partition))
+                    .filter(|p| p.log_id == log_id)
+                    .and_then(|p| p.log.as_ref().ok())
+                    .and_then(|log| {
+                        log.producers()
+                            .check_epoch(producer_id, producer_epoch)
+                            .err()
+                    });
+                if let Some((code, message)) = fenced {
+                    tracing::info!(partition, producer_id, code, %message, "a transactional offset commit refused");
+                    if let Some(loaded) = self.coordinators.get_mut(&partition) {
+                        loaded.coordinator.refuse_write(id, code);
+                    }
+                    continue;
+                }
+            }
             let appended = record::build(&news, &options)
                 .map_err(|e| e.to_string())
                 .and_then(|bytes| RecordBatch::parse(bytes).map_err(|e| e.to_string()))
@@ -741,8 +818,14 @@ impl<D: Disk> Node<D> {
                         .filter(|p| p.log_id == log_id)
                         .ok_or_else(|| "partition gone".to_string())?;
                     let log = p.log.as_mut().map_err(|e| e.to_string())?;
-                    log.append(&mut self.disk, &batch, epoch)
-                        .map_err(|e| e.to_string())
+                    let (base, last) = log
+                        .append(&mut self.disk, &batch, epoch)
+                        .map_err(|e| e.to_string())?;
+                    let mut header = *batch.header();
+                    header.base_offset = base;
+                    log.producers_mut()
+                        .record(&header, now.as_millis(), expiry_ms);
+                    Ok((base, last))
                 });
             match appended {
                 Ok((base, last)) => {
@@ -777,7 +860,7 @@ impl<D: Disk> Node<D> {
     }
 
     /// Fills the slots of held group requests with their answers.
-    fn deliver_group_answers(&mut self, answers: Vec<(ReplyTo, Response)>) {
+    pub(super) fn deliver_group_answers(&mut self, answers: Vec<(ReplyTo, Response)>) {
         for (to, response) in answers {
             let Some(conn) = self.conns.get_mut(&to.conn) else {
                 continue;
@@ -836,7 +919,7 @@ impl<D: Disk> Node<D> {
 
     /// Produces to the internal topic are refused (only coordinators write it).
     pub(super) fn internal_topic(topic: &str) -> bool {
-        topic == OFFSETS_TOPIC
+        topic == OFFSETS_TOPIC || topic == crate::coordinator::txn::TXN_TOPIC
     }
 
     pub(super) fn group_slot(
@@ -860,6 +943,43 @@ impl<D: Disk> Node<D> {
 /// Every group operation Kafka's ACLs name (read, delete, describe), as a bit set: what a
 /// broker without an authorizer reports.
 const GROUP_OPERATIONS_ALL: i32 = (1 << 3) | (1 << 6) | (1 << 8);
+
+/// A transaction marker was appended to offsets partition `partition`: its coordinator
+/// applies it when it commits.
+impl<D: Disk> Node<D> {
+    pub(super) fn group_marker_appended(
+        &mut self,
+        partition: i32,
+        producer_id: i64,
+        commit: bool,
+        end_offset: i64,
+    ) {
+        if let Some(loaded) = self.coordinators.get_mut(&partition) {
+            loaded
+                .coordinator
+                .marker_appended(producer_id, commit, end_offset);
+        }
+    }
+}
+
+fn txn_commit_refused(request: &TxnOffsetCommitRequest) -> TxnOffsetCommitResponse {
+    use crate::protocol::messages::txn_offset_commit_response::*;
+    TxnOffsetCommitResponse {
+        topics: (request.topics.iter())
+            .map(|t| TxnOffsetCommitResponseTopic {
+                name: t.name.clone(),
+                partitions: (t.partitions.iter())
+                    .map(|p| TxnOffsetCommitResponsePartition {
+                        partition_index: p.partition_index,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
 
 fn commit_refused(request: &OffsetCommitRequest) -> OffsetCommitResponse {
     use crate::protocol::messages::offset_commit_response::*;

@@ -23,6 +23,7 @@ pub mod metrics;
 mod producer_ids;
 pub mod replication;
 mod topics;
+mod transactions;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -164,6 +165,14 @@ pub struct Config {
     pub offsets_topic_replication_factor: i16,
     /// Consumer groups' timeouts and retention.
     pub groups: crate::coordinator::GroupConfig,
+    /// Partitions of `__transaction_state` (Kafka's `transaction.state.log.num.partitions`),
+    /// fixed when the topic is created (on the first transactional FindCoordinator).
+    pub transaction_state_partitions: i32,
+    /// Its replication factor (`transaction.state.log.replication.factor`), or every node of
+    /// a smaller cluster.
+    pub transaction_state_replication_factor: i16,
+    /// The longest transaction timeout a producer may ask for (`transaction.max.timeout.ms`).
+    pub transaction_max_timeout_ms: i32,
     /// A bug planted on purpose, so the simulator can prove its checkers catch it. Only the
     /// simulator sets it: the `keel` binary builds its config from `..Config::default()` and
     /// has no flag or key that reaches it (`tests/tests/purity.rs` checks that `net/` never
@@ -227,10 +236,17 @@ pub enum PlantedBug {
     /// The cleaner drops a key's newest record (the first it meets in each pass): compaction
     /// loses the value a compacted topic exists to keep.
     CleanerDropsNewest,
+    /// The transaction coordinator sends a transaction's markers as soon as EndTxn asks,
+    /// before its prepared state is in the committed log: a coordinator that fails over
+    /// finds the transaction open and may abort what some partitions already committed.
+    MarkerBeforeAppend,
+    /// EndTxn v5 does not bump the producer's epoch: the markers carry the transaction's own
+    /// epoch, and a late write of the transaction lands in the next one.
+    NoEpochBump,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 13] = [
+    pub const ALL: [PlantedBug; 15] = [
         PlantedBug::SkipFsync,
         PlantedBug::AckEarly,
         PlantedBug::NoDedup,
@@ -244,6 +260,8 @@ impl PlantedBug {
         PlantedBug::StaleCommit,
         PlantedBug::RetentionEarly,
         PlantedBug::CleanerDropsNewest,
+        PlantedBug::MarkerBeforeAppend,
+        PlantedBug::NoEpochBump,
     ];
 
     /// The bugs only a cluster can show (a node alone commits what it synced, votes for
@@ -273,6 +291,8 @@ impl PlantedBug {
             PlantedBug::StaleCommit => "stale-commit",
             PlantedBug::RetentionEarly => "retention-early",
             PlantedBug::CleanerDropsNewest => "cleaner-drops-newest",
+            PlantedBug::MarkerBeforeAppend => "marker-before-append",
+            PlantedBug::NoEpochBump => "no-epoch-bump",
         }
     }
 
@@ -314,6 +334,9 @@ impl Default for Config {
             offsets_topic_partitions: 50,
             offsets_topic_replication_factor: 3,
             groups: Default::default(),
+            transaction_state_partitions: 50,
+            transaction_state_replication_factor: 3,
+            transaction_max_timeout_ms: 900_000,
             planted_bug: None,
         }
     }
@@ -326,7 +349,7 @@ pub enum NodeError {
 }
 
 /// The APIs this node serves (and advertises in ApiVersions).
-pub const SERVED_APIS: [ApiKey; 28] = [
+pub const SERVED_APIS: [ApiKey; 34] = [
     ApiKey::Produce,
     ApiKey::Fetch,
     ApiKey::ListOffsets,
@@ -355,6 +378,12 @@ pub const SERVED_APIS: [ApiKey; 28] = [
     ApiKey::AlterConfigs,
     ApiKey::IncrementalAlterConfigs,
     ApiKey::DeleteRecords,
+    ApiKey::AddPartitionsToTxn,
+    ApiKey::AddOffsetsToTxn,
+    ApiKey::EndTxn,
+    ApiKey::TxnOffsetCommit,
+    ApiKey::DescribeTransactions,
+    ApiKey::ListTransactions,
 ];
 
 /// A request's place in its connection's answer queue.
@@ -780,6 +809,10 @@ pub struct Node<D: Disk> {
     counters: metrics::NodeCounters,
     /// The group coordinators of the `__consumer_offsets` partitions this node leads.
     coordinators: BTreeMap<i32, groups::Loaded>,
+    /// The transaction coordinators of the `__transaction_state` partitions it leads.
+    txn_coordinators: BTreeMap<i32, transactions::LoadedTxn>,
+    /// Kafka requests between nodes (transaction markers).
+    calls: transactions::Calls,
 }
 
 /// How long a node that is shutting down waits for its leaderships to move to other nodes.
@@ -876,6 +909,8 @@ impl<D: Disk> Node<D> {
             handover_until: None,
             counters: Default::default(),
             coordinators: BTreeMap::new(),
+            txn_coordinators: BTreeMap::new(),
+            calls: Default::default(),
         };
         if let Err(e) = node.ensure_metadata_log() {
             return Err(NodeError::Disk(match e {
@@ -1000,10 +1035,12 @@ impl<D: Disk> Node<D> {
         self.settle_replicas(now);
         self.settle_metadata(now);
         self.settle_groups(now);
+        self.settle_txns(now);
         self.expire_producers(now);
         self.apply_retention(now);
         self.clean_logs(now);
         self.complete_commit_waiters();
+        self.complete_marker_waiters();
         self.complete_parked_fetches(now, false);
         self.maybe_start_round(now, out);
         self.flush(out);
@@ -1019,7 +1056,9 @@ impl<D: Disk> Node<D> {
             self.settle_replicas(now);
             self.settle_metadata(now);
             self.settle_groups(now);
+            self.settle_txns(now);
             self.complete_commit_waiters();
+            self.complete_marker_waiters();
             self.complete_parked_fetches(now, false);
             self.maybe_start_round(now, out);
             self.flush(out);
@@ -1146,6 +1185,7 @@ impl<D: Disk> Node<D> {
             self.next_raft_deadline(),
             links,
             self.next_group_deadline(),
+            self.next_txn_deadline(),
             forwarded,
             self.next_retention,
             self.next_clean,
@@ -1176,6 +1216,7 @@ impl<D: Disk> Node<D> {
         self.flush_peers(out);
         // Groups move with the leaderships; what their coordinators hold is answered now.
         self.drop_coordinators(crate::protocol::codes::NOT_COORDINATOR);
+        self.drop_txn_coordinators(crate::protocol::codes::NOT_COORDINATOR);
         // Waiting fetches are answered now with what they have.
         self.complete_parked_fetches(now, true);
         self.maybe_start_round(now, out);
@@ -1260,6 +1301,7 @@ impl<D: Disk> Node<D> {
         }
         self.topics.check_invariants();
         self.check_coordinators();
+        self.check_txn_coordinators();
         // Every group knows which peers are down, as the node's links say: a group that took
         // a peer in touch for down would campaign against a live leader, and one that took a
         // silent peer for in touch would count a fetch it parked long ago as a quorum.
@@ -1537,6 +1579,25 @@ impl<D: Disk> Node<D> {
             Request::DescribeCluster(r) => Slot::Ready(Some(reply(Response::DescribeCluster(
                 self.describe_cluster(&r),
             ))?)),
+            request @ (Request::AddPartitionsToTxn(_)
+            | Request::AddOffsetsToTxn(_)
+            | Request::EndTxn(_)) => match self.txn_request(now, conn, slot, version, &request) {
+                Some(response) => Slot::Ready(Some(reply(response)?)),
+                None => self.group_slot(header.correlation_id, version, api_key, 1, None),
+            },
+            Request::InitProducerId(r) if r.transactional_id.is_some() => {
+                let request = Request::InitProducerId(r);
+                match self.txn_request(now, conn, slot, version, &request) {
+                    Some(response) => Slot::Ready(Some(reply(response)?)),
+                    None => self.group_slot(header.correlation_id, version, api_key, 1, None),
+                }
+            }
+            Request::DescribeTransactions(r) => Slot::Ready(Some(reply(
+                Response::DescribeTransactions(self.describe_transactions(&r)),
+            )?)),
+            Request::ListTransactions(r) => Slot::Ready(Some(reply(Response::ListTransactions(
+                self.list_transactions(&r, now),
+            ))?)),
             Request::InitProducerId(r) => {
                 let (response, wait) = self.init_producer_id(&r);
                 let response = Some(reply(Response::InitProducerId(response))?);
@@ -1593,6 +1654,7 @@ impl<D: Disk> Node<D> {
             | Request::Heartbeat(_)
             | Request::LeaveGroup(_)
             | Request::OffsetCommit(_)
+            | Request::TxnOffsetCommit(_)
             | Request::OffsetDelete(_)
             | Request::ConsumerGroupHeartbeat(_)) => {
                 let client_id = header.client_id.clone();

@@ -312,6 +312,9 @@ impl<D: Disk> Node<D> {
         if !frame.proposals.is_empty() {
             self.handle_proposals(now, from, frame.proposals);
         }
+        if !frame.calls.is_empty() {
+            self.handle_calls(now, from, frame.calls);
+        }
         for (group, message) in frame.messages {
             let log_id = (self.topics.log_id_of(&group))
                 .filter(|id| (self.topics.by_log_id(*id)).is_some_and(|p| p.replica.is_some()));
@@ -365,6 +368,11 @@ impl<D: Disk> Node<D> {
         for peer in self.heartbeats_due(now) {
             self.peer_outbox.entry(peer).or_default();
         }
+        for peer in self.calls.peers() {
+            if peer != from {
+                self.peer_outbox.entry(peer).or_default();
+            }
+        }
         for (to, messages) in std::mem::take(&mut self.peer_outbox) {
             let proposals = match controller == Some(to) {
                 true => std::mem::take(&mut forwards),
@@ -376,6 +384,7 @@ impl<D: Disk> Node<D> {
                 link: self.link_header(now, to),
                 messages,
                 proposals,
+                calls: self.calls.take_for(to),
             };
             let bytes = wire::encode(&frame);
             self.counters.peer_bytes_sent += bytes.len() as u64;

@@ -6,6 +6,7 @@
 //! frame   = size:u32 crc32c:u32 body            (size counts crc and body; crc covers body)
 //! body    = version:u8 from:i32 to:i32 link count:u32 (group message){count}
 //!           pcount:u32 (size:u32 proposal){pcount}
+//!           ccount:u32 (id:u64 reply:u8 api_key:i16 version:i16 size:u32 body){ccount}
 //! link    = session:u64 seq:u64 peer_session:u64 gaps:u64
 //! group   = topic_id:[u8;16] partition:i32
 //! message = tag:u8 fields                        (one tag per `Message` variant)
@@ -13,7 +14,10 @@
 //! ```
 //! All integers are big-endian, as in Kafka. A payload is a slice of the frame (no copy).
 //! A proposal is opaque here: bytes for the metadata quorum's leader, which the node
-//! decodes and checks (a broker forwards what it wants the controller to write).
+//! decodes and checks (a broker forwards what it wants the controller to write). A call is
+//! a Kafka request or response body between nodes (WriteTxnMarkers from a transaction
+//! coordinator to a partition's leader, AddPartitionsToTxn v4 the other way), also opaque
+//! here: the node decodes it with the Kafka codec.
 //!
 //! The link header lets each side of a node pair tell when messages between them may have
 //! been lost ([`LinkHeader`]); every frame, an empty heartbeat included, carries one.
@@ -22,11 +26,12 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::{Entry, FetchReply, Message, NodeId};
 use crate::limits::{
-    PEER_ENTRIES_PER_MESSAGE_MAX, PEER_FRAME_SIZE_MAX_BYTES, PEER_PROPOSALS_PER_FRAME_MAX,
+    PEER_CALLS_PER_FRAME_MAX, PEER_ENTRIES_PER_MESSAGE_MAX, PEER_FRAME_SIZE_MAX_BYTES,
+    PEER_PROPOSALS_PER_FRAME_MAX,
 };
 
 /// The body format this code writes and reads.
-pub const PEER_WIRE_VERSION: u8 = 4;
+pub const PEER_WIRE_VERSION: u8 = 5;
 
 /// Which Raft group a message belongs to: a partition of a topic (the metadata quorum has a
 /// group of its own, by convention the all-zero topic id and partition -1).
@@ -58,6 +63,19 @@ pub struct PeerFrame {
     pub messages: Vec<(GroupId, Message)>,
     /// Payloads for the metadata quorum's leader (opaque to Raft).
     pub proposals: Vec<Bytes>,
+    /// Kafka requests and responses between the two nodes.
+    pub calls: Vec<PeerCall>,
+}
+
+/// A Kafka request one node sends another (`reply` false), or the response to one (`reply`
+/// true, with the request's `id`): the body alone, at `version` of `api_key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCall {
+    pub id: u64,
+    pub reply: bool,
+    pub api_key: i16,
+    pub version: i16,
+    pub body: Bytes,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -95,6 +113,7 @@ const REPLY_START_AT: u8 = 3;
 /// The smallest encoding of a group and a message: counts are checked against it.
 const GROUP_AND_MESSAGE_BYTES_MIN: usize = 16 + 4 + 1 + 4;
 const ENTRY_HEADER_BYTES: usize = 4 + 8 + 8 + 4;
+const CALL_HEADER_BYTES: usize = 8 + 1 + 2 + 2 + 4;
 
 /// Encodes `frame`, size prefix and CRC included.
 pub fn encode(frame: &PeerFrame) -> Bytes {
@@ -116,6 +135,15 @@ pub fn encode(frame: &PeerFrame) -> Bytes {
     for proposal in &frame.proposals {
         body.put_u32(proposal.len() as u32);
         body.put_slice(proposal);
+    }
+    body.put_u32(frame.calls.len() as u32);
+    for call in &frame.calls {
+        body.put_u64(call.id);
+        body.put_u8(u8::from(call.reply));
+        body.put_i16(call.api_key);
+        body.put_i16(call.version);
+        body.put_u32(call.body.len() as u32);
+        body.put_slice(&call.body);
     }
     let mut out = BytesMut::with_capacity(8 + body.len());
     out.put_u32(4 + body.len() as u32);
@@ -315,6 +343,37 @@ pub fn decode(frame: Bytes) -> Result<PeerFrame, PeerWireError> {
         need(&body, size, "a proposal")?;
         proposals.push(body.split_to(size));
     }
+    need(&body, 4, "the call count")?;
+    let count = body.get_u32();
+    if count as usize > body.remaining() / CALL_HEADER_BYTES
+        || count as usize > PEER_CALLS_PER_FRAME_MAX
+    {
+        return Err(PeerWireError::Count {
+            what: "call",
+            count,
+        });
+    }
+    let mut calls = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        need(&body, CALL_HEADER_BYTES, "a call header")?;
+        let id = body.get_u64();
+        let reply = match body.get_u8() {
+            0 => false,
+            1 => true,
+            tag => return Err(PeerWireError::UnknownTag { what: "call", tag }),
+        };
+        let api_key = body.get_i16();
+        let version = body.get_i16();
+        let size = body.get_u32() as usize;
+        need(&body, size, "a call body")?;
+        calls.push(PeerCall {
+            id,
+            reply,
+            api_key,
+            version,
+            body: body.split_to(size),
+        });
+    }
     if body.has_remaining() {
         return Err(PeerWireError::Trailing(body.remaining()));
     }
@@ -324,6 +383,7 @@ pub fn decode(frame: Bytes) -> Result<PeerFrame, PeerWireError> {
         link,
         messages,
         proposals,
+        calls,
     })
 }
 
@@ -598,8 +658,17 @@ mod tests {
             prop::collection::vec((group, message()), 0..8),
             prop::collection::vec(prop::collection::vec(any::<u8>(), 0..16), 0..3),
             any::<[u64; 4]>(),
+            prop::collection::vec(
+                (
+                    any::<u64>(),
+                    any::<bool>(),
+                    any::<(i16, i16)>(),
+                    prop::collection::vec(any::<u8>(), 0..16),
+                ),
+                0..3,
+            ),
         )
-            .prop_map(|(from, to, messages, proposals, link)| PeerFrame {
+            .prop_map(|(from, to, messages, proposals, link, calls)| PeerFrame {
                 from,
                 to,
                 link: LinkHeader {
@@ -610,6 +679,15 @@ mod tests {
                 },
                 messages,
                 proposals: proposals.into_iter().map(Bytes::from).collect(),
+                calls: (calls.into_iter())
+                    .map(|(id, reply, (api_key, version), body)| PeerCall {
+                        id,
+                        reply,
+                        api_key,
+                        version,
+                        body: Bytes::from(body),
+                    })
+                    .collect(),
             })
     }
 

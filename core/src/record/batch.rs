@@ -190,7 +190,11 @@ impl RecordBatch {
             });
         }
         let producer_ok = if header.has_producer_id() {
-            header.producer_id >= 0 && header.producer_epoch >= 0 && header.base_sequence >= 0
+            // A control batch (a transaction marker) carries its producer but no sequence.
+            header.producer_id >= 0
+                && header.producer_epoch >= 0
+                && (header.base_sequence >= 0
+                    || (header.is_control() && header.base_sequence == NO_SEQUENCE))
         } else {
             header.producer_id == NO_PRODUCER_ID
         };
