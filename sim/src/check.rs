@@ -73,6 +73,15 @@ pub enum ViolationKind {
     /// its key was committed when a consumer found it gone: compaction lost a key's latest
     /// value.
     CompactedLatest,
+    /// A read_committed consumer read a record of an aborted transaction (or offsets an
+    /// aborted transaction committed were read back).
+    AbortedRead,
+    /// A transaction that committed was read in part.
+    TxnPartial,
+    /// A fenced incarnation of a transactional producer wrote or committed.
+    ZombieNotFenced,
+    /// A last stable offset past the high watermark.
+    StableOffset,
 }
 
 impl ViolationKind {
@@ -100,6 +109,10 @@ impl ViolationKind {
             ViolationKind::RemovedEarly => "removed-early",
             ViolationKind::ServedBelowStart => "served-below-start",
             ViolationKind::CompactedLatest => "compacted-latest",
+            ViolationKind::AbortedRead => "aborted-read",
+            ViolationKind::TxnPartial => "txn-partial",
+            ViolationKind::ZombieNotFenced => "zombie-not-fenced",
+            ViolationKind::StableOffset => "stable-offset",
         }
     }
 
@@ -183,6 +196,48 @@ pub struct Checker {
     key_sends: BTreeMap<(i32, u32), Vec<(u64, u64)>>,
     /// value -> when its acknowledgement came (compacted topics only).
     acked_ns: BTreeMap<u64, u64>,
+    /// The transactional workload's history (`--transactions`).
+    txns: TxnHistory,
+}
+
+/// How a transaction ended, as its producer learned it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TxnOutcome {
+    Open,
+    /// EndTxn(commit) was answered: every record of it must be read, whole.
+    Committed,
+    /// EndTxn(abort) was answered, or its producer went before asking for a commit (the
+    /// next incarnation's start or its timeout aborts it): nothing of it may be read.
+    Aborted,
+    /// A commit was asked for and no answer came: all of it or none.
+    Unknown,
+}
+
+#[derive(Debug)]
+struct TxnState {
+    values: BTreeSet<u64>,
+    outcome: TxnOutcome,
+    /// Values read by read_committed consumers.
+    seen: BTreeSet<u64>,
+    /// Offsets committed in it (its number), if any.
+    number: Option<i64>,
+    /// Its offsets were read back as committed: it committed.
+    offsets_seen: bool,
+}
+
+#[derive(Debug, Default)]
+struct TxnHistory {
+    txns: BTreeMap<u64, TxnState>,
+    /// value -> its transaction.
+    txn_of: BTreeMap<u64, u64>,
+    /// Values a fenced incarnation sent after its successor started.
+    zombie_values: BTreeSet<u64>,
+    /// (client, number) -> the transaction that committed that offset.
+    by_number: BTreeMap<(usize, i64), u64>,
+    /// client -> the highest number of its transactions acknowledged committed with offsets.
+    committed_number: BTreeMap<usize, i64>,
+    /// Values acknowledged by the partitions.
+    acked: BTreeSet<u64>,
 }
 
 /// What the simulated disk says of a partition at a restart: lasting damage struck its files,
@@ -346,6 +401,9 @@ impl Checker {
                 self.acked_ns.insert(*value, at_ns);
             }
             self.acked.insert(*value, (write.partition, offset));
+            if self.txns.txn_of.contains_key(value) {
+                self.txns.acked.insert(*value);
+            }
             self.timestamp_of.insert(*value, write.timestamp_ms);
             // Acknowledged after a consumer found it gone: it had to be allowed to go then.
             let jump = (self.jumps.get(&write.partition).into_iter().flatten())
@@ -386,6 +444,216 @@ impl Checker {
                 format!(
                     "producer {} partition {}: send {} at offset {base_offset}, send {other_seq} at offset {other_offset}",
                     write.producer, write.partition, write.send_seq
+                ),
+            );
+        }
+    }
+
+    // ---- transactions ----
+
+    /// A transaction begins with these values (and commits offset `number` if given).
+    pub fn on_txn_begin(&mut self, key: u64, values: &[u64], number: Option<i64>) {
+        for value in values {
+            self.txns.txn_of.insert(*value, key);
+        }
+        if let Some(number) = number {
+            self.txns
+                .by_number
+                .insert(((key >> 32) as usize, number), key);
+        }
+        self.txns.txns.insert(
+            key,
+            TxnState {
+                values: values.iter().copied().collect(),
+                outcome: TxnOutcome::Open,
+                seen: BTreeSet::new(),
+                number,
+                offsets_seen: false,
+            },
+        );
+    }
+
+    /// EndTxn was answered: the transaction committed or aborted.
+    pub fn on_txn_end(&mut self, at_ns: u64, key: u64, commit: bool) {
+        let Some(t) = self.txns.txns.get_mut(&key) else {
+            return;
+        };
+        t.outcome = if commit {
+            TxnOutcome::Committed
+        } else {
+            TxnOutcome::Aborted
+        };
+        if commit {
+            if let Some(number) = t.number {
+                let n = self
+                    .txns
+                    .committed_number
+                    .entry((key >> 32) as usize)
+                    .or_insert(-1);
+                *n = (*n).max(number);
+            }
+        }
+        let (seen, offsets_seen) = (t.seen.len(), t.offsets_seen);
+        if !commit && (seen > 0 || offsets_seen) {
+            self.violate(
+                ViolationKind::AbortedRead,
+                at_ns,
+                format!("transaction {key:#x} was aborted, yet a read_committed consumer read {seen} of its records (offsets read back: {offsets_seen})"),
+            );
+        }
+    }
+
+    /// The producer gave the transaction up (it crashed or was fenced): if it asked for a
+    /// commit, the outcome is unknown; otherwise nobody will commit it.
+    pub fn on_txn_abandoned(&mut self, key: u64, commit_sent: bool) {
+        if let Some(t) = self.txns.txns.get_mut(&key) {
+            if t.outcome == TxnOutcome::Open {
+                t.outcome = if commit_sent {
+                    TxnOutcome::Unknown
+                } else {
+                    TxnOutcome::Aborted
+                };
+            }
+        }
+        let aborted = (self.txns.txns.get(&key)).filter(|t| t.outcome == TxnOutcome::Aborted);
+        if let Some(t) = aborted {
+            if !t.seen.is_empty() || t.offsets_seen {
+                let detail = format!("transaction {key:#x} was never committed (its producer gave it up before asking), yet a read_committed consumer read {} of its records", t.seen.len());
+                self.violate(ViolationKind::AbortedRead, 0, detail);
+            }
+        }
+    }
+
+    /// A transactional producer started an incarnation (InitProducerId answered).
+    pub fn on_txn_init(&mut self, _at_ns: u64, _client: usize) {}
+
+    /// A fenced incarnation sent `value` for its old transaction after its successor started.
+    pub fn on_txn_zombie_value(&mut self, key: u64, value: u64) {
+        self.txns.txn_of.insert(value, key);
+        self.txns.zombie_values.insert(value);
+    }
+
+    /// A fenced incarnation's batch (`produce`) or EndTxn(commit) was answered.
+    pub fn on_txn_zombie_answer(&mut self, at_ns: u64, key: u64, produce: bool, accepted: bool) {
+        if accepted {
+            let what = if produce { "a batch" } else { "EndTxn(commit)" };
+            self.violate(
+                ViolationKind::ZombieNotFenced,
+                at_ns,
+                format!("a fenced incarnation's {what} for transaction {key:#x} was accepted after its successor started"),
+            );
+        }
+    }
+
+    /// A transactional producer read back the offset its group has committed (require_stable):
+    /// it names the last transaction that committed with offsets.
+    pub fn on_txn_offsets_fetched(&mut self, at_ns: u64, client: usize, group: &str, offset: i64) {
+        let floor = self
+            .txns
+            .committed_number
+            .get(&client)
+            .copied()
+            .unwrap_or(-1);
+        if offset < floor {
+            self.violate(
+                ViolationKind::GroupCommitBack,
+                at_ns,
+                format!(
+                    "{group}: offset {offset} read back, transaction {floor} committed it before"
+                ),
+            );
+        }
+        if offset < 0 {
+            return;
+        }
+        let Some(key) = self.txns.by_number.get(&(client, offset)).copied() else {
+            self.violate(
+                ViolationKind::AbortedRead,
+                at_ns,
+                format!("{group}: offset {offset} read back, which no transaction committed"),
+            );
+            return;
+        };
+        let t = self.txns.txns.get_mut(&key).expect("known");
+        t.offsets_seen = true;
+        if t.outcome == TxnOutcome::Aborted {
+            self.violate(
+                ViolationKind::AbortedRead,
+                at_ns,
+                format!("{group}: offset {offset} of aborted transaction {key:#x} read back as committed"),
+            );
+        }
+    }
+
+    /// A read_committed consumer read `value` at (`partition`, `offset`).
+    pub fn on_committed_read(&mut self, at_ns: u64, partition: i32, offset: i64, value: u64) {
+        let Some(key) = self.txns.txn_of.get(&value).copied() else {
+            return;
+        };
+        if self.txns.zombie_values.contains(&value) {
+            self.violate(
+                ViolationKind::ZombieNotFenced,
+                at_ns,
+                format!("a fenced incarnation's record {value:#x} read as committed at partition {partition} offset {offset}"),
+            );
+        }
+        let t = self.txns.txns.get_mut(&key).expect("known");
+        t.seen.insert(value);
+        if t.outcome == TxnOutcome::Aborted {
+            self.violate(
+                ViolationKind::AbortedRead,
+                at_ns,
+                format!("a read_committed consumer read {value:#x} at partition {partition} offset {offset}, of aborted transaction {key:#x}"),
+            );
+        }
+    }
+
+    /// A read_committed fetch was answered with this last stable offset and high watermark.
+    pub fn on_last_stable_offset(&mut self, at_ns: u64, partition: i32, lso: i64, hw: i64) {
+        if lso > hw || lso < 0 {
+            self.violate(
+                ViolationKind::StableOffset,
+                at_ns,
+                format!("partition {partition}: last stable offset {lso}, high watermark {hw}"),
+            );
+        }
+    }
+
+    /// At the end, with read_committed consumers caught up (`caught_up`): every transaction
+    /// committed, or seen in part, was read whole.
+    pub fn finish_txns(&mut self, at_ns: u64, caught_up: bool) {
+        let mut partial = Vec::new();
+        for (key, t) in &self.txns.txns {
+            let committed =
+                t.outcome == TxnOutcome::Committed || !t.seen.is_empty() || t.offsets_seen;
+            if !committed {
+                continue;
+            }
+            let missing: Vec<u64> = (t.values.iter())
+                .filter(|v| self.txns.acked.contains(v) && !t.seen.contains(v))
+                .filter(|v| {
+                    self.acked
+                        .get(v)
+                        .is_none_or(|(p, _)| !self.retired.contains_key(p))
+                })
+                .copied()
+                .collect();
+            if let Some(first) = missing.first() {
+                partial.push((*key, t.seen.len(), missing.len(), *first));
+            }
+        }
+        if let Some((key, seen, missing, first)) = partial.first() {
+            let kind = if caught_up {
+                ViolationKind::TxnPartial
+            } else {
+                ViolationKind::Liveness
+            };
+            self.violate(
+                kind,
+                at_ns,
+                format!(
+                    "{} committed transactions not read whole by read_committed consumers; first {key:#x}: {seen} records read, {missing} acknowledged ones not, first {first:#x}",
+                    partial.len()
                 ),
             );
         }

@@ -75,6 +75,46 @@ pub struct Plan {
     pub group: GroupPlan,
     /// The log's lifecycle in the workload (none unless asked for: `--lifecycle`).
     pub lifecycle: LifecyclePlan,
+    /// Transactional producers and read_committed consumers (none unless asked for:
+    /// `--transactions`).
+    pub txn: TxnPlan,
+}
+
+/// Transactional producers (`sim/src/sim/txn.rs`) and the read_committed consumers that
+/// check them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TxnPlan {
+    /// Transactional producers; 0: no transactional workload.
+    pub producers: usize,
+    /// Consumers that read with isolation_level=read_committed.
+    pub committed_consumers: usize,
+    pub abort_probability: f64,
+    pub partitions_per_txn_max: usize,
+    /// The chance a transaction commits offsets (consume-transform-produce).
+    pub offsets_probability: f64,
+    /// At each step of an open transaction, the chance its producer crashes.
+    pub crash_probability: f64,
+    /// The chance a crashed producer's old incarnation goes on as a zombie.
+    pub zombie_probability: f64,
+    /// EndTxn's version: 5 and later bump the epoch at every transaction's end (KIP-890).
+    pub end_txn_version: i16,
+}
+
+impl TxnPlan {
+    /// Drawn from a stream of its own, as [`GroupPlan::draw`].
+    pub fn draw(seed: u64) -> TxnPlan {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x7478_6e5f_706c_616e);
+        TxnPlan {
+            producers: rng.random_range(1..=3),
+            committed_consumers: rng.random_range(1..=2),
+            abort_probability: rng.random_range(0.1..0.6),
+            partitions_per_txn_max: rng.random_range(1..=4),
+            offsets_probability: rng.random_range(0.0..1.0),
+            crash_probability: maybe(&mut rng, 0.01, 0.1),
+            zombie_probability: rng.random_range(0.0..1.0),
+            end_txn_version: [1, 3, 5][rng.random_range(0..3)],
+        }
+    }
 }
 
 /// The log's lifecycle in the workload topic: the admin client sets its retention.ms and
@@ -267,6 +307,7 @@ impl Plan {
             nodes: 1,
             group: GroupPlan::default(),
             lifecycle: LifecyclePlan::default(),
+            txn: TxnPlan::default(),
             net: NetFaults::draw(&mut net),
             partitions: rng.random_range(1..=4),
             segment_size_bytes: [16 << 10, 256 << 10, 1 << 30][rng.random_range(0..3)],

@@ -47,6 +47,7 @@ use rand::{RngExt, SeedableRng};
 
 mod group;
 mod nodes;
+mod txn;
 mod workload;
 
 use crate::admin::{AdminRequest, AdminState, AdminStep};
@@ -98,6 +99,8 @@ pub struct Options {
     pub lifecycle: bool,
     /// The lifecycle's topic is compacted (`CompactionPlan`); implies `lifecycle`.
     pub compaction: bool,
+    /// Transactional producers and read_committed consumers run too (`TxnPlan`).
+    pub transactions: bool,
 }
 
 /// What a run did and found.
@@ -306,6 +309,7 @@ enum PendingKind {
     Fetch,
     Admin(AdminRequest),
     Group(group::GroupCall),
+    Txn(txn::TxnCall),
 }
 
 #[derive(Debug)]
@@ -360,10 +364,15 @@ enum Role {
         fetching: bool,
         /// When its fetch in flight was sent.
         fetch_sent_ns: u64,
+        /// It reads with isolation_level=read_committed, dropping aborted transactions'
+        /// records as clients do.
+        read_committed: bool,
     },
     Admin(Box<AdminState>),
     /// A member of the workload's consumer group (`group.rs`).
     Member(Box<group::Member>),
+    /// A transactional producer (`txn.rs`).
+    Txn(Box<txn::TxnClient>),
 }
 
 impl Client {
@@ -562,6 +571,12 @@ impl Sim {
                 plan.group.kip848 = None;
             }
         }
+        if options.transactions {
+            plan.txn = crate::plan::TxnPlan::draw(options.seed);
+            // Consumers ask for isolation levels (Fetch v4+) and transactional ids (Produce
+            // v3+).
+            plan.fetch_version = plan.fetch_version.max(4);
+        }
         if options.lifecycle || options.compaction {
             plan.lifecycle = crate::plan::LifecyclePlan::draw(options.seed);
             if options.compaction {
@@ -636,13 +651,19 @@ impl Sim {
                 next_send_at_ns: 0,
             });
         }
-        for _ in 0..plan.consumers {
+        for i in 0..plan.consumers + plan.txn.committed_consumers {
             clients.push(Role::Consumer {
                 positions: (0..plan.partitions).map(|p| (p, 0)).collect(),
                 next_poll_at_ns: 0,
                 fetching: false,
                 fetch_sent_ns: 0,
+                read_committed: i >= plan.consumers,
             });
+        }
+        for _ in 0..plan.txn.producers {
+            let client = clients.len();
+            let version = plan.txn.end_txn_version;
+            clients.push(Role::Txn(Box::new(txn::TxnClient::new(client, version))));
         }
         if plan.admin {
             clients.push(Role::Admin(Box::new(AdminState::new())));
@@ -654,6 +675,7 @@ impl Sim {
                 next_poll_at_ns: 0,
                 fetching: false,
                 fetch_sent_ns: 0,
+                read_committed: false,
             });
             let fetcher = clients.len() - 1;
             let interval = plan.group.commit_interval_ms * MS;
@@ -831,6 +853,10 @@ impl Sim {
         self.checker.finish(self.now_ns, &positions);
         if self.plan.group.members > 0 {
             self.checker.finish_group(self.now_ns);
+        }
+        if self.plan.txn.producers > 0 {
+            let caught_up = self.committed_caught_up();
+            self.checker.finish_txns(self.now_ns, caught_up);
         }
     }
 
@@ -1025,6 +1051,28 @@ impl Sim {
             .iter()
             .all(|(p, end)| positions.get(p).is_some_and(|pos| pos >= end));
         read && (self.plan.group.members == 0 || self.checker.group_committed_to_ends())
+            && (self.plan.txn.producers == 0 || self.committed_caught_up())
+    }
+
+    /// Every read_committed consumer has read every partition up to its last acknowledged
+    /// record, and no transactional producer holds a transaction open.
+    fn committed_caught_up(&self) -> bool {
+        let txns_idle = (self.clients.iter()).all(|c| match &c.role {
+            Role::Txn(t) => t.idle(),
+            _ => true,
+        });
+        let ends = self.checker.acked_ends();
+        txns_idle
+            && (self.clients.iter()).all(|c| match &c.role {
+                Role::Consumer {
+                    positions,
+                    read_committed: true,
+                    ..
+                } => ends
+                    .iter()
+                    .all(|(p, end)| positions.get(p).is_some_and(|pos| pos >= end)),
+                _ => true,
+            })
     }
 
     /// The node an event steps, if it steps one.

@@ -793,6 +793,8 @@ impl<D: Disk> Node<D> {
                 // (a zombie's commit is fenced), and its marker decides whether they count.
                 options.producer_id = producer_id;
                 options.producer_epoch = producer_epoch;
+                // A coordinator's batch carries no client sequence (Kafka writes 0 too).
+                options.base_sequence = 0;
                 options.transactional = true;
                 let fenced = (self.topics.get(OFFSETS_TOPIC, partition))
                     .filter(|p| p.log_id == log_id)

@@ -56,6 +56,10 @@ struct WorldArgs {
     /// work, consumers that find records gone only where a newer one of the key is.
     #[arg(long)]
     compaction: bool,
+    /// Transactional producers (crashing, restarting with their transactional id, zombies)
+    /// and read_committed consumers run too.
+    #[arg(long)]
+    transactions: bool,
 }
 
 fn parse_durability(s: &str) -> Result<Durability, String> {
@@ -78,6 +82,7 @@ impl WorldArgs {
             groups: self.groups,
             lifecycle: self.lifecycle,
             compaction: self.compaction,
+            transactions: self.transactions,
         }
     }
 }
@@ -280,6 +285,9 @@ fn repro(seed: u64, world: WorldArgs) -> String {
     }
     if world.compaction {
         flags.push_str(" --compaction");
+    }
+    if world.transactions {
+        flags.push_str(" --transactions");
     }
     format!(
         "keel-sim run --seed {seed} --duration {}{flags}",

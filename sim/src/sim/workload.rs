@@ -36,6 +36,7 @@ impl Sim {
             Fetch,
             Admin,
             Group,
+            Txn,
             Move(usize),
             Sleep(Option<u64>),
         }
@@ -127,6 +128,15 @@ impl Sim {
                                     Action::Sleep(next)
                                 }
                             }
+                            Role::Txn(t) if conn.ready && !t.in_flight => {
+                                let due = t.due_ns();
+                                if due <= now {
+                                    Action::Txn
+                                } else {
+                                    soonest(due);
+                                    Action::Sleep(next)
+                                }
+                            }
                             Role::Consumer {
                                 next_poll_at_ns,
                                 fetching: false,
@@ -189,6 +199,25 @@ impl Sim {
                     self.fetch(client);
                 }
                 Action::Admin => self.admin_act(client),
+                Action::Txn => {
+                    self.txn_act(client);
+                    let Role::Txn(t) = &self.clients[client].role else {
+                        // It crashed and came back as itself: the next wake acts.
+                        return;
+                    };
+                    if !t.in_flight {
+                        if self.clients[client].conn.is_none() {
+                            // It crashed: it reconnects when due.
+                            continue;
+                        }
+                        if self.move_target(client).is_some() {
+                            continue;
+                        }
+                        let at = t.due_ns().max(self.now_ns + MS);
+                        self.schedule_wake(client, at);
+                        return;
+                    }
+                }
                 Action::Group => {
                     self.group_act(client);
                     let Role::Member(m) = &self.clients[client].role else {
@@ -273,6 +302,8 @@ impl Sim {
             Role::Admin(admin) if admin.misdirected => Some(next),
             // A member talks to its coordinator.
             Role::Member(m) => m.coordinator.filter(|c| *c != here),
+            // A transactional producer goes where its next step goes.
+            Role::Txn(_) => self.txn_target(client).filter(|n| *n != here),
             Role::Consumer { .. } | Role::Admin(_) => None,
         }
     }
@@ -355,6 +386,7 @@ impl Sim {
                 }
                 PendingKind::Metadata => {}
                 PendingKind::Group(call) => self.group_conn_lost(client, call),
+                PendingKind::Txn(call) => self.txn_conn_lost(client, call),
                 PendingKind::Admin(request) => {
                     let Role::Admin(admin) = &mut self.clients[client].role else {
                         continue;
@@ -658,9 +690,15 @@ impl Sim {
 
     pub(super) fn fetch(&mut self, client: usize) {
         let c = &self.clients[client];
-        let Role::Consumer { positions, .. } = &c.role else {
+        let Role::Consumer {
+            positions,
+            read_committed,
+            ..
+        } = &c.role
+        else {
             unreachable!("only consumers fetch");
         };
+        let isolation_level = i8::from(*read_committed);
         if positions.is_empty() {
             // A group member's fetcher with nothing assigned.
             let at = self.now_ns + 50 * MS;
@@ -709,6 +747,7 @@ impl Sim {
         }
         let request = Request::Fetch(FetchRequest {
             replica_id: -1,
+            isolation_level,
             max_wait_ms: self.plan.fetch_max_wait_ms,
             min_bytes: 1,
             max_bytes: FETCH_MAX_BYTES,
@@ -967,6 +1006,7 @@ impl Sim {
             }
             (PendingKind::Fetch, Response::Fetch(f)) => self.on_fetch(client, f),
             (PendingKind::Group(call), response) => self.on_group_response(client, call, response),
+            (PendingKind::Txn(call), response) => self.on_txn_response(client, call, response),
             (PendingKind::Admin(request), response) => {
                 let conn = self.clients[client].conn.as_ref().map_or(0, |c| c.id);
                 let stale = self.stale_answers.remove(&(conn, pending.correlation_id));
@@ -1025,6 +1065,7 @@ impl Sim {
         let mut jumps = Vec::new();
         let mut gaps = Vec::new();
         let mut key_errors = Vec::new();
+        let mut stable_offsets = Vec::new();
         let compaction_keys = self.plan.lifecycle.compaction_keys();
         let mut outcome = "fetch:ok";
         for topic in response.responses.iter().filter(|t| t.topic == TOPIC) {
@@ -1041,6 +1082,13 @@ impl Sim {
                 );
             }
         }
+        let read_committed = matches!(
+            self.clients[client].role,
+            Role::Consumer {
+                read_committed: true,
+                ..
+            }
+        );
         {
             let Role::Consumer {
                 positions,
@@ -1083,6 +1131,23 @@ impl Sim {
                     let Some(records) = &data.records else {
                         continue;
                     };
+                    if read_committed {
+                        stable_offsets.push((
+                            data.partition_index,
+                            data.last_stable_offset,
+                            data.high_watermark,
+                        ));
+                    }
+                    // read_committed: the aborted transactions the answer lists, by where they
+                    // begin; a producer's batches are dropped from its first aborted offset to
+                    // its abort marker (Kafka's consumer does the same).
+                    let mut aborted: Vec<(i64, i64)> = (data.aborted_transactions.iter())
+                        .flatten()
+                        .map(|a| (a.first_offset, a.producer_id))
+                        .collect();
+                    aborted.sort_unstable();
+                    let mut aborted = aborted.into_iter().peekable();
+                    let mut aborting: BTreeSet<i64> = BTreeSet::new();
                     for batch in record::split_batches(records.clone()) {
                         // A batch cut by the size limit ends the response.
                         let Ok(batch) = batch else { break };
@@ -1092,11 +1157,37 @@ impl Sim {
                             outcome = "fetch:corrupt";
                             break;
                         };
+                        let header = *batch.header();
+                        while let Some((_, producer_id)) =
+                            aborted.next_if(|(first, _)| *first <= header.last_offset())
+                        {
+                            aborting.insert(producer_id);
+                        }
+                        let txn_marker = keel_core::producers::txn_marker_of(&batch);
+                        if read_committed
+                            && header.is_transactional()
+                            && !header.is_control()
+                            && aborting.contains(&header.producer_id)
+                        {
+                            // An aborted transaction's batch: dropped, read on after it.
+                            let next = header.last_offset() + 1;
+                            if next > *position {
+                                *position = next;
+                                read_any = true;
+                            }
+                            continue;
+                        }
+                        if txn_marker.is_some_and(|m| !m.commit) {
+                            aborting.remove(&header.producer_id);
+                        }
                         if batch.header().is_control() {
                             // A leader's marker: clients skip it, and read on after it. A node
                             // alone knows what is committed and never needs one (a
-                            // DeleteRecords marker is another matter).
-                            if single_node && keel_core::log::log_start_of(&batch).is_none() {
+                            // DeleteRecords marker, or a transaction's, is another matter).
+                            if single_node
+                                && keel_core::log::log_start_of(&batch).is_none()
+                                && txn_marker.is_none()
+                            {
                                 markers.push(batch.header().base_offset);
                             }
                             let next = batch.header().last_offset() + 1;
@@ -1141,7 +1232,14 @@ impl Sim {
                                 ));
                                 *position = offset;
                             }
-                            reads.push((data.partition_index, *position, offset, value, sent_ns));
+                            reads.push((
+                                data.partition_index,
+                                *position,
+                                offset,
+                                value,
+                                sent_ns,
+                                read_committed,
+                            ));
                             *position = offset + 1;
                             read_any = true;
                         }
@@ -1178,7 +1276,15 @@ impl Sim {
             self.checker
                 .on_compacted_gap(self.now_ns, partition, from, to, high_watermark);
         }
-        for (partition, position, offset, value, sent_ns) in reads {
+        for (partition, lso, hw) in stable_offsets {
+            self.checker
+                .on_last_stable_offset(self.now_ns, partition, lso, hw);
+        }
+        for (partition, position, offset, value, sent_ns, committed) in reads {
+            if let (true, Some(value)) = (committed, value) {
+                self.checker
+                    .on_committed_read(self.now_ns, partition, offset, value);
+            }
             self.checker
                 .check_above_start(self.now_ns, sent_ns, partition, offset);
             if offset != position {
