@@ -2400,7 +2400,10 @@ impl PartitionLog {
         room_bytes: u64,
     ) -> Result<RecordBatch, LogError> {
         let mut reason = String::new();
-        for _ in 0..RECOVERY_READ_ATTEMPTS {
+        // The batch passed its check already (its CRC held): a read that fails now is a
+        // fault on the way, and a log with many control batches (transaction markers) reads
+        // many, so it is read as often as a bad-looking batch would be before giving up.
+        for _ in 0..RECOVERY_READ_ATTEMPTS_MAX {
             let raw = match read_header(disk, file, position) {
                 Ok(raw) => raw,
                 Err(e) => {

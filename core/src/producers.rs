@@ -420,6 +420,11 @@ impl ProducerStates {
             .min()
     }
 
+    /// Whether producer `producer_id` has a transaction open here.
+    pub fn txn_open(&self, producer_id: i64) -> bool {
+        (self.entries.get(&producer_id)).is_some_and(|e| e.state.txn_first_offset.is_some())
+    }
+
     /// The producers with a transaction open here, with where each began.
     pub fn open_txns(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
         (self.entries.iter()).filter_map(|(id, e)| e.state.txn_first_offset.map(|f| (*id, f)))

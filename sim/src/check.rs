@@ -505,7 +505,7 @@ impl Checker {
 
     /// The producer gave the transaction up (it crashed or was fenced): if it asked for a
     /// commit, the outcome is unknown; otherwise nobody will commit it.
-    pub fn on_txn_abandoned(&mut self, key: u64, commit_sent: bool) {
+    pub fn on_txn_abandoned(&mut self, at_ns: u64, key: u64, commit_sent: bool) {
         if let Some(t) = self.txns.txns.get_mut(&key) {
             if t.outcome == TxnOutcome::Open {
                 t.outcome = if commit_sent {
@@ -519,7 +519,7 @@ impl Checker {
         if let Some(t) = aborted {
             if !t.seen.is_empty() || t.offsets_seen {
                 let detail = format!("transaction {key:#x} was never committed (its producer gave it up before asking), yet a read_committed consumer read {} of its records", t.seen.len());
-                self.violate(ViolationKind::AbortedRead, 0, detail);
+                self.violate(ViolationKind::AbortedRead, at_ns, detail);
             }
         }
     }
@@ -590,6 +590,13 @@ impl Checker {
         let Some(key) = self.txns.txn_of.get(&value).copied() else {
             return;
         };
+        tracing::debug!(
+            partition,
+            offset,
+            value = format_args!("{value:#x}"),
+            txn = format_args!("{key:#x}"),
+            "read_committed read"
+        );
         if self.txns.zombie_values.contains(&value) {
             self.violate(
                 ViolationKind::ZombieNotFenced,

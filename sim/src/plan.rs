@@ -98,6 +98,11 @@ pub struct TxnPlan {
     pub zombie_probability: f64,
     /// EndTxn's version: 5 and later bump the epoch at every transaction's end (KIP-890).
     pub end_txn_version: i16,
+    /// The chance a transactional batch's connection stalls past the request timeout: the
+    /// producer gives the transaction up (aborts it) while the batch is still on its way.
+    pub stall_probability: f64,
+    /// Longest pause between adding a transaction's partitions and writing to them.
+    pub think_ms_max: u64,
 }
 
 impl TxnPlan {
@@ -113,6 +118,8 @@ impl TxnPlan {
             crash_probability: maybe(&mut rng, 0.01, 0.1),
             zombie_probability: rng.random_range(0.0..1.0),
             end_txn_version: [1, 3, 5][rng.random_range(0..3)],
+            stall_probability: maybe(&mut rng, 0.02, 0.1),
+            think_ms_max: [0, 200, 2_000][rng.random_range(0..3)],
         }
     }
 }

@@ -29,6 +29,7 @@ fn options(
         groups: false,
         lifecycle: false,
         compaction: false,
+        transactions: false,
     }
 }
 
@@ -57,6 +58,9 @@ fn describe(
     if (result.report.as_ref()).is_some_and(|r| r.workload.contains("compacted (")) {
         bug.push_str(" --compaction");
     }
+    if (result.report.as_ref()).is_some_and(|r| r.workload.contains("transactional producers")) {
+        bug.push_str(" --transactions");
+    }
     let what = match (&result.report, &result.panic) {
         (Some(report), _) => format!("{:#?}", report.violations),
         (None, panic) => format!("panic: {}", panic.as_deref().unwrap_or("")),
@@ -82,6 +86,8 @@ struct Regression {
     lifecycle: bool,
     /// The lifecycle's topic is compacted (`compaction` on the line).
     compaction: bool,
+    /// Transactional producers run too (`transactions` on the line).
+    transactions: bool,
 }
 
 fn regressions() -> Vec<Regression> {
@@ -101,6 +107,7 @@ fn regressions() -> Vec<Regression> {
         let mut groups = false;
         let mut lifecycle = false;
         let mut compaction = false;
+        let mut transactions = false;
         for word in words {
             if let Some(n) = word.strip_prefix("nodes=") {
                 nodes = n.parse().expect("a node count");
@@ -112,6 +119,8 @@ fn regressions() -> Vec<Regression> {
                 lifecycle = true;
             } else if word == "compaction" {
                 compaction = true;
+            } else if word == "transactions" {
+                transactions = true;
             } else {
                 bug = Some(PlantedBug::from_name(word).expect("a known bug or `idempotent`"));
             }
@@ -125,6 +134,7 @@ fn regressions() -> Vec<Regression> {
             groups,
             lifecycle,
             compaction,
+            transactions,
         });
     }
     seeds
@@ -146,6 +156,7 @@ fn every_regression_seed_passes() {
             groups: r.groups,
             lifecycle: r.lifecycle,
             compaction: r.compaction,
+            transactions: r.transactions,
         });
         if result.exit_code() != 0 {
             failures.push(describe(&result, r.duration_ns, r.bug, r.nodes));
@@ -231,12 +242,35 @@ fn fresh_lifecycle_seeds_pass() {
     );
 }
 
-/// The log's lifecycle in fresh seeds: none, `--lifecycle`, or `--compaction`.
+/// Fresh seeds with transactional producers and read_committed consumers
+/// (`--transactions`), on one node and on three, for `KEEL_SIM_FRESH_TXN_SECONDS` (default 40)
+/// of wall time.
+#[test]
+fn fresh_transaction_seeds_pass() {
+    fresh_seeds(
+        1,
+        "KEEL_SIM_FRESH_TXN_SECONDS",
+        20,
+        false,
+        Lifecycle::Transactions,
+    );
+    fresh_seeds(
+        3,
+        "KEEL_SIM_FRESH_TXN_SECONDS",
+        20,
+        false,
+        Lifecycle::Transactions,
+    );
+}
+
+/// What fresh seeds run besides the plain workload: the log's lifecycle (`--lifecycle`,
+/// `--compaction`) or transactions (`--transactions`).
 #[derive(Clone, Copy, PartialEq)]
 enum Lifecycle {
     Off,
     Delete,
     Compact,
+    Transactions,
 }
 
 fn fresh_seeds(
@@ -275,6 +309,7 @@ fn fresh_seeds(
             groups,
             lifecycle: lifecycle == Lifecycle::Delete,
             compaction: lifecycle == Lifecycle::Compact,
+            transactions: lifecycle == Lifecycle::Transactions,
             ..options(duration_ns, None, None, nodes)
         },
         &|_| {},
@@ -343,6 +378,12 @@ fn planted_bugs_are_caught() {
             // A cleaner that drops a key's newest record (with `--compaction`): a consumer
             // that reads the cleaned log finds it gone with nothing newer of its key.
             PlantedBug::CleanerDropsNewest => (ViolationKind::CompactedLatest, 0.3, None),
+            // Markers before the prepared outcome is durable (with `--transactions`): a
+            // coordinator that fails over aborts what some partitions already committed.
+            PlantedBug::MarkerBeforeAppend => (ViolationKind::TxnPartial, 0.02, None),
+            // No epoch bump at a transaction's end (with `--transactions`): a late write of an
+            // aborted transaction lands in the next one.
+            PlantedBug::NoEpochBump => (ViolationKind::AbortedRead, 0.02, None),
             PlantedBug::NoReannounce => unreachable!("skipped above"),
         };
         // A bug that shows in few seeds gets three times as many: its share is measured, not
@@ -356,6 +397,10 @@ fn planted_bugs_are_caught() {
                 groups: bug == PlantedBug::StaleCommit,
                 lifecycle: bug == PlantedBug::RetentionEarly,
                 compaction: bug == PlantedBug::CleanerDropsNewest,
+                transactions: matches!(
+                    bug,
+                    PlantedBug::MarkerBeforeAppend | PlantedBug::NoEpochBump
+                ),
                 ..options(duration_ns, Some(bug), idempotent, nodes)
             },
             &|_| {},
@@ -463,6 +508,7 @@ fn a_seed_replays_to_the_same_trace_hash() {
         groups: false,
         lifecycle: false,
         compaction: false,
+        transactions: false,
     });
     let b = run_seed(Options {
         seed: 2,
@@ -474,6 +520,7 @@ fn a_seed_replays_to_the_same_trace_hash() {
         groups: false,
         lifecycle: false,
         compaction: false,
+        transactions: false,
     });
     assert_ne!(a.report.unwrap().trace_hash, b.report.unwrap().trace_hash);
 }

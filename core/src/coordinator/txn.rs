@@ -268,6 +268,7 @@ impl TxnCoordinator {
     }
 
     fn write(&mut self, id: &str, meta: TxnMeta, answers: Vec<(ReplyTo, Response)>) {
+        tracing::debug!(partition = self.partition, id, producer_id = meta.producer_id, epoch = meta.producer_epoch, state = meta.state.name(), partitions = ?meta.partitions, "transaction state written");
         let write_id = self.next_write_id;
         self.next_write_id += 1;
         let record = (encode_key(id), encode_value(&meta));

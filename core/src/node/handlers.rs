@@ -561,6 +561,29 @@ impl<D: Disk> Node<D> {
                 "an idempotent produce carries one batch per partition".into(),
             )));
         }
+        for batch in &batches {
+            let header = batch.header();
+            if header.is_transactional() && !log.producers().txn_open(header.producer_id) {
+                // A transaction's first batch here: only once its coordinator said the
+                // partition is in the producer's open transaction (KIP-890).
+                let key = (log_id, header.producer_id, header.producer_epoch);
+                match self.txn_verdicts.get(&key) {
+                    Some(&codes::NONE) => {}
+                    Some(&code) => {
+                        return Err(Refusal::from((
+                            code,
+                            format!("producer {} epoch {}: the transaction coordinator does not know {topic}-{partition} in its open transaction", header.producer_id, header.producer_epoch),
+                        )))
+                    }
+                    None => {
+                        return Err(Refusal::from((
+                            codes::INVALID_TXN_STATE,
+                            "a transactional batch needs a transactional id (Produce v3+)".into(),
+                        )))
+                    }
+                }
+            }
+        }
         let mut base = None;
         let mut wait = None;
         let mut appended = Vec::new();

@@ -273,6 +273,7 @@ impl PlantedBug {
                 | PlantedBug::VoteWithoutSync
                 | PlantedBug::NoTruncate
                 | PlantedBug::NoReannounce
+                | PlantedBug::MarkerBeforeAppend
         )
     }
 
@@ -404,6 +405,9 @@ enum Slot {
     },
     /// A Fetch waiting for data or its deadline.
     AwaitFetch,
+    /// A Produce waiting for its transaction coordinator to verify its partitions
+    /// (`transactions.rs`); the request itself waits there.
+    AwaitVerify,
     /// A group request a coordinator holds (a JoinGroup until the join phase completes, a
     /// write until it commits), answered by `parts_left` coordinators (DeleteGroups may span
     /// several; their results are gathered).
@@ -813,6 +817,9 @@ pub struct Node<D: Disk> {
     txn_coordinators: BTreeMap<i32, transactions::LoadedTxn>,
     /// Kafka requests between nodes (transaction markers).
     calls: transactions::Calls,
+    /// While a verified Produce is served: what its coordinator said of each (log id,
+    /// producer id, epoch) whose transaction opens here (`transactions.rs`).
+    txn_verdicts: BTreeMap<(u64, i64, i16), i16>,
 }
 
 /// How long a node that is shutting down waits for its leaderships to move to other nodes.
@@ -911,6 +918,7 @@ impl<D: Disk> Node<D> {
             coordinators: BTreeMap::new(),
             txn_coordinators: BTreeMap::new(),
             calls: Default::default(),
+            txn_verdicts: BTreeMap::new(),
         };
         if let Err(e) = node.ensure_metadata_log() {
             return Err(NodeError::Disk(match e {
@@ -1469,50 +1477,16 @@ impl<D: Disk> Node<D> {
                 Slot::Ready((r.acks != 0).then_some(reply(Response::Produce(response))?))
             }
             Request::Produce(r) => {
-                let mut acks = r.acks;
-                if acks == -1 && self.config.planted_bug == Some(PlantedBug::AckBeforeCommit) {
-                    // The planted bug: acks=all answered as acks=1, at the leader's sync.
-                    acks = 1;
+                let needed = self.verification_needed(&r);
+                if !needed.is_empty() {
+                    // The first transactional batch of a transaction here: the coordinator
+                    // says whether the partition is in the producer's open transaction first
+                    // (KIP-890); the request waits in its place.
+                    self.fill(conn, slot, Slot::AwaitVerify);
+                    self.verify_produce(now, conn, slot, header.correlation_id, r, version, needed);
+                    return Ok(());
                 }
-                let (response, waits, commits) = self.produce(now, &r, version);
-                if acks == 0 {
-                    // A producer with acks=0 reads no answer: Kafka closes its connection
-                    // instead, so that it notices something went wrong.
-                    let failed = response
-                        .responses
-                        .iter()
-                        .flat_map(|t| &t.partition_responses)
-                        .find(|p| p.error_code != crate::protocol::codes::NONE);
-                    if let Some(p) = failed {
-                        return Err(format!(
-                            "acks=0 produce failed (error {}): {}",
-                            p.error_code,
-                            p.error_message.as_deref().unwrap_or("")
-                        ));
-                    }
-                }
-                if acks == -1 && !commits.is_empty() {
-                    // acks=all: answered once every partition committed what it appended.
-                    // (Checked at the end of this step: it may be committed already.)
-                    self.commit_checked_version = self.data_version.wrapping_sub(1);
-                    Slot::AwaitCommit {
-                        waits: commits,
-                        correlation_id: header.correlation_id,
-                        version,
-                        response: CommitAnswer::Produce(response),
-                    }
-                } else {
-                    let bytes = if acks == 0 {
-                        None
-                    } else {
-                        Some(reply(Response::Produce(response))?)
-                    };
-                    if acks == -1 {
-                        Slot::Ready(bytes)
-                    } else {
-                        self.slot_after_writes(waits, bytes)
-                    }
-                }
+                self.produce_slot(now, header.correlation_id, r, version)?
             }
             Request::Fetch(r) => {
                 let max_wait_ms = r.max_wait_ms.max(0) as u64;
@@ -1675,6 +1649,66 @@ impl<D: Disk> Node<D> {
         };
         self.fill(conn, slot, slot_state);
         Ok(())
+    }
+
+    /// A Produce request's place in its connection's answers: answered now, once its writes
+    /// are synced (acks=1), or once they commit (acks=all).
+    fn produce_slot(
+        &mut self,
+        now: Instant,
+        correlation_id: i32,
+        r: crate::protocol::messages::ProduceRequest,
+        version: i16,
+    ) -> Result<Slot, String> {
+        let reply = |response: Response| {
+            frame_response(correlation_id, ApiKey::Produce, version, &response)
+        };
+        let mut acks = r.acks;
+        if acks == -1 && self.config.planted_bug == Some(PlantedBug::AckBeforeCommit) {
+            // The planted bug: acks=all answered as acks=1, at the leader's sync.
+            acks = 1;
+        }
+        let (response, waits, commits) = self.produce(now, &r, version);
+
+        if acks == 0 {
+            // A producer with acks=0 reads no answer: Kafka closes its connection
+            // instead, so that it notices something went wrong.
+            let failed = response
+                .responses
+                .iter()
+                .flat_map(|t| &t.partition_responses)
+                .find(|p| p.error_code != crate::protocol::codes::NONE);
+            if let Some(p) = failed {
+                return Err(format!(
+                    "acks=0 produce failed (error {}): {}",
+                    p.error_code,
+                    p.error_message.as_deref().unwrap_or("")
+                ));
+            }
+        }
+        let slot = if acks == -1 && !commits.is_empty() {
+            // acks=all: answered once every partition committed what it appended.
+            // (Checked at the end of this step: it may be committed already.)
+            self.commit_checked_version = self.data_version.wrapping_sub(1);
+            Slot::AwaitCommit {
+                waits: commits,
+                correlation_id: correlation_id,
+                version,
+                response: CommitAnswer::Produce(response),
+            }
+        } else {
+            let bytes = if acks == 0 {
+                None
+            } else {
+                Some(reply(Response::Produce(response))?)
+            };
+            if acks == -1 {
+                Slot::Ready(bytes)
+            } else {
+                self.slot_after_writes(waits, bytes)
+            }
+        };
+        Ok(slot)
     }
 
     /// The slot of an admin request: answered now, or once its change (written at `wait`:

@@ -44,6 +44,32 @@ const LOAD_READ_BYTES: usize = 1024 * 1024;
 /// the coordinator has sent again anyway).
 const CALL_MEMORY_MS: u64 = 10_000;
 
+/// How long a Produce waits for its coordinator to verify its partitions before it is
+/// answered NOT_ENOUGH_REPLICAS (retriable: the client sends it again).
+const VERIFY_TIMEOUT_MS: u64 = 2_000;
+
+/// A partition of a Produce whose transaction opens there: what its coordinator must say.
+#[derive(Debug, Clone)]
+pub(super) struct ToVerify {
+    topic: String,
+    partition: i32,
+    log_id: u64,
+    producer_id: i64,
+    producer_epoch: i16,
+}
+
+/// A Produce waiting for its verification.
+#[derive(Debug)]
+struct Verifying {
+    conn: u64,
+    slot: u64,
+    correlation_id: i32,
+    request: ProduceRequest,
+    version: i16,
+    partitions: Vec<ToVerify>,
+    sent_ms: u64,
+}
+
 /// A coordinator and the leadership it was loaded under.
 #[derive(Debug)]
 pub(super) struct LoadedTxn {
@@ -89,6 +115,8 @@ pub(super) struct Calls {
     held: Vec<HeldMarkers>,
     /// Answers to this node's own marker requests, delivered at the next settle.
     local_replies: Vec<(u64, WriteTxnMarkersResponse)>,
+    /// Produce requests waiting for their coordinator's verification, by call id.
+    verifying: BTreeMap<u64, Verifying>,
 }
 
 impl Calls {
@@ -682,11 +710,210 @@ impl<D: Disk> Node<D> {
         }
     }
 
+    /// The partitions of a Produce whose transactions open there (a transactional batch from
+    /// a producer with no transaction open in the partition): they wait for the coordinator.
+    pub(super) fn verification_needed(&mut self, request: &ProduceRequest) -> Vec<ToVerify> {
+        if request.transactional_id.is_none() {
+            return Vec::new();
+        }
+        let mut needed = Vec::new();
+        for topic in &request.topic_data {
+            for data in &topic.partition_data {
+                let Some(records) = data.records.as_ref() else {
+                    continue;
+                };
+                let Some(Ok(batch)) = record::split_batches(records.clone())
+                    .next()
+                    .map(|b| b.and_then(RecordBatch::parse))
+                else {
+                    continue;
+                };
+                let header = *batch.header();
+                if !header.is_transactional() || !header.has_producer_id() {
+                    continue;
+                }
+                let Ok(p) = super::handlers::held_partition(
+                    &mut self.topics,
+                    &self.image,
+                    &topic.name,
+                    data.index,
+                ) else {
+                    continue;
+                };
+                let leads = p.replica.as_ref().is_some_and(|r| r.is_leader());
+                let open =
+                    (p.log.as_ref()).is_ok_and(|log| log.producers().txn_open(header.producer_id));
+                if leads && !open {
+                    needed.push(ToVerify {
+                        topic: topic.name.clone(),
+                        partition: data.index,
+                        log_id: p.log_id,
+                        producer_id: header.producer_id,
+                        producer_epoch: header.producer_epoch,
+                    });
+                }
+            }
+        }
+        needed
+    }
+
+    /// Asks the coordinator of the Produce's transactional id whether `partitions` are in the
+    /// producer's open transaction (AddPartitionsToTxn v4, verify_only), and serves the
+    /// request once it answers.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn verify_produce(
+        &mut self,
+        now: Instant,
+        conn: u64,
+        slot: u64,
+        correlation_id: i32,
+        request: ProduceRequest,
+        version: i16,
+        partitions: Vec<ToVerify>,
+    ) {
+        use crate::protocol::messages::add_partitions_to_txn_request::*;
+        let id = request.transactional_id.clone().unwrap_or_default();
+        let coordinator = (self.txn_partitions())
+            .and_then(|count| self.partition_leader(TXN_TOPIC, partition_for(&id, count)));
+        let mut topics: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+        for p in &partitions {
+            topics.entry(p.topic.clone()).or_default().push(p.partition);
+        }
+        let first = &partitions[0];
+        let verify = AddPartitionsToTxnRequest {
+            transactions: vec![AddPartitionsToTxnTransaction {
+                transactional_id: id,
+                producer_id: first.producer_id,
+                producer_epoch: first.producer_epoch,
+                verify_only: true,
+                topics: (topics.into_iter())
+                    .map(|(name, partitions)| AddPartitionsToTxnTopic {
+                        name,
+                        partitions,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        self.calls.next_id += 1;
+        let call_id = self.calls.next_id;
+        self.calls.verifying.insert(
+            call_id,
+            Verifying {
+                conn,
+                slot,
+                correlation_id,
+                request,
+                version,
+                partitions,
+                sent_ms: now.as_millis() as u64,
+            },
+        );
+        match coordinator {
+            Some(node) if node == self.config.node_id => {
+                let response = self.verify_txns(&verify);
+                self.verified(now, call_id, Some(response));
+            }
+            Some(node) => {
+                let mut body = BytesMut::new();
+                if Request::AddPartitionsToTxn(verify)
+                    .encode(&mut body, 4)
+                    .is_err()
+                {
+                    self.verified(now, call_id, None);
+                    return;
+                }
+                (self.calls.outbox.entry(node).or_default()).push(PeerCall {
+                    id: call_id,
+                    reply: false,
+                    api_key: ApiKey::AddPartitionsToTxn as i16,
+                    version: 4,
+                    body: body.freeze(),
+                });
+            }
+            None => self.verified(now, call_id, None),
+        }
+    }
+
+    /// The coordinator answered a verification (`None`: it could not be asked, or did not
+    /// answer in time): the Produce is served with its verdicts.
+    fn verified(
+        &mut self,
+        now: Instant,
+        call_id: u64,
+        response: Option<AddPartitionsToTxnResponse>,
+    ) {
+        let Some(v) = self.calls.verifying.remove(&call_id) else {
+            return;
+        };
+        for p in &v.partitions {
+            let found = (response.as_ref())
+                .and_then(|r| r.results_by_transaction.first())
+                .and_then(|t| t.topic_results.iter().find(|t| t.name == p.topic))
+                .and_then(|t| {
+                    (t.results_by_partition.iter()).find(|r| r.partition_index == p.partition)
+                })
+                .map(|r| r.partition_error_code);
+            let code = match found {
+                Some(codes::NONE) => codes::NONE,
+                Some(codes::PRODUCER_FENCED) | Some(codes::INVALID_PRODUCER_EPOCH) => {
+                    codes::INVALID_PRODUCER_EPOCH
+                }
+                Some(codes::INVALID_PRODUCER_ID_MAPPING) | Some(codes::INVALID_TXN_STATE) => {
+                    codes::INVALID_TXN_STATE
+                }
+                // The coordinator moved, loads, or was not reached: the client asks again.
+                _ => codes::NOT_ENOUGH_REPLICAS,
+            };
+            self.txn_verdicts
+                .insert((p.log_id, p.producer_id, p.producer_epoch), code);
+        }
+        let state = match self.produce_slot(now, v.correlation_id, v.request, v.version) {
+            Ok(state) => state,
+            Err(reason) => super::Slot::Close(reason),
+        };
+        self.txn_verdicts.clear();
+        self.fill(v.conn, v.slot, state);
+    }
+
     /// Calls that came in a peer's frame: marker requests are served, answers to this node's
     /// own requests go to its coordinators.
     pub(super) fn handle_calls(&mut self, now: Instant, from: NodeId, calls: Vec<PeerCall>) {
         let now_ms = now.as_millis() as u64;
         for call in calls {
+            if call.api_key == ApiKey::AddPartitionsToTxn as i16 && call.version == 4 {
+                let mut body = call.body;
+                if call.reply {
+                    match Response::decode(ApiKey::AddPartitionsToTxn, 4, &mut body) {
+                        Ok(Response::AddPartitionsToTxn(r)) => self.verified(now, call.id, Some(r)),
+                        _ => tracing::warn!(from, "an undecodable verification answer"),
+                    }
+                    continue;
+                }
+                let Ok(Request::AddPartitionsToTxn(request)) =
+                    Request::decode(ApiKey::AddPartitionsToTxn, 4, &mut body)
+                else {
+                    tracing::warn!(from, "an undecodable verification request");
+                    continue;
+                };
+                let response = self.verify_txns(&request);
+                let mut body = BytesMut::new();
+                if Response::AddPartitionsToTxn(response)
+                    .encode(&mut body, 4)
+                    .is_ok()
+                {
+                    (self.calls.outbox.entry(from).or_default()).push(PeerCall {
+                        id: call.id,
+                        reply: true,
+                        api_key: ApiKey::AddPartitionsToTxn as i16,
+                        version: 4,
+                        body: body.freeze(),
+                    });
+                }
+                continue;
+            }
             if call.api_key != ApiKey::WriteTxnMarkers as i16 || call.version != 1 {
                 tracing::warn!(
                     from,
@@ -748,6 +975,13 @@ impl<D: Disk> Node<D> {
         self.calls
             .sent
             .retain(|_, s| now_ms < s.sent_ms + CALL_MEMORY_MS);
+        let late: Vec<u64> = (self.calls.verifying.iter())
+            .filter(|(_, v)| now_ms >= v.sent_ms + VERIFY_TIMEOUT_MS)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            self.verified(Instant::from_millis(now_ms), id, None);
+        }
     }
 
     /// WriteTxnMarkers, as a partition's leader: each marker appended as a control batch,
@@ -1049,10 +1283,16 @@ impl<D: Disk> Node<D> {
         if !self.calls.local_replies.is_empty() {
             return Some(self.now);
         }
+        let verifying = (self.calls.verifying.values())
+            .map(|v| Instant::from_millis(v.sent_ms + VERIFY_TIMEOUT_MS))
+            .min();
         (self.txn_coordinators.values())
             .filter_map(|l| l.coordinator.next_deadline_ms())
             .min()
             .map(Instant::from_millis)
+            .into_iter()
+            .chain(verifying)
+            .min()
     }
 
     /// Checks that every coordinator sits on a partition this node leads in its epoch.

@@ -121,6 +121,9 @@ pub(super) struct TxnClient {
     zombie: Option<Zombie>,
     /// Ask for the next epoch with the id it has (KIP-360), after an abortable error.
     bump: bool,
+    /// The partitions of the transaction it last aborted after an error: the next one does
+    /// the same work again, there.
+    redo: Option<Vec<i32>>,
 }
 
 impl TxnClient {
@@ -144,6 +147,7 @@ impl TxnClient {
             begun: 0,
             zombie: None,
             bump: false,
+            redo: None,
         }
     }
 
@@ -267,6 +271,8 @@ impl Sim {
             }
             Step::Begin => {
                 if quiet {
+                    // No new transaction once the faults stop: it sleeps for good.
+                    t.next_at_ns = u64::MAX;
                     return;
                 }
                 self.txn_begin(client);
@@ -297,6 +303,24 @@ impl Sim {
                     p.transactional_id = Some(t.txn_id.clone());
                 }
                 let version = self.plan.produce_version.max(3);
+                // The connection stalls (a retransmission storm, a proxy): the batch, and
+                // whatever follows it on the connection, arrives after the producer gave up
+                // on it and moved on. Only producers of EndTxn v5 and later meet it: with
+                // older ones a request that late can land in their next transaction (Kafka's
+                // transactions before KIP-890 part 2, which Keel keeps for them).
+                let stall = !quiet
+                    && t.end_version >= 5
+                    && self.rng.random_bool(self.plan.txn.stall_probability);
+                if stall {
+                    self.count("txn:stall");
+                    let extra =
+                        (self.plan.request_timeout_ms + self.rng.random_range(0..=2_000)) * MS;
+                    if let Some(id) = self.clients[client].conn.as_ref().map(|c| c.id) {
+                        if let Some(link) = self.links.get_mut(&id) {
+                            link.to_node_at_ns = link.to_node_at_ns.max(self.now_ns) + extra;
+                        }
+                    }
+                }
                 self.txn_send(client, version, request, TxnCall::Produce { op });
             }
             Step::AddOffsets => {
@@ -353,8 +377,12 @@ impl Sim {
     /// Starts the next transaction: partitions (on a cluster, some of those one node leads,
     /// so that its batches go to one place), a batch of new values for each.
     fn txn_begin(&mut self, client: usize) {
+        let redo = txn(&mut self.clients[client].role).redo.take();
         let c = &self.clients[client];
-        let candidates: Vec<i32> = if self.machines.len() == 1 {
+        let candidates: Vec<i32> = if let Some(redo) = redo {
+            // The work of the transaction it aborted, again.
+            redo
+        } else if self.machines.len() == 1 {
             (0..self.plan.partitions).collect()
         } else {
             let nodes: BTreeSet<usize> = c.leaders.values().copied().collect();
@@ -376,7 +404,7 @@ impl Sim {
             .rng
             .random_range(1..=self.plan.txn.partitions_per_txn_max.max(1));
         let mut partitions = candidates;
-        while partitions.len() > wanted {
+        while partitions.len() > wanted.max(1) && self.rng.random_bool(0.9) {
             let at = self.rng.random_range(0..partitions.len());
             partitions.remove(at);
         }
@@ -471,7 +499,7 @@ impl Sim {
                     sequences: t.sequences.clone(),
                 });
             }
-            self.checker.on_txn_abandoned(key, commit_sent);
+            self.checker.on_txn_abandoned(self.now_ns, key, commit_sent);
         }
         let t = txn(&mut self.clients[client].role);
         t.producer_id = -1;
@@ -555,18 +583,29 @@ impl Sim {
     /// The connection went with the request: the step is tried again (a produce with the
     /// same batch and sequence, an EndTxn as a retry).
     pub(super) fn txn_conn_lost(&mut self, client: usize, call: TxnCall) {
-        let t = txn(&mut self.clients[client].role);
         match call {
             TxnCall::Zombie { .. } => return,
             TxnCall::Produce { op } => {
                 self.ops[op].outcome = Outcome::Unknown;
                 self.ops[op].attempted_unknown = true;
+                if self.rng.random_bool(0.5) {
+                    // Its delivery timed out: the transaction is given up (aborted), as
+                    // librdkafka does; the batch may still be on its way.
+                    let t = txn(&mut self.clients[client].role);
+                    if let Some(open) = t.open.as_mut() {
+                        open.doomed = true;
+                        t.redo = Some(open.partitions.clone());
+                    }
+                    t.step = Step::End;
+                }
             }
             TxnCall::FindCoordinator { .. } => {}
             TxnCall::Init | TxnCall::AddPartitions | TxnCall::AddOffsets | TxnCall::End { .. } => {
-                t.coordinator = None
+                txn(&mut self.clients[client].role).coordinator = None
             }
-            TxnCall::FetchOffsets | TxnCall::CommitOffsets => t.group_coordinator = None,
+            TxnCall::FetchOffsets | TxnCall::CommitOffsets => {
+                txn(&mut self.clients[client].role).group_coordinator = None
+            }
         }
         let t = txn(&mut self.clients[client].role);
         t.in_flight = false;
@@ -590,7 +629,8 @@ impl Sim {
             let open = t.open.take();
             self.count("txn:fenced");
             if let Some(open) = open {
-                self.checker.on_txn_abandoned(open.key, open.commit_sent);
+                self.checker
+                    .on_txn_abandoned(self.now_ns, open.key, open.commit_sent);
             }
             let t = txn(&mut self.clients[client].role);
             t.producer_id = -1;
@@ -716,6 +756,12 @@ impl Sim {
                     let open = t.open.as_mut().expect("a transaction is open");
                     open.added = true;
                     t.step = Step::Produce;
+                    let think = self.plan.txn.think_ms_max;
+                    if think > 0 {
+                        // What it does before it writes (reading, transforming).
+                        let pause = self.rng.random_range(0..=think) * MS;
+                        txn(&mut self.clients[client].role).next_at_ns = now + pause;
+                    }
                 } else if moved(code) {
                     t.coordinator = None;
                     t.next_at_ns = now + TXN_RETRY_NS;

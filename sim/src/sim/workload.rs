@@ -133,7 +133,9 @@ impl Sim {
                                 if due <= now {
                                     Action::Txn
                                 } else {
-                                    soonest(due);
+                                    if due != u64::MAX {
+                                        soonest(due);
+                                    }
                                     Action::Sleep(next)
                                 }
                             }
@@ -214,7 +216,9 @@ impl Sim {
                             continue;
                         }
                         let at = t.due_ns().max(self.now_ns + MS);
-                        self.schedule_wake(client, at);
+                        if at != u64::MAX {
+                            self.schedule_wake(client, at);
+                        }
                         return;
                     }
                 }
