@@ -194,6 +194,9 @@ pub struct TxnCoordinator {
     ending: BTreeMap<String, Vec<(ReplyTo, Response)>>,
     answers: Vec<(ReplyTo, Response)>,
     next_timeout_check_ms: u64,
+    /// Prepared transactions whose markers went out before their record committed (the
+    /// planted bug `marker-before-append`): its commit changes nothing more.
+    early: BTreeSet<String>,
 }
 
 /// What an InitProducerId needs of the node: a fresh producer id, or `None` if none can be
@@ -214,6 +217,7 @@ impl TxnCoordinator {
             ending: BTreeMap::new(),
             answers: Vec::new(),
             next_timeout_check_ms: 0,
+            early: BTreeSet::new(),
         }
     }
 
@@ -311,6 +315,11 @@ impl TxnCoordinator {
                 self.pending.remove(&write.transactional_id);
             }
             let state = write.meta.state;
+            if state.preparing() && self.early.remove(&write.transactional_id) {
+                // The planted bug acted on it already (its markers, perhaps its completion).
+                self.answers.extend(write.answers);
+                continue;
+            }
             self.txns.insert(write.transactional_id.clone(), write.meta);
             self.answers.extend(write.answers);
             if state.preparing() {
@@ -736,6 +745,7 @@ impl TxnCoordinator {
                 if self.config.planted_marker_before_append {
                     // The planted bug: the outcome acts before its record is durable.
                     self.txns.insert(id.to_string(), next.clone());
+                    self.early.insert(id.to_string());
                     self.write(id, next, Vec::new());
                     self.begin_markers(id, now_ms);
                 } else {

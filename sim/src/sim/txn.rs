@@ -879,8 +879,9 @@ impl Sim {
                         t.producer_id = r.producer_id;
                         t.epoch = r.producer_epoch;
                     }
-                    if open.doomed {
-                        // After an abortable error the sequences may have gaps: a new epoch.
+                    if open.doomed && t.end_version < 5 {
+                        // After an abortable error the sequences may have gaps: a new epoch
+                        // (KIP-360). With EndTxn v5 the abort bumped it already.
                         t.bump = true;
                         t.step = Step::Init;
                     } else {
