@@ -1692,7 +1692,7 @@ impl<D: Disk> Node<D> {
             self.commit_checked_version = self.data_version.wrapping_sub(1);
             Slot::AwaitCommit {
                 waits: commits,
-                correlation_id: correlation_id,
+                correlation_id,
                 version,
                 response: CommitAnswer::Produce(response),
             }

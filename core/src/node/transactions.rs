@@ -96,6 +96,10 @@ struct SentMarkers {
     producer_epoch: i16,
 }
 
+/// One marker's commit: its log id, the offset the high watermark must reach, the leader
+/// epoch it was appended in, and its place in the answer (marker, topic, partition).
+type MarkerWait = (u64, i64, i32, (usize, usize, usize));
+
 /// Marker writes this node holds until they commit: what the high watermark of each must
 /// reach, in which leader epoch, and where its answer is in the response.
 #[derive(Debug)]
@@ -103,7 +107,7 @@ struct HeldMarkers {
     from: CallFrom,
     id: u64,
     response: WriteTxnMarkersResponse,
-    waits: Vec<(u64, i64, i32, (usize, usize, usize))>,
+    waits: Vec<MarkerWait>,
 }
 
 /// Calls between nodes: what goes out in the next frames, what this node waits to hear.
@@ -526,7 +530,7 @@ impl<D: Disk> Node<D> {
             .filter(|s| !STATES.contains(&s.as_str()))
             .cloned()
             .collect();
-        let now_ms = now.as_millis() as i64;
+        let now_ms = now.as_millis();
         let states = (self.txn_coordinators.values())
             .flat_map(|l| l.coordinator.txns())
             .filter(|(_, m)| {
