@@ -959,16 +959,26 @@ impl<D: Disk> Node<D> {
         else {
             return;
         };
+        let image = &self.image;
         for marker in response.markers {
             for topic in marker.topics {
                 for p in topic.partitions {
+                    let mut code = p.error_code;
+                    if code == codes::UNKNOWN_TOPIC_OR_PARTITION
+                        && image.topic(&topic.name).is_some()
+                    {
+                        // A leader whose image lags (a restart) does not know the topic yet:
+                        // only this node's own image, where the topic is gone, says the
+                        // marker has nowhere to go (seed 7045 of three nodes lost a commit).
+                        code = codes::NOT_LEADER_OR_FOLLOWER;
+                    }
                     loaded.coordinator.marker_written(
                         now_ms,
                         &sent.transactional_id,
                         sent.producer_id,
                         sent.producer_epoch,
                         (topic.name.clone(), p.partition_index),
-                        p.error_code,
+                        code,
                     );
                 }
             }
