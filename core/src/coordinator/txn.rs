@@ -535,15 +535,29 @@ impl TxnCoordinator {
             self.write(id, meta, vec![(to, Response::InitProducerId(answer))]);
             return None;
         };
+        let mut retried = false;
         if request.producer_id >= 0 {
             // KIP-360: the producer says which id and epoch it has; only the current ones, or
-            // the one before the last bump (it did not hear of the bump), may go on.
+            // the one before a bump it did not hear of (its own bump's answer lost, or a
+            // timeout's abort) may go on; that one is given the current epoch, not another
+            // bump (a fresh start forgets the epoch before it: a fenced zombie presenting
+            // it must not take the id back).
+            retried = request.producer_id == meta.producer_id
+                && meta.last_epoch >= 0
+                && request.producer_epoch == meta.last_epoch;
             let known = request.producer_id == meta.producer_id
-                && (request.producer_epoch == meta.producer_epoch
-                    || request.producer_epoch == meta.last_epoch);
+                && (request.producer_epoch == meta.producer_epoch || retried);
             if !known {
                 return refuse(codes::PRODUCER_FENCED);
             }
+        }
+        if retried
+            && matches!(
+                meta.state,
+                TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort
+            )
+        {
+            return Some(init_answer(&meta));
         }
         match meta.state {
             TxnState::PrepareCommit | TxnState::PrepareAbort => {
@@ -567,7 +581,11 @@ impl TxnCoordinator {
                     next.producer_epoch = 0;
                     next.last_epoch = -1;
                 } else {
-                    next.last_epoch = meta.producer_epoch;
+                    // Only a producer that says which epoch it has may present it again.
+                    next.last_epoch = match request.producer_id >= 0 {
+                        true => meta.producer_epoch,
+                        false => -1,
+                    };
                     next.producer_epoch = meta.producer_epoch + 1;
                 }
                 next.timeout_ms = request.transaction_timeout_ms;

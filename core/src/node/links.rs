@@ -67,6 +67,13 @@ pub(super) struct Links {
     peers: BTreeMap<NodeId, PeerLink>,
 }
 
+impl<D: crate::disk::Disk> super::Node<D> {
+    /// This process's link session (drawn at the first step; zero before).
+    pub(super) fn links_session(&self) -> u64 {
+        self.links.session
+    }
+}
+
 impl Links {
     pub(super) fn new(peers: impl IntoIterator<Item = NodeId>) -> Links {
         Links {

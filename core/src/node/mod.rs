@@ -1372,6 +1372,13 @@ impl<D: Disk> Node<D> {
                 self.requests_held = true;
                 return;
             }
+            if (conn.slots.iter()).any(|(_, s)| matches!(s, Slot::AwaitVerify)) {
+                // A Produce waits for its transaction's coordinator: what follows it on the
+                // connection waits, unread, so that its batches are appended in the order
+                // they were sent (Kafka mutes the connection the same way).
+                self.requests_held = true;
+                return;
+            }
             let frame = match conn.frames.next_frame() {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return,

@@ -61,6 +61,8 @@ pub(super) struct ToVerify {
 /// A Produce waiting for its verification.
 #[derive(Debug)]
 struct Verifying {
+    /// The node asked (this one's own id when it coordinates).
+    to: NodeId,
     conn: u64,
     slot: u64,
     correlation_id: i32,
@@ -88,6 +90,8 @@ enum CallFrom {
 /// A marker request this node's coordinator sent, by call id.
 #[derive(Debug)]
 struct SentMarkers {
+    /// The node asked (this one's own id for its own partitions).
+    to: NodeId,
     partition: i32,
     epoch: i32,
     sent_ms: u64,
@@ -678,11 +682,11 @@ impl<D: Disk> Node<D> {
                 }],
                 ..Default::default()
             };
-            self.calls.next_id += 1;
-            let id = self.calls.next_id;
+            let id = self.next_call_id();
             self.calls.sent.insert(
                 id,
                 SentMarkers {
+                    to: leader,
                     partition,
                     epoch,
                     sent_ms: now_ms,
@@ -712,6 +716,16 @@ impl<D: Disk> Node<D> {
                 body: body.freeze(),
             });
         }
+    }
+
+    /// A call id no other call of this process or an earlier one has: ids start from this
+    /// start's link session, so a late answer to a call of an earlier process matches none.
+    fn next_call_id(&mut self) -> u64 {
+        if self.calls.next_id == 0 {
+            self.calls.next_id = self.links_session() | 1;
+        }
+        self.calls.next_id = self.calls.next_id.wrapping_add(1);
+        self.calls.next_id
     }
 
     /// The partitions of a Produce whose transactions open there (a transactional batch from
@@ -801,11 +815,11 @@ impl<D: Disk> Node<D> {
             }],
             ..Default::default()
         };
-        self.calls.next_id += 1;
-        let call_id = self.calls.next_id;
+        let call_id = self.next_call_id();
         self.calls.verifying.insert(
             call_id,
             Verifying {
+                to: coordinator.unwrap_or(self.config.node_id),
                 conn,
                 slot,
                 correlation_id,
@@ -852,7 +866,17 @@ impl<D: Disk> Node<D> {
         let Some(v) = self.calls.verifying.remove(&call_id) else {
             return;
         };
+        let first = (v.partitions.first()).map(|p| (p.producer_id, p.producer_epoch));
         for p in &v.partitions {
+            if Some((p.producer_id, p.producer_epoch)) != first {
+                // One transactional request speaks for one producer (as Kafka requires): a
+                // batch of another is not what the coordinator was asked about.
+                self.txn_verdicts.insert(
+                    (p.log_id, p.producer_id, p.producer_epoch),
+                    codes::INVALID_TXN_STATE,
+                );
+                continue;
+            }
             let found = (response.as_ref())
                 .and_then(|r| r.results_by_transaction.first())
                 .and_then(|t| t.topic_results.iter().find(|t| t.name == p.topic))
@@ -890,6 +914,14 @@ impl<D: Disk> Node<D> {
             if call.api_key == ApiKey::AddPartitionsToTxn as i16 && call.version == 4 {
                 let mut body = call.body;
                 if call.reply {
+                    if (self.calls.verifying.get(&call.id)).is_some_and(|v| v.to != from) {
+                        tracing::warn!(
+                            from,
+                            id = call.id,
+                            "a verification answer from a node not asked"
+                        );
+                        continue;
+                    }
                     match Response::decode(ApiKey::AddPartitionsToTxn, 4, &mut body) {
                         Ok(Response::AddPartitionsToTxn(r)) => self.verified(now, call.id, Some(r)),
                         _ => tracing::warn!(from, "an undecodable verification answer"),
@@ -929,6 +961,10 @@ impl<D: Disk> Node<D> {
             }
             let mut body = call.body;
             if call.reply {
+                if (self.calls.sent.get(&call.id)).is_some_and(|s| s.to != from) {
+                    tracing::warn!(from, id = call.id, "a marker answer from a node not asked");
+                    continue;
+                }
                 match Response::decode(ApiKey::WriteTxnMarkers, call.version, &mut body) {
                     Ok(Response::WriteTxnMarkers(response)) => {
                         self.marker_replies(now_ms, call.id, response)
