@@ -380,8 +380,10 @@ fn planted_bugs_are_caught() {
             PlantedBug::CleanerDropsNewest => (ViolationKind::CompactedLatest, 0.3, None),
             // Markers before the prepared outcome is durable (with `--transactions`, on three
             // nodes): a coordinator that fails over aborts what some partitions already
-            // committed (read in part, or read although aborted).
-            PlantedBug::MarkerBeforeAppend => (ViolationKind::TxnPartial, 0.005, None),
+            // committed (read in part, or read although aborted). Only a coordinator that
+            // fails between its markers and its prepare record's commit shows it: 1 of these
+            // 360 seeds today, so at least one is asked for.
+            PlantedBug::MarkerBeforeAppend => (ViolationKind::TxnPartial, 0.002, None),
             // No epoch bump at a transaction's end (with `--transactions`): a batch of a
             // transaction given up, arriving late over a stalled connection, lands in the
             // next one (only EndTxn v5 producers with stalls show it, a sixth of the seeds).
