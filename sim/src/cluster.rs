@@ -1,6 +1,7 @@
 //! A static cluster of real nodes, each on its own simulated disk, wired peer to peer: every
 //! partition a Raft group over all of them (`Config::cluster`). Peer frames are delivered in
-//! order unless a node is cut off; syncs complete at once; time jumps to the next deadline.
+//! order unless a node is cut off; a sync completes [`SYNC_MS`] after it is asked for (frames
+//! and appends that arrive meanwhile are not in it); time jumps to the next event.
 //! Topics are created on each node by the same request with the same seed, so they get the
 //! same ids (until the metadata quorum names them once for all).
 //!
@@ -19,6 +20,9 @@ use crate::SimDisk;
 
 /// The one client connection each node has.
 const CONN: u64 = 1;
+/// How long a sync takes: long enough that a sync round is in flight while frames arrive (as
+/// on a real disk), short enough not to slow the tests.
+pub const SYNC_MS: u64 = 1;
 
 /// What the cluster did, for reports.
 #[derive(Debug, Clone, Copy, Default)]
@@ -38,6 +42,13 @@ pub struct Cluster {
     pub down: BTreeMap<i32, SimDisk>,
     /// Peer frames in flight: (from, to, bytes).
     net: VecDeque<(i32, i32, Bytes)>,
+    /// Syncs asked for and not yet done: (when they complete, node, token, file).
+    syncing: VecDeque<(
+        Instant,
+        i32,
+        keel_core::node::SyncToken,
+        keel_core::disk::FileId,
+    )>,
     /// Nodes cut off from the others (their frames, both ways, are lost).
     pub cut: BTreeSet<i32>,
     frames: BTreeMap<i32, FrameDecoder>,
@@ -61,6 +72,7 @@ impl Cluster {
             nodes: BTreeMap::new(),
             down: BTreeMap::new(),
             net: VecDeque::new(),
+            syncing: VecDeque::new(),
             cut: BTreeSet::new(),
             frames: BTreeMap::new(),
             responses: BTreeMap::new(),
@@ -113,6 +125,7 @@ impl Cluster {
         disk.crash();
         self.down.insert(id, disk);
         self.net.retain(|(from, to, _)| *from != id && *to != id);
+        self.syncing.retain(|(_, node, _, _)| *node != id);
     }
 
     pub fn restart(&mut self, id: i32) {
@@ -130,7 +143,6 @@ impl Cluster {
             node.check_invariants();
         }
         self.counts.node_steps += 1;
-        let mut syncs = Vec::new();
         for output in out {
             match output {
                 Output::ConnSend { bytes, .. } => {
@@ -148,7 +160,10 @@ impl Cluster {
                     self.frames.remove(&id);
                     self.closed.insert(id);
                 }
-                Output::Sync { token, file } => syncs.push((token, file)),
+                Output::Sync { token, file } => {
+                    let done = self.now.plus_millis(SYNC_MS);
+                    self.syncing.push_back((done, id, token, file));
+                }
                 Output::Halt { reason } => panic!("n{id} halted: {reason}"),
                 Output::PeerSend { to, bytes } => {
                     self.counts.peer_frames += 1;
@@ -157,9 +172,19 @@ impl Cluster {
                 }
             }
         }
-        for (token, file) in syncs {
+    }
+
+    /// Completes the syncs due by now, in the order they were asked for.
+    fn complete_syncs(&mut self) {
+        while let Some(&(done, id, token, file)) = self.syncing.front() {
+            if done > self.now {
+                return;
+            }
+            self.syncing.pop_front();
             self.counts.syncs += 1;
-            let node = self.nodes.get_mut(&id).expect("up");
+            let Some(node) = self.nodes.get_mut(&id) else {
+                continue;
+            };
             let result = node.disk_mut().sync(file);
             self.step(id, Input::Synced { token, result });
         }
@@ -181,8 +206,13 @@ impl Cluster {
                     },
                 );
             }
+            self.complete_syncs();
+            if !self.net.is_empty() {
+                continue;
+            }
             let next = (self.nodes.values())
                 .filter_map(|n| n.next_deadline())
+                .chain(self.syncing.front().map(|(done, ..)| *done))
                 .min()
                 .unwrap_or(until)
                 .max(self.now);
@@ -191,8 +221,15 @@ impl Cluster {
                 return;
             }
             self.now = next;
+            // Only nodes whose deadline came wake (as a process sleeping until its next
+            // deadline does): work a node left for a later step shows as the wait it is.
             for id in self.ids.clone() {
-                self.step(id, Input::Timeout);
+                let due = (self.nodes.get(&id))
+                    .and_then(|n| n.next_deadline())
+                    .is_some_and(|d| d <= next);
+                if due {
+                    self.step(id, Input::Timeout);
+                }
             }
         }
     }

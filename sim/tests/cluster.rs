@@ -772,3 +772,218 @@ fn a_leader_describes_its_followers_and_their_lag() {
         .find(|id| *id != leader && *id != follower);
     assert_eq!(lag(other.unwrap()), Some(0));
 }
+
+/// Sends `request` to node `id` until it is answered with something `done` accepts (a
+/// retriable refusal is asked again after 50 ms); returns the answer and the simulated
+/// milliseconds the accepted call took.
+fn call_until(
+    c: &mut Cluster,
+    id: i32,
+    version: i16,
+    request: &Request,
+    done: impl Fn(&Response) -> bool,
+) -> (Response, u64) {
+    for _ in 0..200 {
+        let started = c.now;
+        if let Some(response) = c.call(id, version, request.clone(), 30_000) {
+            if done(&response) {
+                return (response, (c.now.0 - started.0) / 1_000_000);
+            }
+        }
+        c.run(50);
+    }
+    panic!("n{id} never accepted {request:?}")
+}
+
+/// A consume-transform-produce transaction on a quiet three-node cluster takes a few round
+/// trips, never a timer's wait: each step (offsets added and committed in the transaction,
+/// its partition added, its batch written and verified, the commit) is answered within
+/// 500 ms of simulated time. A write that waited for the next event in a quiet cluster (the
+/// follower's 10 s fetch refresh) made one commit in six take 10 s on real sockets.
+#[test]
+fn transactions_on_a_quiet_cluster_take_round_trips_not_timeouts() {
+    use keel_core::protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+    use keel_core::protocol::messages::txn_offset_commit_request::*;
+    let mut c = cluster();
+    c.run(3_000);
+    let create = Request::CreateTopics(CreateTopicsRequest {
+        topics: vec![create_topics_request::CreatableTopic {
+            name: "t".into(),
+            num_partitions: 3,
+            replication_factor: 3,
+            ..Default::default()
+        }],
+        timeout_ms: 5_000,
+        ..Default::default()
+    });
+    call_until(&mut c, 1, 5, &create, |r| {
+        matches!(r, Response::CreateTopics(r) if r.topics[0].error_code == codes::NONE
+            || r.topics[0].error_code == codes::TOPIC_ALREADY_EXISTS)
+    });
+    let find = |key: &str, key_type: i8| {
+        Request::FindCoordinator(FindCoordinatorRequest {
+            key: key.into(),
+            key_type,
+            coordinator_keys: vec![key.into()],
+            ..Default::default()
+        })
+    };
+    let found = |r: &Response| matches!(r, Response::FindCoordinator(r) if r.coordinators[0].error_code == codes::NONE);
+    let node_of = |r: Response| match r {
+        Response::FindCoordinator(r) => r.coordinators[0].node_id,
+        _ => unreachable!(),
+    };
+    let (r, _) = call_until(&mut c, 1, 4, &find("tid", 1), found);
+    let txn_node = node_of(r);
+    let (r, _) = call_until(&mut c, 1, 4, &find("g", 0), found);
+    let group_node = node_of(r);
+    let init = Request::InitProducerId(InitProducerIdRequest {
+        transactional_id: Some("tid".into()),
+        transaction_timeout_ms: 60_000,
+        producer_id: -1,
+        producer_epoch: -1,
+        ..Default::default()
+    });
+    let (r, _) = call_until(
+        &mut c,
+        txn_node,
+        4,
+        &init,
+        |r| matches!(r, Response::InitProducerId(r) if r.error_code == codes::NONE),
+    );
+    let Response::InitProducerId(r) = r else {
+        unreachable!()
+    };
+    let (producer_id, producer_epoch) = (r.producer_id, r.producer_epoch);
+    let metadata = Request::Metadata(MetadataRequest {
+        topics: Some(vec![MetadataRequestTopic {
+            name: Some("t".into()),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    });
+    let (r, _) = call_until(&mut c, 1, 12, &metadata, |r| {
+        matches!(r, Response::Metadata(m) if m.topics[0].partitions.len() == 3
+            && m.topics[0].partitions.iter().all(|p| p.leader_id > 0))
+    });
+    let Response::Metadata(m) = r else {
+        unreachable!()
+    };
+    let leaders: BTreeMap<i32, i32> = (m.topics[0].partitions.iter())
+        .map(|p| (p.partition_index, p.leader_id))
+        .collect();
+    let mut sequences = [0i32; 3];
+    let mut slowest: Vec<(u64, usize, &str)> = Vec::new();
+    for n in 0..30usize {
+        let partition = (n % 3) as i32;
+        let add_offsets = Request::AddOffsetsToTxn(AddOffsetsToTxnRequest {
+            transactional_id: "tid".into(),
+            producer_id,
+            producer_epoch,
+            group_id: "g".into(),
+            ..Default::default()
+        });
+        let (_, ms) = call_until(
+            &mut c,
+            txn_node,
+            3,
+            &add_offsets,
+            |r| matches!(r, Response::AddOffsetsToTxn(r) if r.error_code == codes::NONE),
+        );
+        slowest.push((ms, n, "AddOffsetsToTxn"));
+        let commit_offsets = Request::TxnOffsetCommit(TxnOffsetCommitRequest {
+            transactional_id: "tid".into(),
+            group_id: "g".into(),
+            producer_id,
+            producer_epoch,
+            generation_id: -1,
+            topics: vec![TxnOffsetCommitRequestTopic {
+                name: "t".into(),
+                partitions: vec![TxnOffsetCommitRequestPartition {
+                    partition_index: partition,
+                    committed_offset: n as i64 + 1,
+                    committed_leader_epoch: -1,
+                    committed_metadata: Some(String::new()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let (_, ms) = call_until(
+            &mut c,
+            group_node,
+            3,
+            &commit_offsets,
+            |r| matches!(r, Response::TxnOffsetCommit(r) if r.topics[0].partitions[0].error_code == codes::NONE),
+        );
+        slowest.push((ms, n, "TxnOffsetCommit"));
+        let add_partitions = Request::AddPartitionsToTxn(AddPartitionsToTxnRequest {
+            v3_and_below_transactional_id: "tid".into(),
+            v3_and_below_producer_id: producer_id,
+            v3_and_below_producer_epoch: producer_epoch,
+            v3_and_below_topics: vec![AddPartitionsToTxnTopic {
+                name: "t".into(),
+                partitions: vec![partition],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let (_, ms) = call_until(&mut c, txn_node, 3, &add_partitions, |r| {
+            matches!(r, Response::AddPartitionsToTxn(r)
+                if r.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code == codes::NONE)
+        });
+        slowest.push((ms, n, "AddPartitionsToTxn"));
+        let records = [NewRecord {
+            value: Some(Bytes::from(format!("v{n}"))),
+            ..NewRecord::default()
+        }];
+        let options = BatchOptions {
+            producer_id,
+            producer_epoch,
+            base_sequence: sequences[partition as usize],
+            transactional: true,
+            ..BatchOptions::default()
+        };
+        sequences[partition as usize] += 1;
+        let batch = record::build(&records, &options).unwrap();
+        let mut produce = produce_request("t", partition, batch, -1);
+        if let Request::Produce(p) = &mut produce {
+            p.transactional_id = Some("tid".into());
+        }
+        let (_, ms) = call_until(
+            &mut c,
+            leaders[&partition],
+            9,
+            &produce,
+            |r| matches!(r, Response::Produce(r) if r.responses[0].partition_responses[0].error_code == codes::NONE),
+        );
+        slowest.push((ms, n, "Produce"));
+        let end = Request::EndTxn(EndTxnRequest {
+            transactional_id: "tid".into(),
+            producer_id,
+            producer_epoch,
+            committed: true,
+            ..Default::default()
+        });
+        let (_, ms) = call_until(
+            &mut c,
+            txn_node,
+            3,
+            &end,
+            |r| matches!(r, Response::EndTxn(r) if r.error_code == codes::NONE),
+        );
+        slowest.push((ms, n, "EndTxn"));
+    }
+    slowest.sort_unstable();
+    let (ms, n, what) = *slowest.last().expect("calls made");
+    println!(
+        "slowest calls: {:?}",
+        &slowest[slowest.len().saturating_sub(5)..]
+    );
+    assert!(
+        ms < 500,
+        "{what} of transaction {n} took {ms} ms of simulated time; slowest: {:?}",
+        &slowest[slowest.len().saturating_sub(5)..]
+    );
+}

@@ -472,6 +472,9 @@ pub struct Raft {
     held: Vec<(Persisted, Command)>,
     /// Follower: a fetch is out, and is sent again at this time if no answer came.
     fetch_deadline_ms: Option<u64>,
+    /// Where the fetch in flight asked from, and what it said this log has synced.
+    fetch_offset: Offset,
+    fetch_synced: Offset,
     /// Nodes the host has not heard from for an election timeout (`handle_peer_down`).
     unreachable: std::collections::BTreeSet<NodeId>,
     /// The time of the latest input.
@@ -507,6 +510,8 @@ impl Raft {
             votes: Vec::new(),
             held: Vec::new(),
             fetch_deadline_ms: None,
+            fetch_offset: 0,
+            fetch_synced: 0,
             unreachable: Default::default(),
             now_ms,
             progress: BTreeMap::new(),
@@ -1074,6 +1079,12 @@ impl Raft {
                 self.maybe_transfer(out);
             }
             _ if self.fetch_deadline_ms.is_none() => self.send_fetch(now_ms, out),
+            // A fetch is out, but it told the leader of less than is synced now: the leader
+            // may hold it (it had nothing new to send) while it waits for this very news to
+            // commit. A fetch that says so replaces it there.
+            _ if self.fetch_synced < self.log.synced && self.fetch_at_end() => {
+                self.send_fetch(now_ms, out)
+            }
             _ => {}
         }
     }
@@ -1333,10 +1344,17 @@ impl Raft {
             return;
         }
         self.fetch_deadline_ms = Some(now_ms + self.config.fetch_refresh_ms);
+        self.fetch_synced = self.log.synced;
+        self.fetch_offset = self.log.end;
         out.push(Command::Send {
             to: leader,
             message: self.fetch_message(),
         });
+    }
+
+    /// Whether the fetch in flight asked from this log's end (it may be held at the leader).
+    fn fetch_at_end(&self) -> bool {
+        self.fetch_deadline_ms.is_some() && self.fetch_offset == self.log.end
     }
 
     /// A fetch from this log's end: its last epoch, and how far it is synced.
@@ -1388,6 +1406,9 @@ impl Raft {
             return;
         };
         progress.last_fetch_ms = Some(now_ms);
+        // A follower's newer fetch replaces one held here: only the newest is answered (two
+        // answers in flight would keep two fetches going for ever).
+        self.parked.remove(&from);
         let start = self.log.start;
         let start_at = Command::SendStartAt {
             to: from,
