@@ -82,6 +82,9 @@ pub enum ViolationKind {
     ZombieNotFenced,
     /// A last stable offset past the high watermark.
     StableOffset,
+    /// A cycle among committed transactions of what each read of another's writes and of
+    /// each producer's order (Adya's G1c: information flowing in a circle).
+    CyclicInformationFlow,
 }
 
 impl ViolationKind {
@@ -113,6 +116,7 @@ impl ViolationKind {
             ViolationKind::TxnPartial => "txn-partial",
             ViolationKind::ZombieNotFenced => "zombie-not-fenced",
             ViolationKind::StableOffset => "stable-offset",
+            ViolationKind::CyclicInformationFlow => "g1c",
         }
     }
 
@@ -223,6 +227,8 @@ struct TxnState {
     number: Option<i64>,
     /// Its offsets were read back as committed: it committed.
     offsets_seen: bool,
+    /// Transactions it read records of (read_committed, before it ended).
+    read_from: BTreeSet<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -469,6 +475,7 @@ impl Checker {
                 seen: BTreeSet::new(),
                 number,
                 offsets_seen: false,
+                read_from: BTreeSet::new(),
             },
         );
     }
@@ -626,14 +633,116 @@ impl Checker {
         }
     }
 
+    /// Transaction `key` read these values (read_committed) before it ended: each is a
+    /// committed transaction's, and none of its own writes' transactions may depend on it.
+    pub fn on_txn_read(&mut self, at_ns: u64, key: u64, values: &[u64]) {
+        let writers: BTreeSet<u64> = (values.iter())
+            .filter_map(|v| self.txns.txn_of.get(v).copied())
+            .filter(|w| *w != key)
+            .collect();
+        for w in &writers {
+            if (self.txns.txns.get(w)).is_some_and(|t| t.outcome == TxnOutcome::Aborted) {
+                self.violate(
+                    ViolationKind::AbortedRead,
+                    at_ns,
+                    format!("transaction {key:#x} read (read_committed) a record of {w:#x}, which aborted"),
+                );
+            }
+        }
+        if let Some(t) = self.txns.txns.get_mut(&key) {
+            t.read_from.extend(writers);
+        }
+    }
+
+    /// Whether transaction `t` committed, as far as anyone saw.
+    fn txn_committed(t: &TxnState) -> bool {
+        t.outcome == TxnOutcome::Committed || !t.seen.is_empty() || t.offsets_seen
+    }
+
+    /// G1c over committed transactions: an edge from each transaction whose records another
+    /// read to that reader (it committed before the reader read), and from each of a
+    /// producer's transactions to its next (which began after it ended). Write order is no
+    /// edge: Kafka lets two open transactions interleave in different orders on different
+    /// partitions. A cycle means some transaction read what was written after it ended, or
+    /// before it committed.
+    fn check_g1c(&mut self, at_ns: u64) {
+        let committed: BTreeSet<u64> = (self.txns.txns.iter())
+            .filter(|(_, t)| Self::txn_committed(t))
+            .map(|(k, _)| *k)
+            .collect();
+        let mut edges: BTreeMap<u64, Vec<(u64, &'static str)>> = BTreeMap::new();
+        let mut aborted_reads = Vec::new();
+        for &reader in &committed {
+            for &writer in &self.txns.txns[&reader].read_from {
+                if committed.contains(&writer) {
+                    edges.entry(writer).or_default().push((reader, "wr"));
+                } else if (self.txns.txns.get(&writer))
+                    .is_some_and(|t| t.outcome == TxnOutcome::Aborted)
+                {
+                    aborted_reads.push(format!("committed transaction {reader:#x} read a record of {writer:#x}, which aborted"));
+                }
+            }
+        }
+        for detail in aborted_reads {
+            self.violate(ViolationKind::AbortedRead, at_ns, detail);
+        }
+        // Keys are (client << 32) | its count of transactions begun: in order per producer.
+        let mut previous: Option<u64> = None;
+        for &key in &committed {
+            if let Some(p) = previous.filter(|p| p >> 32 == key >> 32) {
+                edges.entry(p).or_default().push((key, "so"));
+            }
+            previous = Some(key);
+        }
+        // Depth-first search with colours; a grey node met again closes a cycle.
+        let mut colour: BTreeMap<u64, u8> = BTreeMap::new();
+        for &root in &committed {
+            if colour.contains_key(&root) {
+                continue;
+            }
+            let mut path: Vec<(u64, usize)> = vec![(root, 0)];
+            colour.insert(root, 1);
+            while let Some((node, next)) = path.last().copied() {
+                let out = edges.get(&node).map_or(&[][..], |e| &e[..]);
+                let Some(&(to, _)) = out.get(next) else {
+                    colour.insert(node, 2);
+                    path.pop();
+                    continue;
+                };
+                path.last_mut().expect("on the path").1 += 1;
+                match colour.get(&to) {
+                    None => {
+                        colour.insert(to, 1);
+                        path.push((to, 0));
+                    }
+                    Some(1) => {
+                        let from = path.iter().position(|(n, _)| *n == to).expect("grey");
+                        let cycle: Vec<String> = (path[from..].iter())
+                            .map(|(n, i)| {
+                                let kind = edges[n][*i - 1].1;
+                                format!("{n:#x} -{kind}->")
+                            })
+                            .collect();
+                        let detail = format!(
+                            "a cycle among committed transactions: {} {to:#x}",
+                            cycle.join(" ")
+                        );
+                        self.violate(ViolationKind::CyclicInformationFlow, at_ns, detail);
+                        return;
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+
     /// At the end, with read_committed consumers caught up (`caught_up`): every transaction
-    /// committed, or seen in part, was read whole.
+    /// committed, or seen in part, was read whole, and no cycle formed among them (G1c).
     pub fn finish_txns(&mut self, at_ns: u64, caught_up: bool) {
+        self.check_g1c(at_ns);
         let mut partial = Vec::new();
         for (key, t) in &self.txns.txns {
-            let committed =
-                t.outcome == TxnOutcome::Committed || !t.seen.is_empty() || t.offsets_seen;
-            if !committed {
+            if !Self::txn_committed(t) {
                 continue;
             }
             let missing: Vec<u64> = (t.values.iter())
@@ -1045,5 +1154,53 @@ impl Checker {
             at_ns,
             format!("the group's commits fall short: {}", short.join(", ")),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(c: &Checker) -> Vec<ViolationKind> {
+        c.violations().iter().map(|v| v.kind).collect()
+    }
+
+    /// Two producers' transactions, each reading what the other wrote: a cycle (each read
+    /// what the other could only have committed after it), found; the same reads in one
+    /// direction only are no cycle.
+    #[test]
+    fn g1c_finds_a_cycle_of_reads_and_producer_order() {
+        let (a1, a2, b1) = (1u64, 2u64, (1u64 << 32) | 1);
+        let run = |cyclic: bool| {
+            let mut c = Checker::default();
+            c.on_txn_begin(a1, &[10], None);
+            c.on_txn_end(1, a1, true);
+            c.on_txn_begin(b1, &[20], None);
+            c.on_txn_begin(a2, &[11], None);
+            // b1 reads a1's record; a2 (after a1, of the same producer) reads b1's.
+            c.on_txn_read(2, b1, &[10]);
+            c.on_txn_end(3, b1, true);
+            c.on_txn_read(4, a2, &[20]);
+            c.on_txn_end(5, a2, true);
+            if cyclic {
+                // a1 read what a2 wrote: a2 began after a1 ended.
+                c.on_txn_read(6, a1, &[11]);
+            }
+            c.finish_txns(7, false);
+            kinds(&c)
+        };
+        assert!(!run(false).contains(&ViolationKind::CyclicInformationFlow));
+        assert!(run(true).contains(&ViolationKind::CyclicInformationFlow));
+    }
+
+    /// A committed transaction that read an aborted one's record is an aborted read.
+    #[test]
+    fn a_transaction_reading_an_aborted_one_is_an_aborted_read() {
+        let mut c = Checker::default();
+        c.on_txn_begin(1, &[10], None);
+        c.on_txn_end(1, 1, false);
+        c.on_txn_begin(2, &[20], None);
+        c.on_txn_read(2, 2, &[10]);
+        assert!(kinds(&c).contains(&ViolationKind::AbortedRead));
     }
 }

@@ -103,6 +103,9 @@ pub struct TxnPlan {
     pub stall_probability: f64,
     /// Longest pause between adding a transaction's partitions and writing to them.
     pub think_ms_max: u64,
+    /// The chance that the node an EndTxn(commit) goes to crashes within 10 ms of it (on a
+    /// cluster): the coordinator fails over mid-commit, its markers perhaps half written.
+    pub commit_crash_probability: f64,
 }
 
 impl TxnPlan {
@@ -120,6 +123,8 @@ impl TxnPlan {
             end_txn_version: [1, 3, 5][rng.random_range(0..3)],
             stall_probability: maybe(&mut rng, 0.02, 0.1),
             think_ms_max: [0, 200, 2_000][rng.random_range(0..3)],
+            // Drawn last, so that the fields above stay what they were for older seeds.
+            commit_crash_probability: maybe(&mut rng, 0.05, 0.3),
         }
     }
 }

@@ -241,6 +241,12 @@ enum Event {
         node: usize,
         until_ns: u64,
     },
+    /// A crash aimed at one node (a transaction's coordinator, mid-commit), perhaps with
+    /// the transactional producer whose commit it was (client, transaction) beside it.
+    CrashNode {
+        node: usize,
+        producer: Option<(usize, u64)>,
+    },
 }
 
 impl Event {
@@ -262,6 +268,7 @@ impl Event {
             Event::Bootstrap { .. } => 14,
             Event::Pause => 15,
             Event::Resume { .. } => 16,
+            Event::CrashNode { .. } => 17,
         }
     }
 }
@@ -1189,6 +1196,15 @@ impl Sim {
                 let interval = self.plan.crash_interval_ms.expect("crashes planned");
                 let at = self.exponential_ns(interval);
                 self.schedule(at, Event::Crash);
+            }
+            Event::CrashNode { node, producer } => {
+                if !self.quiet && self.machines[node].node.is_some() {
+                    self.fault("crash-coordinator");
+                    self.crash_node(node);
+                    if let Some((client, key)) = producer {
+                        self.txn_crash_in_commit(client, key);
+                    }
+                }
             }
             Event::Restart { node } => {
                 if self.machines[node].node.is_none() {

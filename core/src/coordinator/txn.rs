@@ -64,7 +64,7 @@ pub struct TxnConfig {
     /// carry it, so nothing fences the transaction's late writes.
     pub planted_no_epoch_bump: bool,
     /// The planted bug `marker-before-append`: EndTxn's markers go out before its prepared
-    /// state is in the committed log.
+    /// state is written (it is, once they all are).
     pub planted_marker_before_append: bool,
 }
 
@@ -435,6 +435,13 @@ impl TxnCoordinator {
         let Some(meta) = self.txns.get(id) else {
             return;
         };
+        if self.early.contains(id) {
+            // The planted bug `marker-before-append`: the prepared state, only now.
+            self.write(id, meta.clone(), Vec::new());
+        }
+        let Some(meta) = self.txns.get(id) else {
+            return;
+        };
         let mut next = meta.clone();
         next.state = match meta.state {
             TxnState::PrepareCommit => TxnState::CompleteCommit,
@@ -761,10 +768,10 @@ impl TxnCoordinator {
                     ..Default::default()
                 };
                 if self.config.planted_marker_before_append {
-                    // The planted bug: the outcome acts before its record is durable.
-                    self.txns.insert(id.to_string(), next.clone());
+                    // The planted bug: the markers go out first; the prepared state is
+                    // written once they are all written (`complete_if_marked`).
+                    self.txns.insert(id.to_string(), next);
                     self.early.insert(id.to_string());
-                    self.write(id, next, Vec::new());
                     self.begin_markers(id, now_ms);
                 } else {
                     self.write(id, next, Vec::new());

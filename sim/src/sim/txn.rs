@@ -41,6 +41,10 @@ pub(super) enum TxnCall {
     Init,
     FetchOffsets,
     AddPartitions,
+    /// The transaction reads (read_committed) one of its partitions before it writes.
+    Read {
+        partition: i32,
+    },
     Produce {
         op: usize,
     },
@@ -63,6 +67,7 @@ enum Step {
     FetchOffsets,
     Begin,
     AddPartitions,
+    Read,
     Produce,
     AddOffsets,
     CommitOffsets,
@@ -124,6 +129,8 @@ pub(super) struct TxnClient {
     /// The partitions of the transaction it last aborted after an error: the next one does
     /// the same work again, there.
     redo: Option<Vec<i32>>,
+    /// Where its transactions read each partition next (consume-transform-produce's input).
+    read_positions: BTreeMap<i32, i64>,
 }
 
 impl TxnClient {
@@ -148,6 +155,7 @@ impl TxnClient {
             zombie: None,
             bump: false,
             redo: None,
+            read_positions: BTreeMap::new(),
         }
     }
 
@@ -183,6 +191,7 @@ impl Sim {
                 let op = *open.ops.get(open.next_op)?;
                 c.leaders.get(&self.ops[op].write.partition).copied()
             }
+            Step::Read => c.leaders.get(t.open.as_ref()?.partitions.first()?).copied(),
             Step::Begin => None,
         }
     }
@@ -293,6 +302,34 @@ impl Sim {
                 let version = if self.rng.random_bool(0.5) { 1 } else { 3 };
                 self.txn_send(client, version, request, TxnCall::AddPartitions);
             }
+            Step::Read => {
+                let open = t.open.as_ref().expect("a transaction is open");
+                let partition = open.partitions[0];
+                let position = t.read_positions.get(&partition).copied().unwrap_or(0);
+                let request = Request::Fetch(FetchRequest {
+                    replica_id: -1,
+                    isolation_level: 1,
+                    max_wait_ms: 0,
+                    min_bytes: 1,
+                    max_bytes: FETCH_MAX_BYTES,
+                    session_epoch: -1,
+                    topics: vec![FetchTopic {
+                        topic: TOPIC.into(),
+                        partitions: vec![FetchPartition {
+                            partition,
+                            fetch_offset: position,
+                            partition_max_bytes: FETCH_PARTITION_MAX_BYTES,
+                            current_leader_epoch: -1,
+                            log_start_offset: -1,
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                });
+                let version = self.plan.fetch_version.max(4);
+                self.txn_send(client, version, request, TxnCall::Read { partition });
+            }
             Step::Produce => {
                 let open = t.open.as_ref().expect("a transaction is open");
                 let op = open.ops[open.next_op];
@@ -369,7 +406,27 @@ impl Sim {
                     ..Default::default()
                 });
                 let version = t.end_version;
+                let coordinator = t.coordinator;
                 self.txn_send(client, version, request, TxnCall::End { commit });
+                // The coordinator fails over mid-commit: its node crashes while the
+                // markers may be on their way (a cluster's other nodes take over).
+                let p = self.plan.txn.commit_crash_probability;
+                if let Some(node) = coordinator.filter(|_| commit && !quiet && !single && p > 0.0) {
+                    if self.rng.random_bool(p) {
+                        let at = self.now_ns + self.rng.random_range(0..=10) * MS;
+                        // Half the time the producer goes down with it (one rack): nobody
+                        // asks for the commit again, and the next incarnation's start ends
+                        // the transaction as the log says it stands.
+                        let key = txn(&mut self.clients[client].role)
+                            .open
+                            .as_ref()
+                            .map(|o| o.key);
+                        let producer = key
+                            .filter(|_| self.rng.random_bool(0.5))
+                            .map(|k| (client, k));
+                        self.schedule(at, Event::CrashNode { node, producer });
+                    }
+                }
             }
         }
     }
@@ -476,6 +533,15 @@ impl Sim {
             doomed: false,
         });
         t.step = Step::AddPartitions;
+    }
+
+    /// The producer crashes while its EndTxn(commit) of transaction `key` is out (if it is).
+    pub(super) fn txn_crash_in_commit(&mut self, client: usize, key: u64) {
+        let t = txn(&mut self.clients[client].role);
+        let ending = t.step == Step::End && t.open.as_ref().is_some_and(|o| o.key == key);
+        if ending {
+            self.txn_crash(client);
+        }
     }
 
     /// A crash: the client forgets everything and starts again with the same transactional
@@ -599,7 +665,7 @@ impl Sim {
                     t.step = Step::End;
                 }
             }
-            TxnCall::FindCoordinator { .. } => {}
+            TxnCall::FindCoordinator { .. } | TxnCall::Read { .. } => {}
             TxnCall::Init | TxnCall::AddPartitions | TxnCall::AddOffsets | TxnCall::End { .. } => {
                 txn(&mut self.clients[client].role).coordinator = None
             }
@@ -755,7 +821,7 @@ impl Sim {
                 if code == codes::NONE {
                     let open = t.open.as_mut().expect("a transaction is open");
                     open.added = true;
-                    t.step = Step::Produce;
+                    t.step = Step::Read;
                     let think = self.plan.txn.think_ms_max;
                     if think > 0 {
                         // What it does before it writes (reading, transforming).
@@ -769,6 +835,36 @@ impl Sim {
                     t.next_at_ns = now + TXN_RETRY_NS;
                 } else {
                     self.txn_fatal(client, code);
+                }
+            }
+            (TxnCall::Read { partition }, Response::Fetch(f)) => {
+                let data = (f.responses.iter())
+                    .filter(|t| t.topic == TOPIC)
+                    .flat_map(|t| &t.partitions)
+                    .find(|p| p.partition_index == partition);
+                let t = txn(&mut self.clients[client].role);
+                let key = t.open.as_ref().map(|o| o.key);
+                let position = t.read_positions.get(&partition).copied().unwrap_or(0);
+                match data {
+                    Some(d) if d.error_code == codes::NONE => {
+                        let (values, next) = Self::committed_values(d, position);
+                        t.read_positions.insert(partition, next);
+                        if let Some(key) = key {
+                            self.checker.on_txn_read(now, key, &values);
+                        }
+                        self.count("txn:read");
+                    }
+                    Some(d) if d.error_code == codes::OFFSET_OUT_OF_RANGE => {
+                        t.read_positions
+                            .insert(partition, d.log_start_offset.max(0));
+                    }
+                    // Not read this time (a leader moved, a partition offline): it writes
+                    // all the same, as an application that found nothing new would.
+                    _ => {}
+                }
+                let t = txn(&mut self.clients[client].role);
+                if t.step == Step::Read {
+                    t.step = Step::Produce;
                 }
             }
             (TxnCall::Produce { op }, Response::Produce(p)) => {

@@ -1056,6 +1056,42 @@ impl Sim {
         }
     }
 
+    /// The values of the records a read_committed fetch's answer serves from `position` on
+    /// (what a client hands its application: aborted transactions' records and control
+    /// batches dropped), and the position after them.
+    pub(super) fn committed_values(
+        data: &keel_core::protocol::messages::fetch_response::PartitionData,
+        mut position: i64,
+    ) -> (Vec<u64>, i64) {
+        let mut values = Vec::new();
+        let mut aborted = AbortedFilter::new(data);
+        let records = data.records.clone().unwrap_or_default();
+        for batch in record::split_batches(records) {
+            let Some(batch) = batch.ok().and_then(|b| RecordBatch::parse(b).ok()) else {
+                break;
+            };
+            let header = *batch.header();
+            if aborted.drops(&batch) || header.is_control() {
+                position = position.max(header.last_offset() + 1);
+                continue;
+            }
+            let Ok(records) = batch.records(CLIENT_MAX_FRAME_BYTES) else {
+                break;
+            };
+            for r in records {
+                let offset = header.base_offset + i64::from(r.offset_delta);
+                if offset < position {
+                    continue;
+                }
+                position = offset + 1;
+                let value = (r.value.as_ref()).filter(|v| v.len() >= 8);
+                values
+                    .extend(value.map(|v| u64::from_be_bytes(v[..8].try_into().expect("8 bytes"))));
+            }
+        }
+        (values, position)
+    }
+
     pub(super) fn on_fetch(
         &mut self,
         client: usize,
@@ -1142,16 +1178,7 @@ impl Sim {
                             data.high_watermark,
                         ));
                     }
-                    // read_committed: the aborted transactions the answer lists, by where they
-                    // begin; a producer's batches are dropped from its first aborted offset to
-                    // its abort marker (Kafka's consumer does the same).
-                    let mut aborted: Vec<(i64, i64)> = (data.aborted_transactions.iter())
-                        .flatten()
-                        .map(|a| (a.first_offset, a.producer_id))
-                        .collect();
-                    aborted.sort_unstable();
-                    let mut aborted = aborted.into_iter().peekable();
-                    let mut aborting: BTreeSet<i64> = BTreeSet::new();
+                    let mut aborted = AbortedFilter::new(data);
                     for batch in record::split_batches(records.clone()) {
                         // A batch cut by the size limit ends the response.
                         let Ok(batch) = batch else { break };
@@ -1162,17 +1189,8 @@ impl Sim {
                             break;
                         };
                         let header = *batch.header();
-                        while let Some((_, producer_id)) =
-                            aborted.next_if(|(first, _)| *first <= header.last_offset())
-                        {
-                            aborting.insert(producer_id);
-                        }
                         let txn_marker = keel_core::producers::txn_marker_of(&batch);
-                        if read_committed
-                            && header.is_transactional()
-                            && !header.is_control()
-                            && aborting.contains(&header.producer_id)
-                        {
+                        if aborted.drops(&batch) && read_committed {
                             // An aborted transaction's batch: dropped, read on after it.
                             let next = header.last_offset() + 1;
                             if next > *position {
@@ -1180,9 +1198,6 @@ impl Sim {
                                 read_any = true;
                             }
                             continue;
-                        }
-                        if txn_marker.is_some_and(|m| !m.commit) {
-                            aborting.remove(&header.producer_id);
                         }
                         if batch.header().is_control() {
                             // A leader's marker: clients skip it, and read on after it. A node
@@ -1934,5 +1949,43 @@ fn misdirected(response: &Response) -> bool {
             .any(|p| wrong(p.error_code)),
         Response::IncrementalAlterConfigs(r) => r.responses.iter().any(|t| wrong(t.error_code)),
         _ => false,
+    }
+}
+
+/// What a read_committed client drops: the aborted transactions a fetch's answer lists, by
+/// where they begin; a producer's batches are dropped from its first aborted offset to its
+/// abort marker (Kafka's consumer does the same).
+pub(super) struct AbortedFilter {
+    aborted: std::iter::Peekable<std::vec::IntoIter<(i64, i64)>>,
+    aborting: BTreeSet<i64>,
+}
+
+impl AbortedFilter {
+    pub(super) fn new(data: &keel_core::protocol::messages::fetch_response::PartitionData) -> Self {
+        let mut aborted: Vec<(i64, i64)> = (data.aborted_transactions.iter())
+            .flatten()
+            .map(|a| (a.first_offset, a.producer_id))
+            .collect();
+        aborted.sort_unstable();
+        AbortedFilter {
+            aborted: aborted.into_iter().peekable(),
+            aborting: BTreeSet::new(),
+        }
+    }
+
+    /// Whether `batch` (the next in the answer) is an aborted transaction's.
+    pub(super) fn drops(&mut self, batch: &RecordBatch) -> bool {
+        let header = *batch.header();
+        while let Some((_, producer_id)) =
+            (self.aborted).next_if(|(first, _)| *first <= header.last_offset())
+        {
+            self.aborting.insert(producer_id);
+        }
+        if keel_core::producers::txn_marker_of(batch).is_some_and(|m| !m.commit) {
+            self.aborting.remove(&header.producer_id);
+        }
+        header.is_transactional()
+            && !header.is_control()
+            && self.aborting.contains(&header.producer_id)
     }
 }
