@@ -540,10 +540,9 @@ impl Checker {
         self.txns.zombie_values.insert(value);
     }
 
-    /// A fenced incarnation's batch (`produce`) or EndTxn(commit) was answered.
-    pub fn on_txn_zombie_answer(&mut self, at_ns: u64, key: u64, produce: bool, accepted: bool) {
+    /// A fenced incarnation's batch, EndTxn(commit) or TxnOffsetCommit (`what`) was answered.
+    pub fn on_txn_zombie_answer(&mut self, at_ns: u64, key: u64, what: &str, accepted: bool) {
         if accepted {
-            let what = if produce { "a batch" } else { "EndTxn(commit)" };
             self.violate(
                 ViolationKind::ZombieNotFenced,
                 at_ns,

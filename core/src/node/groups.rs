@@ -211,6 +211,45 @@ impl<D: Disk> Node<D> {
             .find(|b| b.node_id == leader)
     }
 
+    /// The `__consumer_offsets` partition of `group` if this node's coordinator of it serves.
+    pub(super) fn coordinates_group(&self, group: &str) -> Option<i32> {
+        match self.route(group) {
+            Route::Here(partition) => Some(partition),
+            Route::Refused(_) => None,
+        }
+    }
+
+    /// A TxnOffsetCommit its transaction's coordinator answered for (`code`): served by the
+    /// group's coordinator if the offsets partition is in the transaction, refused if not.
+    pub(super) fn offsets_verified(
+        &mut self,
+        now: Instant,
+        (conn, slot, correlation_id, version): (u64, u64, i32, i16),
+        request: TxnOffsetCommitRequest,
+        code: i16,
+        client_id: Option<String>,
+    ) -> Slot {
+        let api = ApiKey::TxnOffsetCommit;
+        let request = Request::TxnOffsetCommit(request);
+        let response = if code == codes::NONE {
+            match self.group_request(now, conn, slot, client_id.as_deref(), version, &request) {
+                Some(response) => response,
+                None => return self.group_slot(correlation_id, version, api, 1, None),
+            }
+        } else {
+            let Request::TxnOffsetCommit(r) = &request else {
+                unreachable!("made above")
+            };
+            let mut response = Response::TxnOffsetCommit(txn_commit_refused(r));
+            crate::coordinator::refuse(&mut response, code);
+            response
+        };
+        match super::frame_response(correlation_id, api, version, &response) {
+            Ok(bytes) => Slot::Ready(Some(bytes)),
+            Err(reason) => Slot::Close(reason),
+        }
+    }
+
     /// A group request this node's coordinators serve. `Ok(None)`: the answer is held.
     pub(super) fn group_request(
         &mut self,

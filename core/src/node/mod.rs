@@ -1630,6 +1630,17 @@ impl<D: Disk> Node<D> {
                     )
                 }
             }
+            // A transaction's offsets: its coordinator says first whether the group's offsets
+            // partition is in the producer's open transaction (as a Produce's first batch in
+            // a partition waits for it); the request waits in its place.
+            Request::TxnOffsetCommit(r) if self.coordinates_group(&r.group_id).is_some() => {
+                let partition = self.coordinates_group(&r.group_id).expect("checked");
+                self.fill(conn, slot, Slot::AwaitVerify);
+                let place = (conn, slot, header.correlation_id, version);
+                let client_id = header.client_id.clone();
+                self.verify_offsets(now, place, r, partition, client_id);
+                return Ok(());
+            }
             request @ (Request::JoinGroup(_)
             | Request::SyncGroup(_)
             | Request::Heartbeat(_)

@@ -58,7 +58,7 @@ pub(super) struct ToVerify {
     producer_epoch: i16,
 }
 
-/// A Produce waiting for its verification.
+/// A request waiting for its transaction's coordinator to verify it.
 #[derive(Debug)]
 struct Verifying {
     /// The node asked (this one's own id when it coordinates).
@@ -66,10 +66,27 @@ struct Verifying {
     conn: u64,
     slot: u64,
     correlation_id: i32,
-    request: ProduceRequest,
     version: i16,
-    partitions: Vec<ToVerify>,
+    what: Verified,
     sent_ms: u64,
+}
+
+/// What waits for a verification.
+#[derive(Debug)]
+enum Verified {
+    /// A Produce whose transaction opens in these partitions.
+    Produce {
+        request: ProduceRequest,
+        partitions: Vec<ToVerify>,
+    },
+    /// A TxnOffsetCommit to this node's coordinator of the group's `__consumer_offsets`
+    /// partition: that partition must be in the producer's open transaction
+    /// (AddOffsetsToTxn), or nothing would end what it opens there.
+    Offsets {
+        request: TxnOffsetCommitRequest,
+        partition: i32,
+        client_id: Option<String>,
+    },
 }
 
 /// A coordinator and the leadership it was loaded under.
@@ -789,20 +806,76 @@ impl<D: Disk> Node<D> {
         version: i16,
         partitions: Vec<ToVerify>,
     ) {
-        use crate::protocol::messages::add_partitions_to_txn_request::*;
         let id = request.transactional_id.clone().unwrap_or_default();
-        let coordinator = (self.txn_partitions())
-            .and_then(|count| self.partition_leader(TXN_TOPIC, partition_for(&id, count)));
         let mut topics: BTreeMap<String, Vec<i32>> = BTreeMap::new();
         for p in &partitions {
             topics.entry(p.topic.clone()).or_default().push(p.partition);
         }
-        let first = &partitions[0];
+        let (producer_id, producer_epoch) =
+            (partitions[0].producer_id, partitions[0].producer_epoch);
+        let waiting = Verifying {
+            to: self.config.node_id,
+            conn,
+            slot,
+            correlation_id,
+            version,
+            what: Verified::Produce {
+                request,
+                partitions,
+            },
+            sent_ms: now.as_millis() as u64,
+        };
+        self.verify(now, id, (producer_id, producer_epoch), topics, waiting);
+    }
+
+    /// Asks the coordinator of a TxnOffsetCommit's transaction whether the group's offsets
+    /// partition is in the producer's open transaction; the request is served once it
+    /// answers.
+    pub(super) fn verify_offsets(
+        &mut self,
+        now: Instant,
+        (conn, slot, correlation_id, version): (u64, u64, i32, i16),
+        request: TxnOffsetCommitRequest,
+        partition: i32,
+        client_id: Option<String>,
+    ) {
+        let id = request.transactional_id.clone();
+        let producer = (request.producer_id, request.producer_epoch);
+        let topics = BTreeMap::from([(super::groups::OFFSETS_TOPIC.to_string(), vec![partition])]);
+        let waiting = Verifying {
+            to: self.config.node_id,
+            conn,
+            slot,
+            correlation_id,
+            version,
+            what: Verified::Offsets {
+                request,
+                partition,
+                client_id,
+            },
+            sent_ms: now.as_millis() as u64,
+        };
+        self.verify(now, id, producer, topics, waiting);
+    }
+
+    /// Sends AddPartitionsToTxn v4 (verify_only) for `topics` to `id`'s coordinator (or asks
+    /// this node's own), `waiting` served with its answer.
+    fn verify(
+        &mut self,
+        now: Instant,
+        id: String,
+        (producer_id, producer_epoch): (i64, i16),
+        topics: BTreeMap<String, Vec<i32>>,
+        mut waiting: Verifying,
+    ) {
+        use crate::protocol::messages::add_partitions_to_txn_request::*;
+        let coordinator = (self.txn_partitions())
+            .and_then(|count| self.partition_leader(TXN_TOPIC, partition_for(&id, count)));
         let verify = AddPartitionsToTxnRequest {
             transactions: vec![AddPartitionsToTxnTransaction {
                 transactional_id: id,
-                producer_id: first.producer_id,
-                producer_epoch: first.producer_epoch,
+                producer_id,
+                producer_epoch,
                 verify_only: true,
                 topics: (topics.into_iter())
                     .map(|(name, partitions)| AddPartitionsToTxnTopic {
@@ -816,19 +889,8 @@ impl<D: Disk> Node<D> {
             ..Default::default()
         };
         let call_id = self.next_call_id();
-        self.calls.verifying.insert(
-            call_id,
-            Verifying {
-                to: coordinator.unwrap_or(self.config.node_id),
-                conn,
-                slot,
-                correlation_id,
-                request,
-                version,
-                partitions,
-                sent_ms: now.as_millis() as u64,
-            },
-        );
+        waiting.to = coordinator.unwrap_or(self.config.node_id);
+        self.calls.verifying.insert(call_id, waiting);
         match coordinator {
             Some(node) if node == self.config.node_id => {
                 let response = self.verify_txns(&verify);
@@ -866,25 +928,15 @@ impl<D: Disk> Node<D> {
         let Some(v) = self.calls.verifying.remove(&call_id) else {
             return;
         };
-        let first = (v.partitions.first()).map(|p| (p.producer_id, p.producer_epoch));
-        for p in &v.partitions {
-            if Some((p.producer_id, p.producer_epoch)) != first {
-                // One transactional request speaks for one producer (as Kafka requires): a
-                // batch of another is not what the coordinator was asked about.
-                self.txn_verdicts.insert(
-                    (p.log_id, p.producer_id, p.producer_epoch),
-                    codes::INVALID_TXN_STATE,
-                );
-                continue;
-            }
+        let verdict = |topic: &str, partition: i32| {
             let found = (response.as_ref())
                 .and_then(|r| r.results_by_transaction.first())
-                .and_then(|t| t.topic_results.iter().find(|t| t.name == p.topic))
+                .and_then(|t| t.topic_results.iter().find(|t| t.name == topic))
                 .and_then(|t| {
-                    (t.results_by_partition.iter()).find(|r| r.partition_index == p.partition)
+                    (t.results_by_partition.iter()).find(|r| r.partition_index == partition)
                 })
                 .map(|r| r.partition_error_code);
-            let code = match found {
+            match found {
                 Some(codes::NONE) => codes::NONE,
                 Some(codes::PRODUCER_FENCED) | Some(codes::INVALID_PRODUCER_EPOCH) => {
                     codes::INVALID_PRODUCER_EPOCH
@@ -894,11 +946,45 @@ impl<D: Disk> Node<D> {
                 }
                 // The coordinator moved, loads, or was not reached: the client asks again.
                 _ => codes::NOT_ENOUGH_REPLICAS,
-            };
+            }
+        };
+        let (request, partitions) = match v.what {
+            Verified::Produce {
+                request,
+                partitions,
+            } => (request, partitions),
+            Verified::Offsets {
+                request,
+                partition,
+                client_id,
+            } => {
+                let code = match verdict(super::groups::OFFSETS_TOPIC, partition) {
+                    // Retriable for TxnOffsetCommit clients (NOT_ENOUGH_REPLICAS is not).
+                    codes::NOT_ENOUGH_REPLICAS => codes::COORDINATOR_LOAD_IN_PROGRESS,
+                    code => code,
+                };
+                let place = (v.conn, v.slot, v.correlation_id, v.version);
+                let state = self.offsets_verified(now, place, request, code, client_id);
+                self.fill(v.conn, v.slot, state);
+                return;
+            }
+        };
+        let first = (partitions.first()).map(|p| (p.producer_id, p.producer_epoch));
+        for p in &partitions {
+            if Some((p.producer_id, p.producer_epoch)) != first {
+                // One transactional request speaks for one producer (as Kafka requires): a
+                // batch of another is not what the coordinator was asked about.
+                self.txn_verdicts.insert(
+                    (p.log_id, p.producer_id, p.producer_epoch),
+                    codes::INVALID_TXN_STATE,
+                );
+                continue;
+            }
+            let code = verdict(&p.topic, p.partition);
             self.txn_verdicts
                 .insert((p.log_id, p.producer_id, p.producer_epoch), code);
         }
-        let state = match self.produce_slot(now, v.correlation_id, v.request, v.version) {
+        let state = match self.produce_slot(now, v.correlation_id, request, v.version) {
             Ok(state) => state,
             Err(reason) => super::Slot::Close(reason),
         };

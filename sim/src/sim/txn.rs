@@ -644,6 +644,35 @@ impl Sim {
             };
             self.send_request(client, version, request, PendingKind::Txn(call));
         }
+        let t = txn(&mut self.clients[client].role);
+        if t.group_coordinator == Some(here) || single {
+            // Its offsets too, whether or not its transaction had added them: a stray commit
+            // must not open a transaction in the offsets topic that nobody will end.
+            let request = Request::TxnOffsetCommit(TxnOffsetCommitRequest {
+                transactional_id: t.txn_id.clone(),
+                group_id: t.group.clone(),
+                producer_id: z.producer_id,
+                producer_epoch: z.epoch,
+                generation_id: -1,
+                topics: vec![TxnOffsetCommitRequestTopic {
+                    name: TOPIC.into(),
+                    partitions: vec![TxnOffsetCommitRequestPartition {
+                        partition_index: 0,
+                        committed_offset: z.open.offsets.unwrap_or(0),
+                        committed_leader_epoch: -1,
+                        committed_metadata: Some(String::new()),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+            let call = TxnCall::Zombie {
+                op: None,
+                txn: z.open.key,
+            };
+            self.send_request(client, 3, request, PendingKind::Txn(call));
+        }
     }
 
     /// The connection went with the request: the step is tried again (a produce with the
@@ -996,6 +1025,11 @@ impl Sim {
                 }
             }
             (TxnCall::Zombie { op, txn: key }, response) => {
+                let what = match &response {
+                    Response::Produce(_) => "a batch",
+                    Response::TxnOffsetCommit(_) => "TxnOffsetCommit",
+                    _ => "EndTxn(commit)",
+                };
                 let accepted = match (&response, op) {
                     (Response::Produce(p), Some(op)) => {
                         let code = (p.responses.iter())
@@ -1013,10 +1047,12 @@ impl Sim {
                         code == codes::NONE
                     }
                     (Response::EndTxn(r), None) => r.error_code == codes::NONE,
+                    (Response::TxnOffsetCommit(r), None) => (r.topics.iter())
+                        .flat_map(|t| &t.partitions)
+                        .any(|p| p.error_code == codes::NONE),
                     _ => false,
                 };
-                self.checker
-                    .on_txn_zombie_answer(now, key, op.is_some(), accepted);
+                self.checker.on_txn_zombie_answer(now, key, what, accepted);
             }
             (call, response) => self.protocol_violation(
                 client,
