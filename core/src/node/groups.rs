@@ -69,25 +69,26 @@ impl<D: Disk> Node<D> {
         }
     }
 
-    /// Asks the controller for `__consumer_offsets` (it is being created: clients ask again).
-    fn create_offsets_topic(&mut self, now: Instant) {
-        if self.image.topic(OFFSETS_TOPIC).is_some() || self.proposed.contains_key(OFFSETS_TOPIC) {
+    /// Asks the controller for an internal topic (`__consumer_offsets`,
+    /// `__transaction_state`) with Kafka's settings for it: compacted (the last record of each
+    /// key is what counts), in smaller segments than a data topic's. It is being created:
+    /// clients ask again.
+    pub(super) fn create_internal_topic(
+        &mut self,
+        now: Instant,
+        name: &str,
+        partitions: i32,
+        factor: i16,
+    ) {
+        if self.image.topic(name).is_some() || self.proposed.contains_key(name) {
             return;
         }
-        let brokers = self.brokers().len() as i16;
-        let factor = self
-            .config
-            .offsets_topic_replication_factor
-            .min(brokers)
-            .max(1);
-        let partitions = self.config.offsets_topic_partitions;
-        match self.new_topic(OFFSETS_TOPIC, partitions, factor, Vec::new()) {
+        let factor = factor.min(self.brokers().len() as i16).max(1);
+        match self.new_topic(name, partitions, factor, Vec::new()) {
             Ok(record) => {
                 let crate::metadata::MetadataRecord::Topic { id, .. } = &record else {
                     unreachable!("new_topic makes topics")
                 };
-                // Kafka's settings for it: compacted (the last commit of each key is what
-                // counts), in smaller segments than a data topic's.
                 let configs = [
                     ("cleanup.policy", "compact"),
                     ("segment.bytes", "104857600"),
@@ -100,7 +101,7 @@ impl<D: Disk> Node<D> {
                 let records = [vec![record], configs.to_vec()].concat();
                 if self.check_controller().is_ok() {
                     if let Err((code, message)) = self.propose(now, &records) {
-                        tracing::warn!(code, %message, "offsets topic not written");
+                        tracing::warn!(topic = name, code, %message, "internal topic not written");
                     }
                 } else {
                     for record in &records {
@@ -109,7 +110,7 @@ impl<D: Disk> Node<D> {
                 }
             }
             Err((code, message)) if code != codes::TOPIC_ALREADY_EXISTS => {
-                tracing::warn!(code, %message, "offsets topic refused")
+                tracing::warn!(topic = name, code, %message, "internal topic refused")
             }
             Err(_) => {}
         }
@@ -191,7 +192,11 @@ impl<D: Disk> Node<D> {
     /// The broker leading the group's partition, if one is known and clients can reach it.
     fn coordinator_node(&mut self, now: Instant, group: &str) -> Option<super::Broker> {
         let Some(count) = self.offsets_partitions() else {
-            self.create_offsets_topic(now);
+            let (partitions, factor) = (
+                self.config.offsets_topic_partitions,
+                self.config.offsets_topic_replication_factor,
+            );
+            self.create_internal_topic(now, OFFSETS_TOPIC, partitions, factor);
             return None;
         };
         let partition = records::partition_for(group, count);

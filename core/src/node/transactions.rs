@@ -197,45 +197,11 @@ impl<D: Disk> Node<D> {
 
     /// Asks the controller for `__transaction_state` (clients ask again meanwhile).
     fn create_txn_topic(&mut self, now: Instant) {
-        if self.image.topic(TXN_TOPIC).is_some() || self.proposed.contains_key(TXN_TOPIC) {
-            return;
-        }
-        let brokers = self.brokers().len() as i16;
-        let factor = (self.config.transaction_state_replication_factor)
-            .min(brokers)
-            .max(1);
-        let partitions = self.config.transaction_state_partitions;
-        match self.new_topic(TXN_TOPIC, partitions, factor, Vec::new()) {
-            Ok(record) => {
-                let crate::metadata::MetadataRecord::Topic { id, .. } = &record else {
-                    unreachable!("new_topic makes topics")
-                };
-                // Kafka's settings for it: compacted, in smaller segments.
-                let configs = [
-                    ("cleanup.policy", "compact"),
-                    ("segment.bytes", "104857600"),
-                ]
-                .map(|(key, value)| crate::metadata::MetadataRecord::Config {
-                    id: *id,
-                    key: key.into(),
-                    value: Some(value.into()),
-                });
-                let records = [vec![record], configs.to_vec()].concat();
-                if self.check_controller().is_ok() {
-                    if let Err((code, message)) = self.propose(now, &records) {
-                        tracing::warn!(code, %message, "transaction topic not written");
-                    }
-                } else {
-                    for record in &records {
-                        self.forward(record);
-                    }
-                }
-            }
-            Err((code, message)) if code != codes::TOPIC_ALREADY_EXISTS => {
-                tracing::warn!(code, %message, "transaction topic refused")
-            }
-            Err(_) => {}
-        }
+        let (partitions, factor) = (
+            self.config.transaction_state_partitions,
+            self.config.transaction_state_replication_factor,
+        );
+        self.create_internal_topic(now, TXN_TOPIC, partitions, factor);
     }
 
     /// The broker coordinating transactional id `id`, if one is known and clients can reach
