@@ -33,9 +33,10 @@ use crate::record::{BatchHeader, RecordBatch, DECOMPRESSED_BATCH_SIZE_MAX_BYTES}
 /// Batches remembered per producer and partition.
 pub const BATCHES_KEPT: usize = 5;
 
-/// Markers a producer's state can be taken back through (a truncation that cuts them). A
-/// marker that ended a transaction commits before the coordinator lets the next transaction
-/// begin, so only retried markers pile up above the high watermark: a few suffice.
+/// Markers a producer's state can be taken back through (a truncation that cuts them). Only
+/// a marker that changes the state is remembered (a retried one, resent while the high
+/// watermark stalls, changes nothing), and a marker that ended a transaction commits before
+/// the coordinator lets the next transaction begin: a few suffice.
 const MARKERS_UNDONE_MAX: usize = 4;
 
 /// Kafka's control record types for transaction markers.
@@ -395,12 +396,7 @@ impl ProducerStates {
                 state: ProducerState::new(header.producer_epoch, seen_ms),
                 undo: VecDeque::new(),
             });
-        if entry.undo.len() == MARKERS_UNDONE_MAX {
-            entry.undo.pop_front();
-        }
-        entry
-            .undo
-            .push_back((header.base_offset, entry.state.clone()));
+        let before = entry.state.clone();
         let state = &mut entry.state;
         if header.producer_epoch > state.epoch {
             state.epoch = header.producer_epoch;
@@ -408,8 +404,21 @@ impl ProducerStates {
         }
         state.coordinator_epoch = state.coordinator_epoch.max(marker.coordinator_epoch);
         state.last_timestamp_ms = state.last_timestamp_ms.max(seen_ms);
-        let first = state.txn_first_offset.take()?;
-        Some((first, !marker.commit))
+        let first = state.txn_first_offset.take();
+        let changed = (
+            before.epoch,
+            before.coordinator_epoch,
+            before.txn_first_offset,
+        ) != (state.epoch, state.coordinator_epoch, state.txn_first_offset);
+        if changed {
+            // Cut, it takes the producer back to `before` (a retried marker, changing
+            // nothing, needs nothing taken back: it must not push out one that does).
+            if entry.undo.len() == MARKERS_UNDONE_MAX {
+                entry.undo.pop_front();
+            }
+            entry.undo.push_back((header.base_offset, before));
+        }
+        Some((first?, !marker.commit))
     }
 
     /// The first offset of the earliest transaction still open here: the last stable offset
@@ -808,6 +817,29 @@ mod txn_tests {
         let batch = RecordBatch::parse(txn_marker_batch(5, 2, marker, 1_000)).expect("parses");
         assert_eq!(txn_marker_of(&batch), Some(marker));
         assert!(batch.header().is_control() && batch.header().is_transactional());
+    }
+
+    /// Markers resent while the high watermark stalls change nothing, and do not push the one
+    /// that ended the transaction out of what a truncation can take back.
+    #[test]
+    fn retried_markers_leave_the_ending_one_undoable() {
+        let mut states = ProducerStates::default();
+        states.record(&data(1, 0, 0, 10), 1_000, 60_000);
+        let commit = TxnMarker {
+            commit: true,
+            coordinator_epoch: 3,
+        };
+        let mut marker = data(1, 0, -1, 20);
+        marker.attributes = 0x30;
+        assert_eq!(states.end_txn(&marker, commit, 1_000), Some((10, false)));
+        for offset in 21..21 + 2 * MARKERS_UNDONE_MAX as i64 {
+            let mut again = data(1, 0, -1, offset);
+            again.attributes = 0x30;
+            assert_eq!(states.end_txn(&again, commit, 1_000), None);
+        }
+        assert_eq!(states.first_unstable_offset(), None);
+        states.truncate(20);
+        assert_eq!(states.first_unstable_offset(), Some(10));
     }
 
     /// A transaction opens with its first batch, ends with its marker, and a truncation of
