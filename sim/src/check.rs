@@ -482,6 +482,11 @@ impl Checker {
 
     /// EndTxn was answered: the transaction committed or aborted.
     pub fn on_txn_end(&mut self, at_ns: u64, key: u64, commit: bool) {
+        tracing::debug!(
+            key = format_args!("{key:#x}"),
+            commit,
+            "checker: transaction ended"
+        );
         let Some(t) = self.txns.txns.get_mut(&key) else {
             return;
         };
@@ -513,6 +518,11 @@ impl Checker {
     /// The producer gave the transaction up (it crashed or was fenced): if it asked for a
     /// commit, the outcome is unknown; otherwise nobody will commit it.
     pub fn on_txn_abandoned(&mut self, at_ns: u64, key: u64, commit_sent: bool) {
+        tracing::debug!(
+            key = format_args!("{key:#x}"),
+            commit_sent,
+            "checker: transaction abandoned"
+        );
         if let Some(t) = self.txns.txns.get_mut(&key) {
             if t.outcome == TxnOutcome::Open {
                 t.outcome = if commit_sent {
@@ -635,6 +645,11 @@ impl Checker {
     /// Transaction `key` read these values (read_committed) before it ended: each is a
     /// committed transaction's, and none of its own writes' transactions may depend on it.
     pub fn on_txn_read(&mut self, at_ns: u64, key: u64, values: &[u64]) {
+        tracing::debug!(
+            key = format_args!("{key:#x}"),
+            ?values,
+            "checker: transaction read"
+        );
         let writers: BTreeSet<u64> = (values.iter())
             .filter_map(|v| self.txns.txn_of.get(v).copied())
             .filter(|w| *w != key)
