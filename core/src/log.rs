@@ -715,6 +715,11 @@ impl PartitionLog {
         let replay_from = checkpoint.map_or(replay_from, |(offset, _)| offset);
         // Segments recovery did not read (their summaries were good).
         let mut trusted = Vec::new();
+        // What producers were at the base of each segment read: the checkpoint written after
+        // recovery, at the active segment's base, must hold that, not the state at the log's
+        // end (an aborted transaction whose marker lies in the active segment would be
+        // closed in it, and the next recovery from it would list no aborted transaction).
+        let mut states_at: std::collections::BTreeMap<i64, ProducerStates> = Default::default();
         let mut epochs: Vec<(i32, i64)> = Vec::new();
         let mut segments: Vec<Segment> = Vec::new();
         // DeleteRecords markers: applied again once the high watermark passes them (one
@@ -793,6 +798,7 @@ impl PartitionLog {
                 report.segments_unread += 1;
                 continue;
             }
+            states_at.insert(*base, producers.clone());
             let mut position = 0u64;
             while position < len_bytes {
                 if unsynced_from.is_none() && expected_offset >= known_recovery_point.unwrap_or(0) {
@@ -840,6 +846,13 @@ impl PartitionLog {
                                 if header.base_offset >= replay_from {
                                     let ended =
                                         producers.end_txn(&header, marker, header.max_timestamp);
+                                    tracing::trace!(
+                                        dir,
+                                        at = header.base_offset,
+                                        producer_id = header.producer_id,
+                                        ?ended,
+                                        "recovery: a transaction marker"
+                                    );
                                     if let Some(aborted) = aborted_txn(&producers, &header, ended) {
                                         segment.aborted.push(aborted);
                                     }
@@ -1041,7 +1054,10 @@ impl PartitionLog {
             Some((offset, _)) if offset == log.segments[last].base_offset => {
                 log.checkpoint_offset = Some(offset);
             }
-            _ if last > 0 => log.write_checkpoint(disk, last - 1)?,
+            _ if last > 0 => {
+                let states = states_at.remove(&log.segments[last].base_offset);
+                log.write_checkpoint(disk, last - 1, states.as_ref())?
+            }
             _ => {}
         }
         Ok((log, report))
@@ -1576,6 +1592,7 @@ impl PartitionLog {
                 let ended = self
                     .producers
                     .end_txn(&header, marker, header.max_timestamp);
+                tracing::trace!(dir = %self.dir, at = base_offset, producer_id = header.producer_id, ?ended, "a transaction marker");
                 if let Some(aborted) = aborted_txn(&self.producers, &header, ended) {
                     let active = self.segments.last_mut().expect("a log has a segment");
                     active.aborted.push(aborted);
@@ -1818,7 +1835,10 @@ impl PartitionLog {
         let closing = self.segments.len() - 1;
         if self.segments[closing].size_bytes > 0 {
             self.write_summary(disk, closing)?;
-            self.write_checkpoint(disk, closing)?;
+            let producers = std::mem::take(&mut self.producers);
+            let written = self.write_checkpoint(disk, closing, Some(&producers));
+            self.producers = producers;
+            written?;
         }
         let name = segment_name(&self.dir, base_offset);
         let file = disk.create(&name)?;
@@ -1838,16 +1858,22 @@ impl PartitionLog {
         self.write_aux(disk, &name, &bytes)
     }
 
-    /// Writes the producer checkpoint at the end of segment `at`.
-    fn write_checkpoint(&mut self, disk: &mut dyn Disk, at: usize) -> Result<(), DiskError> {
+    /// Writes the producer checkpoint at the end of segment `at`: `producers` as they were
+    /// there (none known: a void checkpoint, which recovery ignores).
+    fn write_checkpoint(
+        &mut self,
+        disk: &mut dyn Disk,
+        at: usize,
+        producers: Option<&ProducerStates>,
+    ) -> Result<(), DiskError> {
         let segment = &self.segments[at];
         let name = format!("{}/{}", self.dir, summary::PRODUCER_CHECKPOINT_FILE);
-        let Some((_, _, last_batch_id)) = segment.last_batch else {
+        let (Some((_, _, last_batch_id)), Some(producers)) = (segment.last_batch, producers) else {
             self.checkpoint_offset = None;
             return self.write_aux(disk, &name, &[]);
         };
         let offset = segment.next_offset;
-        let bytes = summary::Checkpoint::encode(offset, last_batch_id, &self.producers);
+        let bytes = summary::Checkpoint::encode(offset, last_batch_id, producers);
         self.write_aux(disk, &name, &bytes)?;
         self.checkpoint_offset = Some(offset);
         Ok(())
