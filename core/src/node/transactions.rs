@@ -779,19 +779,12 @@ impl<D: Disk> Node<D> {
         }
         let (producer_id, producer_epoch) =
             (partitions[0].producer_id, partitions[0].producer_epoch);
-        let waiting = Verifying {
-            to: self.config.node_id,
-            conn,
-            slot,
-            correlation_id,
-            version,
-            what: Verified::Produce {
-                request,
-                partitions,
-            },
-            sent_ms: now.as_millis() as u64,
+        let what = Verified::Produce {
+            request,
+            partitions,
         };
-        self.verify(now, id, (producer_id, producer_epoch), topics, waiting);
+        let place = (conn, slot, correlation_id, version);
+        self.verify(now, id, (producer_id, producer_epoch), topics, place, what);
     }
 
     /// Asks the coordinator of a TxnOffsetCommit's transaction whether the group's offsets
@@ -808,31 +801,25 @@ impl<D: Disk> Node<D> {
         let id = request.transactional_id.clone();
         let producer = (request.producer_id, request.producer_epoch);
         let topics = BTreeMap::from([(super::groups::OFFSETS_TOPIC.to_string(), vec![partition])]);
-        let waiting = Verifying {
-            to: self.config.node_id,
-            conn,
-            slot,
-            correlation_id,
-            version,
-            what: Verified::Offsets {
-                request,
-                partition,
-                client_id,
-            },
-            sent_ms: now.as_millis() as u64,
+        let what = Verified::Offsets {
+            request,
+            partition,
+            client_id,
         };
-        self.verify(now, id, producer, topics, waiting);
+        let place = (conn, slot, correlation_id, version);
+        self.verify(now, id, producer, topics, place, what);
     }
 
     /// Sends AddPartitionsToTxn v4 (verify_only) for `topics` to `id`'s coordinator (or asks
-    /// this node's own), `waiting` served with its answer.
+    /// this node's own), `what` served with its answer in its place on its connection.
     fn verify(
         &mut self,
         now: Instant,
         id: String,
         (producer_id, producer_epoch): (i64, i16),
         topics: BTreeMap<String, Vec<i32>>,
-        mut waiting: Verifying,
+        (conn, slot, correlation_id, version): (u64, u64, i32, i16),
+        what: Verified,
     ) {
         use crate::protocol::messages::add_partitions_to_txn_request::*;
         let coordinator = (self.txn_partitions())
@@ -855,7 +842,15 @@ impl<D: Disk> Node<D> {
             ..Default::default()
         };
         let call_id = self.next_call_id();
-        waiting.to = coordinator.unwrap_or(self.config.node_id);
+        let waiting = Verifying {
+            to: coordinator.unwrap_or(self.config.node_id),
+            conn,
+            slot,
+            correlation_id,
+            version,
+            what,
+            sent_ms: now.as_millis() as u64,
+        };
         self.calls.verifying.insert(call_id, waiting);
         match coordinator {
             Some(node) if node == self.config.node_id => {
