@@ -642,14 +642,20 @@ impl Checker {
         }
     }
 
-    /// Transaction `key` read these values (read_committed) before it ended: each is a
-    /// committed transaction's, and none of its own writes' transactions may depend on it.
-    pub fn on_txn_read(&mut self, at_ns: u64, key: u64, values: &[u64]) {
+    /// Transaction `key` read these values of `partition` (read_committed) before it ended:
+    /// each is a committed transaction's, and none of its own writes' transactions may
+    /// depend on it. A partition retired from the check (lasting damage, which may take a
+    /// marker with it) is not held to that, as consumers' reads of it are not.
+    pub fn on_txn_read(&mut self, at_ns: u64, key: u64, partition: i32, values: &[u64]) {
         tracing::debug!(
             key = format_args!("{key:#x}"),
+            partition,
             ?values,
             "checker: transaction read"
         );
+        if self.retired.contains_key(&partition) {
+            return;
+        }
         let writers: BTreeSet<u64> = (values.iter())
             .filter_map(|v| self.txns.txn_of.get(v).copied())
             .filter(|w| *w != key)
@@ -1192,13 +1198,13 @@ mod tests {
             c.on_txn_begin(b1, &[20], None);
             c.on_txn_begin(a2, &[11], None);
             // b1 reads a1's record; a2 (after a1, of the same producer) reads b1's.
-            c.on_txn_read(2, b1, &[10]);
+            c.on_txn_read(2, b1, 0, &[10]);
             c.on_txn_end(3, b1, true);
-            c.on_txn_read(4, a2, &[20]);
+            c.on_txn_read(4, a2, 0, &[20]);
             c.on_txn_end(5, a2, true);
             if cyclic {
                 // a1 read what a2 wrote: a2 began after a1 ended.
-                c.on_txn_read(6, a1, &[11]);
+                c.on_txn_read(6, a1, 0, &[11]);
             }
             c.finish_txns(7, false);
             kinds(&c)
@@ -1214,7 +1220,7 @@ mod tests {
         c.on_txn_begin(1, &[10], None);
         c.on_txn_end(1, 1, false);
         c.on_txn_begin(2, &[20], None);
-        c.on_txn_read(2, 2, &[10]);
+        c.on_txn_read(2, 2, 0, &[10]);
         assert!(kinds(&c).contains(&ViolationKind::AbortedRead));
     }
 }

@@ -879,7 +879,7 @@ impl Sim {
                         let (values, next) = Self::committed_values(d, position);
                         t.read_positions.insert(partition, next);
                         if let Some(key) = key {
-                            self.checker.on_txn_read(now, key, &values);
+                            self.checker.on_txn_read(now, key, partition, &values);
                         }
                         self.count("txn:read");
                     }
